@@ -1,0 +1,102 @@
+"""The fedbus exception tree.
+
+::
+
+    FedbusError
+    ├── ConfigError                 a config file or value that cannot work
+    ├── TransportError              the bus: connection, publish, subscribe
+    │   ├── NotConnectedError       publish while no broker session is up
+    │   └── BusTimeoutError         also an asyncio.TimeoutError
+    ├── ProtocolError               a message that must be dropped
+    │   ├── DecodeError             malformed bytes, wrong types, bad tensor
+    │   ├── OversizedError          larger than the receiver accepts
+    │   ├── WrongFederationError    addressed to another federation
+    │   ├── DuplicateMessageError   a message id seen before
+    │   ├── StaleRoundError         for a round that is not (or no longer) current
+    │   └── UnexpectedKindError     a kind this role has no listener for
+    ├── PluginError                 a plugin that cannot be loaded or misbehaves
+    └── RoundError                  a round that cannot complete (e.g. no update arrived)
+
+Adapters translate third-party exceptions into these at their boundary, always with
+``raise ... from exc``. Every ``ProtocolError`` carries a short machine-readable ``reason``
+that the receive loop logs when it drops the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class FedbusError(Exception):
+    """Root of every error fedbus raises on purpose."""
+
+
+class ConfigError(FedbusError):
+    """A configuration that cannot work; the message says which key and why."""
+
+
+class TransportError(FedbusError):
+    """The bus failed: connecting, publishing or subscribing."""
+
+
+class NotConnectedError(TransportError):
+    """A publish was attempted while no broker session was up (and none came in time)."""
+
+
+class BusTimeoutError(TransportError, asyncio.TimeoutError):
+    """A bus operation did not complete in time."""
+
+
+class ProtocolError(FedbusError):
+    """A message that must be dropped. ``reason`` is the snake_case word that is logged."""
+
+    reason = "protocol_error"
+
+
+class DecodeError(ProtocolError):
+    """Bytes that are not a valid envelope, body or tensor."""
+
+    reason = "malformed"
+
+
+class OversizedError(ProtocolError):
+    """A payload larger than the receiver's limit."""
+
+    reason = "oversized"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class WrongFederationError(ProtocolError):
+    """A message whose envelope names another federation."""
+
+    reason = "wrong_federation"
+
+
+class DuplicateMessageError(ProtocolError):
+    """A message id that was already processed (QoS 1 redelivery or a replay)."""
+
+    reason = "duplicate"
+
+
+class StaleRoundError(ProtocolError):
+    """A message for a round that is not the current one."""
+
+    reason = "stale_round"
+
+
+class UnexpectedKindError(ProtocolError):
+    """A message kind that this role has no listener for."""
+
+    reason = "unexpected_kind"
+
+
+class PluginError(FedbusError):
+    """A plugin that cannot be found, loaded, or that returned something invalid."""
+
+
+class RoundError(FedbusError):
+    """A round that cannot complete."""
