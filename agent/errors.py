@@ -13,6 +13,8 @@
     │   ├── WrongFederationError    addressed to another federation
     │   ├── DuplicateMessageError   a message id seen before
     │   ├── StaleRoundError         for a round that is not (or no longer) current
+    │   ├── WrongTopicError         a kind that does not travel on that topic
+    │   ├── SenderMismatchError     a per-agent topic carrying another agent's message
     │   └── UnexpectedKindError     a kind this role has no listener for
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     └── RoundError                  a round that cannot complete (e.g. no update arrived)
@@ -86,6 +88,18 @@ class StaleRoundError(ProtocolError):
     """A message for a round that is not the current one."""
 
     reason = "stale_round"
+
+
+class WrongTopicError(ProtocolError):
+    """A kind that does not travel on the topic it arrived on."""
+
+    reason = "wrong_topic"
+
+
+class SenderMismatchError(ProtocolError):
+    """A per-agent topic whose agent id differs from the envelope's sender."""
+
+    reason = "sender_mismatch"
 
 
 class UnexpectedKindError(ProtocolError):

@@ -1,0 +1,1 @@
+"""The ``fedbus`` command line (click)."""

@@ -1,0 +1,79 @@
+"""``fedbus``: run an agent, run the demo federation, list plugins.
+
+Errors that are the user's to fix (``FedbusError``) print one line and exit 2; nothing
+prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from agent import __version__
+from agent.errors import FedbusError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fedbus")
+def cli() -> None:
+    """fedbus: federated learning over MQTT or NATS."""
+
+
+@cli.command()
+@click.option(
+    "--config", "config_path", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The agent's TOML config file.",
+)  # fmt: skip
+def run(config_path: Path) -> None:
+    """Run an agent (trainer or aggregator) until SIGTERM."""
+    from agent.config import AgentConfig
+    from agent.logs import configure_logging
+    from agent.runtime.node import run_node, run_until_signal
+
+    config = AgentConfig.load(config_path)
+    configure_logging(level=config.logging.level, fmt=config.logging.format)
+    run_until_signal(run_node(config))
+
+
+@cli.group()
+def plugin() -> None:
+    """Plugins in the ``fedbus.plugins`` entry-point group."""
+
+
+@plugin.command("list")
+def plugin_list() -> None:
+    """List installed plugins."""
+    from agent.plugin.loader import available_plugins
+
+    found = available_plugins()
+    if not found:
+        click.echo("no plugins installed (entry-point group fedbus.plugins)")
+    for name, ep in sorted(found.items()):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        click.echo(f"{name}\t{ep.value}\t({dist})")
+
+
+def _register_demo() -> None:
+    from agent.cli.demo import demo
+
+    cli.add_command(demo)
+
+
+def main() -> None:
+    """The console-script entry point."""
+    _register_demo()
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FedbusError as exc:
+        click.echo(f"fedbus: error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

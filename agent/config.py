@@ -1,0 +1,175 @@
+"""Agent configuration: one TOML file, decoded into typed, validated structs.
+
+Example (trainer)::
+
+    role = "trainer"
+    agent_id = "agent-1"
+    federation = "demo"
+    bus_url = "nats://127.0.0.1:4222"
+    state_dir = "/var/lib/fedbus/demo"
+
+    [plugin]
+    name = "digits-mlp"
+    [plugin.options]
+    agent_index = 0
+    num_agents = 10
+
+An aggregator has ``role = "aggregator"`` and an ``[aggregator]`` table (``AggregatorConfig``).
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import msgspec
+
+from agent.errors import ConfigError
+from agent.messages.bodies import NAME_PATTERN, Scalar
+
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class RoleName(StrEnum):
+    TRAINER = "trainer"
+    AGGREGATOR = "aggregator"
+
+
+class _Config(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    pass
+
+
+class PluginConfig(_Config):
+    """``[plugin]``: which plugin (entry-point name in ``fedbus.plugins``) and its options."""
+
+    name: Name
+    options: dict[str, Any] = {}
+
+
+class AggregatorConfig(_Config):
+    """``[aggregator]``: the round schedule.
+
+    Attributes:
+        rounds: number of training rounds.
+        fraction_fit: fraction of admitted agents sampled into each round's cohort.
+        min_fit_clients, max_fit_clients: bounds on the cohort size.
+        min_available_clients: admitted agents needed before round 1 starts.
+        join_timeout: seconds to wait for ``min_available_clients`` (then the rounds start
+            if at least ``min_fit_clients`` are admitted, else the run fails).
+        round_timeout: seconds a round waits for updates before aggregating the survivors.
+        eval_every: federated evaluation every k rounds (0: only after the last round).
+        eval_timeout: seconds to wait for evaluation results.
+        seed: seed of the cohort sampler.
+        fit_config: scalars sent to every ``fit`` (``epochs``, ``lr``, ...).
+        eval_config: scalars sent with every ``evaluate``.
+    """
+
+    rounds: AtLeastOne = 10
+    fraction_fit: Fraction = 1.0
+    min_fit_clients: AtLeastOne = 2
+    max_fit_clients: AtLeastOne = 1000
+    min_available_clients: AtLeastOne = 2
+    join_timeout: Positive = 60.0
+    round_timeout: Positive = 60.0
+    eval_every: Annotated[int, msgspec.Meta(ge=0)] = 1
+    eval_timeout: Positive = 30.0
+    seed: int = 0
+    fit_config: dict[str, Scalar] = {}
+    eval_config: dict[str, Scalar] = {}
+
+    def __post_init__(self) -> None:
+        if self.min_fit_clients > self.max_fit_clients:
+            raise ValueError(
+                f"min_fit_clients ({self.min_fit_clients}) > max_fit_clients "
+                f"({self.max_fit_clients})"
+            )
+        if self.min_fit_clients > self.min_available_clients:
+            raise ValueError(
+                f"min_fit_clients ({self.min_fit_clients}) > min_available_clients "
+                f"({self.min_available_clients}): round 1 could never fill its cohort"
+            )
+
+
+class TrainerConfig(_Config):
+    """``[trainer]``: how the agent behaves as a trainer.
+
+    Attributes:
+        join_retry: seconds between ``join`` attempts until the aggregator admits us.
+        model_wait: seconds to wait for the global model a ``fit_ins`` refers to.
+    """
+
+    join_retry: Positive = 2.0
+    model_wait: Positive = 30.0
+
+
+class LoggingConfig(_Config):
+    """``[logging]``: ``level`` (debug/info/warning/error) and ``format`` (auto/json/console;
+    auto is console on a TTY, JSON lines otherwise)."""
+
+    level: str = "info"
+    format: str = "auto"
+
+
+class TlsConfig(_Config):
+    """``[tls]``: files for ``mqtts://`` and ``tls://`` bus URLs."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class AgentConfig(_Config):
+    """The whole file."""
+
+    role: RoleName
+    agent_id: Name
+    federation: Name
+    bus_url: str
+    state_dir: Path
+    plugin: PluginConfig
+    max_payload: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
+    aggregator: AggregatorConfig = AggregatorConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tls: TlsConfig = TlsConfig()
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        """Read and validate a TOML file.
+
+        Raises:
+            ConfigError: unreadable file, bad TOML, unknown key, wrong type or value; the
+                message names the file and the key path.
+        """
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        return cls.parse(text, source=str(path))
+
+    @classmethod
+    def parse(cls, text: bytes | str, *, source: str = "<config>") -> Self:
+        """Validate TOML text. Raises ``ConfigError`` like ``load``."""
+        try:
+            return msgspec.toml.decode(text, type=cls, dec_hook=_decode_path)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+
+    def to_toml(self) -> bytes:
+        """The config as TOML (what ``fedbus demo`` writes for each agent process)."""
+        return msgspec.toml.encode(self, enc_hook=str)
+
+
+def _decode_path(type_: type, value: Any) -> Any:
+    if type_ is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot decode {type_}")

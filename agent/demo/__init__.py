@@ -1,0 +1,1 @@
+"""``fedbus demo``: a whole federation on one machine, and its report."""

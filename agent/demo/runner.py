@@ -1,0 +1,207 @@
+"""The demo federation: embedded broker, N agent processes, an in-process aggregator.
+
+Everything started here is stopped when ``run_demo`` returns or raises (Ctrl-C included):
+agents get SIGTERM (SIGKILL after a grace period), then the broker is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from agent.brokers import EmbeddedBroker
+from agent.config import AgentConfig, AggregatorConfig, LoggingConfig, PluginConfig, RoleName
+from agent.config import TrainerConfig
+from agent.demo.processes import AgentProcess, start_agent, stop_agents
+from agent.demo.report import write_report
+from agent.errors import FedbusError, RoundError
+from agent.logs import configure_logging
+from agent.plugin.api import PluginContext
+from agent.plugin.loader import load_plugin
+from agent.roles.records import RoundRecord, RunSummary
+from agent.runtime.node import run_node, run_until_signal
+
+PLUGIN = "digits-mlp"
+FEDERATION = "demo"
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What ``fedbus demo`` was asked to do (see its ``--help``)."""
+
+    agents: int = 10
+    rounds: int = 20
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    bus: str = "nats"
+    bus_url: str | None = None
+    report_dir: Path = Path("fedbus-report")
+    seed: int = 0
+    fraction_fit: float = 1.0
+    round_timeout: float = 30.0
+    kill_agents: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    summary: RunSummary
+    centralized_accuracy: float
+    wall_seconds: float
+    report_files: list[Path]
+
+
+def plugin_options(options: DemoOptions, index: int, num_agents: int, partition: str) -> dict[str, Any]:
+    return {"agent_index": index, "num_agents": num_agents, "partition": partition,
+            "alpha": options.alpha, "seed": options.seed}  # fmt: skip
+
+
+def centralized_accuracy(options: DemoOptions) -> float:
+    """The reference: the same MLP trained on all the training data, one ``fit`` per round
+    (so the same number of passes as each agent makes), evaluated on the whole test split."""
+    context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
+    plugin = load_plugin(PLUGIN, context)
+    weights = plugin.get_weights()
+    for r in range(1, options.rounds + 1):
+        weights = plugin.fit(weights, {"round": r}).weights
+    accuracy = plugin.evaluate(weights, {}).metrics["accuracy"]
+    return float(accuracy)
+
+
+class Progress:
+    """Prints one line per round, and kills agents at the start of round 2 if asked."""
+
+    def __init__(self, out: TextIO, agents: list[AgentProcess], kill: int) -> None:
+        self._out = out
+        self._agents = agents
+        self._kill = kill
+
+    def round_started(self, round: int, cohort: Sequence[str]) -> None:
+        if round == 2 and self._kill:
+            victims = [a for a in self._agents if a.agent_id in cohort][: self._kill]
+            for a in victims:
+                a.kill()
+            self._print(f"  (killed {', '.join(a.agent_id for a in victims)} mid-round)")
+
+    def round_finished(self, record: RoundRecord) -> None:
+        acc = "      -" if record.accuracy is None else f"{100 * record.accuracy:6.2f}%"
+        loss = "     -" if record.loss is None else f"{record.loss:6.4f}"
+        survivors = f"{len(record.survivors)}/{len(record.cohort)}"
+        self._print(f"{record.round:5d}  {acc}  {loss}  {record.seconds:7.2f}  {survivors:>9}")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self._out, flush=True)
+
+
+def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> DemoResult | None:
+    """Run the demo; returns None when interrupted (Ctrl-C / SIGTERM)."""
+    report_dir = options.report_dir
+    (report_dir / "logs").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedbus-demo-")))
+        log_file = stack.enter_context((report_dir / "logs" / "aggregator.log").open("w"))
+        configure_logging(level="info", fmt="json", stream=log_file)
+        url = options.bus_url
+        if url is None:
+            url = stack.enter_context(EmbeddedBroker(options.bus)).url
+        print(f"fedbus demo: {options.agents} agents, {options.rounds} rounds, "
+              f"{_partition_label(options)}, bus {url}", file=out, flush=True)  # fmt: skip
+        agents: list[AgentProcess] = []
+        stack.callback(stop_agents, agents)
+        for i in range(options.agents):
+            agent_id = f"agent-{i:02d}"
+            config = _trainer_config(options, i, url, work)
+            path = work / f"{agent_id}.toml"
+            path.write_bytes(config.to_toml())
+            agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
+        reference = centralized_accuracy(options)
+        print(f"centralized reference (same MLP, all training data): {100 * reference:.2f}%",
+              file=out, flush=True)  # fmt: skip
+        print("round  accuracy    loss  seconds  survivors", file=out, flush=True)
+        progress = Progress(out, agents, options.kill_agents)
+        summary = run_until_signal(_federate(_aggregator_config(options, url), agents, progress))
+        if summary is None:
+            print("interrupted: stopping agents and broker", file=out, flush=True)
+            return None
+        wall = time.perf_counter() - started
+        files = write_report(
+            report_dir, records=summary.rounds, final_accuracy=summary.final_accuracy,
+            centralized_accuracy=reference, wall_seconds=wall,
+            settings={**asdict(options), "report_dir": str(report_dir), "bus_url": url},
+        )  # fmt: skip
+        final = summary.final_accuracy
+        final_text = "n/a" if final is None else f"{100 * final:.2f}%"
+        print(f"final accuracy {final_text} (centralized {100 * reference:.2f}%) "
+              f"in {wall:.1f} s; report: {report_dir}/", file=out, flush=True)  # fmt: skip
+        return DemoResult(summary, reference, wall, files)
+
+
+async def _federate(
+    config: AgentConfig, agents: list[AgentProcess], progress: Progress
+) -> RunSummary:
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(_watch(agents), name="demo-watch-agents")
+        try:
+            summary = await run_node(config, observer=progress)
+        finally:
+            watcher.cancel()
+    if summary is None:
+        raise RoundError("the aggregator returned no summary")
+    return summary
+
+
+async def _watch(agents: list[AgentProcess]) -> None:
+    """Fail fast when every agent process died on its own (e.g. a broken install)."""
+    reported: set[str] = set()
+    while True:
+        await asyncio.sleep(0.5)
+        for a in agents:
+            code = a.process.poll()
+            if code is not None and not a.killed_on_purpose and a.agent_id not in reported:
+                reported.add(a.agent_id)
+                log.error("agent_exited", agent=a.agent_id, code=code, log=str(a.log_path))
+        if agents and all(a.process.poll() is not None for a in agents):
+            raise FedbusError(
+                f"all agent processes exited; see {agents[0].log_path.parent}/agent-*.log"
+            )
+
+
+def _partition_label(options: DemoOptions) -> str:
+    return f"Dirichlet α={options.alpha}" if options.partition == "dirichlet" else "IID"
+
+
+def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> AgentConfig:
+    agent_id = f"agent-{index:02d}"
+    return AgentConfig(
+        role=RoleName.TRAINER, agent_id=agent_id, federation=FEDERATION, bus_url=url,
+        state_dir=work / agent_id,
+        plugin=PluginConfig(name=PLUGIN, options=plugin_options(
+            options, index, options.agents, options.partition)),
+        trainer=TrainerConfig(join_retry=0.5),
+        logging=LoggingConfig(level="info", format="json"),
+    )  # fmt: skip
+
+
+def _aggregator_config(options: DemoOptions, url: str) -> AgentConfig:
+    return AgentConfig(
+        role=RoleName.AGGREGATOR, agent_id="aggregator", federation=FEDERATION, bus_url=url,
+        state_dir=options.report_dir / "aggregator",
+        plugin=PluginConfig(name=PLUGIN, options=plugin_options(
+            options, 0, options.agents, options.partition)),
+        aggregator=AggregatorConfig(
+            rounds=options.rounds, fraction_fit=options.fraction_fit, min_fit_clients=1,
+            min_available_clients=options.agents, join_timeout=60.0,
+            round_timeout=options.round_timeout, eval_every=1,
+            eval_timeout=options.round_timeout, seed=options.seed,
+        ),
+    )  # fmt: skip

@@ -1,0 +1,19 @@
+"""Message kinds: the routing key of every envelope (FederatedScope's vocabulary, extended)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """What a message is. Each kind has exactly one body type (``agent.messages.bodies``)."""
+
+    JOIN = "join"
+    JOIN_ACCEPTED = "join_accepted"
+    JOIN_REJECTED = "join_rejected"
+    MODEL_PARA = "model_para"
+    FIT_INS = "fit_ins"
+    MODEL_UPDATE = "model_update"
+    EVALUATE = "evaluate"
+    METRICS = "metrics"
+    FINISH = "finish"

@@ -1,0 +1,115 @@
+"""The topic table: every topic fedbus uses, who publishes on it and which kinds it carries.
+
+This table is the code side of the message contract; ``topics/asyncapi.yaml`` is the document
+side, and ``tests/test_contract.py`` keeps them equal. Templates use ``{federation}`` and
+``{agent_id}`` placeholders; a concrete topic is built with ``TopicSpec.format``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from agent.messages.kinds import Kind
+
+
+class Role(StrEnum):
+    """Who runs a piece of the runtime."""
+
+    AGENT = "agent"
+    AGGREGATOR = "aggregator"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic of the contract.
+
+    Attributes:
+        name: a stable identifier (the AsyncAPI channel id).
+        template: the canonical ``/`` topic with ``{federation}``/``{agent_id}`` placeholders.
+        publisher: the role that publishes on it.
+        kinds: the message kinds it may carry; anything else is dropped as ``wrong_topic``.
+        retained: published with the MQTT retain flag.
+        description: one line for the contract document.
+    """
+
+    name: str
+    template: str
+    publisher: Role
+    kinds: frozenset[Kind]
+    retained: bool
+    description: str
+
+    @property
+    def per_agent(self) -> bool:
+        """True when the last level is an agent id (its inbox, or its own publications)."""
+        return self.template.endswith("/{agent_id}")
+
+    def format(self, federation: str, agent_id: str | None = None) -> str:
+        """The concrete topic. ``agent_id`` is required for per-agent topics."""
+        if self.per_agent and agent_id is None:
+            raise ValueError(f"topic {self.name} needs an agent_id")
+        return self.template.format(federation=federation, agent_id=agent_id)
+
+    def filter(self, federation: str) -> str:
+        """A subscription filter matching this topic for every agent (``+`` for the id)."""
+        return self.template.format(federation=federation, agent_id="+")
+
+
+JOIN = TopicSpec(
+    "join", "fl/{federation}/join", Role.AGENT, frozenset({Kind.JOIN}), False,
+    "Agents ask to be admitted; re-sent after every reconnect until accepted.",
+)  # fmt: skip
+INBOX = TopicSpec(
+    "inbox", "fl/{federation}/agent/{agent_id}", Role.AGGREGATOR,
+    frozenset({Kind.JOIN_ACCEPTED, Kind.JOIN_REJECTED, Kind.FIT_INS, Kind.MODEL_PARA}), False,
+    "One agent's inbox: admission, round assignment, the current model for a new agent.",
+)  # fmt: skip
+GLOBAL_MODEL = TopicSpec(
+    "global_model", "fl/{federation}/model_para/global", Role.AGGREGATOR,
+    frozenset({Kind.MODEL_PARA}), True,
+    "The current global model; retained on MQTT so a late joiner gets it.",
+)  # fmt: skip
+UPDATE = TopicSpec(
+    "update", "fl/{federation}/model_para/update/{agent_id}", Role.AGENT,
+    frozenset({Kind.MODEL_UPDATE}), False,
+    "One agent's trained update for the current round.",
+)  # fmt: skip
+EVALUATE = TopicSpec(
+    "evaluate", "fl/{federation}/evaluate", Role.AGGREGATOR, frozenset({Kind.EVALUATE}), False,
+    "Federated evaluation request for a model version.",
+)  # fmt: skip
+METRICS = TopicSpec(
+    "metrics", "fl/{federation}/metrics/{agent_id}", Role.AGENT, frozenset({Kind.METRICS}),
+    False, "One agent's evaluation result.",
+)  # fmt: skip
+FINISH = TopicSpec(
+    "finish", "fl/{federation}/finish", Role.AGGREGATOR, frozenset({Kind.FINISH}), False,
+    "The federation is done; agents stay up, idle.",
+)  # fmt: skip
+
+TOPICS: tuple[TopicSpec, ...] = (JOIN, INBOX, GLOBAL_MODEL, UPDATE, EVALUATE, METRICS, FINISH)
+
+
+def classify(topic: str, federation: str) -> tuple[TopicSpec, str | None] | None:
+    """Find the spec a concrete topic belongs to, and its agent id for per-agent topics.
+
+    Returns None for a topic outside the table or outside ``federation``.
+    """
+    levels = topic.split("/")
+    for spec in TOPICS:
+        template = spec.template.split("/")
+        if len(template) != len(levels):
+            continue
+        agent_id: str | None = None
+        for want, got in zip(template, levels, strict=True):
+            if want == "{federation}":
+                if got != federation:
+                    break
+            elif want == "{agent_id}":
+                agent_id = got
+            elif want != got:
+                break
+        else:
+            return spec, agent_id
+    return None

@@ -1,0 +1,374 @@
+"""The aggregator role: admit agents, run rounds, aggregate, evaluate, finish.
+
+Listeners (kind → handler, round policy):
+
+=============  ==================  ========  =========================================
+kind           topic               rounds    may send
+=============  ==================  ========  =========================================
+join           join                any       join_accepted/_rejected, model_para (inbox)
+model_update   update/{agent_id}   current   —
+metrics        metrics/{agent_id}  current   —
+=============  ==================  ========  =========================================
+
+A round (DESIGN.md §4): sample a cohort from the admitted agents, send each member a
+``fit_ins`` naming the current model, wait until every member delivered or ``round_timeout``
+passed (dropouts are normal), aggregate the survivors with the strategy, broadcast the new
+model (retained on MQTT), evaluate every ``eval_every`` rounds, persist the round atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from agent.bus.base import Bus
+from agent.config import AgentConfig
+from agent.errors import RoundError
+from agent.messages import topics
+from agent.messages.bodies import (
+    EvaluateIns,
+    EvaluateRes,
+    Finish,
+    FitIns,
+    GlobalModel,
+    JoinAccepted,
+    JoinRejected,
+    JoinRequest,
+    ModelUpdate,
+)
+from agent.messages.envelope import Message
+from agent.messages.kinds import Kind
+from agent.messages.tensors import Tensor, digest, to_arrays, to_tensors
+from agent.plugin.api import Weights, all_finite, weights_like
+from agent.roles.cohort import sample_cohort
+from agent.roles.records import RoundObserver, RoundRecord, RunSummary
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from agent.runtime.outbox import Outbox
+from agent.state import write_json, write_weights
+from agent.strategy.fedavg import ClientResult, FedAvg, Strategy, weighted_mean
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    """An admitted agent."""
+
+    num_examples: int
+    joined_at: float
+    missed_last_round: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalState:
+    """The global model in force: weights, their wire form and digest."""
+
+    version: int
+    weights: Weights
+    tensors: list[Tensor]
+    sha256: str
+
+    @classmethod
+    def of(cls, version: int, weights: Weights) -> GlobalState:
+        tensors = to_tensors(weights)
+        return cls(version, weights, tensors, digest(tensors))
+
+
+class Aggregator:
+    """The aggregator role over one ``bus``.
+
+    Args:
+        config: the agent config (``role = "aggregator"``), its ``[aggregator]`` table used.
+        bus: a bus that is entered (connected or connecting).
+        plugin_name: agents must join with this plugin.
+        initial_weights: the model of round 0.
+        strategy: how survivors' results become the next model (default FedAvg).
+        observer: called with every ``RoundRecord``.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        bus: Bus,
+        plugin_name: str,
+        initial_weights: Weights,
+        strategy: Strategy | None = None,
+        observer: RoundObserver | None = None,
+    ) -> None:
+        self._config = config
+        self._schedule = config.aggregator
+        self._bus = bus
+        self._fed = config.federation
+        self._plugin_name = plugin_name
+        self._strategy = strategy or FedAvg()
+        self._observer = observer
+        self._outbox = Outbox(bus, federation=self._fed, sender=config.agent_id)
+        self._state_dir = config.state_dir
+        self._rng = random.Random(self._schedule.seed)
+        self.round = 0
+        self.global_state = GlobalState.of(0, initial_weights)
+        self.agents: dict[str, AgentRecord] = {}
+        self._enough_agents = asyncio.Event()
+        self._cohort: frozenset[str] = frozenset()
+        self._results: dict[str, ClientResult] = {}
+        self._round_complete = asyncio.Event()
+        self._evaluators: frozenset[str] = frozenset()
+        self._evaluations: dict[str, EvaluateRes] = {}
+        self._evaluation_complete = asyncio.Event()
+        registry = ListenerRegistry()
+        registry.register(Kind.JOIN, self._on_join, rounds=RoundPolicy.ANY)
+        registry.register(Kind.MODEL_UPDATE, self._on_update, rounds=RoundPolicy.CURRENT)
+        registry.register(Kind.METRICS, self._on_metrics, rounds=RoundPolicy.CURRENT)
+        self.dispatcher = Dispatcher(
+            federation=self._fed,
+            registry=registry,
+            current_round=lambda: self.round,
+            max_payload=config.max_payload,
+        )
+
+    async def run(self) -> RunSummary:
+        """Run the whole schedule and send ``finish``. Returns the run's records.
+
+        Raises:
+            RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
+        """
+        for spec in (topics.JOIN, topics.UPDATE, topics.METRICS):
+            await self._bus.subscribe(spec.filter(self._fed))
+        structlog.contextvars.bind_contextvars(federation=self._fed, role="aggregator")
+        async with asyncio.TaskGroup() as tg:
+            receiver = tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive")
+            try:
+                return await self._federate()
+            finally:
+                receiver.cancel()
+
+    async def _federate(self) -> RunSummary:
+        await self._persist_model(self.global_state, self._state_dir / "rounds" / "0000")
+        await self._wait_for_agents()
+        await self._publish_model()
+        records: list[RoundRecord] = []
+        for r in range(1, self._schedule.rounds + 1):
+            with structlog.contextvars.bound_contextvars(round=r):
+                record = await self._run_round(r)
+            records.append(record)
+            await asyncio.to_thread(
+                write_json, self._state_dir / "metrics.json", [x.to_dict() for x in records]
+            )
+            if self._observer is not None:
+                self._observer.round_finished(record)
+        state = self.global_state
+        await self._outbox.send(
+            topics.FINISH,
+            Finish(reason="completed", final_version=state.version, model_sha256=state.sha256),
+            round=self.round,
+        )
+        log.info("federation_finished", rounds=len(records), final_version=state.version)
+        return RunSummary(records, state.version, state.sha256)
+
+    async def _wait_for_agents(self) -> None:
+        wanted = self._schedule.min_available_clients
+        log.info("waiting_for_agents", wanted=wanted, timeout=self._schedule.join_timeout)
+        try:
+            async with asyncio.timeout(self._schedule.join_timeout):
+                await self._enough_agents.wait()
+        except TimeoutError:
+            if len(self.agents) < self._schedule.min_fit_clients:
+                raise RoundError(
+                    f"only {len(self.agents)} agent(s) joined within "
+                    f"{self._schedule.join_timeout} s; at least {self._schedule.min_fit_clients}"
+                    " are needed"
+                ) from None
+            log.warning("starting_with_fewer_agents", admitted=len(self.agents), wanted=wanted)
+
+    # -- one round ----------------------------------------------------------------------
+
+    async def _run_round(self, r: int) -> RoundRecord:
+        started = time.perf_counter()
+        self.round = r
+        before = self.global_state
+        cohort = sample_cohort(
+            self.agents.keys(),
+            fraction=self._schedule.fraction_fit,
+            min_clients=self._schedule.min_fit_clients,
+            max_clients=self._schedule.max_fit_clients,
+            rng=self._rng,
+        )
+        self._cohort = frozenset(cohort)
+        self._results = {}
+        self._round_complete.clear()
+        log.info("round_started", cohort_size=len(cohort), admitted=len(self.agents))
+        if self._observer is not None:
+            self._observer.round_started(r, cohort)
+        if cohort:
+            ins = FitIns(
+                model_version=before.version,
+                model_sha256=before.sha256,
+                deadline=self._schedule.round_timeout,
+                config=self._schedule.fit_config,
+            )
+            for agent_id in cohort:
+                await self._outbox.send(topics.INBOX, ins, round=r, agent_id=agent_id)
+            try:
+                async with asyncio.timeout(self._schedule.round_timeout):
+                    await self._round_complete.wait()
+            except TimeoutError:
+                pass
+        else:
+            log.warning("round_skipped", reason="not_enough_agents", admitted=len(self.agents))
+        results = [self._results[a] for a in sorted(self._results)]
+        survivors = [x.agent_id for x in results]
+        dropouts = sorted(self._cohort - set(survivors))
+        for agent_id in self._cohort:
+            if agent_id in self.agents:
+                self.agents[agent_id].missed_last_round = agent_id in dropouts
+        if results:
+            weights = await asyncio.to_thread(self._strategy.aggregate, before.weights, results)
+            self.global_state = GlobalState.of(r, weights)
+            await self._publish_model()
+        else:
+            log.error("round_failed", reason="no_update_arrived", kept_version=before.version)
+        log.info("round_aggregated", survivors=len(survivors), dropouts=len(dropouts))
+        accuracy = loss = None
+        eval_examples = 0
+        every = self._schedule.eval_every
+        if (every and r % every == 0) or r == self._schedule.rounds:
+            loss, accuracy, eval_examples = await self._evaluate(r)
+        record = RoundRecord(
+            round=r,
+            cohort=cohort,
+            survivors=survivors,
+            dropouts=dropouts,
+            num_examples=sum(x.num_examples for x in results),
+            train_loss=_weighted_metric(results, "train_loss"),
+            accuracy=accuracy,
+            loss=loss,
+            eval_examples=eval_examples,
+            seconds=time.perf_counter() - started,
+            model_version=self.global_state.version,
+            model_sha256=self.global_state.sha256,
+        )
+        round_dir = self._state_dir / "rounds" / f"{r:04d}"
+        await self._persist_model(self.global_state, round_dir)
+        await asyncio.to_thread(write_json, round_dir / "metrics.json", record.to_dict())
+        log.info(
+            "round_finished",
+            accuracy=accuracy,
+            loss=loss,
+            seconds=round(record.seconds, 3),
+            survivors=len(survivors),
+        )
+        return record
+
+    async def _evaluate(self, r: int) -> tuple[float | None, float | None, int]:
+        """Federated evaluation of the current model: (loss, accuracy, examples)."""
+        self._evaluators = frozenset(a for a, rec in self.agents.items() if not rec.missed_last_round)
+        self._evaluations = {}
+        self._evaluation_complete.clear()
+        if not self._evaluators:
+            log.warning("evaluation_skipped", reason="no_responsive_agent")
+            return None, None, 0
+        state = self.global_state
+        ins = EvaluateIns(
+            model_version=state.version, model_sha256=state.sha256, config=self._schedule.eval_config
+        )
+        await self._outbox.send(topics.EVALUATE, ins, round=r)
+        try:
+            async with asyncio.timeout(self._schedule.eval_timeout):
+                await self._evaluation_complete.wait()
+        except TimeoutError:
+            log.warning("evaluation_incomplete", answered=len(self._evaluations))
+        results = [x for x in self._evaluations.values() if x.num_examples > 0]
+        if not results:
+            return None, None, 0
+        loss = weighted_mean([(x.loss, x.num_examples) for x in results])
+        accuracy = weighted_mean(
+            [(float(x.metrics["accuracy"]), x.num_examples) for x in results
+             if isinstance(x.metrics.get("accuracy"), int | float)]
+        )  # fmt: skip
+        examples = sum(x.num_examples for x in results)
+        return loss, (None if np.isnan(accuracy) else accuracy), examples
+
+    async def _publish_model(self, agent_id: str | None = None) -> None:
+        state = self.global_state
+        body = GlobalModel(version=state.version, sha256=state.sha256, tensors=state.tensors)
+        spec = topics.GLOBAL_MODEL if agent_id is None else topics.INBOX
+        size = await self._outbox.send(spec, body, round=self.round, agent_id=agent_id)
+        log.info("model_published", version=state.version, size=size, to=agent_id or "all")
+
+    async def _persist_model(self, state: GlobalState, round_dir: Path) -> None:
+        await asyncio.to_thread(write_weights, round_dir / "model.npz", state.weights)
+        await asyncio.to_thread(write_weights, self._state_dir / "global_model.npz", state.weights)
+
+    # -- listeners ----------------------------------------------------------------------
+
+    async def _on_join(self, message: Message[JoinRequest]) -> None:
+        body = message.body
+        if body.agent_id != message.sender:
+            log.warning("join_refused", reason="sender_mismatch", sender=message.sender)
+            return
+        if body.plugin != self._plugin_name:
+            reason = f"this federation trains plugin {self._plugin_name!r}, not {body.plugin!r}"
+            await self._outbox.send(
+                topics.INBOX, JoinRejected(agent_id=body.agent_id, reason=reason),
+                round=self.round, agent_id=body.agent_id,
+            )  # fmt: skip
+            log.warning("join_refused", agent=body.agent_id, reason="plugin_mismatch")
+            return
+        known = body.agent_id in self.agents
+        self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
+        await self._outbox.send(
+            topics.INBOX, JoinAccepted(agent_id=body.agent_id, round=self.round),
+            round=self.round, agent_id=body.agent_id,
+        )  # fmt: skip
+        await self._publish_model(agent_id=body.agent_id)
+        log.info("agent_admitted", agent=body.agent_id, rejoin=known, admitted=len(self.agents))
+        if len(self.agents) >= self._schedule.min_available_clients:
+            self._enough_agents.set()
+
+    async def _on_update(self, message: Message[ModelUpdate]) -> None:
+        sender, body = message.sender, message.body
+        reason = None
+        if sender not in self._cohort:
+            reason = "not_in_cohort"
+        elif sender in self._results:
+            reason = "already_received"
+        elif body.model_version != self.global_state.version:
+            reason = "wrong_model_version"
+        if reason is None:
+            weights = to_arrays(body.tensors)
+            if not weights_like(self.global_state.weights, weights):
+                reason = "shape_mismatch"
+            elif not all_finite(weights):
+                reason = "not_finite"
+        if reason is not None:
+            log.warning("update_rejected", agent=sender, reason=reason)
+            return
+        self._results[sender] = ClientResult(sender, weights, body.num_examples, body.metrics)
+        log.info("update_received", agent=sender, num_examples=body.num_examples,
+                 received=len(self._results), cohort_size=len(self._cohort))  # fmt: skip
+        if len(self._results) == len(self._cohort):
+            self._round_complete.set()
+
+    async def _on_metrics(self, message: Message[EvaluateRes]) -> None:
+        sender, body = message.sender, message.body
+        if sender not in self.agents or body.model_version != self.global_state.version:
+            log.warning("metrics_rejected", agent=sender, model_version=body.model_version)
+            return
+        self._evaluations[sender] = body
+        if self._evaluators <= self._evaluations.keys():
+            self._evaluation_complete.set()
+
+
+def _weighted_metric(results: Sequence[ClientResult], key: str) -> float:
+    return weighted_mean(
+        [(float(v), x.num_examples) for x in results
+         if isinstance(v := x.metrics.get(key), int | float)]
+    )  # fmt: skip

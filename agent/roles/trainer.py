@@ -1,0 +1,278 @@
+"""The trainer role: a long-lived agent that joins, trains when asked, evaluates on request.
+
+Listeners (kind → handler, round policy):
+
+=================  ===================  ==========  ======================================
+kind               topic                rounds      may send
+=================  ===================  ==========  ======================================
+join_accepted      inbox                any         —
+join_rejected      inbox                any         —
+model_para         global, inbox        any         —  (keeps the newest verified model)
+fit_ins            inbox                not stale   model_update
+evaluate           evaluate             not stale   metrics
+finish             finish               any         join (again, for the next run)
+=================  ===================  ==========  ======================================
+
+Training and evaluation run in a worker thread (``asyncio.to_thread``) so the event loop keeps
+serving the bus. After ``finish`` the agent stays up, idle, and re-joins with a capped backoff
+so that the next run's aggregator finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.bus.backoff import Backoff
+from agent.bus.base import Bus
+from agent.config import AgentConfig
+from agent.errors import FedbusError, TransportError
+from agent.messages import topics
+from agent.messages.bodies import (
+    EvaluateIns,
+    EvaluateRes,
+    Finish,
+    FitIns,
+    GlobalModel,
+    JoinAccepted,
+    JoinRejected,
+    JoinRequest,
+    ModelUpdate,
+)
+from agent.messages.envelope import Message
+from agent.messages.kinds import Kind
+from agent.messages.tensors import digest, to_arrays, to_tensors
+from agent.plugin.api import Weights
+from agent.plugin.loader import CheckedPlugin
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from agent.runtime.outbox import Outbox
+from agent.state import write_weights
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldModel:
+    """The newest global model this agent accepted."""
+
+    version: int
+    sha256: str
+    weights: Weights
+
+
+class Trainer:
+    """The trainer role over one ``bus``. ``run()`` returns only when cancelled."""
+
+    def __init__(self, *, config: AgentConfig, bus: Bus, plugin: CheckedPlugin) -> None:
+        self._config = config
+        self._bus = bus
+        self._plugin = plugin
+        self._fed = config.federation
+        self._id = config.agent_id
+        self._outbox = Outbox(bus, federation=self._fed, sender=self._id)
+        self.round = 0
+        self.model: HeldModel | None = None
+        self.status = "joining"
+        self._model_arrived = asyncio.Condition()
+        self._admitted = asyncio.Event()
+        self._rejoin = asyncio.Event()
+        self._work: dict[Kind, asyncio.Task[None]] = {}
+        registry = ListenerRegistry()
+        registry.register(Kind.JOIN_ACCEPTED, self._on_join_accepted, rounds=RoundPolicy.ANY)
+        registry.register(Kind.JOIN_REJECTED, self._on_join_rejected, rounds=RoundPolicy.ANY)
+        registry.register(Kind.MODEL_PARA, self._on_model, rounds=RoundPolicy.ANY)
+        registry.register(Kind.FIT_INS, self._on_fit_ins, rounds=RoundPolicy.NOT_STALE)
+        registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
+        registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
+        self.dispatcher = Dispatcher(
+            federation=self._fed,
+            registry=registry,
+            current_round=lambda: self.round,
+            max_payload=config.max_payload,
+        )
+
+    @property
+    def admitted(self) -> bool:
+        return self._admitted.is_set()
+
+    async def run(self) -> None:
+        """Subscribe, join, and serve until cancelled."""
+        for spec in (topics.GLOBAL_MODEL, topics.EVALUATE, topics.FINISH):
+            await self._bus.subscribe(spec.format(self._fed))
+        await self._bus.subscribe(topics.INBOX.format(self._fed, self._id))
+        self._bus.on_connect(self._on_connect)
+        structlog.contextvars.bind_contextvars(agent_id=self._id, federation=self._fed)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.dispatcher.run(self._bus), name="trainer-receive")
+                tg.create_task(self._join_loop(), name="trainer-join")
+        finally:
+            for task in self._work.values():
+                task.cancel()
+
+    # -- joining ------------------------------------------------------------------------
+
+    async def _on_connect(self, reconnect: bool) -> None:
+        if reconnect:
+            log.info("rejoining_after_reconnect")
+            self._rejoin.set()
+
+    async def _join_loop(self) -> None:
+        retry = self._config.trainer.join_retry
+        while True:
+            delays = Backoff(initial=retry, maximum=max(retry, 30.0)).delays()
+            while not self._admitted.is_set():
+                await self._send_join()
+                try:
+                    async with asyncio.timeout(next(delays)):
+                        await self._admitted.wait()
+                except TimeoutError:
+                    continue
+            await self._rejoin.wait()
+            self._rejoin.clear()
+            self._admitted.clear()
+            if self.status != "finished":
+                self.status = "joining"
+
+    async def _send_join(self) -> None:
+        body = JoinRequest(
+            agent_id=self._id,
+            plugin=self._plugin.name,
+            num_examples=self._plugin.num_examples(),
+            capabilities=["fedavg"],
+        )
+        try:
+            await self._outbox.send(topics.JOIN, body, round=self.round)
+            log.info("join_sent", num_examples=body.num_examples)
+        except TransportError as exc:
+            log.warning("join_not_sent", error=str(exc))
+
+    async def _on_join_accepted(self, message: Message[JoinAccepted]) -> None:
+        # A new admission may belong to a new run of the federation: follow its round.
+        self.round = message.body.round
+        self.model = None
+        self.status = "idle"
+        self._admitted.set()
+        log.info("join_accepted", aggregator=message.sender, round=self.round)
+
+    async def _on_join_rejected(self, message: Message[JoinRejected]) -> None:
+        self.status = "rejected"
+        log.error("join_rejected", aggregator=message.sender, reason=message.body.reason)
+
+    # -- the model ----------------------------------------------------------------------
+
+    async def _on_model(self, message: Message[GlobalModel]) -> None:
+        body = message.body
+        if self.model is not None and body.version <= self.model.version:
+            return
+        if digest(body.tensors) != body.sha256:
+            log.warning("model_rejected", reason="digest_mismatch", version=body.version)
+            return
+        weights = [a.copy() for a in to_arrays(body.tensors)]
+        self.model = HeldModel(body.version, body.sha256, weights)
+        self.round = max(self.round, message.round)
+        log.info("model_accepted", version=body.version, sha256=body.sha256[:12])
+        async with self._model_arrived:
+            self._model_arrived.notify_all()
+        path = self._config.state_dir / "global_model.npz"
+        await asyncio.to_thread(write_weights, path, weights)
+
+    async def _wait_for_model(self, version: int, sha256: str) -> HeldModel | None:
+        """The model ``version``, waiting up to ``model_wait`` s; None if it did not come."""
+        try:
+            async with asyncio.timeout(self._config.trainer.model_wait), self._model_arrived:
+                await self._model_arrived.wait_for(
+                    lambda: self.model is not None and self.model.version >= version
+                )
+        except TimeoutError:
+            log.warning("model_missing", version=version)
+            return None
+        model = self.model
+        if model is None or model.version != version or model.sha256 != sha256:
+            log.warning("model_superseded", wanted=version)
+            return None
+        return model
+
+    # -- work ---------------------------------------------------------------------------
+
+    def _start(self, kind: Kind, work: Any) -> None:
+        """Run ``work`` as the one task of ``kind``, cancelling an older one (stale round)."""
+        old = self._work.get(kind)
+        if old is not None and not old.done():
+            old.cancel()
+            log.info("work_superseded", kind=str(kind))
+        self._work[kind] = asyncio.create_task(work, name=f"trainer-{kind}")
+
+    async def _on_fit_ins(self, message: Message[FitIns]) -> None:
+        self.round = message.round
+        self._start(Kind.FIT_INS, self._fit(message.round, message.body))
+
+    async def _fit(self, round_: int, ins: FitIns) -> None:
+        with structlog.contextvars.bound_contextvars(round=round_):
+            model = await self._wait_for_model(ins.model_version, ins.model_sha256)
+            if model is None:
+                return
+            self.status = f"round {round_}: training"
+            started = time.perf_counter()
+            config = {**ins.config, "round": round_}
+            try:
+                result = await asyncio.to_thread(self._plugin.fit, model.weights, config)
+            except FedbusError as exc:
+                log.error("fit_failed", error=str(exc))
+                self.status = "idle"
+                return
+            seconds = time.perf_counter() - started
+            update = ModelUpdate(
+                model_version=model.version,
+                num_examples=max(1, result.num_examples),
+                tensors=to_tensors(result.weights),
+                metrics=result.metrics,
+            )
+            size = await self._outbox.send(topics.UPDATE, update, round=round_, agent_id=self._id)
+            self.status = "idle"
+            log.info(
+                "update_sent",
+                num_examples=result.num_examples,
+                seconds=round(seconds, 4),
+                size=size,
+                **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+            )
+
+    async def _on_evaluate(self, message: Message[EvaluateIns]) -> None:
+        if not self._admitted.is_set():
+            return
+        self.round = message.round
+        self._start(Kind.EVALUATE, self._evaluate(message.round, message.body))
+
+    async def _evaluate(self, round_: int, ins: EvaluateIns) -> None:
+        with structlog.contextvars.bound_contextvars(round=round_):
+            model = await self._wait_for_model(ins.model_version, ins.model_sha256)
+            if model is None:
+                return
+            try:
+                result = await asyncio.to_thread(self._plugin.evaluate, model.weights, ins.config)
+            except FedbusError as exc:
+                log.error("evaluate_failed", error=str(exc))
+                return
+            res = EvaluateRes(
+                model_version=model.version,
+                loss=result.loss,
+                num_examples=result.num_examples,
+                metrics=result.metrics,
+            )
+            await self._outbox.send(topics.METRICS, res, round=round_, agent_id=self._id)
+            log.info("metrics_sent", loss=round(result.loss, 5), num_examples=result.num_examples)
+
+    async def _on_finish(self, message: Message[Finish]) -> None:
+        log.info(
+            "federation_finished",
+            reason=message.body.reason,
+            final_version=message.body.final_version,
+        )
+        self.status = "finished"
+        # Stay up, idle; join again (with backoff) so the next run's aggregator finds us.
+        self._rejoin.set()

@@ -1,0 +1,170 @@
+"""Listeners keyed by message kind, and the one dispatch point every message goes through.
+
+A role registers one handler per kind it accepts, with a round policy. ``Dispatcher.dispatch``
+then runs, for each incoming bus message: size limit → decode → federation → topic/kind and
+topic/sender agreement → round guard → duplicate check → the handler. A message failing any
+check is dropped with one ``message_dropped`` log line naming the reason; a handler that
+raises is logged as ``handler_failed``. Neither stops the receive loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from agent.bus.base import Bus, BusMessage
+from agent.errors import (
+    DuplicateMessageError,
+    ProtocolError,
+    SenderMismatchError,
+    StaleRoundError,
+    UnexpectedKindError,
+    WrongFederationError,
+    WrongTopicError,
+)
+from agent.messages.codec import decode
+from agent.messages.envelope import Message
+from agent.messages.kinds import Kind
+from agent.messages.topics import classify
+from agent.runtime.dedupe import SeenIds
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[Message[Any]], Awaitable[None]]
+
+
+class RoundPolicy(StrEnum):
+    """Which rounds a listener accepts, relative to the role's current round."""
+
+    ANY = "any"  # e.g. join: not tied to a round
+    CURRENT = "current"  # exactly the current round (updates, metrics)
+    NOT_STALE = "not_stale"  # the current round or a later one (instructions from above)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    kind: Kind
+    handler: Handler
+    rounds: RoundPolicy
+
+
+class ListenerRegistry:
+    """One handler per kind. Registering a kind twice is a programming error."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[Kind, Listener] = {}
+
+    def register(self, kind: Kind, handler: Handler, *, rounds: RoundPolicy) -> None:
+        """Add the handler for ``kind``.
+
+        Raises:
+            ValueError: ``kind`` already has a handler.
+        """
+        if kind in self._listeners:
+            raise ValueError(f"a listener for {kind!s} is already registered")
+        self._listeners[kind] = Listener(kind, handler, rounds)
+
+    def get(self, kind: Kind) -> Listener:
+        """The listener for ``kind``.
+
+        Raises:
+            UnexpectedKindError: nothing is registered for ``kind``.
+        """
+        try:
+            return self._listeners[kind]
+        except KeyError:
+            raise UnexpectedKindError(f"no listener for {kind!s}") from None
+
+    @property
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset(self._listeners)
+
+
+class Dispatcher:
+    """Validates incoming messages and hands them to their listener.
+
+    Args:
+        federation: the only federation whose messages are accepted.
+        registry: the listeners.
+        current_round: returns the role's current round, read at each message.
+        max_payload: larger payloads are dropped as ``oversized``.
+        seen_capacity: how many message ids to remember for duplicate detection.
+    """
+
+    def __init__(
+        self,
+        *,
+        federation: str,
+        registry: ListenerRegistry,
+        current_round: Callable[[], int],
+        max_payload: int,
+        seen_capacity: int = 8192,
+    ) -> None:
+        self._federation = federation
+        self._registry = registry
+        self._current_round = current_round
+        self._max_payload = max_payload
+        self._seen = SeenIds(seen_capacity)
+        self.dropped: dict[str, int] = {}
+
+    def accept(self, raw: BusMessage) -> tuple[Listener, Message[Any]]:
+        """Run every check on ``raw``; return the listener and the decoded message.
+
+        Raises:
+            ProtocolError: (a subclass naming the reason) when the message must be dropped.
+        """
+        message = decode(raw.payload, topic=raw.topic, max_size=self._max_payload)
+        envelope = message.envelope
+        if envelope.federation != self._federation:
+            raise WrongFederationError(f"federation {envelope.federation!r}")
+        where = classify(raw.topic, self._federation)
+        if where is None or envelope.kind not in where[0].kinds:
+            raise WrongTopicError(f"{envelope.kind!s} does not travel on {raw.topic}")
+        spec, topic_agent = where
+        if spec.publisher == "agent" and topic_agent is not None and topic_agent != envelope.sender:
+            raise SenderMismatchError(f"sender {envelope.sender!r} on {raw.topic}")
+        listener = self._registry.get(envelope.kind)
+        current = self._current_round()
+        if (listener.rounds is RoundPolicy.CURRENT and envelope.round != current) or (
+            listener.rounds is RoundPolicy.NOT_STALE and envelope.round < current
+        ):
+            raise StaleRoundError(f"round {envelope.round}, current round {current}")
+        if not self._seen.add(envelope.message_id):
+            raise DuplicateMessageError(f"message id {envelope.message_id.hex()}")
+        return listener, message
+
+    async def dispatch(self, raw: BusMessage) -> bool:
+        """Check ``raw`` and run its handler. Returns True when a handler ran cleanly."""
+        try:
+            listener, message = self.accept(raw)
+        except ProtocolError as exc:
+            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            log.warning(
+                "message_dropped",
+                reason=exc.reason,
+                topic=raw.topic,
+                size=len(raw.payload),
+                detail=str(exc)[:200],
+            )
+            return False
+        try:
+            await listener.handler(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "handler_failed", kind=str(message.kind), sender=message.sender, round=message.round
+            )
+            return False
+        return True
+
+    async def run(self, bus: Bus) -> None:
+        """The receive loop: dispatch every message from ``bus`` until it is closed."""
+        async for raw in bus.messages():
+            await self.dispatch(raw)
+

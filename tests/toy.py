@@ -1,0 +1,65 @@
+"""Test helpers: a toy plugin whose FedAvg result is known exactly, and config builders."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.config import AgentConfig, AggregatorConfig, PluginConfig, RoleName, TrainerConfig
+from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
+from agent.plugin.loader import CheckedPlugin
+
+
+class ToyPlugin:
+    """fit() returns weights filled with ``value`` (so FedAvg of a round is the
+    num_examples-weighted mean of the values); evaluate() reports the mean weight as loss."""
+
+    def __init__(self, value: float, n: int, *, block: threading.Event | None = None) -> None:
+        self.value = value
+        self.n = n
+        self.block = block
+        self.fits: list[Mapping[str, Scalar]] = []
+
+    def get_weights(self) -> Weights:
+        return [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
+
+    def num_examples(self) -> int:
+        return self.n
+
+    def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
+        if self.block is not None:
+            self.block.wait(10)
+        self.fits.append(dict(config))
+        new = [np.full_like(w, self.value) for w in weights]
+        return FitResult(new, self.n, {"train_loss": self.value})
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
+        mean = float(np.mean(weights[0]))
+        return EvaluateResult(mean, self.n, {"accuracy": min(1.0, mean / 10)})
+
+
+def toy(value: float, n: int, **kw: Any) -> CheckedPlugin:
+    return CheckedPlugin("toy", ToyPlugin(value, n, **kw))
+
+
+def trainer_config(agent_id: str, url: str, state: Path, fed: str = "fed") -> AgentConfig:
+    return AgentConfig(
+        role=RoleName.TRAINER, agent_id=agent_id, federation=fed, bus_url=url,
+        state_dir=state / agent_id, plugin=PluginConfig(name="toy"),
+        trainer=TrainerConfig(join_retry=0.2, model_wait=5.0),
+    )
+
+
+def aggregator_config(url: str, state: Path, *, agents: int, rounds: int = 2,
+                      round_timeout: float = 10.0, fed: str = "fed", **kw: Any) -> AgentConfig:
+    return AgentConfig(
+        role=RoleName.AGGREGATOR, agent_id="aggregator", federation=fed, bus_url=url,
+        state_dir=state / "aggregator", plugin=PluginConfig(name="toy"),
+        aggregator=AggregatorConfig(
+            rounds=rounds, min_fit_clients=1, min_available_clients=agents, join_timeout=10.0,
+            round_timeout=round_timeout, eval_timeout=round_timeout, **kw),
+    )
