@@ -53,10 +53,12 @@ class BusSettings:
         queue_size: bound of the incoming message queue; when full the adapter drops the
             newest message and logs ``bus_queue_full``.
         connect_timeout: seconds for one connection attempt.
-        publish_timeout: seconds a publish waits for a broker session before
-            ``NotConnectedError``.
+        publish_timeout: seconds a publish may take, waiting for a broker session and
+            its acknowledgement included, before ``NotConnectedError``.
         backoff_initial, backoff_max: reconnect delay bounds in seconds; the delay doubles
             per failed attempt and is jittered uniformly in [delay/2, delay].
+        keepalive: seconds between liveness pings (MQTT keepalive, NATS ping interval);
+            a silently dead connection is noticed after about two of them.
         will: optional last will.
     """
 
@@ -67,6 +69,7 @@ class BusSettings:
     publish_timeout: float = 10.0
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
+    keepalive: int = 30
     will: LastWill | None = None
 
 
@@ -82,7 +85,7 @@ class Bus(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    async def wait_connected(self, timeout: float | None = None) -> None:
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once a broker session is up and subscriptions are acknowledged.
 
         Raises:

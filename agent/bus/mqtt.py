@@ -1,0 +1,159 @@
+"""The MQTT 5 adapter, on aiomqtt 2.x (which wraps paho-mqtt).
+
+aiomqtt has no automatic reconnect: one ``aiomqtt.Client`` is one connection. Every connect
+attempt of the supervisor (see :mod:`agent.bus.supervisor`) builds a fresh client, so no
+state leaks between connections. Subscriptions and publishes use QoS 1; the last will
+(QoS 1) is registered on every connection; a clean exit sends DISCONNECT, so the broker
+publishes the will only when the connection dies (crash, SIGKILL, network loss, keepalive
+timeout). Each connection starts a clean session, so messages published while we were
+offline are not queued for us (re-announce on reconnect; retained messages cover state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import ssl
+
+import aiomqtt
+import structlog
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.bus.base import BusSettings
+from agent.bus.session import Deliver, Session, SessionLostError
+from agent.bus.supervisor import SupervisedBus
+from agent.errors import TransportError
+
+log = structlog.get_logger(__name__)
+
+#: aiomqtt's per-operation timeout when the bus already bounds the operation itself.
+_UNBOUNDED = math.inf
+_QOS = 1
+
+# A connect that is cancelled (timeout, bus exit) may still complete in aiomqtt's executor
+# thread; those clients are disconnected in the background and kept here until then.
+_orphans: set[asyncio.Task[None]] = set()
+
+
+class MqttSession:
+    """One aiomqtt connection, as a ``Session``."""
+
+    def __init__(self, client: aiomqtt.Client, deliver: Deliver) -> None:
+        self._client = client
+        self._deliver = deliver
+
+    async def subscribe(self, topic_filter: str) -> None:
+        try:
+            granted = await self._client.subscribe(topic_filter, qos=_QOS, timeout=_UNBOUNDED)
+        except aiomqtt.MqttError as exc:
+            raise SessionLostError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
+        for code in granted:
+            failed = code.is_failure if isinstance(code, ReasonCode) else code >= 0x80
+            if failed:
+                raise TransportError(f"broker refused the subscription {topic_filter!r}: {code}")
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        try:
+            await self._client.publish(topic, payload, qos=_QOS, retain=retain, timeout=_UNBOUNDED)
+        except aiomqtt.MqttError as exc:
+            raise SessionLostError(f"publish failed: {exc}") from exc
+
+    async def run(self) -> str:
+        try:
+            async for message in self._client.messages:
+                self._deliver(message.topic.value, message.payload, message.retain)
+        except aiomqtt.MqttError as exc:
+            return str(exc.__cause__ or exc)
+        return "message stream ended"
+
+    async def close(self, *, clean: bool) -> None:
+        # aiomqtt sends DISCONNECT if the connection is still up (no will), else returns.
+        del clean
+        try:
+            await self._client.__aexit__(None, None, None)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"disconnect failed: {exc}") from exc
+
+
+class MqttBus(SupervisedBus):
+    """``Bus`` over MQTT 5 (``mqtt://`` plain, ``mqtts://`` with ``tls``)."""
+
+    transport = "mqtt"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        settings: BusSettings,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.host = host
+        self.port = port
+        self._tls = tls
+
+    def _client(self) -> aiomqtt.Client:
+        settings = self.settings
+        will = None
+        if settings.will is not None:
+            will = aiomqtt.Will(
+                settings.will.topic, settings.will.payload, qos=_QOS, retain=settings.will.retain
+            )
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=settings.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=will,
+            tls_context=self._tls,
+            timeout=settings.connect_timeout,
+            keepalive=settings.keepalive,
+            max_queued_incoming_messages=settings.queue_size,
+        )
+
+    async def _open_session(self, deliver: Deliver) -> Session:
+        client = self._client()
+        connecting = asyncio.ensure_future(client.__aenter__())
+        try:
+            await asyncio.shield(connecting)
+        except aiomqtt.MqttError as exc:
+            _close_sockets(client)
+            raise TransportError(f"cannot connect to mqtt broker {self.where}: {exc}") from exc
+        except asyncio.CancelledError:
+            connecting.add_done_callback(functools.partial(_disconnect_orphan, client))
+            raise
+        return MqttSession(client, deliver)
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _close_sockets(client: aiomqtt.Client) -> None:
+    """Close the sockets of a client whose connect failed.
+
+    aiomqtt only resets its futures when CONNACK does not come (timeout, or a broker that
+    accepts TCP but never answers); paho's socket stays open and registered with the event
+    loop. There is no public API for this, hence the private calls.
+    """
+    client._client._reset_sockets()
+
+
+def _disconnect_orphan(client: aiomqtt.Client, connecting: asyncio.Future[object]) -> None:
+    """Disconnect a client whose abandoned connect completed after all."""
+    if connecting.cancelled() or connecting.exception() is not None:
+        _close_sockets(client)
+        return
+    log.info("bus_orphan_disconnecting", transport="mqtt", client_id=client.identifier)
+    task = asyncio.get_running_loop().create_task(_exit_quietly(client))
+    _orphans.add(task)
+    task.add_done_callback(_orphans.discard)
+
+
+async def _exit_quietly(client: aiomqtt.Client) -> None:
+    try:
+        await client.__aexit__(None, None, None)
+    except aiomqtt.MqttError as exc:
+        log.info("bus_orphan_disconnect_failed", transport="mqtt", reason=str(exc))

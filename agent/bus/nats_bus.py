@@ -1,0 +1,190 @@
+"""The NATS adapter, on nats-py 2.x (core NATS, no JetStream).
+
+nats-py's own reconnect is switched off (``allow_reconnect=False``): one ``nats.aio.client
+.Client`` is one connection, and the shared supervisor (see :mod:`agent.bus.supervisor`)
+reconnects with our capped, jittered backoff and re-creates every subscription, exactly as
+for MQTT. Differences from MQTT, by necessity:
+
+- Subjects are the canonical topics mapped by :mod:`agent.bus.topics`; a filter ``a/#`` is
+  subscribed as ``a.>`` *and* ``a`` so that it matches what MQTT's ``a/#`` matches.
+- Core NATS is at-most-once and has no acknowledgements. ``publish`` and ``subscribe``
+  flush (a PING/PONG round trip), so when they return the server has processed them;
+  that is our stand-in for QoS 1's PUBACK and SUBACK.
+- ``retain`` is ignored: core NATS keeps no messages. Late joiners need a request or a
+  re-publish (or a JetStream KV later).
+- NATS has no last will. On a clean ``__aexit__`` the adapter publishes the will itself
+  before closing; after a crash nobody does, so consumers also need a liveness timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import ssl
+
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from agent.bus.base import BusSettings, LastWill
+from agent.bus.session import Deliver, Session, SessionLostError
+from agent.bus.supervisor import SupervisedBus
+from agent.bus.topics import (
+    TopicError,
+    from_nats_subject,
+    nats_subjects_for_filter,
+    to_nats_subject,
+)
+from agent.errors import TransportError
+
+log = structlog.get_logger(__name__)
+
+
+def _seconds(value: float) -> int:
+    """nats-py takes whole seconds; round up so a short timeout never becomes zero."""
+    return max(1, math.ceil(value))
+
+
+class NatsSession:
+    """One nats-py connection, as a ``Session``."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        deliver: Deliver,
+        *,
+        ended: asyncio.Event,
+        will: LastWill | None,
+        flush_timeout: float,
+    ) -> None:
+        self._nc = nc
+        self._deliver = deliver
+        self._ended = ended
+        self._will = will
+        self._flush_timeout = _seconds(flush_timeout)
+
+    async def subscribe(self, topic_filter: str) -> None:
+        try:
+            for subject in nats_subjects_for_filter(topic_filter):
+                await self._nc.subscribe(subject, cb=self._on_message)
+        except nats.errors.Error as exc:
+            raise SessionLostError(f"subscribe to {topic_filter!r} failed: {exc!r}") from exc
+        await self._flush()
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        del retain  # core NATS has no retained messages
+        try:
+            await self._nc.publish(to_nats_subject(topic), payload)
+        except nats.errors.MaxPayloadError as exc:
+            limit = self._nc.max_payload
+            raise TransportError(f"server max_payload {limit} refuses {len(payload)} B") from exc
+        except nats.errors.Error as exc:
+            raise SessionLostError(f"publish failed: {exc!r}") from exc
+        await self._flush()
+
+    async def run(self) -> str:
+        await self._ended.wait()
+        error = self._nc.last_error
+        return repr(error) if error is not None else "connection closed"
+
+    async def close(self, *, clean: bool) -> None:
+        try:
+            if clean and self._will is not None and self._nc.is_connected:
+                await self.publish(self._will.topic, self._will.payload, retain=False)
+        except TransportError as exc:
+            log.warning("bus_will_not_sent", transport="nats", reason=str(exc))
+        finally:
+            await self._nc.close()
+
+    async def _flush(self) -> None:
+        try:
+            # nats-py's flush() writes its PING straight to the socket, ahead of the commands
+            # still queued for its flusher task, so the PONG can return before our SUB/PUB
+            # reached the server (a lost message, ~2% of round trips here). Wait until the
+            # flusher has written them first; there is no public API for that.
+            task = asyncio.current_task()
+            cancels = task.cancelling() if task is not None else 0
+            await self._nc._flush_pending(force_flush=True)
+            if task is not None and task.cancelling() > cancels:
+                raise asyncio.CancelledError  # _flush_pending swallowed a cancellation
+            await self._nc.flush(timeout=self._flush_timeout)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise SessionLostError(f"flush failed: {exc!r}") from exc
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            topic = from_nats_subject(msg.subject)
+        except TopicError:
+            log.warning("bus_message_dropped", reason="non_canonical_subject", subject=msg.subject)
+            return
+        self._deliver(topic, msg.data, False)
+
+
+class NatsBus(SupervisedBus):
+    """``Bus`` over NATS (``nats://`` plain, ``tls://`` with ``tls``)."""
+
+    transport = "nats"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        settings: BusSettings,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.host = host
+        self.port = port
+        self._tls = tls
+        scheme = "tls" if tls is not None else "nats"
+        netloc = f"[{host}]" if ":" in host else host
+        self.server_url = f"{scheme}://{netloc}:{port}"
+
+    async def _open_session(self, deliver: Deliver) -> Session:
+        settings = self.settings
+        nc = NatsClient()
+        ended = asyncio.Event()
+
+        async def on_closed() -> None:
+            ended.set()
+
+        connect_errors: list[Exception] = []  # nats-py reports why only through error_cb
+
+        async def on_error(exc: Exception) -> None:
+            # Connect failures and lost connections are logged by the supervisor; what is
+            # left (slow consumer, permissions violation, …) arrives only here.
+            if not nc.is_connected:
+                connect_errors.append(exc)
+            elif not isinstance(exc, OSError | nats.errors.StaleConnectionError):
+                log.warning("bus_transport_error", transport="nats", reason=repr(exc))
+
+        try:
+            await nc.connect(
+                servers=[self.server_url],
+                name=settings.client_id,
+                # One connection per Client: the supervisor reconnects. With reconnect off,
+                # nats-py still loops over its server pool inside connect(); one retry with no
+                # wait (max_reconnect_attempts=1) is the smallest bound it offers.
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                connect_timeout=_seconds(settings.connect_timeout),
+                ping_interval=settings.keepalive,
+                max_outstanding_pings=2,
+                tls=self._tls,
+                error_cb=on_error,
+                disconnected_cb=on_closed,
+                closed_cb=on_closed,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            await nc.close()
+            cause = connect_errors[-1] if connect_errors else exc
+            raise TransportError(f"cannot connect to {self.server_url}: {cause!r}") from exc
+        except asyncio.CancelledError:
+            await nc.close()
+            raise
+        return NatsSession(
+            nc, deliver, ended=ended, will=settings.will, flush_timeout=settings.publish_timeout
+        )

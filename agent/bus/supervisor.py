@@ -1,0 +1,272 @@
+"""Connection supervision shared by every adapter: the ``Bus`` behaviour minus the wire.
+
+An adapter only knows how to open one :class:`~agent.bus.session.Session` (one broker
+connection that never reconnects by itself). :class:`SupervisedBus` owns everything else:
+
+- a supervisor task, started by ``__aenter__`` and cancelled and awaited by ``__aexit__``,
+  that connects, replays every subscription, marks the bus connected, runs the on_connect
+  callbacks (concurrently with delivery), waits until the session ends, and reconnects after
+  a capped, jittered exponential backoff (reset after every successful connect);
+- ``publish`` waiting for a live session up to ``publish_timeout`` and retrying on the next
+  session when the connection is lost mid-publish (at least once);
+- the bounded inbox: oversized incoming messages and overflow are dropped and logged.
+
+Log events: ``bus_connected``, ``bus_disconnected`` (reason), ``bus_reconnecting`` (attempt,
+delay), ``bus_connect_failed``, ``bus_closed``, ``bus_message_dropped``, ``bus_queue_full``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import ClassVar, Self
+
+import structlog
+
+from agent.bus.backoff import Backoff
+from agent.bus.base import BusMessage, BusSettings, ConnectCallback
+from agent.bus.inbox import Inbox
+from agent.bus.session import (
+    Deliver,
+    LiveSession,
+    Session,
+    SessionEndedError,
+    SessionLostError,
+    race,
+)
+from agent.bus.topics import validate_filter, validate_topic
+from agent.errors import (
+    BusTimeoutError,
+    ConfigError,
+    NotConnectedError,
+    OversizedError,
+    TransportError,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class SupervisedBus(abc.ABC):
+    """Implements ``agent.bus.base.Bus`` on top of :meth:`_open_session`."""
+
+    #: Adapter name bound into every log line.
+    transport: ClassVar[str] = "bus"
+
+    def __init__(self, settings: BusSettings) -> None:
+        if settings.max_payload < 1 or settings.queue_size < 1:
+            raise ConfigError("max_payload and queue_size must be positive")
+        self.settings = settings
+        self._backoff = Backoff.from_settings(settings)
+        self._log = log.bind(transport=self.transport, client_id=settings.client_id)
+        self._subscriptions: dict[str, None] = {}  # an insertion-ordered set
+        self._callbacks: list[ConnectCallback] = []
+        self._inbox = Inbox(settings.queue_size)
+        self._connected = asyncio.Event()  # set exactly while self._live is not None
+        self._live: LiveSession | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @abc.abstractmethod
+    async def _open_session(self, deliver: Deliver) -> Session:
+        """Connect once or raise ``TransportError``; clean up if cancelled (timeout)."""
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._supervisor is not None:
+            raise RuntimeError("a bus is reusable but not re-entrant")
+        self._closing = False
+        self._inbox.reopen()
+        name = f"bus-supervisor-{self.transport}-{self.settings.client_id}"
+        self._supervisor = asyncio.create_task(self._supervise(), name=name)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._supervisor = self._supervisor, None
+        if task is None:
+            return
+        self._closing = True
+        task.cancel()
+        await asyncio.wait({task})  # never raises the task's CancelledError into us
+        self._inbox.close()
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("bus_supervisor_crashed", exc_info=task.exception())
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- the Bus protocol --------------------------------------------------------------
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if self._supervisor is None:
+            raise NotConnectedError("the bus is not open; use `async with bus:`")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError as exc:
+            raise BusTimeoutError(f"no broker session within {timeout} s") from exc
+
+    def on_connect(self, callback: ConnectCallback) -> None:
+        self._callbacks.append(callback)
+
+    async def subscribe(self, topic_filter: str) -> None:
+        validate_filter(topic_filter)
+        if topic_filter in self._subscriptions:
+            return
+        self._subscriptions[topic_filter] = None
+        live = self._live
+        if live is None:
+            return  # the supervisor replays it before the bus counts as connected
+        try:
+            await race(live, live.session.subscribe(topic_filter))
+        except (SessionEndedError, SessionLostError):
+            return  # replayed on the next connect
+        except TransportError:
+            del self._subscriptions[topic_filter]
+            raise
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        validate_topic(topic)
+        if len(payload) > self.settings.max_payload:
+            raise OversizedError(len(payload), self.settings.max_payload)
+        if self._supervisor is None:
+            raise NotConnectedError("the bus is not open; use `async with bus:`")
+        timeout = self.settings.publish_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    while (live := self._live) is None:
+                        await self._connected.wait()
+                    try:
+                        await race(live, live.session.publish(topic, payload, retain=retain))
+                    except SessionEndedError:
+                        continue
+                    except SessionLostError as exc:
+                        self._end(live, f"publish failed: {exc}")
+                        continue
+                    return
+        except TimeoutError as exc:
+            raise NotConnectedError(
+                f"publish to {topic!r} not acknowledged by a broker within {timeout} s"
+                f" (connected now: {self.is_connected})"
+            ) from exc
+
+    async def messages(self) -> AsyncIterator[BusMessage]:
+        while (message := await self._inbox.get()) is not None:
+            yield message
+
+    # -- supervision -------------------------------------------------------------------
+
+    def _deliver(self, topic: str, payload: bytes, retained: bool) -> None:
+        size, limit = len(payload), self.settings.max_payload
+        if size > limit:
+            self._log.warning(
+                "bus_message_dropped", reason="oversized", topic=topic, size=size, limit=limit
+            )
+        elif not self._inbox.put(BusMessage(topic, payload, retained)):
+            self._log.warning("bus_queue_full", topic=topic, size=size, queue_size=len(self._inbox))
+
+    def _end(self, live: LiveSession, reason: str) -> None:
+        live.end(reason)
+        if self._live is live:
+            self._live = None
+            self._connected.clear()
+
+    async def _supervise(self) -> None:
+        attempt = 0  # reconnect attempts since the last successful connect
+        reconnect = False
+        while True:
+            if attempt:
+                delay = self._backoff.delay(attempt)
+                self._log.info("bus_reconnecting", attempt=attempt, delay=round(delay, 3))
+                await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    session = await self._open_session(self._deliver)
+            except (TransportError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                self._log.warning("bus_connect_failed", attempt=attempt, reason=reason)
+                attempt += 1
+                continue
+            except Exception:  # noqa: BLE001 - an adapter bug must not end reconnecting
+                self._log.exception("bus_connect_failed", attempt=attempt, reason="bug")
+                attempt += 1
+                continue
+            try:
+                connected = await self._serve(session, reconnect=reconnect)
+            except Exception:  # noqa: BLE001 - a bug in one session must not end reconnecting
+                self._log.exception("bus_session_failed")
+                connected = False
+            if connected:
+                reconnect, attempt = True, 1
+            else:
+                attempt += 1
+
+    async def _serve(self, session: Session, *, reconnect: bool) -> bool:
+        """Run one session to its end; True if it got as far as connected."""
+        live = LiveSession(session)
+        connected = False
+        callbacks: asyncio.Task[None] | None = None
+        try:
+            replayed = 0
+            while replayed < len(self._subscriptions):  # subscribe() may add some meanwhile
+                replayed = await race(live, self._replay(session, replayed))
+            self._live = live  # no await since the check: no subscription can slip through
+            self._connected.set()
+            connected = True
+            self._log.info(
+                "bus_connected", reconnect=reconnect, subscriptions=len(self._subscriptions)
+            )
+            callbacks = asyncio.create_task(self._run_callbacks(reconnect), name="bus-on-connect")
+            self._end(live, await race(live, session.run()))
+        except SessionEndedError:
+            pass
+        except TransportError as exc:
+            self._end(live, str(exc) or type(exc).__name__)
+        finally:
+            self._end(live, "bus closing" if self._closing else "session failed")
+            if callbacks is not None and not callbacks.done():
+                callbacks.cancel()
+                await asyncio.wait({callbacks})
+            await self._close(session, reason=live.reason, connected=connected)
+        return connected
+
+    async def _close(self, session: Session, *, reason: str, connected: bool) -> None:
+        clean = self._closing
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await session.close(clean=clean)
+        except (TransportError, TimeoutError) as exc:
+            self._log.warning("bus_close_failed", reason=str(exc) or type(exc).__name__)
+        if clean:
+            self._log.info("bus_closed")
+        else:
+            self._log.warning("bus_disconnected", reason=reason, was_connected=connected)
+
+    async def _replay(self, session: Session, done: int) -> int:
+        """Subscribe every filter from index ``done`` on; return how many are done."""
+        while done < len(self._subscriptions):
+            topic_filter = list(self._subscriptions)[done]
+            try:
+                await session.subscribe(topic_filter)
+            except SessionLostError:
+                raise
+            except TransportError as exc:
+                self._log.error("bus_subscribe_refused", topic_filter=topic_filter, reason=str(exc))
+            done += 1
+        return done
+
+    async def _run_callbacks(self, reconnect: bool) -> None:
+        for callback in list(self._callbacks):
+            try:
+                await callback(reconnect)
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the others
+                self._log.exception("bus_connect_callback_failed", callback=repr(callback))

@@ -1,0 +1,109 @@
+"""Build a ``Bus`` from a broker URL.
+
+==========  =====================  ============
+scheme      transport              default port
+==========  =====================  ============
+``mqtt``    MQTT 5, plain TCP      1883
+``mqtts``   MQTT 5 over TLS        8883
+``nats``    NATS, plain TCP        4222
+``tls``     NATS over TLS          4222
+==========  =====================  ============
+
+Credentials never go in the URL (they would end up in logs and process listings); TLS
+client certificates come from :class:`TlsFiles`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from agent.bus.base import Bus, BusSettings
+from agent.bus.mqtt import MqttBus
+from agent.bus.nats_bus import NatsBus
+from agent.errors import ConfigError
+
+#: scheme → (transport, TLS?, default port)
+SCHEMES: dict[str, tuple[str, bool, int]] = {
+    "mqtt": ("mqtt", False, 1883),
+    "mqtts": ("mqtt", True, 8883),
+    "nats": ("nats", False, 4222),
+    "tls": ("nats", True, 4222),
+}
+_ACCEPTED = ", ".join(f"{scheme}://" for scheme in SCHEMES)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files for TLS. No ``ca_file`` means the system trust store; ``cert_file`` (with
+    ``key_file``, unless the key is inside the cert file) is our client certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that verifies the server (certificate and host name)."""
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError("TLS key_file given without cert_file")
+        try:
+            cafile = str(self.ca_file) if self.ca_file is not None else None
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+            if self.cert_file is not None:
+                keyfile = str(self.key_file) if self.key_file is not None else None
+                context.load_cert_chain(str(self.cert_file), keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load TLS files {self}: {exc}") from exc
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """A parsed broker URL."""
+
+    transport: str  # "mqtt" or "nats"
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse and check ``url``; :class:`ConfigError` names the URL and the accepted schemes."""
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"bad broker URL {url!r}: {why} (accepted: {_ACCEPTED}host[:port])")
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise bad(str(exc)) from exc
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise bad(f"unknown scheme {parts.scheme!r}" if scheme else "no scheme")
+    if parts.username is not None or parts.password is not None:
+        raise bad("credentials do not belong in the URL")
+    if not parts.hostname:
+        raise bad("no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise bad("unexpected path, query or fragment")
+    transport, tls, default_port = SCHEMES[scheme]
+    if port == 0:
+        raise bad("port 0")
+    return BrokerAddress(transport, parts.hostname, port or default_port, tls)
+
+
+def bus_from_url(url: str, settings: BusSettings, *, tls: TlsFiles | None = None) -> Bus:
+    """The ``Bus`` adapter for ``url`` (not yet connected: enter it with ``async with``)."""
+    address = parse_broker_url(url)
+    context: ssl.SSLContext | None = None
+    if address.tls:
+        context = (tls or TlsFiles()).ssl_context()
+    elif tls is not None and tls != TlsFiles():
+        raise ConfigError(f"TLS files given but {url!r} is plaintext; use mqtts:// or tls://")
+    if address.transport == "mqtt":
+        return MqttBus(address.host, address.port, settings, tls=context)
+    return NatsBus(address.host, address.port, settings, tls=context)
