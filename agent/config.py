@@ -46,14 +46,14 @@ class _Config(
     pass
 
 
-class PluginConfig(_Config):
+class PluginConfig(_Config, frozen=True):
     """``[plugin]``: which plugin (entry-point name in ``fedbus.plugins``) and its options."""
 
     name: Name
     options: dict[str, Any] = {}
 
 
-class AggregatorConfig(_Config):
+class AggregatorConfig(_Config, frozen=True):
     """``[aggregator]``: the round schedule.
 
     Attributes:
@@ -97,7 +97,7 @@ class AggregatorConfig(_Config):
             )
 
 
-class TrainerConfig(_Config):
+class TrainerConfig(_Config, frozen=True):
     """``[trainer]``: how the agent behaves as a trainer.
 
     Attributes:
@@ -109,7 +109,7 @@ class TrainerConfig(_Config):
     model_wait: Positive = 30.0
 
 
-class LoggingConfig(_Config):
+class LoggingConfig(_Config, frozen=True):
     """``[logging]``: ``level`` (debug/info/warning/error) and ``format`` (auto/json/console;
     auto is console on a TTY, JSON lines otherwise)."""
 
@@ -117,7 +117,7 @@ class LoggingConfig(_Config):
     format: str = "auto"
 
 
-class TlsConfig(_Config):
+class TlsConfig(_Config, frozen=True):
     """``[tls]``: files for ``mqtts://`` and ``tls://`` bus URLs."""
 
     ca_file: Path | None = None
@@ -125,7 +125,7 @@ class TlsConfig(_Config):
     key_file: Path | None = None
 
 
-class AgentConfig(_Config):
+class AgentConfig(_Config, frozen=True):
     """The whole file."""
 
     role: RoleName

@@ -44,13 +44,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_weights(path: Path, weights: Weights) -> None:
-    """``write_atomic`` of weights as an ``.npz`` (arrays ``w0``, ``w1``, ...)."""
+    """``write_atomic`` of weights as an ``.npz`` (arrays ``arr_0``, ``arr_1``, ... in order)."""
     buf = io.BytesIO()
-    np.savez(buf, **{f"w{i}": a for i, a in enumerate(weights)})
+    np.savez(buf, *weights)
     write_atomic(path, buf.getvalue())
 
 
 def read_weights(path: Path) -> Weights:
     """Read weights written by ``write_weights`` (never unpickles)."""
     with np.load(path, allow_pickle=False) as npz:
-        return [npz[f"w{i}"] for i in range(len(npz.files))]
+        return [npz[f"arr_{i}"] for i in range(len(npz.files))]

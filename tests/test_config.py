@@ -51,7 +51,10 @@ def test_good_config_loads_and_round_trips(tmp_path: Path) -> None:
         (('agent_id = "agent-1"', 'agent_id = "agent/1"'), "agent_id"),
         (("rounds = 5", "rounds = 0"), "rounds"),
         (("rounds = 5", "rouns = 5"), "rouns"),
-        (("rounds = 5", "rounds = 5\nmin_fit_clients = 9\nmin_available_clients = 3"), "min_fit_clients"),
+        (
+            ("rounds = 5", "rounds = 5\nmin_fit_clients = 9\nmin_available_clients = 3"),
+            "min_fit_clients",
+        ),
         (("rounds = 5", 'rounds = "five"'), "rounds"),
         (('bus_url = "nats://127.0.0.1:4222"\n', ""), "bus_url"),
         (("[plugin.options]", "[plugin.options"), "TOML"),
@@ -65,5 +68,5 @@ def test_bad_configs_are_config_errors(change: tuple[str, str], fragment: str) -
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     """A missing file is a ConfigError naming it."""
-    with pytest.raises(ConfigError, match="missing.toml"):
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
         AgentConfig.load(tmp_path / "missing.toml")

@@ -12,9 +12,9 @@ import pytest
 
 from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
+from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
 from agent.roles.records import RunSummary
-from agent.plugin.loader import CheckedPlugin
 from agent.roles.trainer import Trainer
 from agent.state import read_weights
 from tests.toy import ToyPlugin, aggregator_config, toy, trainer_config
@@ -22,7 +22,9 @@ from tests.toy import ToyPlugin, aggregator_config, toy, trainer_config
 pytestmark = pytest.mark.timeout(60)
 
 
-async def federate(tmp_path: Path, plugins: dict[str, object], **agg: object) -> tuple[RunSummary, dict[str, Trainer]]:
+async def federate(
+    tmp_path: Path, plugins: dict[str, object], **agg: object
+) -> tuple[RunSummary, dict[str, Trainer]]:
     broker = MemoryBroker()
     trainers: dict[str, Trainer] = {}
     tasks: list[asyncio.Task[None]] = []
@@ -32,13 +34,15 @@ async def federate(tmp_path: Path, plugins: dict[str, object], **agg: object) ->
             bus = MemoryBus(broker, BusSettings(client_id=agent_id))
             await bus.__aenter__()
             buses.append(bus)
-            trainers[agent_id] = Trainer(config=trainer_config(agent_id, "mem://", tmp_path),
-                                         bus=bus, plugin=plugin)  # type: ignore[arg-type]
+            trainers[agent_id] = Trainer(
+                config=trainer_config(agent_id, "mem://", tmp_path), bus=bus, plugin=plugin
+            )  # type: ignore[arg-type]
             tasks.append(tg.create_task(trainers[agent_id].run()))
         config = aggregator_config("mem://", tmp_path, agents=len(plugins), **agg)  # type: ignore[arg-type]
         async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
-            aggregator = Aggregator(config=config, bus=bus, plugin_name="toy",
-                                    initial_weights=toy(0, 1).get_weights())
+            aggregator = Aggregator(
+                config=config, bus=bus, plugin_name="toy", initial_weights=toy(0, 1).get_weights()
+            )
             summary = await aggregator.run()
         await asyncio.sleep(0.05)  # let finish reach the trainers
         for task in tasks:
@@ -52,7 +56,8 @@ async def test_rounds_average_by_num_examples(tmp_path: Path) -> None:
     """Three agents with values 1, 2, 4 and 1, 1, 2 examples: each round's global model is
     (1 + 2 + 8) / 4 = 2.75 everywhere; every round is evaluated and persisted."""
     summary, trainers = await federate(
-        tmp_path, {"a1": toy(1.0, 1), "a2": toy(2.0, 1), "a3": toy(4.0, 2)}, rounds=2)
+        tmp_path, {"a1": toy(1.0, 1), "a2": toy(2.0, 1), "a3": toy(4.0, 2)}, rounds=2
+    )
     assert [r.survivors for r in summary.rounds] == [["a1", "a2", "a3"]] * 2
     assert [r.num_examples for r in summary.rounds] == [4, 4]
     assert summary.rounds[-1].loss == pytest.approx(2.75)
@@ -64,18 +69,24 @@ async def test_rounds_average_by_num_examples(tmp_path: Path) -> None:
     assert [r["round"] for r in stored] == [1, 2]
     for t in trainers.values():
         assert t.status == "finished"
-        assert t.model is not None and t.model.version == 2
+        assert t.model is not None
+        assert t.model.version == 2
     assert read_weights(tmp_path / "a1" / "global_model.npz")[1].tolist() == [2.75, 2.75]
 
 
-async def test_a_silent_agent_is_a_dropout_and_the_round_ends_at_its_deadline(tmp_path: Path) -> None:
+async def test_a_silent_agent_is_a_dropout_and_the_round_ends_at_its_deadline(
+    tmp_path: Path,
+) -> None:
     """An agent that never answers is recorded as a dropout; the round closes at its deadline
     and aggregates the survivors only."""
     release = threading.Event()
     try:
         summary, _ = await federate(
-            tmp_path, {"a1": toy(1.0, 1), "a2": toy(3.0, 1), "slow": toy(100.0, 1, block=release)},
-            rounds=1, round_timeout=1.0)
+            tmp_path,
+            {"a1": toy(1.0, 1), "a2": toy(3.0, 1), "slow": toy(100.0, 1, block=release)},
+            rounds=1,
+            round_timeout=1.0,
+        )
     finally:
         release.set()
     record = summary.rounds[0]
@@ -87,6 +98,13 @@ async def test_a_silent_agent_is_a_dropout_and_the_round_ends_at_its_deadline(tm
 async def test_fit_config_reaches_the_plugin(tmp_path: Path) -> None:
     """The aggregator's fit_config and the round number reach Plugin.fit."""
     plugin = ToyPlugin(1.0, 1)
-    await federate(tmp_path, {"a1": CheckedPlugin("toy", plugin), "a2": toy(1.0, 1)}, rounds=2,
-                   fit_config={"epochs": 3, "lr": 0.5})
-    assert plugin.fits == [{"epochs": 3, "lr": 0.5, "round": 1}, {"epochs": 3, "lr": 0.5, "round": 2}]
+    await federate(
+        tmp_path,
+        {"a1": CheckedPlugin("toy", plugin), "a2": toy(1.0, 1)},
+        rounds=2,
+        fit_config={"epochs": 3, "lr": 0.5},
+    )
+    assert plugin.fits == [
+        {"epochs": 3, "lr": 0.5, "round": 1},
+        {"epochs": 3, "lr": 0.5, "round": 2},
+    ]

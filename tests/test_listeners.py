@@ -33,12 +33,19 @@ def make(round_: int = 3) -> tuple[Dispatcher, Recorder, list[int]]:
     registry.register(Kind.MODEL_UPDATE, rec, rounds=RoundPolicy.CURRENT)
     registry.register(Kind.METRICS, rec, rounds=RoundPolicy.NOT_STALE)
     current = [round_]
-    return Dispatcher(federation=FED, registry=registry, current_round=lambda: current[0],
-                      max_payload=10_000), rec, current
+    return (
+        Dispatcher(
+            federation=FED, registry=registry, current_round=lambda: current[0], max_payload=10_000
+        ),
+        rec,
+        current,
+    )
 
 
 def update(sender: str = "a1", round_: int = 3, fed: str = FED) -> bytes:
-    body = ModelUpdate(model_version=0, num_examples=1, tensors=to_tensors([np.ones(2, np.float32)]))
+    body = ModelUpdate(
+        model_version=0, num_examples=1, tensors=to_tensors([np.ones(2, np.float32)])
+    )
     return encode(body, federation=fed, round=round_, sender=sender)
 
 
@@ -74,11 +81,21 @@ async def test_a_valid_message_reaches_its_handler() -> None:
         ("fl/fed/model_para/update/a1", update(round_=2), "stale_round"),
         ("fl/fed/model_para/update/a1", update(round_=4), "stale_round"),
         ("fl/fed/model_para/update/a1", b"x" * 10_001, "oversized"),
-        ("fl/fed/finish", encode(Finish(reason="r", final_version=1, model_sha256="0" * 64),
-                                 federation=FED, round=3, sender="agg"), "unexpected_kind"),
+        (
+            "fl/fed/finish",
+            encode(
+                Finish(reason="r", final_version=1, model_sha256="0" * 64),
+                federation=FED,
+                round=3,
+                sender="agg",
+            ),
+            "unexpected_kind",
+        ),
     ],
 )
-async def test_bad_messages_are_dropped_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
+async def test_bad_messages_are_dropped_with_a_reason(
+    topic: str, payload: bytes, reason: str
+) -> None:
     """Each failed check drops the message with one message_dropped line naming the reason,
     runs no handler, and the next good message still gets through."""
     dispatcher, rec, _ = make()
@@ -104,11 +121,19 @@ async def test_duplicates_run_no_handler_twice() -> None:
 async def test_round_policies() -> None:
     """ANY ignores rounds, CURRENT wants the current round, NOT_STALE also takes later ones."""
     dispatcher, rec, current = make(round_=5)
-    join = encode(JoinRequest(agent_id="a1", plugin="p", num_examples=1), federation=FED,
-                  round=0, sender="a1")
+    join = encode(
+        JoinRequest(agent_id="a1", plugin="p", num_examples=1), federation=FED, round=0, sender="a1"
+    )
     assert await dispatcher.dispatch(BusMessage("fl/fed/join", join))
-    metrics = lambda r: encode(EvaluateRes(model_version=1, loss=0.1, num_examples=1),  # noqa: E731
-                               federation=FED, round=r, sender="a1")
+
+    def metrics(r):
+        return encode(
+            EvaluateRes(model_version=1, loss=0.1, num_examples=1),
+            federation=FED,
+            round=r,
+            sender="a1",
+        )
+
     assert not await dispatcher.dispatch(BusMessage("fl/fed/metrics/a1", metrics(4)))
     assert await dispatcher.dispatch(BusMessage("fl/fed/metrics/a1", metrics(5)))
     assert await dispatcher.dispatch(BusMessage("fl/fed/metrics/a1", metrics(6)))
@@ -127,8 +152,9 @@ async def test_a_failing_handler_is_logged_and_the_loop_goes_on() -> None:
         raise RuntimeError("plugin exploded")
 
     registry.register(Kind.MODEL_UPDATE, boom, rounds=RoundPolicy.ANY)
-    dispatcher = Dispatcher(federation=FED, registry=registry, current_round=lambda: 3,
-                            max_payload=10_000)
+    dispatcher = Dispatcher(
+        federation=FED, registry=registry, current_round=lambda: 3, max_payload=10_000
+    )
     with capture_logs() as logs:
         assert not await dispatcher.dispatch(BusMessage("fl/fed/model_para/update/a1", update()))
         assert not await dispatcher.dispatch(BusMessage("fl/fed/model_para/update/a1", update()))
@@ -139,9 +165,11 @@ async def test_a_failing_handler_is_logged_and_the_loop_goes_on() -> None:
 def test_seen_ids_forget_the_oldest() -> None:
     """The duplicate memory is bounded and forgets least recently seen ids first."""
     seen = SeenIds(capacity=2)
-    assert seen.add(b"a") and seen.add(b"b")
+    assert seen.add(b"a")
+    assert seen.add(b"b")
     assert not seen.add(b"a")  # refreshes a
     assert seen.add(b"c")  # evicts b
-    assert b"a" in seen and b"c" in seen and b"b" not in seen
+    assert b"a" in seen
+    assert b"c" in seen
+    assert b"b" not in seen
     assert len(seen) == 2
-

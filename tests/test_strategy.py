@@ -17,7 +17,9 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def result(value: float, n: int) -> ClientResult:
-    return ClientResult(f"a{n}", [np.full((2, 2), value, np.float32), np.full(3, value, np.float32)], n, {})
+    return ClientResult(
+        f"a{n}", [np.full((2, 2), value, np.float32), np.full(3, value, np.float32)], n, {}
+    )
 
 
 def test_fedavg_weights_by_num_examples() -> None:
@@ -33,8 +35,10 @@ def test_fedavg_weights_by_num_examples() -> None:
 def test_fedavg_equals_weighted_mean(pairs: list[tuple[float, int]]) -> None:
     """For any clients, FedAvg equals sum(n_k x_k) / sum(n_k), computed in float64."""
     current = [np.zeros((2, 2), np.float64), np.zeros(3, np.float64)]
-    results = [ClientResult(str(i), [np.full((2, 2), v), np.full(3, v)], n, {})
-               for i, (v, n) in enumerate(pairs)]
+    results = [
+        ClientResult(str(i), [np.full((2, 2), v), np.full(3, v)], n, {})
+        for i, (v, n) in enumerate(pairs)
+    ]
     expected = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
     out = FedAvg().aggregate(current, results)
     np.testing.assert_allclose(out[0], expected, rtol=1e-12, atol=1e-9)
@@ -54,8 +58,14 @@ def test_weighted_mean() -> None:
 
 @pytest.mark.parametrize(
     ("available", "fraction", "lo", "hi", "expected"),
-    [(10, 1.0, 2, 100, 10), (10, 0.3, 2, 100, 3), (10, 0.01, 2, 100, 2), (10, 1.0, 2, 4, 4),
-     (1, 1.0, 2, 10, 0), (3, 0.5, 3, 10, 3)],
+    [
+        (10, 1.0, 2, 100, 10),
+        (10, 0.3, 2, 100, 3),
+        (10, 0.01, 2, 100, 2),
+        (10, 1.0, 2, 4, 4),
+        (1, 1.0, 2, 10, 0),
+        (3, 0.5, 3, 10, 3),
+    ],
 )
 def test_cohort_size(available: int, fraction: float, lo: int, hi: int, expected: int) -> None:
     """ceil(fraction * available), clamped to [min, max]; 0 when fewer than min are available."""
@@ -68,4 +78,5 @@ def test_sample_cohort_is_a_seeded_subset() -> None:
     a = sample_cohort(agents, fraction=0.25, min_clients=2, max_clients=10, rng=random.Random(7))
     b = sample_cohort(agents, fraction=0.25, min_clients=2, max_clients=10, rng=random.Random(7))
     assert a == b == sorted(a)
-    assert len(a) == 5 and set(a) <= set(agents)
+    assert len(a) == 5
+    assert set(a) <= set(agents)

@@ -48,18 +48,40 @@ def toy(value: float, n: int, **kw: Any) -> CheckedPlugin:
 
 def trainer_config(agent_id: str, url: str, state: Path, fed: str = "fed") -> AgentConfig:
     return AgentConfig(
-        role=RoleName.TRAINER, agent_id=agent_id, federation=fed, bus_url=url,
-        state_dir=state / agent_id, plugin=PluginConfig(name="toy"),
+        role=RoleName.TRAINER,
+        agent_id=agent_id,
+        federation=fed,
+        bus_url=url,
+        state_dir=state / agent_id,
+        plugin=PluginConfig(name="toy"),
         trainer=TrainerConfig(join_retry=0.2, model_wait=5.0),
     )
 
 
-def aggregator_config(url: str, state: Path, *, agents: int, rounds: int = 2,
-                      round_timeout: float = 10.0, fed: str = "fed", **kw: Any) -> AgentConfig:
+def aggregator_config(
+    url: str,
+    state: Path,
+    *,
+    agents: int,
+    rounds: int = 2,
+    round_timeout: float = 10.0,
+    fed: str = "fed",
+    **kw: Any,
+) -> AgentConfig:
     return AgentConfig(
-        role=RoleName.AGGREGATOR, agent_id="aggregator", federation=fed, bus_url=url,
-        state_dir=state / "aggregator", plugin=PluginConfig(name="toy"),
+        role=RoleName.AGGREGATOR,
+        agent_id="aggregator",
+        federation=fed,
+        bus_url=url,
+        state_dir=state / "aggregator",
+        plugin=PluginConfig(name="toy"),
         aggregator=AggregatorConfig(
-            rounds=rounds, min_fit_clients=1, min_available_clients=agents, join_timeout=10.0,
-            round_timeout=round_timeout, eval_timeout=round_timeout, **kw),
+            rounds=rounds,
+            min_fit_clients=1,
+            min_available_clients=agents,
+            join_timeout=10.0,
+            round_timeout=round_timeout,
+            eval_timeout=round_timeout,
+            **kw,
+        ),
     )

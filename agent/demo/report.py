@@ -10,8 +10,10 @@ from typing import Any
 from agent.roles.records import RoundRecord
 from agent.state import write_atomic, write_json
 
-CSV_COLUMNS = ("round", "accuracy", "loss", "train_loss", "seconds", "cohort_size",
-               "survivors", "dropouts", "num_examples", "model_version", "model_sha256")  # fmt: skip
+CSV_COLUMNS = (
+    "round", "accuracy", "loss", "train_loss", "seconds", "cohort_size",
+    "survivors", "dropouts", "num_examples", "model_version", "model_sha256",
+)  # fmt: skip
 
 
 def write_report(
@@ -58,6 +60,7 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     evaluated = [r for r in records if r.accuracy is not None]
     rounds = [r.round for r in evaluated]
@@ -67,10 +70,11 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float) -> bytes:
     acc_ax.axhline(100 * centralized_accuracy, linestyle="--", color="tab:gray",
                    label="centralized reference")  # fmt: skip
     acc_ax.set_xlabel("round")
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.set_ylabel("accuracy (%)")
     loss_ax = acc_ax.twinx()
-    loss_ax.plot(rounds, [r.loss for r in evaluated], "s-", color="tab:red", alpha=0.6,
-                 label="federated test loss")  # fmt: skip
+    losses = [r.loss if r.loss is not None else float("nan") for r in evaluated]
+    loss_ax.plot(rounds, losses, "s-", color="tab:red", alpha=0.6, label="federated test loss")
     loss_ax.set_ylabel("loss")
     lines = acc_ax.get_legend_handles_labels()
     more = loss_ax.get_legend_handles_labels()

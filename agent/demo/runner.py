@@ -18,9 +18,15 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent.brokers import EmbeddedBroker
-from agent.config import AgentConfig, AggregatorConfig, LoggingConfig, PluginConfig, RoleName
-from agent.config import TrainerConfig
+from agent.brokers import BrokerKind, EmbeddedBroker
+from agent.config import (
+    AgentConfig,
+    AggregatorConfig,
+    LoggingConfig,
+    PluginConfig,
+    RoleName,
+    TrainerConfig,
+)
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
 from agent.errors import FedbusError, RoundError
@@ -60,7 +66,9 @@ class DemoResult:
     report_files: list[Path]
 
 
-def plugin_options(options: DemoOptions, index: int, num_agents: int, partition: str) -> dict[str, Any]:
+def plugin_options(
+    options: DemoOptions, index: int, num_agents: int, partition: str
+) -> dict[str, Any]:
     return {"agent_index": index, "num_agents": num_agents, "partition": partition,
             "alpha": options.alpha, "seed": options.seed}  # fmt: skip
 
@@ -113,7 +121,8 @@ def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> DemoResult | 
         configure_logging(level="info", fmt="json", stream=log_file)
         url = options.bus_url
         if url is None:
-            url = stack.enter_context(EmbeddedBroker(options.bus)).url
+            kind: BrokerKind = "mqtt" if options.bus == "mqtt" else "nats"
+            url = stack.enter_context(EmbeddedBroker(kind)).url
         print(f"fedbus demo: {options.agents} agents, {options.rounds} rounds, "
               f"{_partition_label(options)}, bus {url}", file=out, flush=True)  # fmt: skip
         agents: list[AgentProcess] = []
@@ -177,7 +186,9 @@ async def _watch(agents: list[AgentProcess]) -> None:
 
 
 def _partition_label(options: DemoOptions) -> str:
-    return f"Dirichlet α={options.alpha}" if options.partition == "dirichlet" else "IID"
+    if options.partition == "dirichlet":
+        return f"Dirichlet α={options.alpha}"  # noqa: RUF001 - the field's symbol for it
+    return "IID"
 
 
 def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> AgentConfig:

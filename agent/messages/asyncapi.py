@@ -27,9 +27,7 @@ PARAMETERS = {
 
 def build() -> dict[str, Any]:
     """The contract as a plain dict (what the YAML file holds)."""
-    _, schemas = msgspec.json.schema_components(
-        [Envelope, *BODY_TYPES.values()], ref_template=REF
-    )
+    _, schemas = msgspec.json.schema_components([Envelope, *BODY_TYPES.values()], ref_template=REF)
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for spec in TOPICS:

@@ -30,7 +30,7 @@ class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Base of every body."""
 
 
-class JoinRequest(Body):
+class JoinRequest(Body, frozen=True):
     """agent → aggregator on ``join``: who I am, what I train, how much data I hold."""
 
     agent_id: Name
@@ -39,21 +39,21 @@ class JoinRequest(Body):
     capabilities: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
 
 
-class JoinAccepted(Body):
+class JoinAccepted(Body, frozen=True):
     """aggregator → agent inbox: admitted; ``round`` is the aggregator's current round."""
 
     agent_id: Name
     round: Count
 
 
-class JoinRejected(Body):
+class JoinRejected(Body, frozen=True):
     """aggregator → agent inbox: not admitted, and why."""
 
     agent_id: Name
     reason: Text
 
 
-class GlobalModel(Body):
+class GlobalModel(Body, frozen=True):
     """aggregator → all (and a new agent's inbox): model ``version`` (rounds aggregated)."""
 
     version: Version
@@ -61,7 +61,7 @@ class GlobalModel(Body):
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
 
 
-class FitIns(Body):
+class FitIns(Body, frozen=True):
     """aggregator → a cohort member's inbox: train on model ``model_version`` this round.
 
     ``deadline`` is seconds from receipt; an update later than that is not counted.
@@ -73,7 +73,7 @@ class FitIns(Body):
     config: Params = {}
 
 
-class ModelUpdate(Body):
+class ModelUpdate(Body, frozen=True):
     """agent → aggregator on its update topic: the locally trained weights."""
 
     model_version: Version
@@ -82,7 +82,7 @@ class ModelUpdate(Body):
     metrics: Params = {}
 
 
-class EvaluateIns(Body):
+class EvaluateIns(Body, frozen=True):
     """aggregator → all on ``evaluate``: evaluate model ``model_version`` locally."""
 
     model_version: Version
@@ -90,7 +90,7 @@ class EvaluateIns(Body):
     config: Params = {}
 
 
-class EvaluateRes(Body):
+class EvaluateRes(Body, frozen=True):
     """agent → aggregator on its metrics topic: the result of an ``evaluate``."""
 
     model_version: Version
@@ -99,7 +99,7 @@ class EvaluateRes(Body):
     metrics: Params = {}
 
 
-class Finish(Body):
+class Finish(Body, frozen=True):
     """aggregator → all: the federation is done; agents stay up, idle."""
 
     reason: Text

@@ -75,7 +75,7 @@ class CheckedPlugin:
     def get_weights(self) -> Weights:
         weights = self._call(self._plugin.get_weights)
         self._check_weights(weights, None, "get_weights()")
-        return weights
+        return list(weights)
 
     def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
         result = self._call(self._plugin.fit, weights, config)

@@ -269,7 +269,9 @@ class Aggregator:
 
     async def _evaluate(self, r: int) -> tuple[float | None, float | None, int]:
         """Federated evaluation of the current model: (loss, accuracy, examples)."""
-        self._evaluators = frozenset(a for a, rec in self.agents.items() if not rec.missed_last_round)
+        self._evaluators = frozenset(
+            a for a, rec in self.agents.items() if not rec.missed_last_round
+        )
         self._evaluations = {}
         self._evaluation_complete.clear()
         if not self._evaluators:
@@ -277,7 +279,9 @@ class Aggregator:
             return None, None, 0
         state = self.global_state
         ins = EvaluateIns(
-            model_version=state.version, model_sha256=state.sha256, config=self._schedule.eval_config
+            model_version=state.version,
+            model_sha256=state.sha256,
+            config=self._schedule.eval_config,
         )
         await self._outbox.send(topics.EVALUATE, ins, round=r)
         try:

@@ -222,7 +222,7 @@ class Trainer:
             try:
                 result = await asyncio.to_thread(self._plugin.fit, model.weights, config)
             except FedbusError as exc:
-                log.error("fit_failed", error=str(exc))
+                log.exception("fit_failed", error=str(exc))
                 self.status = "idle"
                 return
             seconds = time.perf_counter() - started
@@ -256,7 +256,7 @@ class Trainer:
             try:
                 result = await asyncio.to_thread(self._plugin.evaluate, model.weights, ins.config)
             except FedbusError as exc:
-                log.error("evaluate_failed", error=str(exc))
+                log.exception("evaluate_failed", error=str(exc))
                 return
             res = EvaluateRes(
                 model_version=model.version,

@@ -167,4 +167,3 @@ class Dispatcher:
         """The receive loop: dispatch every message from ``bus`` until it is closed."""
         async for raw in bus.messages():
             await self.dispatch(raw)
-

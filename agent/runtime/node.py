@@ -32,7 +32,9 @@ def bus_settings(config: AgentConfig) -> BusSettings:
                        max_payload=config.max_payload)  # fmt: skip
 
 
-async def run_node(config: AgentConfig, *, observer: RoundObserver | None = None) -> RunSummary | None:
+async def run_node(
+    config: AgentConfig, *, observer: RoundObserver | None = None
+) -> RunSummary | None:
     """Run the configured role until it ends (aggregator) or is cancelled (trainer).
 
     Returns the aggregator's ``RunSummary``; a trainer returns only by cancellation.
