@@ -26,6 +26,7 @@ from typing import IO, Literal, Self
 
 import structlog
 
+from agent.children import die_with_parent
 from agent.errors import ConfigError, TransportError
 
 log = structlog.get_logger(__name__)
@@ -33,8 +34,13 @@ log = structlog.get_logger(__name__)
 BrokerKind = Literal["nats", "mqtt"]
 
 HOST = "127.0.0.1"
-#: The templates live at the repository root, beside the ``agent`` package.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "broker_config"
+#: Where the templates are: ``broker_config/`` beside the ``agent`` package in a source
+#: checkout (and editable installs); ``<prefix>/share/fedbus/broker_config`` in a wheel install
+#: (``[tool.setuptools.data-files]`` in pyproject.toml).
+CONFIG_DIRS = (
+    Path(__file__).resolve().parent.parent / "broker_config",
+    Path(sysconfig.get_path("data")) / "share" / "fedbus" / "broker_config",
+)
 
 _BINARIES: dict[str, str] = {"nats": "nats-server", "mqtt": "mosquitto"}
 _TEMPLATES: dict[str, str] = {"nats": "nats-server.conf", "mqtt": "mosquitto.conf"}
@@ -76,7 +82,11 @@ def free_port(host: str = HOST) -> int:
 
 def render_config(kind: BrokerKind, *, port: int, host: str = HOST) -> str:
     """The template for ``kind`` with ``@HOST@`` and ``@PORT@`` filled in."""
-    template = (CONFIG_DIR / _TEMPLATES[kind]).read_text(encoding="utf-8")
+    name = _TEMPLATES[kind]
+    found = [d / name for d in CONFIG_DIRS if (d / name).is_file()]
+    if not found:
+        raise ConfigError(f"broker template {name} not found in {', '.join(map(str, CONFIG_DIRS))}")
+    template = found[0].read_text(encoding="utf-8")
     return template.replace("@HOST@", host).replace("@PORT@", str(port))
 
 
@@ -144,6 +154,7 @@ class EmbeddedBroker:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             cwd=self._dir,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, no locks or threads
         )
         try:
             self._wait_ready()

@@ -227,3 +227,39 @@ def test_demo_with_its_own_embedded_broker_writes_a_report(bus: str, tmp_path: P
         ["pgrep", "-af", str(work)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout.strip() == "", leftovers.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM in the middle of a demo run stops it with exit code 130 and
+    leaves no broker or agent process behind."""
+    work = tmp_path / "tmp"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "demo", "--agents", "2", "--rounds", "100",
+         "--report-dir", str(tmp_path / "report")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TMPDIR": str(work), "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip().startswith("3 "):  # the third round is done: all is running
+                break
+        running = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True,
+                                 check=False).stdout  # fmt: skip
+        assert running.count("agent run") == 2, running
+        assert "nats-server" in running, running
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(lines) + out
+    assert "interrupted" in out
+    leftovers = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True,
+                               check=False).stdout  # fmt: skip
+    assert leftovers.strip() == "", leftovers

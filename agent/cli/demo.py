@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -93,4 +94,5 @@ def demo(
         bus_url=bus_url, report_dir=report_dir, seed=seed, fraction_fit=fraction_fit,
         round_timeout=round_timeout, kill_agents=kill_agents,
     )  # fmt: skip
-    run_demo(options)
+    if run_demo(options) is None:
+        sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

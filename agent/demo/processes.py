@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from agent.children import die_with_parent
+
 
 @dataclass
 class AgentProcess:
@@ -40,6 +42,7 @@ def start_agent(agent_id: str, config_path: Path, log_path: Path) -> AgentProces
         stdin=subprocess.DEVNULL,
         env=env,
         start_new_session=True,  # Ctrl-C reaches the demo, which stops agents in order
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, no locks or threads
     )
     return AgentProcess(agent_id, process, log_path, log_file)
 

@@ -7,6 +7,7 @@ agents get SIGTERM (SIGKILL after a grace period), then the broker is stopped.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import tempfile
 import time
@@ -112,6 +113,22 @@ class Progress:
 
 def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> DemoResult | None:
     """Run the demo; returns None when interrupted (Ctrl-C / SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_demo(options, out)
+    except KeyboardInterrupt:
+        print("interrupted: stopped agents and broker", file=out, flush=True)
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM outside the event loop: unwind like Ctrl-C, so every ``finally`` runs."""
+    raise KeyboardInterrupt
+
+
+def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
     report_dir = options.report_dir
     (report_dir / "logs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -140,8 +157,7 @@ def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> DemoResult | 
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(_aggregator_config(options, url), agents, progress))
         if summary is None:
-            print("interrupted: stopping agents and broker", file=out, flush=True)
-            return None
+            raise KeyboardInterrupt
         wall = time.perf_counter() - started
         files = write_report(
             report_dir, records=summary.rounds, final_accuracy=summary.final_accuracy,

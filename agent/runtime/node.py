@@ -24,6 +24,7 @@ from agent.roles.trainer import Trainer
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def bus_settings(config: AgentConfig) -> BusSettings:
@@ -78,7 +79,8 @@ def run_until_signal(coro: Coroutine[Any, Any, T]) -> T | None:
             log.info("agent_stopping", signal=signame)
             task.cancel()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop, sig.name)
         try:
             return await coro
@@ -87,7 +89,8 @@ def run_until_signal(coro: Coroutine[Any, Any, T]) -> T | None:
                 raise
             return None
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig, handler in previous.items():
                 loop.remove_signal_handler(sig)
+                signal.signal(sig, handler)
 
     return asyncio.run(main())
