@@ -229,7 +229,7 @@ def test_demo_with_its_own_embedded_broker_writes_a_report(bus: str, tmp_path: P
     assert leftovers.stdout.strip() == "", leftovers.stdout
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) or SIGTERM in the middle of a demo run stops it with exit code 130 and
     leaves no broker or agent process behind."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import math
 import ssl
 
@@ -124,11 +125,24 @@ class MqttBus(SupervisedBus):
         except asyncio.CancelledError:
             connecting.add_done_callback(functools.partial(_disconnect_orphan, client))
             raise
+        _no_delay(client)
         return MqttSession(client, deliver)
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Disable Nagle's algorithm on the client socket, which paho leaves on.
+
+    With it on, a burst of small publishes (a cohort's fit instructions) waits for the broker's
+    delayed ACK: about 40 ms per burst, measured in bench/demo.py (0.19 s a round on MQTT
+    against 0.055 s on NATS, whose client sets TCP_NODELAY).
+    """
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _close_sockets(client: aiomqtt.Client) -> None:

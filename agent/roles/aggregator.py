@@ -214,8 +214,10 @@ class Aggregator:
                 deadline=self._schedule.round_timeout,
                 config=self._schedule.fit_config,
             )
-            for agent_id in cohort:
-                await self._outbox.send(topics.INBOX, ins, round=r, agent_id=agent_id)
+            # Concurrently: each QoS 1 publish waits for its broker acknowledgement.
+            async with asyncio.TaskGroup() as tg:
+                for agent_id in cohort:
+                    tg.create_task(self._outbox.send(topics.INBOX, ins, round=r, agent_id=agent_id))
             try:
                 async with asyncio.timeout(self._schedule.round_timeout):
                     await self._round_complete.wait()
