@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 import math
+import socket
 import ssl
 
 import aiomqtt
