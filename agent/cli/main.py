@@ -62,6 +62,13 @@ def _register_demo() -> None:
     cli.add_command(demo)
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def main() -> None:
     """The console-script entry point."""
     _register_demo()
@@ -75,5 +82,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except FedbusError as exc:
         click.echo(f"fedbus: error: {exc}", err=True)
+        sys.exit(2)
+    except BaseExceptionGroup as group:
+        fedbus_errors, rest = group.split(FedbusError)
+        if fedbus_errors is None or rest is not None:
+            raise
+        for error in _leaves(fedbus_errors):
+            click.echo(f"fedbus: error: {error}", err=True)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 import structlog
 
 from agent.brokers import BrokerKind, EmbeddedBroker
+from agent.bus.base import BusSettings
+from agent.bus.url import bus_from_url
 from agent.config import (
     AgentConfig,
     AggregatorConfig,
@@ -30,12 +32,13 @@ from agent.config import (
 )
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
-from agent.errors import FedbusError, RoundError
+from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.logs import configure_logging
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import load_plugin
 from agent.roles.records import RoundRecord, RunSummary
 from agent.runtime.node import run_node, run_until_signal
+from agent.runtime.tasks import task_group
 
 PLUGIN = "digits-mlp"
 FEDERATION = "demo"
@@ -140,6 +143,8 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         if url is None:
             kind: BrokerKind = "mqtt" if options.bus == "mqtt" else "nats"
             url = stack.enter_context(EmbeddedBroker(kind)).url
+        else:
+            asyncio.run(_probe(url))
         print(f"fedbus demo: {options.agents} agents, {options.rounds} rounds, "
               f"{_partition_label(options)}, bus {url}", file=out, flush=True)  # fmt: skip
         agents: list[AgentProcess] = []
@@ -174,7 +179,7 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
 async def _federate(
     config: AgentConfig, agents: list[AgentProcess], progress: Progress
 ) -> RunSummary:
-    async with asyncio.TaskGroup() as tg:
+    async with task_group() as tg:
         watcher = tg.create_task(_watch(agents), name="demo-watch-agents")
         try:
             summary = await run_node(config, observer=progress)
@@ -183,6 +188,16 @@ async def _federate(
     if summary is None:
         raise RoundError("the aggregator returned no summary")
     return summary
+
+
+async def _probe(url: str) -> None:
+    """Fail fast, before starting agents, when the broker at ``url`` cannot be reached."""
+    timeout = 10.0
+    async with bus_from_url(url, BusSettings(client_id="fedbus-demo-probe")) as bus:
+        try:
+            await bus.wait_connected(timeout=timeout)
+        except BusTimeoutError:
+            raise TransportError(f"cannot reach the broker at {url} within {timeout} s") from None
 
 
 async def _watch(agents: list[AgentProcess]) -> None:

@@ -51,6 +51,7 @@ from agent.roles.cohort import sample_cohort
 from agent.roles.records import RoundObserver, RoundRecord, RunSummary
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
+from agent.runtime.tasks import task_group
 from agent.state import write_json, write_weights
 from agent.strategy.fedavg import ClientResult, FedAvg, Strategy, weighted_mean
 
@@ -143,7 +144,7 @@ class Aggregator:
         for spec in (topics.JOIN, topics.UPDATE, topics.METRICS):
             await self._bus.subscribe(spec.filter(self._fed))
         structlog.contextvars.bind_contextvars(federation=self._fed, role="aggregator")
-        async with asyncio.TaskGroup() as tg:
+        async with task_group() as tg:
             receiver = tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive")
             try:
                 return await self._federate()
@@ -215,7 +216,7 @@ class Aggregator:
                 config=self._schedule.fit_config,
             )
             # Concurrently: each QoS 1 publish waits for its broker acknowledgement.
-            async with asyncio.TaskGroup() as tg:
+            async with task_group() as tg:
                 for agent_id in cohort:
                     tg.create_task(self._outbox.send(topics.INBOX, ins, round=r, agent_id=agent_id))
             try:

@@ -50,6 +50,7 @@ from agent.plugin.api import Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
+from agent.runtime.tasks import task_group
 from agent.state import write_weights
 
 log = structlog.get_logger(__name__)
@@ -107,7 +108,7 @@ class Trainer:
         self._bus.on_connect(self._on_connect)
         structlog.contextvars.bind_contextvars(agent_id=self._id, federation=self._fed)
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with task_group() as tg:
                 tg.create_task(self.dispatcher.run(self._bus), name="trainer-receive")
                 tg.create_task(self._join_loop(), name="trainer-join")
         finally:

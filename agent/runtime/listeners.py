@@ -152,15 +152,17 @@ class Dispatcher:
                 detail=str(exc)[:200],
             )
             return False
-        try:
-            await listener.handler(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception(
-                "handler_failed", kind=str(message.kind), sender=message.sender, round=message.round
-            )
-            return False
+        # Every line a handler logs (and every task it starts) carries the message's context.
+        with structlog.contextvars.bound_contextvars(
+            round=message.round, kind=str(message.kind), sender=message.sender
+        ):
+            try:
+                await listener.handler(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handler_failed")
+                return False
         return True
 
     async def run(self, bus: Bus) -> None:
