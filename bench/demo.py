@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.demo.runner import DemoOptions, centralized_accuracy, run_demo
+from agent.demo.options import DemoOptions
+from agent.demo.runner import centralized_accuracy, run_demo
 
 
 def main() -> None:

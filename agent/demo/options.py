@@ -1,0 +1,23 @@
+"""What ``fedbus demo`` can be asked to do; the single source of its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What ``fedbus demo`` was asked to do (see its ``--help``)."""
+
+    agents: int = 10
+    rounds: int = 20
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    bus: str = "nats"
+    bus_url: str | None = None
+    report_dir: Path = Path("fedbus-report")
+    seed: int = 0
+    fraction_fit: float = 1.0
+    round_timeout: float = 30.0
+    kill_agents: int = 0
