@@ -154,7 +154,7 @@ class Dispatcher:
             return False
         # Every line a handler logs (and every task it starts) carries the message's context.
         with structlog.contextvars.bound_contextvars(
-            round=message.round, kind=str(message.kind), sender=message.sender
+            round=message.round, msg_kind=str(message.kind), peer=message.sender
         ):
             try:
                 await listener.handler(message)
