@@ -122,3 +122,43 @@ async def test_an_agent_with_another_plugin_is_rejected(tmp_path: Path) -> None:
         assert aggregator.agents == {}
         task.cancel()
         receiver.cancel()
+
+
+async def test_the_federation_survives_a_broker_outage(tmp_path: Path) -> None:
+    """The broker goes away for all of round 2: nothing can be sent, so round 2 has no
+    survivors and keeps the model; the buses reconnect, the agents rejoin, and the last round
+    has every agent again. Nothing crashes."""
+    broker = MemoryBroker()
+    fast = {"backoff_initial": 0.05, "backoff_max": 0.2, "publish_timeout": 0.3}
+
+    class OutageInRound2:
+        def round_started(self, round: int, cohort: Sequence[str]) -> None:
+            if round == 2:
+                broker.stop()
+
+        def round_finished(self, record: RoundRecord) -> None:
+            if record.round == 2:
+                broker.start()
+
+    config = aggregator_config("mem://", tmp_path, agents=2, rounds=4, round_timeout=1.0)
+    async with (
+        MemoryBus(broker, BusSettings(client_id="a1", **fast)) as b1,  # type: ignore[arg-type]
+        MemoryBus(broker, BusSettings(client_id="a2", **fast)) as b2,  # type: ignore[arg-type]
+        MemoryBus(broker, BusSettings(client_id="aggregator", **fast)) as b3,  # type: ignore[arg-type]
+        asyncio.TaskGroup() as tg,
+    ):
+        trainers = [
+            tg.create_task(Trainer(config=trainer_config(a, "mem://", tmp_path), bus=b,
+                                   plugin=toy(v, 1)).run())
+            for a, b, v in (("a1", b1, 1.0), ("a2", b2, 3.0))
+        ]  # fmt: skip
+        summary = await Aggregator(config=config, bus=b3, plugin_name="toy",
+                                   initial_weights=toy(0, 1).get_weights(),
+                                   observer=OutageInRound2()).run()  # fmt: skip
+        for task in trainers:
+            task.cancel()
+    assert summary.rounds[0].survivors == ["a1", "a2"]
+    assert summary.rounds[1].survivors == []
+    assert summary.rounds[1].model_version == summary.rounds[0].model_version  # kept
+    assert summary.rounds[-1].survivors == ["a1", "a2"]
+    assert summary.rounds[-1].model_version == 4

@@ -141,7 +141,7 @@ class Aggregator:
             if self._observer is not None:
                 self._observer.round_finished(record)
         state = self.global_state
-        await self._outbox.send(
+        await self._outbox.try_send(
             topics.FINISH,
             Finish(reason="completed", final_version=state.version, model_sha256=state.sha256),
             round=self.round,
@@ -193,7 +193,9 @@ class Aggregator:
             # Concurrently: each QoS 1 publish waits for its broker acknowledgement.
             async with task_group() as tg:
                 for agent_id in cohort:
-                    tg.create_task(self._outbox.send(topics.INBOX, ins, round=r, agent_id=agent_id))
+                    tg.create_task(
+                        self._outbox.try_send(topics.INBOX, ins, round=r, agent_id=agent_id)
+                    )
             try:
                 async with asyncio.timeout(self._schedule.round_timeout):
                     await self._round_complete.wait()
@@ -261,7 +263,7 @@ class Aggregator:
             model_sha256=state.sha256,
             config=self._schedule.eval_config,
         )
-        await self._outbox.send(topics.EVALUATE, ins, round=r)
+        await self._outbox.try_send(topics.EVALUATE, ins, round=r)
         try:
             async with asyncio.timeout(self._schedule.eval_timeout):
                 await self._evaluation_complete.wait()
@@ -282,8 +284,9 @@ class Aggregator:
         state = self.global_state
         body = GlobalModel(version=state.version, sha256=state.sha256, tensors=state.tensors)
         spec = topics.GLOBAL_MODEL if agent_id is None else topics.INBOX
-        size = await self._outbox.send(spec, body, round=self.round, agent_id=agent_id)
-        log.info("model_published", version=state.version, size=size, to=agent_id or "all")
+        size = await self._outbox.try_send(spec, body, round=self.round, agent_id=agent_id)
+        if size is not None:
+            log.info("model_published", version=state.version, size=size, to=agent_id or "all")
 
     async def _persist_model(self, state: GlobalState, round_dir: Path) -> None:
         await asyncio.to_thread(write_weights, round_dir / "model.npz", state.weights)
@@ -298,7 +301,7 @@ class Aggregator:
             return
         if body.plugin != self._plugin_name:
             reason = f"this federation trains plugin {self._plugin_name!r}, not {body.plugin!r}"
-            await self._outbox.send(
+            await self._outbox.try_send(
                 topics.INBOX, JoinRejected(agent_id=body.agent_id, reason=reason),
                 round=self.round, agent_id=body.agent_id,
             )  # fmt: skip
@@ -306,7 +309,7 @@ class Aggregator:
             return
         known = body.agent_id in self.agents
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
-        await self._outbox.send(
+        await self._outbox.try_send(
             topics.INBOX, JoinAccepted(agent_id=body.agent_id, round=self.round),
             round=self.round, agent_id=body.agent_id,
         )  # fmt: skip

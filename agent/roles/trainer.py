@@ -30,7 +30,7 @@ import structlog
 from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
-from agent.errors import FedbusError, TransportError
+from agent.errors import FedbusError
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
@@ -146,11 +146,8 @@ class Trainer:
             num_examples=self._plugin.num_examples(),
             capabilities=["fedavg"],
         )
-        try:
-            await self._outbox.send(topics.JOIN, body, round=self.round)
+        if await self._outbox.try_send(topics.JOIN, body, round=self.round) is not None:
             log.info("join_sent", num_examples=body.num_examples)
-        except TransportError as exc:
-            log.warning("join_not_sent", error=str(exc))
 
     async def _on_join_accepted(self, message: Message[JoinAccepted]) -> None:
         # A new admission may belong to a new run of the federation: follow its round.
@@ -206,7 +203,9 @@ class Trainer:
         if old is not None and not old.done():
             old.cancel()
             log.info("work_superseded", kind=str(kind))
-        self._work[kind] = asyncio.create_task(work, name=f"trainer-{kind}")
+        task = asyncio.create_task(work, name=f"trainer-{kind}")
+        task.add_done_callback(_log_failure)
+        self._work[kind] = task
 
     async def _on_fit_ins(self, message: Message[FitIns]) -> None:
         self.round = message.round
@@ -233,8 +232,12 @@ class Trainer:
                 tensors=to_tensors(result.weights),
                 metrics=result.metrics,
             )
-            size = await self._outbox.send(topics.UPDATE, update, round=round_, agent_id=self._id)
             self.status = "idle"
+            size = await self._outbox.try_send(
+                topics.UPDATE, update, round=round_, agent_id=self._id
+            )
+            if size is None:
+                return
             log.info(
                 "update_sent",
                 num_examples=result.num_examples,
@@ -265,7 +268,11 @@ class Trainer:
                 num_examples=result.num_examples,
                 metrics=result.metrics,
             )
-            await self._outbox.send(topics.METRICS, res, round=round_, agent_id=self._id)
+            if (
+                await self._outbox.try_send(topics.METRICS, res, round=round_, agent_id=self._id)
+                is None
+            ):
+                return
             log.info("metrics_sent", loss=round(result.loss, 5), num_examples=result.num_examples)
 
     async def _on_finish(self, message: Message[Finish]) -> None:
@@ -277,3 +284,9 @@ class Trainer:
         self.status = "finished"
         # Stay up, idle; join again (with backoff) so the next run's aggregator finds us.
         self._rejoin.set()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log a fit/evaluate task that died of a bug, instead of losing its exception."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("work_failed", task=task.get_name(), exc_info=exc)
