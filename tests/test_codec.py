@@ -108,6 +108,8 @@ def _envelope(kind: Kind, body: bytes, **kw: object) -> bytes:
     [
         (b"\x93\x01\x02", "bad envelope"),
         (_envelope(Kind.JOIN, b"\xc1"), "bad join body"),
+        (b"\x81\xa6\x00\x00\x00\x00\x00\x80", "bad envelope"),
+        (_envelope(Kind.JOIN, b"\x81\xa1\x80\x00"), "bad join body"),
         (
             _envelope(Kind.JOIN, msgspec.msgpack.encode({"agent_id": "a", "plugin": "p"})),
             "num_examples",
@@ -187,6 +189,8 @@ def _envelope(kind: Kind, body: bytes, **kw: object) -> bytes:
     ids=[
         "truncated",
         "bad-body-bytes",
+        "non-utf8-envelope-key",
+        "non-utf8-body-key",
         "missing-field",
         "bad-name",
         "negative-count",

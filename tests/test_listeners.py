@@ -75,6 +75,7 @@ async def test_a_valid_message_reaches_its_handler() -> None:
     ("topic", "payload", "reason"),
     [
         ("fl/fed/model_para/update/a1", b"\x00garbage", "malformed"),
+        ("fl/fed/model_para/update/a1", b"\x81\xa6\x00\x00\x00\x00\x00\x80", "malformed"),
         ("fl/fed/model_para/update/a1", update(fed="other"), "wrong_federation"),
         ("fl/fed/join", update(), "wrong_topic"),
         ("fl/fed/model_para/update/a2", update(sender="a1"), "sender_mismatch"),

@@ -48,13 +48,15 @@ def decode(payload: bytes, *, topic: str = "", max_size: int | None = None) -> M
     """
     if max_size is not None and len(payload) > max_size:
         raise OversizedError(len(payload), max_size)
+    # msgspec raises DecodeError for most bad input, but UnicodeDecodeError for a string
+    # (e.g. a map key) that is not UTF-8: both are malformed input.
     try:
         envelope = _envelope_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"bad envelope: {exc}") from exc
     try:
         body = _body_decoders[envelope.kind].decode(envelope.body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"bad {envelope.kind} body: {exc}") from exc
     if isinstance(body, GlobalModel | ModelUpdate):
         for tensor in body.tensors:

@@ -19,6 +19,7 @@ import structlog
 
 from agent.bus.base import Bus, BusMessage
 from agent.errors import (
+    DecodeError,
     DuplicateMessageError,
     ProtocolError,
     SenderMismatchError,
@@ -143,14 +144,11 @@ class Dispatcher:
         try:
             listener, message = self.accept(raw)
         except ProtocolError as exc:
-            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
-            log.warning(
-                "message_dropped",
-                reason=exc.reason,
-                topic=raw.topic,
-                size=len(raw.payload),
-                detail=str(exc)[:200],
-            )
+            self._drop(raw, exc.reason, str(exc))
+            return False
+        except Exception as exc:  # a decoder bug must not end the receive loop either
+            log.exception("decode_failed_unexpectedly", topic=raw.topic)
+            self._drop(raw, DecodeError.reason, repr(exc))
             return False
         # Every line a handler logs (and every task it starts) carries the message's context.
         with structlog.contextvars.bound_contextvars(
@@ -164,6 +162,11 @@ class Dispatcher:
                 log.exception("handler_failed")
                 return False
         return True
+
+    def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        log.warning("message_dropped", reason=reason, topic=raw.topic, size=len(raw.payload),
+                    detail=detail[:200])  # fmt: skip
 
     async def run(self, bus: Bus) -> None:
         """The receive loop: dispatch every message from ``bus`` until it is closed."""
