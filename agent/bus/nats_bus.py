@@ -63,6 +63,7 @@ class NatsSession:
         self._ended = ended
         self._will = will
         self._flush_timeout = _seconds(flush_timeout)
+        self._background: set[asyncio.Future[None]] = set()
 
     async def subscribe(self, topic_filter: str) -> None:
         try:
@@ -108,9 +109,24 @@ class NatsSession:
             await self._nc._flush_pending(force_flush=True)
             if task is not None and task.cancelling() > cancels:
                 raise asyncio.CancelledError  # _flush_pending swallowed a cancellation
-            await self._nc.flush(timeout=self._flush_timeout)
+            # Never cancel nats-py's flush: a cancelled flush leaves its PONG future in the
+            # client's queue, the next PONG's set_result() raises InvalidStateError, and
+            # nats-py's read loop exits on it, leaving the connection open but deaf. So the
+            # flush is shielded; if we are cancelled it finishes (or times out) on its own.
+            flush = asyncio.ensure_future(self._nc.flush(timeout=self._flush_timeout))
+            try:
+                await asyncio.shield(flush)
+            except asyncio.CancelledError:
+                self._background.add(flush)
+                flush.add_done_callback(self._forget)
+                raise
         except (TimeoutError, nats.errors.Error) as exc:
             raise SessionLostError(f"flush failed: {exc!r}") from exc
+
+    def _forget(self, flush: asyncio.Future[None]) -> None:
+        self._background.discard(flush)
+        if not flush.cancelled():
+            flush.exception()  # retrieved: a late timeout needs no report, the op was cancelled
 
     async def _on_message(self, msg: Msg) -> None:
         try:
