@@ -211,7 +211,7 @@ class Aggregator:
                 self.agents[agent_id].missed_last_round = agent_id in dropouts
         if results:
             weights = await asyncio.to_thread(self._strategy.aggregate, before.weights, results)
-            self.global_state = GlobalState.of(r, weights)
+            self.global_state = await asyncio.to_thread(GlobalState.of, r, weights)
             await self._publish_model()
         else:
             log.error("round_failed", reason="no_update_arrived", kept_version=before.version)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from agent.messages.tensors import Tensor, digest, to_tensors
@@ -39,7 +39,6 @@ class RoundRecord:
     seconds: float
     model_version: int
     model_sha256: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -167,10 +167,13 @@ class Trainer:
         body = message.body
         if self.model is not None and body.version <= self.model.version:
             return
-        if digest(body.tensors) != body.sha256:
+        # Hashing and copying a large model would stall the event loop: do it in a thread.
+        weights = await asyncio.to_thread(_verified_copy, body)
+        if weights is None:
             log.warning("model_rejected", reason="digest_mismatch", version=body.version)
             return
-        weights = [a.copy() for a in to_arrays(body.tensors)]
+        if self.model is not None and body.version <= self.model.version:
+            return  # a newer one arrived while this one was checked
         self.model = HeldModel(body.version, body.sha256, weights)
         self.round = max(self.round, message.round)
         log.info("model_accepted", version=body.version, sha256=body.sha256[:12])
@@ -290,3 +293,10 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     """Log a fit/evaluate task that died of a bug, instead of losing its exception."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("work_failed", task=task.get_name(), exc_info=exc)
+
+
+def _verified_copy(model: GlobalModel) -> Weights | None:
+    """Writable copies of the model's arrays, or None when its sha256 does not match."""
+    if digest(model.tensors) != model.sha256:
+        return None
+    return [a.copy() for a in to_arrays(model.tensors)]
