@@ -80,6 +80,14 @@ DEFAULTS = DemoOptions()
     type=click.IntRange(min=0),
     help="SIGKILL this many agents once round 2's cohort is drawn (to watch dropouts).",
 )
+@click.option(
+    "--plugin", "plugin_name", default=DEFAULTS.plugin, show_default=True,
+    help="The plugin every agent trains with (see `fedbus plugin list`).",
+)  # fmt: skip
+@click.option(
+    "--plugin-option", "plugin_options", multiple=True, metavar="KEY=VALUE",
+    help="An extra [plugin.options] entry for every agent (VALUE read as JSON); repeatable.",
+)  # fmt: skip
 def demo(
     agents: int,
     rounds: int,
@@ -92,15 +100,20 @@ def demo(
     fraction_fit: float,
     round_timeout: float,
     kill_agents: int,
+    plugin_name: str,
+    plugin_options: tuple[str, ...],
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
-    training an MLP on scikit-learn's digits; prints progress and writes a report."""
+    training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
+    and writes a report."""
+    from agent.cli.plugins import parse_options
     from agent.demo.runner import run_demo
 
     options = DemoOptions(
         agents=agents, rounds=rounds, partition=partition, alpha=alpha, bus=bus_kind,
         bus_url=bus_url, report_dir=report_dir, seed=seed, fraction_fit=fraction_fit,
-        round_timeout=round_timeout, kill_agents=kill_agents,
+        round_timeout=round_timeout, kill_agents=kill_agents, plugin=plugin_name,
+        plugin_options=parse_options(plugin_options),
     )  # fmt: skip
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

@@ -38,28 +38,14 @@ def run(config_path: Path) -> None:
     run_until_signal(run_node(config))
 
 
-@cli.group()
-def plugin() -> None:
-    """Plugins in the ``fedbus.plugins`` entry-point group."""
-
-
-@plugin.command("list")
-def plugin_list() -> None:
-    """List installed plugins."""
-    from agent.plugin.loader import available_plugins
-
-    found = available_plugins()
-    if not found:
-        click.echo("no plugins installed (entry-point group fedbus.plugins)")
-    for name, ep in sorted(found.items()):
-        dist = ep.dist.name if ep.dist is not None else "?"
-        click.echo(f"{name}\t{ep.value}\t({dist})")
-
-
 def _register_demo() -> None:
     from agent.cli.demo import demo
+    from agent.cli.plugins import plugin
+    from agent.cli.predict import predict
 
     cli.add_command(demo)
+    cli.add_command(plugin)
+    cli.add_command(predict)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +23,6 @@ class DemoOptions:
     fraction_fit: float = 1.0
     round_timeout: float = 30.0
     kill_agents: int = 0
+    plugin: str = "digits-mlp"
+    #: extra ``[plugin.options]`` for every agent (``--plugin-option KEY=VALUE``)
+    plugin_options: Mapping[str, Any] = field(default_factory=dict)

@@ -21,7 +21,7 @@ def write_report(
     *,
     records: list[RoundRecord],
     final_accuracy: float | None,
-    centralized_accuracy: float,
+    centralized_accuracy: float | None,
     settings: dict[str, Any],
     wall_seconds: float,
 ) -> list[Path]:
@@ -39,7 +39,7 @@ def write_report(
     csv_path = report_dir / "metrics.csv"
     write_atomic(csv_path, _csv(records).encode())
     png_path = report_dir / "accuracy.png"
-    write_atomic(png_path, _plot(records, centralized_accuracy))
+    write_atomic(png_path, _plot(records, centralized_accuracy, str(settings.get("plugin", ""))))
     return [json_path, csv_path, png_path]
 
 
@@ -55,7 +55,7 @@ def _csv(records: list[RoundRecord]) -> str:
     return buf.getvalue()
 
 
-def _plot(records: list[RoundRecord], centralized_accuracy: float) -> bytes:
+def _plot(records: list[RoundRecord], centralized_accuracy: float | None, plugin: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,8 +67,9 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float) -> bytes:
     fig, acc_ax = plt.subplots(figsize=(7, 4), dpi=120)
     acc_ax.plot(rounds, [100 * (r.accuracy or 0.0) for r in evaluated], "o-", color="tab:blue",
                 label="federated test accuracy")  # fmt: skip
-    acc_ax.axhline(100 * centralized_accuracy, linestyle="--", color="tab:gray",
-                   label="centralized reference")  # fmt: skip
+    if centralized_accuracy is not None:
+        acc_ax.axhline(100 * centralized_accuracy, linestyle="--", color="tab:gray",
+                       label="centralized reference")  # fmt: skip
     acc_ax.set_xlabel("round")
     acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.set_ylabel("accuracy (%)")
@@ -79,7 +80,7 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float) -> bytes:
     lines = acc_ax.get_legend_handles_labels()
     more = loss_ax.get_legend_handles_labels()
     acc_ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
-    acc_ax.set_title("fedbus demo: FedAvg on digits")
+    acc_ax.set_title(f"fedbus demo: FedAvg, plugin {plugin}")
     acc_ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -35,13 +35,13 @@ from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.logs import configure_logging
-from agent.plugin.api import PluginContext
-from agent.plugin.loader import load_plugin
+from agent.plugin.api import PluginContext, PluginInfo
+from agent.plugin.loader import describe_plugin, load_plugin
 from agent.roles.records import RoundRecord, RunSummary
 from agent.runtime.node import run_node, run_until_signal
 from agent.runtime.tasks import task_group
+from agent.state import read_weights
 
-PLUGIN = "digits-mlp"
 FEDERATION = "demo"
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,7 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True, slots=True)
 class DemoResult:
     summary: RunSummary
-    centralized_accuracy: float
+    centralized_accuracy: float | None
     wall_seconds: float
     report_files: list[Path]
 
@@ -57,20 +57,39 @@ class DemoResult:
 def plugin_options(
     options: DemoOptions, index: int, num_agents: int, partition: str
 ) -> dict[str, Any]:
-    return {"agent_index": index, "num_agents": num_agents, "partition": partition,
-            "alpha": options.alpha, "seed": options.seed}  # fmt: skip
+    """One agent's ``[plugin.options]``: the partition options the plugin takes (see
+    ``agent.plugin.api``), then ``options.plugin_options``."""
+    info = describe_plugin(options.plugin).info
+    candidates = {"agent_index": index, "num_agents": num_agents, "partition": partition,
+                  "alpha": options.alpha, "seed": options.seed}  # fmt: skip
+    return {**{k: v for k, v in candidates.items() if info.takes(k)}, **options.plugin_options}
 
 
-def centralized_accuracy(options: DemoOptions) -> float:
-    """The reference: the same MLP trained on all the training data, one ``fit`` per round
-    (so the same number of passes as each agent makes), evaluated on the whole test split."""
+def centralized_accuracy(options: DemoOptions) -> float | None:
+    """The reference: the same model trained on all the training data, one ``fit`` per round
+    (so the same number of passes as each agent makes), evaluated on the whole test split.
+
+    Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
+    for others, and when the plugin reports no ``accuracy``."""
+    if not describe_plugin(options.plugin).info.takes("num_agents"):
+        return None
     context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
-    plugin = load_plugin(PLUGIN, context)
+    plugin = load_plugin(options.plugin, context)
     weights = plugin.get_weights()
     for r in range(1, options.rounds + 1):
         weights = plugin.fit(weights, {"round": r}).weights
-    accuracy = plugin.evaluate(weights, {}).metrics["accuracy"]
-    return float(accuracy)
+    accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
+    return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
+
+
+def export_final_model(options: DemoOptions) -> Path | None:
+    """The plugin's ``export`` hook on the run's final global model (the aggregator's
+    ``global_model.npz``), written as ``model.<format>`` in the report directory; None when
+    the plugin has no export hook."""
+    plugin = load_plugin(options.plugin, PluginContext(
+        "export", plugin_options(options, 0, options.agents, options.partition)))  # fmt: skip
+    weights = read_weights(options.report_dir / "aggregator" / "global_model.npz")
+    return plugin.export(weights, options.report_dir / "model")
 
 
 class Progress:
@@ -129,8 +148,10 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             url = stack.enter_context(EmbeddedBroker(kind)).url
         else:
             asyncio.run(_probe(url))
-        print(f"fedbus demo: {options.agents} agents, {options.rounds} rounds, "
-              f"{_partition_label(options)}, bus {url}", file=out, flush=True)  # fmt: skip
+        info = describe_plugin(options.plugin).info  # fails fast on a missing plugin
+        print(f"fedbus demo: plugin {options.plugin}, {options.agents} agents, "
+              f"{options.rounds} rounds, {_partition_label(options, info)}, bus {url}",
+              file=out, flush=True)  # fmt: skip
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
         for i in range(options.agents):
@@ -140,13 +161,17 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             path.write_bytes(config.to_toml())
             agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
         reference = centralized_accuracy(options)
-        print(f"centralized reference (same MLP, all training data): {100 * reference:.2f}%",
-              file=out, flush=True)  # fmt: skip
+        if reference is not None:
+            print(f"centralized reference (same model, all training data): {100 * reference:.2f}%",
+                  file=out, flush=True)  # fmt: skip
         print("round  accuracy    loss  seconds  survivors", file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(_aggregator_config(options, url), agents, progress))
         if summary is None:
             raise KeyboardInterrupt
+        exported = export_final_model(options)
+        if exported is not None:
+            print(f"final model exported: {exported}", file=out, flush=True)
         wall = time.perf_counter() - started
         files = write_report(
             report_dir, records=summary.rounds, final_accuracy=summary.final_accuracy,
@@ -155,8 +180,9 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         )  # fmt: skip
         final = summary.final_accuracy
         final_text = "n/a" if final is None else f"{100 * final:.2f}%"
-        print(f"final accuracy {final_text} (centralized {100 * reference:.2f}%) "
-              f"in {wall:.1f} s; report: {report_dir}/", file=out, flush=True)  # fmt: skip
+        ref_text = "" if reference is None else f" (centralized {100 * reference:.2f}%)"
+        print(f"final accuracy {final_text}{ref_text} in {wall:.1f} s; report: {report_dir}/",
+              file=out, flush=True)  # fmt: skip
         return DemoResult(summary, reference, wall, files)
 
 
@@ -200,7 +226,9 @@ async def _watch(agents: list[AgentProcess]) -> None:
             )
 
 
-def _partition_label(options: DemoOptions) -> str:
+def _partition_label(options: DemoOptions, info: PluginInfo) -> str:
+    if not info.takes("partition"):
+        return "data split by the plugin"
     if options.partition == "dirichlet":
         return f"Dirichlet α={options.alpha}"  # noqa: RUF001 - the field's symbol for it
     return "IID"
@@ -211,7 +239,7 @@ def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> A
     return AgentConfig(
         role=RoleName.TRAINER, agent_id=agent_id, federation=FEDERATION, bus_url=url,
         state_dir=work / agent_id,
-        plugin=PluginConfig(name=PLUGIN, options=plugin_options(
+        plugin=PluginConfig(name=options.plugin, options=plugin_options(
             options, index, options.agents, options.partition)),
         trainer=TrainerConfig(join_retry=0.5),
         logging=LoggingConfig(level="info", format="json"),
@@ -222,7 +250,7 @@ def _aggregator_config(options: DemoOptions, url: str) -> AgentConfig:
     return AgentConfig(
         role=RoleName.AGGREGATOR, agent_id="aggregator", federation=FEDERATION, bus_url=url,
         state_dir=options.report_dir / "aggregator",
-        plugin=PluginConfig(name=PLUGIN, options=plugin_options(
+        plugin=PluginConfig(name=options.plugin, options=plugin_options(
             options, 0, options.agents, options.partition)),
         aggregator=AggregatorConfig(
             rounds=options.rounds, fraction_fit=options.fraction_fit, min_fit_clients=1,

@@ -12,14 +12,32 @@ serialization and security, and calls ``fit``/``evaluate`` in a worker thread.
 
 Weights are an ordered list of numpy arrays (any numeric dtype, any shape); the order and the
 shapes must stay the same across calls. Config values are scalars sent by the aggregator.
+
+Optional hooks, each with a safe default when a plugin leaves it out:
+
+- on the instance, ``num_examples() -> int``: the local training set's size, reported at join
+  (default 0, unknown);
+- on the instance, ``export(weights, path) -> Path``: write ``weights`` as a portable model
+  (e.g. ONNX) at ``path`` and return the file written; ``fedbus demo`` calls it on the final
+  global model and ``fedbus plugin export`` on request (default: no export);
+- on the factory, ``describe() -> PluginInfo``: what ``fedbus plugin list`` shows and what
+  ``fedbus demo`` needs to know about the options (default: ``PluginInfo`` with the first line
+  of the factory's docstring as summary and nothing else). A class factory defines it as a
+  ``staticmethod``; a function factory gets one with the ``describe_with`` decorator.
+
+Conventions ``fedbus demo`` relies on, for plugins whose ``PluginInfo.options`` name them:
+``agent_index`` (0-based) and ``num_agents`` pick this agent's shard of a data set that every
+agent can load, and ``num_agents = 1`` means one agent holding all the training data and the
+whole test set (the centralized reference); ``partition`` (``"iid"``/``"dirichlet"``),
+``alpha`` and ``seed`` shape the split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +99,66 @@ class Plugin(Protocol):
 
     def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
         """Evaluate ``weights`` on local held-out data."""
+        ...
+
+
+#: The options ``fedbus demo`` fills in per agent, for plugins that take them.
+PARTITION_OPTIONS = ("agent_index", "num_agents", "partition", "alpha", "seed")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """What a plugin says about itself (the factory's optional ``describe()`` hook).
+
+    Attributes:
+        summary: one line.
+        options: every ``[plugin.options]`` key the plugin accepts with its default; ``None``
+            marks a required option. Values must be JSON-encodable.
+        fit_config: the fit config the plugin uses when the aggregator sends none.
+        datasets: names of the data sets the plugin trains or evaluates on.
+        models: names of the models it trains.
+        exports: file formats its ``export`` hook writes (e.g. ``("onnx",)``).
+    """
+
+    summary: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fit_config: Mapping[str, Scalar] = field(default_factory=dict)
+    datasets: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    exports: tuple[str, ...] = ()
+
+    def takes(self, option: str) -> bool:
+        """True when ``option`` is one of the plugin's options."""
+        return option in self.options
+
+
+_Factory = TypeVar("_Factory", bound=Callable[..., Any])
+
+
+def describe_with(describe: Callable[[], PluginInfo]) -> Callable[[_Factory], _Factory]:
+    """Decorate a function factory with its ``describe()`` hook::
+
+    @describe_with(lambda: PluginInfo(summary="...", options={"seed": 0}))
+    def create(context: PluginContext) -> MyPlugin: ...
+    """
+
+    def attach(factory: _Factory) -> _Factory:
+        factory.describe = describe  # type: ignore[attr-defined]
+        return factory
+
+    return attach
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """A plugin with the optional ``export`` hook."""
+
+    def export(self, weights: Weights, path: Path) -> Path:
+        """Write ``weights`` as a portable model file at ``path``; return the path written.
+
+        Raises:
+            PluginError: weights of the wrong shapes, or a missing optional dependency.
+        """
         ...
 
 

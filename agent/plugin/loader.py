@@ -7,8 +7,10 @@ plugin raises or returns wrongly becomes a ``PluginError`` naming the plugin.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from agent.plugin.api import (
     FitResult,
     Plugin,
     PluginContext,
+    PluginInfo,
     Scalar,
     Weights,
     all_finite,
@@ -32,12 +35,34 @@ def available_plugins() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def load_plugin(name: str, context: PluginContext) -> CheckedPlugin:
-    """Load plugin ``name`` and build it with ``context``.
+#: A plugin factory: what an entry point names.
+Factory = Callable[[PluginContext], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PluginDescription:
+    """An installed plugin as ``fedbus plugin list`` shows it.
+
+    Attributes:
+        name: the entry-point name.
+        entry_point: ``module:attribute`` of the factory.
+        distribution: the distribution that declares it, and its version (``?`` if unknown).
+        info: the factory's ``describe()``, or the default ``PluginInfo``.
+    """
+
+    name: str
+    entry_point: str
+    distribution: str
+    version: str
+    info: PluginInfo
+
+
+def find_factory(name: str) -> tuple[EntryPoint, Factory]:
+    """The entry point named ``name`` and the factory it loads.
 
     Raises:
-        PluginError: no such plugin (the message lists the installed ones), the factory
-            failed, or it returned something that is not a ``Plugin``.
+        PluginError: no such plugin (the message lists the installed ones), or importing it
+            failed.
     """
     found = available_plugins()
     if name not in found:
@@ -47,7 +72,49 @@ def load_plugin(name: str, context: PluginContext) -> CheckedPlugin:
             f"(installed: {installed})"
         )
     try:
-        factory = found[name].load()
+        factory: Factory = found[name].load()
+    except Exception as exc:
+        raise PluginError(f"plugin {name!r} failed to import: {exc!r}") from exc
+    return found[name], factory
+
+
+def plugin_info(factory: Factory, name: str = "plugin") -> PluginInfo:
+    """The factory's ``describe()`` hook, or the default ``PluginInfo`` when it has none.
+
+    Raises:
+        PluginError: the hook raised or returned something else than a ``PluginInfo``.
+    """
+    hook = getattr(factory, "describe", None)
+    if not callable(hook):
+        doc = (getattr(factory, "__doc__", None) or "").strip()
+        return PluginInfo(summary=doc.splitlines()[0] if doc else "")
+    try:
+        info = hook()
+    except Exception as exc:
+        raise PluginError(f"plugin {name!r}: describe() raised {exc!r}") from exc
+    if not isinstance(info, PluginInfo):
+        raise PluginError(f"plugin {name!r}: describe() returned {type(info).__name__}")
+    return info
+
+
+def describe_plugin(name: str) -> PluginDescription:
+    """Entry point, distribution, version and ``PluginInfo`` of installed plugin ``name``.
+
+    Raises:
+        PluginError: as ``find_factory`` and ``plugin_info``.
+    """
+    ep, factory = find_factory(name)
+    dist, version = (ep.dist.name, ep.dist.version) if ep.dist is not None else ("?", "?")
+    return PluginDescription(name, ep.value, dist, version, plugin_info(factory, name))
+
+
+def build_plugin(name: str, factory: Factory, context: PluginContext) -> CheckedPlugin:
+    """Call ``factory(context)`` and wrap the result in a ``CheckedPlugin``.
+
+    Raises:
+        PluginError: the factory failed, or it returned something that is not a ``Plugin``.
+    """
+    try:
         plugin = factory(context)
     except PluginError:
         raise
@@ -56,6 +123,17 @@ def load_plugin(name: str, context: PluginContext) -> CheckedPlugin:
     if not isinstance(plugin, Plugin):
         raise PluginError(f"plugin {name!r} returned {type(plugin).__name__}, not a Plugin")
     return CheckedPlugin(name, plugin)
+
+
+def load_plugin(name: str, context: PluginContext) -> CheckedPlugin:
+    """Load plugin ``name`` and build it with ``context``.
+
+    Raises:
+        PluginError: no such plugin (the message lists the installed ones), the factory
+            failed, or it returned something that is not a ``Plugin``.
+    """
+    _, factory = find_factory(name)
+    return build_plugin(name, factory, context)
 
 
 class CheckedPlugin:
@@ -71,6 +149,25 @@ class CheckedPlugin:
         if hook is None:
             return 0
         return self._count(self._call(hook), "num_examples()")
+
+    @property
+    def plugin(self) -> Plugin:
+        """The wrapped plugin, unchecked."""
+        return self._plugin
+
+    def export(self, weights: Weights, path: Path) -> Path | None:
+        """The optional hook ``export(weights, path)``; None when the plugin lacks it.
+
+        Raises:
+            PluginError: the hook raised or did not return a path.
+        """
+        hook = getattr(self._plugin, "export", None)
+        if hook is None:
+            return None
+        written = self._call(hook, [np.asarray(w) for w in weights], path)
+        if not isinstance(written, Path | str):
+            raise PluginError(f"{self.name}: export() must return the path it wrote")
+        return Path(written)
 
     def get_weights(self) -> Weights:
         weights = self._call(self._plugin.get_weights)

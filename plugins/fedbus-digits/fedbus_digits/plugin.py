@@ -10,12 +10,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, get_args
 
 import numpy as np
 
 from agent.errors import PluginError
-from agent.plugin.api import EvaluateResult, FitResult, PluginContext, Scalar, Weights
+from agent.plugin.api import (
+    EvaluateResult,
+    FitResult,
+    PluginContext,
+    PluginInfo,
+    Scalar,
+    Weights,
+    describe_with,
+)
+from agent.plugin.onnx_session import Device
 from fedbus_digits import mlp
 from fedbus_digits.data import (
     DEFAULT_MIN_EXAMPLES,
@@ -30,6 +40,8 @@ from fedbus_digits.data import (
 DEFAULT_FIT_CONFIG: Final[Mapping[str, Scalar]] = {"epochs": 5, "batch_size": 16, "lr": 0.4}
 
 _NAME: Final = "digits-mlp"
+#: How ``evaluate`` computes the logits: numpy, or the exported ONNX graph in onnxruntime.
+BACKENDS: Final = ("numpy", "onnxruntime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,10 @@ class DigitsOptions:
         test_fraction: share of the data held out for testing, in (0, 1).
         model_seed: seed of the initial weights; the same for every agent.
         min_examples: the fewest training examples any agent may get.
+        backend: ``"numpy"`` or ``"onnxruntime"`` (evaluate through the ONNX export, on the
+            GPU when the ``gpu`` extra is installed and one is present; needs ``onnx``).
+        device: onnxruntime's device: ``"auto"`` (GPU if usable, else CPU), ``"cpu"`` or
+            ``"gpu"`` (an error without one).
     """
 
     agent_index: int
@@ -57,6 +73,8 @@ class DigitsOptions:
     test_fraction: float = DEFAULT_TEST_FRACTION
     model_seed: int = 0
     min_examples: int = DEFAULT_MIN_EXAMPLES
+    backend: str = "numpy"
+    device: Device = "auto"
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> DigitsOptions:
@@ -98,7 +116,19 @@ class DigitsOptions:
             raise PluginError(
                 f"{_NAME}: option 'hidden' must be a list of ints >= 1, got {hidden!r}"
             )
+        backend = options.get("backend", "numpy")
+        if backend not in BACKENDS:
+            raise PluginError(
+                f"{_NAME}: option 'backend' must be one of {BACKENDS}, got {backend!r}"
+            )
+        device = options.get("device", "auto")
+        if device not in get_args(Device):
+            raise PluginError(
+                f"{_NAME}: option 'device' must be one of {get_args(Device)}, got {device!r}"
+            )
         return cls(
+            backend=backend,
+            device=device,
             agent_index=agent_index,
             num_agents=num_agents,
             partition=Partition(partition),
@@ -227,8 +257,33 @@ class DigitsPlugin:
         test = self.data.test
         if len(test) == 0:
             return EvaluateResult(loss=0.0, num_examples=0, metrics={"accuracy": 0.0})
-        loss, accuracy = mlp.loss_and_accuracy(params, test.x, test.y)
+        if self.options.backend == "onnxruntime":
+            loss, accuracy = self._onnx_loss_and_accuracy(params)
+        else:
+            loss, accuracy = mlp.loss_and_accuracy(params, test.x, test.y)
         return EvaluateResult(loss=loss, num_examples=len(test), metrics={"accuracy": accuracy})
+
+    def export(self, weights: Weights, path: Path) -> Path:
+        """Write ``weights`` as an ONNX model (``x`` float32 ``(batch, 64)`` → ``logits``
+        float32 ``(batch, 10)``) at ``path`` (``.onnx`` appended if missing).
+
+        Raises:
+            PluginError: wrong shapes, non-finite weights, or ``onnx`` not installed.
+        """
+        from fedbus_digits.onnx_export import export_mlp
+
+        return export_mlp(self._decode(weights), path)
+
+    def _onnx_loss_and_accuracy(self, params: mlp.Params) -> tuple[float, float]:
+        from agent.plugin.onnx_session import open_model
+        from fedbus_digits.onnx_export import mlp_bytes
+
+        model = open_model(mlp_bytes(params), device=self.options.device, name=_NAME)
+        logits = model.run(self.data.test.x)
+        logp = mlp.log_softmax(logits.astype(np.float32))
+        y = self.data.test.y
+        loss = -float(logp[np.arange(len(y)), y].mean())
+        return loss, float((logp.argmax(axis=1) == y).mean())
 
     def _decode(self, weights: Weights) -> mlp.Params:
         """Check ``weights`` against the network's shapes; return float32 copies."""
@@ -246,6 +301,22 @@ class DigitsPlugin:
         return params
 
 
+def describe() -> PluginInfo:
+    """The ``describe()`` hook: options with their defaults (None: required), fit defaults."""
+    defaults = DigitsOptions(agent_index=0, num_agents=1)
+    options: dict[str, Any] = {f.name: getattr(defaults, f.name) for f in fields(DigitsOptions)}
+    options.update(agent_index=None, num_agents=None, hidden=list(defaults.hidden))
+    return PluginInfo(
+        summary="a numpy MLP (ReLU, SGD) on scikit-learn's digits, IID or Dirichlet shards",
+        options={k: str(v) if isinstance(v, Partition) else v for k, v in options.items()},
+        fit_config=DEFAULT_FIT_CONFIG,
+        datasets=("sklearn digits (1,797 8x8 images, 10 classes)",),
+        models=("mlp 64-64-10 (numpy)",),
+        exports=("onnx",),
+    )
+
+
+@describe_with(describe)
 def create(context: PluginContext) -> DigitsPlugin:
     """The entry-point factory: a ``DigitsPlugin`` configured by ``context.options``.
 
