@@ -17,7 +17,11 @@
     │   ├── SenderMismatchError     a per-agent topic carrying another agent's message
     │   └── UnexpectedKindError     a kind this role has no listener for
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
+    ├── CryptoError                 secure aggregation: a check that failed
+    │   ├── StageError              a SecAgg+ stage run out of order
+    │   └── ShareError              a Shamir share or share ciphertext that does not check out
     └── RoundError                  a round that cannot complete (e.g. no update arrived)
+        └── SecAggAbortError        SecAgg+ cannot unmask (too few shares or survivors)
 
 Adapters translate third-party exceptions into these at their boundary, always with
 ``raise ... from exc``. Every ``ProtocolError`` carries a short machine-readable ``reason``
@@ -114,3 +118,33 @@ class PluginError(FedbusError):
 
 class RoundError(FedbusError):
     """A round that cannot complete."""
+
+
+class SecAggAbortError(RoundError):
+    """A SecAgg+ round that must abort; the previous global model stays in force.
+
+    ``reason`` is the snake_case word that is logged (``too_few_survivors``,
+    ``too_few_shares``, ...).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"secure aggregation aborted ({reason}): {detail}")
+        self.reason = reason
+
+
+class CryptoError(FedbusError):
+    """A cryptographic or secure-aggregation check that failed."""
+
+
+class StageError(CryptoError):
+    """A SecAgg+ stage function called in the wrong stage (``stage`` → ``wanted``)."""
+
+    def __init__(self, stage: str, wanted: str) -> None:
+        super().__init__(f"SecAgg+ cannot move from stage {stage!r} to {wanted!r}")
+        self.stage = stage
+        self.wanted = wanted
+
+
+class ShareError(CryptoError):
+    """A share ciphertext that does not decrypt, names the wrong parties, or a Shamir share
+    set that does not reconstruct a valid secret."""

@@ -1,0 +1,202 @@
+"""The SecAgg+ client: one function per stage, each checking and advancing ``ClientState``.
+
+Bonawitz et al., CCS 2017, Fig. 4 (client side of rounds 0-4), with the neighbour graph of
+Bell et al., CCS 2020, §4: a client shares its secrets with, and masks against, only its k
+neighbours. Client u with neighbours N(u) sends
+
+    y_u = q(x_u) ‖ w_u  +  PRG(b_u)  +  Σ_{v ∈ N(u) ∩ U2} ±PRG(s_uv)      (mod 2^m)
+
+where q is the quantizer, w_u its weight, b_u a fresh 32-byte self-mask seed and s_uv the
+HKDF output of X25519(s_u^sk, s_v^pk) (+ when u < v, − otherwise, so pairs cancel).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from agent.errors import SecAggAbortError, ShareError
+from agent.secagg import keys, shamir
+from agent.secagg.graph import neighbours
+from agent.secagg.prg import MaskStream
+from agent.secagg.quantize import quantize, weight_word
+from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage, move, sign
+
+RingVector = npt.NDArray[np.unsignedinteger[Any]]
+
+
+@dataclass(slots=True)
+class ClientState:
+    """One client's view of one SecAgg+ round.
+
+    Attributes:
+        agent_id: this client.
+        setup: the round's announced parameters.
+        neighbours: N(u), from the graph.
+        stage: the last stage completed.
+        enc_key, mask_key: this round's X25519 private keys (never leave the client, except
+            ``mask_key`` as Shamir shares, revealed only if this client drops out).
+        self_seed: b_u, 32 bytes (revealed only as shares, and only if this client survives).
+        peers: neighbours that advertised keys (from the aggregator's relay).
+        held: shares this client holds for others: owner → (seed share, key share).
+    """
+
+    agent_id: str
+    setup: Setup
+    neighbours: frozenset[str]
+    stage: Stage = Stage.SETUP
+    enc_key: X25519PrivateKey = field(default_factory=keys.generate)
+    mask_key: X25519PrivateKey = field(default_factory=keys.generate)
+    self_seed: bytes = field(default_factory=lambda: os.urandom(32))
+    peers: dict[str, PublicKeys] = field(default_factory=dict)
+    held: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+
+
+def setup(agent_id: str, announced: Setup) -> ClientState:
+    """Stage ``setup``: derive this client's neighbours from the announced graph.
+
+    Raises:
+        ShareError: this client is not in the cohort.
+    """
+    if agent_id not in announced.cohort:
+        raise ShareError(f"{agent_id} is not in the announced cohort")
+    graph = neighbours(announced.cohort, k=announced.params.num_neighbours,
+                       seed=announced.graph_seed)  # fmt: skip
+    return ClientState(agent_id, announced, graph[agent_id])
+
+
+def advertise_keys(state: ClientState) -> PublicKeys:
+    """Stage ``advertise_keys``: the two public keys to send to the aggregator."""
+    move(state, Stage.ADVERTISE_KEYS)
+    return PublicKeys(enc=keys.public_bytes(state.enc_key), mask=keys.public_bytes(state.mask_key))
+
+
+def share_keys(state: ClientState, peer_keys: Mapping[str, PublicKeys]) -> dict[str, bytes]:
+    """Stage ``share_keys``: Shamir-share b_u and the mask key among the neighbours that
+    advertised, each share pair encrypted to its holder.
+
+    Args:
+        peer_keys: the relayed public keys of neighbours that advertised (a subset of N(u)).
+
+    Returns:
+        holder id → ciphertext (ChaCha20-Poly1305 of seed share ‖ key share, 128 bytes + 28).
+
+    Raises:
+        ShareError: keys from a non-neighbour.
+        SecAggAbortError: fewer than t neighbours advertised (this client's secrets could not
+            be reconstructed; it must not take part).
+    """
+    move(state, Stage.SHARE_KEYS)
+    strangers = set(peer_keys) - state.neighbours
+    if strangers:
+        raise ShareError(f"keys relayed for non-neighbours {sorted(strangers)}")
+    t = state.setup.params.threshold
+    if len(peer_keys) < t:
+        raise SecAggAbortError(
+            "too_few_neighbours", f"{len(peer_keys)} neighbours advertised keys, {t} needed"
+        )
+    state.peers = dict(peer_keys)
+    holders = sorted(peer_keys)
+    shares = shamir.split(
+        [state.self_seed, keys.private_bytes(state.mask_key)],
+        xs=[state.setup.x_of(v) for v in holders],
+        threshold=t,
+    )
+    context = state.setup.context
+    out: dict[str, bytes] = {}
+    for j, v in enumerate(holders):
+        info = context.info(keys.SHARE_PURPOSE, state.agent_id, v)
+        key = keys.agree(state.enc_key, peer_keys[v].enc, info=info)
+        plaintext = shamir.share_to_bytes(shares[0, j]) + shamir.share_to_bytes(shares[1, j])
+        out[v] = keys.encrypt(key, plaintext, associated_data=_ad(context, state.agent_id, v))
+    return out
+
+
+def collect_masked_input(
+    state: ClientState,
+    ciphertexts: Mapping[str, bytes],
+    *,
+    update: npt.NDArray[np.floating[Any]],
+    weight: int,
+    rng: np.random.Generator | None = None,
+) -> RingVector:
+    """Stage ``collect_masked_input``: decrypt the shares others sent us, then mask.
+
+    Args:
+        ciphertexts: sender id → ciphertext addressed to us (senders form N(u) ∩ U2).
+        update: shape (d,), float: this client's model delta.
+        weight: num_examples (capped at ``max_weight``).
+
+    Returns:
+        y_u, shape (d + 1,), the ring dtype: quantized update ‖ weight, masked.
+
+    Raises:
+        ShareError: a ciphertext from a non-peer, or one that does not authenticate.
+    """
+    move(state, Stage.COLLECT_MASKED_INPUT)
+    setup_ = state.setup
+    if update.shape != (setup_.length,):
+        raise ValueError(f"update has shape {update.shape}, expected ({setup_.length},)")
+    context = setup_.context
+    for v, blob in ciphertexts.items():
+        if v not in state.peers:
+            raise ShareError(f"shares from {v}, who is not a neighbour that advertised")
+        info = context.info(keys.SHARE_PURPOSE, state.agent_id, v)
+        key = keys.agree(state.enc_key, state.peers[v].enc, info=info)
+        plain = keys.decrypt(key, blob, associated_data=_ad(context, v, state.agent_id))
+        if len(plain) != 2 * shamir.SHARE_BYTES:
+            raise ShareError(f"shares from {v} have the wrong length")
+        state.held[v] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
+    params = setup_.params
+    y = np.empty(setup_.length + 1, dtype=params.dtype)
+    y[:-1] = quantize(update, weight=weight, params=params, rng=rng)
+    y[-1] = weight_word(weight, params)
+    stream = MaskStream(len(y), params.dtype)
+    stream.add(y, state.self_seed)
+    for v in sorted(state.held):
+        seed = keys.agree(state.mask_key, state.peers[v].mask,
+                          info=context.info(keys.MASK_PURPOSE, state.agent_id, v))  # fmt: skip
+        if sign(state.agent_id, v) > 0:
+            stream.add(y, seed)
+        else:
+            stream.subtract(y, seed)
+    return y
+
+
+def unmask(
+    state: ClientState, *, survivors: Collection[str], dropped: Collection[str]
+) -> RevealedShares:
+    """Stage ``unmask``: reveal seed shares of survivors and key shares of dropouts.
+
+    Raises:
+        SecAggAbortError: the aggregator's lists overlap, omit us, or name fewer survivors
+            than the threshold (revealing anything then could expose an individual update).
+    """
+    move(state, Stage.UNMASK)
+    alive, gone = set(survivors), set(dropped)
+    if alive & gone:
+        raise SecAggAbortError("inconsistent_view", "a client listed as survivor and dropout")
+    if state.agent_id not in alive:
+        raise SecAggAbortError("inconsistent_view", "we are not listed among the survivors")
+    if len(alive) < state.setup.params.threshold:
+        raise SecAggAbortError(
+            "too_few_survivors",
+            f"{len(alive)} survivors, threshold {state.setup.params.threshold}",
+        )
+    revealed = RevealedShares(
+        self_seed={v: s for v, (s, _) in state.held.items() if v in alive},
+        mask_key={v: k for v, (_, k) in state.held.items() if v in gone},
+    )
+    move(state, Stage.DONE)
+    return revealed
+
+
+def _ad(context: keys.RoundContext, sender: str, recipient: str) -> bytes:
+    """Associated data of a share ciphertext: ordered (sender → recipient), not sorted."""
+    return context.info(keys.SHARE_PURPOSE, sender, recipient) + b"\x00" + sender.encode()

@@ -1,0 +1,93 @@
+"""Quantization onto the ring: clip, scale, stochastic rounding; and back for the sum.
+
+A client's update x (float, any shape, flattened) with weight w ≤ W becomes
+
+    v = clip(x, −c, c) · w / W                        ∈ [−c, c]
+    q = ⌊(v + c) / δ + u⌋,  u ~ U[0, 1)               ∈ {0, …, 2^b − 1},  δ = 2c / (2^b − 1)
+
+Stochastic rounding makes q unbiased: E[q·δ − c] = v (Gupta et al., "Deep Learning with
+Limited Numerical Precision", ICML 2015, §3; the SecAgg+ quantizer of Bell et al., CCS 2020
+§5). The server sees only Σq over the s survivors and recovers
+
+    Σ w·x / W ≈ Σq · δ − s·c,   with |error| ≤ s·δ per coordinate (plus clipping).
+
+The rounding noise comes from numpy's PCG64 seeded by the OS; it hides nothing, so it need not
+be cryptographic (the masks are).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.secagg.params import SecAggParams
+
+FloatVector = npt.NDArray[np.floating[Any]]
+RingVector = npt.NDArray[np.unsignedinteger[Any]]
+
+
+def quantize(
+    update: FloatVector,
+    *,
+    weight: int,
+    params: SecAggParams,
+    rng: np.random.Generator | None = None,
+) -> RingVector:
+    """Map a flat update with its weight onto the ring.
+
+    Args:
+        update: shape (d,), any float dtype; NaN is not allowed.
+        weight: the client's num_examples (capped at ``params.max_weight``), ≥ 1.
+        params: clipping range c, bits b, ring word.
+        rng: the rounding noise source (a fresh OS-seeded one by default).
+
+    Returns:
+        shape (d,), ``params.dtype``, every value in [0, 2^b − 1].
+
+    Raises:
+        ValueError: a NaN in ``update`` or a weight < 1.
+    """
+    if weight < 1:
+        raise ValueError(f"weight must be at least 1, got {weight}")
+    rng = rng if rng is not None else np.random.default_rng()
+    c = params.clipping_range
+    scale = min(weight, params.max_weight) / params.max_weight
+    y = np.clip(np.asarray(update, dtype=np.float64), -c, c)
+    if np.isnan(y).any():
+        raise ValueError("cannot quantize NaN")
+    # y ← (y·scale + c) / δ + u, in place; float64 holds 2^b exactly for b ≤ 52.
+    y *= scale / params.step
+    y += c / params.step
+    y += rng.random(y.shape[0])
+    np.floor(y, out=y)
+    np.clip(y, 0, (1 << params.quantization_bits) - 1, out=y)
+    return y.astype(params.dtype)
+
+
+def weight_word(weight: int, params: SecAggParams) -> int:
+    """The integer that carries a client's weight in the ring: min(weight, W)."""
+    if weight < 1:
+        raise ValueError(f"weight must be at least 1, got {weight}")
+    return min(weight, params.max_weight)
+
+
+def dequantize_sum(total: RingVector, *, survivors: int, params: SecAggParams) -> FloatVector:
+    """Σ w·x / W from the ring sum of ``survivors`` quantized updates.
+
+    Args:
+        total: shape (d,), ``params.dtype``: Σq mod 2^m (no wrap by the choice of m).
+
+    Returns:
+        shape (d,), float64.
+    """
+    out = total.astype(np.float64)
+    out *= params.step
+    out -= survivors * params.clipping_range
+    return out
+
+
+def error_bound(survivors: int, params: SecAggParams) -> float:
+    """Largest |dequantize_sum − Σ w·clip(x)/W| per coordinate: one step per survivor."""
+    return survivors * params.step
