@@ -100,13 +100,19 @@ def plugin_new(name: str, parent: Path) -> None:
 def plugin_check(target: str, options: tuple[str, ...], fit_config: tuple[str, ...]) -> None:
     """Run the conformance suite on installed plugin TARGET, or on the plugin project in
     folder TARGET. Prints a report; exits 1 when a check fails."""
+    from agent.logs import configure_logging
     from agent.plugin.check import check_path, check_plugin
+    from agent.plugin.loader import available_plugins
 
+    configure_logging(level="warning", fmt="console", stream=sys.stderr)
     kwargs: dict[str, Any] = {"options": parse_options(options)}
     if fit_config:
         kwargs["fit_config"] = parse_options(fit_config)
     path = Path(target)
-    reports = check_path(path, **kwargs) if path.is_dir() else [check_plugin(target, **kwargs)]
+    if target in available_plugins() or not path.is_dir():
+        reports = [check_plugin(target, **kwargs)]
+    else:
+        reports = check_path(path, **kwargs)
     for report in reports:
         click.echo(report.render())
     if not all(r.passed for r in reports):

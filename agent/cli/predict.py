@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,8 +58,10 @@ def predict(model: Path, inputs: Path, device: str, output: Path | None) -> None
 
     The execution provider actually used is printed to stderr. Needs the `onnx` or `gpu`
     extra (onnxruntime)."""
+    from agent.logs import configure_logging
     from agent.plugin.onnx_session import Device, open_model
 
+    configure_logging(level="warning", fmt="console", stream=sys.stderr)
     x = read_inputs(inputs)
     session = open_model(model, device=cast(Device, device))
     scores = session.run(x)
