@@ -270,15 +270,15 @@ class DigitsPlugin:
         Raises:
             PluginError: wrong shapes, non-finite weights, or ``onnx`` not installed.
         """
-        from fedbus_digits.onnx_export import export_mlp
+        from agent.plugin.onnx_graph import export_dense
 
-        return export_mlp(self._decode(weights), path)
+        return export_dense(self._decode(weights), path, name=_NAME)
 
     def _onnx_loss_and_accuracy(self, params: mlp.Params) -> tuple[float, float]:
+        from agent.plugin.onnx_graph import dense_bytes
         from agent.plugin.onnx_session import open_model
-        from fedbus_digits.onnx_export import mlp_bytes
 
-        model = open_model(mlp_bytes(params), device=self.options.device, name=_NAME)
+        model = open_model(dense_bytes(params, name=_NAME), device=self.options.device, name=_NAME)
         logits = model.run(self.data.test.x)
         logp = mlp.log_softmax(logits.astype(np.float32))
         y = self.data.test.y

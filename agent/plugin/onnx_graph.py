@@ -1,9 +1,10 @@
-"""The MLP as an ONNX graph, built with ``onnx.helper``, the weights stored as initializers.
+"""Dense classifiers as ONNX graphs, built with ``onnx.helper``, weights as initializers.
 
-The graph computes exactly ``mlp.forward``: for every hidden layer ``Relu(Gemm(a, W, b))``,
-then ``Gemm(a, W, b)`` for the output logits. Input ``x``: float32 ``(batch, n_in)``; output
-``logits``: float32 ``(batch, n_out)``; ``batch`` is symbolic. Opset 17 and IR version 8,
-so that onnxruntime 1.18 and later load it.
+For parameters ``[W1, b1, ..., Wk, bk]`` the graph computes ``Relu(Gemm(a, W, b))`` for every
+hidden layer, then ``Gemm(a, W, b)`` for the output logits: a numpy MLP's forward pass, and
+with one layer a linear (softmax or logistic) model. Input ``x``: float32 ``(batch, n_in)``;
+output ``logits``: float32 ``(batch, n_out)``; ``batch`` is symbolic. Opset 17 and IR
+version 8, so that onnxruntime 1.18 and later load it.
 
 ``onnx`` is optional (extras ``onnx`` and ``gpu`` of fedbus): it is imported when a model is
 built, and its absence is a ``PluginError`` naming the extra.
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.plugin.onnx_session import require
 from agent.state import write_atomic
-from fedbus_digits.mlp import FloatArray
+
+FloatArray = npt.NDArray[np.floating[Any]]
 
 OPSET: Final = 17
 IR_VERSION: Final = 8
@@ -27,8 +30,8 @@ INPUT: Final = "x"
 OUTPUT: Final = "logits"
 
 
-def mlp_model(params: Sequence[FloatArray], *, name: str = "digits-mlp") -> Any:
-    """The ``onnx.ModelProto`` of the MLP with parameters ``[W1, b1, ..., Wk, bk]``.
+def dense_model(params: Sequence[FloatArray], *, name: str = "fedbus-model") -> Any:
+    """The ``onnx.ModelProto`` of the dense network with parameters ``[W1, b1, ..., Wk, bk]``.
 
     ``W_j`` has shape ``(n_{j-1}, n_j)`` and ``b_j`` shape ``(n_j,)``; they are stored as
     float32 initializers ``W1``, ``b1``, ... The model passes ``onnx.checker``.
@@ -73,29 +76,29 @@ def mlp_model(params: Sequence[FloatArray], *, name: str = "digits-mlp") -> Any:
         initializer=initializers,
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fedbus-digits"
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fedbus"
     )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
 
 
-def mlp_bytes(params: Sequence[FloatArray]) -> bytes:
-    """``mlp_model(params)`` serialized. Raises like ``mlp_model``."""
-    data: bytes = mlp_model(params).SerializeToString()
+def dense_bytes(params: Sequence[FloatArray], *, name: str = "fedbus-model") -> bytes:
+    """``dense_model(params)`` serialized. Raises like ``dense_model``."""
+    data: bytes = dense_model(params, name=name).SerializeToString()
     return data
 
 
-def export_mlp(params: Sequence[FloatArray], path: Path) -> Path:
-    """Write ``mlp_model(params)`` to ``path`` atomically (``.onnx`` is appended if missing).
+def export_dense(params: Sequence[FloatArray], path: Path, *, name: str = "fedbus-model") -> Path:
+    """Write ``dense_model(params)`` to ``path`` atomically (``.onnx`` is appended if missing).
 
     Returns:
         The path written.
 
     Raises:
         PluginError: ``onnx`` is not installed.
-        ValueError: see ``mlp_model``.
+        ValueError: see ``dense_model``.
     """
     target = path if path.suffix == ".onnx" else path.with_name(path.name + ".onnx")
-    write_atomic(target, mlp_bytes(params))
+    write_atomic(target, dense_bytes(params, name=name))
     return target

@@ -1,0 +1,1 @@
+"""fedbus-onnx: the ``onnx`` fedbus plugin, federated evaluation of an ONNX classifier."""
