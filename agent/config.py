@@ -28,6 +28,7 @@ import msgspec
 
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
+from agent.secagg.params import SecAggParams, resolve
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -53,6 +54,52 @@ class PluginConfig(_Config, frozen=True):
     options: dict[str, Any] = {}
 
 
+class SecureAggregation(StrEnum):
+    """How updates reach the aggregator: masked (SecAgg+) or in the clear."""
+
+    SECAGG_PLUS = "secagg+"
+    NONE = "none"
+
+
+class SecAggConfig(_Config, frozen=True):
+    """``[aggregator.secagg]``: SecAgg+ settings (``agent.secagg``); 0 means "the default for
+    the cohort size" (see ``agent.secagg.params``).
+
+    Attributes:
+        num_neighbours: k, the neighbours each client shares secrets with (default: the
+            smallest k ≥ 2·log2(n) meeting the design abort bound, capped at n - 1).
+        reconstruction_threshold: t, shares needed to rebuild a secret (default k//2 + 1).
+        clipping_range: every coordinate of an update (the model delta) is clipped to
+            [-c, c].
+        quantization_bits: bits per value (default: the most, up to 24, that keep n values
+            in a 32-bit ring).
+        max_weight: num_examples is capped at this for weighting.
+        stage_timeout: seconds each key-exchange and unmask stage waits.
+    """
+
+    num_neighbours: Annotated[int, msgspec.Meta(ge=0)] = 0
+    reconstruction_threshold: Annotated[int, msgspec.Meta(ge=0)] = 0
+    clipping_range: Positive = 8.0
+    quantization_bits: Annotated[int, msgspec.Meta(ge=0, le=62)] = 0
+    max_weight: AtLeastOne = 1000
+    stage_timeout: Positive = 10.0
+
+    def params(self, cohort_size: int) -> SecAggParams:
+        """The parameters for a cohort of ``cohort_size``.
+
+        Raises:
+            ConfigError: they cannot be secure or cannot reconstruct (the message says why).
+        """
+        return resolve(
+            cohort_size,
+            num_neighbours=self.num_neighbours,
+            threshold=self.reconstruction_threshold,
+            clipping_range=self.clipping_range,
+            quantization_bits=self.quantization_bits,
+            max_weight=self.max_weight,
+        )
+
+
 class AggregatorConfig(_Config, frozen=True):
     """``[aggregator]``: the round schedule.
 
@@ -69,6 +116,9 @@ class AggregatorConfig(_Config, frozen=True):
         seed: seed of the cohort sampler.
         fit_config: scalars sent to every ``fit`` (``epochs``, ``lr``, ...).
         eval_config: scalars sent with every ``evaluate``.
+        secure_aggregation: ``"secagg+"`` (the aggregator learns only the cohort's sum) or
+            ``"none"``.
+        secagg: the SecAgg+ settings.
     """
 
     rounds: AtLeastOne = 10
@@ -83,6 +133,8 @@ class AggregatorConfig(_Config, frozen=True):
     seed: int = 0
     fit_config: dict[str, Scalar] = {}
     eval_config: dict[str, Scalar] = {}
+    secure_aggregation: SecureAggregation = SecureAggregation.NONE
+    secagg: SecAggConfig = SecAggConfig()
 
     def __post_init__(self) -> None:
         if self.min_fit_clients > self.max_fit_clients:
@@ -95,6 +147,14 @@ class AggregatorConfig(_Config, frozen=True):
                 f"min_fit_clients ({self.min_fit_clients}) > min_available_clients "
                 f"({self.min_available_clients}): round 1 could never fill its cohort"
             )
+        if self.secure_aggregation is SecureAggregation.SECAGG_PLUS:
+            try:
+                self.secagg.params(self.min_fit_clients)
+            except ConfigError as exc:
+                raise ValueError(
+                    f"secure_aggregation = 'secagg+' with min_fit_clients = "
+                    f"{self.min_fit_clients}: {exc}"
+                ) from exc
 
 
 class TrainerConfig(_Config, frozen=True):
@@ -103,10 +163,12 @@ class TrainerConfig(_Config, frozen=True):
     Attributes:
         join_retry: seconds between ``join`` attempts until the aggregator admits us.
         model_wait: seconds to wait for the global model a ``fit_ins`` refers to.
+        require_secure_aggregation: refuse rounds that would send the update in the clear.
     """
 
     join_retry: Positive = 2.0
     model_wait: Positive = 30.0
+    require_secure_aggregation: bool = False
 
 
 class LoggingConfig(_Config, frozen=True):

@@ -24,6 +24,14 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Scalar = bool | int | float | str
 Params = Annotated[dict[str, Scalar], msgspec.Meta(max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
+#: A raw X25519 public key, or a 256-bit seed.
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+#: A share ciphertext: nonce ‖ ChaCha20-Poly1305(two 64-byte Shamir shares) ‖ tag.
+Ciphertext = Annotated[bytes, msgspec.Meta(min_length=28, max_length=1024)]
+#: One revealed Shamir share (16 field elements, little-endian uint32).
+ShareBytes = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+#: The most members a SecAgg+ cohort, and so any relay map, may have.
+MAX_COHORT = 100_000
 
 
 class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -61,16 +69,35 @@ class GlobalModel(Body, frozen=True):
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
 
 
+class SecAggSetup(Body, frozen=True):
+    """The SecAgg+ parameters of a round (``agent.secagg.params.SecAggParams``), its sorted
+    ``cohort``, the 32-byte ``graph_seed`` and ``length`` d of the flattened model."""
+
+    cohort: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
+    num_neighbours: Count
+    threshold: Count
+    clipping_range: Annotated[float, msgspec.Meta(gt=0)]
+    quantization_bits: Annotated[int, msgspec.Meta(ge=1, le=62)]
+    ring_bits: Annotated[int, msgspec.Meta(ge=32, le=64)]
+    max_weight: Annotated[int, msgspec.Meta(ge=1, le=2**32)]
+    graph_seed: Key32
+    length: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
+    stage_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)]
+
+
 class FitIns(Body, frozen=True):
     """aggregator → a cohort member's inbox: train on model ``model_version`` this round.
 
-    ``deadline`` is seconds from receipt; an update later than that is not counted.
+    ``deadline`` is seconds from receipt; an update later than that is not counted. With
+    ``secagg`` set the update goes through SecAgg+ (a ``masked_input``, not a
+    ``model_update``).
     """
 
     model_version: Version
     model_sha256: Sha256
     deadline: Annotated[float, msgspec.Meta(gt=0, le=86400)]
     config: Params = {}
+    secagg: SecAggSetup | None = None
 
 
 class ModelUpdate(Body, frozen=True):
@@ -107,6 +134,62 @@ class Finish(Body, frozen=True):
     model_sha256: Sha256
 
 
+class AdvertiseKeys(Body, frozen=True):
+    """SecAgg+ ``advertise_keys``, agent → aggregator: this round's two X25519 public keys."""
+
+    enc_key: Key32
+    mask_key: Key32
+
+
+class PeerKeys(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One neighbour's advertised keys, inside ``RelayKeys``."""
+
+    enc_key: Key32
+    mask_key: Key32
+
+
+class RelayKeys(Body, frozen=True):
+    """aggregator → agent inbox: the keys of the agent's neighbours that advertised."""
+
+    keys: Annotated[dict[Name, PeerKeys], msgspec.Meta(max_length=MAX_COHORT)]
+
+
+class ShareKeys(Body, frozen=True):
+    """SecAgg+ ``share_keys``, agent → aggregator: one share ciphertext per neighbour."""
+
+    ciphertexts: Annotated[dict[Name, Ciphertext], msgspec.Meta(max_length=MAX_COHORT)]
+
+
+class RelayShares(Body, frozen=True):
+    """aggregator → agent inbox: the share ciphertexts addressed to the agent, by sender."""
+
+    ciphertexts: Annotated[dict[Name, Ciphertext], msgspec.Meta(max_length=MAX_COHORT)]
+
+
+class MaskedInput(Body, frozen=True):
+    """SecAgg+ ``collect_masked_input``, agent → aggregator on its update topic: the masked
+    vector (1-D, uint32 or uint64, d + 1 words) trained from ``model_version``."""
+
+    model_version: Version
+    vector: Tensor
+
+
+class UnmaskRequest(Body, frozen=True):
+    """aggregator → agent inbox: who sent a masked input (``survivors``) and who shared keys
+    but did not (``dropped``)."""
+
+    survivors: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
+    dropped: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
+
+
+class Unmask(Body, frozen=True):
+    """SecAgg+ ``unmask``, agent → aggregator: shares of survivors' self-mask seeds and of
+    dropouts' mask keys, keyed by the secret's owner."""
+
+    self_seed: Annotated[dict[Name, ShareBytes], msgspec.Meta(max_length=MAX_COHORT)]
+    mask_key: Annotated[dict[Name, ShareBytes], msgspec.Meta(max_length=MAX_COHORT)]
+
+
 BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.JOIN: JoinRequest,
     Kind.JOIN_ACCEPTED: JoinAccepted,
@@ -117,5 +200,12 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.EVALUATE: EvaluateIns,
     Kind.METRICS: EvaluateRes,
     Kind.FINISH: Finish,
+    Kind.ADVERTISE_KEYS: AdvertiseKeys,
+    Kind.SHARE_KEYS: ShareKeys,
+    Kind.MASKED_INPUT: MaskedInput,
+    Kind.UNMASK: Unmask,
+    Kind.RELAY_KEYS: RelayKeys,
+    Kind.RELAY_SHARES: RelayShares,
+    Kind.UNMASK_REQUEST: UnmaskRequest,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

@@ -17,3 +17,12 @@ class Kind(StrEnum):
     EVALUATE = "evaluate"
     METRICS = "metrics"
     FINISH = "finish"
+    # SecAgg+ stages (agent → aggregator, on ``secagg/{stage}/{agent_id}`` or the update topic)
+    ADVERTISE_KEYS = "advertise_keys"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASK = "unmask"
+    # ... and the aggregator's relays to one agent's inbox
+    RELAY_KEYS = "relay_keys"
+    RELAY_SHARES = "relay_shares"
+    UNMASK_REQUEST = "unmask_request"

@@ -62,8 +62,10 @@ JOIN = TopicSpec(
 )  # fmt: skip
 INBOX = TopicSpec(
     "inbox", "fl/{federation}/agent/{agent_id}", Role.AGGREGATOR,
-    frozenset({Kind.JOIN_ACCEPTED, Kind.JOIN_REJECTED, Kind.FIT_INS, Kind.MODEL_PARA}), False,
-    "One agent's inbox: admission, round assignment, the current model for a new agent.",
+    frozenset({Kind.JOIN_ACCEPTED, Kind.JOIN_REJECTED, Kind.FIT_INS, Kind.MODEL_PARA,
+               Kind.RELAY_KEYS, Kind.RELAY_SHARES, Kind.UNMASK_REQUEST}), False,
+    "One agent's inbox: admission, round assignment, the current model for a new agent, "
+    "and the SecAgg+ messages relayed to it.",
 )  # fmt: skip
 GLOBAL_MODEL = TopicSpec(
     "global_model", "fl/{federation}/model_para/global", Role.AGGREGATOR,
@@ -72,8 +74,23 @@ GLOBAL_MODEL = TopicSpec(
 )  # fmt: skip
 UPDATE = TopicSpec(
     "update", "fl/{federation}/model_para/update/{agent_id}", Role.AGENT,
-    frozenset({Kind.MODEL_UPDATE}), False,
-    "One agent's trained update for the current round.",
+    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT}), False,
+    "One agent's trained update for the current round (masked under SecAgg+).",
+)  # fmt: skip
+SECAGG_ADVERTISE = TopicSpec(
+    "secagg_advertise_keys", "fl/{federation}/secagg/advertise_keys/{agent_id}", Role.AGENT,
+    frozenset({Kind.ADVERTISE_KEYS}), False, "SecAgg+: one agent's round public keys.",
+)  # fmt: skip
+SECAGG_SHARE = TopicSpec(
+    "secagg_share_keys", "fl/{federation}/secagg/share_keys/{agent_id}", Role.AGENT,
+    frozenset({Kind.SHARE_KEYS}), False,
+    "SecAgg+: one agent's encrypted Shamir shares, one per neighbour, for the aggregator to "
+    "relay.",
+)  # fmt: skip
+SECAGG_UNMASK = TopicSpec(
+    "secagg_unmask", "fl/{federation}/secagg/unmask/{agent_id}", Role.AGENT,
+    frozenset({Kind.UNMASK}), False,
+    "SecAgg+: the shares one survivor reveals so the aggregator can unmask the sum.",
 )  # fmt: skip
 EVALUATE = TopicSpec(
     "evaluate", "fl/{federation}/evaluate", Role.AGGREGATOR, frozenset({Kind.EVALUATE}), False,
@@ -88,7 +105,11 @@ FINISH = TopicSpec(
     "The federation is done; agents stay up, idle.",
 )  # fmt: skip
 
-TOPICS: tuple[TopicSpec, ...] = (JOIN, INBOX, GLOBAL_MODEL, UPDATE, EVALUATE, METRICS, FINISH)
+SECAGG_TOPICS: tuple[TopicSpec, ...] = (SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK)
+TOPICS: tuple[TopicSpec, ...] = (
+    JOIN, INBOX, GLOBAL_MODEL, UPDATE, SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK, EVALUATE,
+    METRICS, FINISH,
+)  # fmt: skip
 
 
 def classify(topic: str, federation: str) -> tuple[TopicSpec, str | None] | None:

@@ -19,19 +19,24 @@ model (retained on MQTT), evaluate every ``eval_every`` rounds, persist the roun
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
 
 from agent.bus.base import Bus
-from agent.config import AgentConfig
-from agent.errors import RoundError
+from agent.config import AgentConfig, SecureAggregation
+from agent.errors import ConfigError, RoundError, SecAggAbortError
 from agent.messages import topics
 from agent.messages.bodies import (
+    AdvertiseKeys,
     EvaluateIns,
     EvaluateRes,
     Finish,
@@ -40,7 +45,10 @@ from agent.messages.bodies import (
     JoinAccepted,
     JoinRejected,
     JoinRequest,
+    MaskedInput,
     ModelUpdate,
+    ShareKeys,
+    Unmask,
 )
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
@@ -48,13 +56,28 @@ from agent.messages.tensors import to_arrays
 from agent.plugin.api import Weights, all_finite, weights_like
 from agent.roles.cohort import sample_cohort
 from agent.roles.records import AgentRecord, GlobalState, RoundObserver, RoundRecord, RunSummary
+from agent.roles.secure_round import SecureRound, setup_body
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
+from agent.secagg.keys import RoundContext
+from agent.secagg.state import Setup
+from agent.secagg.vector import flatten, size_of, unflatten
 from agent.state import write_json, write_weights
 from agent.strategy.fedavg import ClientResult, FedAvg, Strategy, weighted_mean
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the fit part of a round produced: the new weights (None: keep the model)."""
+
+    weights: Weights | None = None
+    survivors: list[str] = field(default_factory=list)
+    num_examples: int = 0
+    train_loss: float = math.nan
+    failure: str = "no_cohort"
 
 
 class Aggregator:
@@ -99,10 +122,13 @@ class Aggregator:
         self._evaluators: frozenset[str] = frozenset()
         self._evaluations: dict[str, EvaluateRes] = {}
         self._evaluation_complete = asyncio.Event()
+        self._secure: SecureRound | None = None
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self._on_join, rounds=RoundPolicy.ANY)
         registry.register(Kind.MODEL_UPDATE, self._on_update, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.METRICS, self._on_metrics, rounds=RoundPolicy.CURRENT)
+        for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
+            registry.register(kind, self._on_secagg, rounds=RoundPolicy.CURRENT)
         self.dispatcher = Dispatcher(
             federation=self._fed,
             registry=registry,
@@ -116,7 +142,7 @@ class Aggregator:
         Raises:
             RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
         """
-        for spec in (topics.JOIN, topics.UPDATE, topics.METRICS):
+        for spec in (topics.JOIN, topics.UPDATE, topics.METRICS, *topics.SECAGG_TOPICS):
             await self._bus.subscribe(spec.filter(self._fed))
         structlog.contextvars.bind_contextvars(federation=self._fed, role="aggregator")
         async with task_group() as tg:
@@ -180,41 +206,28 @@ class Aggregator:
         self._cohort = frozenset(cohort)
         self._results = {}
         self._round_complete.clear()
-        log.info("round_started", cohort_size=len(cohort), admitted=len(self.agents))
+        secure = self._schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS
+        log.info("round_started", cohort_size=len(cohort), admitted=len(self.agents),
+                 secure_aggregation=str(self._schedule.secure_aggregation))  # fmt: skip
         if self._observer is not None:
             self._observer.round_started(r, cohort)
-        if cohort:
-            ins = FitIns(
-                model_version=before.version,
-                model_sha256=before.sha256,
-                deadline=self._schedule.round_timeout,
-                config=self._schedule.fit_config,
-            )
-            # Concurrently: each QoS 1 publish waits for its broker acknowledgement.
-            async with task_group() as tg:
-                for agent_id in cohort:
-                    tg.create_task(
-                        self._outbox.try_send(topics.INBOX, ins, round=r, agent_id=agent_id)
-                    )
-            try:
-                async with asyncio.timeout(self._schedule.round_timeout):
-                    await self._round_complete.wait()
-            except TimeoutError:
-                pass
-        else:
+        if not cohort:
             log.warning("round_skipped", reason="not_enough_agents", admitted=len(self.agents))
-        results = [self._results[a] for a in sorted(self._results)]
-        survivors = [x.agent_id for x in results]
+            outcome = Outcome()
+        elif secure:
+            outcome = await self._fit_secure(r, cohort, before)
+        else:
+            outcome = await self._fit_plain(r, cohort, before)
+        survivors = outcome.survivors
         dropouts = sorted(self._cohort - set(survivors))
         for agent_id in self._cohort:
             if agent_id in self.agents:
                 self.agents[agent_id].missed_last_round = agent_id in dropouts
-        if results:
-            weights = await asyncio.to_thread(self._strategy.aggregate, before.weights, results)
-            self.global_state = await asyncio.to_thread(GlobalState.of, r, weights)
+        if outcome.weights is not None:
+            self.global_state = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
             await self._publish_model()
-        else:
-            log.error("round_failed", reason="no_update_arrived", kept_version=before.version)
+        elif cohort:
+            log.error("round_failed", reason=outcome.failure, kept_version=before.version)
         log.info("round_aggregated", survivors=len(survivors), dropouts=len(dropouts))
         accuracy = loss = None
         eval_examples = 0
@@ -226,8 +239,8 @@ class Aggregator:
             cohort=cohort,
             survivors=survivors,
             dropouts=dropouts,
-            num_examples=sum(x.num_examples for x in results),
-            train_loss=_weighted_metric(results, "train_loss"),
+            num_examples=outcome.num_examples,
+            train_loss=outcome.train_loss,
             accuracy=accuracy,
             loss=loss,
             eval_examples=eval_examples,
@@ -246,6 +259,79 @@ class Aggregator:
             survivors=len(survivors),
         )
         return record
+
+    async def _send_fit_ins(self, r: int, cohort: Sequence[str], ins: FitIns) -> None:
+        # Concurrently: each QoS 1 publish waits for its broker acknowledgement.
+        async with task_group() as tg:
+            for agent_id in cohort:
+                tg.create_task(self._outbox.try_send(topics.INBOX, ins, round=r, agent_id=agent_id))
+
+    async def _fit_plain(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+        """Updates in the clear: wait for every member or the deadline, then the strategy."""
+        ins = FitIns(
+            model_version=before.version,
+            model_sha256=before.sha256,
+            deadline=self._schedule.round_timeout,
+            config=self._schedule.fit_config,
+        )
+        await self._send_fit_ins(r, cohort, ins)
+        try:
+            async with asyncio.timeout(self._schedule.round_timeout):
+                await self._round_complete.wait()
+        except TimeoutError:
+            pass
+        results = [self._results[a] for a in sorted(self._results)]
+        if not results:
+            return Outcome(failure="no_update_arrived")
+        weights = await asyncio.to_thread(self._strategy.aggregate, before.weights, results)
+        return Outcome(
+            weights=weights,
+            survivors=[x.agent_id for x in results],
+            num_examples=sum(x.num_examples for x in results),
+            train_loss=_weighted_metric(results, "train_loss"),
+        )
+
+    async def _fit_secure(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+        """SecAgg+: the aggregator learns only the survivors' weighted sum of model deltas;
+        the new model is the current one plus their weighted mean (FedAvg)."""
+        settings = self._schedule.secagg
+        try:
+            params = settings.params(len(cohort))
+        except ConfigError as exc:
+            log.error("secagg_not_possible", error=str(exc))  # noqa: TRY400 - expected, no traceback
+            return Outcome(failure="secagg_parameters")
+        setup = Setup(RoundContext(self._fed, r), params, tuple(sorted(cohort)), os.urandom(32),
+                      size_of(before.weights))  # fmt: skip
+        self._secure = SecureRound(
+            outbox=self._outbox,
+            setup=setup,
+            stage_timeout=settings.stage_timeout,
+            input_deadline=time.monotonic() + self._schedule.round_timeout,
+            model_version=before.version,
+        )
+        ins = FitIns(
+            model_version=before.version,
+            model_sha256=before.sha256,
+            deadline=self._schedule.round_timeout,
+            config=self._schedule.fit_config,
+            secagg=setup_body(setup, stage_timeout=settings.stage_timeout),
+        )
+        log.info("secagg_round", neighbours=params.num_neighbours, threshold=params.threshold,
+                 bits=params.quantization_bits, ring_bits=params.ring_bits)  # fmt: skip
+        try:
+            await self._send_fit_ins(r, cohort, ins)
+            aggregate = await self._secure.run()
+        except SecAggAbortError as exc:
+            log.error("secagg_aborted", reason=exc.reason, error=str(exc))  # noqa: TRY400
+            return Outcome(failure=f"secagg_{exc.reason}")
+        finally:
+            self._secure = None
+        current = before.weights
+        weights = await asyncio.to_thread(
+            lambda: unflatten(flatten(current) + aggregate.mean, current)
+        )
+        return Outcome(weights=weights, survivors=list(aggregate.survivors),
+                       num_examples=aggregate.total_weight)  # fmt: skip
 
     async def _evaluate(self, r: int) -> tuple[float | None, float | None, int]:
         """Federated evaluation of the current model: (loss, accuracy, examples)."""
@@ -321,7 +407,9 @@ class Aggregator:
     async def _on_update(self, message: Message[ModelUpdate]) -> None:
         sender, body = message.sender, message.body
         reason = None
-        if sender not in self._cohort:
+        if self._secure is not None:
+            reason = "plaintext_in_secure_round"
+        elif sender not in self._cohort:
             reason = "not_in_cohort"
         elif sender in self._results:
             reason = "already_received"
@@ -341,6 +429,20 @@ class Aggregator:
                  received=len(self._results), cohort_size=len(self._cohort))  # fmt: skip
         if len(self._results) == len(self._cohort):
             self._round_complete.set()
+
+    async def _on_secagg(self, message: Message[Any]) -> None:
+        secure, sender, body = self._secure, message.sender, message.body
+        if secure is None:
+            log.warning("secagg_message_ignored", agent=sender, kind=str(message.kind),
+                        reason="no_secure_round")  # fmt: skip
+        elif isinstance(body, AdvertiseKeys):
+            secure.on_advertise_keys(sender, body)
+        elif isinstance(body, ShareKeys):
+            secure.on_share_keys(sender, body)
+        elif isinstance(body, MaskedInput):
+            secure.on_masked_input(sender, body)
+        elif isinstance(body, Unmask):
+            secure.on_unmask(sender, body)
 
     async def _on_metrics(self, message: Message[EvaluateRes]) -> None:
         sender, body = message.sender, message.body

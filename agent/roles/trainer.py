@@ -8,10 +8,18 @@ kind               topic                rounds      may send
 join_accepted      inbox                any         —
 join_rejected      inbox                any         —
 model_para         global, inbox        any         —  (keeps the newest verified model)
-fit_ins            inbox                not stale   model_update
+fit_ins            inbox                not stale   model_update, or advertise_keys and
+                                                    later masked_input (SecAgg+)
+relay_keys         inbox                current     share_keys
+relay_shares       inbox                current     —  (lets the masking proceed)
+unmask_request     inbox                current     unmask
 evaluate           evaluate             not stale   metrics
 finish             finish               any         join (again, for the next run)
 =================  ===================  ==========  ======================================
+
+With SecAgg+ (``fit_ins.secagg`` set, see ``agent.roles.secure_fit``) the agent sends its
+model delta masked, never the weights; ``trainer.require_secure_aggregation`` refuses rounds
+that would send it in the clear.
 
 Training and evaluation run in a worker thread (``asyncio.to_thread``) so the event loop keeps
 serving the bus. After ``finish`` the agent stays up, idle, and re-joins with a capped backoff
@@ -41,16 +49,22 @@ from agent.messages.bodies import (
     JoinAccepted,
     JoinRejected,
     JoinRequest,
+    MaskedInput,
     ModelUpdate,
+    RelayKeys,
+    RelayShares,
+    UnmaskRequest,
 )
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
-from agent.messages.tensors import digest, to_arrays, to_tensors
-from agent.plugin.api import Weights
+from agent.messages.tensors import digest, to_arrays, to_tensor, to_tensors
+from agent.plugin.api import FitResult, Weights
 from agent.plugin.loader import CheckedPlugin
+from agent.roles.secure_fit import REFUSED, SecureFit, parse_setup
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
+from agent.secagg.vector import flatten
 from agent.state import write_weights
 
 log = structlog.get_logger(__name__)
@@ -82,11 +96,16 @@ class Trainer:
         self._admitted = asyncio.Event()
         self._rejoin = asyncio.Event()
         self._work: dict[Kind, asyncio.Task[None]] = {}
+        self._secure: SecureFit | None = None
         registry = ListenerRegistry()
         registry.register(Kind.JOIN_ACCEPTED, self._on_join_accepted, rounds=RoundPolicy.ANY)
         registry.register(Kind.JOIN_REJECTED, self._on_join_rejected, rounds=RoundPolicy.ANY)
         registry.register(Kind.MODEL_PARA, self._on_model, rounds=RoundPolicy.ANY)
         registry.register(Kind.FIT_INS, self._on_fit_ins, rounds=RoundPolicy.NOT_STALE)
+        registry.register(Kind.RELAY_KEYS, self._on_relay_keys, rounds=RoundPolicy.CURRENT)
+        registry.register(Kind.RELAY_SHARES, self._on_relay_shares, rounds=RoundPolicy.CURRENT)
+        registry.register(Kind.UNMASK_REQUEST, self._on_unmask_request,
+                          rounds=RoundPolicy.CURRENT)  # fmt: skip
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
@@ -211,10 +230,32 @@ class Trainer:
         self._work[kind] = task
 
     async def _on_fit_ins(self, message: Message[FitIns]) -> None:
-        self.round = message.round
-        self._start(Kind.FIT_INS, self._fit(message.round, message.body))
+        ins, round_ = message.body, message.round
+        if ins.secagg is None and self._config.trainer.require_secure_aggregation:
+            log.warning("fit_refused", reason="plaintext_round", round=round_)
+            return
+        self.round = round_
+        if self._secure is not None:
+            self._secure.cancel()
+            self._secure = None
+        deadline = time.monotonic() + ins.deadline
+        secure = None
+        if ins.secagg is not None:
+            try:
+                setup = parse_setup(ins.secagg, federation=self._fed, round_=round_)
+                secure = SecureFit(agent_id=self._id, setup=setup,
+                                   stage_timeout=ins.secagg.stage_timeout)  # fmt: skip
+            except REFUSED as exc:
+                log.warning("fit_refused", reason="secagg_setup", error=str(exc), round=round_)
+                return
+            self._secure = secure
+            # Keys go out at once: the key stages run while the plugin trains.
+            await self._outbox.try_send(topics.SECAGG_ADVERTISE, secure.advertise(),
+                                        round=round_, agent_id=self._id)  # fmt: skip
+        self._start(Kind.FIT_INS, self._fit(round_, ins, secure, deadline))
 
-    async def _fit(self, round_: int, ins: FitIns) -> None:
+    async def _fit(self, round_: int, ins: FitIns, secure: SecureFit | None,
+                   deadline: float) -> None:  # fmt: skip
         with structlog.contextvars.bound_contextvars(round=round_):
             model = await self._wait_for_model(ins.model_version, ins.model_sha256)
             if model is None:
@@ -229,12 +270,20 @@ class Trainer:
                 self.status = "idle"
                 return
             seconds = time.perf_counter() - started
-            update = ModelUpdate(
-                model_version=model.version,
-                num_examples=max(1, result.num_examples),
-                tensors=to_tensors(result.weights),
-                metrics=result.metrics,
-            )
+            if secure is None:
+                update: ModelUpdate | MaskedInput = ModelUpdate(
+                    model_version=model.version,
+                    num_examples=max(1, result.num_examples),
+                    tensors=to_tensors(result.weights),
+                    metrics=result.metrics,
+                )
+            else:
+                self.status = f"round {round_}: masking"
+                masked = await self._mask(secure, model, result, deadline)
+                if masked is None:
+                    self.status = "idle"
+                    return
+                update = masked
             self.status = "idle"
             size = await self._outbox.try_send(
                 topics.UPDATE, update, round=round_, agent_id=self._id
@@ -246,8 +295,65 @@ class Trainer:
                 num_examples=result.num_examples,
                 seconds=round(seconds, 4),
                 size=size,
+                masked=secure is not None,
                 **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
             )
+
+    async def _mask(self, secure: SecureFit, model: HeldModel, result: FitResult,
+                    deadline: float) -> MaskedInput | None:  # fmt: skip
+        """The trained model's delta, masked (None when the round went on without us)."""
+        delta = flatten(result.weights) - flatten(model.weights)
+        try:
+            vector = await secure.mask(delta, weight=max(1, result.num_examples),
+                                       wait=max(0.0, deadline - time.monotonic()))  # fmt: skip
+        except TimeoutError:
+            log.warning("secagg_abandoned", reason="shares_missing")
+            return None
+        except REFUSED as exc:
+            log.warning("secagg_abandoned", reason="bad_shares", error=str(exc))
+            return None
+        return MaskedInput(model_version=model.version, vector=to_tensor(vector))
+
+    # -- SecAgg+ relays ---------------------------------------------------------------------
+
+    def _secure_for(self, message: Message[Any]) -> SecureFit | None:
+        secure = self._secure
+        if secure is None or secure.round != message.round:
+            log.warning("secagg_message_ignored", kind=str(message.kind), reason="no_secure_round")
+            return None
+        return secure
+
+    async def _on_relay_keys(self, message: Message[RelayKeys]) -> None:
+        secure = self._secure_for(message)
+        if secure is None:
+            return
+        try:
+            body = await secure.share(message.body)
+        except REFUSED as exc:
+            log.warning("secagg_refused", stage="share_keys", error=str(exc))
+            return
+        await self._outbox.try_send(topics.SECAGG_SHARE, body, round=message.round,
+                                    agent_id=self._id)  # fmt: skip
+
+    async def _on_relay_shares(self, message: Message[RelayShares]) -> None:
+        secure = self._secure_for(message)
+        if secure is not None:
+            secure.deliver(message.body)
+
+    async def _on_unmask_request(self, message: Message[UnmaskRequest]) -> None:
+        secure = self._secure_for(message)
+        if secure is None:
+            return
+        try:
+            body = await secure.unmask(message.body)
+        except REFUSED as exc:
+            log.warning("secagg_refused", stage="unmask", error=str(exc))
+            return
+        self._secure = None
+        await self._outbox.try_send(topics.SECAGG_UNMASK, body, round=message.round,
+                                    agent_id=self._id)  # fmt: skip
+        log.info("unmask_sent", survivors=len(message.body.survivors),
+                 dropped=len(message.body.dropped))  # fmt: skip
 
     async def _on_evaluate(self, message: Message[EvaluateIns]) -> None:
         if not self._admitted.is_set():

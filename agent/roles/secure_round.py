@@ -1,0 +1,204 @@
+"""One SecAgg+ round over the bus, aggregator side (DESIGN.md §5).
+
+``SecureRound.run`` walks the server stages of ``agent.secagg.server``: it collects each
+stage's messages until every expected client answered or the stage deadline passed, then
+relays what the next stage needs to each client's inbox, so every client sees the view the
+aggregator holds. The masked inputs are summed as they arrive; the unmask (Shamir
+reconstruction and mask removal) runs in a worker thread.
+
+=================  =============================  =====================================
+stage              clients send (topic)           aggregator relays (inbox)
+=================  =============================  =====================================
+advertise_keys     advertise_keys (secagg/…)      relay_keys: neighbours' public keys
+share_keys         share_keys (secagg/…)          relay_shares: ciphertexts for the agent
+collect            masked_input (update/{id})     unmask_request: survivors, dropouts
+unmask             unmask (secagg/…)              —
+=================  =============================  =====================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import structlog
+
+from agent.errors import DecodeError
+from agent.messages import topics
+from agent.messages.bodies import (
+    AdvertiseKeys,
+    Body,
+    MaskedInput,
+    PeerKeys,
+    RelayKeys,
+    RelayShares,
+    SecAggSetup,
+    ShareKeys,
+    Unmask,
+    UnmaskRequest,
+)
+from agent.messages.tensors import to_array
+from agent.runtime.outbox import Outbox
+from agent.runtime.tasks import task_group
+from agent.secagg import server
+from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage
+
+log = structlog.get_logger(__name__)
+
+
+def setup_body(setup: Setup, *, stage_timeout: float) -> SecAggSetup:
+    """The ``secagg`` field of a ``fit_ins``: what every cohort member needs to take part."""
+    p = setup.params
+    return SecAggSetup(
+        cohort=list(setup.cohort),
+        num_neighbours=p.num_neighbours,
+        threshold=p.threshold,
+        clipping_range=p.clipping_range,
+        quantization_bits=p.quantization_bits,
+        ring_bits=p.ring_bits,
+        max_weight=p.max_weight,
+        graph_seed=setup.graph_seed,
+        length=setup.length,
+        stage_timeout=stage_timeout,
+    )
+
+
+class SecureRound:
+    """The aggregator's side of one SecAgg+ round.
+
+    Args:
+        outbox: sends the relays.
+        setup: the announced round (cohort, parameters, graph seed, d).
+        stage_timeout: seconds each of advertise_keys, share_keys and unmask waits.
+        input_deadline: ``time.monotonic()`` by which masked inputs must have arrived.
+        model_version: the model the masked inputs must be trained from.
+    """
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        setup: Setup,
+        stage_timeout: float,
+        input_deadline: float,
+        model_version: int,
+    ) -> None:
+        self._outbox = outbox
+        self._round = setup.context.round
+        self._stage_timeout = stage_timeout
+        self._input_deadline = input_deadline
+        self._model_version = model_version
+        self.state = server.setup(setup)
+        server.open_advertise(self.state)
+        self._expected: frozenset[str] = frozenset(setup.cohort)
+        self._answered: set[str] = set()
+        self._everyone = asyncio.Event()
+        self._closed = False
+
+    async def run(self) -> server.Aggregate:
+        """Run the stages after the cohort got its ``fit_ins``.
+
+        Raises:
+            SecAggAbortError: too few clients at some stage, or too few / bad shares.
+        """
+        state = self.state
+        try:
+            await self._collect(self._stage_timeout)
+            keys = server.close_advertise(state)
+            self._log_stage(Stage.ADVERTISE_KEYS)
+            await self._relay(
+                keys, lambda peers: RelayKeys(keys={v: PeerKeys(k.enc, k.mask)
+                                                    for v, k in peers.items()})
+            )  # fmt: skip
+            self._expect(keys)
+            await self._collect(self._stage_timeout)
+            shares = server.close_share_keys(state)
+            self._log_stage(Stage.SHARE_KEYS)
+            await self._relay(shares, lambda cts: RelayShares(ciphertexts=cts))
+            self._expect(shares)
+            await self._collect(max(0.0, self._input_deadline - time.monotonic()))
+            survivors, dropped = server.close_collect(state)
+            self._log_stage(Stage.COLLECT_MASKED_INPUT)
+            request = UnmaskRequest(survivors=survivors, dropped=dropped)
+            await self._relay({a: request for a in survivors}, lambda r: r)
+            self._expect(survivors)
+            await self._collect(self._stage_timeout)
+        finally:
+            self._closed = True
+        result = await asyncio.to_thread(server.finish, state)
+        self._log_stage(Stage.UNMASK)
+        return result
+
+    # -- handlers (called by the aggregator's listeners) ----------------------------------
+
+    def on_advertise_keys(self, sender: str, body: AdvertiseKeys) -> None:
+        public = PublicKeys(body.enc_key, body.mask_key)
+        self._take(Stage.ADVERTISE_KEYS, sender,
+                   lambda: server.receive_keys(self.state, sender, public))  # fmt: skip
+
+    def on_share_keys(self, sender: str, body: ShareKeys) -> None:
+        self._take(Stage.SHARE_KEYS, sender,
+                   lambda: server.receive_shares(self.state, sender, body.ciphertexts))  # fmt: skip
+
+    def on_masked_input(self, sender: str, body: MaskedInput) -> None:
+        if body.model_version != self._model_version:
+            log.warning("update_rejected", agent=sender, reason="wrong_model_version")
+            return
+        try:
+            vector = to_array(body.vector)
+        except DecodeError:
+            log.warning("update_rejected", agent=sender, reason="malformed_vector")
+            return
+        self._take(Stage.COLLECT_MASKED_INPUT, sender,
+                   lambda: server.receive_masked_input(self.state, sender, vector))  # fmt: skip
+
+    def on_unmask(self, sender: str, body: Unmask) -> None:
+        revealed = RevealedShares(dict(body.self_seed), dict(body.mask_key))
+        self._take(Stage.UNMASK, sender,
+                   lambda: server.receive_unmask(self.state, sender, revealed))  # fmt: skip
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _take(self, stage: Stage, sender: str, receive: Callable[[], bool]) -> None:
+        """Hand a message to the server state if it belongs to the stage being collected."""
+        if self._closed or self.state.stage is not stage:
+            log.info("secagg_message_ignored", agent=sender, stage=str(stage),
+                     reason="stage_closed")  # fmt: skip
+            return
+        if not receive():
+            log.warning("secagg_message_ignored", agent=sender, stage=str(stage),
+                        reason="not_expected")  # fmt: skip
+            return
+        self._answered.add(sender)
+        if self._expected <= self._answered:
+            self._everyone.set()
+
+    def _expect(self, who: Iterable[str]) -> None:
+        self._expected = frozenset(who)
+        self._answered = set()
+        self._everyone.clear()
+
+    async def _collect(self, seconds: float) -> None:
+        """Wait until every expected client answered, or ``seconds``."""
+        if self._expected <= self._answered:
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._everyone.wait()
+        except TimeoutError:
+            pass
+
+    async def _relay(self, per_agent: Mapping[str, Any], build: Callable[[Any], Body]) -> None:
+        """Send each agent its relay body (concurrently; each QoS 1 publish is acknowledged)."""
+        async with task_group() as tg:
+            for agent_id, value in per_agent.items():
+                body: Body = build(value)
+                tg.create_task(self._outbox.try_send(topics.INBOX, body, round=self._round,
+                                                     agent_id=agent_id))  # fmt: skip
+
+    def _log_stage(self, stage: Stage) -> None:
+        lost = self.state.dropouts.get(stage, frozenset())
+        log.info("secagg_stage_closed", stage=str(stage), answered=len(self._answered),
+                 dropouts=sorted(lost))  # fmt: skip
