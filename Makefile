@@ -38,6 +38,7 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	scripts/ensure-mosquitto
 	$(BIN)/python bench/demo.py
+	$(BIN)/python bench/secagg.py
 
 clean:
 	rm -rf $(VENV) fedbus-report .pytest_cache .mypy_cache .ruff_cache .hypothesis
