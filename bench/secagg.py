@@ -21,10 +21,9 @@ Per round:
 - wall time is what the targets use; the medians of this process's CPU time over the same
   calls (``*_cpu``) and the 1-minute load average are reported beside it, because other work
   on this shared 2-core machine inflates wall time.
-- upload: the bytes each client publishes, from the real msgpack encoding of each of its
-  messages in an ``agent.messages`` envelope (keys, share ciphertexts, masked input, revealed
-  shares), divided by d. agent.messages has no SecAgg+ bodies yet, so the bodies are stand-in
-  msgspec structs carrying exactly the stage values, under the ``model_update`` kind.
+- upload: the bytes each client publishes, divided by d: its four messages (AdvertiseKeys,
+  ShareKeys, MaskedInput, Unmask from ``agent.messages.bodies``) encoded with their envelopes by
+  ``agent.messages.codec``, exactly as the agent sends them.
 - plain FedAvg: ``agent.strategy.fedavg.FedAvg.aggregate`` over the survivors' float32 vectors
   (float64 accumulation), timed in the same process (median of --repeats); ratios against it.
 - correctness: the unmasked weighted sum must match Σ min(w, W)·clip(x) over the survivors
@@ -65,10 +64,10 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.messages import codec
-from agent.messages.bodies import ModelUpdate
+from agent.messages.bodies import AdvertiseKeys, Body, MaskedInput, ModelUpdate, ShareKeys, Unmask
 from agent.messages.envelope import new_envelope
 from agent.messages.kinds import Kind
-from agent.messages.tensors import Tensor, to_tensor
+from agent.messages.tensors import to_tensor
 from agent.secagg import client, keys, server, shamir
 from agent.secagg.graph import neighbours
 from agent.secagg.keys import RoundContext
@@ -82,7 +81,6 @@ DROPOUT = 0.1
 FEDERATION = "bench"
 ROUND = 1
 SERVER = "aggregator"
-STAND_IN_KIND = Kind.MODEL_UPDATE
 CLIENT_STAGES = ("setup", "advertise_keys", "share_keys", "collect_masked_input", "unmask")
 #: The stages a client can vanish in, in order: it never sends that stage's message.
 DROP_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_INPUT, Stage.UNMASK)
@@ -108,72 +106,34 @@ def _sig(value: float, digits: int = 4) -> float:
 # -- wire messages ---------------------------------------------------------------------------
 
 
-class AdvertiseKeysBody(msgspec.Struct, frozen=True, kw_only=True):
-    """Stand-in advertise_keys body: the two raw X25519 public keys."""
-
-    enc: bytes
-    mask: bytes
-
-
-class ShareKeysBody(msgspec.Struct, frozen=True, kw_only=True):
-    """Stand-in share_keys body: holder id → ChaCha20-Poly1305 ciphertext of two shares."""
-
-    ciphertexts: dict[str, bytes]
-
-
-class MaskedInputBody(msgspec.Struct, frozen=True, kw_only=True):
-    """Stand-in collect_masked_input body: y_u, d + 1 ring words."""
-
-    masked: Tensor
-
-
-class UnmaskBody(msgspec.Struct, frozen=True, kw_only=True):
-    """Stand-in unmask body: revealed shares keyed by the secret's owner."""
-
-    self_seed: dict[str, bytes]
-    mask_key: dict[str, bytes]
-
-
-_ENCODER = msgspec.msgpack.Encoder()
-
-
 @dataclass(frozen=True, slots=True)
 class Wire:
-    """Sizes of messages as a client would publish them."""
+    """Sizes of messages exactly as an agent publishes them: the body types of
+    ``agent.messages.bodies`` encoded by ``agent.messages.codec`` in a fresh envelope."""
 
     federation: str = FEDERATION
     round: int = ROUND
 
-    def size(self, sender: str, body: msgspec.Struct) -> int:
-        """Bytes of ``body`` encoded in a fresh envelope from ``sender``."""
-        return len(self._encode(sender, _ENCODER.encode(body)))
-
-    def overhead(self, sender: str) -> Json:
-        """The fixed cost of a message: an envelope with an empty body, and (the reference
-        the issue names) a ModelUpdate with an empty tensor list."""
-        empty = ModelUpdate(model_version=0, num_examples=1, tensors=[])
-        return {
-            "envelope_empty_body_bytes": len(self._encode(sender, b"")),
-            "model_update_empty_tensors_bytes": len(
-                codec.encode(empty, federation=self.federation, round=self.round, sender=sender)
-            ),
-        }
-
-    def plain_update_bytes(self, sender: str, update: npt.NDArray[np.float32]) -> int:
-        """Bytes of the plain FedAvg upload: a ModelUpdate carrying the float32 vector."""
-        body = ModelUpdate(model_version=0, num_examples=1, tensors=[to_tensor(update)])
+    def size(self, sender: str, body: Body) -> int:
         return len(codec.encode(body, federation=self.federation, round=self.round, sender=sender))
 
-    def _encode(self, sender: str, body: bytes) -> bytes:
-        return codec.encode_envelope(
-            new_envelope(
-                kind=STAND_IN_KIND,
-                federation=self.federation,
-                round=self.round,
-                sender=sender,
-                body=body,
+    def overhead(self, sender: str) -> Json:
+        """The fixed cost of each kind an agent sends in a SecAgg+ round: its envelope (with
+        an empty body) in bytes."""
+        return {
+            str(kind): len(
+                codec.encode_envelope(
+                    new_envelope(
+                        kind=kind,
+                        federation=self.federation,
+                        round=self.round,
+                        sender=sender,
+                        body=b"",
+                    )
+                )
             )
-        )
+            for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK)
+        }
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -303,7 +263,7 @@ class Play:
                 continue
             with self.clock.time(a, "advertise_keys"):
                 public = client.advertise_keys(state)
-            body = AdvertiseKeysBody(enc=public.enc, mask=public.mask)
+            body = AdvertiseKeys(enc_key=public.enc, mask_key=public.mask)
             self.uploads[a]["advertise_keys"] = self.wire.size(a, body)
             with self.clock.time(SERVER, "receive_keys"):
                 _require(server.receive_keys(srv, a, public), f"keys of {a} refused")
@@ -317,9 +277,7 @@ class Play:
                 continue
             with self.clock.time(a, "share_keys"):
                 ciphertexts = client.share_keys(self.clients[a], peer_keys)
-            self.uploads[a]["share_keys"] = self.wire.size(
-                a, ShareKeysBody(ciphertexts=ciphertexts)
-            )
+            self.uploads[a]["share_keys"] = self.wire.size(a, ShareKeys(ciphertexts=ciphertexts))
             with self.clock.time(SERVER, "receive_shares"):
                 _require(server.receive_shares(srv, a, ciphertexts), f"shares of {a} refused")
         with self.clock.time(SERVER, "close_share_keys"):
@@ -337,7 +295,7 @@ class Play:
                     update=self.cohort.update(a),
                     weight=self.cohort.weight(a),
                 )
-            body = MaskedInputBody(masked=to_tensor(masked))
+            body = MaskedInput(model_version=ROUND - 1, vector=to_tensor(masked))
             self.uploads[a]["collect_masked_input"] = self.wire.size(a, body)
             with self.clock.time(SERVER, "receive_masked_input"):
                 _require(server.receive_masked_input(srv, a, masked), f"input of {a} refused")
@@ -351,7 +309,7 @@ class Play:
                 continue
             with self.clock.time(a, "unmask"):
                 revealed = client.unmask(self.clients[a], survivors=survivors, dropped=dropped)
-            body = UnmaskBody(self_seed=revealed.self_seed, mask_key=revealed.mask_key)
+            body = Unmask(self_seed=revealed.self_seed, mask_key=revealed.mask_key)
             self.uploads[a]["unmask"] = self.wire.size(a, body)
             with self.clock.time(SERVER, "receive_unmask"):
                 _require(server.receive_unmask(srv, a, revealed), f"shares from {a} refused")
@@ -882,18 +840,17 @@ def machine() -> Json:
 
 
 def wire_notes(d: int) -> Json:
+    """Envelope overheads, and the plain FedAvg upload (a ModelUpdate of d float32) per
+    parameter for comparison."""
     wire = Wire()
-    update = np.zeros(d, dtype=np.float32)
+    plain = ModelUpdate(
+        model_version=0, num_examples=1, tensors=[to_tensor(np.zeros(d, dtype=np.float32))]
+    )
     return {
-        **wire.overhead("agent-000"),
-        "plain_fedavg_upload_bytes_per_param": _sig(
-            wire.plain_update_bytes("agent-000", update) / d, 6
-        ),
-        "note": (
-            "agent.messages has no SecAgg+ bodies yet: each message is a stand-in msgspec "
-            "struct with exactly the stage's values, encoded with msgpack in a real Envelope "
-            "(kind model_update) by agent.messages.codec.encode_envelope; sizes include it"
-        ),
+        "envelope_bytes_by_kind": wire.overhead("agent-000"),
+        "plain_fedavg_upload_bytes_per_param": _sig(wire.size("agent-000", plain) / d, 6),
+        "encoding": "agent.messages bodies (AdvertiseKeys, ShareKeys, MaskedInput, Unmask) "
+        "encoded by agent.messages.codec.encode, as the agent publishes them",
     }
 
 
