@@ -33,7 +33,7 @@ def program(tmp_path: Path, body: str) -> CommandPlugin:
 def test_the_example_program_takes_part_in_a_real_federation(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    """Two agent processes whose plugin runs plugins/command-example/train.py federate over
+    """Three agent processes whose plugin runs plugins/command-example/train.py federate over
     nats-server: every agent survives every round, the model learns, and the agents' logs
     show the program's fit and evaluate calls."""
     report = tmp_path / "report"
@@ -41,13 +41,13 @@ def test_the_example_program_takes_part_in_a_real_federation(
     run = subprocess.run(
         [sys.executable, "-m", "agent", "demo", "--plugin", "command",
          "--plugin-option", f"command={command}", "--bus-url", nats_server.url,
-         "--agents", "2", "--rounds", "3", "--report-dir", str(report)],
+         "--agents", "3", "--rounds", "3", "--report-dir", str(report)],
         capture_output=True, text=True, timeout=100, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     metrics = json.loads((report / "metrics.json").read_text())
     rounds = metrics["rounds"]
-    assert [r["survivors"] for r in rounds] == [["agent-00", "agent-01"]] * 3
+    assert [r["survivors"] for r in rounds] == [["agent-00", "agent-01", "agent-02"]] * 3
     assert metrics["final_accuracy"] > 0.75  # two overlapping Gaussians; chance is 0.5
     assert metrics["centralized_accuracy"] > 0.75
     log = (report / "logs" / "agent-01.log").read_text()

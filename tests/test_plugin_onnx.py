@@ -29,10 +29,10 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished `fedbus demo` (2 agents, 3 rounds, its own nats-server) and its report."""
+    """A finished `fedbus demo` (3 agents, 3 rounds, its own nats-server) and its report."""
     report = tmp_path_factory.mktemp("onnx-demo") / "report"
     run = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--agents", "2", "--rounds", "3",
+        [sys.executable, "-m", "agent", "demo", "--agents", "3", "--rounds", "3",
          "--report-dir", str(report)],
         capture_output=True, text=True, timeout=80, check=False,
     )  # fmt: skip

@@ -64,13 +64,13 @@ def test_new_plugin_installs_checks_tests_and_runs_in_the_demo(tmp_path: Path) -
     assert "2 passed" in tests.stdout
 
     report = tmp_path / "report"
-    demo = run(*fedbus, "demo", "--plugin", "myplugin", "--agents", "2", "--rounds", "3",
+    demo = run(*fedbus, "demo", "--plugin", "myplugin", "--agents", "3", "--rounds", "3",
                "--report-dir", str(report), env={**env, "TMPDIR": str(tmp_path)},
                cwd=tmp_path)  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["settings"]["plugin"] == "myplugin"
-    assert [len(r["survivors"]) for r in metrics["rounds"]] == [2, 2, 2]
+    assert [len(r["survivors"]) for r in metrics["rounds"]] == [3, 3, 3]
     assert metrics["final_accuracy"] > 0.6  # chance is 1/3
     assert metrics["centralized_accuracy"] > 0.6  # the plugin takes num_agents: reference run
 
