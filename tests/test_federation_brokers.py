@@ -76,7 +76,9 @@ def test_killed_agent_is_a_dropout_and_the_round_completes(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     """An agent SIGKILLed once it is in round 2's cohort never answers: round 2 closes at its
-    deadline (not before) with the two others as survivors, and round 3 runs without it."""
+    deadline (not before) with the two others as survivors, and round 3 runs without it.
+    (Plain FedAvg: with SecAgg+, 3 agents tolerate no dropout; tests/test_secagg_brokers.py
+    kills agents in secure rounds.)"""
     report = tmp_path / "report"
     run = fedbus(
         "demo",
@@ -90,6 +92,8 @@ def test_killed_agent_is_a_dropout_and_the_round_completes(
         "1",
         "--round-timeout",
         "3",
+        "--secure-aggregation",
+        "none",
         "--report-dir",
         str(report),
     )

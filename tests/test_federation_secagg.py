@@ -79,6 +79,10 @@ async def test_secure_rounds_give_the_weighted_mean(tmp_path: Path) -> None:
     sent = [e for e in logs if e["event"] == "update_sent"]
     assert sent
     assert all(e["masked"] for e in sent)
+    # Everyone answered every stage, so no stage waited for its deadline.
+    closed = [e for e in logs if e["event"] == "secagg_stage_closed"]
+    assert len(closed) == 2 * 4
+    assert not any(e["timed_out"] for e in closed)
     for t in trainers.values():
         assert t.model is not None
         # bound: survivors · step · max_weight / Σ weights = 5 · (16 / (2^24 − 1)) · 1000 / 15

@@ -88,6 +88,11 @@ DEFAULTS = DemoOptions()
     "--plugin-option", "plugin_options", multiple=True, metavar="KEY=VALUE",
     help="An extra [plugin.options] entry for every agent (VALUE read as JSON); repeatable.",
 )  # fmt: skip
+@click.option(
+    "--secure-aggregation", default=DEFAULTS.secure_aggregation, show_default=True,
+    type=click.Choice(["secagg+", "none"]),
+    help="secagg+: the aggregator learns only the cohort's sum (SecAgg+); none: plain FedAvg.",
+)  # fmt: skip
 def demo(
     agents: int,
     rounds: int,
@@ -102,6 +107,7 @@ def demo(
     kill_agents: int,
     plugin_name: str,
     plugin_options: tuple[str, ...],
+    secure_aggregation: str,
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
     training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
@@ -109,11 +115,17 @@ def demo(
     from agent.cli.plugins import parse_options
     from agent.demo.runner import run_demo
 
+    if secure_aggregation == "secagg+" and agents < 3:
+        raise click.BadParameter(
+            "secure aggregation needs at least 3 agents (a sum of two reveals each to the "
+            "other); use --secure-aggregation none",
+            param_hint="--agents",
+        )
     options = DemoOptions(
         agents=agents, rounds=rounds, partition=partition, alpha=alpha, bus=bus_kind,
         bus_url=bus_url, report_dir=report_dir, seed=seed, fraction_fit=fraction_fit,
         round_timeout=round_timeout, kill_agents=kill_agents, plugin=plugin_name,
-        plugin_options=parse_options(plugin_options),
+        plugin_options=parse_options(plugin_options), secure_aggregation=secure_aggregation,
     )  # fmt: skip
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

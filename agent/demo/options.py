@@ -23,6 +23,8 @@ class DemoOptions:
     fraction_fit: float = 1.0
     round_timeout: float = 30.0
     kill_agents: int = 0
+    #: "secagg+" (the aggregator sees only the cohort's sum) or "none"
+    secure_aggregation: str = "secagg+"
     plugin: str = "digits-mlp"
     #: extra ``[plugin.options]`` for every agent (``--plugin-option KEY=VALUE``)
     plugin_options: Mapping[str, Any] = field(default_factory=dict)

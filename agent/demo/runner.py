@@ -28,6 +28,7 @@ from agent.config import (
     LoggingConfig,
     PluginConfig,
     RoleName,
+    SecureAggregation,
     TrainerConfig,
 )
 from agent.demo.options import DemoOptions
@@ -150,7 +151,8 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             asyncio.run(_probe(url))
         info = describe_plugin(options.plugin).info  # fails fast on a missing plugin
         print(f"fedbus demo: plugin {options.plugin}, {options.agents} agents, "
-              f"{options.rounds} rounds, {_partition_label(options, info)}, bus {url}",
+              f"{options.rounds} rounds, {_partition_label(options, info)}, bus {url}, "
+              f"secure aggregation {options.secure_aggregation}",
               file=out, flush=True)  # fmt: skip
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
@@ -241,21 +243,24 @@ def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> A
         state_dir=work / agent_id,
         plugin=PluginConfig(name=options.plugin, options=plugin_options(
             options, index, options.agents, options.partition)),
-        trainer=TrainerConfig(join_retry=0.5),
+        trainer=TrainerConfig(join_retry=0.5, require_secure_aggregation=(
+            options.secure_aggregation == SecureAggregation.SECAGG_PLUS)),
         logging=LoggingConfig(level="info", format="json"),
     )  # fmt: skip
 
 
 def _aggregator_config(options: DemoOptions, url: str) -> AgentConfig:
+    secure = options.secure_aggregation == SecureAggregation.SECAGG_PLUS
     return AgentConfig(
         role=RoleName.AGGREGATOR, agent_id="aggregator", federation=FEDERATION, bus_url=url,
         state_dir=options.report_dir / "aggregator",
         plugin=PluginConfig(name=options.plugin, options=plugin_options(
             options, 0, options.agents, options.partition)),
         aggregator=AggregatorConfig(
-            rounds=options.rounds, fraction_fit=options.fraction_fit, min_fit_clients=1,
-            min_available_clients=options.agents, join_timeout=60.0,
-            round_timeout=options.round_timeout, eval_every=1,
+            rounds=options.rounds, fraction_fit=options.fraction_fit,
+            min_fit_clients=3 if secure else 1, min_available_clients=options.agents,
+            join_timeout=60.0, round_timeout=options.round_timeout, eval_every=1,
             eval_timeout=options.round_timeout, seed=options.seed,
+            secure_aggregation=SecureAggregation(options.secure_aggregation),
         ),
     )  # fmt: skip

@@ -95,6 +95,7 @@ class SecureRound:
         self._expected: frozenset[str] = frozenset(setup.cohort)
         self._answered: set[str] = set()
         self._everyone = asyncio.Event()
+        self._timed_out = False
         self._closed = False
 
     async def run(self) -> server.Aggregate:
@@ -108,22 +109,23 @@ class SecureRound:
             await self._collect(self._stage_timeout)
             keys = server.close_advertise(state)
             self._log_stage(Stage.ADVERTISE_KEYS)
+            # Expect the answers before relaying: the first may come back at once.
+            self._expect(keys)
             await self._relay(
                 keys, lambda peers: RelayKeys(keys={v: PeerKeys(k.enc, k.mask)
                                                     for v, k in peers.items()})
             )  # fmt: skip
-            self._expect(keys)
             await self._collect(self._stage_timeout)
             shares = server.close_share_keys(state)
             self._log_stage(Stage.SHARE_KEYS)
-            await self._relay(shares, lambda cts: RelayShares(ciphertexts=cts))
             self._expect(shares)
+            await self._relay(shares, lambda cts: RelayShares(ciphertexts=cts))
             await self._collect(max(0.0, self._input_deadline - time.monotonic()))
             survivors, dropped = server.close_collect(state)
             self._log_stage(Stage.COLLECT_MASKED_INPUT)
             request = UnmaskRequest(survivors=survivors, dropped=dropped)
-            await self._relay({a: request for a in survivors}, lambda r: r)
             self._expect(survivors)
+            await self._relay({a: request for a in survivors}, lambda r: r)
             await self._collect(self._stage_timeout)
         finally:
             self._closed = True
@@ -182,13 +184,14 @@ class SecureRound:
 
     async def _collect(self, seconds: float) -> None:
         """Wait until every expected client answered, or ``seconds``."""
+        self._timed_out = False
         if self._expected <= self._answered:
             return
         try:
             async with asyncio.timeout(seconds):
                 await self._everyone.wait()
         except TimeoutError:
-            pass
+            self._timed_out = True
 
     async def _relay(self, per_agent: Mapping[str, Any], build: Callable[[Any], Body]) -> None:
         """Send each agent its relay body (concurrently; each QoS 1 publish is acknowledged)."""
@@ -201,4 +204,4 @@ class SecureRound:
     def _log_stage(self, stage: Stage) -> None:
         lost = self.state.dropouts.get(stage, frozenset())
         log.info("secagg_stage_closed", stage=str(stage), answered=len(self._answered),
-                 dropouts=sorted(lost))  # fmt: skip
+                 timed_out=self._timed_out, dropouts=sorted(lost))  # fmt: skip
