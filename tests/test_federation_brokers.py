@@ -211,7 +211,7 @@ def test_demo_with_its_own_embedded_broker_writes_a_report(bus: str, tmp_path: P
         "--bus",
         bus,
         "--agents",
-        "2",
+        "3",
         "--rounds",
         "2",
         "--report-dir",
@@ -240,7 +240,7 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
     work = tmp_path / "tmp"
     work.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo", "--agents", "2", "--rounds", "100",
+        [sys.executable, "-m", "agent", "demo", "--agents", "3", "--rounds", "100",
          "--report-dir", str(tmp_path / "report")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "TMPDIR": str(work), "PYTHONUNBUFFERED": "1"},
@@ -254,7 +254,7 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
                 break
         running = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True,
                                  check=False).stdout  # fmt: skip
-        assert running.count("agent run") == 2, running
+        assert running.count("agent run") == 3, running
         assert "nats-server" in running, running
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
@@ -262,6 +262,8 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == 130, "".join(lines) + out
     assert "interrupted" in out
     leftovers = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True,
