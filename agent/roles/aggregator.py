@@ -8,12 +8,21 @@ kind           topic               rounds    may send
 join           join                any       join_accepted/_rejected, model_para (inbox)
 model_update   update/{agent_id}   current   —
 metrics        metrics/{agent_id}  current   —
+advertise_keys secagg/…/{id}       current   relay_keys (inbox)       } through the
+share_keys     secagg/…/{id}       current   relay_shares (inbox)     } round's
+masked_input   update/{agent_id}   current   unmask_request (inbox)   } SecureRound
+unmask         secagg/…/{id}       current   —                        }
 =============  ==================  ========  =========================================
 
 A round (DESIGN.md §4): sample a cohort from the admitted agents, send each member a
 ``fit_ins`` naming the current model, wait until every member delivered or ``round_timeout``
 passed (dropouts are normal), aggregate the survivors with the strategy, broadcast the new
 model (retained on MQTT), evaluate every ``eval_every`` rounds, persist the round atomically.
+
+With ``secure_aggregation = "secagg+"`` the fit part is a SecAgg+ round
+(``agent.roles.secure_round``): the aggregator learns only the survivors' weighted sum of
+model deltas and applies their weighted mean (FedAvg; a custom ``strategy`` sees no
+individual result and is not used). An aborted secure round keeps the model in force.
 """
 
 from __future__ import annotations
