@@ -187,6 +187,34 @@ class TlsConfig(_Config, frozen=True):
     key_file: Path | None = None
 
 
+class IdentityConfig(_Config, frozen=True):
+    """``[identity]``: this agent's credentials (``fedbus enroll`` writes them).
+
+    When ``cert_file`` is set, every message this agent sends is signed with ``key_file``,
+    and every message it receives must be signed by a certificate issued by ``ca_file``'s CA
+    (see ``agent.identity``). The aggregator also names its CA directory (``ca.pem``,
+    ``ca.key``) and registry (enrolled agents, tokens, revocations).
+
+    Attributes:
+        cert_file, key_file: this agent's certificate and ECDSA P-256 key (PEM, key 0600).
+        ca_file: the federation CA's certificate (PEM).
+        ca_dir: aggregator only: the CA's directory, for enrollment and revocation.
+        registry: aggregator only: the registry database (default ``ca_dir/registry.sqlite``).
+        max_clock_skew: seconds a message's timestamp may differ from our clock.
+    """
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    ca_dir: Path | None = None
+    registry: Path | None = None
+    max_clock_skew: Positive = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
 class AgentConfig(_Config, frozen=True):
     """The whole file."""
 
@@ -201,6 +229,12 @@ class AgentConfig(_Config, frozen=True):
     trainer: TrainerConfig = TrainerConfig()
     logging: LoggingConfig = LoggingConfig()
     tls: TlsConfig = TlsConfig()
+    identity: IdentityConfig = IdentityConfig()
+
+    def __post_init__(self) -> None:
+        ident = self.identity
+        if ident.enabled and (ident.key_file is None or ident.ca_file is None):
+            raise ValueError("[identity] needs key_file and ca_file with cert_file")
 
     @classmethod
     def load(cls, path: Path) -> Self:

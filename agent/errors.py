@@ -17,9 +17,10 @@
     │   ├── SenderMismatchError     a per-agent topic carrying another agent's message
     │   └── UnexpectedKindError     a kind this role has no listener for
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
-    ├── CryptoError                 secure aggregation: a check that failed
+    ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
-    │   └── ShareError              a Shamir share or share ciphertext that does not check out
+    │   ├── ShareError              a Shamir share or share ciphertext that does not check out
+    │   └── IdentityError           a key, certificate, CSR or token that does not check out
     └── RoundError                  a round that cannot complete (e.g. no update arrived)
         └── SecAggAbortError        SecAgg+ cannot unmask (too few shares or survivors)
 
@@ -148,3 +149,12 @@ class StageError(CryptoError):
 class ShareError(CryptoError):
     """A share ciphertext that does not decrypt, names the wrong parties, or a Shamir share
     set that does not reconstruct a valid secret."""
+
+
+class IdentityError(CryptoError):
+    """A key, certificate, CSR, token or enrollment that does not check out. ``reason`` is
+    a snake_case word (``expired``, ``unknown_issuer``, ``bad_token``, ...)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason

@@ -1,0 +1,359 @@
+"""The federation's certificate authority: X.509 (RFC 5280) with ECDSA P-256 keys.
+
+One CA per federation (``fedbus ca init``). It issues a certificate to every identity:
+
+=============  =====================================================================
+role (OU)      what the certificate lets its holder do
+=============  =====================================================================
+trainer        a device: its own update/secagg/metrics topics, its inbox, broadcasts
+aggregator     runs rounds; signs the global model; may use every federation topic
+enroll         the shared identity of not-yet-enrolled devices: the enroll topic only
+broker         the broker's TLS server certificate (SAN: its host names / addresses)
+=============  =====================================================================
+
+Subject: CN = agent id, OU = role, O = federation. The same key authenticates the holder to
+the broker (mTLS; CN = the broker's user name) and signs its messages (ECDSA-SHA256). P-256
+is used because both brokers' TLS stacks (OpenSSL for mosquitto, Go for nats-server) and
+Python's ``ssl`` accept it everywhere. The CA is pinned by the SHA-256 fingerprint of its
+DER certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.errors import IdentityError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+PrivateKey = ec.EllipticCurvePrivateKey
+
+
+class Role(StrEnum):
+    TRAINER = "trainer"
+    AGGREGATOR = "aggregator"
+    ENROLL = "enroll"
+    BROKER = "broker"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a certificate names."""
+
+    agent_id: str
+    federation: str
+    role: Role
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateAuthority:
+    """A federation's CA: its certificate and private key."""
+
+    federation: str
+    cert: x509.Certificate
+    key: PrivateKey
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER certificate, 64 hex characters (what devices pin)."""
+        return fingerprint(self.cert)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER encoding, lower-case hex."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def new_key() -> PrivateKey:
+    """A fresh ECDSA P-256 private key (generated locally; it never leaves its owner)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _check_name(value: str, what: str) -> None:
+    if not NAME_RE.match(value):
+        raise IdentityError("bad_name", f"{what} {value!r} must be 1-64 of [A-Za-z0-9_-]")
+
+
+def _subject(agent_id: str, federation: str, role: Role) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(role)),
+        x509.NameAttribute(NameOID.COMMON_NAME, agent_id),
+    ])  # fmt: skip
+
+
+def init_ca(federation: str, *, valid_days: int = 3650) -> CertificateAuthority:
+    """A new self-signed CA for ``federation`` (CN = "fedbus CA <federation>").
+
+    Raises:
+        IdentityError: a federation id outside [A-Za-z0-9_-]{1,64}.
+    """
+    _check_name(federation, "federation")
+    key = new_key()
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"fedbus CA {federation}"),
+    ])  # fmt: skip
+    now = _utcnow()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertificateAuthority(federation, cert, key)
+
+
+def build_csr(key: PrivateKey, *, agent_id: str, federation: str,
+              role: Role = Role.TRAINER) -> x509.CertificateSigningRequest:  # fmt: skip
+    """A CSR naming ``agent_id`` (what ``fedbus enroll`` sends with its token)."""
+    _check_name(agent_id, "agent id")
+    _check_name(federation, "federation")
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_subject(agent_id, federation, role))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def sign_csr(
+    ca: CertificateAuthority,
+    csr: x509.CertificateSigningRequest,
+    *,
+    agent_id: str | None = None,
+    role: Role = Role.TRAINER,
+    valid_days: int = 365,
+    hosts: Sequence[str] = (),
+) -> x509.Certificate:
+    """Issue a certificate for a CSR. The subject is rebuilt by the CA (CN from the CSR or
+    ``agent_id``, OU = ``role``, O = the CA's federation), never copied blindly.
+
+    Args:
+        hosts: for ``Role.BROKER``: DNS names / IP addresses for the SAN.
+
+    Raises:
+        IdentityError: the CSR's self-signature is invalid, its key is not P-256, or its CN
+            is not a valid agent id (or differs from ``agent_id`` when that is given).
+    """
+    if not csr.is_signature_valid:
+        raise IdentityError("bad_csr", "the CSR's signature does not verify")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise IdentityError("bad_csr", "the CSR's key must be ECDSA P-256")
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = str(names[0].value) if names else ""
+    if agent_id is not None and cn != agent_id:
+        raise IdentityError("bad_csr", f"the CSR names {cn!r}, not {agent_id!r}")
+    _check_name(cn, "agent id")
+    return _issue(ca, public, cn, role, valid_days=valid_days, hosts=hosts)
+
+
+def issue(
+    ca: CertificateAuthority,
+    agent_id: str,
+    *,
+    role: Role = Role.TRAINER,
+    valid_days: int = 365,
+    hosts: Sequence[str] = (),
+) -> tuple[PrivateKey, x509.Certificate]:
+    """A new key and its certificate in one step (for the aggregator, the broker, the
+    shared enroll identity and tests; devices use ``build_csr`` + ``sign_csr``)."""
+    _check_name(agent_id, "agent id")
+    key = new_key()
+    return key, _issue(ca, key.public_key(), agent_id, role, valid_days=valid_days, hosts=hosts)
+
+
+def _issue(ca: CertificateAuthority, public: ec.EllipticCurvePublicKey, cn: str, role: Role,
+           *, valid_days: int, hosts: Sequence[str]) -> x509.Certificate:  # fmt: skip
+    now = _utcnow()
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH] if role is Role.BROKER else [
+        ExtendedKeyUsageOID.CLIENT_AUTH]  # fmt: skip
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_subject(cn, ca.federation, role))
+        .issuer_name(ca.cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    if hosts:
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def identity_of(cert: x509.Certificate) -> Identity:
+    """The identity a certificate names.
+
+    Raises:
+        IdentityError: a subject without CN/OU/O, or an unknown role.
+    """
+
+    def one(oid: x509.ObjectIdentifier) -> str:
+        values = cert.subject.get_attributes_for_oid(oid)
+        if len(values) != 1:
+            raise IdentityError("bad_certificate", f"the subject needs exactly one {oid._name}")
+        return str(values[0].value)
+
+    try:
+        role = Role(one(NameOID.ORGANIZATIONAL_UNIT_NAME))
+    except ValueError as exc:
+        raise IdentityError("bad_certificate", "unknown role in the certificate") from exc
+    return Identity(one(NameOID.COMMON_NAME), one(NameOID.ORGANIZATION_NAME), role,
+                    cert.serial_number)  # fmt: skip
+
+
+def verify_issued(ca_cert: x509.Certificate, cert: x509.Certificate,
+                  *, at: dt.datetime | None = None) -> Identity:  # fmt: skip
+    """Check that ``cert`` was issued by ``ca_cert``, is valid at ``at`` (now) and names an
+    identity of the CA's federation.
+
+    Raises:
+        IdentityError: reason ``unknown_issuer``, ``bad_signature``, ``expired`` or
+            ``wrong_federation``.
+    """
+    if cert.issuer != ca_cert.subject:
+        raise IdentityError("unknown_issuer", "the certificate was not issued by this CA")
+    public = ca_cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise IdentityError("bad_certificate", "the CA key is not ECDSA")
+    try:
+        public.verify(cert.signature, cert.tbs_certificate_bytes,
+                      ec.ECDSA(hashes.SHA256()))  # fmt: skip
+    except InvalidSignature as exc:
+        raise IdentityError("bad_signature", "the certificate's CA signature is invalid") from exc
+    now = at or _utcnow()
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise IdentityError("expired", "the certificate is not valid now")
+    identity = identity_of(cert)
+    federations = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if not federations or identity.federation != federations[0].value:
+        raise IdentityError("wrong_federation", "the certificate names another federation")
+    return identity
+
+
+def build_crl(ca: CertificateAuthority, revoked: Iterable[tuple[int, dt.datetime]],
+              *, valid_days: int = 30) -> x509.CertificateRevocationList:  # fmt: skip
+    """A CRL (RFC 5280 §5) listing ``(serial, revoked_at)`` pairs, signed by the CA."""
+    now = _utcnow()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=valid_days))
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def write_private_key(path: Path, key: PrivateKey) -> None:
+    """PEM (PKCS#8, unencrypted) with mode 0600 from the moment it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_pem(path: Path, *objects: x509.Certificate | x509.CertificateRevocationList) -> None:
+    """Certificates / CRLs as PEM (public material, mode 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects))
+    os.replace(tmp, path)
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    """Raises ``IdentityError`` (reason ``unreadable``) for a missing or non-P-256 key."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise IdentityError("unreadable", f"cannot read private key {path}: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise IdentityError("unreadable", f"{path} is not an ECDSA private key")
+    return key
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    """Raises ``IdentityError`` (reason ``unreadable``)."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise IdentityError("unreadable", f"cannot read certificate {path}: {exc}") from exc
+
+
+def save_ca(ca: CertificateAuthority, directory: Path) -> None:
+    """``ca.pem`` and ``ca.key`` (0600) in ``directory``."""
+    write_pem(directory / "ca.pem", ca.cert)
+    write_private_key(directory / "ca.key", ca.key)
+
+
+def load_ca(directory: Path) -> CertificateAuthority:
+    """The CA saved by ``save_ca``. Raises ``IdentityError``."""
+    cert = load_certificate(directory / "ca.pem")
+    key = load_private_key(directory / "ca.key")
+    names = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if not names:
+        raise IdentityError("bad_certificate", f"{directory / 'ca.pem'} names no federation")
+    return CertificateAuthority(str(names[0].value), cert, key)
