@@ -48,10 +48,15 @@ class JoinRequest(Body, frozen=True):
 
 
 class JoinAccepted(Body, frozen=True):
-    """aggregator → agent inbox: admitted; ``round`` is the aggregator's current round."""
+    """aggregator → agent inbox: admitted; ``round`` is the aggregator's current round.
+
+    ``seal_key``: the aggregator's X25519 public key for this run; with identities on, the
+    agent seals its updates to it (HPKE, RFC 9180).
+    """
 
     agent_id: Name
     round: Count
+    seal_key: Key32 | None = None
 
 
 class JoinRejected(Body, frozen=True):
