@@ -8,7 +8,7 @@ belong to the role that handles the message.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -195,6 +195,35 @@ class Unmask(Body, frozen=True):
     mask_key: Annotated[dict[Name, ShareBytes], msgspec.Meta(max_length=MAX_COHORT)]
 
 
+#: A PEM CSR or certificate (a P-256 one is under 1 KiB; the bound keeps junk out).
+Pem = Annotated[bytes, msgspec.Meta(max_length=8192)]
+#: A one-time enrollment token (``secrets.token_urlsafe(32)`` is 43 characters).
+Token = Annotated[str, msgspec.Meta(max_length=256)]
+#: A snake_case refusal reason (``bad_token``, ``expired_token``, ...), empty when ok.
+Reason = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{0,64}$")]
+
+
+class EnrollRequest(Body, frozen=True):
+    """device → aggregator on ``enroll/{agent_id}``: a CSR (RFC 2986, PEM) for ``agent_id``
+    and the one-time token that authorises it. The private key never travels."""
+
+    agent_id: Name
+    csr: Pem
+    token: Token
+
+
+class EnrollReply(Body, frozen=True):
+    """aggregator → device on ``enroll_reply/{agent_id}``: the certificate and the CA
+    certificate (PEM) when ``status`` is ``"ok"``, else the refusal ``reason`` and ``detail``."""
+
+    agent_id: Name
+    status: Literal["ok", "error"]
+    reason: Reason = ""
+    detail: Text = ""
+    cert: Pem | None = None
+    ca: Pem | None = None
+
+
 BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.JOIN: JoinRequest,
     Kind.JOIN_ACCEPTED: JoinAccepted,
@@ -212,5 +241,7 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.RELAY_KEYS: RelayKeys,
     Kind.RELAY_SHARES: RelayShares,
     Kind.UNMASK_REQUEST: UnmaskRequest,
+    Kind.ENROLL: EnrollRequest,
+    Kind.ENROLL_REPLY: EnrollReply,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

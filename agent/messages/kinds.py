@@ -26,3 +26,6 @@ class Kind(StrEnum):
     RELAY_KEYS = "relay_keys"
     RELAY_SHARES = "relay_shares"
     UNMASK_REQUEST = "unmask_request"
+    # Enrollment (unsigned: the device has no identity yet; see agent.identity.enrollment)
+    ENROLL = "enroll"
+    ENROLL_REPLY = "enroll_reply"

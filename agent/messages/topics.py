@@ -104,11 +104,21 @@ FINISH = TopicSpec(
     "finish", "fl/{federation}/finish", Role.AGGREGATOR, frozenset({Kind.FINISH}), False,
     "The federation is done; agents stay up, idle.",
 )  # fmt: skip
+ENROLL = TopicSpec(
+    "enroll", "fl/{federation}/enroll/{agent_id}", Role.AGENT, frozenset({Kind.ENROLL}), False,
+    "A device's enrollment request (CSR + one-time token); the only topic an unenrolled "
+    "device may publish on.",
+)  # fmt: skip
+ENROLL_REPLY = TopicSpec(
+    "enroll_reply", "fl/{federation}/enroll_reply/{agent_id}", Role.AGGREGATOR,
+    frozenset({Kind.ENROLL_REPLY}), False,
+    "The answer to one device's enrollment: its certificate and the CA, or why not.",
+)  # fmt: skip
 
 SECAGG_TOPICS: tuple[TopicSpec, ...] = (SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK)
 TOPICS: tuple[TopicSpec, ...] = (
     JOIN, INBOX, GLOBAL_MODEL, UPDATE, SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK, EVALUATE,
-    METRICS, FINISH,
+    METRICS, FINISH, ENROLL, ENROLL_REPLY,
 )  # fmt: skip
 
 
