@@ -15,7 +15,15 @@
     │   ├── StaleRoundError         for a round that is not (or no longer) current
     │   ├── WrongTopicError         a kind that does not travel on that topic
     │   ├── SenderMismatchError     a per-agent topic carrying another agent's message
-    │   └── UnexpectedKindError     a kind this role has no listener for
+    │   ├── UnexpectedKindError     a kind this role has no listener for
+    │   ├── UnsignedError           no signature where identities are on
+    │   ├── UnknownSignerError      a certificate not issued by the federation CA (or expired)
+    │   ├── SignerMismatchError     signed by someone else than the envelope's sender
+    │   ├── BadSignatureError       a signature that does not verify (a tampered message)
+    │   ├── StaleTimestampError     a timestamp outside the clock-skew window (a replay)
+    │   ├── WrongRoleError          a sender whose role may not publish on that topic
+    │   ├── RevokedSenderError      a revoked agent
+    │   └── SealError               a body that should be sealed and is not, or does not open
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
@@ -111,6 +119,54 @@ class UnexpectedKindError(ProtocolError):
     """A message kind that this role has no listener for."""
 
     reason = "unexpected_kind"
+
+
+class UnsignedError(ProtocolError):
+    """A message without a signature where every message must be signed."""
+
+    reason = "unsigned"
+
+
+class UnknownSignerError(ProtocolError):
+    """A signature by a certificate the federation CA did not issue, or no longer valid."""
+
+    reason = "unknown_signer"
+
+
+class SignerMismatchError(ProtocolError):
+    """A message signed by one identity but sent in the name of another."""
+
+    reason = "signer_mismatch"
+
+
+class BadSignatureError(ProtocolError):
+    """A signature that does not verify: the message was altered."""
+
+    reason = "bad_signature"
+
+
+class StaleTimestampError(ProtocolError):
+    """A timestamp too far from our clock: a replay, or a badly set clock."""
+
+    reason = "stale_timestamp"
+
+
+class WrongRoleError(ProtocolError):
+    """A sender whose role may not publish on the topic (a trainer posing as aggregator)."""
+
+    reason = "wrong_role"
+
+
+class RevokedSenderError(ProtocolError):
+    """A sender whose enrollment was revoked."""
+
+    reason = "revoked"
+
+
+class SealError(ProtocolError):
+    """A body that must be sealed to the aggregator and is not, or that does not open."""
+
+    reason = "unsealable"
 
 
 class PluginError(FedbusError):

@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.errors import DecodeError, OversizedError
+from agent.identity.wire import SEALED_KINDS, Signed, Signer, seal, seal_info, unwrap
 from agent.messages.bodies import BODY_TYPES, KIND_OF, Body, GlobalModel, ModelUpdate
 from agent.messages.envelope import Envelope, Message, new_envelope
+from agent.messages.kinds import Kind
 from agent.messages.tensors import to_array
 
 _encoder = msgspec.msgpack.Encoder()
@@ -21,17 +24,31 @@ _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 _body_decoders = {kind: msgspec.msgpack.Decoder(t) for kind, t in BODY_TYPES.items()}
 
 
-def encode(body: Body, *, federation: str, round: int, sender: str) -> bytes:
-    """Wrap ``body`` in a fresh envelope (kind from the body's type) and encode it."""
-    return encode_envelope(
-        new_envelope(
-            kind=KIND_OF[type(body)],
-            federation=federation,
-            round=round,
-            sender=sender,
-            body=_encoder.encode(body),
-        )
-    )
+def encode(
+    body: Body,
+    *,
+    federation: str,
+    round: int,
+    sender: str,
+    signer: Signer | None = None,
+    seal_to: X25519PublicKey | None = None,
+) -> bytes:
+    """Wrap ``body`` in a fresh envelope (kind from the body's type) and encode it.
+
+    With ``seal_to``, a body of a kind in ``SEALED_KINDS`` is sealed to that key; with
+    ``signer``, the envelope is signed (``agent.identity.wire``).
+    """
+    kind = KIND_OF[type(body)]
+    data = _encoder.encode(body)
+    sealed = seal_to is not None and kind in SEALED_KINDS
+    if seal_to is not None and sealed:
+        info = seal_info(federation=federation, round=round, sender=sender, kind=kind)
+        data = seal(data, seal_to, info)
+    envelope = encode_envelope(
+        new_envelope(kind=kind, federation=federation, round=round, sender=sender, body=data,
+                     sealed=sealed)
+    )  # fmt: skip
+    return envelope if signer is None else signer.sign(envelope)
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
@@ -39,8 +56,10 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
-def decode(payload: bytes, *, topic: str = "", max_size: int | None = None) -> Message[Any]:
-    """Decode and validate ``payload`` into a ``Message``.
+def decode_envelope(
+    payload: bytes, *, max_size: int | None = None
+) -> tuple[Envelope, Signed | None]:
+    """The envelope of ``payload`` and, for a signed payload, its (unchecked) signature.
 
     Raises:
         OversizedError: ``len(payload) > max_size``.
@@ -51,14 +70,37 @@ def decode(payload: bytes, *, topic: str = "", max_size: int | None = None) -> M
     # msgspec raises DecodeError for most bad input, but UnicodeDecodeError for a string
     # (e.g. a map key) that is not UTF-8: both are malformed input.
     try:
-        envelope = _envelope_decoder.decode(payload)
+        raw, signed = unwrap(payload)
+        return _envelope_decoder.decode(raw), signed
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"bad envelope: {exc}") from exc
+
+
+def decode_body(kind: Kind, data: bytes) -> Body:
+    """The body of a ``kind`` message, validated (tensors included).
+
+    Raises:
+        DecodeError: a malformed body.
+    """
     try:
-        body = _body_decoders[envelope.kind].decode(envelope.body)
+        body = _body_decoders[kind].decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"bad {envelope.kind} body: {exc}") from exc
+        raise DecodeError(f"bad {kind} body: {exc}") from exc
     if isinstance(body, GlobalModel | ModelUpdate):
         for tensor in body.tensors:
             to_array(tensor)  # validates dtype and byte length
-    return Message(envelope=envelope, body=body, topic=topic)
+    return body
+
+
+def decode(payload: bytes, *, topic: str = "", max_size: int | None = None) -> Message[Any]:
+    """Decode and validate ``payload`` into a ``Message``, without checking a signature
+    (the receive loop does that: ``agent.runtime.listeners``).
+
+    Raises:
+        OversizedError: ``len(payload) > max_size``.
+        DecodeError: anything malformed, or a sealed body (only the aggregator opens those).
+    """
+    envelope, _ = decode_envelope(payload, max_size=max_size)
+    if envelope.sealed:
+        raise DecodeError(f"the {envelope.kind} body is sealed")
+    return Message(envelope=envelope, body=decode_body(envelope.kind, envelope.body), topic=topic)

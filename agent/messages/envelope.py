@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
 
 import msgspec
 
 from agent.messages.bodies import Body, Name
+
+if TYPE_CHECKING:
+    from agent.identity.ca import Identity
 from agent.messages.kinds import Kind
 
 WIRE_VERSION = 1
@@ -32,7 +35,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         sender: the agent id (or aggregator id) that built it.
         message_id: 16 random bytes; receivers drop ids they have seen.
         timestamp: sender's wall clock, seconds since the Unix epoch.
-        body: the msgpack-encoded body of type ``BODY_TYPES[kind]``.
+        body: the msgpack-encoded body of type ``BODY_TYPES[kind]``, or, when ``sealed``,
+            its HPKE ciphertext to the aggregator (``agent.identity.wire``).
+        sealed: the body is sealed.
     """
 
     v: Annotated[int, msgspec.Meta(ge=WIRE_VERSION, le=WIRE_VERSION)] = WIRE_VERSION
@@ -43,9 +48,12 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     message_id: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
     timestamp: float
     body: bytes
+    sealed: bool = False
 
 
-def new_envelope(*, kind: Kind, federation: str, round: int, sender: str, body: bytes) -> Envelope:
+def new_envelope(
+    *, kind: Kind, federation: str, round: int, sender: str, body: bytes, sealed: bool = False
+) -> Envelope:
     """An envelope with a fresh random ``message_id`` and the current time."""
     return Envelope(
         kind=kind,
@@ -55,6 +63,7 @@ def new_envelope(*, kind: Kind, federation: str, round: int, sender: str, body: 
         message_id=os.urandom(16),
         timestamp=time.time(),
         body=body,
+        sealed=sealed,
     )
 
 
@@ -65,6 +74,8 @@ class Message(Generic[B]):
     envelope: Envelope
     body: B
     topic: str
+    #: the verified signer (None where identities are off)
+    identity: Identity | None = None
 
     @property
     def kind(self) -> Kind:
