@@ -46,12 +46,11 @@ from agent.errors import (
     WrongRoleError,
 )
 from agent.identity.ca import Identity, Role, verify_issued
-from agent.messages.kinds import Kind
 
 MAGIC = "fedbus-signed/1"
-#: Kinds whose bodies are sealed to the aggregator.
-SEALED_KINDS = frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.SHARE_KEYS, Kind.UNMASK,
-                          Kind.METRICS})  # fmt: skip
+#: Kinds whose bodies are sealed to the aggregator (``Kind`` values; plain strings here so
+#: that this module does not import the message package, which imports it).
+SEALED_KINDS = frozenset({"model_update", "masked_input", "share_keys", "unmask", "metrics"})
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 
 
@@ -183,7 +182,7 @@ class Verifier:
 # -- sealing ---------------------------------------------------------------------------------
 
 
-def seal_info(*, federation: str, round: int, sender: str, kind: Kind) -> bytes:
+def seal_info(*, federation: str, round: int, sender: str, kind: str) -> bytes:
     """HPKE ``info``: what a sealed body is bound to."""
     return "\x00".join(("fedbus/seal/1", federation, str(round), sender, str(kind))).encode()
 

@@ -32,17 +32,21 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.bus.base import Bus
 from agent.config import AgentConfig, SecureAggregation
-from agent.errors import ConfigError, RoundError, SecAggAbortError
+from agent.errors import ConfigError, IdentityError, RoundError, SecAggAbortError
+from agent.identity.ca import Identity, Role
+from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import (
     AdvertiseKeys,
@@ -66,7 +70,7 @@ from agent.plugin.api import Weights, all_finite, weights_like
 from agent.roles.cohort import sample_cohort
 from agent.roles.records import AgentRecord, GlobalState, RoundObserver, RoundRecord, RunSummary
 from agent.roles.secure_round import SecureRound, setup_body
-from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
 from agent.secagg.keys import RoundContext
@@ -110,6 +114,7 @@ class Aggregator:
         initial_weights: Weights,
         strategy: Strategy | None = None,
         observer: RoundObserver | None = None,
+        revoked: Callable[[Identity], bool] | None = None,
     ) -> None:
         self._config = config
         self._schedule = config.aggregator
@@ -118,7 +123,16 @@ class Aggregator:
         self._plugin_name = plugin_name
         self._strategy = strategy or FedAvg()
         self._observer = observer
-        self._outbox = Outbox(bus, federation=self._fed, sender=config.agent_id)
+        credentials = (
+            Credentials.load(config.identity, agent_id=config.agent_id, federation=self._fed)
+            if config.identity.enabled else None
+        )  # fmt: skip
+        if credentials is not None and credentials.identity.role is not Role.AGGREGATOR:
+            raise IdentityError("wrong_identity", "the aggregator needs an aggregator certificate")
+        self._outbox = Outbox(bus, federation=self._fed, sender=config.agent_id,
+                              signer=credentials.signer if credentials else None)  # fmt: skip
+        # A fresh sealing key per run: agents seal their updates to it (HPKE).
+        self._seal_key = X25519PrivateKey.generate() if credentials else None
         self._state_dir = config.state_dir
         self._rng = random.Random(self._schedule.seed)
         self.round = 0
@@ -143,7 +157,9 @@ class Aggregator:
             registry=registry,
             current_round=lambda: self.round,
             max_payload=config.max_payload,
-        )
+            security=(Security(credentials.verifier(revoked=revoked), unseal_key=self._seal_key)
+                      if credentials else None),
+        )  # fmt: skip
 
     async def run(self) -> RunSummary:
         """Run the whole schedule and send ``finish``. Returns the run's records.
@@ -404,8 +420,10 @@ class Aggregator:
             return
         known = body.agent_id in self.agents
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
+        seal_key = (self._seal_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                    if self._seal_key is not None else None)  # fmt: skip
         await self._outbox.try_send(
-            topics.INBOX, JoinAccepted(agent_id=body.agent_id, round=self.round),
+            topics.INBOX, JoinAccepted(agent_id=body.agent_id, round=self.round, seal_key=seal_key),
             round=self.round, agent_id=body.agent_id,
         )  # fmt: skip
         await self._publish_model(agent_id=body.agent_id)

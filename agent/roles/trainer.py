@@ -34,11 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.errors import FedbusError
+from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
@@ -61,7 +63,7 @@ from agent.messages.tensors import digest, to_arrays, to_tensor, to_tensors
 from agent.plugin.api import FitResult, Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.secure_fit import REFUSED, SecureFit, parse_setup
-from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
 from agent.secagg.vector import flatten
@@ -88,7 +90,12 @@ class Trainer:
         self._plugin = plugin
         self._fed = config.federation
         self._id = config.agent_id
-        self._outbox = Outbox(bus, federation=self._fed, sender=self._id)
+        credentials = (
+            Credentials.load(config.identity, agent_id=self._id, federation=self._fed)
+            if config.identity.enabled else None
+        )  # fmt: skip
+        self._outbox = Outbox(bus, federation=self._fed, sender=self._id,
+                              signer=credentials.signer if credentials else None)  # fmt: skip
         self.round = 0
         self.model: HeldModel | None = None
         self.status = "joining"
@@ -113,6 +120,7 @@ class Trainer:
             registry=registry,
             current_round=lambda: self.round,
             max_payload=config.max_payload,
+            security=Security(credentials.verifier()) if credentials else None,
         )
 
     @property
@@ -171,6 +179,11 @@ class Trainer:
     async def _on_join_accepted(self, message: Message[JoinAccepted]) -> None:
         # A new admission may belong to a new run of the federation: follow its round.
         self.round = message.body.round
+        seal_key = message.body.seal_key
+        self._outbox.seal_to = X25519PublicKey.from_public_bytes(seal_key) if seal_key else None
+        if self._outbox.signer is not None and seal_key is None:
+            log.error("no_sealing_key", aggregator=message.sender,
+                      consequence="updates will not be sent")  # fmt: skip
         self.model = None
         self.status = "idle"
         self._admitted.set()

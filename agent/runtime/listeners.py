@@ -1,10 +1,12 @@
 """Listeners keyed by message kind, and the one dispatch point every message goes through.
 
 A role registers one handler per kind it accepts, with a round policy. ``Dispatcher.dispatch``
-then runs, for each incoming bus message: size limit → decode → federation → topic/kind and
-topic/sender agreement → round guard → duplicate check → the handler. A message failing any
-check is dropped with one ``message_dropped`` log line naming the reason; a handler that
-raises is logged as ``handler_failed``. Neither stops the receive loop.
+then runs, for each incoming bus message: size limit → decode the envelope → federation →
+topic/kind and topic/sender agreement → (identities on) signature, certificate, timestamp,
+role and revocation → (aggregator) open the sealed body → decode the body → round guard →
+duplicate check → the handler. A message failing any check is dropped with one
+``message_dropped`` log line naming the reason; a handler that raises is logged as
+``handler_failed``. Neither stops the receive loop.
 """
 
 from __future__ import annotations
@@ -16,22 +18,26 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.bus.base import Bus, BusMessage
 from agent.errors import (
     DecodeError,
     DuplicateMessageError,
     ProtocolError,
+    SealError,
     SenderMismatchError,
     StaleRoundError,
     UnexpectedKindError,
     WrongFederationError,
     WrongTopicError,
 )
-from agent.messages.codec import decode
+from agent.identity.ca import Role as IdentityRole
+from agent.identity.wire import SEALED_KINDS, Verifier, open_sealed, seal_info
+from agent.messages.codec import decode_body, decode_envelope
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
-from agent.messages.topics import classify
+from agent.messages.topics import Role, classify
 from agent.runtime.dedupe import SeenIds
 
 log = structlog.get_logger(__name__)
@@ -52,6 +58,20 @@ class Listener:
     kind: Kind
     handler: Handler
     rounds: RoundPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """What the receive loop enforces when identities are on (``agent.identity.wire``).
+
+    Attributes:
+        verifier: checks every message's signature, certificate, timestamp and role.
+        unseal_key: the aggregator's per-run key; with it, bodies of ``SEALED_KINDS`` must
+            arrive sealed to it.
+    """
+
+    verifier: Verifier
+    unseal_key: X25519PrivateKey | None = None
 
 
 class ListenerRegistry:
@@ -95,6 +115,7 @@ class Dispatcher:
         current_round: returns the role's current round, read at each message.
         max_payload: larger payloads are dropped as ``oversized``.
         seen_capacity: how many message ids to remember for duplicate detection.
+        security: signature and sealing checks (None: identities off).
     """
 
     def __init__(
@@ -105,8 +126,10 @@ class Dispatcher:
         current_round: Callable[[], int],
         max_payload: int,
         seen_capacity: int = 8192,
+        security: Security | None = None,
     ) -> None:
         self._federation = federation
+        self.security = security
         self._registry = registry
         self._current_round = current_round
         self._max_payload = max_payload
@@ -119,8 +142,7 @@ class Dispatcher:
         Raises:
             ProtocolError: (a subclass naming the reason) when the message must be dropped.
         """
-        message = decode(raw.payload, topic=raw.topic, max_size=self._max_payload)
-        envelope = message.envelope
+        envelope, signed = decode_envelope(raw.payload, max_size=self._max_payload)
         if envelope.federation != self._federation:
             raise WrongFederationError(f"federation {envelope.federation!r}")
         where = classify(raw.topic, self._federation)
@@ -129,6 +151,26 @@ class Dispatcher:
         spec, topic_agent = where
         if spec.publisher == "agent" and topic_agent is not None and topic_agent != envelope.sender:
             raise SenderMismatchError(f"sender {envelope.sender!r} on {raw.topic}")
+        security = self.security
+        identity = None
+        if security is not None:
+            publisher = (IdentityRole.AGGREGATOR if spec.publisher is Role.AGGREGATOR
+                         else IdentityRole.TRAINER)  # fmt: skip
+            identity = security.verifier.verify(signed, sender=envelope.sender,
+                                                 timestamp=envelope.timestamp,
+                                                 publisher=publisher)  # fmt: skip
+        data = envelope.body
+        unseal_key = security.unseal_key if security is not None else None
+        if envelope.sealed:
+            if unseal_key is None:
+                raise SealError(f"a sealed {envelope.kind} body this agent cannot open")
+            info = seal_info(federation=envelope.federation, round=envelope.round,
+                             sender=envelope.sender, kind=envelope.kind)  # fmt: skip
+            data = open_sealed(data, unseal_key, info)
+        elif unseal_key is not None and envelope.kind in SEALED_KINDS:
+            raise SealError(f"a {envelope.kind} body must be sealed")
+        message: Message[Any] = Message(envelope, decode_body(envelope.kind, data), raw.topic,
+                                        identity)  # fmt: skip
         listener = self._registry.get(envelope.kind)
         current = self._current_round()
         if (listener.rounds is RoundPolicy.CURRENT and envelope.round != current) or (

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.base import Bus
-from agent.errors import TransportError
-from agent.messages.bodies import Body
+from agent.errors import SealError, TransportError
+from agent.identity.wire import SEALED_KINDS, Signer
+from agent.messages.bodies import KIND_OF, Body
 from agent.messages.codec import encode
 from agent.messages.topics import TopicSpec
 
@@ -14,22 +16,38 @@ log = structlog.get_logger(__name__)
 
 
 class Outbox:
-    """Publishes bodies as ``sender`` in ``federation`` (one per role instance)."""
+    """Publishes bodies as ``sender`` in ``federation`` (one per role instance).
 
-    def __init__(self, bus: Bus, *, federation: str, sender: str) -> None:
+    With a ``signer`` every message is signed; ``seal_to`` (the aggregator's key, learnt on
+    admission) seals the bodies of ``SEALED_KINDS``. While signing without a sealing key, a
+    body that must be sealed is not sent at all (``SealError``): it never goes out in the clear.
+    """
+
+    def __init__(
+        self, bus: Bus, *, federation: str, sender: str, signer: Signer | None = None
+    ) -> None:
         self._bus = bus
         self.federation = federation
         self.sender = sender
+        self.signer = signer
+        self.seal_to: X25519PublicKey | None = None
 
     async def send(
         self, spec: TopicSpec, body: Body, *, round: int, agent_id: str | None = None
     ) -> int:
         """Encode ``body`` and publish it on ``spec`` (retained if the spec says so).
 
-        Returns the payload size in bytes. Raises ``TransportError`` from the bus.
+        Returns the payload size in bytes.
+
+        Raises:
+            TransportError: from the bus.
+            SealError: a body that must be sealed while no sealing key is known.
         """
         topic = spec.format(self.federation, agent_id)
-        payload = encode(body, federation=self.federation, round=round, sender=self.sender)
+        if self.signer is not None and self.seal_to is None and KIND_OF[type(body)] in SEALED_KINDS:
+            raise SealError(f"no sealing key for a {KIND_OF[type(body)]} yet; not sent")
+        payload = encode(body, federation=self.federation, round=round, sender=self.sender,
+                         signer=self.signer, seal_to=self.seal_to)  # fmt: skip
         await self._bus.publish(topic, payload, retain=spec.retained)
         log.debug("message_sent", topic=topic, kind=type(body).__name__, size=len(payload))
         return len(payload)
@@ -42,7 +60,7 @@ class Outbox:
         an unsent message is a dropout, not a reason to stop."""
         try:
             return await self.send(spec, body, round=round, agent_id=agent_id)
-        except TransportError as exc:
+        except (TransportError, SealError) as exc:
             log.warning("message_not_sent", topic=spec.name, kind=type(body).__name__,
                         to=agent_id, error=str(exc))  # fmt: skip
             return None
