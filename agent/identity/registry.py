@@ -1,0 +1,471 @@
+"""The aggregator's registry: enrolled agents, their certificates, one-time tokens.
+
+One SQLite file (stdlib ``sqlite3``, WAL journal), by default ``CA_DIR/registry.sqlite``
+beside the CA (``fedbus ca init`` creates both). Three tables:
+
+- ``agents``: one row per agent id: role, status (``enrolled`` | ``revoked``), the serial
+  and SHA-256 fingerprint of its *current* certificate, enrolled at, last seen, revoked at.
+- ``certificates``: every certificate ever recorded (serial, agent id, fingerprint, issued
+  at, revoked at). It keeps the history that ``agents`` overwrites: when an agent enrolls
+  again its previous certificate is revoked here ("superseded"), so a lost or stolen old key
+  stops working, and every revoked serial stays in the CRL (``revoked_serials``).
+- ``tokens``: one-time enrollment tokens. Only the SHA-256 of a token is stored, so a copy
+  of the database does not let anyone enroll.
+
+Serials are stored as decimal text: X.509 serials are up to 20 octets (RFC 5280 §4.1.2.2),
+more than SQLite's 64-bit integers hold. Times are stored as Unix seconds (REAL) and returned
+as timezone-aware UTC datetimes.
+
+Trust decisions (``is_revoked``): a certificate is revoked when its serial was revoked
+(``fedbus revoke``) or superseded by a re-enrollment, when its agent is revoked, or when its
+agent is registered with a *different* current serial that the registry never recorded (a
+certificate the registry does not know for a known agent is not trusted). An agent id the
+registry has never seen is not "revoked" (``cert_status`` says ``unknown_agent``); whether
+to admit it is the caller's policy.
+
+Every method is safe to call from several threads on one ``Registry`` (a lock serialises
+them), and several processes may open the same file (SQLite's own locking; writers wait up
+to ``BUSY_TIMEOUT`` seconds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from cryptography import x509
+
+from agent.errors import IdentityError
+from agent.identity.ca import Identity, Role, build_crl, fingerprint, load_ca, write_pem
+
+#: The registry's file name in a CA directory.
+REGISTRY_FILE = "registry.sqlite"
+#: The certificate revocation list's file name in a CA directory (what brokers load).
+CRL_FILE = "crl.pem"
+#: Seconds a writer waits for another connection's write lock.
+BUSY_TIMEOUT = 10.0
+#: Bytes of randomness in a token (``secrets.token_urlsafe``): 256 bits.
+TOKEN_BYTES = 32
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id    TEXT PRIMARY KEY,
+    role        TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('enrolled', 'revoked')),
+    serial      TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    enrolled_at REAL NOT NULL,
+    last_seen   REAL,
+    revoked_at  REAL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial      TEXT PRIMARY KEY,
+    agent_id    TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    issued_at   REAL NOT NULL,
+    revoked_at  REAL
+);
+CREATE INDEX IF NOT EXISTS certificates_agent ON certificates (agent_id);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    agent_id     TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    used_at      REAL
+);
+"""
+
+
+class AgentStatus(StrEnum):
+    ENROLLED = "enrolled"
+    REVOKED = "revoked"
+
+
+class CertStatus(StrEnum):
+    """What the registry says about one (agent id, certificate serial) pair."""
+
+    CURRENT = "current"  # the agent's registered, unrevoked certificate
+    REVOKED = "revoked"  # revoked by ``revoke`` (or the agent is revoked)
+    SUPERSEDED = "superseded"  # an older certificate of an agent that enrolled again
+    UNKNOWN_SERIAL = "unknown_serial"  # a known agent, a serial the registry never recorded
+    UNKNOWN_AGENT = "unknown_agent"  # an agent id the registry has never seen
+
+
+#: The statuses ``is_revoked`` answers True for.
+UNTRUSTED = frozenset({CertStatus.REVOKED, CertStatus.SUPERSEDED, CertStatus.UNKNOWN_SERIAL})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """One registered identity (``fedbus agents list``)."""
+
+    agent_id: str
+    role: Role
+    status: AgentStatus
+    serial: int
+    fingerprint: str
+    enrolled_at: dt.datetime
+    last_seen: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 (hex) under which a token is stored and may be logged."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _ts(when: dt.datetime | None) -> float:
+    if when is None:
+        return dt.datetime.now(dt.UTC).timestamp()
+    if when.tzinfo is None:
+        raise ValueError("registry times must be timezone-aware")
+    return when.timestamp()
+
+
+def _dt(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, _SCHEMA_VERSION):
+        raise IdentityError(
+            "unreadable", f"registry {path} has schema {version}, not {_SCHEMA_VERSION}"
+        )
+    db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+
+class Registry:
+    """The registry database. Open with ``Registry.open(path)``; close with ``close()`` or
+    use it as a context manager."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Self:
+        """Open (creating it and its tables if needed) the registry at ``path``.
+
+        Raises:
+            IdentityError: reason ``unreadable``: not a registry or not openable.
+        """
+        try:
+            db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise IdentityError("unreadable", f"cannot open registry {path}: {exc}") from exc
+        try:
+            _prepare(db, path)
+        except sqlite3.Error as exc:
+            db.close()
+            raise IdentityError("unreadable", f"{path} is not a fedbus registry: {exc}") from exc
+        except IdentityError:
+            db.close()
+            raise
+        return cls(db, path)
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def create_token(
+        self, agent_id: str, ttl_seconds: float, *, now: dt.datetime | None = None
+    ) -> str:
+        """A new one-time enrollment token for ``agent_id``, valid for ``ttl_seconds``.
+
+        The token (``secrets.token_urlsafe(32)``, 256 bits) is returned once and never
+        stored: the registry keeps its SHA-256 only.
+
+        Raises:
+            ValueError: ``ttl_seconds`` is not positive.
+        """
+        if not ttl_seconds > 0:
+            raise ValueError(f"a token's ttl must be positive, not {ttl_seconds}")
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        created = _ts(now)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO tokens (token_sha256, agent_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (hash_token(token), agent_id, created, created + ttl_seconds),
+            )
+        return token
+
+    def redeem_token(self, token: str, agent_id: str, now: dt.datetime | None = None) -> None:
+        """Use ``token`` up for ``agent_id``: atomically, so of two concurrent redemptions
+        (threads or processes) exactly one succeeds.
+
+        Raises:
+            IdentityError: reason ``bad_token`` (no such token), ``wrong_agent`` (issued for
+                another agent id; the token stays usable for that one), ``used_token``
+                (already used) or ``expired_token`` (past its expiry).
+        """
+        digest = hash_token(token)
+        when = _ts(now)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT agent_id, expires_at, used_at FROM tokens WHERE token_sha256 = ?",
+                (digest,),
+            ).fetchone()
+            if row is None:
+                raise IdentityError("bad_token", "unknown enrollment token")
+            owner, expires_at, used_at = row
+            if owner != agent_id:
+                raise IdentityError(
+                    "wrong_agent", f"the token was issued for another agent id, not {agent_id!r}"
+                )
+            if used_at is not None:
+                raise IdentityError("used_token", "the enrollment token was already used")
+            if expires_at <= when:
+                raise IdentityError(
+                    "expired_token", f"the enrollment token expired at {_dt(expires_at)}"
+                )
+            cursor = self._db.execute(
+                "UPDATE tokens SET used_at = ? WHERE token_sha256 = ? AND used_at IS NULL"
+                " AND expires_at > ?",
+                (when, digest, when),
+            )
+            if cursor.rowcount != 1:  # another connection used it between SELECT and UPDATE
+                raise IdentityError("used_token", "the enrollment token was already used")
+
+    # -- agents and certificates -------------------------------------------------------
+
+    def record_enrollment(
+        self, identity: Identity, cert: x509.Certificate, *, now: dt.datetime | None = None
+    ) -> list[int]:
+        """Register ``cert`` as ``identity.agent_id``'s current certificate.
+
+        An agent that enrolls again (a new token, a new key) gets its new certificate
+        recorded and every earlier unrevoked certificate revoked ("superseded"); a revoked
+        agent that the operator gave a new token becomes ``enrolled`` again, its old serials
+        staying revoked.
+
+        Returns:
+            The serials this call revoked (superseded), to add to the CRL.
+
+        Raises:
+            ValueError: ``identity.serial`` is not ``cert``'s serial.
+            IdentityError: reason ``revoked`` (this very certificate was revoked: recording
+                it again never un-revokes it) or ``serial_conflict`` (the serial is recorded
+                for another agent).
+        """
+        if identity.serial != cert.serial_number:
+            raise ValueError("the identity's serial is not the certificate's")
+        when = _ts(now)
+        serial, fp = str(cert.serial_number), fingerprint(cert)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            known = self._db.execute(
+                "SELECT agent_id, revoked_at FROM certificates WHERE serial = ?", (serial,)
+            ).fetchone()
+            if known is not None and known[0] != identity.agent_id:
+                raise IdentityError("serial_conflict", f"serial {serial} belongs to {known[0]!r}")
+            if known is not None and known[1] is not None:
+                raise IdentityError("revoked", f"certificate {serial} was revoked")
+            superseded = [
+                int(s)
+                for (s,) in self._db.execute(
+                    "SELECT serial FROM certificates WHERE agent_id = ? AND revoked_at IS NULL"
+                    " AND serial != ?",
+                    (identity.agent_id, serial),
+                )
+            ]
+            self._db.execute(
+                "UPDATE certificates SET revoked_at = ? WHERE agent_id = ?"
+                " AND revoked_at IS NULL AND serial != ?",
+                (when, identity.agent_id, serial),
+            )
+            self._db.execute(
+                "INSERT OR IGNORE INTO certificates (serial, agent_id, fingerprint, issued_at)"
+                " VALUES (?, ?, ?, ?)",
+                (serial, identity.agent_id, fp, when),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO agents (agent_id, role, status, serial, fingerprint,"
+                " enrolled_at, last_seen, revoked_at) VALUES (?, ?, 'enrolled', ?, ?, ?,"
+                " (SELECT last_seen FROM agents WHERE agent_id = ?), NULL)",
+                (identity.agent_id, str(identity.role), serial, fp, when, identity.agent_id),
+            )
+        return superseded
+
+    def revoke(self, agent_id: str, *, now: dt.datetime | None = None) -> list[int]:
+        """Revoke ``agent_id``: its status becomes ``revoked``, every certificate it ever had
+        is revoked, and its unused tokens are deleted (re-admitting it takes a new token).
+        Idempotent: revoking again changes nothing and returns the same serials.
+
+        Returns:
+            Every revoked serial of this agent, sorted.
+
+        Raises:
+            IdentityError: reason ``unknown_agent``: no such agent in the registry.
+        """
+        when = _ts(now)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                "UPDATE agents SET status = 'revoked', revoked_at = COALESCE(revoked_at, ?)"
+                " WHERE agent_id = ?",
+                (when, agent_id),
+            )
+            if cursor.rowcount != 1:
+                raise IdentityError("unknown_agent", f"no agent {agent_id!r} in the registry")
+            self._db.execute(
+                "UPDATE certificates SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
+                (when, agent_id),
+            )
+            self._db.execute(
+                "DELETE FROM tokens WHERE agent_id = ? AND used_at IS NULL", (agent_id,)
+            )
+            serials = self._db.execute(
+                "SELECT serial FROM certificates WHERE agent_id = ? AND revoked_at IS NOT NULL",
+                (agent_id,),
+            ).fetchall()
+        return sorted(int(s) for (s,) in serials)
+
+    def cert_status(self, agent_id: str, serial: int) -> CertStatus:
+        """What the registry says about certificate ``serial`` presented by ``agent_id``
+        (see the module docstring)."""
+        with self._lock:
+            agent = self._db.execute(
+                "SELECT status, serial FROM agents WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+            cert = self._db.execute(
+                "SELECT agent_id, revoked_at FROM certificates WHERE serial = ?", (str(serial),)
+            ).fetchone()
+        if cert is not None and cert[0] != agent_id:
+            return CertStatus.UNKNOWN_SERIAL  # a serial that belongs to someone else
+        if agent is None:
+            return CertStatus.REVOKED if cert is not None else CertStatus.UNKNOWN_AGENT
+        status, current = agent
+        if status == AgentStatus.REVOKED:
+            return CertStatus.REVOKED
+        if cert is None:
+            return CertStatus.UNKNOWN_SERIAL
+        if current != str(serial):
+            return CertStatus.SUPERSEDED
+        return CertStatus.REVOKED if cert[1] is not None else CertStatus.CURRENT
+
+    def is_revoked(self, agent_id: str, serial: int) -> bool:
+        """True when certificate ``serial`` of ``agent_id`` must not be trusted: revoked,
+        superseded by a re-enrollment, its agent revoked, or a serial the registry does not
+        know for a known agent. False for the current certificate, and for an agent id the
+        registry has never seen (use ``cert_status`` to tell that case apart)."""
+        return self.cert_status(agent_id, serial) in UNTRUSTED
+
+    def revoked_serials(self) -> list[tuple[int, dt.datetime]]:
+        """Every revoked certificate as ``(serial, revoked_at)``, oldest first (the CRL)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL"
+                " ORDER BY revoked_at, serial"
+            ).fetchall()
+        return [(int(s), dt.datetime.fromtimestamp(t, dt.UTC)) for s, t in rows]
+
+    def agent(self, agent_id: str) -> AgentRow | None:
+        """The row of ``agent_id``, or None."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM agents WHERE agent_id = ?",  # noqa: S608 - constant
+                (agent_id,),
+            ).fetchone()
+        return None if row is None else _row(row)
+
+    def agents(self) -> list[AgentRow]:
+        """Every registered identity, by agent id."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM agents ORDER BY agent_id"  # noqa: S608 - constant
+            ).fetchall()
+        return [_row(r) for r in rows]
+
+    def touch(self, agent_id: str, when: dt.datetime | None = None) -> bool:
+        """Record that ``agent_id`` was seen at ``when`` (now). Returns False (and records
+        nothing) for an agent id that is not registered."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE agents SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE agent_id = ?",
+                (_ts(when), agent_id),
+            )
+        return cursor.rowcount == 1
+
+
+_COLUMNS = "agent_id, role, status, serial, fingerprint, enrolled_at, last_seen, revoked_at"
+
+
+def _row(row: tuple[str, str, str, str, str, float, float | None, float | None]) -> AgentRow:
+    agent_id, role, status, serial, fp, enrolled_at, last_seen, revoked_at = row
+    return AgentRow(
+        agent_id=agent_id,
+        role=Role(role),
+        status=AgentStatus(status),
+        serial=int(serial),
+        fingerprint=fp,
+        enrolled_at=dt.datetime.fromtimestamp(enrolled_at, dt.UTC),
+        last_seen=_dt(last_seen),
+        revoked_at=_dt(revoked_at),
+    )
+
+
+# -- a CA directory ----------------------------------------------------------------------
+
+
+def write_crl(ca_dir: Path, registry: Registry) -> Path:
+    """Write ``ca_dir/crl.pem``: a CRL (RFC 5280 §5) signed by the CA in ``ca_dir`` listing
+    every revoked serial in ``registry``. Returns its path.
+
+    Raises:
+        IdentityError: the CA cannot be loaded (reason ``unreadable``).
+    """
+    ca = load_ca(ca_dir)
+    path = ca_dir / CRL_FILE
+    write_pem(path, build_crl(ca, registry.revoked_serials()))
+    return path
+
+
+def revoke_agent(ca_dir: Path, agent_id: str) -> list[int]:
+    """Revoke ``agent_id`` in the registry of the CA directory ``ca_dir`` and rewrite
+    ``ca_dir/crl.pem``. What ``fedbus revoke`` does; brokers must then reload the CRL.
+
+    Returns:
+        Every revoked serial of the agent.
+
+    Raises:
+        IdentityError: reason ``unknown_agent`` (no such agent) or ``unreadable`` (no CA or
+            registry in ``ca_dir``).
+    """
+    path = ca_dir / REGISTRY_FILE
+    if not path.is_file():
+        raise IdentityError("unreadable", f"no registry at {path} (run `fedbus ca init`)")
+    with Registry.open(path) as registry:
+        serials = registry.revoke(agent_id)
+        write_crl(ca_dir, registry)
+    return serials
