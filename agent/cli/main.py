@@ -39,6 +39,7 @@ def run(config_path: Path) -> None:
 
 
 def _register_demo() -> None:
+    from agent.cli.debug import listen, publish
     from agent.cli.demo import demo
     from agent.cli.plugins import plugin
     from agent.cli.predict import predict
@@ -46,6 +47,8 @@ def _register_demo() -> None:
     cli.add_command(demo)
     cli.add_command(plugin)
     cli.add_command(predict)
+    cli.add_command(publish)
+    cli.add_command(listen)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

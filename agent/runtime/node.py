@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from agent.bus.base import BusSettings
+from agent.bus.base import Bus, BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.config import AgentConfig, RoleName
 from agent.plugin.api import PluginContext
@@ -27,10 +27,17 @@ T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def bus_settings(config: AgentConfig) -> BusSettings:
-    """Transport settings for ``config``'s agent."""
-    return BusSettings(client_id=f"{config.federation}-{config.agent_id}",
-                       max_payload=config.max_payload)  # fmt: skip
+def bus_settings(config: AgentConfig, *, suffix: str = "") -> BusSettings:
+    """Transport settings for ``config``'s agent (``suffix`` keeps the client id of a tool
+    acting as the agent, e.g. ``fedbus listen``, from displacing the agent's own session)."""
+    client_id = f"{config.federation}-{config.agent_id}" + (f"-{suffix}" if suffix else "")
+    return BusSettings(client_id=client_id, max_payload=config.max_payload)
+
+
+def open_bus(config: AgentConfig, settings: BusSettings) -> Bus:
+    """The bus adapter for ``config.bus_url`` with its ``[tls]`` files (not yet entered)."""
+    tls = TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file)
+    return bus_from_url(config.bus_url, settings, tls=tls)
 
 
 async def run_node(
@@ -46,8 +53,7 @@ async def run_node(
     config.state_dir.mkdir(parents=True, exist_ok=True)
     context = PluginContext(config.agent_id, config.plugin.options, config.state_dir)
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
-    tls = TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file)
-    bus = bus_from_url(config.bus_url, bus_settings(config), tls=tls)
+    bus = open_bus(config, bus_settings(config))
     log.info("agent_starting", role=str(config.role), agent_id=config.agent_id,
              federation=config.federation, plugin=plugin.name)  # fmt: skip
     async with bus:

@@ -1,0 +1,198 @@
+"""``fedbus publish`` and ``fedbus listen``: send a correctly built (and signed) test message of
+any kind, and watch a federation's messages decoded and verified.
+
+Both act as the identity of an agent config file (``--as``/``--config``): its federation, bus
+URL, TLS files and, when ``[identity]`` is set, its certificate and key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from agent.errors import ConfigError, FedbusError, ProtocolError
+
+config_option = click.option(
+    "--as", "--config", "config_path", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An agent config (TOML): whose identity, federation and broker to use.",
+)  # fmt: skip
+
+
+@click.command()
+@click.argument("kind")
+@config_option
+@click.option("--round", "round_", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--body", default="{}", show_default=True,
+    help="The body as JSON, or @FILE to read it from a file (bytes as base64).",
+)  # fmt: skip
+@click.option("--to", "to", default=None, help="The agent whose inbox gets it (inbox kinds).")
+def publish(kind: str, config_path: Path, round_: int, body: str, to: str | None) -> None:
+    """Publish one message of KIND, built and signed as the config's identity."""
+    from agent.config import AgentConfig
+    from agent.messages.bodies import BODY_TYPES
+    from agent.messages.kinds import Kind
+
+    config = AgentConfig.load(config_path)
+    _quiet_logs()
+    try:
+        kind_ = Kind(kind)
+    except ValueError:
+        raise click.BadParameter(f"unknown kind; one of {', '.join(Kind)}",
+                                 param_hint="KIND") from None  # fmt: skip
+    text = Path(body[1:]).read_text() if body.startswith("@") else body
+    try:
+        value = msgspec.convert(json.loads(text), BODY_TYPES[kind_], strict=False)
+    except (json.JSONDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"--body is not a valid {kind_} body: {exc}") from exc
+    topic, size = asyncio.run(_publish(config, value, round_, to))
+    click.echo(f"published {kind_} ({size} bytes) on {topic}")
+
+
+async def _publish(config: Any, body: Any, round_: int, to: str | None) -> tuple[str, int]:
+    """Publish ``body`` on the topic its kind travels on; returns (topic, payload size).
+
+    A test message cannot know the aggregator's per-run sealing key, so a sealed kind goes
+    out unsealed (an aggregator with identities on drops it as ``unsealable``).
+    """
+    from agent.identity.local import Credentials
+    from agent.messages.bodies import KIND_OF
+    from agent.messages.codec import encode
+    from agent.messages.topics import TOPICS, Role
+    from agent.runtime.node import bus_settings, open_bus
+
+    kind = KIND_OF[type(body)]
+    specs = [s for s in TOPICS if kind in s.kinds]
+    inbox = [s for s in specs if s.per_agent and s.publisher is Role.AGGREGATOR]
+    others = [s for s in specs if s not in inbox]
+    spec = (inbox or others)[0] if to is not None else (others or inbox)[0]
+    agent_id = to if spec.publisher is Role.AGGREGATOR else config.agent_id
+    if spec.per_agent and agent_id is None:
+        raise ConfigError(f"a {kind} goes to one agent's inbox: give --to AGENT")
+    credentials = (Credentials.load(config.identity, agent_id=config.agent_id,
+                                    federation=config.federation)
+                   if config.identity.enabled else None)  # fmt: skip
+    payload = encode(body, federation=config.federation, round=round_, sender=config.agent_id,
+                     signer=credentials.signer if credentials else None)  # fmt: skip
+    topic = spec.format(config.federation, agent_id)
+    async with open_bus(config, bus_settings(config, suffix="publish")) as bus:
+        await bus.wait_connected(timeout=10)
+        await bus.publish(topic, payload, retain=spec.retained)
+    return topic, len(payload)
+
+
+@click.command()
+@click.argument("topic_filter", required=False)
+@config_option
+@click.option("--count", default=0, type=click.IntRange(min=0),
+              help="Stop after this many messages (0: until Ctrl-C).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+def listen(topic_filter: str | None, config_path: Path, count: int, as_json: bool) -> None:
+    """Print the federation's messages (default filter fl/FED/#) as they arrive: kind,
+    sender, round, size and signature status, then the body (sealed bodies by size)."""
+    from agent.config import AgentConfig
+
+    config = AgentConfig.load(config_path)
+    _quiet_logs()
+    try:
+        asyncio.run(_listen(config, topic_filter or f"fl/{config.federation}/#", count, as_json))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _listen(config: Any, topic_filter: str, count: int, as_json: bool) -> None:
+    from agent.identity.local import Credentials
+    from agent.runtime.node import bus_settings, open_bus
+
+    credentials = (Credentials.load(config.identity, agent_id=config.agent_id,
+                                    federation=config.federation)
+                   if config.identity.enabled else None)  # fmt: skip
+    verifier = credentials.verifier() if credentials else None
+    seen = 0
+    async with open_bus(config, bus_settings(config, suffix="listen")) as bus:
+        await bus.subscribe(topic_filter)
+        await bus.wait_connected(timeout=10)
+        click.echo(f"listening on {topic_filter} as {config.agent_id}", err=True)
+        async for raw in bus.messages():
+            line = describe(raw.topic, raw.payload, verifier)
+            click.echo(json.dumps(line) if as_json else _format(line))
+            seen += 1
+            if count and seen >= count:
+                return
+
+
+def _quiet_logs() -> None:
+    """The tools' own output is on stdout: runtime log lines go to stderr, warnings only."""
+    from agent.logs import configure_logging
+
+    configure_logging(level="warning", fmt="console", stream=sys.stderr)
+
+
+def describe(topic: str, payload: bytes, verifier: Any) -> dict[str, Any]:
+    """One received payload as a dict: topic, kind, sender, round, size, signature, body."""
+    from agent.identity.ca import Role as IdentityRole
+    from agent.messages.codec import decode_body, decode_envelope
+    from agent.messages.topics import Role, classify
+
+    out: dict[str, Any] = {"time": time.strftime("%H:%M:%S"), "topic": topic,
+                           "size": len(payload)}  # fmt: skip
+    try:
+        envelope, signed = decode_envelope(payload)
+    except FedbusError as exc:
+        return {**out, "kind": "?", "error": str(exc)}
+    out |= {"kind": str(envelope.kind), "sender": envelope.sender, "round": envelope.round}
+    if signed is None:
+        out["signature"] = "unsigned"
+    elif verifier is None:
+        out["signature"] = "signed (not checked: no [identity] in the config)"
+    else:
+        where = classify(topic, envelope.federation)
+        publisher = (IdentityRole.AGGREGATOR if where and where[0].publisher is Role.AGGREGATOR
+                     else IdentityRole.TRAINER)  # fmt: skip
+        try:
+            ident = verifier.verify(signed, sender=envelope.sender, timestamp=envelope.timestamp,
+                                    publisher=publisher)  # fmt: skip
+            out["signature"] = f"valid ({ident.agent_id}, {ident.role})"
+        except ProtocolError as exc:
+            out["signature"] = f"INVALID: {exc.reason}"
+    if envelope.sealed:
+        out["body"] = f"sealed, {len(envelope.body)} bytes"
+        return out
+    try:
+        body = decode_body(envelope.kind, envelope.body)
+    except FedbusError as exc:
+        out["body"] = f"malformed: {exc}"
+        return out
+    out["body"] = _summary(msgspec.to_builtins(body))
+    return out
+
+
+def _summary(value: Any) -> Any:
+    """Bodies with tensors and bytes shortened to sizes (never print weights or keys)."""
+    if isinstance(value, dict):
+        if {"dtype", "shape", "data"} <= value.keys():
+            return f"tensor {value['dtype']} {value['shape']}"
+        return {k: _summary(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], list):
+            return f"tensor {value[0]} {value[1]}"  # array-like Tensor
+        return [_summary(v) for v in value[:8]] + (["…"] if len(value) > 8 else [])
+    if isinstance(value, str) and len(value) > 64:
+        return f"<{len(value)} chars>"
+    return value
+
+
+def _format(line: dict[str, Any]) -> str:
+    kind, sender, round_ = line.get("kind", "?"), line.get("sender", "?"), line.get("round", "?")
+    head = (f"{line['time']}  {kind:<15} from {sender:<12} round {round_:<4} "
+            f"{line['size']:>8} B  {line.get('signature', '')}")  # fmt: skip
+    body = line.get("body", line.get("error", ""))
+    return f"{head}\n    {line['topic']}: {json.dumps(body)[:300]}"
