@@ -154,7 +154,7 @@ class Verifier:
         if identity.role is not publisher:
             raise WrongRoleError(f"a {identity.role} may not publish here")
         if self._revoked is not None and self._revoked(identity):
-            raise RevokedSenderError(f"{identity.agent_id} is revoked")
+            raise RevokedSenderError(f"{identity.agent_id}: revoked or not enrolled")
         return identity
 
     def _certificate(self, der: bytes) -> tuple[Identity, ec.EllipticCurvePublicKey]:

@@ -103,6 +103,8 @@ class Aggregator:
         initial_weights: the model of round 0.
         strategy: how survivors' results become the next model (default FedAvg).
         observer: called with every ``RoundRecord``.
+        revoked: with identities on, called for every verified sender; True refuses its
+            messages (``agent.runtime.node.enrolled_check`` asks the registry).
     """
 
     def __init__(

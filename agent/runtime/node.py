@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -16,6 +18,9 @@ import structlog
 from agent.bus.base import Bus, BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.config import AgentConfig, RoleName
+from agent.identity.ca import Identity, load_ca
+from agent.identity.enrollment import EnrollmentService
+from agent.identity.registry import CertStatus, Registry
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import load_plugin
 from agent.roles.aggregator import Aggregator
@@ -56,16 +61,56 @@ async def run_node(
     bus = open_bus(config, bus_settings(config))
     log.info("agent_starting", role=str(config.role), agent_id=config.agent_id,
              federation=config.federation, plugin=plugin.name)  # fmt: skip
-    async with bus:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(bus)
         if config.role is RoleName.TRAINER:
             await Trainer(config=config, bus=bus, plugin=plugin).run()
             return None
         weights = await asyncio.to_thread(plugin.get_weights)
+        ca_dir = config.identity.ca_dir
+        registry = None
+        if ca_dir is not None:
+            registry = stack.enter_context(
+                Registry.open(config.identity.registry or ca_dir / "registry.sqlite")
+            )
         aggregator = Aggregator(
             config=config, bus=bus, plugin_name=plugin.name, initial_weights=weights,
-            observer=observer,
+            observer=observer, revoked=enrolled_check(registry) if registry else None,
         )  # fmt: skip
-        return await aggregator.run()
+        if registry is None or ca_dir is None:
+            return await aggregator.run()
+        # Enrollment is answered on a second connection while the rounds run.
+        enroll_bus = await stack.enter_async_context(
+            open_bus(config, bus_settings(config, suffix="enroll"))
+        )
+        service = EnrollmentService(enroll_bus, load_ca(ca_dir), registry, config.federation,
+                                    sender=config.agent_id, ca_dir=ca_dir)  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            enrolling = tg.create_task(service.run(), name="enrollment")
+            try:
+                return await aggregator.run()
+            finally:
+                enrolling.cancel()
+
+
+def enrolled_check(registry: Registry, *, touch_every: float = 30.0) -> Callable[[Identity], bool]:
+    """The aggregator's revocation check: True (refuse) unless ``identity`` presents the
+    current certificate of an enrolled, unrevoked agent. Records when an agent was last seen
+    (at most every ``touch_every`` s per agent)."""
+    touched: dict[str, float] = {}
+
+    def refuse(identity: Identity) -> bool:
+        status = registry.cert_status(identity.agent_id, identity.serial)
+        if status is not CertStatus.CURRENT:
+            log.warning("sender_not_trusted", agent=identity.agent_id, status=str(status))
+            return True
+        now = time.monotonic()
+        if now - touched.get(identity.agent_id, -touch_every) >= touch_every:
+            touched[identity.agent_id] = now
+            registry.touch(identity.agent_id)
+        return False
+
+    return refuse
 
 
 def run_until_signal(coro: Coroutine[Any, Any, T]) -> T | None:
