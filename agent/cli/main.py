@@ -41,12 +41,15 @@ def run(config_path: Path) -> None:
 def _register_demo() -> None:
     from agent.cli.debug import listen, publish
     from agent.cli.demo import demo
+    from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
     from agent.cli.plugins import plugin
     from agent.cli.predict import predict
 
     cli.add_command(demo)
     cli.add_command(plugin)
     cli.add_command(predict)
+    for command in IDENTITY_COMMANDS:
+        cli.add_command(command)
     cli.add_command(publish)
     cli.add_command(listen)
 
