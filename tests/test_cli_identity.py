@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from agent.brokers import EmbeddedBroker
 from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
 from agent.cli.identity import parse_duration
 from agent.config import AgentConfig
-from agent.identity.ca import fingerprint, load_ca, load_certificate, verify_issued
+from agent.identity.ca import fingerprint, init_ca, load_ca, load_certificate, verify_issued
 from agent.identity.enrollment import EnrollmentService
 from agent.identity.local import Credentials
 from agent.identity.registry import Registry
@@ -85,7 +86,8 @@ def test_ca_init_creates_the_ca_identities_and_registry_and_refuses_to_overwrite
 
 def test_token_create_prints_only_a_token_that_the_registry_redeems(ca_dir: Path) -> None:
     """`token create` prints one line, the token, which redeems once for its agent id;
-    --ttl takes s/m/h/d suffixes and refuses nonsense; a bad agent id is refused."""
+    --ttl takes s/m/h/d suffixes and refuses nonsense; a bad agent id, and the aggregator's
+    id, are refused."""
     out = ok("token", "create", "--agent-id", "tok1", "--ttl", "15m", "--dir", ca_dir)
     token = out.strip()
     assert len(out.splitlines()) == 1
@@ -95,6 +97,9 @@ def test_token_create_prints_only_a_token_that_the_registry_redeems(ca_dir: Path
     assert fedbus("token", "create", "--agent-id", "x", "--ttl", "soon", "--dir",
                   ca_dir).returncode != 0  # fmt: skip
     one_error_line(fedbus("token", "create", "--agent-id", "bad id", "--dir", ca_dir))
+    assert "aggregator identity" in one_error_line(
+        fedbus("token", "create", "--agent-id", "aggregator", "--dir", ca_dir)
+    )
     assert [parse_duration(t) for t in ("90", "90s", "15m", "24h", "7d", "1.5h")] == [
         90, 90, 900, 86400, 604800, 5400,
     ]  # fmt: skip
@@ -214,3 +219,40 @@ async def test_enroll_over_the_bus_writes_a_config_that_needs_nothing_else(
     line = one_error_line(subprocess.CompletedProcess([], code, out, err))
     assert "used_token" in line
     assert "already used" in line
+
+
+def test_a_tls_bus_url_gets_a_tls_table_with_the_agents_own_identity(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    """For an mqtts:// broker the written config's [tls] presents the agent's own certificate
+    and key and trusts the federation CA; with --tls-ca naming another CA (the broker's),
+    that CA is copied beside the identity and trusted instead. A plain URL with TLS files
+    is refused with one line."""
+    state, csr, cert = tmp_path / "state", tmp_path / "dev.csr", tmp_path / "dev.pem"
+    ok("enroll", "--offline-csr", csr, "--agent-id", "tls1", "--federation", FED,
+       "--state-dir", state)  # fmt: skip
+    ok("ca", "sign", csr, "--dir", ca_dir, "--out", cert)
+    fp = fingerprint(load_certificate(ca_dir / "ca.pem"))
+    common = ["--import-cert", cert, "--ca-file", ca_dir / "ca.pem", "--ca-fingerprint", fp,
+              "--state-dir", state, "--plugin", "toy"]  # fmt: skip
+    ok("enroll", *common, "--config", tmp_path / "a.toml", "--bus-url", "mqtts://broker:8883")
+    ident = (state / "identity").resolve()
+    tls = AgentConfig.load(tmp_path / "a.toml").tls
+    assert (tls.ca_file, tls.cert_file, tls.key_file) == (
+        ident / "ca.pem", ident / "cert.pem", ident / "key.pem",
+    )  # fmt: skip
+
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(init_ca("x").cert.public_bytes(serialization.Encoding.PEM))
+    ok("enroll", *common, "--config", tmp_path / "b.toml", "--bus-url", "tls://broker:4222",
+       "--tls-ca", other)  # fmt: skip
+    tls = AgentConfig.load(tmp_path / "b.toml").tls
+    assert tls.ca_file == ident / "broker-ca.pem"
+    assert tls.ca_file.read_bytes() == other.read_bytes()
+    assert tls.cert_file == ident / "cert.pem"
+
+    run = fedbus("enroll", "--federation", FED, "--agent-id", "tls1", "--token", "t",
+                 "--ca-fingerprint", fp, "--bus-url", "mqtt://127.0.0.1:1", "--state-dir",
+                 state, "--config", tmp_path / "c.toml", "--plugin", "toy",
+                 "--tls-ca", other)  # fmt: skip
+    assert "plaintext" in one_error_line(run)

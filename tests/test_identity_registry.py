@@ -243,3 +243,17 @@ def test_a_file_that_is_not_a_registry_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IdentityError) as excinfo:
         Registry.open(path)
     assert reason(excinfo) == "unreadable"
+
+
+def test_a_trainer_cannot_take_over_another_roles_id(
+    registry: Registry, ca: CertificateAuthority
+) -> None:
+    """Recording a trainer certificate for the id of the registered aggregator is refused
+    (`role_conflict`) and the aggregator's certificate stays current."""
+    _, agg = issue(ca, "aggregator", role=Role.AGGREGATOR)
+    registry.record_enrollment(identity_of(agg), agg)
+    _, fake = issue(ca, "aggregator")
+    with pytest.raises(IdentityError) as excinfo:
+        registry.record_enrollment(identity_of(fake), fake)
+    assert reason(excinfo) == "role_conflict"
+    assert registry.cert_status("aggregator", agg.serial_number) is CertStatus.CURRENT

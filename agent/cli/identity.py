@@ -231,12 +231,17 @@ def token_group() -> None:
 @ca_dir_option
 def token_create(agent_id: str, ttl: float, ca_dir: Path) -> None:
     """Print a new single-use token for --agent-id (only its SHA-256 is stored)."""
-    from agent.identity.ca import NAME_RE
+    from agent.identity.ca import NAME_RE, Role
     from agent.identity.registry import Registry
 
     if not NAME_RE.match(agent_id):
         raise IdentityError("bad_name", f"agent id {agent_id!r} must be 1-64 of [A-Za-z0-9_-]")
     with Registry.open(_registry_path(ca_dir)) as registry:
+        row = registry.agent(agent_id)
+        if row is not None and row.role is not Role.TRAINER:
+            raise IdentityError(
+                "role_conflict", f"{agent_id!r} is the {row.role} identity, not a device's id"
+            )
         click.echo(registry.create_token(agent_id, ttl))
 
 
@@ -415,21 +420,21 @@ def enroll(
     def need(mode: str, *names: str) -> None:
         missing = [n for n in names if given[n] is None]
         if missing:
-            raise ConfigError(f"fedbus enroll {mode} needs {', '.join(missing)}")
+            raise ConfigError(f"fedbus enroll{mode} needs {', '.join(missing)}")
 
     if (offline_csr is not None) + (import_cert is not None) + (
         token is not None or token_file is not None
     ) > 1:
         raise ConfigError("give one of --token/--token-file, --offline-csr or --import-cert")
     if offline_csr is not None:
-        need("--offline-csr", "--federation", "--agent-id", "--state-dir")
+        need(" --offline-csr", "--federation", "--agent-id", "--state-dir")
         assert federation is not None  # need() checked them; for mypy
         assert agent_id is not None
         assert state_dir is not None
         _offline_csr(offline_csr, federation=federation, agent_id=agent_id, state_dir=state_dir)
         return
     need(
-        "" if import_cert is None else "--import-cert",
+        "" if import_cert is None else " --import-cert",
         "--ca-fingerprint",
         "--bus-url",
         "--state-dir",
@@ -443,7 +448,7 @@ def enroll(
     assert plugin_name is not None
     options = _plugin_options(plugin_options)
     if import_cert is not None:
-        need("--import-cert", "--ca-file")
+        need(" --import-cert", "--ca-file")
         assert ca_file is not None
         _import(
             import_cert,

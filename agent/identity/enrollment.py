@@ -26,7 +26,8 @@ certificate; its previous one is revoked as superseded (``Registry.record_enroll
 Refusal reasons (``EnrollReply.reason``, and ``IdentityError.reason`` on the device):
 ``bad_token``, ``expired_token``, ``used_token``, ``wrong_agent`` (the token names another
 agent id), ``bad_csr``, ``sender_mismatch`` (the request's agent id differs from its topic's),
-``malformed``, ``wrong_federation``, ``internal_error``; on the device only also
+``role_conflict`` (the id belongs to the aggregator or the enroll identity), ``malformed``,
+``wrong_federation``, ``internal_error``; on the device only also
 ``fingerprint_mismatch``, ``broker_unreachable``, ``no_reply``, ``bad_reply``, ``wrong_key``
 and those of ``verify_issued``.
 """
@@ -257,11 +258,7 @@ class EnrollmentService:
                 raw,
             )
         try:
-            cert = self._sign(request)
-            await asyncio.to_thread(self._registry.redeem_token, request.token, topic_agent)
-            superseded = await asyncio.to_thread(
-                self._registry.record_enrollment, identity_of(cert), cert
-            )
+            cert, superseded = await asyncio.to_thread(self._enroll, request)
         except IdentityError as exc:
             return self._refuse(topic_agent, exc.reason, _explain(exc), raw, request.token)
         if superseded and self._ca_dir is not None:
@@ -278,14 +275,21 @@ class EnrollmentService:
             agent_id=topic_agent, status="ok", cert=cert.public_bytes(_PEM), ca=self._ca_pem
         )
 
-    def _sign(self, request: EnrollRequest) -> x509.Certificate:
+    def _enroll(self, request: EnrollRequest) -> tuple[x509.Certificate, list[int]]:
+        """Check the CSR, redeem the token, sign and record (in a worker thread: SQLite may
+        wait for another writer). Returns the certificate and the serials it superseded."""
         try:
             csr = x509.load_pem_x509_csr(request.csr)
         except ValueError as exc:
             raise IdentityError("bad_csr", "the CSR is not a PEM PKCS#10 request") from exc
-        return sign_csr(
+        cert = sign_csr(
             self._ca, csr, agent_id=request.agent_id, role=Role.TRAINER, valid_days=self._valid_days
         )
+        row = self._registry.agent(request.agent_id)
+        if row is not None and row.role is not Role.TRAINER:
+            raise IdentityError("role_conflict", f"{request.agent_id!r} is not a trainer's id")
+        self._registry.redeem_token(request.token, request.agent_id)
+        return cert, self._registry.record_enrollment(identity_of(cert), cert)
 
     def _refuse(
         self, agent_id: str, reason: str, detail: str, raw: BusMessage, token: str | None = None

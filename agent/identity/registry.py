@@ -275,8 +275,9 @@ class Registry:
         Raises:
             ValueError: ``identity.serial`` is not ``cert``'s serial.
             IdentityError: reason ``revoked`` (this very certificate was revoked: recording
-                it again never un-revokes it) or ``serial_conflict`` (the serial is recorded
-                for another agent).
+                it again never un-revokes it), ``serial_conflict`` (the serial is recorded
+                for another agent) or ``role_conflict`` (the agent id is registered with
+                another role: a trainer can never take over the aggregator's id).
         """
         if identity.serial != cert.serial_number:
             raise ValueError("the identity's serial is not the certificate's")
@@ -291,6 +292,15 @@ class Registry:
                 raise IdentityError("serial_conflict", f"serial {serial} belongs to {known[0]!r}")
             if known is not None and known[1] is not None:
                 raise IdentityError("revoked", f"certificate {serial} was revoked")
+            registered = self._db.execute(
+                "SELECT role FROM agents WHERE agent_id = ?", (identity.agent_id,)
+            ).fetchone()
+            if registered is not None and registered[0] != str(identity.role):
+                raise IdentityError(
+                    "role_conflict",
+                    f"{identity.agent_id!r} is registered as {registered[0]}, "
+                    f"not {identity.role}: pick another agent id",
+                )
             superseded = [
                 int(s)
                 for (s,) in self._db.execute(
