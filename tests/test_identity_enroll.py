@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +22,14 @@ from agent.brokers import EmbeddedBroker, free_port
 from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
 from agent.errors import IdentityError
-from agent.identity.ca import CertificateAuthority, Role, init_ca, new_key, verify_issued
+from agent.identity.ca import (
+    CertificateAuthority,
+    Identity,
+    Role,
+    init_ca,
+    new_key,
+    verify_issued,
+)
 from agent.identity.enrollment import EnrollmentService, enroll
 from agent.identity.registry import AgentStatus, Registry
 from agent.messages import decode
@@ -30,6 +37,7 @@ from agent.messages.bodies import EnrollReply, EnrollRequest
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 FED = "fed"
+Hook = Callable[[Identity, list[int]], Awaitable[None]]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +52,12 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 
 @asynccontextmanager
-async def serving(url: str, ca: CertificateAuthority, registry: Registry) -> AsyncIterator[None]:
+async def serving(
+    url: str, ca: CertificateAuthority, registry: Registry, hook: Hook | None = None
+) -> AsyncIterator[None]:
     """An EnrollmentService on its own connection, ready before the body runs."""
     async with bus_from_url(url, BusSettings(client_id="aggregator-enroll")) as bus:
-        service = EnrollmentService(bus, ca, registry, FED)
+        service = EnrollmentService(bus, ca, registry, FED, on_enrolled=hook)
         task = asyncio.create_task(service.run())
         await asyncio.wait_for(service.ready.wait(), 10)
         try:
@@ -203,17 +213,29 @@ async def test_reenrolling_issues_a_new_certificate_and_supersedes_the_old(
     nats_server: EmbeddedBroker, ca: CertificateAuthority, registry: Registry
 ) -> None:
     """An enrolled device given a fresh token enrolls again with a new key: it gets a new
-    certificate, and its previous serial is revoked (superseded) in the registry."""
+    certificate, and its previous serial is revoked (superseded) in the registry. The
+    on_enrolled hook sees both enrollments, the second with the superseded serial; a hook
+    that raises is logged and does not cost the device its certificate."""
     first_token, second_token = (registry.create_token("dev1", 60) for _ in range(2))
-    async with serving(nats_server.url, ca, registry):
-        first, second = [
-            await enroll(nats_server.url, federation=FED, agent_id="dev1", token=token,
-                         ca_fingerprint=ca.fingerprint, timeout=10)
-            for token in (first_token, second_token)
-        ]  # fmt: skip
+    seen: list[tuple[str, list[int]]] = []
+
+    async def hook(identity: Identity, superseded: list[int]) -> None:
+        seen.append((identity.agent_id, superseded))
+        if len(seen) == 2:
+            raise RuntimeError("the hook failed")
+
+    with capture_logs() as logs:
+        async with serving(nats_server.url, ca, registry, hook):
+            first, second = [
+                await enroll(nats_server.url, federation=FED, agent_id="dev1", token=token,
+                             ca_fingerprint=ca.fingerprint, timeout=10)
+                for token in (first_token, second_token)
+            ]  # fmt: skip
     assert first.cert.serial_number != second.cert.serial_number
     assert registry.is_revoked("dev1", first.cert.serial_number)
     assert not registry.is_revoked("dev1", second.cert.serial_number)
+    assert seen == [("dev1", []), ("dev1", [first.cert.serial_number])]
+    assert [e["agent_id"] for e in logs if e["event"] == "enrollment_hook_failed"] == ["dev1"]
 
 
 async def test_no_aggregator_means_no_reply_within_the_timeout(

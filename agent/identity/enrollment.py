@@ -39,6 +39,7 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,6 +177,11 @@ class EnrollmentService:
         valid_days: validity of the certificates issued.
         ca_dir: when given, ``ca_dir/crl.pem`` is rewritten whenever a re-enrollment
             supersedes (revokes) an agent's previous certificate.
+        on_enrolled: awaited after each successful enrollment with the new identity and the
+            serials it superseded, before the reply goes out (e.g. to regenerate a
+            nats-server authorization that lists agents, and reload it). If it raises, the
+            error is logged (``enrollment_hook_failed``) and the device still gets its
+            certificate.
     """
 
     def __init__(
@@ -188,6 +194,7 @@ class EnrollmentService:
         sender: str = "aggregator",
         valid_days: int = 365,
         ca_dir: Path | None = None,
+        on_enrolled: Callable[[Identity, list[int]], Awaitable[None]] | None = None,
     ) -> None:
         self._bus = bus
         self._ca = ca
@@ -196,6 +203,7 @@ class EnrollmentService:
         self._sender = sender
         self._valid_days = valid_days
         self._ca_dir = ca_dir
+        self._on_enrolled = on_enrolled
         self._ca_pem = ca.cert.public_bytes(_PEM)
         #: Set once the request filter is subscribed on a live broker session.
         self.ready = asyncio.Event()
@@ -263,6 +271,13 @@ class EnrollmentService:
             return self._refuse(topic_agent, exc.reason, _explain(exc), raw, request.token)
         if superseded and self._ca_dir is not None:
             await asyncio.to_thread(write_crl, self._ca_dir, self._registry)
+        if self._on_enrolled is not None:
+            try:
+                await self._on_enrolled(identity_of(cert), superseded)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the hook's failure is the operator's to see, not the device's
+                log.exception("enrollment_hook_failed", agent_id=topic_agent)
         log.info(
             "agent_enrolled",
             agent_id=topic_agent,
