@@ -39,6 +39,7 @@ def run(config_path: Path) -> None:
 
 
 def _register_demo() -> None:
+    from agent.cli.broker_config import broker_config
     from agent.cli.debug import listen, publish
     from agent.cli.demo import demo
     from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
@@ -52,6 +53,7 @@ def _register_demo() -> None:
         cli.add_command(command)
     cli.add_command(publish)
     cli.add_command(listen)
+    cli.add_command(broker_config)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

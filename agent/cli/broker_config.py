@@ -1,0 +1,83 @@
+"""``fedbus broker-config mosquitto|nats``: write a locked-down broker configuration.
+
+The enrolled agents come from ``--agent`` and, when the CA directory has one, from its
+registry (``registry.sqlite``: enrolled and revoked agents, revoked serials). Run it again
+after every enrollment (nats-server lists each agent) and revocation, then reload the broker
+(``--reload-pid``, or SIGHUP yourself).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from agent.brokers import BrokerKind
+
+_KINDS: dict[str, BrokerKind] = {"mosquitto": "mqtt", "nats": "nats"}
+_DEFAULT_PORTS: dict[str, int] = {"mosquitto": 8883, "nats": 4222}
+_RUN: dict[str, str] = {"mosquitto": "mosquitto -c {config}", "nats": "nats-server -c {config}"}
+
+
+@click.command("broker-config")
+@click.argument("broker", type=click.Choice(sorted(_KINDS)))
+@click.option(
+    "--ca-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The federation's CA directory (ca.pem, ca.key; registry.sqlite if any).",
+)  # fmt: skip
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the broker's files (created; rewritten in place).",
+)  # fmt: skip
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Listen port [default: 8883 for mosquitto, 4222 for nats].")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+@click.option("--agent", "agents", multiple=True, metavar="ID",
+              help="An enrolled trainer (repeat; added to the registry's).")  # fmt: skip
+@click.option("--aggregator", default=None, metavar="ID",
+              help="The aggregator's id [default: the registry's, else 'aggregator'].")  # fmt: skip
+@click.option("--server-name", "server_names", multiple=True, metavar="NAME",
+              help="Another DNS name or address for the broker certificate (repeat).")  # fmt: skip
+@click.option("--mosquitto-user", default=None, metavar="USER",
+              help="mosquitto: the account it drops to when started as root (default: its "
+                   "own 'mosquitto', which must be able to read server.key).")  # fmt: skip
+@click.option("--reload-pid", type=int, default=None, metavar="PID",
+              help="Then make this running broker reread its files (SIGHUP).")  # fmt: skip
+def broker_config(
+    broker: str,
+    ca_dir: Path,
+    out_dir: Path,
+    port: int | None,
+    host: str,
+    agents: tuple[str, ...],
+    aggregator: str | None,
+    server_names: tuple[str, ...],
+    mosquitto_user: str | None,
+    reload_pid: int | None,
+) -> None:
+    """Write a locked-down BROKER config: TLS with client certificates of the federation's
+    CA, per-agent access rules, an enroll-only identity, and revocation."""
+    from agent.identity.ca import load_ca
+    from agent.identity.registry import REGISTRY_FILE
+    from agent.lockdown import Members, members_from_registry, reload, write_broker_config
+    from agent.lockdown.members import DEFAULT_AGGREGATOR
+
+    ca = load_ca(ca_dir)
+    registry = ca_dir / REGISTRY_FILE
+    if registry.is_file():
+        members = members_from_registry(registry, aggregator=aggregator, agents=agents)
+    else:
+        members = Members(aggregator or DEFAULT_AGGREGATOR, agents)
+    files = write_broker_config(
+        _KINDS[broker], ca, out_dir, members, port=port or _DEFAULT_PORTS[broker], host=host,
+        server_names=server_names, mosquitto_user=mosquitto_user,
+    )  # fmt: skip
+    click.echo(f"wrote {files.directory} for federation {ca.federation} ({files.url})")
+    click.echo(f"  aggregator {members.aggregator}; enroll identity {members.enroll}; "
+               f"{len(members.trainers)} trainers; {len(members.revoked_ids)} revoked; "
+               f"{len(members.revoked_serials)} revoked certificates")  # fmt: skip
+    if reload_pid is not None:
+        reload(reload_pid)
+        click.echo(f"  sent SIGHUP to {reload_pid}")
+    else:
+        click.echo(f"  run: {_RUN[broker].format(config=files.config)}")
