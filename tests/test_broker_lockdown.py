@@ -392,7 +392,7 @@ def test_templates_render_the_same_config_by_substitution(tmp_path: Path) -> Non
     [
         (lambda: Members(AGG, ("enroll",)), "reserved"),
         (lambda: Members(AGG, (AGG,)), "reserved"),
-        (lambda: Members(AGG, ("a1",), ("a1",)), "both enrolled and revoked"),
+        (lambda: Members(AGG, ("a1",), revoked=("a1",)), "both enrolled and revoked"),
         (lambda: Members("enroll"), "cannot be the enroll identity"),
         (lambda: Members(AGG, ("a/1",)), "must be 1-64"),
     ],

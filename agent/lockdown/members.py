@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from agent.errors import ConfigError, IdentityError
@@ -36,6 +36,7 @@ class Members:
 
     aggregator: str
     agents: tuple[str, ...] = ()
+    _: KW_ONLY
     revoked: tuple[str, ...] = ()
     revoked_serials: tuple[tuple[int, dt.datetime], ...] = ()
     enroll: str = ENROLL_IDENTITY
@@ -65,8 +66,8 @@ class Members:
 
     def with_agents(self, *agent_ids: str) -> Members:
         """These members plus ``agent_ids`` as enrolled trainers."""
-        return Members(self.aggregator, (*self.agents, *agent_ids), self.revoked,
-                       self.revoked_serials, self.enroll)  # fmt: skip
+        return Members(self.aggregator, (*self.agents, *agent_ids), revoked=self.revoked,
+                       revoked_serials=self.revoked_serials, enroll=self.enroll)  # fmt: skip
 
     def revoke(self, agent_id: str, *serials: int, when: dt.datetime | None = None) -> Members:
         """These members with ``agent_id`` moved from the trainers to the revoked, and its
@@ -75,9 +76,9 @@ class Members:
         return Members(
             self.aggregator,
             tuple(a for a in self.agents if a != agent_id),
-            (*self.revoked, agent_id),
-            (*self.revoked_serials, *((serial, at) for serial in serials)),
-            self.enroll,
+            revoked=(*self.revoked, agent_id),
+            revoked_serials=(*self.revoked_serials, *((serial, at) for serial in serials)),
+            enroll=self.enroll,
         )
 
 
@@ -109,4 +110,4 @@ def members_from_registry(path: Path, *, aggregator: str | None = None,
     revoked = tuple(r.agent_id for r in rows
                     if r.status is AgentStatus.REVOKED and r.role is Role.TRAINER
                     and r.agent_id not in agents)  # fmt: skip
-    return Members(aggregator, (*trainers, *agents), revoked, serials)
+    return Members(aggregator, (*trainers, *agents), revoked=revoked, revoked_serials=serials)

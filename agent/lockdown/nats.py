@@ -82,7 +82,8 @@ def subject_name(agent_id: str, federation: str, role: Role) -> str:
     return f"CN={agent_id},OU={role},O={federation}"
 
 
-def subjects(rules: Sequence[Rule], federation: str, agent_id: str) -> tuple[list[str], list[str]]:
+def subjects(rules: Sequence[Rule], federation: str, *,
+             agent_id: str) -> tuple[list[str], list[str]]:  # fmt: skip
     """(publish, subscribe) NATS subjects allowed by ``rules`` for ``agent_id``."""
     publish: list[str] = []
     subscribe: list[str] = []
@@ -103,7 +104,7 @@ def _allow(what: str, allowed: list[str]) -> list[str]:
 
 
 def _user(comment: str, name: str, rules: Sequence[Rule], federation: str, agent_id: str) -> str:
-    publish, subscribe = subjects(rules, federation, agent_id)
+    publish, subscribe = subjects(rules, federation, agent_id=agent_id)
     return "\n".join([
         f"    # {comment}",
         "    {",
