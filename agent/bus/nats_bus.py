@@ -19,6 +19,7 @@ for MQTT. Differences from MQTT, by necessity:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import ssl
 
@@ -39,6 +40,15 @@ from agent.bus.topics import (
 from agent.errors import TransportError
 
 log = structlog.get_logger(__name__)
+
+
+def _not_eof_noise(record: logging.LogRecord) -> bool:
+    """nats-py's protocol returns True from eof_received(); over TLS asyncio logs a harmless
+    warning about it on every close. Drop that one line, nothing else."""
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_not_eof_noise)
 
 
 def _seconds(value: float) -> int:

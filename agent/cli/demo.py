@@ -93,6 +93,11 @@ DEFAULTS = DemoOptions()
     type=click.Choice(["secagg+", "none"]),
     help="secagg+: the aggregator learns only the cohort's sum (SecAgg+); none: plain FedAvg.",
 )  # fmt: skip
+@click.option(
+    "--insecure", is_flag=True,
+    help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
+         "For debugging only.",
+)  # fmt: skip
 def demo(
     agents: int,
     rounds: int,
@@ -108,6 +113,7 @@ def demo(
     plugin_name: str,
     plugin_options: tuple[str, ...],
     secure_aggregation: str,
+    insecure: bool,
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
     training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
@@ -126,6 +132,7 @@ def demo(
         bus_url=bus_url, report_dir=report_dir, seed=seed, fraction_fit=fraction_fit,
         round_timeout=round_timeout, kill_agents=kill_agents, plugin=plugin_name,
         plugin_options=parse_options(plugin_options), secure_aggregation=secure_aggregation,
+        insecure=insecure,
     )  # fmt: skip
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

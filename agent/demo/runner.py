@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
 import structlog
 
 from agent.brokers import BrokerKind, EmbeddedBroker
@@ -25,16 +26,20 @@ from agent.bus.url import bus_from_url
 from agent.config import (
     AgentConfig,
     AggregatorConfig,
+    IdentityConfig,
     LoggingConfig,
     PluginConfig,
     RoleName,
     SecureAggregation,
+    TlsConfig,
     TrainerConfig,
 )
 from agent.demo.options import DemoOptions
+from agent.demo.pki import AGGREGATOR_ID, DemoPki, create_pki, enroll_agents, lock_down, tls_files
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
+from agent.lockdown import embedded_broker
 from agent.logs import configure_logging
 from agent.plugin.api import PluginContext, PluginInfo
 from agent.plugin.loader import describe_plugin, load_plugin
@@ -45,6 +50,11 @@ from agent.state import read_weights
 
 FEDERATION = "demo"
 log = structlog.get_logger(__name__)
+INSECURE_WARNING = (
+    "WARNING: --insecure: no CA, no enrollment, no TLS, no broker ACLs, no signatures, no "
+    "sealing.\n         Anyone who reaches the broker can join, forge updates and read "
+    "them. For debugging only."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +153,14 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedbus-demo-")))
         log_file = stack.enter_context((report_dir / "logs" / "aggregator.log").open("w"))
         configure_logging(level="info", fmt="json", stream=log_file)
+        agent_ids = [f"agent-{i:02d}" for i in range(options.agents)]
+        pki = None if options.insecure else create_pki(report_dir / "pki", FEDERATION)
         url = options.bus_url
         if url is None:
             kind: BrokerKind = "mqtt" if options.bus == "mqtt" else "nats"
-            url = stack.enter_context(EmbeddedBroker(kind)).url
+            broker = (EmbeddedBroker(kind) if pki is None
+                      else embedded_broker(lock_down(pki, kind, agent_ids)))  # fmt: skip
+            url = stack.enter_context(broker).url
         else:
             asyncio.run(_probe(url))
         info = describe_plugin(options.plugin).info  # fails fast on a missing plugin
@@ -154,13 +168,23 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
               f"{options.rounds} rounds, {_partition_label(options, info)}, bus {url}, "
               f"secure aggregation {options.secure_aggregation}",
               file=out, flush=True)  # fmt: skip
+        if pki is None:
+            print(INSECURE_WARNING, file=out, flush=True)
+            configs = {a: _write(work / f"{a}.toml", _trainer_config(options, i, url, work))
+                       for i, a in enumerate(agent_ids)}  # fmt: skip
+        else:
+            print(f"identities: CA {pki.ca.fingerprint[:16]}… in {pki.directory}; enrolling "
+                  f"{len(agent_ids)} agents over the bus", file=out, flush=True)  # fmt: skip
+            enrolled = asyncio.run(enroll_agents(
+                pki, url=url, federation=FEDERATION, work=work, plugin=options.plugin,
+                options={a: plugin_options(options, i, options.agents, options.partition)
+                         for i, a in enumerate(agent_ids)},
+            ))  # fmt: skip
+            configs = {a: _write(path, _enrolled_config(options, path))
+                       for a, path in enrolled.items()}  # fmt: skip
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
-        for i in range(options.agents):
-            agent_id = f"agent-{i:02d}"
-            config = _trainer_config(options, i, url, work)
-            path = work / f"{agent_id}.toml"
-            path.write_bytes(config.to_toml())
+        for agent_id, path in configs.items():
             agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
         reference = centralized_accuracy(options)
         if reference is not None:
@@ -168,7 +192,8 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                   file=out, flush=True)  # fmt: skip
         print("round  accuracy    loss  seconds  survivors", file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
-        summary = run_until_signal(_federate(_aggregator_config(options, url), agents, progress))
+        aggregator = _aggregator_config(options, url, pki)
+        summary = run_until_signal(_federate(aggregator, agents, progress))
         if summary is None:
             raise KeyboardInterrupt
         exported = export_final_model(options)
@@ -249,9 +274,30 @@ def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> A
     )  # fmt: skip
 
 
-def _aggregator_config(options: DemoOptions, url: str) -> AgentConfig:
+def _write(path: Path, config: AgentConfig) -> Path:
+    path.write_bytes(config.to_toml())
+    return path
+
+
+def _enrolled_config(options: DemoOptions, path: Path) -> AgentConfig:
+    """The config ``fedbus enroll`` wrote, with the demo's trainer and logging settings."""
+    enrolled = AgentConfig.load(path)
+    plain = _trainer_config(options, 0, enrolled.bus_url, path.parent)
+    return msgspec.structs.replace(enrolled, trainer=plain.trainer, logging=plain.logging)
+
+
+def _aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> AgentConfig:
     secure = options.secure_aggregation == SecureAggregation.SECAGG_PLUS
+    identity, tls = IdentityConfig(), TlsConfig()
+    if pki is not None:
+        identity = IdentityConfig(
+            cert_file=pki.cert(AGGREGATOR_ID), key_file=pki.key(AGGREGATOR_ID),
+            ca_file=pki.ca_file, ca_dir=pki.directory,
+        )  # fmt: skip
+        files = tls_files(pki, AGGREGATOR_ID, url)
+        tls = TlsConfig(ca_file=files.ca_file, cert_file=files.cert_file, key_file=files.key_file)
     return AgentConfig(
+        identity=identity, tls=tls,
         role=RoleName.AGGREGATOR, agent_id="aggregator", federation=FEDERATION, bus_url=url,
         state_dir=options.report_dir / "aggregator",
         plugin=PluginConfig(name=options.plugin, options=plugin_options(
