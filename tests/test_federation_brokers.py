@@ -77,6 +77,7 @@ def test_killed_agent_is_a_dropout_and_the_round_completes(
 ) -> None:
     """An agent SIGKILLed once it is in round 2's cohort never answers: round 2 closes at its
     deadline (not before) with the two others as survivors, and round 3 runs without it.
+    (Also: --insecure says loudly what it turns off.)
     (Plain FedAvg: with SecAgg+, 3 agents tolerate no dropout; tests/test_secagg_brokers.py
     kills agents in secure rounds.)"""
     report = tmp_path / "report"
@@ -94,6 +95,7 @@ def test_killed_agent_is_a_dropout_and_the_round_completes(
         "3",
         "--secure-aggregation",
         "none",
+        "--insecure",
         "--report-dir",
         str(report),
     )
@@ -107,6 +109,7 @@ def test_killed_agent_is_a_dropout_and_the_round_completes(
     assert killed[0] not in rounds[2]["survivors"]
     assert len(rounds[2]["survivors"]) == 2
     assert "killed" in run.stdout
+    assert "WARNING: --insecure" in run.stdout  # said loudly
 
 
 async def test_bad_messages_are_dropped_and_the_agent_keeps_working(
@@ -227,8 +230,12 @@ def test_demo_with_its_own_embedded_broker_writes_a_report(bus: str, tmp_path: P
     assert len(csv) == 3
     assert (report / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "centralized reference" in run.stdout
-    leftovers = subprocess.run(
-        ["pgrep", "-af", str(work)], capture_output=True, text=True, check=False
+    # the full identity stack: a locked-down (TLS) broker and enrolled agents
+    assert "identities: CA" in run.stdout
+    assert ("mqtts://" if bus == "mqtt" else "tls://") in run.stdout
+    assert (report / "pki" / "registry.sqlite").exists()
+    leftovers = subprocess.run(  # the broker's config is under report/pki, agents' under work
+        ["pgrep", "-af", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout.strip() == "", leftovers.stdout
 
@@ -252,7 +259,7 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
             lines.append(line)
             if line.strip().startswith("3 "):  # the third round is done: all is running
                 break
-        running = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True,
+        running = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True,
                                  check=False).stdout  # fmt: skip
         assert running.count("agent run") == 3, running
         assert "nats-server" in running, running
@@ -266,6 +273,6 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
             proc.stdout.close()
     assert proc.returncode == 130, "".join(lines) + out
     assert "interrupted" in out
-    leftovers = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True,
+    leftovers = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True,
                                check=False).stdout  # fmt: skip
     assert leftovers.strip() == "", leftovers

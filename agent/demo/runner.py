@@ -174,7 +174,9 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                        for i, a in enumerate(agent_ids)}  # fmt: skip
         else:
             print(f"identities: CA {pki.ca.fingerprint[:16]}… in {pki.directory}; enrolling "
-                  f"{len(agent_ids)} agents over the bus", file=out, flush=True)  # fmt: skip
+                  f"{len(agent_ids)} agents over the bus; watch the bus with "
+                  f"`fedbus listen --as {report_dir / 'aggregator.toml'}`",
+                  file=out, flush=True)  # fmt: skip
             enrolled = asyncio.run(enroll_agents(
                 pki, url=url, federation=FEDERATION, work=work, plugin=options.plugin,
                 options={a: plugin_options(options, i, options.agents, options.partition)
@@ -182,6 +184,9 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             ))  # fmt: skip
             configs = {a: _write(path, _enrolled_config(options, path))
                        for a, path in enrolled.items()}  # fmt: skip
+        aggregator = _aggregator_config(options, url, pki)
+        # The aggregator's config, for `fedbus listen/publish --as` while the demo runs.
+        _write(report_dir / "aggregator.toml", aggregator)
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
         for agent_id, path in configs.items():
@@ -192,7 +197,6 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                   file=out, flush=True)  # fmt: skip
         print("round  accuracy    loss  seconds  survivors", file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
-        aggregator = _aggregator_config(options, url, pki)
         summary = run_until_signal(_federate(aggregator, agents, progress))
         if summary is None:
             raise KeyboardInterrupt
