@@ -172,3 +172,14 @@ def test_a_replayed_message_is_a_duplicate() -> None:
     payload = join(signer=signer("a1"))
     assert reason(dispatcher, "fl/fed/join", payload) is None
     assert reason(dispatcher, "fl/fed/join", payload) == "duplicate"
+
+
+@pytest.mark.parametrize("name", ["aggregator", "enroll"])
+def test_a_trainer_cannot_be_issued_a_reserved_name(name: str) -> None:
+    """The CA refuses a trainer certificate named like the aggregator or the shared enroll
+    identity (mosquitto would give it their rights by CN)."""
+    from agent.errors import IdentityError
+
+    csr = ca.build_csr(ca.new_key(), agent_id=name, federation=FED)
+    with pytest.raises(IdentityError, match="reserved"):
+        ca.sign_csr(CA, csr)

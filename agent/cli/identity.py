@@ -294,15 +294,14 @@ def revoke(agent_id: str, ca_dir: Path) -> None:
     serials = revoke_agent(ca_dir, agent_id)
     click.echo(f"revoked {agent_id!r}: certificate serial(s) {', '.join(map(str, serials))}")
     click.echo(f"wrote {ca_dir / CRL_FILE}; the aggregator refuses its messages from now on")
-    click.echo("next, so the brokers refuse it too:")
+    click.echo("next, so the brokers refuse it too (regenerate their configs and reload them):")
     click.echo(
-        f"  mosquitto: copy {CRL_FILE} to the broker's crlfile and reload it (kill -HUP <pid>,"
-        " mosquitto >= 2.0); a connection already open may survive a reload: restart the"
-        " broker to be sure it is cut"
+        f"  fedbus broker-config mosquitto|nats --ca-dir {ca_dir} --out BROKER_DIR "
+        "--reload-pid BROKER_PID"
     )
     click.echo(
-        "  nats-server: regenerate the authorization (fedbus broker-config nats) and "
-        "run nats-server --signal reload"
+        "  mosquitto rereads its CRL and ACL on SIGHUP (the agent cannot reconnect, and an open"
+        " session loses every right); nats-server drops the agent's user and disconnects it"
     )
 
 

@@ -39,6 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.errors import IdentityError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: Names only the aggregator and the shared enroll identity may carry.
+RESERVED_NAMES = frozenset({"aggregator", "enroll"})
 PrivateKey = ec.EllipticCurvePrivateKey
 
 
@@ -183,6 +185,10 @@ def sign_csr(
     if agent_id is not None and cn != agent_id:
         raise IdentityError("bad_csr", f"the CSR names {cn!r}, not {agent_id!r}")
     _check_name(cn, "agent id")
+    if role is Role.TRAINER and cn in RESERVED_NAMES:
+        # mosquitto knows an identity by its CN alone: a trainer named like these would get
+        # their broker rights.
+        raise IdentityError("reserved_name", f"{cn!r} is reserved; a trainer cannot take it")
     return _issue(ca, public, cn, role, valid_days=valid_days, hosts=hosts)
 
 
