@@ -148,6 +148,10 @@ class Aggregator:
         self._evaluations: dict[str, EvaluateRes] = {}
         self._evaluation_complete = asyncio.Event()
         self._secure: SecureRound | None = None
+        #: set once the broker session is up with our subscriptions (systemd READY=1)
+        self.ready = asyncio.Event()
+        #: what the aggregator is doing, for humans (systemd STATUS=, fedbus status)
+        self.status = "starting"
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self._on_join, rounds=RoundPolicy.ANY)
         registry.register(Kind.MODEL_UPDATE, self._on_update, rounds=RoundPolicy.CURRENT)
@@ -174,6 +178,8 @@ class Aggregator:
         structlog.contextvars.bind_contextvars(federation=self._fed, role="aggregator")
         async with task_group() as tg:
             receiver = tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive")
+            await self._bus.wait_connected()
+            self.ready.set()
             try:
                 return await self._federate()
             finally:
@@ -199,11 +205,13 @@ class Aggregator:
             Finish(reason="completed", final_version=state.version, model_sha256=state.sha256),
             round=self.round,
         )
+        self.status = f"finished after {len(records)} rounds"
         log.info("federation_finished", rounds=len(records), final_version=state.version)
         return RunSummary(records, state.version, state.sha256)
 
     async def _wait_for_agents(self) -> None:
         wanted = self._schedule.min_available_clients
+        self.status = f"waiting for {wanted} agents"
         log.info("waiting_for_agents", wanted=wanted, timeout=self._schedule.join_timeout)
         try:
             async with asyncio.timeout(self._schedule.join_timeout):
@@ -238,6 +246,7 @@ class Aggregator:
                  secure_aggregation=str(self._schedule.secure_aggregation))  # fmt: skip
         if self._observer is not None:
             self._observer.round_started(r, cohort)
+        self.status = f"round {r}: training ({len(cohort)} agents)"
         if not cohort:
             log.warning("round_skipped", reason="not_enough_agents", admitted=len(self.agents))
             outcome = Outcome()
@@ -362,6 +371,7 @@ class Aggregator:
 
     async def _evaluate(self, r: int) -> tuple[float | None, float | None, int]:
         """Federated evaluation of the current model: (loss, accuracy, examples)."""
+        self.status = f"round {r}: evaluating"
         self._evaluators = frozenset(
             a for a, rec in self.agents.items() if not rec.missed_last_round
         )

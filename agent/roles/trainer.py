@@ -104,6 +104,8 @@ class Trainer:
         self._rejoin = asyncio.Event()
         self._work: dict[Kind, asyncio.Task[None]] = {}
         self._secure: SecureFit | None = None
+        #: set once the broker session is up with our subscriptions (systemd READY=1)
+        self.ready = asyncio.Event()
         registry = ListenerRegistry()
         registry.register(Kind.JOIN_ACCEPTED, self._on_join_accepted, rounds=RoundPolicy.ANY)
         registry.register(Kind.JOIN_REJECTED, self._on_join_rejected, rounds=RoundPolicy.ANY)
@@ -137,10 +139,15 @@ class Trainer:
         try:
             async with task_group() as tg:
                 tg.create_task(self.dispatcher.run(self._bus), name="trainer-receive")
+                tg.create_task(self._mark_ready(), name="trainer-ready")
                 tg.create_task(self._join_loop(), name="trainer-join")
         finally:
             for task in self._work.values():
                 task.cancel()
+
+    async def _mark_ready(self) -> None:
+        await self._bus.wait_connected()
+        self.ready.set()
 
     # -- joining ------------------------------------------------------------------------
 
