@@ -178,12 +178,16 @@ class Aggregator:
         structlog.contextvars.bind_contextvars(federation=self._fed, role="aggregator")
         async with task_group() as tg:
             receiver = tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive")
-            await self._bus.wait_connected()
-            self.ready.set()
+            marker = tg.create_task(self._mark_ready(), name="aggregator-ready")
             try:
                 return await self._federate()
             finally:
                 receiver.cancel()
+                marker.cancel()
+
+    async def _mark_ready(self) -> None:
+        await self._bus.wait_connected()
+        self.ready.set()
 
     async def _federate(self) -> RunSummary:
         await self._persist_model(self.global_state, self._state_dir / "rounds" / "0000")
