@@ -324,6 +324,7 @@ def test_trainer_rights_follow_the_topic_table() -> None:
         Rule(Access.READ, "fl/{federation}/model_para/global"),
         Rule(Access.READ, "fl/{federation}/evaluate"),
         Rule(Access.READ, "fl/{federation}/finish"),
+        Rule(Access.READ, "fl/{federation}/federation_status"),
     }
 
 

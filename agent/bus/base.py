@@ -59,7 +59,8 @@ class BusSettings:
             per failed attempt and is jittered uniformly in [delay/2, delay].
         keepalive: seconds between liveness pings (MQTT keepalive, NATS ping interval);
             a silently dead connection is noticed after about two of them.
-        will: optional last will.
+        will: optional last will, or a function returning it, called for each new
+            connection (so a signed will carries a fresh message id and timestamp).
     """
 
     client_id: str
@@ -70,7 +71,11 @@ class BusSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     keepalive: int = 30
-    will: LastWill | None = None
+    will: LastWill | Callable[[], LastWill] | None = None
+
+    def current_will(self) -> LastWill | None:
+        """The will for a connection being opened now."""
+        return self.will() if callable(self.will) else self.will
 
 
 class Bus(Protocol):

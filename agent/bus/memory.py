@@ -186,4 +186,4 @@ class MemoryBus(SupervisedBus):
 
     async def _open_session(self, deliver: Deliver) -> Session:
         await asyncio.sleep(0)  # a real connect yields; so does this one
-        return self.broker.connect(self.settings.client_id, deliver, self.settings.will)
+        return self.broker.connect(self.settings.client_id, deliver, self.settings.current_will())

@@ -98,9 +98,10 @@ class MqttBus(SupervisedBus):
     def _client(self) -> aiomqtt.Client:
         settings = self.settings
         will = None
-        if settings.will is not None:
+        last_will = settings.current_will()
+        if last_will is not None:
             will = aiomqtt.Will(
-                settings.will.topic, settings.will.payload, qos=_QOS, retain=settings.will.retain
+                last_will.topic, last_will.payload, qos=_QOS, retain=last_will.retain
             )
         return aiomqtt.Client(
             self.host,

@@ -212,5 +212,9 @@ class NatsBus(SupervisedBus):
             await nc.close()
             raise
         return NatsSession(
-            nc, deliver, ended=ended, will=settings.will, flush_timeout=settings.publish_timeout
+            nc,
+            deliver,
+            ended=ended,
+            will=settings.current_will(),
+            flush_timeout=settings.publish_timeout,
         )

@@ -17,8 +17,7 @@ enroll           the shared identity of not-yet-enrolled devices: write
 A trainer's rules are derived from the topic table (:mod:`agent.messages.topics`): a topic
 that agents publish is writable, one the aggregator publishes is readable, and a per-agent
 topic (``.../{agent_id}``) only for the agent it names. The two enroll topics belong to the
-enroll identity alone. ``EXTRA_TRAINER_WRITES`` holds the agent topics that DESIGN.md §2
-promises but the table does not list yet.
+enroll identity alone.
 """
 
 from __future__ import annotations
@@ -35,11 +34,6 @@ ENROLL_IDENTITY = "enroll"
 
 #: The topics only the enroll identity may touch (and the aggregator, which answers).
 ENROLL_TOPICS: tuple[TopicSpec, ...] = (topics.ENROLL, topics.ENROLL_REPLY)
-
-#: Agent-published topics that are not in the topic table yet (DESIGN.md §2: liveness,
-#: retained, the MQTT last will). Listed here, and only here, until the table has them.
-EXTRA_TRAINER_WRITES: tuple[str, ...] = ("fl/{federation}/status/{agent_id}",)
-
 
 class Access(StrEnum):
     """What a rule allows on the topics its filter matches (mosquitto's ACL words)."""
@@ -79,7 +73,6 @@ def _trainer_rule(spec: TopicSpec) -> Rule:
 def trainer_rules() -> tuple[Rule, ...]:
     """Every right of a trainer, writes first, in table order (per-agent ones name itself)."""
     rules = [_trainer_rule(spec) for spec in topics.TOPICS if spec not in ENROLL_TOPICS]
-    rules.extend(Rule(Access.WRITE, template) for template in EXTRA_TRAINER_WRITES)
     return tuple(sorted(rules, key=lambda rule: rule.access is not Access.WRITE))
 
 

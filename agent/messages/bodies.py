@@ -224,6 +224,46 @@ class EnrollReply(Body, frozen=True):
     ca: Pem | None = None
 
 
+class AgentStatus(Body, frozen=True):
+    """agent → all on ``status/{agent_id}`` (retained): ``online`` on every connect and as a
+    heartbeat, ``offline`` as the last will (MQTT) or on a clean stop; ``detail`` is what
+    the agent is doing (``idle``, ``round 3: training``, ...)."""
+
+    state: Annotated[str, msgspec.Meta(pattern="^(online|offline)$")]
+    detail: Text = ""
+    model_version: Version | None = None
+
+
+class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One agent as the aggregator sees it, inside ``FederationStatus``."""
+
+    state: Annotated[str, msgspec.Meta(pattern="^(online|offline|unknown)$")]
+    detail: Text = ""
+    last_seen: float | None = None
+    admitted: bool = False
+
+
+class RoundSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The last finished round, inside ``FederationStatus``."""
+
+    round: Count
+    survivors: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
+    dropouts: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
+    accuracy: float | None = None
+    loss: float | None = None
+    seconds: float = 0.0
+
+
+class FederationStatus(Body, frozen=True):
+    """aggregator → all on ``federation_status`` (retained; re-sent periodically for NATS):
+    the round, what the aggregator is doing, every known agent, and the last round."""
+
+    round: Count
+    stage: Text
+    agents: Annotated[dict[Name, AgentSummary], msgspec.Meta(max_length=MAX_COHORT)]
+    last_round: RoundSummary | None = None
+
+
 BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.JOIN: JoinRequest,
     Kind.JOIN_ACCEPTED: JoinAccepted,
@@ -243,5 +283,7 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.UNMASK_REQUEST: UnmaskRequest,
     Kind.ENROLL: EnrollRequest,
     Kind.ENROLL_REPLY: EnrollReply,
+    Kind.STATUS: AgentStatus,
+    Kind.FEDERATION_STATUS: FederationStatus,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

@@ -29,3 +29,6 @@ class Kind(StrEnum):
     # Enrollment (unsigned: the device has no identity yet; see agent.identity.enrollment)
     ENROLL = "enroll"
     ENROLL_REPLY = "enroll_reply"
+    # Liveness: each agent's retained online/offline, and the aggregator's summary
+    STATUS = "status"
+    FEDERATION_STATUS = "federation_status"

@@ -115,10 +115,20 @@ ENROLL_REPLY = TopicSpec(
     "The answer to one device's enrollment: its certificate and the CA, or why not.",
 )  # fmt: skip
 
+STATUS = TopicSpec(
+    "status", "fl/{federation}/status/{agent_id}", Role.AGENT, frozenset({Kind.STATUS}), True,
+    "One agent's liveness: online on connect and as a heartbeat, offline as its last will.",
+)  # fmt: skip
+FEDERATION_STATUS = TopicSpec(
+    "federation_status", "fl/{federation}/federation_status", Role.AGGREGATOR,
+    frozenset({Kind.FEDERATION_STATUS}), True,
+    "The aggregator's summary: round, stage, agents online/offline, the last round.",
+)  # fmt: skip
+
 SECAGG_TOPICS: tuple[TopicSpec, ...] = (SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK)
 TOPICS: tuple[TopicSpec, ...] = (
     JOIN, INBOX, GLOBAL_MODEL, UPDATE, SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK, EVALUATE,
-    METRICS, FINISH, ENROLL, ENROLL_REPLY,
+    METRICS, FINISH, ENROLL, ENROLL_REPLY, STATUS, FEDERATION_STATUS,
 )  # fmt: skip
 
 
