@@ -119,6 +119,9 @@ class AggregatorConfig(_Config, frozen=True):
         secure_aggregation: ``"secagg+"`` (the aggregator learns only the cohort's sum) or
             ``"none"``.
         secagg: the SecAgg+ settings.
+        liveness_timeout: seconds without a status message after which an agent counts as
+            offline (NATS has no last will; MQTT's will is faster).
+        status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
     """
 
     rounds: AtLeastOne = 10
@@ -135,6 +138,8 @@ class AggregatorConfig(_Config, frozen=True):
     eval_config: dict[str, Scalar] = {}
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
+    liveness_timeout: Positive = 60.0
+    status_every: Positive = 5.0
 
     def __post_init__(self) -> None:
         if self.min_fit_clients > self.max_fit_clients:
@@ -164,11 +169,13 @@ class TrainerConfig(_Config, frozen=True):
         join_retry: seconds between ``join`` attempts until the aggregator admits us.
         model_wait: seconds to wait for the global model a ``fit_ins`` refers to.
         require_secure_aggregation: refuse rounds that would send the update in the clear.
+        heartbeat: seconds between ``status: online`` messages (liveness).
     """
 
     join_retry: Positive = 2.0
     model_wait: Positive = 30.0
     require_secure_aggregation: bool = False
+    heartbeat: Positive = 15.0
 
 
 class LoggingConfig(_Config, frozen=True):

@@ -196,3 +196,65 @@ def _format(line: dict[str, Any]) -> str:
             f"{line['size']:>8} B  {line.get('signature', '')}")  # fmt: skip
     body = line.get("body", line.get("error", ""))
     return f"{head}\n    {line['topic']}: {json.dumps(body)[:300]}"
+
+
+@click.command()
+@config_option
+@click.option("--timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for the aggregator's summary.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")
+def status(config_path: Path, timeout: float, as_json: bool) -> None:
+    """Show the federation as its aggregator sees it: round and stage, every agent online or
+    offline with what it is doing, and the last round's survivors and metrics."""
+    from agent.config import AgentConfig
+
+    config = AgentConfig.load(config_path)
+    _quiet_logs()
+    summary = asyncio.run(_status(config, timeout))
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(summary)))
+        return
+    click.echo(f"federation {config.federation}: round {summary.round}, {summary.stage}")
+    online = sum(1 for a in summary.agents.values() if a.state == "online")
+    click.echo(f"agents: {online} online of {len(summary.agents)}")
+    for agent_id, agent in summary.agents.items():
+        seen = "-" if agent.last_seen is None else time.strftime(
+            "%H:%M:%S", time.localtime(agent.last_seen))  # fmt: skip
+        admitted = "admitted" if agent.admitted else "-"
+        click.echo(f"  {agent_id:<16} {agent.state:<8} {admitted:<9} last seen {seen}  "
+                   f"{agent.detail}")  # fmt: skip
+    last = summary.last_round
+    if last is not None:
+        accuracy = "-" if last.accuracy is None else f"{100 * last.accuracy:.2f}%"
+        click.echo(f"last round {last.round}: {len(last.survivors)} survivors, dropouts "
+                   f"{', '.join(last.dropouts) or 'none'}, accuracy {accuracy}, "
+                   f"{last.seconds:.2f} s")  # fmt: skip
+
+
+async def _status(config: Any, seconds: float) -> Any:
+    """The first ``federation_status`` within ``seconds`` (retained on MQTT; on NATS the
+    aggregator re-sends it every few seconds).
+
+    Raises:
+        BusTimeoutError: none came (no aggregator running, or no right to read it).
+    """
+    from agent.errors import BusTimeoutError
+    from agent.messages import topics
+    from agent.messages.bodies import FederationStatus
+    from agent.messages.codec import decode_body, decode_envelope
+    from agent.messages.kinds import Kind
+    from agent.runtime.node import bus_settings, open_bus
+
+    async with open_bus(config, bus_settings(config, suffix="status")) as bus:
+        await bus.subscribe(topics.FEDERATION_STATUS.format(config.federation))
+        try:
+            async with asyncio.timeout(seconds):
+                async for raw in bus.messages():
+                    envelope, _ = decode_envelope(raw.payload)
+                    if envelope.kind is Kind.FEDERATION_STATUS:
+                        body = decode_body(envelope.kind, envelope.body)
+                        assert isinstance(body, FederationStatus)
+                        return body
+        except TimeoutError:
+            pass
+    raise BusTimeoutError(f"no federation_status within {seconds} s: is an aggregator running?")

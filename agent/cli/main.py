@@ -40,7 +40,7 @@ def run(config_path: Path) -> None:
 
 def _register_demo() -> None:
     from agent.cli.broker_config import broker_config
-    from agent.cli.debug import listen, publish
+    from agent.cli.debug import listen, publish, status
     from agent.cli.demo import demo
     from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
     from agent.cli.plugins import plugin
@@ -53,6 +53,7 @@ def _register_demo() -> None:
         cli.add_command(command)
     cli.add_command(publish)
     cli.add_command(listen)
+    cli.add_command(status)
     cli.add_command(broker_config)
 
 

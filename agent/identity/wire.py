@@ -51,6 +51,9 @@ MAGIC = "fedbus-signed/1"
 #: Kinds whose bodies are sealed to the aggregator (``Kind`` values; plain strings here so
 #: that this module does not import the message package, which imports it).
 SEALED_KINDS = frozenset({"model_update", "masked_input", "share_keys", "unmask", "metrics"})
+#: Kinds exempt from the timestamp window and the duplicate check: idempotent state
+#: assertions whose will copy is signed at connect time (``status``).
+TIMELESS_KINDS = frozenset({"status"})
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 
 
@@ -128,12 +131,14 @@ class Verifier:
         self._cache_size = cache_size
 
     def verify(self, signed: Signed | None, *, sender: str, timestamp: float,
-               publisher: Role) -> Identity:  # fmt: skip
+               publisher: Role, timeless: bool = False) -> Identity:  # fmt: skip
         """The sender's identity, or a ``ProtocolError`` naming why the message is refused.
 
         Args:
             signed: the wrapper (None: the message was not signed).
             sender, timestamp: from the envelope inside.
+            timeless: skip the timestamp window (a last will is built when its agent
+                connects and published by the broker when it dies, maybe hours later).
             publisher: the role the topic's publisher must have.
 
         Raises:
@@ -149,7 +154,7 @@ class Verifier:
             public.verify(signed.signature, signed.envelope, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature as exc:
             raise BadSignatureError("the signature does not verify") from exc
-        if abs(time.time() - timestamp) > self._skew:
+        if not timeless and abs(time.time() - timestamp) > self._skew:
             raise StaleTimestampError(f"timestamp {timestamp:.0f} is outside the window")
         if identity.role is not publisher:
             raise WrongRoleError(f"a {identity.role} may not publish here")

@@ -50,8 +50,10 @@ from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import (
     AdvertiseKeys,
+    AgentStatus,
     EvaluateIns,
     EvaluateRes,
+    FederationStatus,
     Finish,
     FitIns,
     GlobalModel,
@@ -60,6 +62,7 @@ from agent.messages.bodies import (
     JoinRequest,
     MaskedInput,
     ModelUpdate,
+    RoundSummary,
     ShareKeys,
     Unmask,
 )
@@ -68,6 +71,7 @@ from agent.messages.kinds import Kind
 from agent.messages.tensors import to_arrays
 from agent.plugin.api import Weights, all_finite, weights_like
 from agent.roles.cohort import sample_cohort
+from agent.roles.liveness import Liveness
 from agent.roles.records import AgentRecord, GlobalState, RoundObserver, RoundRecord, RunSummary
 from agent.roles.secure_round import SecureRound, setup_body
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
@@ -152,10 +156,14 @@ class Aggregator:
         self.ready = asyncio.Event()
         #: what the aggregator is doing, for humans (systemd STATUS=, fedbus status)
         self.status = "starting"
+        self.liveness = Liveness(timeout=self._schedule.liveness_timeout)
+        self._status_changed = asyncio.Event()
+        self._last_record: RoundRecord | None = None
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self._on_join, rounds=RoundPolicy.ANY)
         registry.register(Kind.MODEL_UPDATE, self._on_update, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.METRICS, self._on_metrics, rounds=RoundPolicy.CURRENT)
+        registry.register(Kind.STATUS, self._on_status, rounds=RoundPolicy.ANY)
         for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
             registry.register(kind, self._on_secagg, rounds=RoundPolicy.CURRENT)
         self.dispatcher = Dispatcher(
@@ -173,17 +181,20 @@ class Aggregator:
         Raises:
             RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
         """
-        for spec in (topics.JOIN, topics.UPDATE, topics.METRICS, *topics.SECAGG_TOPICS):
+        for spec in (topics.JOIN, topics.UPDATE, topics.METRICS, topics.STATUS,
+                     *topics.SECAGG_TOPICS):  # fmt: skip
             await self._bus.subscribe(spec.filter(self._fed))
         structlog.contextvars.bind_contextvars(federation=self._fed, role="aggregator")
         async with task_group() as tg:
             receiver = tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive")
             marker = tg.create_task(self._mark_ready(), name="aggregator-ready")
+            reporter = tg.create_task(self._report_status(), name="aggregator-status")
             try:
                 return await self._federate()
             finally:
                 receiver.cancel()
                 marker.cancel()
+                reporter.cancel()
 
     async def _mark_ready(self) -> None:
         await self._bus.wait_connected()
@@ -235,8 +246,11 @@ class Aggregator:
         started = time.perf_counter()
         self.round = r
         before = self.global_state
+        alive = [a for a in self.agents if self.liveness.alive(a)]
+        if len(alive) < len(self.agents):
+            log.info("offline_agents_skipped", offline=sorted(set(self.agents) - set(alive)))
         cohort = sample_cohort(
-            self.agents.keys(),
+            alive,
             fraction=self._schedule.fraction_fit,
             min_clients=self._schedule.min_fit_clients,
             max_clients=self._schedule.max_fit_clients,
@@ -250,6 +264,7 @@ class Aggregator:
                  secure_aggregation=str(self._schedule.secure_aggregation))  # fmt: skip
         if self._observer is not None:
             self._observer.round_started(r, cohort)
+        self._status_changed.set()
         self.status = f"round {r}: training ({len(cohort)} agents)"
         if not cohort:
             log.warning("round_skipped", reason="not_enough_agents", admitted=len(self.agents))
@@ -298,6 +313,8 @@ class Aggregator:
             seconds=round(record.seconds, 3),
             survivors=len(survivors),
         )
+        self._last_record = record
+        self._status_changed.set()
         return record
 
     async def _send_fit_ins(self, r: int, cohort: Sequence[str], ins: FitIns) -> None:
@@ -470,7 +487,12 @@ class Aggregator:
         self._results[sender] = ClientResult(sender, weights, body.num_examples, body.metrics)
         log.info("update_received", agent=sender, num_examples=body.num_examples,
                  received=len(self._results), cohort_size=len(self._cohort))  # fmt: skip
-        if len(self._results) == len(self._cohort):
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        """A plain round is complete when every cohort member delivered or went offline."""
+        waiting = {a for a in self._cohort - self._results.keys() if self.liveness.alive(a)}
+        if self._cohort and not waiting:
             self._round_complete.set()
 
     async def _on_secagg(self, message: Message[Any]) -> None:
@@ -486,6 +508,45 @@ class Aggregator:
             secure.on_masked_input(sender, body)
         elif isinstance(body, Unmask):
             secure.on_unmask(sender, body)
+
+    async def _on_status(self, message: Message[AgentStatus]) -> None:
+        sender, body = message.sender, message.body
+        if not self.liveness.update(sender, body):
+            return
+        log.info("agent_status", agent=sender, state=body.state, detail=body.detail)
+        if body.state == "offline" and sender in self._cohort:
+            if self._secure is not None:
+                self._secure.on_offline(sender)
+            else:
+                self._check_complete()
+        self._status_changed.set()
+
+    async def _report_status(self) -> None:
+        """``federation_status`` (retained) on every change, and every ``status_every`` s
+        for subscribers that missed it (NATS keeps nothing)."""
+        while True:
+            try:
+                async with asyncio.timeout(self._schedule.status_every):
+                    await self._status_changed.wait()
+            except TimeoutError:
+                pass
+            self._status_changed.clear()
+            await self._outbox.try_send(topics.FEDERATION_STATUS, self.federation_status(),
+                                        round=self.round)  # fmt: skip
+
+    def federation_status(self) -> FederationStatus:
+        """The summary ``fedbus status`` shows."""
+        known = set(self.agents) | set(self.liveness.agents)
+        last = self._last_record
+        return FederationStatus(
+            round=self.round,
+            stage=self.status,
+            agents={a: self.liveness.summary(a, admitted=a in self.agents) for a in sorted(known)},
+            last_round=None if last is None else RoundSummary(
+                round=last.round, survivors=last.survivors, dropouts=last.dropouts,
+                accuracy=last.accuracy, loss=last.loss, seconds=round(last.seconds, 3),
+            ),
+        )  # fmt: skip
 
     async def _on_metrics(self, message: Message[EvaluateRes]) -> None:
         sender, body = message.sender, message.body

@@ -161,6 +161,13 @@ class SecureRound:
         self._take(Stage.UNMASK, sender,
                    lambda: server.receive_unmask(self.state, sender, revealed))  # fmt: skip
 
+    def on_offline(self, agent_id: str) -> None:
+        """An agent said it went offline: stop waiting for its answer in this stage."""
+        if agent_id in self._expected and agent_id not in self._answered:
+            self._expected = self._expected - {agent_id}
+            if self._expected <= self._answered:
+                self._everyone.set()
+
     # -- internals ------------------------------------------------------------------------
 
     def _take(self, stage: Stage, sender: str, receive: Callable[[], bool]) -> None:

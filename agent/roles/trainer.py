@@ -43,6 +43,7 @@ from agent.errors import FedbusError
 from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import (
+    AgentStatus,
     EvaluateIns,
     EvaluateRes,
     Finish,
@@ -141,9 +142,34 @@ class Trainer:
                 tg.create_task(self.dispatcher.run(self._bus), name="trainer-receive")
                 tg.create_task(self._mark_ready(), name="trainer-ready")
                 tg.create_task(self._join_loop(), name="trainer-join")
+                tg.create_task(self._heartbeat(), name="trainer-heartbeat")
         finally:
             for task in self._work.values():
                 task.cancel()
+            await self._say_offline()
+
+    # -- liveness -----------------------------------------------------------------------
+
+    async def _send_status(self, state: str) -> None:
+        body = AgentStatus(state=state, detail=self.status[:1024],
+                           model_version=self.model.version if self.model else None)  # fmt: skip
+        await self._outbox.try_send(topics.STATUS, body, round=self.round, agent_id=self._id)
+
+    async def _heartbeat(self) -> None:
+        """``status: online`` (retained) once connected, then every ``heartbeat`` seconds."""
+        while True:
+            await self._bus.wait_connected()
+            await self._send_status("online")
+            await asyncio.sleep(self._config.trainer.heartbeat)
+
+    async def _say_offline(self) -> None:
+        """A clean stop says ``offline`` itself (MQTT sends the will only on a lost
+        connection); best effort, bounded."""
+        try:
+            async with asyncio.timeout(2.0):
+                await self._send_status("offline")
+        except TimeoutError:
+            log.warning("offline_status_not_sent")
 
     async def _mark_ready(self) -> None:
         await self._bus.wait_connected()
@@ -152,6 +178,7 @@ class Trainer:
     # -- joining ------------------------------------------------------------------------
 
     async def _on_connect(self, reconnect: bool) -> None:
+        await self._send_status("online")
         if reconnect:
             log.info("rejoining_after_reconnect")
             self._rejoin.set()

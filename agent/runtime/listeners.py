@@ -33,7 +33,7 @@ from agent.errors import (
     WrongTopicError,
 )
 from agent.identity.ca import Role as IdentityRole
-from agent.identity.wire import SEALED_KINDS, Verifier, open_sealed, seal_info
+from agent.identity.wire import SEALED_KINDS, TIMELESS_KINDS, Verifier, open_sealed, seal_info
 from agent.messages.codec import decode_body, decode_envelope
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
@@ -156,9 +156,10 @@ class Dispatcher:
         if security is not None:
             publisher = (IdentityRole.AGGREGATOR if spec.publisher is Role.AGGREGATOR
                          else IdentityRole.TRAINER)  # fmt: skip
-            identity = security.verifier.verify(signed, sender=envelope.sender,
-                                                 timestamp=envelope.timestamp,
-                                                 publisher=publisher)  # fmt: skip
+            identity = security.verifier.verify(
+                signed, sender=envelope.sender, timestamp=envelope.timestamp,
+                publisher=publisher, timeless=envelope.kind in TIMELESS_KINDS,
+            )  # fmt: skip
         data = envelope.body
         unseal_key = security.unseal_key if security is not None else None
         if envelope.sealed:
@@ -177,7 +178,7 @@ class Dispatcher:
             listener.rounds is RoundPolicy.NOT_STALE and envelope.round < current
         ):
             raise StaleRoundError(f"round {envelope.round}, current round {current}")
-        if not self._seen.add(envelope.message_id):
+        if envelope.kind not in TIMELESS_KINDS and not self._seen.add(envelope.message_id):
             raise DuplicateMessageError(f"message id {envelope.message_id.hex()}")
         return listener, message
 

@@ -1,0 +1,105 @@
+"""Liveness on the bus, without polling (DESIGN.md §2, ``status/{agent_id}``).
+
+An agent publishes ``status: online`` (retained) when it connects and then every
+``trainer.heartbeat`` seconds, with what it is doing; its last will, set on every connection,
+is ``status: offline`` (retained), which the broker publishes when the connection dies (MQTT).
+NATS has no will: the adapter publishes it on a clean close, and an agent whose heartbeats stop
+is taken for offline after ``aggregator.liveness_timeout`` seconds. A clean stop publishes
+``offline`` itself.
+
+The aggregator's ``Liveness`` keeps the latest status of each agent; cohorts are sampled only
+from agents it believes alive, and a cohort member that goes offline mid-round stops being
+waited for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.bus.base import LastWill
+from agent.config import AgentConfig
+from agent.identity.local import Credentials
+from agent.messages import topics
+from agent.messages.bodies import AgentStatus, AgentSummary
+from agent.messages.codec import encode
+
+
+def status_will(config: AgentConfig) -> Callable[[], LastWill]:
+    """The agent's last will, built (and signed, with identities on) for each connection."""
+    credentials = (
+        Credentials.load(config.identity, agent_id=config.agent_id, federation=config.federation)
+        if config.identity.enabled else None
+    )  # fmt: skip
+    topic = topics.STATUS.format(config.federation, config.agent_id)
+
+    def will() -> LastWill:
+        payload = encode(AgentStatus(state="offline", detail="connection lost"),
+                         federation=config.federation, round=0, sender=config.agent_id,
+                         signer=credentials.signer if credentials else None)  # fmt: skip
+        return LastWill(topic, payload, retain=True)
+
+    return will
+
+
+@dataclass(slots=True)
+class Seen:
+    """The latest status of one agent."""
+
+    state: str
+    detail: str
+    last_seen: float
+    model_version: int | None = None
+
+
+class Liveness:
+    """Who is alive, from the agents' status messages.
+
+    Args:
+        timeout: seconds without any status after which an ``online`` agent counts as gone.
+        clock: wall clock (tests pass their own).
+    """
+
+    def __init__(self, *, timeout: float, clock: Callable[[], float] = time.time) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self.agents: dict[str, Seen] = {}
+
+    def update(self, agent_id: str, status: AgentStatus) -> bool:
+        """Record a status; True when the agent's state (online/offline) changed."""
+        before = self.agents.get(agent_id)
+        self.agents[agent_id] = Seen(status.state, status.detail, self._clock(),
+                                     status.model_version)  # fmt: skip
+        return before is None or before.state != status.state
+
+    def saw(self, agent_id: str) -> None:
+        """Any message from an agent shows it alive (a join, an update)."""
+        seen = self.agents.get(agent_id)
+        if seen is not None and seen.state == "online":
+            seen.last_seen = self._clock()
+
+    def alive(self, agent_id: str) -> bool:
+        """False once the agent said offline or its heartbeats stopped; True when it never
+        sent a status (an agent that does not publish one is judged by its answers)."""
+        seen = self.agents.get(agent_id)
+        if seen is None:
+            return True
+        if seen.state != "online":
+            return False
+        return self._clock() - seen.last_seen <= self.timeout
+
+    def state(self, agent_id: str) -> str:
+        """``online``, ``offline`` or ``unknown``."""
+        if agent_id not in self.agents:
+            return "unknown"
+        return "online" if self.alive(agent_id) else "offline"
+
+    def summary(self, agent_id: str, *, admitted: bool) -> AgentSummary:
+        seen = self.agents.get(agent_id)
+        return AgentSummary(
+            state=self.state(agent_id),
+            detail=seen.detail if seen else "",
+            last_seen=seen.last_seen if seen else None,
+            admitted=admitted,
+        )
