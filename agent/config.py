@@ -222,6 +222,13 @@ class IdentityConfig(_Config, frozen=True):
         return self.cert_file is not None
 
 
+class MetricsConfig(_Config, frozen=True):
+    """``[metrics]``: a Prometheus ``/metrics`` endpoint on ``host:port`` (``port = 0``: off)."""
+
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    host: str = "127.0.0.1"
+
+
 class AgentConfig(_Config, frozen=True):
     """The whole file."""
 
@@ -237,6 +244,7 @@ class AgentConfig(_Config, frozen=True):
     logging: LoggingConfig = LoggingConfig()
     tls: TlsConfig = TlsConfig()
     identity: IdentityConfig = IdentityConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def __post_init__(self) -> None:
         ident = self.identity

@@ -74,6 +74,7 @@ from agent.roles.cohort import sample_cohort
 from agent.roles.liveness import Liveness
 from agent.roles.records import AgentRecord, GlobalState, RoundObserver, RoundRecord, RunSummary
 from agent.roles.secure_round import SecureRound, setup_body
+from agent.runtime import metrics
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
@@ -315,6 +316,13 @@ class Aggregator:
         )
         self._last_record = record
         self._status_changed.set()
+        metrics.ROUNDS.labels("completed" if outcome.weights is not None else "failed").inc()
+        metrics.DROPOUTS.inc(len(dropouts))
+        metrics.ROUND_SECONDS.observe(record.seconds)
+        for state in ("online", "offline", "unknown"):
+            metrics.AGENTS.labels(state).set(
+                sum(1 for a in self.agents if self.liveness.state(a) == state)
+            )
         return record
 
     async def _send_fit_ins(self, r: int, cohort: Sequence[str], ins: FitIns) -> None:
@@ -331,12 +339,14 @@ class Aggregator:
             deadline=self._schedule.round_timeout,
             config=self._schedule.fit_config,
         )
+        started = time.monotonic()
         await self._send_fit_ins(r, cohort, ins)
         try:
             async with asyncio.timeout(self._schedule.round_timeout):
                 await self._round_complete.wait()
         except TimeoutError:
             pass
+        metrics.STAGE_SECONDS.labels("fit").observe(time.monotonic() - started)
         results = [self._results[a] for a in sorted(self._results)]
         if not results:
             return Outcome(failure="no_update_arrived")
@@ -407,12 +417,14 @@ class Aggregator:
             model_sha256=state.sha256,
             config=self._schedule.eval_config,
         )
+        started = time.monotonic()
         await self._outbox.try_send(topics.EVALUATE, ins, round=r)
         try:
             async with asyncio.timeout(self._schedule.eval_timeout):
                 await self._evaluation_complete.wait()
         except TimeoutError:
             log.warning("evaluation_incomplete", answered=len(self._evaluations))
+        metrics.STAGE_SECONDS.labels("evaluate").observe(time.monotonic() - started)
         results = [x for x in self._evaluations.values() if x.num_examples > 0]
         if not results:
             return None, None, 0

@@ -40,6 +40,7 @@ from agent.messages.bodies import (
     UnmaskRequest,
 )
 from agent.messages.tensors import to_array
+from agent.runtime import metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
 from agent.secagg import server
@@ -97,6 +98,7 @@ class SecureRound:
         self._everyone = asyncio.Event()
         self._timed_out = False
         self._closed = False
+        self._stage_started = time.monotonic()
 
     async def run(self) -> server.Aggregate:
         """Run the stages after the cohort got its ``fit_ins``.
@@ -209,6 +211,9 @@ class SecureRound:
                                                      agent_id=agent_id))  # fmt: skip
 
     def _log_stage(self, stage: Stage) -> None:
+        now = time.monotonic()
+        metrics.STAGE_SECONDS.labels(str(stage)).observe(now - self._stage_started)
+        self._stage_started = now
         lost = self.state.dropouts.get(stage, frozenset())
         log.info("secagg_stage_closed", stage=str(stage), answered=len(self._answered),
                  timed_out=self._timed_out, dropouts=sorted(lost))  # fmt: skip

@@ -38,6 +38,7 @@ from agent.messages.codec import decode_body, decode_envelope
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.messages.topics import Role, classify
+from agent.runtime import metrics
 from agent.runtime.dedupe import SeenIds
 
 log = structlog.get_logger(__name__)
@@ -193,6 +194,8 @@ class Dispatcher:
             log.exception("decode_failed_unexpectedly", topic=raw.topic)
             self._drop(raw, DecodeError.reason, repr(exc))
             return False
+        metrics.MESSAGES_RECEIVED.labels(str(message.kind)).inc()
+        metrics.BYTES_RECEIVED.labels(str(message.kind)).inc(len(raw.payload))
         # Every line a handler logs (and every task it starts) carries the message's context.
         with structlog.contextvars.bound_contextvars(
             round=message.round, msg_kind=str(message.kind), peer=message.sender
@@ -208,6 +211,7 @@ class Dispatcher:
 
     def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        metrics.MESSAGES_DROPPED.labels(reason).inc()
         log.warning("message_dropped", reason=reason, topic=raw.topic, size=len(raw.payload),
                     detail=detail[:200])  # fmt: skip
 

@@ -11,6 +11,7 @@ from agent.identity.wire import SEALED_KINDS, Signer
 from agent.messages.bodies import KIND_OF, Body
 from agent.messages.codec import encode
 from agent.messages.topics import TopicSpec
+from agent.runtime import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,9 @@ class Outbox:
         payload = encode(body, federation=self.federation, round=round, sender=self.sender,
                          signer=self.signer, seal_to=self.seal_to)  # fmt: skip
         await self._bus.publish(topic, payload, retain=spec.retained)
+        kind = str(KIND_OF[type(body)])
+        metrics.MESSAGES_SENT.labels(kind).inc()
+        metrics.BYTES_SENT.labels(kind).inc(len(payload))
         log.debug("message_sent", topic=topic, kind=type(body).__name__, size=len(payload))
         return len(payload)
 
