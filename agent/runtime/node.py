@@ -26,6 +26,7 @@ from agent.plugin.loader import load_plugin
 from agent.roles.aggregator import Aggregator
 from agent.roles.records import RoundObserver, RunSummary
 from agent.roles.trainer import Trainer
+from agent.runtime.sdnotify import process_notifier, serve_role
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -64,7 +65,8 @@ async def run_node(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
         if config.role is RoleName.TRAINER:
-            await Trainer(config=config, bus=bus, plugin=plugin).run()
+            trainer = Trainer(config=config, bus=bus, plugin=plugin)
+            await serve_role(trainer, trainer.run())  # READY=1, STATUS= (systemd)
             return None
         weights = await asyncio.to_thread(plugin.get_weights)
         ca_dir = config.identity.ca_dir
@@ -78,7 +80,7 @@ async def run_node(
             observer=observer, revoked=enrolled_check(registry) if registry else None,
         )  # fmt: skip
         if registry is None or ca_dir is None:
-            return await aggregator.run()
+            return await serve_role(aggregator, aggregator.run())
         # Enrollment is answered on a second connection while the rounds run.
         enroll_bus = await stack.enter_async_context(
             open_bus(config, bus_settings(config, suffix="enroll"))
@@ -88,7 +90,7 @@ async def run_node(
         async with asyncio.TaskGroup() as tg:
             enrolling = tg.create_task(service.run(), name="enrollment")
             try:
-                return await aggregator.run()
+                return await serve_role(aggregator, aggregator.run())
             finally:
                 enrolling.cancel()
 
@@ -116,6 +118,10 @@ def enrolled_check(registry: Registry, *, touch_every: float = 30.0) -> Callable
 def run_until_signal(coro: Coroutine[Any, Any, T]) -> T | None:
     """Run ``coro`` on a new event loop; SIGTERM and SIGINT cancel it cleanly.
 
+    Under systemd (``agent.runtime.sdnotify``) the loop feeds the watchdog while ``coro``
+    runs, a signal sends ``STOPPING=1`` before the cancellation unwinds, and a failure
+    ``STATUS=failed: …``.
+
     Returns the coroutine's result, or None when a signal stopped it.
     """
 
@@ -124,9 +130,11 @@ def run_until_signal(coro: Coroutine[Any, Any, T]) -> T | None:
         assert task is not None
         loop = asyncio.get_running_loop()
         stopped: list[str] = []
+        notifier = process_notifier()
 
         def stop(signame: str) -> None:
             stopped.append(signame)
+            notifier.stopping(f"stopping ({signame})")
             log.info("agent_stopping", signal=signame)
             task.cancel()
 
@@ -134,11 +142,18 @@ def run_until_signal(coro: Coroutine[Any, Any, T]) -> T | None:
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop, sig.name)
         try:
-            return await coro
+            async with notifier.watchdog():
+                result = await coro
         except asyncio.CancelledError:
             if not stopped:
                 raise
             return None
+        except Exception as exc:
+            notifier.failed(exc)
+            raise
+        else:
+            notifier.stopping()
+            return result
         finally:
             for sig, handler in previous.items():
                 loop.remove_signal_handler(sig)
