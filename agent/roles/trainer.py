@@ -313,8 +313,9 @@ class Trainer:
             try:
                 result = await asyncio.to_thread(self._plugin.fit, model.weights, config)
             except FedbusError as exc:
+                # The round goes on without us; we stay up and say what happened.
                 log.exception("fit_failed", error=str(exc))
-                self.status = "idle"
+                self.status = f"idle (round {round_}: fit failed: {str(exc)[:200]})"
                 return
             seconds = time.perf_counter() - started
             if secure is None:
