@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from agent.bus.base import Bus, BusSettings
+from agent.bus.base import Bus, BusSettings, LastWill
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.config import AgentConfig, RoleName
 from agent.identity.ca import Identity, load_ca
@@ -24,8 +24,10 @@ from agent.identity.registry import CertStatus, Registry
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import load_plugin
 from agent.roles.aggregator import Aggregator
+from agent.roles.liveness import status_will
 from agent.roles.records import RoundObserver, RunSummary
 from agent.roles.trainer import Trainer
+from agent.runtime import metrics
 from agent.runtime.sdnotify import process_notifier, serve_role
 
 log = structlog.get_logger(__name__)
@@ -33,11 +35,13 @@ T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def bus_settings(config: AgentConfig, *, suffix: str = "") -> BusSettings:
+def bus_settings(
+    config: AgentConfig, *, suffix: str = "", will: Callable[[], LastWill] | None = None
+) -> BusSettings:
     """Transport settings for ``config``'s agent (``suffix`` keeps the client id of a tool
     acting as the agent, e.g. ``fedbus listen``, from displacing the agent's own session)."""
     client_id = f"{config.federation}-{config.agent_id}" + (f"-{suffix}" if suffix else "")
-    return BusSettings(client_id=client_id, max_payload=config.max_payload)
+    return BusSettings(client_id=client_id, max_payload=config.max_payload, will=will)
 
 
 def open_bus(config: AgentConfig, settings: BusSettings) -> Bus:
@@ -57,9 +61,13 @@ async def run_node(
         PluginError, ConfigError, RoundError: as raised by the plugin, bus URL or rounds.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    if config.metrics.port:
+        metrics.serve(config.metrics.port, config.metrics.host)
+        log.info("metrics_serving", host=config.metrics.host, port=config.metrics.port)
     context = PluginContext(config.agent_id, config.plugin.options, config.state_dir)
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
-    bus = open_bus(config, bus_settings(config))
+    will = status_will(config) if config.role is RoleName.TRAINER else None
+    bus = open_bus(config, bus_settings(config, will=will))
     log.info("agent_starting", role=str(config.role), agent_id=config.agent_id,
              federation=config.federation, plugin=plugin.name)  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
