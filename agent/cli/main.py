@@ -45,6 +45,7 @@ def _register_demo() -> None:
     from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
     from agent.cli.plugins import plugin
     from agent.cli.predict import predict
+    from agent.cli.service import service
 
     cli.add_command(demo)
     cli.add_command(plugin)
@@ -55,6 +56,7 @@ def _register_demo() -> None:
     cli.add_command(listen)
     cli.add_command(status)
     cli.add_command(broker_config)
+    cli.add_command(service)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
