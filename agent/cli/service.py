@@ -191,8 +191,9 @@ def plan_key_move(layout: Layout, config: AgentConfig) -> KeyMove | None:
     want = RoleName.TRAINER if layout.role == "agent" else RoleName.AGGREGATOR
     if config.role is not want or config.federation != layout.federation:
         raise ConfigError(
-            f"{source} is a {config.role} of federation {config.federation!r}, not a "
-            f"{want} of {layout.federation!r}"
+            f"{source} configures a {config.role} of {config.federation!r}, not "
+            f"{'a trainer' if layout.role == 'agent' else 'an aggregator'} of "
+            f"{layout.federation!r}"
         )
     config = _canonical_paths(config, ("state_dir",))
     config = msgspec.structs.replace(
