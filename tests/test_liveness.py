@@ -138,6 +138,5 @@ async def test_fedbus_status_shows_the_federation(nats_server: EmbeddedBroker,
     assert shown.returncode == 0, shown.stderr
     summary = json.loads(shown.stdout)
     assert summary["stage"] == "waiting for 3 agents"
-    assert {a: s["state"] for a, s in summary["agents"].items()} == {"a1": "online",
-                                                                    "a2": "online"}
+    assert {a: s["state"] for a, s in summary["agents"].items()} == {"a1": "online", "a2": "online"}
     assert all(s["admitted"] for s in summary["agents"].values())

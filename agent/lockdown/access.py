@@ -35,6 +35,7 @@ ENROLL_IDENTITY = "enroll"
 #: The topics only the enroll identity may touch (and the aggregator, which answers).
 ENROLL_TOPICS: tuple[TopicSpec, ...] = (topics.ENROLL, topics.ENROLL_REPLY)
 
+
 class Access(StrEnum):
     """What a rule allows on the topics its filter matches (mosquitto's ACL words)."""
 
