@@ -395,9 +395,9 @@ async def test_a_trainer_process_under_a_notify_socket(
     - READY=1 is sent after the bus_connected log line (the trainer's own log order), and a
       message published to the trainer's inbox right after READY is handled
       (STATUS=rejected): its subscriptions were in place;
-    - STATUS follows a round: joining → rejected → (idle) → round 1: training → idle →
-      finished (a state shorter than the 0.25 s poll, like idle before fit_ins, may be
-      skipped: STATUS shows the current state, it is not a log);
+    - STATUS follows a round: joining → rejected → (idle) → round 1: training → idle
+      (a state shorter than the 0.25 s poll, like idle before fit_ins, may be skipped:
+      STATUS shows the current state, it is not a log);
     - WATCHDOG=1 arrives regularly, about every 0.2 s, from start to stop;
     - SIGTERM: STOPPING=1 arrives and the process exits 0;
     - the plugin's program does not inherit NOTIFY_SOCKET or WATCHDOG_USEC.
@@ -437,8 +437,8 @@ async def test_a_trainer_process_under_a_notify_socket(
 
         aggregator = agent_process(config("aggregator", "aggregator"), aggregator_log,
                                    NOTIFY_SOCKET=aggregator_sd.address)  # fmt: skip
-        await trainer_sd.wait_for(lambda f: f.get("STATUS") == "finished", timeout=40)
-        assert await asyncio.to_thread(aggregator.wait, 20) == 0
+        assert await asyncio.to_thread(aggregator.wait, 40) == 0
+        await logged_events(trainer_log, until="federation_finished")
         await aggregator_sd.wait_for(lambda f: "STOPPING" in f, timeout=5)
 
         trainer.send_signal(signal.SIGTERM)
@@ -456,9 +456,11 @@ async def test_a_trainer_process_under_a_notify_socket(
     statuses = trainer_sd.statuses()
     if statuses[2:3] == ["idle"]:  # admitted: idle for the few ms until fit_ins, often unseen
         del statuses[2]
-    assert statuses == [
-        "joining", "rejected", "round 1: training", "idle", "finished", "stopping (SIGTERM)",
-    ], log  # fmt: skip
+    assert statuses[:4] == ["joining", "rejected", "round 1: training", "idle"], log
+    assert statuses[-1] == "stopping (SIGTERM)"
+    # After finish the trainer re-joins at once; the exiting aggregator may still admit it
+    # (idle again) within milliseconds, so "finished" itself may go unseen.
+    assert set(statuses[4:-1]) <= {"finished", "idle"}, statuses
     stopping_at, stopping = next((t, f) for t, f in trainer_sd.received if "STOPPING" in f)
     assert stopping == {"STOPPING": "1", "STATUS": "stopping (SIGTERM)"}
     assert '"agent_stopping"' in log
