@@ -159,6 +159,7 @@ class Aggregator:
         self.status = "starting"
         self.liveness = Liveness(timeout=self._schedule.liveness_timeout)
         self._status_changed = asyncio.Event()
+        self._finished = False
         self._last_record: RoundRecord | None = None
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self._on_join, rounds=RoundPolicy.ANY)
@@ -216,6 +217,7 @@ class Aggregator:
             if self._observer is not None:
                 self._observer.round_finished(record)
         state = self.global_state
+        self._finished = True  # joins from now on belong to the next run's aggregator
         await self._outbox.try_send(
             topics.FINISH,
             Finish(reason="completed", final_version=state.version, model_sha256=state.sha256),
@@ -452,6 +454,11 @@ class Aggregator:
 
     async def _on_join(self, message: Message[JoinRequest]) -> None:
         body = message.body
+        if self._finished:
+            # Admitting it now would leave it "admitted" by a run that is over: it would not
+            # join the next run's aggregator.
+            log.info("join_ignored", agent=body.agent_id, reason="run_finished")
+            return
         if body.agent_id != message.sender:
             log.warning("join_refused", reason="sender_mismatch", sender=message.sender)
             return
