@@ -66,8 +66,8 @@ def test_aggregator_and_trainers_as_separate_processes(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:
     """An aggregator and two trainers, each `fedbus run --config`, federate: the aggregator
-    runs its rounds, persists them and exits 0; the trainers stay up, idle, after `finish`
-    and exit 0 on SIGTERM."""
+    runs its rounds, persists them, exports the final model (ONNX) and exits 0; the trainers
+    stay up, idle, after `finish` and exit 0 on SIGTERM."""
     configs = [
         write(tmp_path / f"t{i}.toml", TRAINER.format(
             agent_id=f"dev-{i}", url=nats_server.url, state=tmp_path / f"dev-{i}", index=i))
@@ -83,6 +83,7 @@ def test_aggregator_and_trainers_as_separate_processes(
         rounds = json.loads((tmp_path / "agg" / "metrics.json").read_text())
         assert [r["survivors"] for r in rounds] == [["dev-0", "dev-1"]] * 2
         assert (tmp_path / "agg" / "rounds" / "0002" / "model.npz").is_file()
+        assert (tmp_path / "agg" / "model.onnx").is_file()  # the plugin's export of the result
         time.sleep(1.0)
         assert [t.poll() for t in trainers] == [None, None]  # still up after finish
         for t in trainers:

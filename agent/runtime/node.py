@@ -18,11 +18,12 @@ import structlog
 from agent.bus.base import Bus, BusSettings, LastWill
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.config import AgentConfig, RoleName
+from agent.errors import PluginError
 from agent.identity.ca import Identity, load_ca
 from agent.identity.enrollment import EnrollmentService
 from agent.identity.registry import CertStatus, Registry
-from agent.plugin.api import PluginContext
-from agent.plugin.loader import load_plugin
+from agent.plugin.api import PluginContext, Weights
+from agent.plugin.loader import CheckedPlugin, load_plugin
 from agent.roles.aggregator import Aggregator
 from agent.roles.liveness import status_will
 from agent.roles.records import RoundObserver, RunSummary
@@ -88,7 +89,9 @@ async def run_node(
             observer=observer, revoked=enrolled_check(registry) if registry else None,
         )  # fmt: skip
         if registry is None or ca_dir is None:
-            return await serve_role(aggregator, aggregator.run())
+            summary = await serve_role(aggregator, aggregator.run())
+            await export_final_model(plugin, aggregator.global_state.weights, config)
+            return summary
         # Enrollment is answered on a second connection while the rounds run.
         enroll_bus = await stack.enter_async_context(
             open_bus(config, bus_settings(config, suffix="enroll"))
@@ -98,9 +101,24 @@ async def run_node(
         async with asyncio.TaskGroup() as tg:
             enrolling = tg.create_task(service.run(), name="enrollment")
             try:
-                return await serve_role(aggregator, aggregator.run())
+                summary = await serve_role(aggregator, aggregator.run())
             finally:
                 enrolling.cancel()
+        await export_final_model(plugin, aggregator.global_state.weights, config)
+        return summary
+
+
+async def export_final_model(plugin: CheckedPlugin, weights: Weights, config: AgentConfig) -> None:
+    """The plugin's ``export`` hook on the run's final model, as ``state_dir/model.<ext>``
+    (ONNX for the first-party plugins). A plugin without the hook exports nothing; a failing
+    export is logged, not fatal: the run's results are already persisted."""
+    try:
+        path = await asyncio.to_thread(plugin.export, weights, config.state_dir / "model")
+    except PluginError as exc:
+        log.warning("final_model_not_exported", error=str(exc))
+        return
+    if path is not None:
+        log.info("final_model_exported", path=str(path))
 
 
 def enrolled_check(registry: Registry, *, touch_every: float = 30.0) -> Callable[[Identity], bool]:
