@@ -124,7 +124,9 @@ async def test_fedbus_status_shows_the_federation(nats_server: EmbeddedBroker,
         aggregator = Aggregator(config=config, bus=agg_bus, plugin_name="toy",
                                 initial_weights=toy(0, 1).get_weights())  # fmt: skip
         run = tg.create_task(aggregator.run())
-        await asyncio.sleep(2.0)  # the agents join and say they are online
+        async with asyncio.timeout(20):  # the agents join and say they are online
+            while len(aggregator.agents) < 2 or len(aggregator.liveness.agents) < 2:
+                await asyncio.sleep(0.1)
         shown = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "agent", "status", "--as", str(status_config), "--json"],
