@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -51,7 +50,6 @@ from agent.messages import topics
 from agent.messages.bodies import (
     AdvertiseKeys,
     AgentStatus,
-    EvaluateIns,
     EvaluateRes,
     FederationStatus,
     Finish,
@@ -68,10 +66,11 @@ from agent.messages.bodies import (
 )
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
-from agent.messages.tensors import to_arrays
-from agent.plugin.api import Weights, all_finite, weights_like
+from agent.plugin.api import Weights
 from agent.roles.cohort import sample_cohort
+from agent.roles.evaluation import FederatedEvaluation
 from agent.roles.liveness import Liveness
+from agent.roles.plain_round import PlainRound
 from agent.roles.records import AgentRecord, GlobalState, RoundObserver, RoundRecord, RunSummary
 from agent.roles.secure_round import SecureRound, setup_body
 from agent.runtime import metrics
@@ -147,11 +146,10 @@ class Aggregator:
         self.agents: dict[str, AgentRecord] = {}
         self._enough_agents = asyncio.Event()
         self._cohort: frozenset[str] = frozenset()
-        self._results: dict[str, ClientResult] = {}
-        self._round_complete = asyncio.Event()
-        self._evaluators: frozenset[str] = frozenset()
-        self._evaluations: dict[str, EvaluateRes] = {}
-        self._evaluation_complete = asyncio.Event()
+        self._plain: PlainRound | None = None
+        self._evaluation = FederatedEvaluation(
+            self._outbox, timeout=self._schedule.eval_timeout, config=self._schedule.eval_config
+        )
         self._secure: SecureRound | None = None
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
@@ -260,8 +258,6 @@ class Aggregator:
             rng=self._rng,
         )
         self._cohort = frozenset(cohort)
-        self._results = {}
-        self._round_complete.clear()
         secure = self._schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS
         log.info("round_started", cohort_size=len(cohort), admitted=len(self.agents),
                  secure_aggregation=str(self._schedule.secure_aggregation))  # fmt: skip
@@ -342,14 +338,14 @@ class Aggregator:
             config=self._schedule.fit_config,
         )
         started = time.monotonic()
-        await self._send_fit_ins(r, cohort, ins)
+        self._plain = PlainRound(cohort=frozenset(cohort), model=before,
+                                 alive=self.liveness.alive)  # fmt: skip
         try:
-            async with asyncio.timeout(self._schedule.round_timeout):
-                await self._round_complete.wait()
-        except TimeoutError:
-            pass
+            await self._send_fit_ins(r, cohort, ins)
+            results = await self._plain.wait(self._schedule.round_timeout)
+        finally:
+            self._plain = None
         metrics.STAGE_SECONDS.labels("fit").observe(time.monotonic() - started)
-        results = [self._results[a] for a in sorted(self._results)]
         if not results:
             return Outcome(failure="no_update_arrived")
         weights = await asyncio.to_thread(self._strategy.aggregate, before.weights, results)
@@ -403,40 +399,11 @@ class Aggregator:
                        num_examples=aggregate.total_weight)  # fmt: skip
 
     async def _evaluate(self, r: int) -> tuple[float | None, float | None, int]:
-        """Federated evaluation of the current model: (loss, accuracy, examples)."""
+        """Federated evaluation of the current model on the agents that answered last round:
+        (loss, accuracy, examples)."""
         self.status = f"round {r}: evaluating"
-        self._evaluators = frozenset(
-            a for a, rec in self.agents.items() if not rec.missed_last_round
-        )
-        self._evaluations = {}
-        self._evaluation_complete.clear()
-        if not self._evaluators:
-            log.warning("evaluation_skipped", reason="no_responsive_agent")
-            return None, None, 0
-        state = self.global_state
-        ins = EvaluateIns(
-            model_version=state.version,
-            model_sha256=state.sha256,
-            config=self._schedule.eval_config,
-        )
-        started = time.monotonic()
-        await self._outbox.try_send(topics.EVALUATE, ins, round=r)
-        try:
-            async with asyncio.timeout(self._schedule.eval_timeout):
-                await self._evaluation_complete.wait()
-        except TimeoutError:
-            log.warning("evaluation_incomplete", answered=len(self._evaluations))
-        metrics.STAGE_SECONDS.labels("evaluate").observe(time.monotonic() - started)
-        results = [x for x in self._evaluations.values() if x.num_examples > 0]
-        if not results:
-            return None, None, 0
-        loss = weighted_mean([(x.loss, x.num_examples) for x in results])
-        accuracy = weighted_mean(
-            [(float(x.metrics["accuracy"]), x.num_examples) for x in results
-             if isinstance(x.metrics.get("accuracy"), int | float)]
-        )  # fmt: skip
-        examples = sum(x.num_examples for x in results)
-        return loss, (None if np.isnan(accuracy) else accuracy), examples
+        evaluators = frozenset(a for a, rec in self.agents.items() if not rec.missed_last_round)
+        return await self._evaluation.run(r, self.global_state, evaluators)
 
     async def _publish_model(self, agent_id: str | None = None) -> None:
         state = self.global_state
@@ -484,35 +451,12 @@ class Aggregator:
             self._enough_agents.set()
 
     async def _on_update(self, message: Message[ModelUpdate]) -> None:
-        sender, body = message.sender, message.body
-        reason = None
         if self._secure is not None:
-            reason = "plaintext_in_secure_round"
-        elif sender not in self._cohort:
-            reason = "not_in_cohort"
-        elif sender in self._results:
-            reason = "already_received"
-        elif body.model_version != self.global_state.version:
-            reason = "wrong_model_version"
-        if reason is None:
-            weights = to_arrays(body.tensors)
-            if not weights_like(self.global_state.weights, weights):
-                reason = "shape_mismatch"
-            elif not all_finite(weights):
-                reason = "not_finite"
-        if reason is not None:
-            log.warning("update_rejected", agent=sender, reason=reason)
-            return
-        self._results[sender] = ClientResult(sender, weights, body.num_examples, body.metrics)
-        log.info("update_received", agent=sender, num_examples=body.num_examples,
-                 received=len(self._results), cohort_size=len(self._cohort))  # fmt: skip
-        self._check_complete()
-
-    def _check_complete(self) -> None:
-        """A plain round is complete when every cohort member delivered or went offline."""
-        waiting = {a for a in self._cohort - self._results.keys() if self.liveness.alive(a)}
-        if self._cohort and not waiting:
-            self._round_complete.set()
+            log.warning("update_rejected", agent=message.sender, reason="plaintext_in_secure_round")
+        elif self._plain is None:
+            log.warning("update_rejected", agent=message.sender, reason="no_round_open")
+        else:
+            self._plain.on_update(message.sender, message.body)
 
     async def _on_secagg(self, message: Message[Any]) -> None:
         secure, sender, body = self._secure, message.sender, message.body
@@ -536,8 +480,8 @@ class Aggregator:
         if body.state == "offline" and sender in self._cohort:
             if self._secure is not None:
                 self._secure.on_offline(sender)
-            else:
-                self._check_complete()
+            elif self._plain is not None:
+                self._plain.check_complete()
         self._status_changed.set()
 
     async def _report_status(self) -> None:
@@ -568,13 +512,10 @@ class Aggregator:
         )  # fmt: skip
 
     async def _on_metrics(self, message: Message[EvaluateRes]) -> None:
-        sender, body = message.sender, message.body
-        if sender not in self.agents or body.model_version != self.global_state.version:
-            log.warning("metrics_rejected", agent=sender, model_version=body.model_version)
+        if message.sender not in self.agents:
+            log.warning("metrics_rejected", agent=message.sender, reason="not_admitted")
             return
-        self._evaluations[sender] = body
-        if self._evaluators <= self._evaluations.keys():
-            self._evaluation_complete.set()
+        self._evaluation.on_metrics(message.sender, message.body)
 
 
 def _weighted_metric(results: Sequence[ClientResult], key: str) -> float:

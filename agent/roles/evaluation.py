@@ -1,0 +1,80 @@
+"""Federated evaluation (DESIGN.md §4, step 5): the aggregator broadcasts ``evaluate`` for a
+model version and aggregates the ``metrics`` that come back, weighted by num_examples."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import structlog
+
+from agent.messages import topics
+from agent.messages.bodies import EvaluateIns, EvaluateRes, Scalar
+from agent.roles.records import GlobalState
+from agent.runtime import metrics
+from agent.runtime.outbox import Outbox
+from agent.strategy.fedavg import weighted_mean
+
+log = structlog.get_logger(__name__)
+
+
+class FederatedEvaluation:
+    """Evaluations of the aggregator's model, one at a time.
+
+    Args:
+        outbox: sends ``evaluate``.
+        timeout: seconds to wait for the evaluators' ``metrics``.
+        config: scalars sent with every ``evaluate``.
+    """
+
+    def __init__(self, outbox: Outbox, *, timeout: float, config: Mapping[str, Scalar]) -> None:
+        self._outbox = outbox
+        self._timeout = timeout
+        self._config = dict(config)
+        self._version = -1
+        self._evaluators: frozenset[str] = frozenset()
+        self._results: dict[str, EvaluateRes] = {}
+        self._complete = asyncio.Event()
+
+    async def run(
+        self, r: int, state: GlobalState, evaluators: frozenset[str]
+    ) -> tuple[float | None, float | None, int]:
+        """Evaluate ``state`` on ``evaluators``: (loss, accuracy, examples); Nones when no
+        result with examples came back before the timeout."""
+        self._version, self._evaluators = state.version, evaluators
+        self._results = {}
+        self._complete.clear()
+        if not evaluators:
+            log.warning("evaluation_skipped", reason="no_responsive_agent")
+            return None, None, 0
+        ins = EvaluateIns(model_version=state.version, model_sha256=state.sha256,
+                          config=self._config)  # fmt: skip
+        started = time.monotonic()
+        await self._outbox.try_send(topics.EVALUATE, ins, round=r)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._complete.wait()
+        except TimeoutError:
+            log.warning("evaluation_incomplete", answered=len(self._results))
+        metrics.STAGE_SECONDS.labels("evaluate").observe(time.monotonic() - started)
+        results = [x for x in self._results.values() if x.num_examples > 0]
+        if not results:
+            return None, None, 0
+        loss = weighted_mean([(x.loss, x.num_examples) for x in results])
+        accuracy = weighted_mean(
+            [(float(x.metrics["accuracy"]), x.num_examples) for x in results
+             if isinstance(x.metrics.get("accuracy"), int | float)]
+        )  # fmt: skip
+        examples = sum(x.num_examples for x in results)
+        return loss, (None if np.isnan(accuracy) else accuracy), examples
+
+    def on_metrics(self, sender: str, body: EvaluateRes) -> None:
+        """A result: kept if it is for the model under evaluation."""
+        if body.model_version != self._version:
+            log.warning("metrics_rejected", agent=sender, model_version=body.model_version)
+            return
+        self._results[sender] = body
+        if self._evaluators <= self._results.keys():
+            self._complete.set()
