@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import msgspec
@@ -96,12 +96,16 @@ class Signer:
 
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
+    #: the certificate as sent with every message (DER), encoded once
+    der: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "der", self.cert.public_bytes(serialization.Encoding.DER))
 
     def sign(self, envelope: bytes) -> bytes:
         """The signed payload for ``envelope`` (see the module docstring)."""
-        der = self.cert.public_bytes(serialization.Encoding.DER)
         signature = self.key.sign(envelope, ec.ECDSA(hashes.SHA256()))
-        return _encoder.encode(Signed(MAGIC, envelope, der, signature))
+        return _encoder.encode(Signed(MAGIC, envelope, self.der, signature))
 
 
 class Verifier:

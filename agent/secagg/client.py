@@ -45,6 +45,7 @@ class ClientState:
         self_seed: b_u, 32 bytes (revealed only as shares, and only if this client survives).
         peers: neighbours that advertised keys (from the aggregator's relay).
         held: shares this client holds for others: owner → (seed share, key share).
+        share_keys: the AEAD key shared with each peer (derived once, in ``share_keys``).
     """
 
     agent_id: str
@@ -56,6 +57,7 @@ class ClientState:
     self_seed: bytes = field(default_factory=lambda: os.urandom(32))
     peers: dict[str, PublicKeys] = field(default_factory=dict)
     held: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    share_keys: dict[str, bytes] = field(default_factory=dict)
 
 
 def setup(agent_id: str, announced: Setup) -> ClientState:
@@ -112,7 +114,7 @@ def share_keys(state: ClientState, peer_keys: Mapping[str, PublicKeys]) -> dict[
     out: dict[str, bytes] = {}
     for j, v in enumerate(holders):
         info = context.info(keys.SHARE_PURPOSE, state.agent_id, v)
-        key = keys.agree(state.enc_key, peer_keys[v].enc, info=info)
+        key = state.share_keys[v] = keys.agree(state.enc_key, peer_keys[v].enc, info=info)
         plaintext = shamir.share_to_bytes(shares[0, j]) + shamir.share_to_bytes(shares[1, j])
         out[v] = keys.encrypt(key, plaintext, associated_data=_ad(context, state.agent_id, v))
     return out
@@ -145,11 +147,10 @@ def collect_masked_input(
         raise ValueError(f"update has shape {update.shape}, expected ({setup_.length},)")
     context = setup_.context
     for v, blob in ciphertexts.items():
-        if v not in state.peers:
+        if v not in state.share_keys:
             raise ShareError(f"shares from {v}, who is not a neighbour that advertised")
-        info = context.info(keys.SHARE_PURPOSE, state.agent_id, v)
-        key = keys.agree(state.enc_key, state.peers[v].enc, info=info)
-        plain = keys.decrypt(key, blob, associated_data=_ad(context, v, state.agent_id))
+        ad = _ad(context, v, state.agent_id)
+        plain = keys.decrypt(state.share_keys[v], blob, associated_data=ad)
         if len(plain) != 2 * shamir.SHARE_BYTES:
             raise ShareError(f"shares from {v} have the wrong length")
         state.held[v] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
