@@ -138,9 +138,9 @@ def _quiet_logs() -> None:
 
 def describe(topic: str, payload: bytes, verifier: Any) -> dict[str, Any]:
     """One received payload as a dict: topic, kind, sender, round, size, signature, body."""
-    from agent.identity.ca import Role as IdentityRole
     from agent.messages.codec import decode_body, decode_envelope
-    from agent.messages.topics import Role, classify
+    from agent.messages.topics import classify
+    from agent.runtime.listeners import verify_sender
 
     out: dict[str, Any] = {"time": time.strftime("%H:%M:%S"), "topic": topic,
                            "size": len(payload)}  # fmt: skip
@@ -155,11 +155,8 @@ def describe(topic: str, payload: bytes, verifier: Any) -> dict[str, Any]:
         out["signature"] = "signed (not checked: no [identity] in the config)"
     else:
         where = classify(topic, envelope.federation)
-        publisher = (IdentityRole.AGGREGATOR if where and where[0].publisher is Role.AGGREGATOR
-                     else IdentityRole.TRAINER)  # fmt: skip
         try:
-            ident = verifier.verify(signed, sender=envelope.sender, timestamp=envelope.timestamp,
-                                    publisher=publisher)  # fmt: skip
+            ident = verify_sender(verifier, signed, envelope, where[0] if where else None)
             out["signature"] = f"valid ({ident.agent_id}, {ident.role})"
         except ProtocolError as exc:
             out["signature"] = f"INVALID: {exc.reason}"
@@ -178,8 +175,6 @@ def describe(topic: str, payload: bytes, verifier: Any) -> dict[str, Any]:
 def _summary(value: Any) -> Any:
     """Bodies with tensors and bytes shortened to sizes (never print weights or keys)."""
     if isinstance(value, dict):
-        if {"dtype", "shape", "data"} <= value.keys():
-            return f"tensor {value['dtype']} {value['shape']}"
         return {k: _summary(v) for k, v in value.items()}
     if isinstance(value, list):
         if len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], list):

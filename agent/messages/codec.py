@@ -40,10 +40,10 @@ def encode(
     """
     kind = KIND_OF[type(body)]
     data = _encoder.encode(body)
-    sealed = seal_to is not None and kind in SEALED_KINDS
-    if seal_to is not None and sealed:
+    sealed = False
+    if seal_to is not None and kind in SEALED_KINDS:
         info = seal_info(federation=federation, round=round, sender=sender, kind=kind)
-        data = seal(data, seal_to, info)
+        data, sealed = seal(data, seal_to, info), True
     envelope = encode_envelope(
         new_envelope(kind=kind, federation=federation, round=round, sender=sender, body=data,
                      sealed=sealed)

@@ -62,9 +62,8 @@ class SecureFit:
         ConfigError: unacceptable parameters.  CryptoError: we are not in the cohort.
     """
 
-    def __init__(self, *, agent_id: str, setup: Setup, stage_timeout: float) -> None:
+    def __init__(self, *, agent_id: str, setup: Setup) -> None:
         self.round = setup.context.round
-        self.stage_timeout = stage_timeout
         self.state = client.setup(agent_id, setup)
         self._shares: asyncio.Future[dict[str, bytes]] = asyncio.get_running_loop().create_future()
 

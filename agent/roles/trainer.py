@@ -290,8 +290,7 @@ class Trainer:
         if ins.secagg is not None:
             try:
                 setup = parse_setup(ins.secagg, federation=self._fed, round_=round_)
-                secure = SecureFit(agent_id=self._id, setup=setup,
-                                   stage_timeout=ins.secagg.stage_timeout)  # fmt: skip
+                secure = SecureFit(agent_id=self._id, setup=setup)
             except REFUSED as exc:
                 log.warning("fit_refused", reason="secagg_setup", error=str(exc), round=round_)
                 return

@@ -32,12 +32,20 @@ from agent.errors import (
     WrongFederationError,
     WrongTopicError,
 )
+from agent.identity.ca import Identity
 from agent.identity.ca import Role as IdentityRole
-from agent.identity.wire import SEALED_KINDS, TIMELESS_KINDS, Verifier, open_sealed, seal_info
+from agent.identity.wire import (
+    SEALED_KINDS,
+    TIMELESS_KINDS,
+    Signed,
+    Verifier,
+    open_sealed,
+    seal_info,
+)
 from agent.messages.codec import decode_body, decode_envelope
-from agent.messages.envelope import Message
+from agent.messages.envelope import Envelope, Message
 from agent.messages.kinds import Kind
-from agent.messages.topics import Role, classify
+from agent.messages.topics import Role, TopicSpec, classify
 from agent.runtime import metrics
 from agent.runtime.dedupe import SeenIds
 
@@ -73,6 +81,20 @@ class Security:
 
     verifier: Verifier
     unseal_key: X25519PrivateKey | None = None
+
+
+def verify_sender(
+    verifier: Verifier, signed: Signed | None, envelope: Envelope, spec: TopicSpec | None
+) -> Identity:
+    """Check ``envelope``'s signature for the topic it came on: its publisher's role (a
+    trainer for agent topics and unknown ones), the timestamp window unless the kind is
+    timeless. Raises the ``ProtocolError`` of ``Verifier.verify``."""
+    aggregator = spec is not None and spec.publisher is Role.AGGREGATOR
+    return verifier.verify(
+        signed, sender=envelope.sender, timestamp=envelope.timestamp,
+        publisher=IdentityRole.AGGREGATOR if aggregator else IdentityRole.TRAINER,
+        timeless=envelope.kind in TIMELESS_KINDS,
+    )  # fmt: skip
 
 
 class ListenerRegistry:
@@ -155,12 +177,7 @@ class Dispatcher:
         security = self.security
         identity = None
         if security is not None:
-            publisher = (IdentityRole.AGGREGATOR if spec.publisher is Role.AGGREGATOR
-                         else IdentityRole.TRAINER)  # fmt: skip
-            identity = security.verifier.verify(
-                signed, sender=envelope.sender, timestamp=envelope.timestamp,
-                publisher=publisher, timeless=envelope.kind in TIMELESS_KINDS,
-            )  # fmt: skip
+            identity = verify_sender(security.verifier, signed, envelope, spec)
         data = envelope.body
         unseal_key = security.unseal_key if security is not None else None
         if envelope.sealed:
