@@ -52,6 +52,8 @@ from agent.runtime.dedupe import SeenIds
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Message[Any]], Awaitable[None]]
+#: Payloads at least this large are checked and decoded in a worker thread.
+OFFLOAD_BYTES = 64 * 1024
 
 
 class RoundPolicy(StrEnum):
@@ -203,7 +205,12 @@ class Dispatcher:
     async def dispatch(self, raw: BusMessage) -> bool:
         """Check ``raw`` and run its handler. Returns True when a handler ran cleanly."""
         try:
-            listener, message = self.accept(raw)
+            if len(raw.payload) >= OFFLOAD_BYTES:
+                # Verifying, opening and decoding a model-sized payload hashes and decrypts
+                # megabytes: off the event loop (one message at a time, as run() awaits).
+                listener, message = await asyncio.to_thread(self.accept, raw)
+            else:
+                listener, message = self.accept(raw)
         except ProtocolError as exc:
             self._drop(raw, exc.reason, str(exc))
             return False

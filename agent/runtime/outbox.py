@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
+
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -10,8 +13,12 @@ from agent.errors import SealError, TransportError
 from agent.identity.wire import SEALED_KINDS, Signer
 from agent.messages.bodies import KIND_OF, Body
 from agent.messages.codec import encode
+from agent.messages.kinds import Kind
 from agent.messages.topics import TopicSpec
 from agent.runtime import metrics
+
+#: Kinds that carry a model-sized tensor.
+BULKY = frozenset({Kind.MODEL_PARA, Kind.MODEL_UPDATE, Kind.MASKED_INPUT})
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +54,10 @@ class Outbox:
         topic = spec.format(self.federation, agent_id)
         if self.signer is not None and self.seal_to is None and KIND_OF[type(body)] in SEALED_KINDS:
             raise SealError(f"no sealing key for a {KIND_OF[type(body)]} yet; not sent")
-        payload = encode(body, federation=self.federation, round=round, sender=self.sender,
-                         signer=self.signer, seal_to=self.seal_to)  # fmt: skip
+        build = partial(encode, body, federation=self.federation, round=round,
+                        sender=self.sender, signer=self.signer, seal_to=self.seal_to)  # fmt: skip
+        # Encoding, sealing and signing a model hashes and encrypts megabytes: off the loop.
+        payload = await asyncio.to_thread(build) if KIND_OF[type(body)] in BULKY else build()
         await self._bus.publish(topic, payload, retain=spec.retained)
         kind = str(KIND_OF[type(body)])
         metrics.MESSAGES_SENT.labels(kind).inc()
