@@ -236,8 +236,7 @@ async def _status(config: Any, seconds: float) -> Any:
     from agent.errors import BusTimeoutError
     from agent.messages import topics
     from agent.messages.bodies import FederationStatus
-    from agent.messages.codec import decode_body, decode_envelope
-    from agent.messages.kinds import Kind
+    from agent.messages.codec import decode
     from agent.runtime.node import bus_settings, open_bus
 
     async with open_bus(config, bus_settings(config, suffix="status")) as bus:
@@ -245,10 +244,8 @@ async def _status(config: Any, seconds: float) -> Any:
         try:
             async with asyncio.timeout(seconds):
                 async for raw in bus.messages():
-                    envelope, _ = decode_envelope(raw.payload)
-                    if envelope.kind is Kind.FEDERATION_STATUS:
-                        body = decode_body(envelope.kind, envelope.body)
-                        assert isinstance(body, FederationStatus)
+                    body = decode(raw.payload).body
+                    if isinstance(body, FederationStatus):
                         return body
         except TimeoutError:
             pass

@@ -10,8 +10,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,12 +85,6 @@ def tls_files(pki: DemoPki, name: str, url: str) -> TlsFiles:
     return TlsFiles(pki.ca_file, pki.cert(name), pki.key(name))
 
 
-@contextmanager
-def _registry(pki: DemoPki) -> Iterator[Registry]:
-    with Registry.open(pki.registry) as registry:
-        yield registry
-
-
 async def enroll_agents(
     pki: DemoPki,
     *,
@@ -110,7 +103,7 @@ async def enroll_agents(
     Raises:
         FedbusError: an enrollment failed (the message quotes its error line).
     """
-    with _registry(pki) as registry:
+    with Registry.open(pki.registry) as registry:
         tokens = {a: registry.create_token(a, ttl_seconds=600) for a in options}
         settings = BusSettings(client_id=f"{federation}-demo-enroll")
         async with bus_from_url(url, settings, tls=tls_files(pki, AGGREGATOR_ID, url)) as bus:
