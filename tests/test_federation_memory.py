@@ -2,54 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.bus.base import BusSettings
-from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.plugin.loader import CheckedPlugin
-from agent.roles.aggregator import Aggregator
 from agent.roles.records import RunSummary
 from agent.roles.trainer import Trainer
 from agent.state import read_weights
-from tests.toy import ToyPlugin, aggregator_config, toy, trainer_config
+from tests.toy import ToyPlugin, aggregator_config, federate_in_memory, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def federate(
-    tmp_path: Path, plugins: dict[str, object], **agg: object
+    tmp_path: Path, plugins: dict[str, CheckedPlugin], **agg: Any
 ) -> tuple[RunSummary, dict[str, Trainer]]:
-    broker = MemoryBroker()
-    trainers: dict[str, Trainer] = {}
-    tasks: list[asyncio.Task[None]] = []
-    async with asyncio.TaskGroup() as tg:
-        buses = []
-        for agent_id, plugin in plugins.items():
-            bus = MemoryBus(broker, BusSettings(client_id=agent_id))
-            await bus.__aenter__()
-            buses.append(bus)
-            trainers[agent_id] = Trainer(
-                config=trainer_config(agent_id, "mem://", tmp_path), bus=bus, plugin=plugin
-            )  # type: ignore[arg-type]
-            tasks.append(tg.create_task(trainers[agent_id].run()))
-        config = aggregator_config("mem://", tmp_path, agents=len(plugins), **agg)  # type: ignore[arg-type]
-        async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
-            aggregator = Aggregator(
-                config=config, bus=bus, plugin_name="toy", initial_weights=toy(0, 1).get_weights()
-            )
-            summary = await aggregator.run()
-        await asyncio.sleep(0.05)  # let finish reach the trainers
-        for task in tasks:
-            task.cancel()
-    for bus in buses:
-        await bus.__aexit__(None, None, None)
-    return summary, trainers
+    config = aggregator_config("mem://", tmp_path, agents=len(plugins), **agg)
+    return await federate_in_memory(
+        plugins, config, lambda agent_id: trainer_config(agent_id, "mem://", tmp_path)
+    )
 
 
 async def test_rounds_average_by_num_examples(tmp_path: Path) -> None:

@@ -17,10 +17,9 @@ from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.config import AgentConfig, SecAggConfig, SecureAggregation
 from agent.plugin.loader import CheckedPlugin
-from agent.roles.aggregator import Aggregator
 from agent.roles.records import RunSummary
 from agent.roles.trainer import Trainer
-from tests.toy import aggregator_config, toy, trainer_config
+from tests.toy import aggregator_config, federate_in_memory, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,32 +38,15 @@ async def federate(
     tmp_path: Path, plugins: dict[str, CheckedPlugin], config: AgentConfig,
     *, trainer_kw: dict[str, Any] | None = None, broker: MemoryBroker | None = None,
 ) -> tuple[RunSummary, dict[str, Trainer]]:  # fmt: skip
-    broker = broker or MemoryBroker()
-    trainers: dict[str, Trainer] = {}
-    async with asyncio.TaskGroup() as tg:
-        buses = []
-        tasks = []
-        for agent_id, plugin in plugins.items():
-            bus = MemoryBus(broker, BusSettings(client_id=agent_id))
-            await bus.__aenter__()
-            buses.append(bus)
-            trainer_cfg = trainer_config(agent_id, "mem://", tmp_path)
-            if trainer_kw:
-                trainer_cfg = msgspec.structs.replace(
-                    trainer_cfg, trainer=msgspec.structs.replace(trainer_cfg.trainer, **trainer_kw)
-                )
-            trainers[agent_id] = Trainer(config=trainer_cfg, bus=bus, plugin=plugin)
-            tasks.append(tg.create_task(trainers[agent_id].run()))
-        async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
-            aggregator = Aggregator(config=config, bus=bus, plugin_name="toy",
-                                    initial_weights=toy(0, 1).get_weights())  # fmt: skip
-            summary = await aggregator.run()
-        await asyncio.sleep(0.05)
-        for task in tasks:
-            task.cancel()
-    for bus in buses:
-        await bus.__aexit__(None, None, None)
-    return summary, trainers
+    def configure(agent_id: str) -> AgentConfig:
+        cfg = trainer_config(agent_id, "mem://", tmp_path)
+        if trainer_kw:
+            cfg = msgspec.structs.replace(
+                cfg, trainer=msgspec.structs.replace(cfg.trainer, **trainer_kw)
+            )
+        return cfg
+
+    return await federate_in_memory(plugins, config, configure, broker=broker)
 
 
 async def test_secure_rounds_give_the_weighted_mean(tmp_path: Path) -> None:

@@ -17,9 +17,7 @@ from agent.config import AgentConfig, IdentityConfig, SecureAggregation
 from agent.identity import ca
 from agent.identity.wire import SEALED_KINDS, is_signed, unwrap
 from agent.messages.envelope import Envelope
-from agent.roles.aggregator import Aggregator
-from agent.roles.trainer import Trainer
-from tests.toy import aggregator_config, toy, trainer_config
+from tests.toy import aggregator_config, federate_in_memory, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,6 +47,13 @@ async def federate(tmp_path: Path, agents: list[str], *, secure: bool,
     pki = tmp_path / "pki"
     agg_identity = credentials(authority, "aggregator", ca.Role.AGGREGATOR, pki)
     agg_config = msgspec.structs.replace(agg_config, aggregator=schedule, identity=agg_identity)
+
+    def configure(agent_id: str) -> AgentConfig:
+        identity = credentials(authority, agent_id, ca.Role.TRAINER, pki)
+        return msgspec.structs.replace(trainer_config(agent_id, "mem://", tmp_path),
+                                       identity=identity)  # fmt: skip
+
+    plugins = {agent_id: toy(float(i + 1), 1) for i, agent_id in enumerate(agents)}
     async with MemoryBus(broker, BusSettings(client_id="spy")) as spy:
         await spy.subscribe("fl/#")
 
@@ -57,30 +62,10 @@ async def federate(tmp_path: Path, agents: list[str], *, secure: bool,
                 wire.append(raw.payload)
 
         recorder = asyncio.create_task(record())
-        async with asyncio.TaskGroup() as tg:
-            tasks, buses = [], []
-            for i, agent_id in enumerate(agents):
-                bus = MemoryBus(broker, BusSettings(client_id=agent_id))
-                await bus.__aenter__()
-                buses.append(bus)
-                identity = credentials(authority, agent_id, ca.Role.TRAINER, pki)
-                config: AgentConfig = msgspec.structs.replace(
-                    trainer_config(agent_id, "mem://", tmp_path), identity=identity
-                )
-                trainer = Trainer(config=config, bus=bus, plugin=toy(float(i + 1), 1))
-                tasks.append(tg.create_task(trainer.run()))
-            async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
-                aggregator = Aggregator(
-                    config=agg_config, bus=bus, plugin_name="toy",
-                    initial_weights=toy(0, 1).get_weights(),
-                    revoked=lambda ident: ident.agent_id in revoked,
-                )  # fmt: skip
-                summary = await aggregator.run()
-            await asyncio.sleep(0.05)
-            for task in tasks:
-                task.cancel()
-        for bus in buses:
-            await bus.__aexit__(None, None, None)
+        summary, _ = await federate_in_memory(
+            plugins, agg_config, configure, broker=broker,
+            revoked=lambda ident: ident.agent_id in revoked,
+        )  # fmt: skip
         recorder.cancel()
     return summary, wire
 

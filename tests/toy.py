@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agent.bus.base import BusSettings
+from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.config import AgentConfig, AggregatorConfig, PluginConfig, RoleName, TrainerConfig
+from agent.identity.ca import Identity
 from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
+from agent.roles.aggregator import Aggregator
+from agent.roles.records import RunSummary
+from agent.roles.trainer import Trainer
 
 
 class ToyPlugin:
@@ -85,3 +92,40 @@ def aggregator_config(
             **kw,
         ),
     )
+
+
+async def federate_in_memory(
+    plugins: Mapping[str, CheckedPlugin],
+    config: AgentConfig,
+    trainer_configs: Callable[[str], AgentConfig],
+    *,
+    broker: MemoryBroker | None = None,
+    revoked: Callable[[Identity], bool] | None = None,
+) -> tuple[RunSummary, dict[str, Trainer]]:
+    """Run the aggregator ``config`` with one in-process trainer per plugin on an in-memory
+    broker until the schedule ends; the trainers are then stopped."""
+    broker = broker or MemoryBroker()
+    trainers: dict[str, Trainer] = {}
+    buses: list[MemoryBus] = []
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = []
+            for agent_id, plugin in plugins.items():
+                bus = MemoryBus(broker, BusSettings(client_id=agent_id))
+                await bus.__aenter__()
+                buses.append(bus)
+                trainers[agent_id] = Trainer(config=trainer_configs(agent_id), bus=bus,
+                                             plugin=plugin)  # fmt: skip
+                tasks.append(tg.create_task(trainers[agent_id].run()))
+            async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
+                aggregator = Aggregator(config=config, bus=bus, plugin_name="toy",
+                                        initial_weights=toy(0, 1).get_weights(),
+                                        revoked=revoked)  # fmt: skip
+                summary = await aggregator.run()
+            await asyncio.sleep(0.05)  # let finish reach the trainers
+            for task in tasks:
+                task.cancel()
+    finally:
+        for bus in buses:
+            await bus.__aexit__(None, None, None)
+    return summary, trainers
