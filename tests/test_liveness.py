@@ -48,7 +48,9 @@ def test_an_agent_is_gone_when_it_says_so_or_its_heartbeats_stop() -> None:
 
 
 async def test_a_dead_agent_is_seen_offline_and_left_out(tmp_path: Path) -> None:
-    """Three agents; one loses its connection in round 1 while training. Its last will
+    """Three agents; one loses its connection in round 1 while training and stays away (its
+    reconnect backoff outlasts the test; coming back would rightly make it online again). Its
+    last will
     (offline, retained) reaches the aggregator, which stops waiting for it — round 1 ends
     long before its 60 s deadline — and leaves it out of round 2's cohort; the retained
     federation_status shows it offline."""
@@ -70,7 +72,9 @@ async def test_a_dead_agent_is_seen_offline_and_left_out(tmp_path: Path) -> None
         async with asyncio.TaskGroup() as tg:
             for agent_id, plugin in plugins.items():
                 cfg = trainer_config(agent_id, "mem://", tmp_path)
-                bus = MemoryBus(broker, BusSettings(client_id=agent_id, will=status_will(cfg)))
+                away = {"backoff_initial": 60.0, "backoff_max": 60.0} if agent_id == "a3" else {}
+                settings = BusSettings(client_id=agent_id, will=status_will(cfg), **away)
+                bus = MemoryBus(broker, settings)
                 await bus.__aenter__()
                 buses.append(bus)
                 tasks.append(tg.create_task(Trainer(config=cfg, bus=bus, plugin=plugin).run()))
