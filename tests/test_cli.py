@@ -52,9 +52,13 @@ round_timeout = 20
 
 
 def fedbus(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "agent", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def write(path: Path, text: str) -> Path:
@@ -69,14 +73,22 @@ def test_aggregator_and_trainers_as_separate_processes(
     runs its rounds, persists them, exports the final model (ONNX) and exits 0; the trainers
     stay up, idle, after `finish` and exit 0 on SIGTERM."""
     configs = [
-        write(tmp_path / f"t{i}.toml", TRAINER.format(
-            agent_id=f"dev-{i}", url=nats_server.url, state=tmp_path / f"dev-{i}", index=i))
+        write(
+            tmp_path / f"t{i}.toml",
+            TRAINER.format(
+                agent_id=f"dev-{i}", url=nats_server.url, state=tmp_path / f"dev-{i}", index=i
+            ),
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     trainers = [fedbus("run", "--config", str(c)) for c in configs]
     try:
-        agg_config = write(tmp_path / "agg.toml", AGGREGATOR.format(
-            url=nats_server.url, state=tmp_path / "agg", min_fit=2, join_timeout=30))  # fmt: skip
+        agg_config = write(
+            tmp_path / "agg.toml",
+            AGGREGATOR.format(
+                url=nats_server.url, state=tmp_path / "agg", min_fit=2, join_timeout=30
+            ),
+        )
         aggregator = fedbus("run", "--config", str(agg_config))
         out, err = aggregator.communicate(timeout=60)
         assert aggregator.returncode == 0, out + err
@@ -103,8 +115,10 @@ def test_aggregator_without_agents_fails_with_one_clear_line(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:
     """An aggregator that nobody joins within join_timeout exits 2 with one line saying so."""
-    config = write(tmp_path / "agg.toml", AGGREGATOR.format(
-        url=nats_server.url, state=tmp_path / "agg", min_fit=1, join_timeout=1))  # fmt: skip
+    config = write(
+        tmp_path / "agg.toml",
+        AGGREGATOR.format(url=nats_server.url, state=tmp_path / "agg", min_fit=1, join_timeout=1),
+    )
     proc = fedbus("run", "--config", str(config))
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
@@ -116,9 +130,12 @@ def test_aggregator_without_agents_fails_with_one_clear_line(
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """A config naming an unknown plugin fails before touching the network, in one line."""
-    config = write(tmp_path / "t.toml", TRAINER.format(
-        agent_id="d", url="nats://127.0.0.1:1", state=tmp_path, index=0).replace(
-        "digits-mlp", "no-such-plugin"))  # fmt: skip
+    config = write(
+        tmp_path / "t.toml",
+        TRAINER.format(agent_id="d", url="nats://127.0.0.1:1", state=tmp_path, index=0).replace(
+            "digits-mlp", "no-such-plugin"
+        ),
+    )
     proc = fedbus("run", "--config", str(config))
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
@@ -129,9 +146,14 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_plugin_list_and_version() -> None:
     """`fedbus plugin list` finds the digits plugin by entry point; `--version` answers."""
-    listed = subprocess.run([sys.executable, "-m", "agent", "plugin", "list"], capture_output=True,
-                            text=True, check=True).stdout  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-m", "agent", "plugin", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "digits-mlp 0.1.0  (fedbus-digits: fedbus_digits.plugin:create)" in listed
-    version = subprocess.run([sys.executable, "-m", "agent", "--version"], capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
+    version = subprocess.run(
+        [sys.executable, "-m", "agent", "--version"], capture_output=True, text=True, check=True
+    ).stdout
     assert version.strip() == "fedbus, version 0.1.0"

@@ -17,8 +17,13 @@ from agent.identity import ca
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
 
-def config(tmp_path: Path, url: str, authority: ca.CertificateAuthority | None, agent_id: str,
-           role: ca.Role = ca.Role.TRAINER) -> Path:  # fmt: skip
+def config(
+    tmp_path: Path,
+    url: str,
+    authority: ca.CertificateAuthority | None,
+    agent_id: str,
+    role: ca.Role = ca.Role.TRAINER,
+) -> Path:
     identity = IdentityConfig()
     if authority is not None:
         key, cert = ca.issue(authority, agent_id, role=role)
@@ -27,14 +32,19 @@ def config(tmp_path: Path, url: str, authority: ca.CertificateAuthority | None, 
         ca.write_pem(pki / f"{agent_id}.pem", cert)
         ca.write_pem(pki / "ca.pem", authority.cert)
         identity = IdentityConfig(
-            cert_file=pki / f"{agent_id}.pem", key_file=pki / f"{agent_id}.key",
+            cert_file=pki / f"{agent_id}.pem",
+            key_file=pki / f"{agent_id}.key",
             ca_file=pki / "ca.pem",
-        )  # fmt: skip
+        )
     cfg = AgentConfig(
         role=RoleName.AGGREGATOR if role is ca.Role.AGGREGATOR else RoleName.TRAINER,
-        agent_id=agent_id, federation="fed", bus_url=url, state_dir=tmp_path / agent_id,
-        plugin=PluginConfig(name="toy"), identity=identity,
-    )  # fmt: skip
+        agent_id=agent_id,
+        federation="fed",
+        bus_url=url,
+        state_dir=tmp_path / agent_id,
+        plugin=PluginConfig(name="toy"),
+        identity=identity,
+    )
     path = tmp_path / f"{agent_id}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(cfg.to_toml())
@@ -42,12 +52,18 @@ def config(tmp_path: Path, url: str, authority: ca.CertificateAuthority | None, 
 
 
 def fedbus(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True,
-                          text=True, timeout=30, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
-def test_publish_and_listen_show_signature_status(nats_server: EmbeddedBroker,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_publish_and_listen_show_signature_status(
+    nats_server: EmbeddedBroker, tmp_path: Path
+) -> None:
     """A listener (as the aggregator) sees: a join signed by an enrolled agent (valid), a
     finish signed by a trainer (INVALID: wrong_role, it is the aggregator's to send), and a
     join from a config without identity (unsigned); each with kind, sender and round."""
@@ -57,8 +73,10 @@ def test_publish_and_listen_show_signature_status(nats_server: EmbeddedBroker,
     anon = config(tmp_path / "anon", nats_server.url, None, "a9")
     listener = subprocess.Popen(
         [sys.executable, "-m", "agent", "listen", "--as", str(agg), "--count", "3", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert listener.stderr is not None
         assert "listening on fl/fed/#" in listener.stderr.readline()
@@ -78,15 +96,19 @@ def test_publish_and_listen_show_signature_status(nats_server: EmbeddedBroker,
     assert listener.returncode == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     assert [(x["kind"], x["sender"], x["round"]) for x in lines] == [
-        ("join", "a1", 2), ("finish", "a1", 0), ("join", "a9", 0)]  # fmt: skip
+        ("join", "a1", 2),
+        ("finish", "a1", 0),
+        ("join", "a9", 0),
+    ]
     assert lines[0]["signature"] == "valid (a1, trainer)"
     assert lines[0]["body"]["agent_id"] == "a1"
     assert lines[1]["signature"] == "INVALID: wrong_role"
     assert lines[2]["signature"] == "unsigned"
 
 
-def test_publish_refuses_a_body_that_does_not_fit_its_kind(nats_server: EmbeddedBroker,
-                                                           tmp_path: Path) -> None:  # fmt: skip
+def test_publish_refuses_a_body_that_does_not_fit_its_kind(
+    nats_server: EmbeddedBroker, tmp_path: Path
+) -> None:
     """A body missing required fields is refused with one error line and a non-zero exit,
     before anything is sent."""
     a1 = config(tmp_path, nats_server.url, None, "a1")

@@ -31,8 +31,12 @@ FED = "fed"
 def fedbus(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent", *map(str, args)],
-        capture_output=True, text=True, timeout=50, check=False, input=stdin,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+        input=stdin,
+    )
 
 
 def ok(*args: str | Path) -> str:
@@ -94,15 +98,22 @@ def test_token_create_prints_only_a_token_that_the_registry_redeems(ca_dir: Path
     assert len(token) == 43
     with Registry.open(ca_dir / "registry.sqlite") as registry:
         registry.redeem_token(token, "tok1")
-    assert fedbus("token", "create", "--agent-id", "x", "--ttl", "soon", "--dir",
-                  ca_dir).returncode != 0  # fmt: skip
+    assert (
+        fedbus("token", "create", "--agent-id", "x", "--ttl", "soon", "--dir", ca_dir).returncode
+        != 0
+    )
     one_error_line(fedbus("token", "create", "--agent-id", "bad id", "--dir", ca_dir))
     assert "aggregator identity" in one_error_line(
         fedbus("token", "create", "--agent-id", "aggregator", "--dir", ca_dir)
     )
     assert [parse_duration(t) for t in ("90", "90s", "15m", "24h", "7d", "1.5h")] == [
-        90, 90, 900, 86400, 604800, 5400,
-    ]  # fmt: skip
+        90,
+        90,
+        900,
+        86400,
+        604800,
+        5400,
+    ]
 
 
 def test_agents_list_json(ca_dir: Path) -> None:
@@ -130,29 +141,69 @@ def test_offline_csr_sign_import_then_revoke(ca_dir: Path, tmp_path: Path) -> No
     `revoke` marks the agent revoked and writes a CRL listing its serial; revoking an unknown
     agent fails with one error line."""
     state, csr, cert = tmp_path / "state", tmp_path / "dev.csr", tmp_path / "dev.pem"
-    ok("enroll", "--offline-csr", csr, "--agent-id", "off1", "--federation", FED,
-       "--state-dir", state)  # fmt: skip
+    ok(
+        "enroll",
+        "--offline-csr",
+        csr,
+        "--agent-id",
+        "off1",
+        "--federation",
+        FED,
+        "--state-dir",
+        state,
+    )
     key = state / "identity" / "key.pem"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert b"PRIVATE" not in csr.read_bytes()
     ok("ca", "sign", csr, "--dir", ca_dir, "--out", cert)
     fp = fingerprint(load_certificate(ca_dir / "ca.pem"))
 
-    wrong = fedbus("enroll", "--import-cert", cert, "--ca-file", ca_dir / "ca.pem",
-                   "--ca-fingerprint", "00" * 32, "--state-dir", state, "--config",
-                   tmp_path / "off1.toml", "--bus-url", "nats://127.0.0.1:4222",
-                   "--plugin", "toy")  # fmt: skip
+    wrong = fedbus(
+        "enroll",
+        "--import-cert",
+        cert,
+        "--ca-file",
+        ca_dir / "ca.pem",
+        "--ca-fingerprint",
+        "00" * 32,
+        "--state-dir",
+        state,
+        "--config",
+        tmp_path / "off1.toml",
+        "--bus-url",
+        "nats://127.0.0.1:4222",
+        "--plugin",
+        "toy",
+    )
     assert "fingerprint" in one_error_line(wrong)
     assert not (tmp_path / "off1.toml").exists()
 
     config_path = tmp_path / "off1.toml"
-    ok("enroll", "--import-cert", cert, "--ca-file", ca_dir / "ca.pem", "--ca-fingerprint", fp,
-       "--state-dir", state, "--config", config_path, "--bus-url", "nats://127.0.0.1:4222",
-       "--plugin", "toy", "-o", "value=2")  # fmt: skip
+    ok(
+        "enroll",
+        "--import-cert",
+        cert,
+        "--ca-file",
+        ca_dir / "ca.pem",
+        "--ca-fingerprint",
+        fp,
+        "--state-dir",
+        state,
+        "--config",
+        config_path,
+        "--bus-url",
+        "nats://127.0.0.1:4222",
+        "--plugin",
+        "toy",
+        "-o",
+        "value=2",
+    )
     config = AgentConfig.load(config_path)
     assert (config.agent_id, config.federation, config.bus_url) == (
-        "off1", FED, "nats://127.0.0.1:4222",
-    )  # fmt: skip
+        "off1",
+        FED,
+        "nats://127.0.0.1:4222",
+    )
     assert config.plugin.options == {"value": 2}
     creds = Credentials.load(config.identity, agent_id="off1", federation=FED)
     serial = creds.identity.serial
@@ -180,15 +231,38 @@ async def test_enroll_over_the_bus_writes_a_config_that_needs_nothing_else(
     token_file.chmod(0o600)
     state, config_path = tmp_path / "state", tmp_path / "bus1.toml"
     fp = fingerprint(load_certificate(ca_dir / "ca.pem"))
-    args = ["enroll", "--federation", FED, "--agent-id", "bus1", "--token-file", str(token_file),
-            "--ca-fingerprint", fp, "--bus-url", mosquitto.url, "--state-dir", str(state),
-            "--config", str(config_path), "--plugin", "toy", "--timeout", "10"]  # fmt: skip
+    args = [
+        "enroll",
+        "--federation",
+        FED,
+        "--agent-id",
+        "bus1",
+        "--token-file",
+        str(token_file),
+        "--ca-fingerprint",
+        fp,
+        "--bus-url",
+        mosquitto.url,
+        "--state-dir",
+        str(state),
+        "--config",
+        str(config_path),
+        "--plugin",
+        "toy",
+        "--timeout",
+        "10",
+    ]
 
     async def cli() -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent", *args, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ},
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "agent",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ},
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()
@@ -229,30 +303,76 @@ def test_a_tls_bus_url_gets_a_tls_table_with_the_agents_own_identity(
     that CA is copied beside the identity and trusted instead. A plain URL with TLS files
     is refused with one line."""
     state, csr, cert = tmp_path / "state", tmp_path / "dev.csr", tmp_path / "dev.pem"
-    ok("enroll", "--offline-csr", csr, "--agent-id", "tls1", "--federation", FED,
-       "--state-dir", state)  # fmt: skip
+    ok(
+        "enroll",
+        "--offline-csr",
+        csr,
+        "--agent-id",
+        "tls1",
+        "--federation",
+        FED,
+        "--state-dir",
+        state,
+    )
     ok("ca", "sign", csr, "--dir", ca_dir, "--out", cert)
     fp = fingerprint(load_certificate(ca_dir / "ca.pem"))
-    common = ["--import-cert", cert, "--ca-file", ca_dir / "ca.pem", "--ca-fingerprint", fp,
-              "--state-dir", state, "--plugin", "toy"]  # fmt: skip
+    common = [
+        "--import-cert",
+        cert,
+        "--ca-file",
+        ca_dir / "ca.pem",
+        "--ca-fingerprint",
+        fp,
+        "--state-dir",
+        state,
+        "--plugin",
+        "toy",
+    ]
     ok("enroll", *common, "--config", tmp_path / "a.toml", "--bus-url", "mqtts://broker:8883")
     ident = (state / "identity").resolve()
     tls = AgentConfig.load(tmp_path / "a.toml").tls
     assert (tls.ca_file, tls.cert_file, tls.key_file) == (
-        ident / "ca.pem", ident / "cert.pem", ident / "key.pem",
-    )  # fmt: skip
+        ident / "ca.pem",
+        ident / "cert.pem",
+        ident / "key.pem",
+    )
 
     other = tmp_path / "other-ca.pem"
     other.write_bytes(init_ca("x").cert.public_bytes(serialization.Encoding.PEM))
-    ok("enroll", *common, "--config", tmp_path / "b.toml", "--bus-url", "tls://broker:4222",
-       "--tls-ca", other)  # fmt: skip
+    ok(
+        "enroll",
+        *common,
+        "--config",
+        tmp_path / "b.toml",
+        "--bus-url",
+        "tls://broker:4222",
+        "--tls-ca",
+        other,
+    )
     tls = AgentConfig.load(tmp_path / "b.toml").tls
     assert tls.ca_file == ident / "broker-ca.pem"
     assert tls.ca_file.read_bytes() == other.read_bytes()
     assert tls.cert_file == ident / "cert.pem"
 
-    run = fedbus("enroll", "--federation", FED, "--agent-id", "tls1", "--token", "t",
-                 "--ca-fingerprint", fp, "--bus-url", "mqtt://127.0.0.1:1", "--state-dir",
-                 state, "--config", tmp_path / "c.toml", "--plugin", "toy",
-                 "--tls-ca", other)  # fmt: skip
+    run = fedbus(
+        "enroll",
+        "--federation",
+        FED,
+        "--agent-id",
+        "tls1",
+        "--token",
+        "t",
+        "--ca-fingerprint",
+        fp,
+        "--bus-url",
+        "mqtt://127.0.0.1:1",
+        "--state-dir",
+        state,
+        "--config",
+        tmp_path / "c.toml",
+        "--plugin",
+        "toy",
+        "--tls-ca",
+        other,
+    )
     assert "plaintext" in one_error_line(run)

@@ -254,11 +254,23 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
     work = tmp_path / "tmp"
     work.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo", "--agents", "3", "--rounds", "100",
-         "--report-dir", str(tmp_path / "report")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "demo",
+            "--agents",
+            "3",
+            "--rounds",
+            "100",
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "TMPDIR": str(work), "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    )
     try:
         assert proc.stdout is not None
         lines = []
@@ -266,8 +278,9 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
             lines.append(line)
             if line.strip().startswith("3 "):  # the third round is done: all is running
                 break
-        running = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True,
-                                 check=False).stdout  # fmt: skip
+        running = subprocess.run(
+            ["pgrep", "-af", str(tmp_path)], capture_output=True, text=True, check=False
+        ).stdout
         assert running.count("agent run") == 3, running
         assert "nats-server" in running, running
         proc.send_signal(sig)
@@ -280,6 +293,7 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
             proc.stdout.close()
     assert proc.returncode == 130, "".join(lines) + out
     assert "interrupted" in out
-    leftovers = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True,
-                               check=False).stdout  # fmt: skip
+    leftovers = subprocess.run(
+        ["pgrep", "-af", str(tmp_path)], capture_output=True, text=True, check=False
+    ).stdout
     assert leftovers.strip() == "", leftovers

@@ -28,16 +28,23 @@ def secure_config(tmp_path: Path, agents: int, **kw: Any) -> AgentConfig:
     config = aggregator_config("mem://", tmp_path, agents=agents, round_timeout=5.0)
     secagg = SecAggConfig(stage_timeout=2.0, **kw.pop("secagg", {}))
     schedule = msgspec.structs.replace(
-        config.aggregator, min_fit_clients=3, secure_aggregation=SecureAggregation.SECAGG_PLUS,
-        secagg=secagg, **kw,
-    )  # fmt: skip
+        config.aggregator,
+        min_fit_clients=3,
+        secure_aggregation=SecureAggregation.SECAGG_PLUS,
+        secagg=secagg,
+        **kw,
+    )
     return msgspec.structs.replace(config, aggregator=schedule)
 
 
 async def federate(
-    tmp_path: Path, plugins: dict[str, CheckedPlugin], config: AgentConfig,
-    *, trainer_kw: dict[str, Any] | None = None, broker: MemoryBroker | None = None,
-) -> tuple[RunSummary, dict[str, Trainer]]:  # fmt: skip
+    tmp_path: Path,
+    plugins: dict[str, CheckedPlugin],
+    config: AgentConfig,
+    *,
+    trainer_kw: dict[str, Any] | None = None,
+    broker: MemoryBroker | None = None,
+) -> tuple[RunSummary, dict[str, Trainer]]:
     def configure(agent_id: str) -> AgentConfig:
         cfg = trainer_config(agent_id, "mem://", tmp_path)
         if trainer_kw:
@@ -116,8 +123,9 @@ async def test_an_agent_that_requires_secagg_refuses_plaintext_rounds(tmp_path: 
     config = aggregator_config("mem://", tmp_path, agents=3, rounds=1, round_timeout=2.0)
     plugins = {"a1": toy(1.0, 1), "a2": toy(2.0, 1), "a3": toy(3.0, 1)}
     with capture_logs() as logs:
-        summary, _ = await federate(tmp_path, plugins, config,
-                                    trainer_kw={"require_secure_aggregation": True})  # fmt: skip
+        summary, _ = await federate(
+            tmp_path, plugins, config, trainer_kw={"require_secure_aggregation": True}
+        )
     assert summary.rounds[0].survivors == []
     assert any(e["event"] == "fit_refused" and e["reason"] == "plaintext_round" for e in logs)
 
@@ -139,9 +147,11 @@ async def test_plaintext_updates_are_refused_in_a_secure_round(tmp_path: Path) -
 
     async def inject() -> None:
         await asyncio.sleep(0.3)
-        body = ModelUpdate(model_version=0, num_examples=1,
-                           tensors=to_tensors([np.full((3, 2), 1e6, np.float32),
-                                               np.full(2, 1e6, np.float32)]))  # fmt: skip
+        body = ModelUpdate(
+            model_version=0,
+            num_examples=1,
+            tensors=to_tensors([np.full((3, 2), 1e6, np.float32), np.full(2, 1e6, np.float32)]),
+        )
         await outbox.send(topics.UPDATE, body, round=1, agent_id="a1")
         await asyncio.sleep(0.1)
         gate.set()

@@ -25,8 +25,9 @@ from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, S
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
 
-def identity(authority: ca.CertificateAuthority, name: str, role: ca.Role,
-             where: Path) -> tuple[Signer, TlsFiles]:  # fmt: skip
+def identity(
+    authority: ca.CertificateAuthority, name: str, role: ca.Role, where: Path
+) -> tuple[Signer, TlsFiles]:
     key, cert = ca.issue(authority, name, role=role)
     ca.write_private_key(where / f"{name}.key", key)
     ca.write_pem(where / f"{name}.pem", cert)
@@ -46,8 +47,14 @@ async def test_forged_tampered_replayed_and_foreign_messages_are_refused(
     (the genuine one again) and wrong_federation."""
     authority = ca.init_ca("fed")
     members = Members("aggregator", ("a1",))
-    files = write_broker_config(kind, authority, tmp_path / "broker", members, port=free_port(),
-                                mosquitto_user=local_mosquitto_user())  # fmt: skip
+    files = write_broker_config(
+        kind,
+        authority,
+        tmp_path / "broker",
+        members,
+        port=free_port(),
+        mosquitto_user=local_mosquitto_user(),
+    )
     _, agg_tls = identity(authority, "aggregator", ca.Role.AGGREGATOR, tmp_path / "pki")
     me, a1_tls = identity(authority, "a1", ca.Role.TRAINER, tmp_path / "pki")
     key, cert = ca.issue(ca.init_ca("fed"), "a1")  # a look-alike from another CA
@@ -60,16 +67,19 @@ async def test_forged_tampered_replayed_and_foreign_messages_are_refused(
 
     registry = ListenerRegistry()
     registry.register(Kind.JOIN, record, rounds=RoundPolicy.ANY)
-    dispatcher = Dispatcher(federation="fed", registry=registry, current_round=lambda: 0,
-                            max_payload=100_000,
-                            security=Security(Verifier(authority.cert)))  # fmt: skip
+    dispatcher = Dispatcher(
+        federation="fed",
+        registry=registry,
+        current_round=lambda: 0,
+        max_payload=100_000,
+        security=Security(Verifier(authority.cert)),
+    )
     body = JoinRequest(agent_id="a1", plugin="toy", num_examples=1)
     genuine = encode(body, federation="fed", round=0, sender="a1", signer=me)
     signed = msgspec.msgpack.decode(genuine, type=Signed)
     flipped = signed.envelope.replace(b"toy", b"tox")  # y→x: one bit, in the body
     assert flipped != signed.envelope
-    tampered = msgspec.msgpack.encode(Signed(signed.magic, flipped, signed.cert,
-                                             signed.signature))  # fmt: skip
+    tampered = msgspec.msgpack.encode(Signed(signed.magic, flipped, signed.cert, signed.signature))
     payloads = [
         genuine,
         encode(body, federation="fed", round=0, sender="a1", signer=forger),

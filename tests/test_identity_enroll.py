@@ -69,8 +69,14 @@ async def serving(
 
 async def refused(url: str, ca: CertificateAuthority, token: str, agent_id: str = "dev1") -> str:
     with pytest.raises(IdentityError) as excinfo:
-        await enroll(url, federation=FED, agent_id=agent_id, token=token,
-                     ca_fingerprint=ca.fingerprint, timeout=10)  # fmt: skip
+        await enroll(
+            url,
+            federation=FED,
+            agent_id=agent_id,
+            token=token,
+            ca_fingerprint=ca.fingerprint,
+            timeout=10,
+        )
     return excinfo.value.reason
 
 
@@ -91,8 +97,15 @@ async def test_a_device_enrolls_end_to_end_and_its_key_never_leaves(
         ):
             await spy.subscribe(f"fl/{FED}/enroll/+")
             await spy.wait_connected(timeout=10)
-            result = await enroll(broker.url, federation=FED, agent_id="dev1", token=token,
-                                  ca_fingerprint=ca.fingerprint, key=key, timeout=10)  # fmt: skip
+            result = await enroll(
+                broker.url,
+                federation=FED,
+                agent_id="dev1",
+                token=token,
+                ca_fingerprint=ca.fingerprint,
+                key=key,
+                timeout=10,
+            )
             async with asyncio.timeout(5):
                 async for raw in spy.messages():
                     captured.append(raw.payload)
@@ -114,8 +127,9 @@ async def test_a_device_enrolls_end_to_end_and_its_key_never_leaves(
     csr = x509.load_pem_x509_csr(request.csr)
     assert csr.public_key() == key.public_key()
     secret = key.private_numbers().private_value.to_bytes(32, "big")
-    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())  # fmt: skip
+    der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     assert secret not in payload
     assert der not in payload
 
@@ -154,8 +168,14 @@ async def test_a_token_cannot_be_used_twice(
     token = registry.create_token("dev1", 60)
     other = registry.create_token("dev2", 60)
     async with serving(broker.url, ca, registry):
-        await enroll(broker.url, federation=FED, agent_id="dev1", token=token,
-                     ca_fingerprint=ca.fingerprint, timeout=10)  # fmt: skip
+        await enroll(
+            broker.url,
+            federation=FED,
+            agent_id="dev1",
+            token=token,
+            ca_fingerprint=ca.fingerprint,
+            timeout=10,
+        )
         assert await refused(broker.url, ca, token) == "used_token"
         assert await refused(broker.url, ca, other) == "wrong_agent"
 
@@ -189,11 +209,13 @@ async def test_malformed_requests_are_answered_and_never_stop_the_service(
         await junk.wait_connected(timeout=10)
         await junk.publish(f"fl/{FED}/enroll/j1", b"\x93not an envelope")
         mismatched = EnrollRequest(agent_id="dev1", csr=b"x", token=token)
-        await junk.publish(f"fl/{FED}/enroll/j2",
-                           encode(mismatched, federation=FED, round=0, sender="j2"))  # fmt: skip
+        await junk.publish(
+            f"fl/{FED}/enroll/j2", encode(mismatched, federation=FED, round=0, sender="j2")
+        )
         bad_csr = EnrollRequest(agent_id="j3", csr=b"-----BEGIN junk", token=token)
-        await junk.publish(f"fl/{FED}/enroll/j3",
-                           encode(bad_csr, federation=FED, round=0, sender="j3"))  # fmt: skip
+        await junk.publish(
+            f"fl/{FED}/enroll/j3", encode(bad_csr, federation=FED, round=0, sender="j3")
+        )
         reasons: dict[str, str] = {}
         async with asyncio.timeout(10):
             async for raw in junk.messages():
@@ -204,8 +226,14 @@ async def test_malformed_requests_are_answered_and_never_stop_the_service(
                 if len(reasons) == 3:
                     break
         assert reasons == {"j1": "malformed", "j2": "sender_mismatch", "j3": "bad_csr"}
-        result = await enroll(broker.url, federation=FED, agent_id="dev1", token=token,
-                              ca_fingerprint=ca.fingerprint, timeout=10)  # fmt: skip
+        result = await enroll(
+            broker.url,
+            federation=FED,
+            agent_id="dev1",
+            token=token,
+            ca_fingerprint=ca.fingerprint,
+            timeout=10,
+        )
     assert result.identity.agent_id == "dev1"
 
 
@@ -227,10 +255,16 @@ async def test_reenrolling_issues_a_new_certificate_and_supersedes_the_old(
     with capture_logs() as logs:
         async with serving(nats_server.url, ca, registry, hook):
             first, second = [
-                await enroll(nats_server.url, federation=FED, agent_id="dev1", token=token,
-                             ca_fingerprint=ca.fingerprint, timeout=10)
+                await enroll(
+                    nats_server.url,
+                    federation=FED,
+                    agent_id="dev1",
+                    token=token,
+                    ca_fingerprint=ca.fingerprint,
+                    timeout=10,
+                )
                 for token in (first_token, second_token)
-            ]  # fmt: skip
+            ]
     assert first.cert.serial_number != second.cert.serial_number
     assert registry.is_revoked("dev1", first.cert.serial_number)
     assert not registry.is_revoked("dev1", second.cert.serial_number)
@@ -245,8 +279,14 @@ async def test_no_aggregator_means_no_reply_within_the_timeout(
     `no_reply` (it does not loop)."""
     start = time.monotonic()
     with pytest.raises(IdentityError) as excinfo:
-        await enroll(mosquitto.url, federation=FED, agent_id="dev1", token="t",
-                     ca_fingerprint=ca.fingerprint, timeout=1.5)  # fmt: skip
+        await enroll(
+            mosquitto.url,
+            federation=FED,
+            agent_id="dev1",
+            token="t",
+            ca_fingerprint=ca.fingerprint,
+            timeout=1.5,
+        )
     assert excinfo.value.reason == "no_reply"
     assert 1.4 < time.monotonic() - start < 5
 
@@ -260,8 +300,14 @@ async def test_a_closed_port_fails_fast_with_broker_unreachable(
     url = f"{scheme}://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(IdentityError) as excinfo:
-        await enroll(url, federation=FED, agent_id="dev1", token="t",
-                     ca_fingerprint=ca.fingerprint, timeout=20)  # fmt: skip
+        await enroll(
+            url,
+            federation=FED,
+            agent_id="dev1",
+            token="t",
+            ca_fingerprint=ca.fingerprint,
+            timeout=20,
+        )
     assert excinfo.value.reason == "broker_unreachable"
     assert "refused" in str(excinfo.value).lower()
     assert time.monotonic() - start < 2
@@ -275,13 +321,36 @@ def test_the_cli_exits_non_zero_with_one_line_when_the_broker_is_unreachable(
     state = tmp_path / "state"
     start = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "agent", "enroll", "--federation", FED, "--agent-id", "dev1",
-         "--token", "t", "--ca-fingerprint", ca.fingerprint,
-         "--bus-url", f"mqtt://127.0.0.1:{free_port()}", "--state-dir", str(state),
-         "--config", str(tmp_path / "dev1.toml"), "--plugin", "toy", "--timeout", "20"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "enroll",
+            "--federation",
+            FED,
+            "--agent-id",
+            "dev1",
+            "--token",
+            "t",
+            "--ca-fingerprint",
+            ca.fingerprint,
+            "--bus-url",
+            f"mqtt://127.0.0.1:{free_port()}",
+            "--state-dir",
+            str(state),
+            "--config",
+            str(tmp_path / "dev1.toml"),
+            "--plugin",
+            "toy",
+            "--timeout",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    )
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr

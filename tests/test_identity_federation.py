@@ -22,23 +22,29 @@ from tests.toy import aggregator_config, federate_in_memory, toy, trainer_config
 pytestmark = pytest.mark.timeout(60)
 
 
-def credentials(authority: ca.CertificateAuthority, agent_id: str, role: ca.Role,
-                where: Path) -> IdentityConfig:  # fmt: skip
+def credentials(
+    authority: ca.CertificateAuthority, agent_id: str, role: ca.Role, where: Path
+) -> IdentityConfig:
     key, cert = ca.issue(authority, agent_id, role=role)
     ca.write_private_key(where / f"{agent_id}.key", key)
     ca.write_pem(where / f"{agent_id}.pem", cert)
     ca.write_pem(where / "ca.pem", authority.cert)
-    return IdentityConfig(cert_file=where / f"{agent_id}.pem", key_file=where / f"{agent_id}.key",
-                          ca_file=where / "ca.pem")  # fmt: skip
+    return IdentityConfig(
+        cert_file=where / f"{agent_id}.pem",
+        key_file=where / f"{agent_id}.key",
+        ca_file=where / "ca.pem",
+    )
 
 
-async def federate(tmp_path: Path, agents: list[str], *, secure: bool,
-                   revoked: frozenset[str] = frozenset()) -> tuple[Any, list[bytes]]:  # fmt: skip
+async def federate(
+    tmp_path: Path, agents: list[str], *, secure: bool, revoked: frozenset[str] = frozenset()
+) -> tuple[Any, list[bytes]]:
     authority = ca.init_ca("fed")
     broker = MemoryBroker()
     wire: list[bytes] = []
-    agg_config = aggregator_config("mem://", tmp_path, agents=len(agents) - len(revoked),
-                                   rounds=2, round_timeout=5.0)  # fmt: skip
+    agg_config = aggregator_config(
+        "mem://", tmp_path, agents=len(agents) - len(revoked), rounds=2, round_timeout=5.0
+    )
     schedule = agg_config.aggregator
     if secure:
         schedule = msgspec.structs.replace(
@@ -50,8 +56,9 @@ async def federate(tmp_path: Path, agents: list[str], *, secure: bool,
 
     def configure(agent_id: str) -> AgentConfig:
         identity = credentials(authority, agent_id, ca.Role.TRAINER, pki)
-        return msgspec.structs.replace(trainer_config(agent_id, "mem://", tmp_path),
-                                       identity=identity)  # fmt: skip
+        return msgspec.structs.replace(
+            trainer_config(agent_id, "mem://", tmp_path), identity=identity
+        )
 
     plugins = {agent_id: toy(float(i + 1), 1) for i, agent_id in enumerate(agents)}
     async with MemoryBus(broker, BusSettings(client_id="spy")) as spy:
@@ -63,16 +70,20 @@ async def federate(tmp_path: Path, agents: list[str], *, secure: bool,
 
         recorder = asyncio.create_task(record())
         summary, _ = await federate_in_memory(
-            plugins, agg_config, configure, broker=broker,
+            plugins,
+            agg_config,
+            configure,
+            broker=broker,
             revoked=lambda ident: ident.agent_id in revoked,
-        )  # fmt: skip
+        )
         recorder.cancel()
     return summary, wire
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["fedavg", "secagg+"])
-async def test_an_identity_federation_trains_signed_and_sealed(tmp_path: Path,
-                                                               secure: bool) -> None:  # fmt: skip
+async def test_an_identity_federation_trains_signed_and_sealed(
+    tmp_path: Path, secure: bool
+) -> None:
     """Three enrolled agents train two rounds (plain FedAvg and SecAgg+): the model is the
     mean of 1, 2, 3; every payload on the bus is signed, and every update-like body is
     sealed to the aggregator."""
@@ -91,7 +102,8 @@ async def test_a_revoked_agent_takes_no_part(tmp_path: Path) -> None:
     """An agent the registry calls revoked is never admitted: its join is dropped with
     reason revoked, and the rounds run with the others."""
     with capture_logs() as logs:
-        summary, _ = await federate(tmp_path, ["a1", "a2", "bad"], secure=False,
-                                    revoked=frozenset({"bad"}))  # fmt: skip
+        summary, _ = await federate(
+            tmp_path, ["a1", "a2", "bad"], secure=False, revoked=frozenset({"bad"})
+        )
     assert all(r.cohort == ["a1", "a2"] for r in summary.rounds)
     assert any(e["event"] == "message_dropped" and e["reason"] == "revoked" for e in logs)

@@ -104,8 +104,12 @@ def test_two_threads_redeeming_one_token_only_one_wins(tmp_path: Path) -> None:
             barrier = threading.Barrier(2)
             results: list[str] = []
 
-            def redeem(reg: Registry, token: str = token, barrier: threading.Barrier = barrier,
-                       results: list[str] = results) -> None:  # fmt: skip
+            def redeem(
+                reg: Registry,
+                token: str = token,
+                barrier: threading.Barrier = barrier,
+                results: list[str] = results,
+            ) -> None:
                 barrier.wait()
                 try:
                     reg.redeem_token(token, "a1")

@@ -50,8 +50,13 @@ def aggregator_side(revoked: frozenset[str] = frozenset()) -> tuple[Dispatcher, 
     registry.register(Kind.MODEL_UPDATE, rec, rounds=RoundPolicy.ANY)
     verifier = Verifier(CA.cert, revoked=lambda ident: ident.agent_id in revoked)
     security = Security(verifier, unseal_key=SEAL)
-    dispatcher = Dispatcher(federation=FED, registry=registry, current_round=lambda: 1,
-                            max_payload=100_000, security=security)  # fmt: skip
+    dispatcher = Dispatcher(
+        federation=FED,
+        registry=registry,
+        current_round=lambda: 1,
+        max_payload=100_000,
+        security=security,
+    )
     return dispatcher, rec
 
 
@@ -59,8 +64,13 @@ def trainer_side() -> tuple[Dispatcher, Recorder]:
     registry = ListenerRegistry()
     rec = Recorder()
     registry.register(Kind.FIT_INS, rec, rounds=RoundPolicy.ANY)
-    dispatcher = Dispatcher(federation=FED, registry=registry, current_round=lambda: 1,
-                            max_payload=100_000, security=Security(Verifier(CA.cert)))  # fmt: skip
+    dispatcher = Dispatcher(
+        federation=FED,
+        registry=registry,
+        current_round=lambda: 1,
+        max_payload=100_000,
+        security=Security(Verifier(CA.cert)),
+    )
     return dispatcher, rec
 
 
@@ -70,8 +80,9 @@ def join(sender: str = "a1", **kw: object) -> bytes:
 
 
 def update(sender: str = "a1", **kw: object) -> bytes:
-    body = ModelUpdate(model_version=0, num_examples=3,
-                       tensors=to_tensors([np.arange(4, dtype=np.float32)]))  # fmt: skip
+    body = ModelUpdate(
+        model_version=0, num_examples=3, tensors=to_tensors([np.arange(4, dtype=np.float32)])
+    )
     return encode(body, federation=FED, round=1, sender=sender, **kw)  # type: ignore[arg-type]
 
 
@@ -133,8 +144,9 @@ def test_refused_messages_name_their_reason(case: str, expected: str) -> None:
         signed = msgspec.msgpack.decode(update(signer=me, seal_to=seal_to), type=Signed)
         flipped = bytearray(signed.envelope)
         flipped[len(flipped) // 2] ^= 0x01  # inside the sealed body: still well-formed
-        payload = msgspec.msgpack.encode(Signed(signed.magic, bytes(flipped), signed.cert,
-                                                signed.signature))  # fmt: skip
+        payload = msgspec.msgpack.encode(
+            Signed(signed.magic, bytes(flipped), signed.cert, signed.signature)
+        )
     elif case == "impersonation":
         payload = update(sender="a1", signer=signer("a2"), seal_to=seal_to)
     elif case == "stale":
@@ -161,8 +173,13 @@ def test_a_trainer_cannot_pose_as_the_aggregator() -> None:
     ins = FitIns(model_version=0, model_sha256="0" * 64, deadline=5.0)
     forged = encode(ins, federation=FED, round=1, sender="a2", signer=signer("a2"))
     assert reason(dispatcher, "fl/fed/agent/a1", forged) == "wrong_role"
-    real = encode(ins, federation=FED, round=1, sender="aggregator",
-                  signer=signer("aggregator", ca.Role.AGGREGATOR))  # fmt: skip
+    real = encode(
+        ins,
+        federation=FED,
+        round=1,
+        sender="aggregator",
+        signer=signer("aggregator", ca.Role.AGGREGATOR),
+    )
     assert reason(dispatcher, "fl/fed/agent/a1", real) is None
 
 

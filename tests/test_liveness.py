@@ -79,9 +79,13 @@ async def test_a_dead_agent_is_seen_offline_and_left_out(tmp_path: Path) -> None
                 buses.append(bus)
                 tasks.append(tg.create_task(Trainer(config=cfg, bus=bus, plugin=plugin).run()))
             async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
-                aggregator = Aggregator(config=config, bus=bus, plugin_name="toy",
-                                        initial_weights=toy(0, 1).get_weights(),
-                                        observer=DropA3())  # fmt: skip
+                aggregator = Aggregator(
+                    config=config,
+                    bus=bus,
+                    plugin_name="toy",
+                    initial_weights=toy(0, 1).get_weights(),
+                    observer=DropA3(),
+                )
                 summary = await aggregator.run()
                 await asyncio.sleep(0.1)  # the last federation_status goes out
             for task in tasks:
@@ -105,8 +109,9 @@ async def test_a_dead_agent_is_seen_offline_and_left_out(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(60)
-async def test_fedbus_status_shows_the_federation(nats_server: EmbeddedBroker,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+async def test_fedbus_status_shows_the_federation(
+    nats_server: EmbeddedBroker, tmp_path: Path
+) -> None:
     """While the aggregator waits for a third agent, `fedbus status` (over a real
     nats-server, which keeps nothing: the aggregator re-sends its summary) shows the two
     online agents with what they do, and the aggregator's stage."""
@@ -125,8 +130,9 @@ async def test_fedbus_status_shows_the_federation(nats_server: EmbeddedBroker,
             tasks.append(tg.create_task(Trainer(config=cfg, bus=bus, plugin=toy(1.0, 1)).run()))
         agg_bus = bus_from_url(nats_server.url, BusSettings(client_id="aggregator"))
         await agg_bus.__aenter__()
-        aggregator = Aggregator(config=config, bus=agg_bus, plugin_name="toy",
-                                initial_weights=toy(0, 1).get_weights())  # fmt: skip
+        aggregator = Aggregator(
+            config=config, bus=agg_bus, plugin_name="toy", initial_weights=toy(0, 1).get_weights()
+        )
         run = tg.create_task(aggregator.run())
         async with asyncio.timeout(20):  # the agents join and say they are online
             while len(aggregator.agents) < 2 or len(aggregator.liveness.agents) < 2:
@@ -134,8 +140,11 @@ async def test_fedbus_status_shows_the_federation(nats_server: EmbeddedBroker,
         shown = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "agent", "status", "--as", str(status_config), "--json"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         run.cancel()
         for task in tasks:
             task.cancel()

@@ -33,8 +33,7 @@ async def test_a_federation_is_counted(tmp_path: Path) -> None:
         "models": value("fedbus_messages_sent_total", kind="model_para"),
         "observed": value("fedbus_round_seconds_count"),
     }
-    await federate(tmp_path, {"a1": toy(1.0, 1), "a2": toy(2.0, 1), "a3": toy(3.0, 1)},
-                   rounds=2)  # fmt: skip
+    await federate(tmp_path, {"a1": toy(1.0, 1), "a2": toy(2.0, 1), "a3": toy(3.0, 1)}, rounds=2)
     assert value("fedbus_rounds_total", outcome="completed") - before["rounds"] == 2
     assert value("fedbus_messages_received_total", kind="model_update") - before["updates"] == 6
     assert value("fedbus_bytes_received_total", kind="model_update") > before["update_bytes"]

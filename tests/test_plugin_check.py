@@ -84,9 +84,15 @@ def test_a_conforming_plugin_passes_every_check_with_timings() -> None:
     report = check_factory(Good, name="good")
     assert report.passed, report.render()
     titles = [r.title for r in report.results]
-    assert {"get_weights", "weights round trip", "fit", "fit does not mutate its input",
-            "fit result round trip", "evaluate", "evaluate is deterministic",
-            } <= set(titles)  # fmt: skip
+    assert {
+        "get_weights",
+        "weights round trip",
+        "fit",
+        "fit does not mutate its input",
+        "fit result round trip",
+        "evaluate",
+        "evaluate is deterministic",
+    } <= set(titles)
     assert all(r.seconds >= 0 for r in report.results)
     assert "conforms: " in report.render()
 
@@ -164,8 +170,9 @@ def test_describe_hook_supplies_partition_options_and_fit_defaults() -> None:
 
         @staticmethod
         def describe() -> PluginInfo:
-            return PluginInfo(options={"agent_index": None, "num_agents": None},
-                              fit_config={"epochs": 2})  # fmt: skip
+            return PluginInfo(
+                options={"agent_index": None, "num_agents": None}, fit_config={"epochs": 2}
+            )
 
     assert check_factory(Described, name="described").passed
     assert seen["options"] == {"agent_index": 0, "num_agents": 1}
@@ -209,12 +216,20 @@ def test_cli_check_exits_nonzero_for_a_broken_project(tmp_path: Path) -> None:
             return P()
     """)
     )
-    bad = subprocess.run([sys.executable, "-m", "agent", "plugin", "check", str(project)],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "agent", "plugin", "check", str(project)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAIL  fit does not mutate its input" in bad.stdout
-    good = subprocess.run([sys.executable, "-m", "agent", "plugin", "check", "cancer-logreg"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    good = subprocess.run(
+        [sys.executable, "-m", "agent", "plugin", "check", "cancer-logreg"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert good.returncode == 0, good.stdout + good.stderr
     assert "conforms: 13 checks passed, 0 failed" in good.stdout
 
@@ -222,8 +237,12 @@ def test_cli_check_exits_nonzero_for_a_broken_project(tmp_path: Path) -> None:
 def test_plugin_list_shows_version_entry_point_and_options() -> None:
     """`fedbus plugin list --json` gives each plugin's version, entry point, default options
     (None for required ones), fit defaults and what it provides."""
-    out = subprocess.run([sys.executable, "-m", "agent", "plugin", "list", "--json"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "plugin", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     plugins = {p["name"]: p for p in map(json.loads, out.splitlines())}
     assert {"digits-mlp", "cancer-logreg", "onnx", "command"} <= plugins.keys()
     digits = plugins["digits-mlp"]

@@ -39,11 +39,29 @@ def test_the_example_program_takes_part_in_a_real_federation(
     report = tmp_path / "report"
     command = json.dumps(["{python}", str(EXAMPLE)])
     run = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--plugin", "command",
-         "--plugin-option", f"command={command}", "--bus-url", nats_server.url,
-         "--agents", "3", "--rounds", "3", "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=100, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "demo",
+            "--plugin",
+            "command",
+            "--plugin-option",
+            f"command={command}",
+            "--bus-url",
+            nats_server.url,
+            "--agents",
+            "3",
+            "--rounds",
+            "3",
+            "--report-dir",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     metrics = json.loads((report / "metrics.json").read_text())
     rounds = metrics["rounds"]
@@ -59,9 +77,15 @@ def test_the_example_program_takes_part_in_a_real_federation(
 def test_the_example_program_round_trips_files(tmp_path: Path) -> None:
     """get_weights, fit and evaluate through the example: shapes kept, inputs untouched,
     agent_index/num_agents forwarded (two agents hold disjoint halves)."""
-    make = lambda i: create(PluginContext(  # noqa: E731
-        f"a{i}", {"command": ["{python}", str(EXAMPLE)], "agent_index": i, "num_agents": 2},
-        tmp_path / f"a{i}"))  # fmt: skip
+
+    def make(i: int) -> CommandPlugin:
+        context = PluginContext(
+            f"a{i}",
+            {"command": ["{python}", str(EXAMPLE)], "agent_index": i, "num_agents": 2},
+            tmp_path / f"a{i}",
+        )
+        return create(context)
+
     first, second = make(0), make(1)
     weights = first.get_weights()
     assert [(w.dtype, w.shape) for w in weights] == [(np.float32, (5,)), (np.float32, (1,))]
@@ -92,8 +116,9 @@ def test_a_program_past_its_timeout_is_killed(tmp_path: Path) -> None:
     """A program that outlives ``timeout`` is killed with its process group and reported
     with what it had written to stderr."""
     path = tmp_path / "slow.py"
-    path.write_text("import sys, time\nprint('still training', file=sys.stderr, flush=True)\n"
-                    "time.sleep(60)\n")  # fmt: skip
+    path.write_text(
+        "import sys, time\nprint('still training', file=sys.stderr, flush=True)\ntime.sleep(60)\n"
+    )
     plugin = create(PluginContext("a", {"command": ["{python}", str(path)], "timeout": 1.0}))
     with pytest.raises(PluginError, match=r"(?s)past its timeout of 1 s.*still training"):
         plugin.get_weights()

@@ -32,10 +32,23 @@ def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished `fedbus demo` (3 agents, 3 rounds, its own nats-server) and its report."""
     report = tmp_path_factory.mktemp("onnx-demo") / "report"
     run = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--agents", "3", "--rounds", "3",
-         "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=80, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "demo",
+            "--agents",
+            "3",
+            "--rounds",
+            "3",
+            "--report-dir",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"final model exported: {report}/model.onnx" in run.stdout
     return report
@@ -68,16 +81,27 @@ def test_predict_cli_matches_numpy(demo_report: Path, tmp_path: Path) -> None:
     rows = centralized().data.test.x[:25]
     np.save(tmp_path / "rows.npy", rows)
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "predict", str(demo_report / "model.onnx"),
-         str(tmp_path / "rows.npy"), "--output", str(tmp_path / "scores.npy")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "predict",
+            str(demo_report / "model.onnx"),
+            str(tmp_path / "rows.npy"),
+            "--output",
+            str(tmp_path / "scores.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     predicted = [int(line.split("\t")[1]) for line in out.stdout.splitlines()]
     assert predicted == mlp.predict(weights, rows).tolist()
     assert "provider: CPUExecutionProvider" in out.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), mlp.forward(weights, rows),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        np.load(tmp_path / "scores.npy"), mlp.forward(weights, rows), atol=1e-5
+    )
 
 
 def test_onnx_plugin_evaluates_the_exported_model(demo_report: Path, tmp_path: Path) -> None:
@@ -86,8 +110,9 @@ def test_onnx_plugin_evaluates_the_exported_model(demo_report: Path, tmp_path: P
     digits = centralized()
     data = tmp_path / "local.npz"
     np.savez(data, x=digits.data.test.x, y=digits.data.test.y)
-    plugin = create_onnx_plugin(PluginContext(
-        "a", {"model": str(demo_report / "model.onnx"), "data": str(data)}))  # fmt: skip
+    plugin = create_onnx_plugin(
+        PluginContext("a", {"model": str(demo_report / "model.onnx"), "data": str(data)})
+    )
     weights = plugin.get_weights()
     assert [w.shape for w in weights] == [(64, 64), (64,), (64, 10), (10,)]
     got = plugin.evaluate(weights, {})
@@ -112,10 +137,20 @@ def test_digits_evaluates_through_onnxruntime_as_through_numpy() -> None:
 def test_plugin_export_cli_writes_an_onnx_model(demo_report: Path, tmp_path: Path) -> None:
     """`fedbus plugin export digits-mlp global_model.npz out` writes out.onnx on request."""
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "plugin", "export", "digits-mlp",
-         str(demo_report / "aggregator" / "global_model.npz"), str(tmp_path / "final")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "plugin",
+            "export",
+            "digits-mlp",
+            str(demo_report / "aggregator" / "global_model.npz"),
+            str(tmp_path / "final"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "final.onnx").read_bytes() == (demo_report / "model.onnx").read_bytes()
 
@@ -167,8 +202,14 @@ def test_missing_onnxruntime_is_a_plugin_error_naming_the_extra(
     with pytest.raises(PluginError, match="onnxruntime is not installed"):
         open_model(b"", device="cpu")
     clean = subprocess.run(
-        [sys.executable, "-c", "import sys, agent.cli.main, agent.runtime.node, "
-         "agent.plugin.check; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, agent.cli.main, agent.runtime.node, "
+            "agent.plugin.check; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert clean.stdout.split() == ["False", "False"]

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, check=False, env=env,
-                          cwd=cwd, timeout=100)  # fmt: skip
+    return subprocess.run(
+        list(args), capture_output=True, text=True, check=False, env=env, cwd=cwd, timeout=100
+    )
 
 
 def test_new_plugin_installs_checks_tests_and_runs_in_the_demo(tmp_path: Path) -> None:
@@ -33,8 +34,9 @@ def test_new_plugin_installs_checks_tests_and_runs_in_the_demo(tmp_path: Path) -
     fedbus = [sys.executable, "-m", "agent"]
     site = tmp_path / "site"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(Path.cwd())])}
-    created = run(*fedbus, "plugin", "new", "myplugin", "--dir", str(tmp_path), env=env,
-                  cwd=tmp_path)  # fmt: skip
+    created = run(
+        *fedbus, "plugin", "new", "myplugin", "--dir", str(tmp_path), env=env, cwd=tmp_path
+    )
     assert created.returncode == 0, created.stderr
     project = tmp_path / "myplugin"
     assert {p.name for p in project.iterdir()} >= {
@@ -44,9 +46,20 @@ def test_new_plugin_installs_checks_tests_and_runs_in_the_demo(tmp_path: Path) -
         "tests",
     }
 
-    install = run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                  "--no-build-isolation", "--target", str(site), str(project),
-                  env=env, cwd=tmp_path)  # fmt: skip
+    install = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--target",
+        str(site),
+        str(project),
+        env=env,
+        cwd=tmp_path,
+    )
     assert install.returncode == 0, install.stdout + install.stderr
 
     listed = run(*fedbus, "plugin", "list", "--json", env=env, cwd=tmp_path)
@@ -58,15 +71,35 @@ def test_new_plugin_installs_checks_tests_and_runs_in_the_demo(tmp_path: Path) -
     assert check.returncode == 0, check.stdout + check.stderr
     assert "conforms:" in check.stdout
 
-    tests = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(project),
-                env=env, cwd=project)  # fmt: skip
+    tests = run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(project),
+        env=env,
+        cwd=project,
+    )
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "2 passed" in tests.stdout
 
     report = tmp_path / "report"
-    demo = run(*fedbus, "demo", "--plugin", "myplugin", "--agents", "3", "--rounds", "3",
-               "--report-dir", str(report), env={**env, "TMPDIR": str(tmp_path)},
-               cwd=tmp_path)  # fmt: skip
+    demo = run(
+        *fedbus,
+        "demo",
+        "--plugin",
+        "myplugin",
+        "--agents",
+        "3",
+        "--rounds",
+        "3",
+        "--report-dir",
+        str(report),
+        env={**env, "TMPDIR": str(tmp_path)},
+        cwd=tmp_path,
+    )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["settings"]["plugin"] == "myplugin"

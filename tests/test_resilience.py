@@ -37,10 +37,17 @@ class RaisesOnce(ToyPlugin):
 Outcome = tuple[RunSummary, dict[str, Trainer], list[asyncio.Task[None]]]
 
 
-async def federate(broker: EmbeddedBroker, tmp_path: Path, plugins: dict[str, CheckedPlugin],
-                   *, rounds: int, observer: Any = None) -> Outcome:  # fmt: skip
-    config = aggregator_config(broker.url, tmp_path, agents=len(plugins), rounds=rounds,
-                               round_timeout=8.0)  # fmt: skip
+async def federate(
+    broker: EmbeddedBroker,
+    tmp_path: Path,
+    plugins: dict[str, CheckedPlugin],
+    *,
+    rounds: int,
+    observer: Any = None,
+) -> Outcome:
+    config = aggregator_config(
+        broker.url, tmp_path, agents=len(plugins), rounds=rounds, round_timeout=8.0
+    )
     buses = []
     trainers: dict[str, Trainer] = {}
     tasks: list[asyncio.Task[None]] = []
@@ -49,15 +56,20 @@ async def federate(broker: EmbeddedBroker, tmp_path: Path, plugins: dict[str, Ch
             bus = bus_from_url(broker.url, BusSettings(client_id=agent_id, **FAST))  # type: ignore[arg-type]
             await bus.__aenter__()
             buses.append(bus)
-            trainers[agent_id] = Trainer(config=trainer_config(agent_id, broker.url, tmp_path),
-                                         bus=bus, plugin=plugin)  # fmt: skip
+            trainers[agent_id] = Trainer(
+                config=trainer_config(agent_id, broker.url, tmp_path), bus=bus, plugin=plugin
+            )
             tasks.append(asyncio.create_task(trainers[agent_id].run()))
         agg_bus = bus_from_url(broker.url, BusSettings(client_id="aggregator", **FAST))  # type: ignore[arg-type]
         await agg_bus.__aenter__()
         buses.append(agg_bus)
-        summary = await Aggregator(config=config, bus=agg_bus, plugin_name="toy",
-                                   initial_weights=toy(0, 1).get_weights(),
-                                   observer=observer).run()  # fmt: skip
+        summary = await Aggregator(
+            config=config,
+            bus=agg_bus,
+            plugin_name="toy",
+            initial_weights=toy(0, 1).get_weights(),
+            observer=observer,
+        ).run()
         await asyncio.sleep(0.2)
         alive = [t for t in tasks if not t.done()]
     finally:
@@ -84,8 +96,9 @@ async def test_a_broker_restart_mid_federation(broker: EmbeddedBroker, tmp_path:
 
     plugins = {"a1": toy(1.0, 1), "a2": toy(3.0, 1)}
     with capture_logs() as logs:
-        summary, _, _ = await federate(broker, tmp_path, plugins, rounds=4,
-                                       observer=RestartInRound2())  # fmt: skip
+        summary, _, _ = await federate(
+            broker, tmp_path, plugins, rounds=4, observer=RestartInRound2()
+        )
     assert [r.round for r in summary.rounds] == [1, 2, 3, 4]
     assert summary.rounds[0].survivors == ["a1", "a2"]
     assert summary.rounds[-1].survivors == ["a1", "a2"]
@@ -96,8 +109,11 @@ async def test_a_broker_restart_mid_federation(broker: EmbeddedBroker, tmp_path:
 async def test_a_plugin_that_raises_in_fit(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """An agent whose plugin raises in round 1 stays up: round 1 completes without it (its
     status says the fit failed), and in round 2 it trains again."""
-    plugins = {"a1": toy(1.0, 1), "a2": toy(3.0, 1),
-               "flaky": CheckedPlugin("toy", RaisesOnce(5.0, 1))}  # fmt: skip
+    plugins = {
+        "a1": toy(1.0, 1),
+        "a2": toy(3.0, 1),
+        "flaky": CheckedPlugin("toy", RaisesOnce(5.0, 1)),
+    }
     with capture_logs() as logs:
         summary, trainers, alive = await federate(broker, tmp_path, plugins, rounds=2)
     first, second = summary.rounds

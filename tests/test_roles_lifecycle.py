@@ -40,8 +40,9 @@ async def test_trainer_rejoins_after_its_connection_drops(tmp_path: Path) -> Non
         asyncio.TaskGroup() as tg,
     ):
         trainer = Trainer(config=trainer_config("a1", "mem://", tmp_path), bus=b1, plugin=toy(1, 1))
-        aggregator = Aggregator(config=config, bus=b2, plugin_name="toy",
-                                initial_weights=toy(0, 1).get_weights())  # fmt: skip
+        aggregator = Aggregator(
+            config=config, bus=b2, plugin_name="toy", initial_weights=toy(0, 1).get_weights()
+        )
         await b2.subscribe("fl/fed/join")
         receiver = tg.create_task(aggregator.dispatcher.run(b2))
         task = tg.create_task(trainer.run())
@@ -68,8 +69,9 @@ async def test_a_late_joiner_gets_the_model_in_its_inbox_and_trains(
     started: list[asyncio.Task[None]] = []
 
     async def late(bus: object) -> None:
-        trainer = Trainer(config=trainer_config("late", nats_server.url, tmp_path), bus=bus,
-                          plugin=toy(5.0, 1))  # type: ignore[arg-type]  # fmt: skip
+        trainer = Trainer(
+            config=trainer_config("late", nats_server.url, tmp_path), bus=bus, plugin=toy(5.0, 1)
+        )  # type: ignore[arg-type]
         await trainer.run()
 
     class StartLateAfterRound1:
@@ -86,11 +88,20 @@ async def test_a_late_joiner_gets_the_model_in_its_inbox_and_trains(
         bus_from_url(nats_server.url, BusSettings(client_id="late")) as b3,
         asyncio.TaskGroup() as tg,
     ):
-        early = tg.create_task(Trainer(config=trainer_config("early", nats_server.url, tmp_path),
-                                       bus=b1, plugin=toy(1.0, 1)).run())  # fmt: skip
-        summary = await Aggregator(config=config, bus=b2, plugin_name="toy",
-                                   initial_weights=toy(0, 1).get_weights(),
-                                   observer=StartLateAfterRound1()).run()  # fmt: skip
+        early = tg.create_task(
+            Trainer(
+                config=trainer_config("early", nats_server.url, tmp_path),
+                bus=b1,
+                plugin=toy(1.0, 1),
+            ).run()
+        )
+        summary = await Aggregator(
+            config=config,
+            bus=b2,
+            plugin_name="toy",
+            initial_weights=toy(0, 1).get_weights(),
+            observer=StartLateAfterRound1(),
+        ).run()
         for task in [early, *started]:
             task.cancel()
     assert summary.rounds[0].survivors == ["early"]
@@ -109,8 +120,9 @@ async def test_an_agent_with_another_plugin_is_rejected(tmp_path: Path) -> None:
     ):
         other = CheckedPlugin("other-plugin", ToyPlugin(1.0, 1))
         trainer = Trainer(config=trainer_config("a1", "mem://", tmp_path), bus=b1, plugin=other)
-        aggregator = Aggregator(config=config, bus=b2, plugin_name="toy",
-                                initial_weights=toy(0, 1).get_weights())  # fmt: skip
+        aggregator = Aggregator(
+            config=config, bus=b2, plugin_name="toy", initial_weights=toy(0, 1).get_weights()
+        )
         await b2.subscribe("fl/fed/join")
         receiver = tg.create_task(aggregator.dispatcher.run(b2))
         with capture_logs() as logs:
@@ -148,13 +160,18 @@ async def test_the_federation_survives_a_broker_outage(tmp_path: Path) -> None:
         asyncio.TaskGroup() as tg,
     ):
         trainers = [
-            tg.create_task(Trainer(config=trainer_config(a, "mem://", tmp_path), bus=b,
-                                   plugin=toy(v, 1)).run())
+            tg.create_task(
+                Trainer(config=trainer_config(a, "mem://", tmp_path), bus=b, plugin=toy(v, 1)).run()
+            )
             for a, b, v in (("a1", b1, 1.0), ("a2", b2, 3.0))
-        ]  # fmt: skip
-        summary = await Aggregator(config=config, bus=b3, plugin_name="toy",
-                                   initial_weights=toy(0, 1).get_weights(),
-                                   observer=OutageInRound2()).run()  # fmt: skip
+        ]
+        summary = await Aggregator(
+            config=config,
+            bus=b3,
+            plugin_name="toy",
+            initial_weights=toy(0, 1).get_weights(),
+            observer=OutageInRound2(),
+        ).run()
         for task in trainers:
             task.cancel()
     assert summary.rounds[0].survivors == ["a1", "a2"]

@@ -368,9 +368,10 @@ def agent_process(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             env={**clean, "PYTHONUNBUFFERED": "1", **env},
-        )  # fmt: skip
+        )
 
 
 async def logged_events(log: Path, *, until: str, timeout: float = 5.0) -> list[str]:
@@ -404,22 +405,32 @@ async def test_a_trainer_process_under_a_notify_socket(
     - the plugin's program does not inherit NOTIFY_SOCKET or WATCHDOG_USEC.
     The aggregator process reports READY, its rounds and STOPPING=1 when it finishes."""
     program = tmp_path / "slow_train.py"
-    program.write_text(textwrap.dedent(SLOW_PROGRAM.format(example=str(EXAMPLE),
-                                                           sd_vars=SD_VARS)))  # fmt: skip
+    program.write_text(textwrap.dedent(SLOW_PROGRAM.format(example=str(EXAMPLE), sd_vars=SD_VARS)))
     probe = tmp_path / "probe.jsonl"
 
     def config(role: str, agent_id: str) -> Path:
         path = tmp_path / f"{agent_id}.toml"
-        path.write_text(CONFIG.format(role=role, agent_id=agent_id, url=nats_server.url,
-                                      state=tmp_path / agent_id, program=program,
-                                      probe=probe))  # fmt: skip
+        path.write_text(
+            CONFIG.format(
+                role=role,
+                agent_id=agent_id,
+                url=nats_server.url,
+                state=tmp_path / agent_id,
+                program=program,
+                probe=probe,
+            )
+        )
         return path
 
     trainer_sd = NotifyListener(str(short_dir / "trainer"))
     aggregator_sd = NotifyListener(str(short_dir / "aggregator"))
     trainer_log, aggregator_log = tmp_path / "trainer.log", tmp_path / "aggregator.log"
-    trainer = agent_process(config("trainer", "dev-0"), trainer_log,
-                            NOTIFY_SOCKET=trainer_sd.address, WATCHDOG_USEC="1000000")  # fmt: skip
+    trainer = agent_process(
+        config("trainer", "dev-0"),
+        trainer_log,
+        NOTIFY_SOCKET=trainer_sd.address,
+        WATCHDOG_USEC="1000000",
+    )
     aggregator: subprocess.Popen[bytes] | None = None
     try:
         ready_at, ready = await trainer_sd.wait_for(lambda f: "READY" in f)
@@ -432,12 +443,17 @@ async def test_a_trainer_process_under_a_notify_socket(
         bus = bus_from_url(nats_server.url, BusSettings(client_id="test-sd"))
         async with bus:
             outbox = Outbox(bus, federation="plant", sender="aggregator")
-            await outbox.send(topics.INBOX, JoinRejected(agent_id="dev-0", reason="not yet"),
-                              round=0, agent_id="dev-0")  # fmt: skip
+            await outbox.send(
+                topics.INBOX,
+                JoinRejected(agent_id="dev-0", reason="not yet"),
+                round=0,
+                agent_id="dev-0",
+            )
         await trainer_sd.wait_for(lambda f: f.get("STATUS") == "rejected", timeout=5)
 
-        aggregator = agent_process(config("aggregator", "aggregator"), aggregator_log,
-                                   NOTIFY_SOCKET=aggregator_sd.address)  # fmt: skip
+        aggregator = agent_process(
+            config("aggregator", "aggregator"), aggregator_log, NOTIFY_SOCKET=aggregator_sd.address
+        )
         assert await asyncio.to_thread(aggregator.wait, 40) == 0
         await logged_events(trainer_log, until="federation_finished")
         await aggregator_sd.wait_for(lambda f: "STOPPING" in f, timeout=5)

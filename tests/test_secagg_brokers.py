@@ -34,8 +34,19 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
 
 def _demo(broker: EmbeddedBroker, report: Path, secure: str) -> dict:
-    run = fedbus("demo", "--bus-url", broker.url, "--agents", "4", "--rounds", "4",
-                 "--secure-aggregation", secure, "--report-dir", str(report))  # fmt: skip
+    run = fedbus(
+        "demo",
+        "--bus-url",
+        broker.url,
+        "--agents",
+        "4",
+        "--rounds",
+        "4",
+        "--secure-aggregation",
+        secure,
+        "--report-dir",
+        str(report),
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"secure aggregation {secure}" in run.stdout
     return json.loads((report / "metrics.json").read_text())
@@ -63,12 +74,16 @@ def test_secure_demo_reaches_the_plain_accuracy(broker: EmbeddedBroker, tmp_path
 def _agent_config(i: int, url: str, tmp_path: Path) -> Path:
     agent_id = f"agent-{i}"
     config = AgentConfig(
-        role=RoleName.TRAINER, agent_id=agent_id, federation="fed", bus_url=url,
+        role=RoleName.TRAINER,
+        agent_id=agent_id,
+        federation="fed",
+        bus_url=url,
         state_dir=tmp_path / agent_id,
-        plugin=PluginConfig(name="digits-mlp",
-                            options={"agent_index": i, "num_agents": 6, "partition": "iid"}),
+        plugin=PluginConfig(
+            name="digits-mlp", options={"agent_index": i, "num_agents": 6, "partition": "iid"}
+        ),
         trainer=TrainerConfig(join_retry=0.5, require_secure_aggregation=True),
-    )  # fmt: skip
+    )
     path = tmp_path / f"{agent_id}.toml"
     path.write_bytes(config.to_toml())
     return path
@@ -101,13 +116,25 @@ async def test_agents_killed_mid_round_are_recovered(
         "digits-mlp", PluginContext("aggregator", {"agent_index": 0, "num_agents": 6})
     ).get_weights()
     schedule = AggregatorConfig(
-        rounds=2, min_fit_clients=3, min_available_clients=6, join_timeout=60.0,
-        round_timeout=6.0, eval_timeout=10.0, fit_config={"epochs": 30},
-        secure_aggregation=SecureAggregation.SECAGG_PLUS, secagg=SecAggConfig(stage_timeout=3.0),
-    )  # fmt: skip
-    config = AgentConfig(role=RoleName.AGGREGATOR, agent_id="aggregator", federation="fed",
-                         bus_url=broker.url, state_dir=tmp_path / "aggregator",
-                         plugin=PluginConfig(name="digits-mlp"), aggregator=schedule)  # fmt: skip
+        rounds=2,
+        min_fit_clients=3,
+        min_available_clients=6,
+        join_timeout=60.0,
+        round_timeout=6.0,
+        eval_timeout=10.0,
+        fit_config={"epochs": 30},
+        secure_aggregation=SecureAggregation.SECAGG_PLUS,
+        secagg=SecAggConfig(stage_timeout=3.0),
+    )
+    config = AgentConfig(
+        role=RoleName.AGGREGATOR,
+        agent_id="aggregator",
+        federation="fed",
+        bus_url=broker.url,
+        state_dir=tmp_path / "aggregator",
+        plugin=PluginConfig(name="digits-mlp"),
+        aggregator=schedule,
+    )
     agents: list[AgentProcess] = []
     try:
         for i in range(6):
@@ -117,8 +144,9 @@ async def test_agents_killed_mid_round_are_recovered(
         with capture_logs() as logs:
             async with bus_from_url(broker.url, BusSettings(client_id="aggregator")) as bus:
                 killer = asyncio.create_task(_kill_after_sharing(broker.url, dict(victims)))
-                summary = await Aggregator(config=config, bus=bus, plugin_name="digits-mlp",
-                                           initial_weights=initial).run()  # fmt: skip
+                summary = await Aggregator(
+                    config=config, bus=bus, plugin_name="digits-mlp", initial_weights=initial
+                ).run()
                 await asyncio.wait_for(killer, 5)
     finally:
         stop_agents(agents)
@@ -130,8 +158,9 @@ async def test_agents_killed_mid_round_are_recovered(
     assert second.model_version == 2
     assert second.accuracy is not None
     assert second.accuracy > 0.5
-    closed = {(e["stage"], tuple(e["dropouts"])) for e in logs
-              if e["event"] == "secagg_stage_closed"}  # fmt: skip
+    closed = {
+        (e["stage"], tuple(e["dropouts"])) for e in logs if e["event"] == "secagg_stage_closed"
+    }
     # round 1: lost after sharing keys
     assert ("collect_masked_input", ("agent-1", "agent-4")) in closed
     if broker.kind == "mqtt":

@@ -77,8 +77,15 @@ def test_wide_values_move_to_a_64_bit_ring() -> None:
 def test_params_that_can_wrap_are_refused() -> None:
     """A ring too narrow for n·(2^b − 1) is refused rather than silently wrapping."""
     with pytest.raises(ConfigError, match="wrap"):
-        SecAggParams(num_clients=100, num_neighbours=19, threshold=10, clipping_range=1.0,
-                     quantization_bits=30, ring_bits=32, max_weight=1)  # fmt: skip
+        SecAggParams(
+            num_clients=100,
+            num_neighbours=19,
+            threshold=10,
+            clipping_range=1.0,
+            quantization_bits=30,
+            ring_bits=32,
+            max_weight=1,
+        )
 
 
 # -- quantization -----------------------------------------------------------------------------
@@ -92,8 +99,9 @@ def test_params_that_can_wrap_are_refused() -> None:
     clip=st.floats(0.1, 100),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_quantized_sum_is_within_the_bound(n: int, d: int, bits: int, clip: float,
-                                           seed: int) -> None:  # fmt: skip
+def test_quantized_sum_is_within_the_bound(
+    n: int, d: int, bits: int, clip: float, seed: int
+) -> None:
     """Σ dequantized = Σ w·clip(x)/W within one step per client, for any n, d, b, c."""
     params = resolve(n, quantization_bits=bits, clipping_range=clip, max_weight=50)
     rng = np.random.default_rng(seed)
@@ -168,8 +176,9 @@ def test_any_t_shares_rebuild_every_secret(holders: int, data: st.DataObject, co
     """For random n, t and secrets, any t of the n shares rebuild each secret exactly."""
     t = data.draw(st.integers(1, holders))
     secrets = [data.draw(st.binary(min_size=32, max_size=32)) for _ in range(count)]
-    xs = data.draw(st.lists(st.integers(1, shamir.PRIME - 1), min_size=holders,
-                            max_size=holders, unique=True))  # fmt: skip
+    xs = data.draw(
+        st.lists(st.integers(1, shamir.PRIME - 1), min_size=holders, max_size=holders, unique=True)
+    )
     shares = shamir.split(secrets, xs=xs, threshold=t)
     picks = [data.draw(st.permutations(range(holders)))[:t] for _ in range(count)]
     sub_x = np.array([[xs[j] for j in p] for p in picks])

@@ -69,8 +69,9 @@ def run_round(
     inspect(server)
     for a, ciphertexts in S.close_share_keys(server).items():
         if a not in drops.collect:
-            y = C.collect_masked_input(clients[a], ciphertexts, update=updates[a],
-                                       weight=weights[a])  # fmt: skip
+            y = C.collect_masked_input(
+                clients[a], ciphertexts, update=updates[a], weight=weights[a]
+            )
             assert S.receive_masked_input(server, a, y)
             inspect(server)
     survivors, dropped = S.close_collect(server)
@@ -82,8 +83,12 @@ def run_round(
     return S.finish(server)
 
 
-def plaintext_sum(setup: Setup, updates: dict[str, np.ndarray], weights: dict[str, int],
-                  survivors: tuple[str, ...]) -> np.ndarray:  # fmt: skip
+def plaintext_sum(
+    setup: Setup,
+    updates: dict[str, np.ndarray],
+    weights: dict[str, int],
+    survivors: tuple[str, ...],
+) -> np.ndarray:
     p = setup.params
     return sum(  # type: ignore[return-value]
         np.clip(updates[a].astype(np.float64), -p.clipping_range, p.clipping_range)
@@ -92,8 +97,13 @@ def plaintext_sum(setup: Setup, updates: dict[str, np.ndarray], weights: dict[st
     )
 
 
-def check(setup: Setup, agg: S.Aggregate, updates: dict[str, np.ndarray],
-          weights: dict[str, int], expected: set[str]) -> None:  # fmt: skip
+def check(
+    setup: Setup,
+    agg: S.Aggregate,
+    updates: dict[str, np.ndarray],
+    weights: dict[str, int],
+    expected: set[str],
+) -> None:
     assert set(agg.survivors) == expected
     want = plaintext_sum(setup, updates, weights, agg.survivors)
     bound = error_bound(len(agg.survivors), setup.params) * setup.params.max_weight
@@ -133,8 +143,12 @@ def test_dropouts_at_any_stage_within_threshold(n: int, data: st.DataObject) -> 
     cohort = list(setup.cohort)
     lost = data.draw(st.lists(st.sampled_from(cohort), unique=True, max_size=n // 6))
     stages = [data.draw(st.sampled_from(["advertise", "share", "collect"])) for _ in lost]
-    drops = Drops(**{s: frozenset(a for a, x in zip(lost, stages, strict=True) if x == s)
-                     for s in ("advertise", "share", "collect")})  # fmt: skip
+    drops = Drops(
+        **{
+            s: frozenset(a for a, x in zip(lost, stages, strict=True) if x == s)
+            for s in ("advertise", "share", "collect")
+        }
+    )
     reasons: list[str] = []
     try:
         agg = run_round(setup, updates, weights, drops)
@@ -167,8 +181,13 @@ def test_below_threshold_the_round_aborts() -> None:
     updates, weights = random_inputs(setup, 3)
     server: list[S.ServerState] = []
     with pytest.raises(SecAggAbortError, match="too_few_survivors"):
-        run_round(setup, updates, weights, Drops(collect=frozenset(setup.cohort[:6])),
-                  inspect=server.append)  # fmt: skip
+        run_round(
+            setup,
+            updates,
+            weights,
+            Drops(collect=frozenset(setup.cohort[:6])),
+            inspect=server.append,
+        )
     assert server[-1].stage is Stage.ABORTED
 
 
@@ -193,8 +212,9 @@ def test_wrong_revealed_shares_abort_the_round() -> None:
                 )
 
     with pytest.raises(SecAggAbortError, match="bad_shares"):
-        run_round(setup, updates, weights, Drops(collect=frozenset(setup.cohort[:1])),
-                  inspect=corrupt)  # fmt: skip
+        run_round(
+            setup, updates, weights, Drops(collect=frozenset(setup.cohort[:1])), inspect=corrupt
+        )
 
 
 def test_client_refuses_an_inconsistent_unmask_request() -> None:
@@ -261,16 +281,17 @@ def _server_calls() -> dict[Stage, list[Callable[[S.ServerState], Any]]]:
     keys = PublicKeys(bytes(32), bytes(32))
     return {
         Stage.SETUP: [S.open_advertise],
-        Stage.ADVERTISE_KEYS: [lambda s: S.receive_keys(s, "agent-000", keys),
-                               S.close_advertise],
+        Stage.ADVERTISE_KEYS: [lambda s: S.receive_keys(s, "agent-000", keys), S.close_advertise],
         Stage.SHARE_KEYS: [lambda s: S.receive_shares(s, "agent-000", {}), S.close_share_keys],
         Stage.COLLECT_MASKED_INPUT: [
             lambda s: S.receive_masked_input(s, "agent-000", np.zeros(4, np.uint32)),
             S.close_collect,
         ],
-        Stage.UNMASK: [lambda s: S.receive_unmask(s, "agent-000", RevealedShares({}, {})),
-                       S.finish],
-    }  # fmt: skip
+        Stage.UNMASK: [
+            lambda s: S.receive_unmask(s, "agent-000", RevealedShares({}, {})),
+            S.finish,
+        ],
+    }
 
 
 @pytest.mark.parametrize("current", list(Stage))
@@ -364,11 +385,14 @@ def test_aggregator_state_never_holds_an_unmasked_update(
     updates, weights = random_inputs(setup, 7)
     rngs = {a: np.random.default_rng(i) for i, a in enumerate(setup.cohort)}
     plain = {
-        a: np.append(quantize(updates[a], weight=weights[a], params=setup.params,
-                              rng=np.random.default_rng(i)),
-                     weight_word(weights[a], setup.params)).astype(setup.params.dtype)
+        a: np.append(
+            quantize(
+                updates[a], weight=weights[a], params=setup.params, rng=np.random.default_rng(i)
+            ),
+            weight_word(weights[a], setup.params),
+        ).astype(setup.params.dtype)
         for i, a in enumerate(setup.cohort)
-    }  # fmt: skip
+    }
     snapshots = 0
 
     def inspect(server: S.ServerState) -> None:
@@ -384,7 +408,8 @@ def test_aggregator_state_never_holds_an_unmasked_update(
         return original(state, cts, update=update, weight=weight, rng=rngs[state.agent_id])
 
     monkeypatch.setattr(C, "collect_masked_input", seeded)
-    agg = run_round(setup, updates, weights, Drops(collect=frozenset(setup.cohort[:1])),
-                    inspect=inspect)  # fmt: skip
+    agg = run_round(
+        setup, updates, weights, Drops(collect=frozenset(setup.cohort[:1])), inspect=inspect
+    )
     assert snapshots > 5
     check(setup, agg, updates, weights, set(setup.cohort[1:]))

@@ -53,8 +53,18 @@ def rendered(role: str, unit_dir: Path, config_dir: Path | None = None) -> tuple
     """``fedbus service install --dry-run`` for ``role``, running this environment's fedbus
     (and with the default config directory unless ``config_dir``: a dry run only reads it);
     the unit file it wrote and what it printed."""
-    args = ["install", "--federation", FED, "--role", role, "--prefix", sys.prefix,
-            "--unit-dir", str(unit_dir), "--dry-run"]  # fmt: skip
+    args = [
+        "install",
+        "--federation",
+        FED,
+        "--role",
+        role,
+        "--prefix",
+        sys.prefix,
+        "--unit-dir",
+        str(unit_dir),
+        "--dry-run",
+    ]
     if config_dir is not None:
         args += ["--config-dir", str(config_dir)]
     result = CliRunner().invoke(service, args)
@@ -69,8 +79,11 @@ def test_units_verify_without_any_output(role: str, systemd_analyze: str, tmp_pa
     path, _ = rendered(role, tmp_path)
     run = subprocess.run(
         [systemd_analyze, "verify", "--recursive-errors=yes", str(path)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert (run.returncode, run.stdout + run.stderr) == (0, "")
 
 
@@ -95,8 +108,11 @@ def test_units_exposure_is_at_most_2(role: str, systemd_analyze: str) -> None:
     directory and a read-only RTC device)."""
     run = subprocess.run(
         [systemd_analyze, "security", "--offline=true", "--no-pager", str(find_template(role))],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", run.stdout)
     assert match is not None, run.stdout
@@ -112,10 +128,13 @@ def test_aggregator_unit_mirrors_the_agent_unit() -> None:
         return text[text.index("[Unit]") :]
 
     agent = body("agent")
-    for a, b in [("agent.toml", "aggregator.toml"), ("agent.key", "aggregator.key"),
-                 ("fedbus/%i/agent", "fedbus/%i/aggregator"),
-                 ("fedbus-agent@FED", "fedbus-aggregator@FED"),
-                 ("federated-learning agent", "federated-learning aggregator")]:  # fmt: skip
+    for a, b in [
+        ("agent.toml", "aggregator.toml"),
+        ("agent.key", "aggregator.key"),
+        ("fedbus/%i/agent", "fedbus/%i/aggregator"),
+        ("fedbus-agent@FED", "fedbus-aggregator@FED"),
+        ("federated-learning agent", "federated-learning aggregator"),
+    ]:
         agent = agent.replace(a, b)
     assert body("aggregator") == agent
 
@@ -152,13 +171,24 @@ def enrolled(tmp_path: Path, *, role: RoleName = RoleName.TRAINER, **identity: P
     key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n")
     key.chmod(0o600)
     config = AgentConfig(
-        role=role, agent_id="dev-17", federation=FED, bus_url="tls://broker:4222",
-        state_dir=state, plugin=PluginConfig(name="digits-mlp"),
-        tls=TlsConfig(ca_file=state / "identity/ca.pem", cert_file=state / "identity/cert.pem",
-                      key_file=key),
-        identity=IdentityConfig(**{"cert_file": state / "identity/cert.pem", "key_file": key,
-                                   "ca_file": state / "identity/ca.pem", **identity}),
-    )  # fmt: skip
+        role=role,
+        agent_id="dev-17",
+        federation=FED,
+        bus_url="tls://broker:4222",
+        state_dir=state,
+        plugin=PluginConfig(name="digits-mlp"),
+        tls=TlsConfig(
+            ca_file=state / "identity/ca.pem", cert_file=state / "identity/cert.pem", key_file=key
+        ),
+        identity=IdentityConfig(
+            **{
+                "cert_file": state / "identity/cert.pem",
+                "key_file": key,
+                "ca_file": state / "identity/ca.pem",
+                **identity,
+            }
+        ),
+    )
     name = "agent" if role is RoleName.TRAINER else "aggregator"
     path = tmp_path / "etc" / FED / f"{name}.toml"
     path.parent.mkdir(parents=True)
@@ -201,8 +231,15 @@ def test_install_moves_the_key_rewrites_the_config_and_is_idempotent(tmp_path: P
     lines: list[str] = []
 
     def again() -> None:
-        install(layout, fedbus=fedbus, unit_dir=tmp_path / "units", dry_run=False, enable=True,
-                run=lambda argv: ran.append(list(argv)) or 0, echo=lines.append)  # fmt: skip
+        install(
+            layout,
+            fedbus=fedbus,
+            unit_dir=tmp_path / "units",
+            dry_run=False,
+            enable=True,
+            run=lambda argv: ran.append(list(argv)) or 0,
+            echo=lines.append,
+        )
 
     again()
     assert not key.exists()
@@ -213,8 +250,10 @@ def test_install_moves_the_key_rewrites_the_config_and_is_idempotent(tmp_path: P
     for path in (layout.key_path, layout.config_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     unit_name = f"fedbus-agent@{FED}.service"
-    commands = [["systemctl", "daemon-reload"],
-                ["systemctl", "enable", "--now", "--no-block", unit_name]]  # fmt: skip
+    commands = [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "--no-block", unit_name],
+    ]
     assert ran == commands
     unit = (tmp_path / "units" / "fedbus-agent@.service").read_text()
     assert f"ExecStart={tmp_path}/venv/bin/fedbus run" in unit
@@ -244,9 +283,15 @@ def test_install_refuses_configs_the_sandbox_cannot_run(
     key = enrolled(tmp_path, role=RoleName.AGGREGATOR, **identity)
     ran: list[list[str]] = []
     with pytest.raises(ConfigError, match=re.escape(message)):
-        install(Layout("aggregator", FED, tmp_path / "etc"), fedbus=fake_fedbus(tmp_path),
-                unit_dir=tmp_path / "units", dry_run=False, enable=True,
-                run=lambda argv: ran.append(list(argv)) or 0, echo=lambda _: None)  # fmt: skip
+        install(
+            Layout("aggregator", FED, tmp_path / "etc"),
+            fedbus=fake_fedbus(tmp_path),
+            unit_dir=tmp_path / "units",
+            dry_run=False,
+            enable=True,
+            run=lambda argv: ran.append(list(argv)) or 0,
+            echo=lambda _: None,
+        )
     assert key.is_file()
     assert ran == []
 
@@ -256,12 +301,20 @@ def test_install_refuses_the_wrong_role_and_an_interpreter_under_root(tmp_path: 
     an interpreter under /root (pyenv's, say), which ProtectHome= hides, is refused."""
     enrolled(tmp_path)
     (tmp_path / "etc" / FED / "agent.toml").rename(tmp_path / "etc" / FED / "aggregator.toml")
-    args = {"unit_dir": tmp_path / "units", "dry_run": False, "enable": True,
-            "run": lambda _: 0, "echo": lambda _: None}  # fmt: skip
+    args = {
+        "unit_dir": tmp_path / "units",
+        "dry_run": False,
+        "enable": True,
+        "run": lambda _: 0,
+        "echo": lambda _: None,
+    }
     with pytest.raises(
         ConfigError, match="configures a trainer of 'fedbus-test-plant-3', not an aggregator"
     ):
         install(Layout("aggregator", FED, tmp_path / "etc"), fedbus=fake_fedbus(tmp_path), **args)
     with pytest.raises(ConfigError, match="ProtectHome=yes hides /root"):
-        install(Layout("agent", FED, tmp_path / "etc"),
-                fedbus=fake_fedbus(tmp_path / "x", "/root/.pyenv/bin/python3"), **args)  # fmt: skip
+        install(
+            Layout("agent", FED, tmp_path / "etc"),
+            fedbus=fake_fedbus(tmp_path / "x", "/root/.pyenv/bin/python3"),
+            **args,
+        )

@@ -114,13 +114,18 @@ async def federate_in_memory(
                 bus = MemoryBus(broker, BusSettings(client_id=agent_id))
                 await bus.__aenter__()
                 buses.append(bus)
-                trainers[agent_id] = Trainer(config=trainer_configs(agent_id), bus=bus,
-                                             plugin=plugin)  # fmt: skip
+                trainers[agent_id] = Trainer(
+                    config=trainer_configs(agent_id), bus=bus, plugin=plugin
+                )
                 tasks.append(tg.create_task(trainers[agent_id].run()))
             async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
-                aggregator = Aggregator(config=config, bus=bus, plugin_name="toy",
-                                        initial_weights=toy(0, 1).get_weights(),
-                                        revoked=revoked)  # fmt: skip
+                aggregator = Aggregator(
+                    config=config,
+                    bus=bus,
+                    plugin_name="toy",
+                    initial_weights=toy(0, 1).get_weights(),
+                    revoked=revoked,
+                )
                 summary = await aggregator.run()
             await asyncio.sleep(0.05)  # let finish reach the trainers
             for task in tasks:

@@ -22,27 +22,59 @@ _RUN: dict[str, str] = {"mosquitto": "mosquitto -c {config}", "nats": "nats-serv
 @click.command("broker-config")
 @click.argument("broker", type=click.Choice(sorted(_KINDS)))
 @click.option(
-    "--ca-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+    "--ca-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="The federation's CA directory (ca.pem, ca.key; registry.sqlite if any).",
-)  # fmt: skip
+)
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
     help="Where to write the broker's files (created; rewritten in place).",
-)  # fmt: skip
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="Listen port [default: 8883 for mosquitto, 4222 for nats].")  # fmt: skip
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Listen port [default: 8883 for mosquitto, 4222 for nats].",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
-@click.option("--agent", "agents", multiple=True, metavar="ID",
-              help="An enrolled trainer (repeat; added to the registry's).")  # fmt: skip
-@click.option("--aggregator", default=None, metavar="ID",
-              help="The aggregator's id [default: the registry's, else 'aggregator'].")  # fmt: skip
-@click.option("--server-name", "server_names", multiple=True, metavar="NAME",
-              help="Another DNS name or address for the broker certificate (repeat).")  # fmt: skip
-@click.option("--mosquitto-user", default=None, metavar="USER",
-              help="mosquitto: the account it drops to when started as root (default: its "
-                   "own 'mosquitto', which must be able to read server.key).")  # fmt: skip
-@click.option("--reload-pid", type=int, default=None, metavar="PID",
-              help="Then make this running broker reread its files (SIGHUP).")  # fmt: skip
+@click.option(
+    "--agent",
+    "agents",
+    multiple=True,
+    metavar="ID",
+    help="An enrolled trainer (repeat; added to the registry's).",
+)
+@click.option(
+    "--aggregator",
+    default=None,
+    metavar="ID",
+    help="The aggregator's id [default: the registry's, else 'aggregator'].",
+)
+@click.option(
+    "--server-name",
+    "server_names",
+    multiple=True,
+    metavar="NAME",
+    help="Another DNS name or address for the broker certificate (repeat).",
+)
+@click.option(
+    "--mosquitto-user",
+    default=None,
+    metavar="USER",
+    help="mosquitto: the account it drops to when started as root (default: its "
+    "own 'mosquitto', which must be able to read server.key).",
+)
+@click.option(
+    "--reload-pid",
+    type=int,
+    default=None,
+    metavar="PID",
+    help="Then make this running broker reread its files (SIGHUP).",
+)
 def broker_config(
     broker: str,
     ca_dir: Path,
@@ -69,13 +101,21 @@ def broker_config(
     else:
         members = Members(aggregator or DEFAULT_AGGREGATOR, agents)
     files = write_broker_config(
-        _KINDS[broker], ca, out_dir, members, port=port or _DEFAULT_PORTS[broker], host=host,
-        server_names=server_names, mosquitto_user=mosquitto_user,
-    )  # fmt: skip
+        _KINDS[broker],
+        ca,
+        out_dir,
+        members,
+        port=port or _DEFAULT_PORTS[broker],
+        host=host,
+        server_names=server_names,
+        mosquitto_user=mosquitto_user,
+    )
     click.echo(f"wrote {files.directory} for federation {ca.federation} ({files.url})")
-    click.echo(f"  aggregator {members.aggregator}; enroll identity {members.enroll}; "
-               f"{len(members.trainers)} trainers; {len(members.revoked_ids)} revoked; "
-               f"{len(members.revoked_serials)} revoked certificates")  # fmt: skip
+    click.echo(
+        f"  aggregator {members.aggregator}; enroll identity {members.enroll}; "
+        f"{len(members.trainers)} trainers; {len(members.revoked_ids)} revoked; "
+        f"{len(members.revoked_serials)} revoked certificates"
+    )
     if reload_pid is not None:
         reload(reload_pid)
         click.echo(f"  sent SIGHUP to {reload_pid}")

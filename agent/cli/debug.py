@@ -20,10 +20,13 @@ import msgspec
 from agent.errors import ConfigError, FedbusError, ProtocolError
 
 config_option = click.option(
-    "--as", "--config", "config_path", required=True,
+    "--as",
+    "--config",
+    "config_path",
+    required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="An agent config (TOML): whose identity, federation and broker to use.",
-)  # fmt: skip
+)
 
 
 @click.command()
@@ -31,9 +34,11 @@ config_option = click.option(
 @config_option
 @click.option("--round", "round_", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option(
-    "--body", default="{}", show_default=True,
+    "--body",
+    default="{}",
+    show_default=True,
     help="The body as JSON, or @FILE to read it from a file (bytes as base64).",
-)  # fmt: skip
+)
 @click.option("--to", "to", default=None, help="The agent whose inbox gets it (inbox kinds).")
 def publish(kind: str, config_path: Path, round_: int, body: str, to: str | None) -> None:
     """Publish one message of KIND, built and signed as the config's identity."""
@@ -46,8 +51,9 @@ def publish(kind: str, config_path: Path, round_: int, body: str, to: str | None
     try:
         kind_ = Kind(kind)
     except ValueError:
-        raise click.BadParameter(f"unknown kind; one of {', '.join(Kind)}",
-                                 param_hint="KIND") from None  # fmt: skip
+        raise click.BadParameter(
+            f"unknown kind; one of {', '.join(Kind)}", param_hint="KIND"
+        ) from None
     text = Path(body[1:]).read_text() if body.startswith("@") else body
     try:
         value = msgspec.convert(json.loads(text), BODY_TYPES[kind_], strict=False)
@@ -77,11 +83,18 @@ async def _publish(config: Any, body: Any, round_: int, to: str | None) -> tuple
     agent_id = to if spec.publisher is Role.AGGREGATOR else config.agent_id
     if spec.per_agent and agent_id is None:
         raise ConfigError(f"a {kind} goes to one agent's inbox: give --to AGENT")
-    credentials = (Credentials.load(config.identity, agent_id=config.agent_id,
-                                    federation=config.federation)
-                   if config.identity.enabled else None)  # fmt: skip
-    payload = encode(body, federation=config.federation, round=round_, sender=config.agent_id,
-                     signer=credentials.signer if credentials else None)  # fmt: skip
+    credentials = (
+        Credentials.load(config.identity, agent_id=config.agent_id, federation=config.federation)
+        if config.identity.enabled
+        else None
+    )
+    payload = encode(
+        body,
+        federation=config.federation,
+        round=round_,
+        sender=config.agent_id,
+        signer=credentials.signer if credentials else None,
+    )
     topic = spec.format(config.federation, agent_id)
     async with open_bus(config, bus_settings(config, suffix="publish")) as bus:
         await bus.wait_connected(timeout=10)
@@ -92,8 +105,12 @@ async def _publish(config: Any, body: Any, round_: int, to: str | None) -> tuple
 @click.command()
 @click.argument("topic_filter", required=False)
 @config_option
-@click.option("--count", default=0, type=click.IntRange(min=0),
-              help="Stop after this many messages (0: until Ctrl-C).")  # fmt: skip
+@click.option(
+    "--count",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Stop after this many messages (0: until Ctrl-C).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
 def listen(topic_filter: str | None, config_path: Path, count: int, as_json: bool) -> None:
     """Print the federation's messages (default filter fl/FED/#) as they arrive: kind,
@@ -112,9 +129,11 @@ async def _listen(config: Any, topic_filter: str, count: int, as_json: bool) -> 
     from agent.identity.local import Credentials
     from agent.runtime.node import bus_settings, open_bus
 
-    credentials = (Credentials.load(config.identity, agent_id=config.agent_id,
-                                    federation=config.federation)
-                   if config.identity.enabled else None)  # fmt: skip
+    credentials = (
+        Credentials.load(config.identity, agent_id=config.agent_id, federation=config.federation)
+        if config.identity.enabled
+        else None
+    )
     verifier = credentials.verifier() if credentials else None
     seen = 0
     async with open_bus(config, bus_settings(config, suffix="listen")) as bus:
@@ -142,8 +161,7 @@ def describe(topic: str, payload: bytes, verifier: Any) -> dict[str, Any]:
     from agent.messages.topics import classify
     from agent.runtime.listeners import verify_sender
 
-    out: dict[str, Any] = {"time": time.strftime("%H:%M:%S"), "topic": topic,
-                           "size": len(payload)}  # fmt: skip
+    out: dict[str, Any] = {"time": time.strftime("%H:%M:%S"), "topic": topic, "size": len(payload)}
     try:
         envelope, signed = decode_envelope(payload)
     except FedbusError as exc:
@@ -187,16 +205,23 @@ def _summary(value: Any) -> Any:
 
 def _format(line: dict[str, Any]) -> str:
     kind, sender, round_ = line.get("kind", "?"), line.get("sender", "?"), line.get("round", "?")
-    head = (f"{line['time']}  {kind:<15} from {sender:<12} round {round_:<4} "
-            f"{line['size']:>8} B  {line.get('signature', '')}")  # fmt: skip
+    head = (
+        f"{line['time']}  {kind:<15} from {sender:<12} round {round_:<4} "
+        f"{line['size']:>8} B  {line.get('signature', '')}"
+    )
     body = line.get("body", line.get("error", ""))
     return f"{head}\n    {line['topic']}: {json.dumps(body)[:300]}"
 
 
 @click.command()
 @config_option
-@click.option("--timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for the aggregator's summary.")  # fmt: skip
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for the aggregator's summary.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")
 def status(config_path: Path, timeout: float, as_json: bool) -> None:
     """Show the federation as its aggregator sees it: round and stage, every agent online or
@@ -213,17 +238,23 @@ def status(config_path: Path, timeout: float, as_json: bool) -> None:
     online = sum(1 for a in summary.agents.values() if a.state == "online")
     click.echo(f"agents: {online} online of {len(summary.agents)}")
     for agent_id, agent in summary.agents.items():
-        seen = "-" if agent.last_seen is None else time.strftime(
-            "%H:%M:%S", time.localtime(agent.last_seen))  # fmt: skip
+        seen = (
+            "-"
+            if agent.last_seen is None
+            else time.strftime("%H:%M:%S", time.localtime(agent.last_seen))
+        )
         admitted = "admitted" if agent.admitted else "-"
-        click.echo(f"  {agent_id:<16} {agent.state:<8} {admitted:<9} last seen {seen}  "
-                   f"{agent.detail}")  # fmt: skip
+        click.echo(
+            f"  {agent_id:<16} {agent.state:<8} {admitted:<9} last seen {seen}  {agent.detail}"
+        )
     last = summary.last_round
     if last is not None:
         accuracy = "-" if last.accuracy is None else f"{100 * last.accuracy:.2f}%"
-        click.echo(f"last round {last.round}: {len(last.survivors)} survivors, dropouts "
-                   f"{', '.join(last.dropouts) or 'none'}, accuracy {accuracy}, "
-                   f"{last.seconds:.2f} s")  # fmt: skip
+        click.echo(
+            f"last round {last.round}: {len(last.survivors)} survivors, dropouts "
+            f"{', '.join(last.dropouts) or 'none'}, accuracy {accuracy}, "
+            f"{last.seconds:.2f} s"
+        )
 
 
 async def _status(config: Any, seconds: float) -> Any:

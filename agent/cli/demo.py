@@ -81,23 +81,32 @@ DEFAULTS = DemoOptions()
     help="SIGKILL this many agents once round 2's cohort is drawn (to watch dropouts).",
 )
 @click.option(
-    "--plugin", "plugin_name", default=DEFAULTS.plugin, show_default=True,
+    "--plugin",
+    "plugin_name",
+    default=DEFAULTS.plugin,
+    show_default=True,
     help="The plugin every agent trains with (see `fedbus plugin list`).",
-)  # fmt: skip
+)
 @click.option(
-    "--plugin-option", "plugin_options", multiple=True, metavar="KEY=VALUE",
+    "--plugin-option",
+    "plugin_options",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="An extra [plugin.options] entry for every agent (VALUE read as JSON); repeatable.",
-)  # fmt: skip
+)
 @click.option(
-    "--secure-aggregation", default=DEFAULTS.secure_aggregation, show_default=True,
+    "--secure-aggregation",
+    default=DEFAULTS.secure_aggregation,
+    show_default=True,
     type=click.Choice(["secagg+", "none"]),
     help="secagg+: the aggregator learns only the cohort's sum (SecAgg+); none: plain FedAvg.",
-)  # fmt: skip
+)
 @click.option(
-    "--insecure", is_flag=True,
+    "--insecure",
+    is_flag=True,
     help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
-         "For debugging only.",
-)  # fmt: skip
+    "For debugging only.",
+)
 def demo(
     agents: int,
     rounds: int,
@@ -128,11 +137,21 @@ def demo(
             param_hint="--agents",
         )
     options = DemoOptions(
-        agents=agents, rounds=rounds, partition=partition, alpha=alpha, bus=bus_kind,
-        bus_url=bus_url, report_dir=report_dir, seed=seed, fraction_fit=fraction_fit,
-        round_timeout=round_timeout, kill_agents=kill_agents, plugin=plugin_name,
-        plugin_options=parse_options(plugin_options), secure_aggregation=secure_aggregation,
+        agents=agents,
+        rounds=rounds,
+        partition=partition,
+        alpha=alpha,
+        bus=bus_kind,
+        bus_url=bus_url,
+        report_dir=report_dir,
+        seed=seed,
+        fraction_fit=fraction_fit,
+        round_timeout=round_timeout,
+        kill_agents=kill_agents,
+        plugin=plugin_name,
+        plugin_options=parse_options(plugin_options),
+        secure_aggregation=secure_aggregation,
         insecure=insecure,
-    )  # fmt: skip
+    )
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

@@ -23,10 +23,12 @@ def cli() -> None:
 
 @cli.command()
 @click.option(
-    "--config", "config_path", required=True,
+    "--config",
+    "config_path",
+    required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The agent's TOML config file.",
-)  # fmt: skip
+)
 def run(config_path: Path) -> None:
     """Run an agent (trainer or aggregator) until SIGTERM."""
     from agent.config import AgentConfig

@@ -29,9 +29,13 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 option_flag = click.option(
-    "--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+    "--option",
+    "-o",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="A [plugin.options] entry (VALUE read as JSON when it parses); repeatable.",
-)  # fmt: skip
+)
 
 
 @click.group()
@@ -56,12 +60,17 @@ def plugin_list(as_json: bool) -> None:
             click.echo(f"{name}\tbroken: {exc}")
             continue
         record = {
-            "name": d.name, "distribution": d.distribution, "version": d.version,
-            "entry_point": d.entry_point, "summary": d.info.summary,
-            "options": dict(d.info.options), "fit_config": dict(d.info.fit_config),
-            "datasets": list(d.info.datasets), "models": list(d.info.models),
+            "name": d.name,
+            "distribution": d.distribution,
+            "version": d.version,
+            "entry_point": d.entry_point,
+            "summary": d.info.summary,
+            "options": dict(d.info.options),
+            "fit_config": dict(d.info.fit_config),
+            "datasets": list(d.info.datasets),
+            "models": list(d.info.models),
             "exports": list(d.info.exports),
-        }  # fmt: skip
+        }
         if as_json:
             click.echo(json.dumps(record, sort_keys=True))
             continue
@@ -76,9 +85,13 @@ def plugin_list(as_json: bool) -> None:
 @plugin.command("new")
 @click.argument("name")
 @click.option(
-    "--dir", "parent", default=Path("."), show_default=True,
-    type=click.Path(file_okay=False, path_type=Path), help="Where to create the NAME folder.",
-)  # fmt: skip
+    "--dir",
+    "parent",
+    default=Path("."),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to create the NAME folder.",
+)
 def plugin_new(name: str, parent: Path) -> None:
     """Write a new plugin project NAME that installs and passes its tests as generated."""
     from agent.plugin.scaffold import new_plugin
@@ -94,9 +107,13 @@ def plugin_new(name: str, parent: Path) -> None:
 @click.argument("target")
 @option_flag
 @click.option(
-    "--config", "-c", "fit_config", multiple=True, metavar="KEY=VALUE",
+    "--config",
+    "-c",
+    "fit_config",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="A fit config entry (e.g. epochs=1); repeatable.",
-)  # fmt: skip
+)
 def plugin_check(target: str, options: tuple[str, ...], fit_config: tuple[str, ...]) -> None:
     """Run the conformance suite on installed plugin TARGET, or on the plugin project in
     folder TARGET. Prints a report; exits 1 when a check fails."""

@@ -43,16 +43,21 @@ def read_inputs(path: Path) -> npt.NDArray[np.float32]:
 
 @click.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("inputs", metavar="INPUT", type=click.Path(exists=True, dir_okay=False,
-                                                           path_type=Path))  # fmt: skip
+@click.argument(
+    "inputs", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
-    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
+    "--device",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "gpu"]),
     help="auto: TensorRT/CUDA when onnxruntime-gpu and a GPU are there, else CPU.",
-)  # fmt: skip
+)
 @click.option(
-    "--output", type=click.Path(dir_okay=False, path_type=Path),
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Also save the model's raw output (scores) as this .npy file.",
-)  # fmt: skip
+)
 def predict(model: Path, inputs: Path, device: str, output: Path | None) -> None:
     """Run MODEL (ONNX) on every row of INPUT; print the predicted class per row.
 

@@ -198,10 +198,11 @@ def plan_key_move(layout: Layout, config: AgentConfig) -> KeyMove | None:
     config = _canonical_paths(config, ("state_dir",))
     config = msgspec.structs.replace(
         config,
-        identity=_canonical_paths(config.identity, ("cert_file", "key_file", "ca_file",
-                                                    "ca_dir", "registry")),
+        identity=_canonical_paths(
+            config.identity, ("cert_file", "key_file", "ca_file", "ca_dir", "registry")
+        ),
         tls=_canonical_paths(config.tls, ("ca_file", "cert_file", "key_file")),
-    )  # fmt: skip
+    )
     if config.state_dir != layout.state_dir:
         raise ConfigError(
             f"{source}: state_dir is {config.state_dir}, but the service can write only "
@@ -407,17 +408,35 @@ def service() -> None:
 
 @service.command("install")
 @click.option("--federation", required=True, help="The federation id (the unit's instance).")
-@click.option("--role", type=click.Choice(ROLES), default="agent", show_default=True,
-              help="A trainer (agent) or the aggregator.")  # fmt: skip
-@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The virtual environment the service runs PREFIX/bin/fedbus from "
-                   "[default: this fedbus's, e.g. /opt/fedbus/venv].")  # fmt: skip
-@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=DEFAULT_UNIT_DIR, show_default=True,
-              help="Where to write the unit file.")  # fmt: skip
-@click.option("--config-dir", "config_root", type=click.Path(file_okay=False, path_type=Path),
-              default=DEFAULT_CONFIG_ROOT, show_default=True,
-              help="The parent of each federation's config directory.")  # fmt: skip
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="agent",
+    show_default=True,
+    help="A trainer (agent) or the aggregator.",
+)
+@click.option(
+    "--prefix",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The virtual environment the service runs PREFIX/bin/fedbus from "
+    "[default: this fedbus's, e.g. /opt/fedbus/venv].",
+)
+@click.option(
+    "--unit-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_UNIT_DIR,
+    show_default=True,
+    help="Where to write the unit file.",
+)
+@click.option(
+    "--config-dir",
+    "config_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_CONFIG_ROOT,
+    show_default=True,
+    help="The parent of each federation's config directory.",
+)
 @click.option(
     "--dry-run",
     is_flag=True,

@@ -74,8 +74,14 @@ def create_pki(directory: Path, federation: str) -> DemoPki:
 def lock_down(pki: DemoPki, kind: BrokerKind, agent_ids: Sequence[str]) -> BrokerFiles:
     """Broker configs admitting only the CA's identities, each to its own topics."""
     members = Members(AGGREGATOR_ID, tuple(agent_ids))
-    return write_broker_config(kind, pki.ca, pki.directory / "broker", members,
-                               port=free_port(), mosquitto_user=local_mosquitto_user())  # fmt: skip
+    return write_broker_config(
+        kind,
+        pki.ca,
+        pki.directory / "broker",
+        members,
+        port=free_port(),
+        mosquitto_user=local_mosquitto_user(),
+    )
 
 
 def tls_files(pki: DemoPki, name: str, url: str) -> TlsFiles:
@@ -107,41 +113,88 @@ async def enroll_agents(
         tokens = {a: registry.create_token(a, ttl_seconds=600) for a in options}
         settings = BusSettings(client_id=f"{federation}-demo-enroll")
         async with bus_from_url(url, settings, tls=tls_files(pki, AGGREGATOR_ID, url)) as bus:
-            service = EnrollmentService(bus, pki.ca, registry, federation,
-                                        sender=AGGREGATOR_ID, ca_dir=pki.directory)  # fmt: skip
+            service = EnrollmentService(
+                bus, pki.ca, registry, federation, sender=AGGREGATOR_ID, ca_dir=pki.directory
+            )
             serving = asyncio.create_task(service.run(), name="demo-enrollment")
             try:
                 async with asyncio.timeout(seconds):
                     await service.ready.wait()
-                results = await asyncio.gather(*(
-                    _enroll_one(pki, a, token=tokens[a], url=url, federation=federation,
-                                work=work, plugin=plugin, options=options[a], seconds=seconds)
-                    for a in options
-                ))  # fmt: skip
+                results = await asyncio.gather(
+                    *(
+                        _enroll_one(
+                            pki,
+                            a,
+                            token=tokens[a],
+                            url=url,
+                            federation=federation,
+                            work=work,
+                            plugin=plugin,
+                            options=options[a],
+                            seconds=seconds,
+                        )
+                        for a in options
+                    )
+                )
             finally:
                 serving.cancel()
                 await asyncio.gather(serving, return_exceptions=True)
     return dict(zip(options, results, strict=True))
 
 
-async def _enroll_one(pki: DemoPki, agent_id: str, *, token: str, url: str, federation: str,
-                      work: Path, plugin: str, options: Mapping[str, Any],
-                      seconds: float) -> Path:  # fmt: skip
+async def _enroll_one(
+    pki: DemoPki,
+    agent_id: str,
+    *,
+    token: str,
+    url: str,
+    federation: str,
+    work: Path,
+    plugin: str,
+    options: Mapping[str, Any],
+    seconds: float,
+) -> Path:
     config = work / f"{agent_id}.toml"
-    args = ["-m", "agent", "enroll", "--federation", federation, "--agent-id", agent_id,
-            "--ca-fingerprint", pki.ca.fingerprint, "--bus-url", url,
-            "--state-dir", str(work / agent_id), "--config", str(config), "--plugin", plugin,
-            "--timeout", str(seconds)]  # fmt: skip
+    args = [
+        "-m",
+        "agent",
+        "enroll",
+        "--federation",
+        federation,
+        "--agent-id",
+        agent_id,
+        "--ca-fingerprint",
+        pki.ca.fingerprint,
+        "--bus-url",
+        url,
+        "--state-dir",
+        str(work / agent_id),
+        "--config",
+        str(config),
+        "--plugin",
+        plugin,
+        "--timeout",
+        str(seconds),
+    ]
     for key, value in options.items():
         args += ["-o", f"{key}={json.dumps(value)}"]
     tls = tls_files(pki, ENROLL_ID, url)
     if tls.cert_file is not None:
-        args += ["--tls-ca", str(pki.ca_file), "--tls-cert", str(pki.cert(ENROLL_ID)),
-                 "--tls-key", str(pki.key(ENROLL_ID))]  # fmt: skip
+        args += [
+            "--tls-ca",
+            str(pki.ca_file),
+            "--tls-cert",
+            str(pki.cert(ENROLL_ID)),
+            "--tls-key",
+            str(pki.key(ENROLL_ID)),
+        ]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "FEDBUS_ENROLL_TOKEN": token},  # a secret: never on the command line
-    )  # fmt: skip
+    )
     _, err = await process.communicate()
     if process.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()

@@ -11,9 +11,18 @@ from agent.roles.records import RoundRecord
 from agent.state import write_atomic, write_json
 
 CSV_COLUMNS = (
-    "round", "accuracy", "loss", "train_loss", "seconds", "cohort_size",
-    "survivors", "dropouts", "num_examples", "model_version", "model_sha256",
-)  # fmt: skip
+    "round",
+    "accuracy",
+    "loss",
+    "train_loss",
+    "seconds",
+    "cohort_size",
+    "survivors",
+    "dropouts",
+    "num_examples",
+    "model_version",
+    "model_sha256",
+)
 
 
 def write_report(
@@ -48,10 +57,21 @@ def _csv(records: list[RoundRecord]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in records:
-        writer.writerow([
-            r.round, r.accuracy, r.loss, r.train_loss, round(r.seconds, 4), len(r.cohort),
-            len(r.survivors), len(r.dropouts), r.num_examples, r.model_version, r.model_sha256,
-        ])  # fmt: skip
+        writer.writerow(
+            [
+                r.round,
+                r.accuracy,
+                r.loss,
+                r.train_loss,
+                round(r.seconds, 4),
+                len(r.cohort),
+                len(r.survivors),
+                len(r.dropouts),
+                r.num_examples,
+                r.model_version,
+                r.model_sha256,
+            ]
+        )
     return buf.getvalue()
 
 
@@ -65,11 +85,20 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float | None, plugin
     evaluated = [r for r in records if r.accuracy is not None]
     rounds = [r.round for r in evaluated]
     fig, acc_ax = plt.subplots(figsize=(7, 4), dpi=120)
-    acc_ax.plot(rounds, [100 * (r.accuracy or 0.0) for r in evaluated], "o-", color="tab:blue",
-                label="federated test accuracy")  # fmt: skip
+    acc_ax.plot(
+        rounds,
+        [100 * (r.accuracy or 0.0) for r in evaluated],
+        "o-",
+        color="tab:blue",
+        label="federated test accuracy",
+    )
     if centralized_accuracy is not None:
-        acc_ax.axhline(100 * centralized_accuracy, linestyle="--", color="tab:gray",
-                       label="centralized reference")  # fmt: skip
+        acc_ax.axhline(
+            100 * centralized_accuracy,
+            linestyle="--",
+            color="tab:gray",
+            label="centralized reference",
+        )
     acc_ax.set_xlabel("round")
     acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.set_ylabel("accuracy (%)")

@@ -71,8 +71,13 @@ def plugin_options(
     """One agent's ``[plugin.options]``: the partition options the plugin takes (see
     ``agent.plugin.api``), then ``options.plugin_options``."""
     info = describe_plugin(options.plugin).info
-    candidates = {"agent_index": index, "num_agents": num_agents, "partition": partition,
-                  "alpha": options.alpha, "seed": options.seed}  # fmt: skip
+    candidates = {
+        "agent_index": index,
+        "num_agents": num_agents,
+        "partition": partition,
+        "alpha": options.alpha,
+        "seed": options.seed,
+    }
     return {**{k: v for k, v in candidates.items() if info.takes(k)}, **options.plugin_options}
 
 
@@ -97,8 +102,10 @@ def export_final_model(options: DemoOptions) -> Path | None:
     """The plugin's ``export`` hook on the run's final global model (the aggregator's
     ``global_model.npz``), written as ``model.<format>`` in the report directory; None when
     the plugin has no export hook."""
-    plugin = load_plugin(options.plugin, PluginContext(
-        "export", plugin_options(options, 0, options.agents, options.partition)))  # fmt: skip
+    plugin = load_plugin(
+        options.plugin,
+        PluginContext("export", plugin_options(options, 0, options.agents, options.partition)),
+    )
     weights = read_weights(options.report_dir / "aggregator" / "global_model.npz")
     return plugin.export(weights, options.report_dir / "model")
 
@@ -158,32 +165,52 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         url = options.bus_url
         if url is None:
             kind: BrokerKind = "mqtt" if options.bus == "mqtt" else "nats"
-            broker = (EmbeddedBroker(kind) if pki is None
-                      else embedded_broker(lock_down(pki, kind, agent_ids)))  # fmt: skip
+            broker = (
+                EmbeddedBroker(kind)
+                if pki is None
+                else embedded_broker(lock_down(pki, kind, agent_ids))
+            )
             url = stack.enter_context(broker).url
         else:
             asyncio.run(_probe(url))
         info = describe_plugin(options.plugin).info  # fails fast on a missing plugin
-        print(f"fedbus demo: plugin {options.plugin}, {options.agents} agents, "
-              f"{options.rounds} rounds, {_partition_label(options, info)}, bus {url}, "
-              f"secure aggregation {options.secure_aggregation}",
-              file=out, flush=True)  # fmt: skip
+        print(
+            f"fedbus demo: plugin {options.plugin}, {options.agents} agents, "
+            f"{options.rounds} rounds, {_partition_label(options, info)}, bus {url}, "
+            f"secure aggregation {options.secure_aggregation}",
+            file=out,
+            flush=True,
+        )
         if pki is None:
             print(INSECURE_WARNING, file=out, flush=True)
-            configs = {a: _write(work / f"{a}.toml", _trainer_config(options, i, url, work))
-                       for i, a in enumerate(agent_ids)}  # fmt: skip
+            configs = {
+                a: _write(work / f"{a}.toml", _trainer_config(options, i, url, work))
+                for i, a in enumerate(agent_ids)
+            }
         else:
-            print(f"identities: CA {pki.ca.fingerprint[:16]}… in {pki.directory}; enrolling "
-                  f"{len(agent_ids)} agents over the bus; watch the bus with "
-                  f"`fedbus listen --as {report_dir / 'aggregator.toml'}`",
-                  file=out, flush=True)  # fmt: skip
-            enrolled = asyncio.run(enroll_agents(
-                pki, url=url, federation=FEDERATION, work=work, plugin=options.plugin,
-                options={a: plugin_options(options, i, options.agents, options.partition)
-                         for i, a in enumerate(agent_ids)},
-            ))  # fmt: skip
-            configs = {a: _write(path, _enrolled_config(options, path))
-                       for a, path in enrolled.items()}  # fmt: skip
+            print(
+                f"identities: CA {pki.ca.fingerprint[:16]}… in {pki.directory}; enrolling "
+                f"{len(agent_ids)} agents over the bus; watch the bus with "
+                f"`fedbus listen --as {report_dir / 'aggregator.toml'}`",
+                file=out,
+                flush=True,
+            )
+            enrolled = asyncio.run(
+                enroll_agents(
+                    pki,
+                    url=url,
+                    federation=FEDERATION,
+                    work=work,
+                    plugin=options.plugin,
+                    options={
+                        a: plugin_options(options, i, options.agents, options.partition)
+                        for i, a in enumerate(agent_ids)
+                    },
+                )
+            )
+            configs = {
+                a: _write(path, _enrolled_config(options, path)) for a, path in enrolled.items()
+            }
         aggregator = _aggregator_config(options, url, pki)
         # The aggregator's config, for `fedbus listen/publish --as` while the demo runs.
         _write(report_dir / "aggregator.toml", aggregator)
@@ -193,8 +220,11 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
         reference = centralized_accuracy(options)
         if reference is not None:
-            print(f"centralized reference (same model, all training data): {100 * reference:.2f}%",
-                  file=out, flush=True)  # fmt: skip
+            print(
+                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
+                file=out,
+                flush=True,
+            )
         print("round  accuracy    loss  seconds  survivors", file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(aggregator, agents, progress))
@@ -205,15 +235,21 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             print(f"final model exported: {exported}", file=out, flush=True)
         wall = time.perf_counter() - started
         files = write_report(
-            report_dir, records=summary.rounds, final_accuracy=summary.final_accuracy,
-            centralized_accuracy=reference, wall_seconds=wall,
+            report_dir,
+            records=summary.rounds,
+            final_accuracy=summary.final_accuracy,
+            centralized_accuracy=reference,
+            wall_seconds=wall,
             settings={**asdict(options), "report_dir": str(report_dir), "bus_url": url},
-        )  # fmt: skip
+        )
         final = summary.final_accuracy
         final_text = "n/a" if final is None else f"{100 * final:.2f}%"
         ref_text = "" if reference is None else f" (centralized {100 * reference:.2f}%)"
-        print(f"final accuracy {final_text}{ref_text} in {wall:.1f} s; report: {report_dir}/",
-              file=out, flush=True)  # fmt: skip
+        print(
+            f"final accuracy {final_text}{ref_text} in {wall:.1f} s; report: {report_dir}/",
+            file=out,
+            flush=True,
+        )
         return DemoResult(summary, reference, wall, files)
 
 
@@ -268,14 +304,23 @@ def _partition_label(options: DemoOptions, info: PluginInfo) -> str:
 def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> AgentConfig:
     agent_id = f"agent-{index:02d}"
     return AgentConfig(
-        role=RoleName.TRAINER, agent_id=agent_id, federation=FEDERATION, bus_url=url,
+        role=RoleName.TRAINER,
+        agent_id=agent_id,
+        federation=FEDERATION,
+        bus_url=url,
         state_dir=work / agent_id,
-        plugin=PluginConfig(name=options.plugin, options=plugin_options(
-            options, index, options.agents, options.partition)),
-        trainer=TrainerConfig(join_retry=0.5, require_secure_aggregation=(
-            options.secure_aggregation == SecureAggregation.SECAGG_PLUS)),
+        plugin=PluginConfig(
+            name=options.plugin,
+            options=plugin_options(options, index, options.agents, options.partition),
+        ),
+        trainer=TrainerConfig(
+            join_retry=0.5,
+            require_secure_aggregation=(
+                options.secure_aggregation == SecureAggregation.SECAGG_PLUS
+            ),
+        ),
         logging=LoggingConfig(level="info", format="json"),
-    )  # fmt: skip
+    )
 
 
 def _write(path: Path, config: AgentConfig) -> Path:
@@ -295,22 +340,35 @@ def _aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> A
     identity, tls = IdentityConfig(), TlsConfig()
     if pki is not None:
         identity = IdentityConfig(
-            cert_file=pki.cert(AGGREGATOR_ID), key_file=pki.key(AGGREGATOR_ID),
-            ca_file=pki.ca_file, ca_dir=pki.directory,
-        )  # fmt: skip
+            cert_file=pki.cert(AGGREGATOR_ID),
+            key_file=pki.key(AGGREGATOR_ID),
+            ca_file=pki.ca_file,
+            ca_dir=pki.directory,
+        )
         files = tls_files(pki, AGGREGATOR_ID, url)
         tls = TlsConfig(ca_file=files.ca_file, cert_file=files.cert_file, key_file=files.key_file)
     return AgentConfig(
-        identity=identity, tls=tls,
-        role=RoleName.AGGREGATOR, agent_id="aggregator", federation=FEDERATION, bus_url=url,
+        identity=identity,
+        tls=tls,
+        role=RoleName.AGGREGATOR,
+        agent_id="aggregator",
+        federation=FEDERATION,
+        bus_url=url,
         state_dir=options.report_dir / "aggregator",
-        plugin=PluginConfig(name=options.plugin, options=plugin_options(
-            options, 0, options.agents, options.partition)),
+        plugin=PluginConfig(
+            name=options.plugin,
+            options=plugin_options(options, 0, options.agents, options.partition),
+        ),
         aggregator=AggregatorConfig(
-            rounds=options.rounds, fraction_fit=options.fraction_fit,
-            min_fit_clients=3 if secure else 1, min_available_clients=options.agents,
-            join_timeout=60.0, round_timeout=options.round_timeout, eval_every=1,
-            eval_timeout=options.round_timeout, seed=options.seed,
+            rounds=options.rounds,
+            fraction_fit=options.fraction_fit,
+            min_fit_clients=3 if secure else 1,
+            min_available_clients=options.agents,
+            join_timeout=60.0,
+            round_timeout=options.round_timeout,
+            eval_every=1,
+            eval_timeout=options.round_timeout,
+            seed=options.seed,
             secure_aggregation=SecureAggregation(options.secure_aggregation),
         ),
-    )  # fmt: skip
+    )

@@ -95,11 +95,13 @@ def _check_name(value: str, what: str) -> None:
 
 
 def _subject(agent_id: str, federation: str, role: Role) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(role)),
-        x509.NameAttribute(NameOID.COMMON_NAME, agent_id),
-    ])  # fmt: skip
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(role)),
+            x509.NameAttribute(NameOID.COMMON_NAME, agent_id),
+        ]
+    )
 
 
 def init_ca(federation: str, *, valid_days: int = 3650) -> CertificateAuthority:
@@ -110,10 +112,12 @@ def init_ca(federation: str, *, valid_days: int = 3650) -> CertificateAuthority:
     """
     _check_name(federation, "federation")
     key = new_key()
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"fedbus CA {federation}"),
-    ])  # fmt: skip
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"fedbus CA {federation}"),
+        ]
+    )
     now = _utcnow()
     cert = (
         x509.CertificateBuilder()
@@ -144,8 +148,9 @@ def init_ca(federation: str, *, valid_days: int = 3650) -> CertificateAuthority:
     return CertificateAuthority(federation, cert, key)
 
 
-def build_csr(key: PrivateKey, *, agent_id: str, federation: str,
-              role: Role = Role.TRAINER) -> x509.CertificateSigningRequest:  # fmt: skip
+def build_csr(
+    key: PrivateKey, *, agent_id: str, federation: str, role: Role = Role.TRAINER
+) -> x509.CertificateSigningRequest:
     """A CSR naming ``agent_id`` (what ``fedbus enroll`` sends with its token)."""
     _check_name(agent_id, "agent id")
     _check_name(federation, "federation")
@@ -207,11 +212,21 @@ def issue(
     return key, _issue(ca, key.public_key(), agent_id, role, valid_days=valid_days, hosts=hosts)
 
 
-def _issue(ca: CertificateAuthority, public: ec.EllipticCurvePublicKey, cn: str, role: Role,
-           *, valid_days: int, hosts: Sequence[str]) -> x509.Certificate:  # fmt: skip
+def _issue(
+    ca: CertificateAuthority,
+    public: ec.EllipticCurvePublicKey,
+    cn: str,
+    role: Role,
+    *,
+    valid_days: int,
+    hosts: Sequence[str],
+) -> x509.Certificate:
     now = _utcnow()
-    usage = [ExtendedKeyUsageOID.SERVER_AUTH] if role is Role.BROKER else [
-        ExtendedKeyUsageOID.CLIENT_AUTH]  # fmt: skip
+    usage = (
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+        if role is Role.BROKER
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(_subject(cn, ca.federation, role))
@@ -255,12 +270,14 @@ def identity_of(cert: x509.Certificate) -> Identity:
         role = Role(one(NameOID.ORGANIZATIONAL_UNIT_NAME))
     except ValueError as exc:
         raise IdentityError("bad_certificate", "unknown role in the certificate") from exc
-    return Identity(one(NameOID.COMMON_NAME), one(NameOID.ORGANIZATION_NAME), role,
-                    cert.serial_number)  # fmt: skip
+    return Identity(
+        one(NameOID.COMMON_NAME), one(NameOID.ORGANIZATION_NAME), role, cert.serial_number
+    )
 
 
-def verify_issued(ca_cert: x509.Certificate, cert: x509.Certificate,
-                  *, at: dt.datetime | None = None) -> Identity:  # fmt: skip
+def verify_issued(
+    ca_cert: x509.Certificate, cert: x509.Certificate, *, at: dt.datetime | None = None
+) -> Identity:
     """Check that ``cert`` was issued by ``ca_cert``, is valid at ``at`` (now) and names an
     identity of the CA's federation.
 
@@ -274,8 +291,7 @@ def verify_issued(ca_cert: x509.Certificate, cert: x509.Certificate,
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise IdentityError("bad_certificate", "the CA key is not ECDSA")
     try:
-        public.verify(cert.signature, cert.tbs_certificate_bytes,
-                      ec.ECDSA(hashes.SHA256()))  # fmt: skip
+        public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
         raise IdentityError("bad_signature", "the certificate's CA signature is invalid") from exc
     now = at or _utcnow()
@@ -288,8 +304,9 @@ def verify_issued(ca_cert: x509.Certificate, cert: x509.Certificate,
     return identity
 
 
-def build_crl(ca: CertificateAuthority, revoked: Iterable[tuple[int, dt.datetime]],
-              *, valid_days: int = 30) -> x509.CertificateRevocationList:  # fmt: skip
+def build_crl(
+    ca: CertificateAuthority, revoked: Iterable[tuple[int, dt.datetime]], *, valid_days: int = 30
+) -> x509.CertificateRevocationList:
     """A CRL (RFC 5280 §5) listing ``(serial, revoked_at)`` pairs, signed by the CA."""
     now = _utcnow()
     builder = (
@@ -311,8 +328,9 @@ def build_crl(ca: CertificateAuthority, revoked: Iterable[tuple[int, dt.datetime
 def write_private_key(path: Path, key: PrivateKey) -> None:
     """PEM (PKCS#8, unencrypted) with mode 0600 from the moment it exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())  # fmt: skip
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -134,8 +134,15 @@ class Verifier:
         )
         self._cache_size = cache_size
 
-    def verify(self, signed: Signed | None, *, sender: str, timestamp: float,
-               publisher: Role, timeless: bool = False) -> Identity:  # fmt: skip
+    def verify(
+        self,
+        signed: Signed | None,
+        *,
+        sender: str,
+        timestamp: float,
+        publisher: Role,
+        timeless: bool = False,
+    ) -> Identity:
         """The sender's identity, or a ``ProtocolError`` naming why the message is refused.
 
         Args:

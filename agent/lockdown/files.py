@@ -119,8 +119,10 @@ def write_broker_config(
         raise ConfigError(f"port {port} is not a TCP port")
     directory = directory.resolve()
     if any(char.isspace() or char in _UNQUOTABLE for char in str(directory)):
-        raise ConfigError(f"{directory}: the broker configs cannot name a path with whitespace "
-                          f"or any of {_UNQUOTABLE}")  # fmt: skip
+        raise ConfigError(
+            f"{directory}: the broker configs cannot name a path with whitespace "
+            f"or any of {_UNQUOTABLE}"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(kind, directory, host, port, tuple(server_names), mosquitto_user)
     write_pem(files.ca_file, ca.cert)
@@ -129,15 +131,24 @@ def write_broker_config(
     if kind == "mqtt":
         crl = build_crl(ca, members.revoked_serials, valid_days=crl_valid_days)
         write_pem(directory / layout.CRL_FILE, crl)
-        acl = mosquitto.render_acl(fed, aggregator=members.aggregator,
-                                   revoked=members.revoked_ids, enroll=members.enroll)  # fmt: skip
+        acl = mosquitto.render_acl(
+            fed, aggregator=members.aggregator, revoked=members.revoked_ids, enroll=members.enroll
+        )
         _write_text(directory / layout.MOSQUITTO_ACL, acl)
-        text = mosquitto.render_conf(host=host, port=port, directory=str(directory),
-                                     user=mosquitto_user)  # fmt: skip
+        text = mosquitto.render_conf(
+            host=host, port=port, directory=str(directory), user=mosquitto_user
+        )
     else:
-        text = nats.render_conf(fed, host=host, port=port, directory=str(directory),
-                                aggregator=members.aggregator, agents=members.trainers,
-                                revoked=members.revoked_ids, enroll=members.enroll)  # fmt: skip
+        text = nats.render_conf(
+            fed,
+            host=host,
+            port=port,
+            directory=str(directory),
+            aggregator=members.aggregator,
+            agents=members.trainers,
+            revoked=members.revoked_ids,
+            enroll=members.enroll,
+        )
     _write_text(files.config, text)
     return files
 
@@ -145,9 +156,16 @@ def write_broker_config(
 def regenerate(files: BrokerFiles, ca: CertificateAuthority, members: Members) -> BrokerFiles:
     """Rewrite ``files`` for new ``members`` (an enrollment, a revocation) with the same
     listener; then reload the broker (:func:`reload`, ``EmbeddedBroker.reload``)."""
-    return write_broker_config(files.kind, ca, files.directory, members, port=files.port,
-                               host=files.host, server_names=files.server_names,
-                               mosquitto_user=files.mosquitto_user)  # fmt: skip
+    return write_broker_config(
+        files.kind,
+        ca,
+        files.directory,
+        members,
+        port=files.port,
+        host=files.host,
+        server_names=files.server_names,
+        mosquitto_user=files.mosquitto_user,
+    )
 
 
 def reload(pid: int) -> None:
@@ -172,8 +190,9 @@ def local_mosquitto_user() -> str | None:
     return "root" if os.geteuid() == 0 else None
 
 
-def embedded_broker(files: BrokerFiles, *, start_timeout: float = 10.0,
-                    stop_grace: float = 5.0) -> EmbeddedBroker:  # fmt: skip
+def embedded_broker(
+    files: BrokerFiles, *, start_timeout: float = 10.0, stop_grace: float = 5.0
+) -> EmbeddedBroker:
     """An ``EmbeddedBroker`` (not started) running ``files``' config on their port.
 
     Raises:
@@ -181,8 +200,14 @@ def embedded_broker(files: BrokerFiles, *, start_timeout: float = 10.0,
     """
     if files.host != HOST:
         raise ConfigError(f"an embedded broker listens on {HOST}, not {files.host}")
-    return EmbeddedBroker(files.kind, port=files.port, config_file=files.config, tls=True,
-                          start_timeout=start_timeout, stop_grace=stop_grace)  # fmt: skip
+    return EmbeddedBroker(
+        files.kind,
+        port=files.port,
+        config_file=files.config,
+        tls=True,
+        start_timeout=start_timeout,
+        stop_grace=stop_grace,
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -208,8 +233,9 @@ def _san_of(cert: x509.Certificate) -> set[str]:
     return ips | set(san.get_values_for_type(x509.DNSName))
 
 
-def _ensure_server_certificate(ca: CertificateAuthority, files: BrokerFiles,
-                               hosts: list[str]) -> None:  # fmt: skip
+def _ensure_server_certificate(
+    ca: CertificateAuthority, files: BrokerFiles, hosts: list[str]
+) -> None:
     """Keep the broker's certificate if it is ours, current and names every host."""
     try:
         cert = load_certificate(files.cert_file)
@@ -220,8 +246,12 @@ def _ensure_server_certificate(ca: CertificateAuthority, files: BrokerFiles,
     else:
         left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
         names = {_normal(host) for host in hosts}
-        if (identity.role is Role.BROKER and left > RENEW_BEFORE
-                and key.public_key() == cert.public_key() and names <= _san_of(cert)):  # fmt: skip
+        if (
+            identity.role is Role.BROKER
+            and left > RENEW_BEFORE
+            and key.public_key() == cert.public_key()
+            and names <= _san_of(cert)
+        ):
             return
     key, cert = issue(ca, "broker", role=Role.BROKER, hosts=hosts)
     write_private_key(files.key_file, key)

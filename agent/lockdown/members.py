@@ -66,8 +66,13 @@ class Members:
 
     def with_agents(self, *agent_ids: str) -> Members:
         """These members plus ``agent_ids`` as enrolled trainers."""
-        return Members(self.aggregator, (*self.agents, *agent_ids), revoked=self.revoked,
-                       revoked_serials=self.revoked_serials, enroll=self.enroll)  # fmt: skip
+        return Members(
+            self.aggregator,
+            (*self.agents, *agent_ids),
+            revoked=self.revoked,
+            revoked_serials=self.revoked_serials,
+            enroll=self.enroll,
+        )
 
     def revoke(self, agent_id: str, *serials: int, when: dt.datetime | None = None) -> Members:
         """These members with ``agent_id`` moved from the trainers to the revoked, and its
@@ -82,8 +87,9 @@ class Members:
         )
 
 
-def members_from_registry(path: Path, *, aggregator: str | None = None,
-                          agents: tuple[str, ...] = ()) -> Members:  # fmt: skip
+def members_from_registry(
+    path: Path, *, aggregator: str | None = None, agents: tuple[str, ...] = ()
+) -> Members:
     """The members recorded in the registry at ``path`` (``agent.identity.registry``):
     enrolled trainers, revoked trainers and every revoked serial, plus ``agents``.
 
@@ -103,11 +109,14 @@ def members_from_registry(path: Path, *, aggregator: str | None = None,
     if aggregator is None:
         found = [r.agent_id for r in enrolled if r.role is Role.AGGREGATOR]
         if len(found) > 1:
-            raise ConfigError(f"the registry has {len(found)} enrolled aggregators "
-                              f"({', '.join(found)}); name one")  # fmt: skip
+            raise ConfigError(
+                f"the registry has {len(found)} enrolled aggregators ({', '.join(found)}); name one"
+            )
         aggregator = found[0] if found else DEFAULT_AGGREGATOR
     trainers = tuple(r.agent_id for r in enrolled if r.role is Role.TRAINER)
-    revoked = tuple(r.agent_id for r in rows
-                    if r.status is AgentStatus.REVOKED and r.role is Role.TRAINER
-                    and r.agent_id not in agents)  # fmt: skip
+    revoked = tuple(
+        r.agent_id
+        for r in rows
+        if r.status is AgentStatus.REVOKED and r.role is Role.TRAINER and r.agent_id not in agents
+    )
     return Members(aggregator, (*trainers, *agents), revoked=revoked, revoked_serials=serials)

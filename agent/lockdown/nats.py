@@ -82,8 +82,9 @@ def subject_name(agent_id: str, federation: str, role: Role) -> str:
     return f"CN={agent_id},OU={role},O={federation}"
 
 
-def subjects(rules: Sequence[Rule], federation: str, *,
-             agent_id: str) -> tuple[list[str], list[str]]:  # fmt: skip
+def subjects(
+    rules: Sequence[Rule], federation: str, *, agent_id: str
+) -> tuple[list[str], list[str]]:
     """(publish, subscribe) NATS subjects allowed by ``rules`` for ``agent_id``."""
     publish: list[str] = []
     subscribe: list[str] = []
@@ -99,22 +100,27 @@ def subjects(rules: Sequence[Rule], federation: str, *,
 
 
 def _allow(what: str, allowed: list[str]) -> list[str]:
-    return [f"        {what}: {{ allow: [", *(f"          {json.dumps(s)}," for s in allowed),
-            "        ] }"]  # fmt: skip
+    return [
+        f"        {what}: {{ allow: [",
+        *(f"          {json.dumps(s)}," for s in allowed),
+        "        ] }",
+    ]
 
 
 def _user(comment: str, name: str, rules: Sequence[Rule], federation: str, agent_id: str) -> str:
     publish, subscribe = subjects(rules, federation, agent_id=agent_id)
-    return "\n".join([
-        f"    # {comment}",
-        "    {",
-        f"      user: {json.dumps(name)}",
-        "      permissions: {",
-        *_allow("publish", publish),
-        *_allow("subscribe", subscribe),
-        "      }",
-        "    }",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"    # {comment}",
+            "    {",
+            f"      user: {json.dumps(name)}",
+            "      permissions: {",
+            *_allow("publish", publish),
+            *_allow("subscribe", subscribe),
+            "      }",
+            "    }",
+        ]
+    )
 
 
 def render_users(
@@ -128,16 +134,31 @@ def render_users(
     """The entries of ``authorization.users``: the aggregator, the enroll identity, then one
     per enrolled trainer. ``revoked`` ids are only named in a comment."""
     entries = [
-        _user("the aggregator runs the federation", subject_name(aggregator, federation,
-              Role.AGGREGATOR), aggregator_rules(), federation, aggregator),
-        _user("unenrolled devices: the enroll topics only", subject_name(enroll, federation,
-              Role.ENROLL), enroll_rules(), federation, "+"),
-    ]  # fmt: skip
+        _user(
+            "the aggregator runs the federation",
+            subject_name(aggregator, federation, Role.AGGREGATOR),
+            aggregator_rules(),
+            federation,
+            aggregator,
+        ),
+        _user(
+            "unenrolled devices: the enroll topics only",
+            subject_name(enroll, federation, Role.ENROLL),
+            enroll_rules(),
+            federation,
+            "+",
+        ),
+    ]
     entries += [
-        _user(f"trainer {agent_id}", subject_name(agent_id, federation, Role.TRAINER),
-              trainer_rules(), federation, agent_id)
+        _user(
+            f"trainer {agent_id}",
+            subject_name(agent_id, federation, Role.TRAINER),
+            trainer_rules(),
+            federation,
+            agent_id,
+        )
         for agent_id in agents
-    ]  # fmt: skip
+    ]
     if revoked:
         entries.append(f"    # revoked, so listed nowhere above: {', '.join(revoked)}")
     return "\n".join(entries)
@@ -155,8 +176,9 @@ def render_conf(
     enroll: str = ENROLL_IDENTITY,
 ) -> str:
     """The whole config file's text (``directory`` as in ``layout``, absolute)."""
-    users = render_users(federation, aggregator=aggregator, agents=agents, revoked=revoked,
-                         enroll=enroll)  # fmt: skip
+    users = render_users(
+        federation, aggregator=aggregator, agents=agents, revoked=revoked, enroll=enroll
+    )
     return _CONF.format(
         host=host,
         port=port,

@@ -33,8 +33,9 @@ def render_templates() -> dict[str, str]:
     listen = {"host": "@HOST@", "port": "@PORT@", "directory": "@DIR@"}
     conf = mosquitto.render_conf(**listen)
     acl = mosquitto.render_acl("@FEDERATION@", aggregator="@AGGREGATOR@")
-    nats_conf = nats.render_conf("@FEDERATION@", aggregator="@AGGREGATOR@",
-                                 agents=["@AGENT@"], **listen)  # fmt: skip
+    nats_conf = nats.render_conf(
+        "@FEDERATION@", aggregator="@AGGREGATOR@", agents=["@AGENT@"], **listen
+    )
     listener = "@HOST@, @PORT@ and @DIR@"
     return {
         "secure-mosquitto.conf.template": _HEADER.format(names=listener) + conf,

@@ -45,9 +45,10 @@ def encode(
         info = seal_info(federation=federation, round=round, sender=sender, kind=kind)
         data, sealed = seal(data, seal_to, info), True
     envelope = encode_envelope(
-        new_envelope(kind=kind, federation=federation, round=round, sender=sender, body=data,
-                     sealed=sealed)
-    )  # fmt: skip
+        new_envelope(
+            kind=kind, federation=federation, round=round, sender=sender, body=data, sealed=sealed
+        )
+    )
     return envelope if signer is None else signer.sign(envelope)
 
 

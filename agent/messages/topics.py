@@ -57,79 +57,148 @@ class TopicSpec:
 
 
 JOIN = TopicSpec(
-    "join", "fl/{federation}/join", Role.AGENT, frozenset({Kind.JOIN}), False,
+    "join",
+    "fl/{federation}/join",
+    Role.AGENT,
+    frozenset({Kind.JOIN}),
+    False,
     "Agents ask to be admitted; re-sent after every reconnect until accepted.",
-)  # fmt: skip
+)
 INBOX = TopicSpec(
-    "inbox", "fl/{federation}/agent/{agent_id}", Role.AGGREGATOR,
-    frozenset({Kind.JOIN_ACCEPTED, Kind.JOIN_REJECTED, Kind.FIT_INS, Kind.MODEL_PARA,
-               Kind.RELAY_KEYS, Kind.RELAY_SHARES, Kind.UNMASK_REQUEST}), False,
+    "inbox",
+    "fl/{federation}/agent/{agent_id}",
+    Role.AGGREGATOR,
+    frozenset(
+        {
+            Kind.JOIN_ACCEPTED,
+            Kind.JOIN_REJECTED,
+            Kind.FIT_INS,
+            Kind.MODEL_PARA,
+            Kind.RELAY_KEYS,
+            Kind.RELAY_SHARES,
+            Kind.UNMASK_REQUEST,
+        }
+    ),
+    False,
     "One agent's inbox: admission, round assignment, the current model for a new agent, "
     "and the SecAgg+ messages relayed to it.",
-)  # fmt: skip
+)
 GLOBAL_MODEL = TopicSpec(
-    "global_model", "fl/{federation}/model_para/global", Role.AGGREGATOR,
-    frozenset({Kind.MODEL_PARA}), True,
+    "global_model",
+    "fl/{federation}/model_para/global",
+    Role.AGGREGATOR,
+    frozenset({Kind.MODEL_PARA}),
+    True,
     "The current global model; retained on MQTT so a late joiner gets it.",
-)  # fmt: skip
+)
 UPDATE = TopicSpec(
-    "update", "fl/{federation}/model_para/update/{agent_id}", Role.AGENT,
-    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT}), False,
+    "update",
+    "fl/{federation}/model_para/update/{agent_id}",
+    Role.AGENT,
+    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT}),
+    False,
     "One agent's trained update for the current round (masked under SecAgg+).",
-)  # fmt: skip
+)
 SECAGG_ADVERTISE = TopicSpec(
-    "secagg_advertise_keys", "fl/{federation}/secagg/advertise_keys/{agent_id}", Role.AGENT,
-    frozenset({Kind.ADVERTISE_KEYS}), False, "SecAgg+: one agent's round public keys.",
-)  # fmt: skip
+    "secagg_advertise_keys",
+    "fl/{federation}/secagg/advertise_keys/{agent_id}",
+    Role.AGENT,
+    frozenset({Kind.ADVERTISE_KEYS}),
+    False,
+    "SecAgg+: one agent's round public keys.",
+)
 SECAGG_SHARE = TopicSpec(
-    "secagg_share_keys", "fl/{federation}/secagg/share_keys/{agent_id}", Role.AGENT,
-    frozenset({Kind.SHARE_KEYS}), False,
-    "SecAgg+: one agent's encrypted Shamir shares, one per neighbour, for the aggregator to "
-    "relay.",
-)  # fmt: skip
+    "secagg_share_keys",
+    "fl/{federation}/secagg/share_keys/{agent_id}",
+    Role.AGENT,
+    frozenset({Kind.SHARE_KEYS}),
+    False,
+    "SecAgg+: one agent's encrypted Shamir shares, one per neighbour, for the aggregator to relay.",
+)
 SECAGG_UNMASK = TopicSpec(
-    "secagg_unmask", "fl/{federation}/secagg/unmask/{agent_id}", Role.AGENT,
-    frozenset({Kind.UNMASK}), False,
+    "secagg_unmask",
+    "fl/{federation}/secagg/unmask/{agent_id}",
+    Role.AGENT,
+    frozenset({Kind.UNMASK}),
+    False,
     "SecAgg+: the shares one survivor reveals so the aggregator can unmask the sum.",
-)  # fmt: skip
+)
 EVALUATE = TopicSpec(
-    "evaluate", "fl/{federation}/evaluate", Role.AGGREGATOR, frozenset({Kind.EVALUATE}), False,
+    "evaluate",
+    "fl/{federation}/evaluate",
+    Role.AGGREGATOR,
+    frozenset({Kind.EVALUATE}),
+    False,
     "Federated evaluation request for a model version.",
-)  # fmt: skip
+)
 METRICS = TopicSpec(
-    "metrics", "fl/{federation}/metrics/{agent_id}", Role.AGENT, frozenset({Kind.METRICS}),
-    False, "One agent's evaluation result.",
-)  # fmt: skip
+    "metrics",
+    "fl/{federation}/metrics/{agent_id}",
+    Role.AGENT,
+    frozenset({Kind.METRICS}),
+    False,
+    "One agent's evaluation result.",
+)
 FINISH = TopicSpec(
-    "finish", "fl/{federation}/finish", Role.AGGREGATOR, frozenset({Kind.FINISH}), False,
+    "finish",
+    "fl/{federation}/finish",
+    Role.AGGREGATOR,
+    frozenset({Kind.FINISH}),
+    False,
     "The federation is done; agents stay up, idle.",
-)  # fmt: skip
+)
 ENROLL = TopicSpec(
-    "enroll", "fl/{federation}/enroll/{agent_id}", Role.AGENT, frozenset({Kind.ENROLL}), False,
+    "enroll",
+    "fl/{federation}/enroll/{agent_id}",
+    Role.AGENT,
+    frozenset({Kind.ENROLL}),
+    False,
     "A device's enrollment request (CSR + one-time token); the only topic an unenrolled "
     "device may publish on.",
-)  # fmt: skip
+)
 ENROLL_REPLY = TopicSpec(
-    "enroll_reply", "fl/{federation}/enroll_reply/{agent_id}", Role.AGGREGATOR,
-    frozenset({Kind.ENROLL_REPLY}), False,
+    "enroll_reply",
+    "fl/{federation}/enroll_reply/{agent_id}",
+    Role.AGGREGATOR,
+    frozenset({Kind.ENROLL_REPLY}),
+    False,
     "The answer to one device's enrollment: its certificate and the CA, or why not.",
-)  # fmt: skip
+)
 
 STATUS = TopicSpec(
-    "status", "fl/{federation}/status/{agent_id}", Role.AGENT, frozenset({Kind.STATUS}), True,
+    "status",
+    "fl/{federation}/status/{agent_id}",
+    Role.AGENT,
+    frozenset({Kind.STATUS}),
+    True,
     "One agent's liveness: online on connect and as a heartbeat, offline as its last will.",
-)  # fmt: skip
+)
 FEDERATION_STATUS = TopicSpec(
-    "federation_status", "fl/{federation}/federation_status", Role.AGGREGATOR,
-    frozenset({Kind.FEDERATION_STATUS}), True,
+    "federation_status",
+    "fl/{federation}/federation_status",
+    Role.AGGREGATOR,
+    frozenset({Kind.FEDERATION_STATUS}),
+    True,
     "The aggregator's summary: round, stage, agents online/offline, the last round.",
-)  # fmt: skip
+)
 
 SECAGG_TOPICS: tuple[TopicSpec, ...] = (SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK)
 TOPICS: tuple[TopicSpec, ...] = (
-    JOIN, INBOX, GLOBAL_MODEL, UPDATE, SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK, EVALUATE,
-    METRICS, FINISH, ENROLL, ENROLL_REPLY, STATUS, FEDERATION_STATUS,
-)  # fmt: skip
+    JOIN,
+    INBOX,
+    GLOBAL_MODEL,
+    UPDATE,
+    SECAGG_ADVERTISE,
+    SECAGG_SHARE,
+    SECAGG_UNMASK,
+    EVALUATE,
+    METRICS,
+    FINISH,
+    ENROLL,
+    ENROLL_REPLY,
+    STATUS,
+    FEDERATION_STATUS,
+)
 
 
 def classify(topic: str, federation: str) -> tuple[TopicSpec, str | None] | None:

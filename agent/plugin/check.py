@@ -153,8 +153,9 @@ def _suite(run: _Run, tmp: Path) -> None:
     run.check("fit result round trip", ("fit",), lambda: rules.round_trip(run.trained or []))
     run.check("evaluate", ("get_weights",), lambda: _evaluate(run))
     run.check("evaluate is deterministic", ("evaluate",), lambda: _deterministic(run))
-    run.check("evaluate does not mutate its input", ("evaluate",),
-              lambda: _no_mutation(run, "evaluate"))  # fmt: skip
+    run.check(
+        "evaluate does not mutate its input", ("evaluate",), lambda: _no_mutation(run, "evaluate")
+    )
     if hasattr(run.plugin, "num_examples"):
         run.check("num_examples", ("create",), lambda: _num_examples(run))
     if hasattr(run.plugin, "export"):

@@ -55,9 +55,15 @@ from agent.plugin.api import (
 )
 
 DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {
-    "command": None, "cwd": ".", "timeout": 600.0, "env": {}, "params": {},
-    "agent_index": 0, "num_agents": 1, "seed": 0,
-}  # fmt: skip
+    "command": None,
+    "cwd": ".",
+    "timeout": 600.0,
+    "env": {},
+    "params": {},
+    "agent_index": 0,
+    "num_agents": 1,
+    "seed": 0,
+}
 STDERR_TAIL: Final = 4000  # characters of stderr kept in an error message
 
 log = structlog.get_logger(__name__)
@@ -152,9 +158,15 @@ class CommandPlugin:
         argv = [*self.argv, verb, str(indir), str(outdir)]
         started = time.perf_counter()
         try:
-            process = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise PluginError(f"command: cannot start {argv[0]!r} (cwd {self.cwd}): {exc}") from exc
         try:
@@ -162,18 +174,26 @@ class CommandPlugin:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             _, stderr = process.communicate()
-            raise PluginError(f"command: {verb} ran past its timeout of {self.timeout:g} s and was "
-                              f"killed; stderr:\n{_tail(stderr)}") from None  # fmt: skip
+            raise PluginError(
+                f"command: {verb} ran past its timeout of {self.timeout:g} s and was "
+                f"killed; stderr:\n{_tail(stderr)}"
+            ) from None
         except BaseException:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             raise
         seconds = time.perf_counter() - started
-        log.info("command_finished", verb=verb, code=process.returncode, seconds=round(seconds, 3),
-                 stderr_bytes=len(stderr))  # fmt: skip
+        log.info(
+            "command_finished",
+            verb=verb,
+            code=process.returncode,
+            seconds=round(seconds, 3),
+            stderr_bytes=len(stderr),
+        )
         if process.returncode != 0:
-            raise PluginError(f"command: {verb} exited with code {process.returncode}; "
-                              f"stderr:\n{_tail(stderr)}")  # fmt: skip
+            raise PluginError(
+                f"command: {verb} exited with code {process.returncode}; stderr:\n{_tail(stderr)}"
+            )
 
 
 def _tail(stderr: bytes) -> str:
@@ -188,8 +208,10 @@ def _read_weights(path: Path) -> Weights:
             names = set(npz.files)
             expected = {f"arr_{i}" for i in range(len(names))}
             if names != expected:
-                raise PluginError(f"command: {path.name} must hold arr_0 .. arr_{len(names) - 1}, "
-                                  f"got {sorted(names)}")  # fmt: skip
+                raise PluginError(
+                    f"command: {path.name} must hold arr_0 .. arr_{len(names) - 1}, "
+                    f"got {sorted(names)}"
+                )
             arrays = [npz[f"arr_{i}"] for i in range(len(names))]
     except (OSError, ValueError, EOFError) as exc:  # missing, not an npz, or pickled objects
         raise PluginError(f"command: cannot read {path.name}: {exc}") from exc

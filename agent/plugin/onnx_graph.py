@@ -62,8 +62,11 @@ def dense_model(params: Sequence[FloatArray], *, name: str = "fedbus-model") -> 
         ]
         last = k == layers - 1
         gemm_out = OUTPUT if last else f"z{k + 1}"
-        nodes.append(helper.make_node("Gemm", [current, f"W{k + 1}", f"b{k + 1}"], [gemm_out],
-                                      name=f"dense{k + 1}"))  # fmt: skip
+        nodes.append(
+            helper.make_node(
+                "Gemm", [current, f"W{k + 1}", f"b{k + 1}"], [gemm_out], name=f"dense{k + 1}"
+            )
+        )
         if not last:
             current = f"a{k + 1}"
             nodes.append(helper.make_node("Relu", [gemm_out], [current], name=f"relu{k + 1}"))

@@ -126,8 +126,13 @@ def open_model(model: Path | bytes, *, device: Device = "auto", name: str = "") 
     if len(inputs) != 1:
         raise PluginError(f"the model has {len(inputs)} inputs; exactly one is supported")
     providers = list(session.get_providers())
-    log.info("onnx_session_opened", model=name or (str(model) if isinstance(model, Path) else ""),
-             provider=providers[0], providers=providers, requested=requested)  # fmt: skip
+    log.info(
+        "onnx_session_opened",
+        model=name or (str(model) if isinstance(model, Path) else ""),
+        provider=providers[0],
+        providers=providers,
+        requested=requested,
+    )
     if device == "gpu" and providers[0] not in GPU_PROVIDERS:
         raise PluginError(f"device 'gpu' asked for, but onnxruntime runs on {providers[0]}")
     return OnnxModel(

@@ -131,12 +131,17 @@ class Aggregator:
         self._observer = observer
         credentials = (
             Credentials.load(config.identity, agent_id=config.agent_id, federation=self._fed)
-            if config.identity.enabled else None
-        )  # fmt: skip
+            if config.identity.enabled
+            else None
+        )
         if credentials is not None and credentials.identity.role is not Role.AGGREGATOR:
             raise IdentityError("wrong_identity", "the aggregator needs an aggregator certificate")
-        self._outbox = Outbox(bus, federation=self._fed, sender=config.agent_id,
-                              signer=credentials.signer if credentials else None)  # fmt: skip
+        self._outbox = Outbox(
+            bus,
+            federation=self._fed,
+            sender=config.agent_id,
+            signer=credentials.signer if credentials else None,
+        )
         # A fresh sealing key per run: agents seal their updates to it (HPKE).
         self._seal_key = X25519PrivateKey.generate() if credentials else None
         self._state_dir = config.state_dir
@@ -171,9 +176,12 @@ class Aggregator:
             registry=registry,
             current_round=lambda: self.round,
             max_payload=config.max_payload,
-            security=(Security(credentials.verifier(revoked=revoked), unseal_key=self._seal_key)
-                      if credentials else None),
-        )  # fmt: skip
+            security=(
+                Security(credentials.verifier(revoked=revoked), unseal_key=self._seal_key)
+                if credentials
+                else None
+            ),
+        )
 
     async def run(self) -> RunSummary:
         """Run the whole schedule and send ``finish``. Returns the run's records.
@@ -181,8 +189,13 @@ class Aggregator:
         Raises:
             RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
         """
-        for spec in (topics.JOIN, topics.UPDATE, topics.METRICS, topics.STATUS,
-                     *topics.SECAGG_TOPICS):  # fmt: skip
+        for spec in (
+            topics.JOIN,
+            topics.UPDATE,
+            topics.METRICS,
+            topics.STATUS,
+            *topics.SECAGG_TOPICS,
+        ):
             await self._bus.subscribe(spec.filter(self._fed))
         structlog.contextvars.bind_contextvars(federation=self._fed, role="aggregator")
         async with task_group() as tg:
@@ -259,8 +272,12 @@ class Aggregator:
         )
         self._cohort = frozenset(cohort)
         secure = self._schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS
-        log.info("round_started", cohort_size=len(cohort), admitted=len(self.agents),
-                 secure_aggregation=str(self._schedule.secure_aggregation))  # fmt: skip
+        log.info(
+            "round_started",
+            cohort_size=len(cohort),
+            admitted=len(self.agents),
+            secure_aggregation=str(self._schedule.secure_aggregation),
+        )
         if self._observer is not None:
             self._observer.round_started(r, cohort)
         self._status_changed.set()
@@ -338,8 +355,7 @@ class Aggregator:
             config=self._schedule.fit_config,
         )
         started = time.monotonic()
-        self._plain = PlainRound(cohort=frozenset(cohort), model=before,
-                                 alive=self.liveness.alive)  # fmt: skip
+        self._plain = PlainRound(cohort=frozenset(cohort), model=before, alive=self.liveness.alive)
         try:
             await self._send_fit_ins(r, cohort, ins)
             results = await self._plain.wait(self._schedule.round_timeout)
@@ -365,8 +381,13 @@ class Aggregator:
         except ConfigError as exc:
             log.error("secagg_not_possible", error=str(exc))  # noqa: TRY400 - expected, no traceback
             return Outcome(failure="secagg_parameters")
-        setup = Setup(RoundContext(self._fed, r), params, tuple(sorted(cohort)), os.urandom(32),
-                      size_of(before.weights))  # fmt: skip
+        setup = Setup(
+            RoundContext(self._fed, r),
+            params,
+            tuple(sorted(cohort)),
+            os.urandom(32),
+            size_of(before.weights),
+        )
         self._secure = SecureRound(
             outbox=self._outbox,
             setup=setup,
@@ -381,8 +402,13 @@ class Aggregator:
             config=self._schedule.fit_config,
             secagg=setup_body(setup, stage_timeout=settings.stage_timeout),
         )
-        log.info("secagg_round", neighbours=params.num_neighbours, threshold=params.threshold,
-                 bits=params.quantization_bits, ring_bits=params.ring_bits)  # fmt: skip
+        log.info(
+            "secagg_round",
+            neighbours=params.num_neighbours,
+            threshold=params.threshold,
+            bits=params.quantization_bits,
+            ring_bits=params.ring_bits,
+        )
         try:
             await self._send_fit_ins(r, cohort, ins)
             aggregate = await self._secure.run()
@@ -395,8 +421,11 @@ class Aggregator:
         weights = await asyncio.to_thread(
             lambda: unflatten(flatten(current) + aggregate.mean, current)
         )
-        return Outcome(weights=weights, survivors=list(aggregate.survivors),
-                       num_examples=aggregate.total_weight)  # fmt: skip
+        return Outcome(
+            weights=weights,
+            survivors=list(aggregate.survivors),
+            num_examples=aggregate.total_weight,
+        )
 
     async def _evaluate(self, r: int) -> tuple[float | None, float | None, int]:
         """Federated evaluation of the current model on the agents that answered last round:
@@ -432,19 +461,26 @@ class Aggregator:
         if body.plugin != self._plugin_name:
             reason = f"this federation trains plugin {self._plugin_name!r}, not {body.plugin!r}"
             await self._outbox.try_send(
-                topics.INBOX, JoinRejected(agent_id=body.agent_id, reason=reason),
-                round=self.round, agent_id=body.agent_id,
-            )  # fmt: skip
+                topics.INBOX,
+                JoinRejected(agent_id=body.agent_id, reason=reason),
+                round=self.round,
+                agent_id=body.agent_id,
+            )
             log.warning("join_refused", agent=body.agent_id, reason="plugin_mismatch")
             return
         known = body.agent_id in self.agents
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
-        seal_key = (self._seal_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-                    if self._seal_key is not None else None)  # fmt: skip
+        seal_key = (
+            self._seal_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            if self._seal_key is not None
+            else None
+        )
         await self._outbox.try_send(
-            topics.INBOX, JoinAccepted(agent_id=body.agent_id, round=self.round, seal_key=seal_key),
-            round=self.round, agent_id=body.agent_id,
-        )  # fmt: skip
+            topics.INBOX,
+            JoinAccepted(agent_id=body.agent_id, round=self.round, seal_key=seal_key),
+            round=self.round,
+            agent_id=body.agent_id,
+        )
         await self._publish_model(agent_id=body.agent_id)
         log.info("agent_admitted", agent=body.agent_id, rejoin=known, admitted=len(self.agents))
         if len(self.agents) >= self._schedule.min_available_clients:
@@ -461,8 +497,12 @@ class Aggregator:
     async def _on_secagg(self, message: Message[Any]) -> None:
         secure, sender, body = self._secure, message.sender, message.body
         if secure is None:
-            log.warning("secagg_message_ignored", agent=sender, kind=str(message.kind),
-                        reason="no_secure_round")  # fmt: skip
+            log.warning(
+                "secagg_message_ignored",
+                agent=sender,
+                kind=str(message.kind),
+                reason="no_secure_round",
+            )
         elif isinstance(body, AdvertiseKeys):
             secure.on_advertise_keys(sender, body)
         elif isinstance(body, ShareKeys):
@@ -494,8 +534,9 @@ class Aggregator:
             except TimeoutError:
                 pass
             self._status_changed.clear()
-            await self._outbox.try_send(topics.FEDERATION_STATUS, self.federation_status(),
-                                        round=self.round)  # fmt: skip
+            await self._outbox.try_send(
+                topics.FEDERATION_STATUS, self.federation_status(), round=self.round
+            )
 
     def federation_status(self) -> FederationStatus:
         """The summary ``fedbus status`` shows."""
@@ -505,11 +546,17 @@ class Aggregator:
             round=self.round,
             stage=self.status,
             agents={a: self.liveness.summary(a, admitted=a in self.agents) for a in sorted(known)},
-            last_round=None if last is None else RoundSummary(
-                round=last.round, survivors=last.survivors, dropouts=last.dropouts,
-                accuracy=last.accuracy, loss=last.loss, seconds=round(last.seconds, 3),
+            last_round=None
+            if last is None
+            else RoundSummary(
+                round=last.round,
+                survivors=last.survivors,
+                dropouts=last.dropouts,
+                accuracy=last.accuracy,
+                loss=last.loss,
+                seconds=round(last.seconds, 3),
             ),
-        )  # fmt: skip
+        )
 
     async def _on_metrics(self, message: Message[EvaluateRes]) -> None:
         if message.sender not in self.agents:
@@ -520,6 +567,9 @@ class Aggregator:
 
 def _weighted_metric(results: Sequence[ClientResult], key: str) -> float:
     return weighted_mean(
-        [(float(v), x.num_examples) for x in results
-         if isinstance(v := x.metrics.get(key), int | float)]
-    )  # fmt: skip
+        [
+            (float(v), x.num_examples)
+            for x in results
+            if isinstance(v := x.metrics.get(key), int | float)
+        ]
+    )

@@ -49,8 +49,9 @@ class FederatedEvaluation:
         if not evaluators:
             log.warning("evaluation_skipped", reason="no_responsive_agent")
             return None, None, 0
-        ins = EvaluateIns(model_version=state.version, model_sha256=state.sha256,
-                          config=self._config)  # fmt: skip
+        ins = EvaluateIns(
+            model_version=state.version, model_sha256=state.sha256, config=self._config
+        )
         started = time.monotonic()
         await self._outbox.try_send(topics.EVALUATE, ins, round=r)
         try:
@@ -64,9 +65,12 @@ class FederatedEvaluation:
             return None, None, 0
         loss = weighted_mean([(x.loss, x.num_examples) for x in results])
         accuracy = weighted_mean(
-            [(float(x.metrics["accuracy"]), x.num_examples) for x in results
-             if isinstance(x.metrics.get("accuracy"), int | float)]
-        )  # fmt: skip
+            [
+                (float(x.metrics["accuracy"]), x.num_examples)
+                for x in results
+                if isinstance(x.metrics.get("accuracy"), int | float)
+            ]
+        )
         examples = sum(x.num_examples for x in results)
         return loss, (None if np.isnan(accuracy) else accuracy), examples
 

@@ -30,14 +30,19 @@ def status_will(config: AgentConfig) -> Callable[[], LastWill]:
     """The agent's last will, built (and signed, with identities on) for each connection."""
     credentials = (
         Credentials.load(config.identity, agent_id=config.agent_id, federation=config.federation)
-        if config.identity.enabled else None
-    )  # fmt: skip
+        if config.identity.enabled
+        else None
+    )
     topic = topics.STATUS.format(config.federation, config.agent_id)
 
     def will() -> LastWill:
-        payload = encode(AgentStatus(state="offline", detail="connection lost"),
-                         federation=config.federation, round=0, sender=config.agent_id,
-                         signer=credentials.signer if credentials else None)  # fmt: skip
+        payload = encode(
+            AgentStatus(state="offline", detail="connection lost"),
+            federation=config.federation,
+            round=0,
+            sender=config.agent_id,
+            signer=credentials.signer if credentials else None,
+        )
         return LastWill(topic, payload, retain=True)
 
     return will
@@ -69,8 +74,9 @@ class Liveness:
     def update(self, agent_id: str, status: AgentStatus) -> bool:
         """Record a status; True when the agent's state (online/offline) changed."""
         before = self.agents.get(agent_id)
-        self.agents[agent_id] = Seen(status.state, status.detail, self._clock(),
-                                     status.model_version)  # fmt: skip
+        self.agents[agent_id] = Seen(
+            status.state, status.detail, self._clock(), status.model_version
+        )
         return before is None or before.state != status.state
 
     def saw(self, agent_id: str) -> None:

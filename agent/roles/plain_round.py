@@ -27,8 +27,9 @@ class PlainRound:
         alive: liveness (a member that went offline is not waited for).
     """
 
-    def __init__(self, *, cohort: frozenset[str], model: GlobalState,
-                 alive: Callable[[str], bool]) -> None:  # fmt: skip
+    def __init__(
+        self, *, cohort: frozenset[str], model: GlobalState, alive: Callable[[str], bool]
+    ) -> None:
         self.cohort = cohort
         self._model = model
         self._alive = alive
@@ -54,8 +55,13 @@ class PlainRound:
             log.warning("update_rejected", agent=sender, reason=reason)
             return
         self.results[sender] = ClientResult(sender, weights, body.num_examples, body.metrics)
-        log.info("update_received", agent=sender, num_examples=body.num_examples,
-                 received=len(self.results), cohort_size=len(self.cohort))  # fmt: skip
+        log.info(
+            "update_received",
+            agent=sender,
+            num_examples=body.num_examples,
+            received=len(self.results),
+            cohort_size=len(self.cohort),
+        )
         self.check_complete()
 
     def check_complete(self) -> None:

@@ -51,8 +51,9 @@ def parse_setup(body: SecAggSetup, *, federation: str, round_: int) -> Setup:
     )
     if sorted(set(body.cohort)) != body.cohort:
         raise ConfigError("the announced cohort is not a sorted list of distinct ids")
-    return Setup(RoundContext(federation, round_), params, tuple(body.cohort), body.graph_seed,
-                 body.length)  # fmt: skip
+    return Setup(
+        RoundContext(federation, round_), params, tuple(body.cohort), body.graph_seed, body.length
+    )
 
 
 class SecureFit:
@@ -87,8 +88,9 @@ class SecureFit:
         if not self._shares.done():
             self._shares.set_result(dict(relay.ciphertexts))
 
-    async def mask(self, update: npt.NDArray[np.floating[Any]], *, weight: int,
-                   wait: float) -> npt.NDArray[np.unsignedinteger[Any]]:  # fmt: skip
+    async def mask(
+        self, update: npt.NDArray[np.floating[Any]], *, weight: int, wait: float
+    ) -> npt.NDArray[np.unsignedinteger[Any]]:
         """Stage collect_masked_input: wait up to ``wait`` s for our shares, then mask.
 
         Raises:

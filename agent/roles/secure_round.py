@@ -114,9 +114,11 @@ class SecureRound:
             # Expect the answers before relaying: the first may come back at once.
             self._expect(keys)
             await self._relay(
-                keys, lambda peers: RelayKeys(keys={v: PeerKeys(k.enc, k.mask)
-                                                    for v, k in peers.items()})
-            )  # fmt: skip
+                keys,
+                lambda peers: RelayKeys(
+                    keys={v: PeerKeys(k.enc, k.mask) for v, k in peers.items()}
+                ),
+            )
             await self._collect(self._stage_timeout)
             shares = server.close_share_keys(state)
             self._log_stage(Stage.SHARE_KEYS)
@@ -139,12 +141,16 @@ class SecureRound:
 
     def on_advertise_keys(self, sender: str, body: AdvertiseKeys) -> None:
         public = PublicKeys(body.enc_key, body.mask_key)
-        self._take(Stage.ADVERTISE_KEYS, sender,
-                   lambda: server.receive_keys(self.state, sender, public))  # fmt: skip
+        self._take(
+            Stage.ADVERTISE_KEYS, sender, lambda: server.receive_keys(self.state, sender, public)
+        )
 
     def on_share_keys(self, sender: str, body: ShareKeys) -> None:
-        self._take(Stage.SHARE_KEYS, sender,
-                   lambda: server.receive_shares(self.state, sender, body.ciphertexts))  # fmt: skip
+        self._take(
+            Stage.SHARE_KEYS,
+            sender,
+            lambda: server.receive_shares(self.state, sender, body.ciphertexts),
+        )
 
     def on_masked_input(self, sender: str, body: MaskedInput) -> None:
         if body.model_version != self._model_version:
@@ -155,13 +161,17 @@ class SecureRound:
         except DecodeError:
             log.warning("update_rejected", agent=sender, reason="malformed_vector")
             return
-        self._take(Stage.COLLECT_MASKED_INPUT, sender,
-                   lambda: server.receive_masked_input(self.state, sender, vector))  # fmt: skip
+        self._take(
+            Stage.COLLECT_MASKED_INPUT,
+            sender,
+            lambda: server.receive_masked_input(self.state, sender, vector),
+        )
 
     def on_unmask(self, sender: str, body: Unmask) -> None:
         revealed = RevealedShares(dict(body.self_seed), dict(body.mask_key))
-        self._take(Stage.UNMASK, sender,
-                   lambda: server.receive_unmask(self.state, sender, revealed))  # fmt: skip
+        self._take(
+            Stage.UNMASK, sender, lambda: server.receive_unmask(self.state, sender, revealed)
+        )
 
     def on_offline(self, agent_id: str) -> None:
         """An agent said it went offline: stop waiting for its answer in this stage."""
@@ -175,12 +185,14 @@ class SecureRound:
     def _take(self, stage: Stage, sender: str, receive: Callable[[], bool]) -> None:
         """Hand a message to the server state if it belongs to the stage being collected."""
         if self._closed or self.state.stage is not stage:
-            log.info("secagg_message_ignored", agent=sender, stage=str(stage),
-                     reason="stage_closed")  # fmt: skip
+            log.info(
+                "secagg_message_ignored", agent=sender, stage=str(stage), reason="stage_closed"
+            )
             return
         if not receive():
-            log.warning("secagg_message_ignored", agent=sender, stage=str(stage),
-                        reason="not_expected")  # fmt: skip
+            log.warning(
+                "secagg_message_ignored", agent=sender, stage=str(stage), reason="not_expected"
+            )
             return
         self._answered.add(sender)
         if self._expected <= self._answered:
@@ -207,13 +219,19 @@ class SecureRound:
         async with task_group() as tg:
             for agent_id, value in per_agent.items():
                 body: Body = build(value)
-                tg.create_task(self._outbox.try_send(topics.INBOX, body, round=self._round,
-                                                     agent_id=agent_id))  # fmt: skip
+                tg.create_task(
+                    self._outbox.try_send(topics.INBOX, body, round=self._round, agent_id=agent_id)
+                )
 
     def _log_stage(self, stage: Stage) -> None:
         now = time.monotonic()
         metrics.STAGE_SECONDS.labels(str(stage)).observe(now - self._stage_started)
         self._stage_started = now
         lost = self.state.dropouts.get(stage, frozenset())
-        log.info("secagg_stage_closed", stage=str(stage), answered=len(self._answered),
-                 timed_out=self._timed_out, dropouts=sorted(lost))  # fmt: skip
+        log.info(
+            "secagg_stage_closed",
+            stage=str(stage),
+            answered=len(self._answered),
+            timed_out=self._timed_out,
+            dropouts=sorted(lost),
+        )

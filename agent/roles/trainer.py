@@ -93,10 +93,15 @@ class Trainer:
         self._id = config.agent_id
         credentials = (
             Credentials.load(config.identity, agent_id=self._id, federation=self._fed)
-            if config.identity.enabled else None
-        )  # fmt: skip
-        self._outbox = Outbox(bus, federation=self._fed, sender=self._id,
-                              signer=credentials.signer if credentials else None)  # fmt: skip
+            if config.identity.enabled
+            else None
+        )
+        self._outbox = Outbox(
+            bus,
+            federation=self._fed,
+            sender=self._id,
+            signer=credentials.signer if credentials else None,
+        )
         self.round = 0
         self.model: HeldModel | None = None
         self.status = "joining"
@@ -114,8 +119,7 @@ class Trainer:
         registry.register(Kind.FIT_INS, self._on_fit_ins, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.RELAY_KEYS, self._on_relay_keys, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.RELAY_SHARES, self._on_relay_shares, rounds=RoundPolicy.CURRENT)
-        registry.register(Kind.UNMASK_REQUEST, self._on_unmask_request,
-                          rounds=RoundPolicy.CURRENT)  # fmt: skip
+        registry.register(Kind.UNMASK_REQUEST, self._on_unmask_request, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
@@ -151,8 +155,11 @@ class Trainer:
     # -- liveness -----------------------------------------------------------------------
 
     async def _send_status(self, state: str) -> None:
-        body = AgentStatus(state=state, detail=self.status[:1024],
-                           model_version=self.model.version if self.model else None)  # fmt: skip
+        body = AgentStatus(
+            state=state,
+            detail=self.status[:1024],
+            model_version=self.model.version if self.model else None,
+        )
         await self._outbox.try_send(topics.STATUS, body, round=self.round, agent_id=self._id)
 
     async def _heartbeat(self) -> None:
@@ -216,8 +223,9 @@ class Trainer:
         seal_key = message.body.seal_key
         self._outbox.seal_to = X25519PublicKey.from_public_bytes(seal_key) if seal_key else None
         if self._outbox.signer is not None and seal_key is None:
-            log.error("no_sealing_key", aggregator=message.sender,
-                      consequence="updates will not be sent")  # fmt: skip
+            log.error(
+                "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
+            )
         self.model = None
         self.status = "idle"
         self._admitted.set()
@@ -296,12 +304,14 @@ class Trainer:
                 return
             self._secure = secure
             # Keys go out at once: the key stages run while the plugin trains.
-            await self._outbox.try_send(topics.SECAGG_ADVERTISE, secure.advertise(),
-                                        round=round_, agent_id=self._id)  # fmt: skip
+            await self._outbox.try_send(
+                topics.SECAGG_ADVERTISE, secure.advertise(), round=round_, agent_id=self._id
+            )
         self._start(Kind.FIT_INS, self._fit(round_, ins, secure, deadline))
 
-    async def _fit(self, round_: int, ins: FitIns, secure: SecureFit | None,
-                   deadline: float) -> None:  # fmt: skip
+    async def _fit(
+        self, round_: int, ins: FitIns, secure: SecureFit | None, deadline: float
+    ) -> None:
         with structlog.contextvars.bound_contextvars(round=round_):
             model = await self._wait_for_model(ins.model_version, ins.model_sha256)
             if model is None:
@@ -346,13 +356,17 @@ class Trainer:
                 **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
             )
 
-    async def _mask(self, secure: SecureFit, model: HeldModel, result: FitResult,
-                    deadline: float) -> MaskedInput | None:  # fmt: skip
+    async def _mask(
+        self, secure: SecureFit, model: HeldModel, result: FitResult, deadline: float
+    ) -> MaskedInput | None:
         """The trained model's delta, masked (None when the round went on without us)."""
         delta = flatten(result.weights) - flatten(model.weights)
         try:
-            vector = await secure.mask(delta, weight=max(1, result.num_examples),
-                                       wait=max(0.0, deadline - time.monotonic()))  # fmt: skip
+            vector = await secure.mask(
+                delta,
+                weight=max(1, result.num_examples),
+                wait=max(0.0, deadline - time.monotonic()),
+            )
         except TimeoutError:
             log.warning("secagg_abandoned", reason="shares_missing")
             return None
@@ -379,8 +393,9 @@ class Trainer:
         except REFUSED as exc:
             log.warning("secagg_refused", stage="share_keys", error=str(exc))
             return
-        await self._outbox.try_send(topics.SECAGG_SHARE, body, round=message.round,
-                                    agent_id=self._id)  # fmt: skip
+        await self._outbox.try_send(
+            topics.SECAGG_SHARE, body, round=message.round, agent_id=self._id
+        )
 
     async def _on_relay_shares(self, message: Message[RelayShares]) -> None:
         secure = self._secure_for(message)
@@ -397,10 +412,12 @@ class Trainer:
             log.warning("secagg_refused", stage="unmask", error=str(exc))
             return
         self._secure = None
-        await self._outbox.try_send(topics.SECAGG_UNMASK, body, round=message.round,
-                                    agent_id=self._id)  # fmt: skip
-        log.info("unmask_sent", survivors=len(message.body.survivors),
-                 dropped=len(message.body.dropped))  # fmt: skip
+        await self._outbox.try_send(
+            topics.SECAGG_UNMASK, body, round=message.round, agent_id=self._id
+        )
+        log.info(
+            "unmask_sent", survivors=len(message.body.survivors), dropped=len(message.body.dropped)
+        )
 
     async def _on_evaluate(self, message: Message[EvaluateIns]) -> None:
         if not self._admitted.is_set():

@@ -93,10 +93,12 @@ def verify_sender(
     timeless. Raises the ``ProtocolError`` of ``Verifier.verify``."""
     aggregator = spec is not None and spec.publisher is Role.AGGREGATOR
     return verifier.verify(
-        signed, sender=envelope.sender, timestamp=envelope.timestamp,
+        signed,
+        sender=envelope.sender,
+        timestamp=envelope.timestamp,
         publisher=IdentityRole.AGGREGATOR if aggregator else IdentityRole.TRAINER,
         timeless=envelope.kind in TIMELESS_KINDS,
-    )  # fmt: skip
+    )
 
 
 class ListenerRegistry:
@@ -185,13 +187,18 @@ class Dispatcher:
         if envelope.sealed:
             if unseal_key is None:
                 raise SealError(f"a sealed {envelope.kind} body this agent cannot open")
-            info = seal_info(federation=envelope.federation, round=envelope.round,
-                             sender=envelope.sender, kind=envelope.kind)  # fmt: skip
+            info = seal_info(
+                federation=envelope.federation,
+                round=envelope.round,
+                sender=envelope.sender,
+                kind=envelope.kind,
+            )
             data = open_sealed(data, unseal_key, info)
         elif unseal_key is not None and envelope.kind in SEALED_KINDS:
             raise SealError(f"a {envelope.kind} body must be sealed")
-        message: Message[Any] = Message(envelope, decode_body(envelope.kind, data), raw.topic,
-                                        identity)  # fmt: skip
+        message: Message[Any] = Message(
+            envelope, decode_body(envelope.kind, data), raw.topic, identity
+        )
         listener = self._registry.get(envelope.kind)
         current = self._current_round()
         if (listener.rounds is RoundPolicy.CURRENT and envelope.round != current) or (
@@ -236,8 +243,13 @@ class Dispatcher:
     def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         metrics.MESSAGES_DROPPED.labels(reason).inc()
-        log.warning("message_dropped", reason=reason, topic=raw.topic, size=len(raw.payload),
-                    detail=detail[:200])  # fmt: skip
+        log.warning(
+            "message_dropped",
+            reason=reason,
+            topic=raw.topic,
+            size=len(raw.payload),
+            detail=detail[:200],
+        )
 
     async def run(self, bus: Bus) -> None:
         """The receive loop: dispatch every message from ``bus`` until it is closed."""

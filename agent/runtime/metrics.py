@@ -31,9 +31,11 @@ ROUND_SECONDS = Histogram(
     "fedbus_round_seconds", "Wall time of a round, evaluation included.", buckets=_STAGE_BUCKETS
 )
 STAGE_SECONDS = Histogram(
-    "fedbus_stage_seconds", "Wall time of each round stage (fit, SecAgg+ stages, evaluate).",
-    ["stage"], buckets=_STAGE_BUCKETS,
-)  # fmt: skip
+    "fedbus_stage_seconds",
+    "Wall time of each round stage (fit, SecAgg+ stages, evaluate).",
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+)
 AGENTS = Gauge("fedbus_agents", "Agents the aggregator knows, by liveness state.", ["state"])
 
 

@@ -69,8 +69,13 @@ async def run_node(
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
     will = status_will(config) if config.role is RoleName.TRAINER else None
     bus = open_bus(config, bus_settings(config, will=will))
-    log.info("agent_starting", role=str(config.role), agent_id=config.agent_id,
-             federation=config.federation, plugin=plugin.name)  # fmt: skip
+    log.info(
+        "agent_starting",
+        role=str(config.role),
+        agent_id=config.agent_id,
+        federation=config.federation,
+        plugin=plugin.name,
+    )
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
         if config.role is RoleName.TRAINER:
@@ -85,9 +90,13 @@ async def run_node(
                 Registry.open(config.identity.registry or ca_dir / "registry.sqlite")
             )
         aggregator = Aggregator(
-            config=config, bus=bus, plugin_name=plugin.name, initial_weights=weights,
-            observer=observer, revoked=enrolled_check(registry) if registry else None,
-        )  # fmt: skip
+            config=config,
+            bus=bus,
+            plugin_name=plugin.name,
+            initial_weights=weights,
+            observer=observer,
+            revoked=enrolled_check(registry) if registry else None,
+        )
         if registry is None or ca_dir is None:
             summary = await serve_role(aggregator, aggregator.run())
             await export_final_model(plugin, aggregator.global_state.weights, config)
@@ -96,8 +105,14 @@ async def run_node(
         enroll_bus = await stack.enter_async_context(
             open_bus(config, bus_settings(config, suffix="enroll"))
         )
-        service = EnrollmentService(enroll_bus, load_ca(ca_dir), registry, config.federation,
-                                    sender=config.agent_id, ca_dir=ca_dir)  # fmt: skip
+        service = EnrollmentService(
+            enroll_bus,
+            load_ca(ca_dir),
+            registry,
+            config.federation,
+            sender=config.agent_id,
+            ca_dir=ca_dir,
+        )
         async with asyncio.TaskGroup() as tg:
             enrolling = tg.create_task(service.run(), name="enrollment")
             try:

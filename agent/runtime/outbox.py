@@ -54,8 +54,15 @@ class Outbox:
         topic = spec.format(self.federation, agent_id)
         if self.signer is not None and self.seal_to is None and KIND_OF[type(body)] in SEALED_KINDS:
             raise SealError(f"no sealing key for a {KIND_OF[type(body)]} yet; not sent")
-        build = partial(encode, body, federation=self.federation, round=round,
-                        sender=self.sender, signer=self.signer, seal_to=self.seal_to)  # fmt: skip
+        build = partial(
+            encode,
+            body,
+            federation=self.federation,
+            round=round,
+            sender=self.sender,
+            signer=self.signer,
+            seal_to=self.seal_to,
+        )
         # Encoding, sealing and signing a model hashes and encrypts megabytes: off the loop.
         payload = await asyncio.to_thread(build) if KIND_OF[type(body)] in BULKY else build()
         await self._bus.publish(topic, payload, retain=spec.retained)
@@ -74,6 +81,11 @@ class Outbox:
         try:
             return await self.send(spec, body, round=round, agent_id=agent_id)
         except (TransportError, SealError) as exc:
-            log.warning("message_not_sent", topic=spec.name, kind=type(body).__name__,
-                        to=agent_id, error=str(exc))  # fmt: skip
+            log.warning(
+                "message_not_sent",
+                topic=spec.name,
+                kind=type(body).__name__,
+                to=agent_id,
+                error=str(exc),
+            )
             return None

@@ -111,8 +111,11 @@ class Notifier:
         elif address.startswith("/"):
             self._address = address
         else:
-            log.warning("sd_notify_unsupported", address=address,
-                        reason="not an AF_UNIX path or @abstract name")  # fmt: skip
+            log.warning(
+                "sd_notify_unsupported",
+                address=address,
+                reason="not an AF_UNIX path or @abstract name",
+            )
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         sock.setblocking(False)
@@ -159,8 +162,9 @@ class Notifier:
         except OSError as exc:
             if not self._failing:
                 self._failing = True
-                log.warning("sd_notify_failed", error=str(exc) or type(exc).__name__,
-                            message=assignments[0])  # fmt: skip
+                log.warning(
+                    "sd_notify_failed", error=str(exc) or type(exc).__name__, message=assignments[0]
+                )
             return False
         if self._failing:
             self._failing = False

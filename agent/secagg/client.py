@@ -68,8 +68,9 @@ def setup(agent_id: str, announced: Setup) -> ClientState:
     """
     if agent_id not in announced.cohort:
         raise ShareError(f"{agent_id} is not in the announced cohort")
-    graph = neighbours(announced.cohort, k=announced.params.num_neighbours,
-                       seed=announced.graph_seed)  # fmt: skip
+    graph = neighbours(
+        announced.cohort, k=announced.params.num_neighbours, seed=announced.graph_seed
+    )
     return ClientState(agent_id, announced, graph[agent_id])
 
 
@@ -161,8 +162,11 @@ def collect_masked_input(
     stream = MaskStream(len(y), params.dtype)
     stream.add(y, state.self_seed)
     for v in sorted(state.held):
-        seed = keys.agree(state.mask_key, state.peers[v].mask,
-                          info=context.info(keys.MASK_PURPOSE, state.agent_id, v))  # fmt: skip
+        seed = keys.agree(
+            state.mask_key,
+            state.peers[v].mask,
+            info=context.info(keys.MASK_PURPOSE, state.agent_id, v),
+        )
         if sign(state.agent_id, v) > 0:
             stream.add(y, seed)
         else:

@@ -47,9 +47,14 @@ class RoundContext:
         """HKDF info / AEAD associated data: purpose, federation, round, the two ids sorted."""
         first, second = sorted((a, b))
         return b"\x00".join(
-            (purpose, self.federation.encode(), str(self.round).encode(), first.encode(),
-             second.encode())
-        )  # fmt: skip
+            (
+                purpose,
+                self.federation.encode(),
+                str(self.round).encode(),
+                first.encode(),
+                second.encode(),
+            )
+        )
 
 
 def generate() -> X25519PrivateKey:
@@ -102,7 +107,8 @@ def decrypt(key: bytes, blob: bytes, *, associated_data: bytes) -> bytes:
     if len(blob) < NONCE_BYTES + 16:
         raise ShareError("share ciphertext too short")
     try:
-        return ChaCha20Poly1305(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
-                                             associated_data)  # fmt: skip
+        return ChaCha20Poly1305(key).decrypt(
+            blob[:NONCE_BYTES], blob[NONCE_BYTES:], associated_data
+        )
     except InvalidTag as exc:
         raise ShareError("share ciphertext does not authenticate") from exc

@@ -94,8 +94,9 @@ class Aggregate:
 
 def setup(announced: Setup) -> ServerState:
     """Stage ``setup``: build the graph the cohort will build from the same announcement."""
-    graph = neighbours(announced.cohort, k=announced.params.num_neighbours,
-                       seed=announced.graph_seed)  # fmt: skip
+    graph = neighbours(
+        announced.cohort, k=announced.params.num_neighbours, seed=announced.graph_seed
+    )
     return ServerState(announced, graph)
 
 
@@ -250,8 +251,9 @@ def _unmask(state: ServerState) -> Aggregate:
         for u in sorted(state.survivors):
             if v not in state.masks[u]:
                 continue
-            seed = keys.agree(private, state.keys[u].mask,
-                              info=context.info(keys.MASK_PURPOSE, u, v))  # fmt: skip
+            seed = keys.agree(
+                private, state.keys[u].mask, info=context.info(keys.MASK_PURPOSE, u, v)
+            )
             # u applied sign(u, v)·PRG(s_uv); take it back out.
             if sign(u, v) > 0:
                 stream.subtract(total, seed)
@@ -275,8 +277,9 @@ def _reconstruct(state: ServerState, owners: list[str], pick: Any, what: str) ->
             )
         try:
             xs.append([state.setup.x_of(h) for h in holders[:t]])
-            ys.append([shamir.share_from_bytes(pick(state.revealed[h])[owner])
-                       for h in holders[:t]])  # fmt: skip
+            ys.append(
+                [shamir.share_from_bytes(pick(state.revealed[h])[owner]) for h in holders[:t]]
+            )
         except ShareError as exc:
             raise SecAggAbortError("bad_shares", f"{owner}'s {what}: {exc}") from exc
     if not owners:

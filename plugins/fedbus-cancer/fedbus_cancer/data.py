@@ -53,14 +53,17 @@ def stratified_split(
 ) -> tuple[IndexArray, IndexArray]:
     """Sorted train and test indices; each class sends ``round(test_fraction * n_c)`` to test."""
     rng = np.random.default_rng([seed, 0])
-    test = [rng.permutation(np.flatnonzero(y == c))[: int(test_fraction * np.sum(y == c) + 0.5)]
-            for c in np.unique(y)]  # fmt: skip
+    test = [
+        rng.permutation(np.flatnonzero(y == c))[: int(test_fraction * np.sum(y == c) + 0.5)]
+        for c in np.unique(y)
+    ]
     test_idx = np.sort(np.concatenate(test)).astype(np.int64)
     return np.setdiff1d(np.arange(len(y), dtype=np.int64), test_idx), test_idx
 
 
-def shards(y: IndexArray, num_agents: int, *, partition: str, alpha: float, seed: int,
-           min_examples: int) -> list[IndexArray]:  # fmt: skip
+def shards(
+    y: IndexArray, num_agents: int, *, partition: str, alpha: float, seed: int, min_examples: int
+) -> list[IndexArray]:
     """Positions ``range(len(y))`` split over agents: ``"iid"`` (shuffled, near-equal) or
     ``"dirichlet"`` (each class spread with proportions ~ Dir(alpha), redrawn up to 100 times
     until every agent has ``min_examples``; IID if no draw qualifies).
@@ -86,8 +89,16 @@ def shards(y: IndexArray, num_agents: int, *, partition: str, alpha: float, seed
     return [np.sort(s) for s in np.array_split(order, num_agents)]
 
 
-def agent_data(agent_index: int, num_agents: int, *, partition: str, alpha: float, seed: int,
-               test_fraction: float, min_examples: int) -> tuple[Split, Split]:  # fmt: skip
+def agent_data(
+    agent_index: int,
+    num_agents: int,
+    *,
+    partition: str,
+    alpha: float,
+    seed: int,
+    test_fraction: float,
+    min_examples: int,
+) -> tuple[Split, Split]:
     """This agent's standardised train shard and test slice.
 
     Raises:
@@ -98,8 +109,14 @@ def agent_data(agent_index: int, num_agents: int, *, partition: str, alpha: floa
     mean = x[train_idx].mean(axis=0)
     std = x[train_idx].std(axis=0) + 1e-6
     z = ((x - mean) / std).astype(np.float32)
-    mine = shards(y[train_idx], num_agents, partition=partition, alpha=alpha, seed=seed,
-                  min_examples=min_examples)[agent_index]  # fmt: skip
+    mine = shards(
+        y[train_idx],
+        num_agents,
+        partition=partition,
+        alpha=alpha,
+        seed=seed,
+        min_examples=min_examples,
+    )[agent_index]
     order = np.random.default_rng([seed, 2]).permutation(len(test_idx))
     test_mine = np.sort(np.array_split(order, num_agents)[agent_index])
     train = train_idx[mine]

@@ -31,13 +31,21 @@ from fedbus_cancer.data import NUM_FEATURES, Split, agent_data
 _NAME: Final = "cancer-logreg"
 #: Every option with its default; None marks a required one.
 DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {
-    "agent_index": None, "num_agents": None, "partition": "dirichlet", "alpha": 0.5,
-    "seed": 0, "test_fraction": 0.2, "min_examples": 5,
-}  # fmt: skip
+    "agent_index": None,
+    "num_agents": None,
+    "partition": "dirichlet",
+    "alpha": 0.5,
+    "seed": 0,
+    "test_fraction": 0.2,
+    "min_examples": 5,
+}
 #: Local training per round (the aggregator's fit config overrides any of these).
 DEFAULT_FIT_CONFIG: Final[Mapping[str, Scalar]] = {
-    "epochs": 5, "batch_size": 16, "lr": 0.1, "weight_decay": 1e-3,
-}  # fmt: skip
+    "epochs": 5,
+    "batch_size": 16,
+    "lr": 0.1,
+    "weight_decay": 1e-3,
+}
 
 
 def _options(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,9 +101,14 @@ class CancerPlugin:
         o = self.options
         try:
             self.train, self.test = agent_data(
-                o["agent_index"], o["num_agents"], partition=o["partition"], alpha=o["alpha"],
-                seed=o["seed"], test_fraction=o["test_fraction"], min_examples=o["min_examples"],
-            )  # fmt: skip
+                o["agent_index"],
+                o["num_agents"],
+                partition=o["partition"],
+                alpha=o["alpha"],
+                seed=o["seed"],
+                test_fraction=o["test_fraction"],
+                min_examples=o["min_examples"],
+            )
         except ValueError as exc:
             raise PluginError(f"{_NAME}: {exc}") from exc
 

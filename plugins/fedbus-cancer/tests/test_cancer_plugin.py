@@ -15,8 +15,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def plugin(index: int = 0, agents: int = 1, **options: object):  # type: ignore[no-untyped-def]
-    return create(PluginContext(f"a{index}", {"agent_index": index, "num_agents": agents,
-                                              **options}))  # fmt: skip
+    return create(
+        PluginContext(f"a{index}", {"agent_index": index, "num_agents": agents, **options})
+    )
 
 
 def test_the_data_is_the_bundled_breast_cancer_set() -> None:
@@ -30,10 +31,13 @@ def test_the_data_is_the_bundled_breast_cancer_set() -> None:
 def test_shards_and_test_slices_partition_the_splits(partition: str) -> None:
     """Five agents' train shards and test slices are disjoint and cover one agent's whole
     train and test sets (compared as rows of the standardised features)."""
-    whole_train, whole_test = agent_data(0, 1, partition="iid", alpha=0.5, seed=3,
-                                         test_fraction=0.2, min_examples=5)  # fmt: skip
-    parts = [agent_data(i, 5, partition=partition, alpha=0.3, seed=3, test_fraction=0.2,
-                        min_examples=5) for i in range(5)]  # fmt: skip
+    whole_train, whole_test = agent_data(
+        0, 1, partition="iid", alpha=0.5, seed=3, test_fraction=0.2, min_examples=5
+    )
+    parts = [
+        agent_data(i, 5, partition=partition, alpha=0.3, seed=3, test_fraction=0.2, min_examples=5)
+        for i in range(5)
+    ]
     assert sum(len(p[0].y) for p in parts) == len(whole_train.y) == 456
     assert sum(len(p[1].y) for p in parts) == len(whole_test.y) == 113
     rows = {r.tobytes() for p in parts for r in p[0].x}
@@ -57,8 +61,9 @@ def test_fedavg_over_skewed_agents_learns() -> None:
     for r in range(1, 11):
         results = [a.fit(weights, {"round": r}) for a in agents]
         total = sum(res.num_examples for res in results)
-        weights = [sum(res.weights[k] * (res.num_examples / total) for res in results)
-                   for k in range(2)]  # fmt: skip
+        weights = [
+            sum(res.weights[k] * (res.num_examples / total) for res in results) for k in range(2)
+        ]
     evals = [a.evaluate(weights, {}) for a in agents]
     n = sum(e.num_examples for e in evals)
     accuracy = sum(float(e.metrics["accuracy"]) * e.num_examples for e in evals) / n

@@ -39,8 +39,11 @@ from agent.plugin.onnx_session import Device, open_model, require
 
 _NAME: Final = "onnx"
 DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {
-    "model": None, "data": None, "scores": "logits", "device": "auto",
-}  # fmt: skip
+    "model": None,
+    "data": None,
+    "scores": "logits",
+    "device": "auto",
+}
 
 
 def read_data(path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -103,9 +106,10 @@ class OnnxPlugin:
             raise PluginError(f"{_NAME}: cannot load model {o['model']}: {exc}") from exc
         helper = self._onnx.numpy_helper
         self._trainable = [
-            i for i, t in enumerate(self._model.graph.initializer)
+            i
+            for i, t in enumerate(self._model.graph.initializer)
             if helper.to_array(t).dtype.kind == "f"
-        ]  # fmt: skip
+        ]
         if not self._trainable:
             raise PluginError(f"{_NAME}: {o['model']} has no floating-point initializers")
         self.x, self.y = read_data(Path(o["data"]))
@@ -130,8 +134,10 @@ class OnnxPlugin:
         session = open_model(self._with(weights), device=self.device, name=_NAME)
         scores = session.run(self.x)
         if scores.ndim != 2 or scores.shape[0] != len(self.y) or scores.shape[1] < 2:
-            raise PluginError(f"{_NAME}: the model's first output has shape {scores.shape}, "
-                              f"expected ({len(self.y)}, classes >= 2)")  # fmt: skip
+            raise PluginError(
+                f"{_NAME}: the model's first output has shape {scores.shape}, "
+                f"expected ({len(self.y)}, classes >= 2)"
+            )
         if len(self.y) == 0:
             return EvaluateResult(0.0, 0, {"accuracy": 0.0})
         logp = log_probabilities(scores, self.scores)
