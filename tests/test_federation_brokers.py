@@ -25,26 +25,9 @@ from agent.bus.url import bus_from_url
 from agent.messages import FitIns, Kind, decode, encode
 from agent.roles.aggregator import Aggregator
 from agent.roles.trainer import Trainer
-from tests.toy import aggregator_config, toy, trainer_config
+from tests.helpers import aggregator_config, fedbus, toy, trainer_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
-
-
-def fedbus(
-    *args: str, timeout: float = 100, tmpdir: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if tmpdir is not None:
-        tmpdir.mkdir(parents=True, exist_ok=True)
-        env["TMPDIR"] = str(tmpdir)
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
 
 
 def test_federation_learns_over_each_broker(broker: EmbeddedBroker, tmp_path: Path) -> None:

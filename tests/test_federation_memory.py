@@ -5,27 +5,19 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from agent.plugin.loader import CheckedPlugin
-from agent.roles.records import RunSummary
-from agent.roles.trainer import Trainer
 from agent.state import read_weights
-from tests.toy import ToyPlugin, aggregator_config, federate_in_memory, toy, trainer_config
+from tests.helpers import (
+    ToyPlugin,
+    federate,
+    toy,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def federate(
-    tmp_path: Path, plugins: dict[str, CheckedPlugin], **agg: Any
-) -> tuple[RunSummary, dict[str, Trainer]]:
-    config = aggregator_config("mem://", tmp_path, agents=len(plugins), **agg)
-    return await federate_in_memory(
-        plugins, config, lambda agent_id: trainer_config(agent_id, "mem://", tmp_path)
-    )
 
 
 async def test_rounds_average_by_num_examples(tmp_path: Path) -> None:

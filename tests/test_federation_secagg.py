@@ -19,7 +19,7 @@ from agent.config import AgentConfig, SecAggConfig, SecureAggregation
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.records import RunSummary
 from agent.roles.trainer import Trainer
-from tests.toy import aggregator_config, federate_in_memory, toy, trainer_config
+from tests.helpers import aggregator_config, federate_in_memory, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 

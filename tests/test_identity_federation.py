@@ -17,7 +17,7 @@ from agent.config import AgentConfig, IdentityConfig, SecureAggregation
 from agent.identity import ca
 from agent.identity.wire import SEALED_KINDS, is_signed, unwrap
 from agent.messages.envelope import Envelope
-from tests.toy import aggregator_config, federate_in_memory, toy, trainer_config
+from tests.helpers import aggregator_config, federate_in_memory, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 

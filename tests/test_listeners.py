@@ -13,33 +13,9 @@ from agent.messages.envelope import Message
 from agent.messages.tensors import to_tensors
 from agent.runtime.dedupe import SeenIds
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from tests.helpers import FED, Recorder, make
 
 pytestmark = pytest.mark.timeout(30)
-FED = "fed"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.seen: list[Message] = []
-
-    async def __call__(self, message: Message) -> None:
-        self.seen.append(message)
-
-
-def make(round_: int = 3) -> tuple[Dispatcher, Recorder, list[int]]:
-    registry = ListenerRegistry()
-    rec = Recorder()
-    registry.register(Kind.JOIN, rec, rounds=RoundPolicy.ANY)
-    registry.register(Kind.MODEL_UPDATE, rec, rounds=RoundPolicy.CURRENT)
-    registry.register(Kind.METRICS, rec, rounds=RoundPolicy.NOT_STALE)
-    current = [round_]
-    return (
-        Dispatcher(
-            federation=FED, registry=registry, current_round=lambda: current[0], max_payload=10_000
-        ),
-        rec,
-        current,
-    )
 
 
 def update(sender: str = "a1", round_: int = 3, fed: str = FED) -> bytes:

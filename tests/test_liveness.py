@@ -24,7 +24,7 @@ from agent.roles.aggregator import Aggregator
 from agent.roles.liveness import Liveness, status_will
 from agent.roles.records import RoundRecord
 from agent.roles.trainer import Trainer
-from tests.toy import aggregator_config, toy, trainer_config
+from tests.helpers import aggregator_config, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,9 +12,7 @@ from prometheus_client import REGISTRY
 from agent.brokers import free_port
 from agent.bus.base import BusMessage
 from agent.runtime import metrics
-from tests.test_federation_memory import federate
-from tests.test_listeners import make
-from tests.toy import toy
+from tests.helpers import federate, make, toy
 
 pytestmark = pytest.mark.timeout(60)
 

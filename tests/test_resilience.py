@@ -19,7 +19,7 @@ from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
 from agent.roles.records import RoundRecord, RunSummary
 from agent.roles.trainer import Trainer
-from tests.toy import ToyPlugin, aggregator_config, toy, trainer_config
+from tests.helpers import ToyPlugin, aggregator_config, toy, trainer_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.5, "publish_timeout": 2.0}

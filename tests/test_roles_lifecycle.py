@@ -17,7 +17,7 @@ from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
 from agent.roles.records import RoundRecord
 from agent.roles.trainer import Trainer
-from tests.toy import ToyPlugin, aggregator_config, toy, trainer_config
+from tests.helpers import ToyPlugin, aggregator_config, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 

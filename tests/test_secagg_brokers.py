@@ -28,7 +28,7 @@ from agent.messages import Kind, decode
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import load_plugin
 from agent.roles.aggregator import Aggregator
-from tests.test_federation_brokers import fedbus
+from tests.helpers import fedbus
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 

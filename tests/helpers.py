@@ -1,8 +1,13 @@
-"""Test helpers: a toy plugin whose FedAvg result is known exactly, and config builders."""
+"""The one module of helpers shared between test files: a toy plugin whose FedAvg result is
+known exactly, config builders, in-memory federation drivers, a recording dispatcher and a
+``fedbus`` subprocess runner. Test files import from here, never from each other."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,11 +19,14 @@ from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.config import AgentConfig, AggregatorConfig, PluginConfig, RoleName, TrainerConfig
 from agent.identity.ca import Identity
+from agent.messages import Kind
+from agent.messages.envelope import Message
 from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
 from agent.roles.records import RunSummary
 from agent.roles.trainer import Trainer
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 
 
 class ToyPlugin:
@@ -134,3 +142,57 @@ async def federate_in_memory(
         for bus in buses:
             await bus.__aexit__(None, None, None)
     return summary, trainers
+
+
+async def federate(
+    tmp_path: Path, plugins: dict[str, CheckedPlugin], **agg: Any
+) -> tuple[RunSummary, dict[str, Trainer]]:
+    config = aggregator_config("mem://", tmp_path, agents=len(plugins), **agg)
+    return await federate_in_memory(
+        plugins, config, lambda agent_id: trainer_config(agent_id, "mem://", tmp_path)
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[Message] = []
+
+    async def __call__(self, message: Message) -> None:
+        self.seen.append(message)
+
+
+#: The federation id the recording dispatcher accepts.
+FED = "fed"
+
+
+def make(round_: int = 3) -> tuple[Dispatcher, Recorder, list[int]]:
+    registry = ListenerRegistry()
+    rec = Recorder()
+    registry.register(Kind.JOIN, rec, rounds=RoundPolicy.ANY)
+    registry.register(Kind.MODEL_UPDATE, rec, rounds=RoundPolicy.CURRENT)
+    registry.register(Kind.METRICS, rec, rounds=RoundPolicy.NOT_STALE)
+    current = [round_]
+    return (
+        Dispatcher(
+            federation=FED, registry=registry, current_round=lambda: current[0], max_payload=10_000
+        ),
+        rec,
+        current,
+    )
+
+
+def fedbus(
+    *args: str, timeout: float = 100, tmpdir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if tmpdir is not None:
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
