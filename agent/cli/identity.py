@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from agent.atomic import write_atomic
 from agent.errors import ConfigError, IdentityError
 
 if TYPE_CHECKING:
@@ -558,9 +558,9 @@ def _install(
     x.write_pem(ident / CERT_FILE, cert)
     x.write_pem(ident / DEVICE_CA_FILE, ca_cert)
     if config.tls.ca_file == ident / BROKER_CA_FILE and tls_ca is not None:
-        _write_atomic(ident / BROKER_CA_FILE, tls_ca.read_bytes())
+        write_atomic(ident / BROKER_CA_FILE, tls_ca.read_bytes())
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(config_path, config.to_toml())
+    write_atomic(config_path, config.to_toml())
     return ident
 
 
@@ -570,12 +570,6 @@ def _broker_ca(tls_ca: Path | None, state_dir: Path, ca_pem: bytes | None) -> Pa
     if tls_ca is None or (ca_pem is not None and tls_ca.read_bytes() == ca_pem):
         return None
     return state_dir.resolve() / IDENTITY_DIR / BROKER_CA_FILE
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _online(
@@ -659,7 +653,7 @@ def _offline_csr(out: Path, *, federation: str, agent_id: str, state_dir: Path) 
         note = f"wrote a new key to {key_path} (0600; it never leaves this device)"
     csr = x.build_csr(key, agent_id=agent_id, federation=federation)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, csr.public_bytes(serialization.Encoding.PEM))
+    write_atomic(out, csr.public_bytes(serialization.Encoding.PEM))
     click.echo(note)
     click.echo(f"wrote the CSR for {agent_id!r} of {federation!r} to {out}")
     click.echo(

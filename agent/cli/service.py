@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+from agent.atomic import PRIVATE, PUBLIC, write_atomic, write_text
 from agent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -247,14 +248,7 @@ def plan_key_move(layout: Layout, config: AgentConfig) -> KeyMove | None:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Atomically, 0600 from the moment it exists, synced before the rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=PRIVATE)
 
 
 def apply_key_move(layout: Layout, move: KeyMove) -> None:
@@ -352,11 +346,7 @@ def _write_unit(layout: Layout, *, fedbus: Path, unit_dir: Path, echo: Echo) -> 
     if target.is_file() and target.read_text() == unit:
         echo(f"{target} is up to date (runs {fedbus})")
         return
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(unit)
-    tmp.chmod(0o644)
-    os.replace(tmp, target)
+    write_text(target, unit, mode=PUBLIC)
     echo(f"wrote {target} (runs {fedbus})")
 
 

@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from agent.atomic import write_atomic, write_json
 from agent.roles.records import RoundRecord
-from agent.state import write_atomic, write_json
 
 CSV_COLUMNS = (
     "round",

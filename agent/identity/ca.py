@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.atomic import PRIVATE, write_atomic
 from agent.errors import IdentityError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -331,21 +331,13 @@ def write_private_key(path: Path, key: PrivateKey) -> None:
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=PRIVATE)
 
 
 def write_pem(path: Path, *objects: x509.Certificate | x509.CertificateRevocationList) -> None:
     """Certificates / CRLs as PEM (public material, mode 0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects))
-    os.replace(tmp, path)
+    write_atomic(path, b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects))
 
 
 def load_private_key(path: Path) -> PrivateKey:

@@ -19,13 +19,13 @@ import datetime as dt
 import ipaddress
 import os
 import signal
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
+from agent.atomic import write_text
 from agent.brokers import HOST, BrokerKind, EmbeddedBroker
 from agent.errors import ConfigError, IdentityError, TransportError
 from agent.identity.ca import (
@@ -134,7 +134,7 @@ def write_broker_config(
         acl = mosquitto.render_acl(
             fed, aggregator=members.aggregator, revoked=members.revoked_ids, enroll=members.enroll
         )
-        _write_text(directory / layout.MOSQUITTO_ACL, acl)
+        write_text(directory / layout.MOSQUITTO_ACL, acl)
         text = mosquitto.render_conf(
             host=host, port=port, directory=str(directory), user=mosquitto_user
         )
@@ -149,7 +149,7 @@ def write_broker_config(
             revoked=members.revoked_ids,
             enroll=members.enroll,
         )
-    _write_text(files.config, text)
+    write_text(files.config, text)
     return files
 
 
@@ -264,18 +264,3 @@ def _normal(host: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return host
-
-
-def _write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``path`` atomically: a temporary file beside it, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -19,8 +19,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from agent.atomic import write_atomic
 from agent.plugin.onnx_session import require
-from agent.state import write_atomic
 
 FloatArray = npt.NDArray[np.floating[Any]]
 

@@ -41,6 +41,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from agent.atomic import write_json
 from agent.bus.base import Bus
 from agent.config import AgentConfig, SecureAggregation
 from agent.errors import ConfigError, IdentityError, RoundError, SecAggAbortError
@@ -80,7 +81,7 @@ from agent.runtime.tasks import task_group
 from agent.secagg.keys import RoundContext
 from agent.secagg.state import Setup
 from agent.secagg.vector import flatten, size_of, unflatten
-from agent.state import write_json, write_weights
+from agent.state import write_weights
 from agent.strategy.fedavg import ClientResult, FedAvg, Strategy, weighted_mean
 
 log = structlog.get_logger(__name__)
