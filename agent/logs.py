@@ -3,6 +3,7 @@
 JSON lines when stdout is not a TTY (systemd/journald, files, CI), a console renderer on a
 TTY. Context bound with ``structlog.contextvars`` (e.g. ``round``) appears on every line
 logged inside that context. Event names are snake_case facts; never log keys or weights.
+Every string value passes ``agent.redact`` last, so a URL's credentials never reach a line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TextIO
 import structlog
 
 from agent.errors import ConfigError
+from agent.redact import redact_event
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -53,7 +55,7 @@ def configure_logging(
     ]
     if not console:
         processors.append(structlog.processors.format_exc_info)
-    processors.append(renderer)
+    processors += [redact_event, renderer]  # after format_exc_info: the rendered traceback too
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -209,19 +209,17 @@ async def test_oversized_incoming_message_is_dropped(broker: EmbeddedBroker) -> 
         "127.0.0.1:1883",
         "mqtt://127.0.0.1:notaport",
         "mqtt://127.0.0.1:99999",
-        "nats://user:secret@127.0.0.1:4222",
         "nats://127.0.0.1:4222/path",
         "",
     ],
 )
 def test_bad_url_raises_config_error(url: str) -> None:
-    """A URL with an unknown scheme, no host, a bad port, credentials or a path is refused
-    with a ConfigError that names the URL and the accepted schemes."""
+    """A URL with an unknown scheme, no host, a bad port or a path is refused with a
+    ConfigError that names the URL and the accepted schemes (credentials: test_redact.py)."""
     with pytest.raises(ConfigError) as raised:
         bus_from_url(url, settings("x"))
     assert repr(url) in str(raised.value)
     assert "mqtt://" in str(raised.value)
-    assert "secret" not in str(raised.value) or "secret" in url
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from agent.bus.base import Bus, BusSettings
 from agent.bus.mqtt import MqttBus
 from agent.bus.nats_bus import NatsBus
 from agent.errors import ConfigError
+from agent.redact import redact_url
 
 #: scheme → (transport, TLS?, default port)
 SCHEMES: dict[str, tuple[str, bool, int]] = {
@@ -74,13 +75,14 @@ def parse_broker_url(url: str) -> BrokerAddress:
     """Parse and check ``url``; :class:`ConfigError` names the URL and the accepted schemes."""
 
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"bad broker URL {url!r}: {why} (accepted: {_ACCEPTED}host[:port])")
+        shown = redact_url(url)  # never repeat a password or token the user typed
+        return ConfigError(f"bad broker URL {shown!r}: {why} (accepted: {_ACCEPTED}host[:port])")
 
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
-        raise bad(str(exc)) from exc
+        raise bad("bad port" if "port" in str(exc).lower() else "unparsable") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise bad(f"unknown scheme {parts.scheme!r}" if scheme else "no scheme")
@@ -103,7 +105,9 @@ def bus_from_url(url: str, settings: BusSettings, *, tls: TlsFiles | None = None
     if address.tls:
         context = (tls or TlsFiles()).ssl_context()
     elif tls is not None and tls != TlsFiles():
-        raise ConfigError(f"TLS files given but {url!r} is plaintext; use mqtts:// or tls://")
+        raise ConfigError(
+            f"TLS files given but {redact_url(url)!r} is plaintext; use mqtts:// or tls://"
+        )
     if address.transport == "mqtt":
         return MqttBus(address.host, address.port, settings, tls=context)
     return NatsBus(address.host, address.port, settings, tls=context)

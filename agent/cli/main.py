@@ -13,6 +13,7 @@ import click
 
 from agent import __version__
 from agent.errors import FedbusError
+from agent.redact import redact
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,13 +81,13 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except FedbusError as exc:
-        click.echo(f"fedbus: error: {exc}", err=True)
+        click.echo(f"fedbus: error: {redact(str(exc))}", err=True)
         sys.exit(2)
     except BaseExceptionGroup as group:
         fedbus_errors, rest = group.split(FedbusError)
         if fedbus_errors is None or rest is not None:
             raise
         for error in _leaves(fedbus_errors):
-            click.echo(f"fedbus: error: {error}", err=True)
+            click.echo(f"fedbus: error: {redact(str(error))}", err=True)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
