@@ -13,7 +13,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedbus-installed
 LOCK   := requirements.lock
 
-.PHONY: demo test lint check-lock contract pytest bench install lock clean
+.PHONY: demo test lint check-lock contract pytest bench install lock lock-upgrade clean
 
 install: $(STAMP)
 
@@ -28,12 +28,19 @@ $(STAMP): $(LOCK) pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(BIN)/python scripts/check-lock $(LOCK)
 	touch $(STAMP)
 
-# Re-resolve requirements.in (newest releases the pyproject ranges admit) into the lock.
-# Needs an installed venv for uv; `make lock` then reinstalls from the new lock.
+# Re-resolve requirements.in into the lock after a dependency change, keeping every pin that
+# still fits; `make lock-upgrade` moves everything to the newest releases the ranges admit.
+# Both need an installed venv (for uv) and reinstall .venv from the new lock.
+UV_COMPILE = $(BIN)/uv pip compile requirements.in --quiet --generate-hashes \
+  --python-version 3.11 --no-emit-package fedbus $(addprefix --no-emit-package ,$(notdir $(PLUGINS))) \
+  --custom-compile-command 'make lock' -o $(LOCK)
+
 lock: $(STAMP)
-	$(BIN)/uv pip compile requirements.in --quiet --generate-hashes --upgrade \
-	  --python-version 3.11 --no-emit-package fedbus $(addprefix --no-emit-package ,$(notdir $(PLUGINS))) \
-	  --custom-compile-command 'make lock' -o $(LOCK)
+	$(UV_COMPILE)
+	$(MAKE) install
+
+lock-upgrade: $(STAMP)
+	$(UV_COMPILE) --upgrade
 	$(MAKE) install
 
 demo: $(STAMP)
@@ -45,6 +52,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench plugins
 	$(BIN)/ruff format --check agent tests bench plugins
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 check-lock: $(STAMP)
 	$(BIN)/python scripts/check-lock $(LOCK)
