@@ -28,17 +28,13 @@ import msgspec
 
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
+from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class RoleName(StrEnum):
-    TRAINER = "trainer"
-    AGGREGATOR = "aggregator"
 
 
 class _Config(
@@ -232,7 +228,7 @@ class MetricsConfig(_Config, frozen=True):
 class AgentConfig(_Config, frozen=True):
     """The whole file."""
 
-    role: RoleName
+    role: Role
     agent_id: Name
     federation: Name
     bus_url: str
@@ -247,6 +243,10 @@ class AgentConfig(_Config, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
 
     def __post_init__(self) -> None:
+        if self.role not in RUNTIME_ROLES:
+            # msgspec checks the value is a Role; only the runtime roles make a config
+            role = str(self.role)
+            raise ValueError(f"Invalid role {role!r}, not trainer or aggregator - at `$.role`")
         ident = self.identity
         if ident.enabled and (ident.key_file is None or ident.ca_file is None):
             raise ValueError("[identity] needs key_file and ca_file with cert_file")

@@ -17,12 +17,12 @@ import numpy as np
 
 from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
-from agent.config import AgentConfig, AggregatorConfig, PluginConfig, RoleName, TrainerConfig
-from agent.identity.ca import Identity
+from agent.config import AgentConfig, AggregatorConfig, PluginConfig, TrainerConfig
 from agent.messages import Kind
 from agent.messages.envelope import Message
 from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
+from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.records import RunSummary
 from agent.roles.trainer import Trainer
@@ -63,7 +63,7 @@ def toy(value: float, n: int, **kw: Any) -> CheckedPlugin:
 
 def trainer_config(agent_id: str, url: str, state: Path, fed: str = "fed") -> AgentConfig:
     return AgentConfig(
-        role=RoleName.TRAINER,
+        role=Role.TRAINER,
         agent_id=agent_id,
         federation=fed,
         bus_url=url,
@@ -84,7 +84,7 @@ def aggregator_config(
     **kw: Any,
 ) -> AgentConfig:
     return AgentConfig(
-        role=RoleName.AGGREGATOR,
+        role=Role.AGGREGATOR,
         agent_id="aggregator",
         federation=fed,
         bus_url=url,

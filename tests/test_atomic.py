@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import atomic
 from agent.atomic import PRIVATE, PUBLIC, write_atomic
-from agent.identity.ca import write_private_key
+from agent.identity.pem import write_private_key
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -32,17 +32,9 @@ from agent.bus import Bus, BusMessage, BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.cli.broker_config import broker_config
 from agent.errors import BusTimeoutError, ConfigError, IdentityError
-from agent.identity.ca import (
-    CertificateAuthority,
-    Role,
-    identity_of,
-    init_ca,
-    issue,
-    load_certificate,
-    save_ca,
-    write_pem,
-    write_private_key,
-)
+from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
+from agent.identity.certificates import identity_of
+from agent.identity.pem import load_certificate, write_pem, write_private_key
 from agent.identity.registry import REGISTRY_FILE, Registry
 from agent.lockdown import (
     BrokerFiles,
@@ -57,6 +49,7 @@ from agent.lockdown.mosquitto import render_acl
 from agent.lockdown.nats import render_users
 from agent.lockdown.templates import render_templates
 from agent.messages import topics
+from agent.role import Role
 
 WAIT = 10.0  # bound for what should happen promptly; never asserted as a duration
 REFUSED_WAIT = 1.0  # how long a refused client gets to connect (it never does)
@@ -354,7 +347,7 @@ def test_every_table_topic_is_in_the_acl_for_its_publisher() -> None:
     acl = render_acl(FED, aggregator=AGG).splitlines()
     users = render_users(FED, aggregator=AGG, agents=["a1"])
     for spec in topics.TOPICS:
-        writer = spec.publisher is topics.Role.AGENT
+        writer = spec.publisher is Role.TRAINER
         if spec in ENROLL_TOPICS:
             line = f"topic {'write' if writer else 'read'} {spec.filter(FED)}"
             assert acl[acl.index("user enroll") :].count(line) == 1, spec.name

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent.brokers import EmbeddedBroker
-from agent.config import AgentConfig, IdentityConfig, PluginConfig, RoleName
-from agent.identity import ca
+from agent.config import AgentConfig, IdentityConfig, PluginConfig
+from agent.identity import ca, pem
+from agent.role import Role
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -22,22 +23,22 @@ def config(
     url: str,
     authority: ca.CertificateAuthority | None,
     agent_id: str,
-    role: ca.Role = ca.Role.TRAINER,
+    role: Role = Role.TRAINER,
 ) -> Path:
     identity = IdentityConfig()
     if authority is not None:
         key, cert = ca.issue(authority, agent_id, role=role)
         pki = tmp_path / "pki"
-        ca.write_private_key(pki / f"{agent_id}.key", key)
-        ca.write_pem(pki / f"{agent_id}.pem", cert)
-        ca.write_pem(pki / "ca.pem", authority.cert)
+        pem.write_private_key(pki / f"{agent_id}.key", key)
+        pem.write_pem(pki / f"{agent_id}.pem", cert)
+        pem.write_pem(pki / "ca.pem", authority.cert)
         identity = IdentityConfig(
             cert_file=pki / f"{agent_id}.pem",
             key_file=pki / f"{agent_id}.key",
             ca_file=pki / "ca.pem",
         )
     cfg = AgentConfig(
-        role=RoleName.AGGREGATOR if role is ca.Role.AGGREGATOR else RoleName.TRAINER,
+        role=Role.AGGREGATOR if role is Role.AGGREGATOR else Role.TRAINER,
         agent_id=agent_id,
         federation="fed",
         bus_url=url,
@@ -68,7 +69,7 @@ def test_publish_and_listen_show_signature_status(
     finish signed by a trainer (INVALID: wrong_role, it is the aggregator's to send), and a
     join from a config without identity (unsigned); each with kind, sender and round."""
     authority = ca.init_ca("fed")
-    agg = config(tmp_path, nats_server.url, authority, "aggregator", ca.Role.AGGREGATOR)
+    agg = config(tmp_path, nats_server.url, authority, "aggregator", Role.AGGREGATOR)
     a1 = config(tmp_path, nats_server.url, authority, "a1")
     anon = config(tmp_path / "anon", nats_server.url, None, "a9")
     listener = subprocess.Popen(

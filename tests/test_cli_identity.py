@@ -19,9 +19,11 @@ from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
 from agent.cli.identity import parse_duration
 from agent.config import AgentConfig
-from agent.identity.ca import fingerprint, init_ca, load_ca, load_certificate, verify_issued
+from agent.identity.ca import init_ca, load_ca
+from agent.identity.certificates import fingerprint, verify_issued
 from agent.identity.enrollment import EnrollmentService
 from agent.identity.local import Credentials
+from agent.identity.pem import load_certificate
 from agent.identity.registry import Registry
 
 pytestmark = pytest.mark.timeout(60)

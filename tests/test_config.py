@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, RoleName
+from agent.config import AgentConfig
 from agent.errors import ConfigError
+from agent.role import Role
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,7 +37,7 @@ def test_good_config_loads_and_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(GOOD)
     config = AgentConfig.load(path)
-    assert config.role is RoleName.TRAINER
+    assert config.role is Role.TRAINER
     assert config.state_dir == Path("/var/lib/fedbus/demo")
     assert config.aggregator.rounds == 5
     assert config.aggregator.fit_config == {"epochs": 2}

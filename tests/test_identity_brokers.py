@@ -15,23 +15,25 @@ from structlog.testing import capture_logs
 from agent.brokers import BrokerKind, free_port
 from agent.bus.base import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
-from agent.identity import ca
-from agent.identity.wire import Signed, Signer, Verifier
+from agent.identity import ca, pem
+from agent.identity.verifier import Verifier
 from agent.lockdown import Members, embedded_broker, local_mosquitto_user, write_broker_config
 from agent.messages import JoinRequest, Kind, encode
 from agent.messages.envelope import Message
+from agent.messages.signing import Signed, Signer
+from agent.role import Role
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
 
 def identity(
-    authority: ca.CertificateAuthority, name: str, role: ca.Role, where: Path
+    authority: ca.CertificateAuthority, name: str, role: Role, where: Path
 ) -> tuple[Signer, TlsFiles]:
     key, cert = ca.issue(authority, name, role=role)
-    ca.write_private_key(where / f"{name}.key", key)
-    ca.write_pem(where / f"{name}.pem", cert)
-    ca.write_pem(where / "ca.pem", authority.cert)
+    pem.write_private_key(where / f"{name}.key", key)
+    pem.write_pem(where / f"{name}.pem", cert)
+    pem.write_pem(where / "ca.pem", authority.cert)
     return Signer(key, cert), TlsFiles(
         where / "ca.pem", where / f"{name}.pem", where / f"{name}.key"
     )
@@ -55,8 +57,8 @@ async def test_forged_tampered_replayed_and_foreign_messages_are_refused(
         port=free_port(),
         mosquitto_user=local_mosquitto_user(),
     )
-    _, agg_tls = identity(authority, "aggregator", ca.Role.AGGREGATOR, tmp_path / "pki")
-    me, a1_tls = identity(authority, "a1", ca.Role.TRAINER, tmp_path / "pki")
+    _, agg_tls = identity(authority, "aggregator", Role.AGGREGATOR, tmp_path / "pki")
+    me, a1_tls = identity(authority, "a1", Role.TRAINER, tmp_path / "pki")
     key, cert = ca.issue(ca.init_ca("fed"), "a1")  # a look-alike from another CA
     forger = Signer(key, cert)
 

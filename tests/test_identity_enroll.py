@@ -22,18 +22,13 @@ from agent.brokers import EmbeddedBroker, free_port
 from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
 from agent.errors import IdentityError
-from agent.identity.ca import (
-    CertificateAuthority,
-    Identity,
-    Role,
-    init_ca,
-    new_key,
-    verify_issued,
-)
+from agent.identity.ca import CertificateAuthority, init_ca, new_key
+from agent.identity.certificates import verify_issued
 from agent.identity.enrollment import EnrollmentService, enroll
 from agent.identity.registry import AgentStatus, Registry
 from agent.messages import decode
 from agent.messages.bodies import EnrollReply, EnrollRequest
+from agent.role import Identity, Role
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 FED = "fed"

@@ -14,21 +14,23 @@ from structlog.testing import capture_logs
 from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.config import AgentConfig, IdentityConfig, SecureAggregation
-from agent.identity import ca
-from agent.identity.wire import SEALED_KINDS, is_signed, unwrap
+from agent.identity import ca, pem
 from agent.messages.envelope import Envelope
+from agent.messages.sealing import SEALED_KINDS
+from agent.messages.signing import is_signed, unwrap
+from agent.role import Role
 from tests.helpers import aggregator_config, federate_in_memory, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def credentials(
-    authority: ca.CertificateAuthority, agent_id: str, role: ca.Role, where: Path
+    authority: ca.CertificateAuthority, agent_id: str, role: Role, where: Path
 ) -> IdentityConfig:
     key, cert = ca.issue(authority, agent_id, role=role)
-    ca.write_private_key(where / f"{agent_id}.key", key)
-    ca.write_pem(where / f"{agent_id}.pem", cert)
-    ca.write_pem(where / "ca.pem", authority.cert)
+    pem.write_private_key(where / f"{agent_id}.key", key)
+    pem.write_pem(where / f"{agent_id}.pem", cert)
+    pem.write_pem(where / "ca.pem", authority.cert)
     return IdentityConfig(
         cert_file=where / f"{agent_id}.pem",
         key_file=where / f"{agent_id}.key",
@@ -51,11 +53,11 @@ async def federate(
             schedule, min_fit_clients=3, secure_aggregation=SecureAggregation.SECAGG_PLUS
         )
     pki = tmp_path / "pki"
-    agg_identity = credentials(authority, "aggregator", ca.Role.AGGREGATOR, pki)
+    agg_identity = credentials(authority, "aggregator", Role.AGGREGATOR, pki)
     agg_config = msgspec.structs.replace(agg_config, aggregator=schedule, identity=agg_identity)
 
     def configure(agent_id: str) -> AgentConfig:
-        identity = credentials(authority, agent_id, ca.Role.TRAINER, pki)
+        identity = credentials(authority, agent_id, Role.TRAINER, pki)
         return msgspec.structs.replace(
             trainer_config(agent_id, "mem://", tmp_path), identity=identity
         )

@@ -12,15 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.errors import IdentityError
-from agent.identity.ca import (
-    CertificateAuthority,
-    Role,
-    identity_of,
-    init_ca,
-    issue,
-    load_certificate,
-    save_ca,
-)
+from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
+from agent.identity.certificates import identity_of
+from agent.identity.pem import load_certificate
 from agent.identity.registry import (
     CRL_FILE,
     REGISTRY_FILE,
@@ -30,6 +24,7 @@ from agent.identity.registry import (
     hash_token,
     revoke_agent,
 )
+from agent.role import Role
 
 pytestmark = pytest.mark.timeout(30)
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

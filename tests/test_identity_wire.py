@@ -13,11 +13,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent.bus.base import BusMessage
 from agent.errors import ProtocolError
 from agent.identity import ca
-from agent.identity.wire import Signed, Signer, Verifier, is_signed
+from agent.identity.verifier import Verifier
 from agent.messages import FitIns, JoinRequest, Kind, ModelUpdate, encode
 from agent.messages.codec import encode_envelope
 from agent.messages.envelope import Message, new_envelope
+from agent.messages.signing import Signed, Signer, is_signed
 from agent.messages.tensors import to_tensors
+from agent.role import Role
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 
 pytestmark = pytest.mark.timeout(30)
@@ -26,7 +28,7 @@ CA = ca.init_ca(FED)
 
 
 def signer(
-    agent_id: str, role: ca.Role = ca.Role.TRAINER, authority: ca.CertificateAuthority = CA
+    agent_id: str, role: Role = Role.TRAINER, authority: ca.CertificateAuthority = CA
 ) -> Signer:
     key, cert = ca.issue(authority, agent_id, role=role)
     return Signer(key, cert)
@@ -178,7 +180,7 @@ def test_a_trainer_cannot_pose_as_the_aggregator() -> None:
         federation=FED,
         round=1,
         sender="aggregator",
-        signer=signer("aggregator", ca.Role.AGGREGATOR),
+        signer=signer("aggregator", Role.AGGREGATOR),
     )
     assert reason(dispatcher, "fl/fed/agent/a1", real) is None
 

@@ -18,7 +18,6 @@ from agent.config import (
     AgentConfig,
     AggregatorConfig,
     PluginConfig,
-    RoleName,
     SecAggConfig,
     SecureAggregation,
     TrainerConfig,
@@ -27,6 +26,7 @@ from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.messages import Kind, decode
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import load_plugin
+from agent.role import Role
 from agent.roles.aggregator import Aggregator
 from tests.helpers import fedbus
 
@@ -74,7 +74,7 @@ def test_secure_demo_reaches_the_plain_accuracy(broker: EmbeddedBroker, tmp_path
 def _agent_config(i: int, url: str, tmp_path: Path) -> Path:
     agent_id = f"agent-{i}"
     config = AgentConfig(
-        role=RoleName.TRAINER,
+        role=Role.TRAINER,
         agent_id=agent_id,
         federation="fed",
         bus_url=url,
@@ -127,7 +127,7 @@ async def test_agents_killed_mid_round_are_recovered(
         secagg=SecAggConfig(stage_timeout=3.0),
     )
     config = AgentConfig(
-        role=RoleName.AGGREGATOR,
+        role=Role.AGGREGATOR,
         agent_id="aggregator",
         federation="fed",
         bus_url=broker.url,

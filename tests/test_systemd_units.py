@@ -30,8 +30,9 @@ from agent.cli.service import (
     install,
     service,
 )
-from agent.config import AgentConfig, IdentityConfig, PluginConfig, RoleName, TlsConfig
+from agent.config import AgentConfig, IdentityConfig, PluginConfig, TlsConfig
 from agent.errors import ConfigError
+from agent.role import Role
 
 pytestmark = pytest.mark.timeout(60)
 #: Not a federation any real /etc/fedbus would hold: dry runs read the default layout.
@@ -162,10 +163,10 @@ def test_units_use_the_paths_service_install_lays_out(role: str) -> None:
     assert [Path("/etc", d) for d in settings["ConfigurationDirectory"]] == [layout.config_dir]
 
 
-def enrolled(tmp_path: Path, *, role: RoleName = RoleName.TRAINER, **identity: Path) -> Path:
+def enrolled(tmp_path: Path, *, role: Role = Role.TRAINER, **identity: Path) -> Path:
     """A config as ``fedbus enroll`` writes it (state in the unit's state directory, key in
     ``tmp_path``) at ``tmp_path/etc/FED/agent.toml``; returns the key's path."""
-    state = Path("/var/lib/fedbus", FED, "agent" if role is RoleName.TRAINER else "aggregator")
+    state = Path("/var/lib/fedbus", FED, "agent" if role is Role.TRAINER else "aggregator")
     key = tmp_path / "state" / "identity" / "key.pem"
     key.parent.mkdir(parents=True)
     key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n")
@@ -189,7 +190,7 @@ def enrolled(tmp_path: Path, *, role: RoleName = RoleName.TRAINER, **identity: P
             }
         ),
     )
-    name = "agent" if role is RoleName.TRAINER else "aggregator"
+    name = "agent" if role is Role.TRAINER else "aggregator"
     path = tmp_path / "etc" / FED / f"{name}.toml"
     path.parent.mkdir(parents=True)
     path.write_bytes(config.to_toml())
@@ -280,7 +281,7 @@ def test_install_refuses_configs_the_sandbox_cannot_run(
 ) -> None:
     """A CA directory the aggregator could not write, or a file under /home, is refused
     before anything is moved or any systemctl runs."""
-    key = enrolled(tmp_path, role=RoleName.AGGREGATOR, **identity)
+    key = enrolled(tmp_path, role=Role.AGGREGATOR, **identity)
     ran: list[list[str]] = []
     with pytest.raises(ConfigError, match=re.escape(message)):
         install(

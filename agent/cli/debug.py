@@ -72,7 +72,8 @@ async def _publish(config: Any, body: Any, round_: int, to: str | None) -> tuple
     from agent.identity.local import Credentials
     from agent.messages.bodies import KIND_OF
     from agent.messages.codec import encode
-    from agent.messages.topics import TOPICS, Role
+    from agent.messages.topics import TOPICS
+    from agent.role import Role
     from agent.runtime.node import bus_settings, open_bus
 
     kind = KIND_OF[type(body)]

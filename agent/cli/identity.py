@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from agent.config import AgentConfig
-    from agent.identity.ca import PrivateKey
+    from agent.identity.pem import PrivateKey
 
 #: Files of a CA directory besides the registry and the CRL.
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -118,7 +118,10 @@ def ca_init(federation: str, ca_dir: Path, aggregator_id: str, valid_days: int) 
     """Create the CA, the registry, the aggregator's identity and the shared enroll identity
     in --dir. Refuses to touch a directory that already holds a CA."""
     from agent.identity import ca as x
+    from agent.identity import pem
+    from agent.identity.certificates import identity_of
     from agent.identity.registry import CRL_FILE, REGISTRY_FILE, Registry
+    from agent.role import Role
 
     existing = [n for n in (CA_CERT, CA_KEY, REGISTRY_FILE) if (ca_dir / n).exists()]
     if existing:
@@ -128,19 +131,19 @@ def ca_init(federation: str, ca_dir: Path, aggregator_id: str, valid_days: int) 
             "(use another --dir)",
         )
     authority = x.init_ca(federation, valid_days=valid_days)
-    aggregator_key, aggregator_cert = x.issue(authority, aggregator_id, role=x.Role.AGGREGATOR)
-    enroll_key, enroll_cert = x.issue(authority, ENROLL_ID, role=x.Role.ENROLL)
+    aggregator_key, aggregator_cert = x.issue(authority, aggregator_id, role=Role.AGGREGATOR)
+    enroll_key, enroll_cert = x.issue(authority, ENROLL_ID, role=Role.ENROLL)
     ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     x.save_ca(authority, ca_dir)
-    x.write_pem(ca_dir / AGGREGATOR_CERT, aggregator_cert)
-    x.write_private_key(ca_dir / AGGREGATOR_KEY, aggregator_key)
-    x.write_pem(ca_dir / ENROLL_CERT, enroll_cert)
-    x.write_private_key(ca_dir / ENROLL_KEY, enroll_key)
+    pem.write_pem(ca_dir / AGGREGATOR_CERT, aggregator_cert)
+    pem.write_private_key(ca_dir / AGGREGATOR_KEY, aggregator_key)
+    pem.write_pem(ca_dir / ENROLL_CERT, enroll_cert)
+    pem.write_private_key(ca_dir / ENROLL_KEY, enroll_key)
     with Registry.open(ca_dir / REGISTRY_FILE) as registry:
         for cert in (aggregator_cert, enroll_cert):
-            registry.record_enrollment(x.identity_of(cert), cert)
+            registry.record_enrollment(identity_of(cert), cert)
     (ca_dir / REGISTRY_FILE).chmod(0o600)
-    x.write_pem(ca_dir / CRL_FILE, x.build_crl(authority, []))
+    pem.write_pem(ca_dir / CRL_FILE, x.build_crl(authority, []))
     fp = authority.fingerprint
     click.echo(f"created the CA of federation {federation!r} in {ca_dir}/")
     click.echo(f"  CA fingerprint (SHA-256): {fp}")
@@ -186,20 +189,23 @@ def ca_sign(csr_path: Path, ca_dir: Path, out: Path, role: str, valid_days: int)
     from cryptography import x509
 
     from agent.identity import ca as x
+    from agent.identity.certificates import identity_of
+    from agent.identity.pem import write_pem
     from agent.identity.registry import Registry, write_crl
+    from agent.role import Role
 
     authority = x.load_ca(ca_dir)
     try:
         csr = x509.load_pem_x509_csr(csr_path.read_bytes())
     except ValueError as exc:
         raise IdentityError("bad_csr", f"{csr_path} is not a PEM certificate request") from exc
-    cert = x.sign_csr(authority, csr, role=x.Role(role), valid_days=valid_days)
-    identity = x.identity_of(cert)
+    cert = x.sign_csr(authority, csr, role=Role(role), valid_days=valid_days)
+    identity = identity_of(cert)
     with Registry.open(_registry_path(ca_dir)) as registry:
         superseded = registry.record_enrollment(identity, cert)
         if superseded:
             write_crl(ca_dir, registry)
-    x.write_pem(out, cert)
+    write_pem(out, cert)
     click.echo(
         f"signed {identity.agent_id!r} ({identity.role}) of {identity.federation!r}: "
         f"serial {cert.serial_number}, wrote {out}"
@@ -231,8 +237,9 @@ def token_group() -> None:
 @ca_dir_option
 def token_create(agent_id: str, ttl: float, ca_dir: Path) -> None:
     """Print a new single-use token for --agent-id (only its SHA-256 is stored)."""
-    from agent.identity.ca import NAME_RE, Role
+    from agent.identity.certificates import NAME_RE
     from agent.identity.registry import Registry
+    from agent.role import Role
 
     if not NAME_RE.match(agent_id):
         raise IdentityError("bad_name", f"agent id {agent_id!r} must be 1-64 of [A-Za-z0-9_-]")
@@ -514,7 +521,8 @@ def _trainer_config(
 ) -> AgentConfig:
     """The trainer's AgentConfig (validated), with [identity] and, for a TLS URL, [tls]."""
     from agent.bus.url import parse_broker_url
-    from agent.config import AgentConfig, IdentityConfig, PluginConfig, RoleName, TlsConfig
+    from agent.config import AgentConfig, IdentityConfig, PluginConfig, TlsConfig
+    from agent.role import Role
 
     state = state_dir.resolve()
     ident = state / IDENTITY_DIR
@@ -526,7 +534,7 @@ def _trainer_config(
             key_file=ident / KEY_FILE,
         )
     config = AgentConfig(
-        role=RoleName.TRAINER,
+        role=Role.TRAINER,
         agent_id=agent_id,
         federation=federation,
         bus_url=bus_url,
@@ -550,7 +558,7 @@ def _install(
     tls_ca: Path | None,
 ) -> Path:
     """Write the identity files and the config; returns the identity directory."""
-    from agent.identity import ca as x
+    from agent.identity import pem as x
 
     ident = Path(config.state_dir) / IDENTITY_DIR
     ident.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -641,15 +649,16 @@ def _offline_csr(out: Path, *, federation: str, agent_id: str, state_dir: Path) 
     from cryptography.hazmat.primitives import serialization
 
     from agent.identity import ca as x
+    from agent.identity import pem
 
     key_path = state_dir / IDENTITY_DIR / KEY_FILE
     if key_path.exists():
-        key = x.load_private_key(key_path)
+        key = pem.load_private_key(key_path)
         note = f"reusing the key in {key_path}"
     else:
         key = x.new_key()
         (state_dir / IDENTITY_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
-        x.write_private_key(key_path, key)
+        pem.write_private_key(key_path, key)
         note = f"wrote a new key to {key_path} (0600; it never leaves this device)"
     csr = x.build_csr(key, agent_id=agent_id, federation=federation)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -676,7 +685,7 @@ def _import(
     federation: str | None,
     tls_ca: Path | None,
 ) -> None:
-    from agent.identity import ca as x
+    from agent.identity import pem as x
     from agent.identity.enrollment import check_issued
 
     key_path = state_dir / IDENTITY_DIR / KEY_FILE

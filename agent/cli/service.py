@@ -186,7 +186,7 @@ def plan_key_move(layout: Layout, config: AgentConfig) -> KeyMove | None:
     """
     import msgspec
 
-    from agent.config import RoleName
+    from agent.role import Role as RoleName
 
     source = layout.config_path
     want = RoleName.TRAINER if layout.role == "agent" else RoleName.AGGREGATOR

@@ -21,12 +21,14 @@ from agent.brokers import BrokerKind, free_port
 from agent.bus.base import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.errors import FedbusError
-from agent.identity.ca import CertificateAuthority, Role, init_ca, issue, save_ca, write_pem
-from agent.identity.ca import write_private_key as write_key
+from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
 from agent.identity.enrollment import EnrollmentService
+from agent.identity.pem import write_pem
+from agent.identity.pem import write_private_key as write_key
 from agent.identity.registry import Registry, write_crl
 from agent.lockdown import Members, local_mosquitto_user, write_broker_config
 from agent.lockdown.files import BrokerFiles
+from agent.role import Role
 
 log = structlog.get_logger(__name__)
 AGGREGATOR_ID = "aggregator"

@@ -29,7 +29,6 @@ from agent.config import (
     IdentityConfig,
     LoggingConfig,
     PluginConfig,
-    RoleName,
     SecureAggregation,
     TlsConfig,
     TrainerConfig,
@@ -43,6 +42,7 @@ from agent.lockdown import embedded_broker
 from agent.logs import configure_logging
 from agent.plugin.api import PluginContext, PluginInfo
 from agent.plugin.loader import describe_plugin, load_plugin
+from agent.role import Role
 from agent.roles.records import RoundRecord, RunSummary
 from agent.runtime.node import run_node, run_until_signal
 from agent.runtime.tasks import task_group
@@ -304,7 +304,7 @@ def _partition_label(options: DemoOptions, info: PluginInfo) -> str:
 def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> AgentConfig:
     agent_id = f"agent-{index:02d}"
     return AgentConfig(
-        role=RoleName.TRAINER,
+        role=Role.TRAINER,
         agent_id=agent_id,
         federation=FEDERATION,
         bus_url=url,
@@ -350,7 +350,7 @@ def _aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> A
     return AgentConfig(
         identity=identity,
         tls=tls,
-        role=RoleName.AGGREGATOR,
+        role=Role.AGGREGATOR,
         agent_id="aggregator",
         federation=FEDERATION,
         bus_url=url,

@@ -15,50 +15,33 @@ Subject: CN = agent id, OU = role, O = federation. The same key authenticates th
 the broker (mTLS; CN = the broker's user name) and signs its messages (ECDSA-SHA256). P-256
 is used because both brokers' TLS stacks (OpenSSL for mosquitto, Go for nats-server) and
 Python's ``ssl`` accept it everywhere. The CA is pinned by the SHA-256 fingerprint of its
-DER certificate.
+DER certificate (``agent.identity.certificates``, which also checks what it issued; keys and
+certificates on disk: ``agent.identity.pem``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.atomic import PRIVATE, write_atomic
 from agent.errors import IdentityError
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-#: Names only the aggregator and the shared enroll identity may carry.
-RESERVED_NAMES = frozenset({"aggregator", "enroll"})
-PrivateKey = ec.EllipticCurvePrivateKey
-
-
-class Role(StrEnum):
-    TRAINER = "trainer"
-    AGGREGATOR = "aggregator"
-    ENROLL = "enroll"
-    BROKER = "broker"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a certificate names."""
-
-    agent_id: str
-    federation: str
-    role: Role
-    serial: int
+from agent.identity.certificates import RESERVED_NAMES, check_name, fingerprint
+from agent.identity.pem import (
+    PrivateKey,
+    load_certificate,
+    load_private_key,
+    write_pem,
+    write_private_key,
+)
+from agent.role import Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +62,9 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def fingerprint(cert: x509.Certificate) -> str:
-    """SHA-256 of the certificate's DER encoding, lower-case hex."""
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
 def new_key() -> PrivateKey:
     """A fresh ECDSA P-256 private key (generated locally; it never leaves its owner)."""
     return ec.generate_private_key(ec.SECP256R1())
-
-
-def _check_name(value: str, what: str) -> None:
-    if not NAME_RE.match(value):
-        raise IdentityError("bad_name", f"{what} {value!r} must be 1-64 of [A-Za-z0-9_-]")
 
 
 def _subject(agent_id: str, federation: str, role: Role) -> x509.Name:
@@ -110,7 +83,7 @@ def init_ca(federation: str, *, valid_days: int = 3650) -> CertificateAuthority:
     Raises:
         IdentityError: a federation id outside [A-Za-z0-9_-]{1,64}.
     """
-    _check_name(federation, "federation")
+    check_name(federation, "federation")
     key = new_key()
     name = x509.Name(
         [
@@ -152,8 +125,8 @@ def build_csr(
     key: PrivateKey, *, agent_id: str, federation: str, role: Role = Role.TRAINER
 ) -> x509.CertificateSigningRequest:
     """A CSR naming ``agent_id`` (what ``fedbus enroll`` sends with its token)."""
-    _check_name(agent_id, "agent id")
-    _check_name(federation, "federation")
+    check_name(agent_id, "agent id")
+    check_name(federation, "federation")
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(_subject(agent_id, federation, role))
@@ -189,7 +162,7 @@ def sign_csr(
     cn = str(names[0].value) if names else ""
     if agent_id is not None and cn != agent_id:
         raise IdentityError("bad_csr", f"the CSR names {cn!r}, not {agent_id!r}")
-    _check_name(cn, "agent id")
+    check_name(cn, "agent id")
     if role is Role.TRAINER and cn in RESERVED_NAMES:
         # mosquitto knows an identity by its CN alone: a trainer named like these would get
         # their broker rights.
@@ -207,7 +180,7 @@ def issue(
 ) -> tuple[PrivateKey, x509.Certificate]:
     """A new key and its certificate in one step (for the aggregator, the broker, the
     shared enroll identity and tests; devices use ``build_csr`` + ``sign_csr``)."""
-    _check_name(agent_id, "agent id")
+    check_name(agent_id, "agent id")
     key = new_key()
     return key, _issue(ca, key.public_key(), agent_id, role, valid_days=valid_days, hosts=hosts)
 
@@ -253,57 +226,6 @@ def _issue(
     return builder.sign(ca.key, hashes.SHA256())
 
 
-def identity_of(cert: x509.Certificate) -> Identity:
-    """The identity a certificate names.
-
-    Raises:
-        IdentityError: a subject without CN/OU/O, or an unknown role.
-    """
-
-    def one(oid: x509.ObjectIdentifier) -> str:
-        values = cert.subject.get_attributes_for_oid(oid)
-        if len(values) != 1:
-            raise IdentityError("bad_certificate", f"the subject needs exactly one {oid._name}")
-        return str(values[0].value)
-
-    try:
-        role = Role(one(NameOID.ORGANIZATIONAL_UNIT_NAME))
-    except ValueError as exc:
-        raise IdentityError("bad_certificate", "unknown role in the certificate") from exc
-    return Identity(
-        one(NameOID.COMMON_NAME), one(NameOID.ORGANIZATION_NAME), role, cert.serial_number
-    )
-
-
-def verify_issued(
-    ca_cert: x509.Certificate, cert: x509.Certificate, *, at: dt.datetime | None = None
-) -> Identity:
-    """Check that ``cert`` was issued by ``ca_cert``, is valid at ``at`` (now) and names an
-    identity of the CA's federation.
-
-    Raises:
-        IdentityError: reason ``unknown_issuer``, ``bad_signature``, ``expired`` or
-            ``wrong_federation``.
-    """
-    if cert.issuer != ca_cert.subject:
-        raise IdentityError("unknown_issuer", "the certificate was not issued by this CA")
-    public = ca_cert.public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise IdentityError("bad_certificate", "the CA key is not ECDSA")
-    try:
-        public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature as exc:
-        raise IdentityError("bad_signature", "the certificate's CA signature is invalid") from exc
-    now = at or _utcnow()
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise IdentityError("expired", "the certificate is not valid now")
-    identity = identity_of(cert)
-    federations = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    if not federations or identity.federation != federations[0].value:
-        raise IdentityError("wrong_federation", "the certificate names another federation")
-    return identity
-
-
 def build_crl(
     ca: CertificateAuthority, revoked: Iterable[tuple[int, dt.datetime]], *, valid_days: int = 30
 ) -> x509.CertificateRevocationList:
@@ -320,43 +242,6 @@ def build_crl(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
         )
     return builder.sign(ca.key, hashes.SHA256())
-
-
-# -- files ----------------------------------------------------------------------------------
-
-
-def write_private_key(path: Path, key: PrivateKey) -> None:
-    """PEM (PKCS#8, unencrypted) with mode 0600 from the moment it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomic(path, data, mode=PRIVATE)
-
-
-def write_pem(path: Path, *objects: x509.Certificate | x509.CertificateRevocationList) -> None:
-    """Certificates / CRLs as PEM (public material, mode 0644)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects))
-
-
-def load_private_key(path: Path) -> PrivateKey:
-    """Raises ``IdentityError`` (reason ``unreadable``) for a missing or non-P-256 key."""
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise IdentityError("unreadable", f"cannot read private key {path}: {exc}") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise IdentityError("unreadable", f"{path} is not an ECDSA private key")
-    return key
-
-
-def load_certificate(path: Path) -> x509.Certificate:
-    """Raises ``IdentityError`` (reason ``unreadable``)."""
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise IdentityError("unreadable", f"cannot read certificate {path}: {exc}") from exc
 
 
 def save_ca(ca: CertificateAuthority, directory: Path) -> None:

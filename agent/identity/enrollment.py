@@ -56,24 +56,15 @@ from agent.errors import (
     ProtocolError,
     TransportError,
 )
-from agent.identity.ca import (
-    NAME_RE,
-    CertificateAuthority,
-    Identity,
-    PrivateKey,
-    Role,
-    build_csr,
-    fingerprint,
-    identity_of,
-    new_key,
-    sign_csr,
-    verify_issued,
-)
+from agent.identity.ca import CertificateAuthority, build_csr, new_key, sign_csr
+from agent.identity.certificates import NAME_RE, fingerprint, identity_of, verify_issued
+from agent.identity.pem import PrivateKey
 from agent.identity.registry import Registry, hash_token, write_crl
 from agent.messages.bodies import EnrollReply, EnrollRequest
 from agent.messages.codec import decode, encode
 from agent.messages.kinds import Kind
 from agent.messages.topics import ENROLL, ENROLL_REPLY, classify
+from agent.role import Identity, Role
 
 if TYPE_CHECKING:
     from agent.bus.url import TlsFiles

@@ -10,8 +10,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.config import IdentityConfig
 from agent.errors import IdentityError
-from agent.identity.ca import Identity, load_certificate, load_private_key, verify_issued
-from agent.identity.wire import Signer, Verifier
+from agent.identity.certificates import verify_issued
+from agent.identity.pem import load_certificate, load_private_key
+from agent.identity.verifier import Verifier
+from agent.messages.signing import Signer
+from agent.role import Identity
 
 
 @dataclass(frozen=True, slots=True)

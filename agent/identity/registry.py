@@ -44,7 +44,10 @@ from typing import Self
 from cryptography import x509
 
 from agent.errors import IdentityError
-from agent.identity.ca import Identity, Role, build_crl, fingerprint, load_ca, write_pem
+from agent.identity.ca import build_crl, load_ca
+from agent.identity.certificates import fingerprint
+from agent.identity.pem import write_pem
+from agent.role import Identity, Role
 
 #: The registry's file name in a CA directory.
 REGISTRY_FILE = "registry.sqlite"

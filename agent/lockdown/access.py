@@ -27,6 +27,7 @@ from enum import StrEnum
 
 from agent.messages import topics
 from agent.messages.topics import TopicSpec
+from agent.role import Role
 
 #: The certificate CN of the shared enrollment identity (role ``enroll``). Reserved: no agent
 #: may be enrolled under this id.
@@ -66,7 +67,7 @@ class Rule:
 
 
 def _trainer_rule(spec: TopicSpec) -> Rule:
-    if spec.publisher is topics.Role.AGENT:
+    if spec.publisher is Role.TRAINER:
         return Rule(Access.WRITE, spec.template)
     return Rule(Access.READ, spec.template)
 

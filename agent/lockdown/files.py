@@ -28,19 +28,12 @@ from cryptography import x509
 from agent.atomic import write_text
 from agent.brokers import HOST, BrokerKind, EmbeddedBroker
 from agent.errors import ConfigError, IdentityError, TransportError
-from agent.identity.ca import (
-    CertificateAuthority,
-    Role,
-    build_crl,
-    issue,
-    load_certificate,
-    load_private_key,
-    verify_issued,
-    write_pem,
-    write_private_key,
-)
+from agent.identity.ca import CertificateAuthority, build_crl, issue
+from agent.identity.certificates import verify_issued
+from agent.identity.pem import load_certificate, load_private_key, write_pem, write_private_key
 from agent.lockdown import layout, mosquitto, nats
 from agent.lockdown.members import Members
+from agent.role import Role
 
 #: The broker's certificate is reissued when it has less than this left.
 RENEW_BEFORE = dt.timedelta(days=30)

@@ -7,9 +7,10 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from agent.errors import ConfigError, IdentityError
-from agent.identity.ca import NAME_RE, Role
+from agent.identity.certificates import NAME_RE
 from agent.identity.registry import AgentStatus, Registry
 from agent.lockdown.access import ENROLL_IDENTITY
+from agent.role import Role
 
 #: The aggregator's id when nobody names it (what ``fedbus demo`` uses).
 DEFAULT_AGGREGATOR = "aggregator"

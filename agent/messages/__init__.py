@@ -1,4 +1,5 @@
-"""The message contract: kinds, bodies, the envelope, the codec and the topic table."""
+"""The message contract: kinds, bodies, the envelope, the codec (with its signed and sealed
+forms: ``signing``, ``sealing``) and the topic table."""
 
 from agent.messages.bodies import (
     BODY_TYPES,

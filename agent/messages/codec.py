@@ -13,10 +13,11 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.errors import DecodeError, OversizedError
-from agent.identity.wire import SEALED_KINDS, Signed, Signer, seal, seal_info, unwrap
 from agent.messages.bodies import BODY_TYPES, KIND_OF, Body, GlobalModel, ModelUpdate
 from agent.messages.envelope import Envelope, Message, new_envelope
 from agent.messages.kinds import Kind
+from agent.messages.sealing import SEALED_KINDS, seal, seal_info
+from agent.messages.signing import Signed, Signer, unwrap
 from agent.messages.tensors import to_array
 
 _encoder = msgspec.msgpack.Encoder()
@@ -35,8 +36,9 @@ def encode(
 ) -> bytes:
     """Wrap ``body`` in a fresh envelope (kind from the body's type) and encode it.
 
-    With ``seal_to``, a body of a kind in ``SEALED_KINDS`` is sealed to that key; with
-    ``signer``, the envelope is signed (``agent.identity.wire``).
+    With ``seal_to``, a body of a kind in ``SEALED_KINDS`` is sealed to that key
+    (``agent.messages.sealing``); with ``signer``, the envelope is signed
+    (``agent.messages.signing``).
     """
     kind = KIND_OF[type(body)]
     data = _encoder.encode(body)

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
 
 from agent.messages.bodies import Body, Name
-
-if TYPE_CHECKING:
-    from agent.identity.ca import Identity
 from agent.messages.kinds import Kind
+from agent.role import Identity
 
 WIRE_VERSION = 1
 
@@ -36,7 +34,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         message_id: 16 random bytes; receivers drop ids they have seen.
         timestamp: sender's wall clock, seconds since the Unix epoch.
         body: the msgpack-encoded body of type ``BODY_TYPES[kind]``, or, when ``sealed``,
-            its HPKE ciphertext to the aggregator (``agent.identity.wire``).
+            its HPKE ciphertext to the aggregator (``agent.messages.sealing``).
         sealed: the body is sealed.
     """
 

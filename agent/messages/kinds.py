@@ -32,3 +32,8 @@ class Kind(StrEnum):
     # Liveness: each agent's retained online/offline, and the aggregator's summary
     STATUS = "status"
     FEDERATION_STATUS = "federation_status"
+
+
+#: Kinds exempt from the timestamp window and the duplicate check: idempotent state
+#: assertions whose will copy is signed at connect time (``status``).
+TIMELESS_KINDS = frozenset({Kind.STATUS})

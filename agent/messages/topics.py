@@ -8,16 +8,9 @@ side, and ``tests/test_contract.py`` keeps them equal. Templates use ``{federati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from agent.messages.kinds import Kind
-
-
-class Role(StrEnum):
-    """Who runs a piece of the runtime."""
-
-    AGENT = "agent"
-    AGGREGATOR = "aggregator"
+from agent.role import Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +52,7 @@ class TopicSpec:
 JOIN = TopicSpec(
     "join",
     "fl/{federation}/join",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.JOIN}),
     False,
     "Agents ask to be admitted; re-sent after every reconnect until accepted.",
@@ -94,7 +87,7 @@ GLOBAL_MODEL = TopicSpec(
 UPDATE = TopicSpec(
     "update",
     "fl/{federation}/model_para/update/{agent_id}",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT}),
     False,
     "One agent's trained update for the current round (masked under SecAgg+).",
@@ -102,7 +95,7 @@ UPDATE = TopicSpec(
 SECAGG_ADVERTISE = TopicSpec(
     "secagg_advertise_keys",
     "fl/{federation}/secagg/advertise_keys/{agent_id}",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.ADVERTISE_KEYS}),
     False,
     "SecAgg+: one agent's round public keys.",
@@ -110,7 +103,7 @@ SECAGG_ADVERTISE = TopicSpec(
 SECAGG_SHARE = TopicSpec(
     "secagg_share_keys",
     "fl/{federation}/secagg/share_keys/{agent_id}",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.SHARE_KEYS}),
     False,
     "SecAgg+: one agent's encrypted Shamir shares, one per neighbour, for the aggregator to relay.",
@@ -118,7 +111,7 @@ SECAGG_SHARE = TopicSpec(
 SECAGG_UNMASK = TopicSpec(
     "secagg_unmask",
     "fl/{federation}/secagg/unmask/{agent_id}",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.UNMASK}),
     False,
     "SecAgg+: the shares one survivor reveals so the aggregator can unmask the sum.",
@@ -134,7 +127,7 @@ EVALUATE = TopicSpec(
 METRICS = TopicSpec(
     "metrics",
     "fl/{federation}/metrics/{agent_id}",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.METRICS}),
     False,
     "One agent's evaluation result.",
@@ -150,7 +143,7 @@ FINISH = TopicSpec(
 ENROLL = TopicSpec(
     "enroll",
     "fl/{federation}/enroll/{agent_id}",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.ENROLL}),
     False,
     "A device's enrollment request (CSR + one-time token); the only topic an unenrolled "
@@ -168,7 +161,7 @@ ENROLL_REPLY = TopicSpec(
 STATUS = TopicSpec(
     "status",
     "fl/{federation}/status/{agent_id}",
-    Role.AGENT,
+    Role.TRAINER,
     frozenset({Kind.STATUS}),
     True,
     "One agent's liveness: online on connect and as a heartbeat, offline as its last will.",

@@ -45,7 +45,6 @@ from agent.atomic import write_json
 from agent.bus.base import Bus
 from agent.config import AgentConfig, SecureAggregation
 from agent.errors import ConfigError, IdentityError, RoundError, SecAggAbortError
-from agent.identity.ca import Identity, Role
 from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import (
@@ -68,6 +67,7 @@ from agent.messages.bodies import (
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.plugin.api import Weights
+from agent.role import Identity, Role
 from agent.roles.cohort import sample_cohort
 from agent.roles.evaluation import FederatedEvaluation
 from agent.roles.liveness import Liveness

@@ -32,20 +32,14 @@ from agent.errors import (
     WrongFederationError,
     WrongTopicError,
 )
-from agent.identity.ca import Identity
-from agent.identity.ca import Role as IdentityRole
-from agent.identity.wire import (
-    SEALED_KINDS,
-    TIMELESS_KINDS,
-    Signed,
-    Verifier,
-    open_sealed,
-    seal_info,
-)
+from agent.identity.verifier import Verifier
 from agent.messages.codec import decode_body, decode_envelope
 from agent.messages.envelope import Envelope, Message
-from agent.messages.kinds import Kind
-from agent.messages.topics import Role, TopicSpec, classify
+from agent.messages.kinds import TIMELESS_KINDS, Kind
+from agent.messages.sealing import SEALED_KINDS, open_sealed, seal_info
+from agent.messages.signing import Signed
+from agent.messages.topics import TopicSpec, classify
+from agent.role import Identity, Role
 from agent.runtime import metrics
 from agent.runtime.dedupe import SeenIds
 
@@ -73,7 +67,8 @@ class Listener:
 
 @dataclass(frozen=True, slots=True)
 class Security:
-    """What the receive loop enforces when identities are on (``agent.identity.wire``).
+    """What the receive loop enforces when identities are on (``agent.identity.verifier``,
+    ``agent.messages.sealing``).
 
     Attributes:
         verifier: checks every message's signature, certificate, timestamp and role.
@@ -96,7 +91,7 @@ def verify_sender(
         signed,
         sender=envelope.sender,
         timestamp=envelope.timestamp,
-        publisher=IdentityRole.AGGREGATOR if aggregator else IdentityRole.TRAINER,
+        publisher=Role.AGGREGATOR if aggregator else Role.TRAINER,
         timeless=envelope.kind in TIMELESS_KINDS,
     )
 
@@ -176,7 +171,11 @@ class Dispatcher:
         if where is None or envelope.kind not in where[0].kinds:
             raise WrongTopicError(f"{envelope.kind!s} does not travel on {raw.topic}")
         spec, topic_agent = where
-        if spec.publisher == "agent" and topic_agent is not None and topic_agent != envelope.sender:
+        if (
+            spec.publisher is Role.TRAINER
+            and topic_agent is not None
+            and topic_agent != envelope.sender
+        ):
             raise SenderMismatchError(f"sender {envelope.sender!r} on {raw.topic}")
         security = self.security
         identity = None

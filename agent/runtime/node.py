@@ -17,13 +17,14 @@ import structlog
 
 from agent.bus.base import Bus, BusSettings, LastWill
 from agent.bus.url import TlsFiles, bus_from_url
-from agent.config import AgentConfig, RoleName
+from agent.config import AgentConfig
 from agent.errors import PluginError
-from agent.identity.ca import Identity, load_ca
+from agent.identity.ca import load_ca
 from agent.identity.enrollment import EnrollmentService
 from agent.identity.registry import CertStatus, Registry
 from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
+from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.liveness import status_will
 from agent.roles.records import RoundObserver, RunSummary
@@ -67,7 +68,7 @@ async def run_node(
         log.info("metrics_serving", host=config.metrics.host, port=config.metrics.port)
     context = PluginContext(config.agent_id, config.plugin.options, config.state_dir)
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
-    will = status_will(config) if config.role is RoleName.TRAINER else None
+    will = status_will(config) if config.role is Role.TRAINER else None
     bus = open_bus(config, bus_settings(config, will=will))
     log.info(
         "agent_starting",
@@ -78,7 +79,7 @@ async def run_node(
     )
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
-        if config.role is RoleName.TRAINER:
+        if config.role is Role.TRAINER:
             trainer = Trainer(config=config, bus=bus, plugin=plugin)
             await serve_role(trainer, trainer.run())  # READY=1, STATUS= (systemd)
             return None

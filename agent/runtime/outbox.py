@@ -10,10 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.base import Bus
 from agent.errors import SealError, TransportError
-from agent.identity.wire import SEALED_KINDS, Signer
 from agent.messages.bodies import KIND_OF, Body
 from agent.messages.codec import encode
 from agent.messages.kinds import Kind
+from agent.messages.sealing import SEALED_KINDS
+from agent.messages.signing import Signer
 from agent.messages.topics import TopicSpec
 from agent.runtime import metrics
 
