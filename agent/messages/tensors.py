@@ -51,7 +51,8 @@ def to_array(tensor: Tensor) -> npt.NDArray[Any]:
     """Decode a ``Tensor`` into a read-only array (zero-copy view of ``tensor.data``).
 
     Raises:
-        DecodeError: unknown dtype, or a byte length that does not match dtype and shape.
+        DecodeError: unknown dtype, a byte length that does not match dtype and shape, or a
+            shape numpy cannot build.
     """
     if tensor.dtype not in ALLOWED_DTYPES:
         raise DecodeError(f"tensor dtype {tensor.dtype!r} is not allowed")
@@ -62,7 +63,10 @@ def to_array(tensor: Tensor) -> npt.NDArray[Any]:
             f"tensor of dtype {tensor.dtype} and shape {tuple(tensor.shape)} needs "
             f"{expected} bytes, got {len(tensor.data)}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(tensor.shape)
+    try:  # an empty tensor can still name dimensions numpy refuses (e.g. [0, 2**40, 2**40])
+        return np.frombuffer(tensor.data, dtype=dtype).reshape(tensor.shape)
+    except ValueError as exc:
+        raise DecodeError(f"tensor shape {tuple(tensor.shape)} cannot be built: {exc}") from None
 
 
 def to_tensors(arrays: Sequence[npt.NDArray[Any]]) -> list[Tensor]:
