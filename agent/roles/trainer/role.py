@@ -17,7 +17,7 @@ evaluate           evaluate             not stale   metrics
 finish             finish               any         join (again, for the next run)
 =================  ===================  ==========  ======================================
 
-With SecAgg+ (``fit_ins.secagg`` set, see ``agent.roles.secure_fit``) the agent sends its
+With SecAgg+ (``fit_ins.secagg`` set, see ``agent.roles.trainer.secure_fit``) the agent sends its
 model delta masked, never the weights; ``trainer.require_secure_aggregation`` refuses rounds
 that would send it in the clear.
 
@@ -63,7 +63,7 @@ from agent.messages.kinds import Kind
 from agent.messages.tensors import digest, to_arrays, to_tensor, to_tensors
 from agent.plugin.api import FitResult, Weights
 from agent.plugin.loader import CheckedPlugin
-from agent.roles.secure_fit import REFUSED, SecureFit, parse_setup
+from agent.roles.trainer.secure_fit import REFUSED, SecureFit, parse_setup
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group

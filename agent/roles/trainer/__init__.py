@@ -1,0 +1,5 @@
+"""The trainer role (``Trainer``); see ``agent.roles.trainer.role``."""
+
+from agent.roles.trainer.role import Trainer
+
+__all__ = ["Trainer"]
