@@ -129,11 +129,15 @@ class SecureFit:
     async def masked_input(
         self, *, base: HeldModel, result: FitResult, deadline: float
     ) -> MaskedInput | None:
-        """Stage collect_masked_input: the trained delta (``result.weights`` minus ``base``),
-        flattened, weighted by ``result.num_examples`` (at least 1) and masked, once our shares
-        are in; waits until ``deadline`` (``time.monotonic()``). None, logged as
-        ``secagg_abandoned``, when the shares did not come, do not authenticate, or the round
-        was closed: the round goes on without us."""
+        """Stage collect_masked_input: the trained delta (``result.weights`` minus ``base``,
+        flattened to shape (d,)), weighted by ``result.num_examples`` (at least 1) and masked
+        once our shares are in; waits until ``deadline`` (``time.monotonic()`` seconds).
+
+        Returns:
+            the masked input, ``vector`` of shape (d + 1,) in the ring dtype; or None, logged
+            as ``secagg_abandoned``, when the shares did not come, did not authenticate, or
+            the round was closed: the round goes on without us.
+        """
         delta = flatten(result.weights) - flatten(base.weights)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
