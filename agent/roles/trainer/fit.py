@@ -1,0 +1,144 @@
+"""The trainer's fit path: ``fit_ins`` → train → the update, in the clear or masked (SecAgg+).
+
+A plain round sends the trained weights (``model_update``). A secure round (``fit_ins.secagg``
+set) makes the round's ``SecureFit``, which advertises keys at once and answers the stage
+relays while the plugin trains; the update is then the model delta, masked (``masked_input``).
+``trainer.require_secure_aggregation`` refuses rounds that would send weights in the clear.
+Training runs in a worker thread (``asyncio.to_thread``) so the event loop keeps serving the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import Any
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.errors import FedbusError
+from agent.messages import topics
+from agent.messages.bodies import FitIns, MaskedInput, ModelUpdate
+from agent.messages.envelope import Message
+from agent.messages.kinds import Kind
+from agent.messages.tensors import to_tensors
+from agent.plugin.loader import CheckedPlugin
+from agent.roles.trainer.model import ModelStore
+from agent.roles.trainer.secure_fit import REFUSED, SecureFit
+from agent.roles.trainer.status import Progress, TrainerState
+from agent.runtime.outbox import Outbox
+from agent.runtime.tasks import Worker
+
+log = structlog.get_logger(__name__)
+
+
+class FitPath:
+    """Answers ``fit_ins`` (one fit at a time: a newer round's supersedes an older one's) and
+    routes the SecAgg+ stage messages to the current round's ``SecureFit``."""
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        plugin: CheckedPlugin,
+        outbox: Outbox,
+        models: ModelStore,
+        progress: Progress,
+        work: Worker,
+    ) -> None:
+        self._config = config
+        self._plugin = plugin
+        self._outbox = outbox
+        self._models = models
+        self._progress = progress
+        self._work = work
+        self._id = config.agent_id
+        #: the SecAgg+ side of the newest secure round (None: none, or a plain round since)
+        self._secure: SecureFit | None = None
+
+    async def on_fit_ins(self, message: Message[FitIns]) -> None:
+        """``fit_ins``: start training for ``message.round``; a secure round advertises its
+        keys first. A round we must not join is logged as ``fit_refused``."""
+        ins, round_ = message.body, message.round
+        if ins.secagg is None and self._config.trainer.require_secure_aggregation:
+            log.warning("fit_refused", reason="plaintext_round", round=round_)
+            return
+        self._progress.round = round_
+        if self._secure is not None:
+            self._secure.close()
+            self._secure = None
+        deadline = time.monotonic() + ins.deadline
+        secure = None
+        if ins.secagg is not None:
+            try:
+                secure = SecureFit.announced(
+                    ins.secagg,
+                    federation=self._config.federation,
+                    round_=round_,
+                    outbox=self._outbox,
+                    agent_id=self._id,
+                )
+            except REFUSED as exc:
+                log.warning("fit_refused", reason="secagg_setup", error=str(exc), round=round_)
+                return
+            self._secure = secure
+            # Keys go out at once: the key stages run while the plugin trains.
+            await secure.advertise()
+        self._work.start(Kind.FIT_INS, partial(self._fit, round_, ins, secure, deadline))
+
+    async def on_secagg(self, message: Message[Any]) -> None:
+        """``relay_keys``, ``relay_shares``, ``unmask_request``: to this round's SecureFit
+        (ignored, as ``secagg_message_ignored``, when there is none open for the round)."""
+        secure = self._secure
+        if secure is None or secure.closed or secure.round != message.round:
+            log.warning("secagg_message_ignored", kind=str(message.kind), reason="no_secure_round")
+            return
+        await secure.handle(message)
+
+    async def _fit(
+        self, round_: int, ins: FitIns, secure: SecureFit | None, deadline: float
+    ) -> None:
+        with structlog.contextvars.bound_contextvars(round=round_):
+            model = await self._models.wait_for(ins.model_version, ins.model_sha256)
+            if model is None:
+                return
+            self._progress.enter(TrainerState.TRAINING, round_=round_)
+            started = time.perf_counter()
+            config = {**ins.config, "round": round_}
+            try:
+                result = await asyncio.to_thread(self._plugin.fit, model.weights, config)
+            except FedbusError as exc:
+                # The round goes on without us; we stay up and say what happened.
+                log.exception("fit_failed", error=str(exc))
+                self._progress.enter(TrainerState.FIT_FAILED, round_=round_, error=str(exc))
+                return
+            seconds = time.perf_counter() - started
+            if secure is None:
+                update: ModelUpdate | MaskedInput = ModelUpdate(
+                    model_version=model.version,
+                    num_examples=max(1, result.num_examples),
+                    tensors=to_tensors(result.weights),
+                    metrics=result.metrics,
+                )
+            else:
+                self._progress.enter(TrainerState.MASKING, round_=round_)
+                masked = await secure.masked_input(base=model, result=result, deadline=deadline)
+                if masked is None:
+                    self._progress.enter(TrainerState.IDLE)
+                    return
+                update = masked
+            self._progress.enter(TrainerState.IDLE)
+            size = await self._outbox.try_send(
+                topics.UPDATE, update, round=round_, agent_id=self._id
+            )
+            if size is None:
+                return
+            log.info(
+                "update_sent",
+                num_examples=result.num_examples,
+                seconds=round(seconds, 4),
+                size=size,
+                masked=secure is not None,
+                **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+            )

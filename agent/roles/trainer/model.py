@@ -1,0 +1,88 @@
+"""The global model a trainer holds: the newest verified one, and waiting for a given one."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from agent.messages.bodies import GlobalModel
+from agent.messages.envelope import Message
+from agent.messages.tensors import digest, to_arrays
+from agent.plugin.api import Weights
+from agent.roles.trainer.status import Progress
+from agent.state import write_weights
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldModel:
+    """The newest global model this agent accepted (``weights``: the plugin's arrays)."""
+
+    version: int
+    sha256: str
+    weights: Weights
+
+
+class ModelStore:
+    """The newest global model whose sha256 matched, kept in memory and in ``path`` (npz).
+
+    A model follows the round it came in (``progress.round`` never goes back).
+    """
+
+    def __init__(self, *, progress: Progress, wait: float, path: Path) -> None:
+        self.held: HeldModel | None = None
+        self._progress = progress
+        self._wait = wait
+        self._path = path
+        self._arrived = asyncio.Condition()
+
+    def forget(self) -> None:
+        """Drop the held model (a new admission may belong to a new run)."""
+        self.held = None
+
+    async def on_model(self, message: Message[GlobalModel]) -> None:
+        """``model_para``: keep it if newer than the held one and its digest matches."""
+        body = message.body
+        if self.held is not None and body.version <= self.held.version:
+            return
+        # Hashing and copying a large model would stall the event loop: do it in a thread.
+        weights = await asyncio.to_thread(_verified_copy, body)
+        if weights is None:
+            log.warning("model_rejected", reason="digest_mismatch", version=body.version)
+            return
+        if self.held is not None and body.version <= self.held.version:
+            return  # a newer one arrived while this one was checked
+        self.held = HeldModel(body.version, body.sha256, weights)
+        self._progress.round = max(self._progress.round, message.round)
+        log.info("model_accepted", version=body.version, sha256=body.sha256[:12])
+        async with self._arrived:
+            self._arrived.notify_all()
+        await asyncio.to_thread(write_weights, self._path, weights)
+
+    async def wait_for(self, version: int, sha256: str) -> HeldModel | None:
+        """The model ``version`` with ``sha256``, waiting up to ``wait`` s; None if it did not
+        come or a different one is held."""
+        try:
+            async with asyncio.timeout(self._wait), self._arrived:
+                await self._arrived.wait_for(
+                    lambda: self.held is not None and self.held.version >= version
+                )
+        except TimeoutError:
+            log.warning("model_missing", version=version)
+            return None
+        model = self.held
+        if model is None or model.version != version or model.sha256 != sha256:
+            log.warning("model_superseded", wanted=version)
+            return None
+        return model
+
+
+def _verified_copy(model: GlobalModel) -> Weights | None:
+    """Writable copies of the model's arrays, or None when its sha256 does not match."""
+    if digest(model.tensors) != model.sha256:
+        return None
+    return [a.copy() for a in to_arrays(model.tensors)]

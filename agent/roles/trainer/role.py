@@ -1,0 +1,246 @@
+"""The trainer role: a long-lived agent that joins, trains when asked, evaluates on request.
+
+Listeners (kind → handler, round policy):
+
+=================  ===================  ==========  ======================================
+kind               topic                rounds      may send
+=================  ===================  ==========  ======================================
+join_accepted      inbox                any         —
+join_rejected      inbox                any         —
+model_para         global, inbox        any         —  (keeps the newest verified model)
+fit_ins            inbox                not stale   model_update, or advertise_keys and
+                                                    later masked_input (SecAgg+)
+relay_keys         inbox                current     share_keys
+relay_shares       inbox                current     —  (lets the masking proceed)
+unmask_request     inbox                current     unmask
+evaluate           evaluate             not stale   metrics
+finish             finish               any         join (again, for the next run)
+=================  ===================  ==========  ======================================
+
+The parts: ``ModelStore`` (model_para), ``FitPath`` (fit_ins, and the SecAgg+ stages, which it
+hands to the round's ``SecureFit``), ``evaluate``, ``StatusPublisher`` (status heartbeats);
+``Progress`` is their shared round and ``TrainerState``. Fits and evaluations run in the
+role's ``Worker`` (one of each at a time, a newer round's superseding an older one's).
+
+After ``finish`` the agent stays up, idle, and re-joins with a capped backoff so that the next
+run's aggregator finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from agent.bus.backoff import Backoff
+from agent.bus.base import Bus
+from agent.config import AgentConfig
+from agent.identity.local import Credentials
+from agent.messages import topics
+from agent.messages.bodies import EvaluateIns, Finish, JoinAccepted, JoinRejected, JoinRequest
+from agent.messages.envelope import Message
+from agent.messages.kinds import Kind
+from agent.plugin.loader import CheckedPlugin
+from agent.roles.trainer.evaluate import evaluate
+from agent.roles.trainer.fit import FitPath
+from agent.roles.trainer.model import HeldModel, ModelStore
+from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
+from agent.runtime.outbox import Outbox
+from agent.runtime.tasks import Worker, task_group
+
+log = structlog.get_logger(__name__)
+
+
+class Trainer:
+    """The trainer role over one ``bus``. ``run()`` returns only when cancelled."""
+
+    def __init__(self, *, config: AgentConfig, bus: Bus, plugin: CheckedPlugin) -> None:
+        self._config = config
+        self._bus = bus
+        self._plugin = plugin
+        self._fed = config.federation
+        self._id = config.agent_id
+        credentials = (
+            Credentials.load(config.identity, agent_id=self._id, federation=self._fed)
+            if config.identity.enabled
+            else None
+        )
+        self._outbox = Outbox(
+            bus,
+            federation=self._fed,
+            sender=self._id,
+            signer=credentials.signer if credentials else None,
+        )
+        self._progress = Progress()
+        self._models = ModelStore(
+            progress=self._progress,
+            wait=config.trainer.model_wait,
+            path=config.state_dir / "global_model.npz",
+        )
+        self._work = Worker("trainer")
+        self._fits = FitPath(
+            config=config,
+            plugin=plugin,
+            outbox=self._outbox,
+            models=self._models,
+            progress=self._progress,
+            work=self._work,
+        )
+        self._status = StatusPublisher(
+            bus=bus,
+            outbox=self._outbox,
+            agent_id=self._id,
+            progress=self._progress,
+            model_version=lambda: self.model.version if self.model else None,
+            heartbeat=config.trainer.heartbeat,
+        )
+        self._admitted = asyncio.Event()
+        self._rejoin = asyncio.Event()
+        #: set once the broker session is up with our subscriptions (systemd READY=1)
+        self.ready = asyncio.Event()
+        registry = ListenerRegistry()
+        registry.register(Kind.JOIN_ACCEPTED, self._on_join_accepted, rounds=RoundPolicy.ANY)
+        registry.register(Kind.JOIN_REJECTED, self._on_join_rejected, rounds=RoundPolicy.ANY)
+        registry.register(Kind.MODEL_PARA, self._models.on_model, rounds=RoundPolicy.ANY)
+        registry.register(Kind.FIT_INS, self._fits.on_fit_ins, rounds=RoundPolicy.NOT_STALE)
+        registry.register(Kind.RELAY_KEYS, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
+        registry.register(Kind.RELAY_SHARES, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
+        registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
+        registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
+        registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
+        self.dispatcher = Dispatcher(
+            federation=self._fed,
+            registry=registry,
+            current_round=lambda: self._progress.round,
+            max_payload=config.max_payload,
+            security=Security(credentials.verifier()) if credentials else None,
+        )
+
+    @property
+    def admitted(self) -> bool:
+        """Whether an aggregator admitted us (and we have not re-joined since)."""
+        return self._admitted.is_set()
+
+    @property
+    def round(self) -> int:
+        """The newest round this agent follows."""
+        return self._progress.round
+
+    @property
+    def model(self) -> HeldModel | None:
+        """The newest verified global model, if any."""
+        return self._models.held
+
+    @property
+    def state(self) -> TrainerState:
+        """What the agent is doing."""
+        return self._progress.state
+
+    @property
+    def status(self) -> str:
+        """What the agent is doing, for humans (``round 3: training``): the ``STATUS=`` of
+        the service manager and the ``detail`` of its status messages."""
+        return self._progress.detail
+
+    async def run(self) -> None:
+        """Subscribe, join, and serve until cancelled."""
+        for spec in (topics.GLOBAL_MODEL, topics.EVALUATE, topics.FINISH):
+            await self._bus.subscribe(spec.format(self._fed))
+        await self._bus.subscribe(topics.INBOX.format(self._fed, self._id))
+        self._bus.on_connect(self._on_connect)
+        with structlog.contextvars.bound_contextvars(agent_id=self._id, federation=self._fed):
+            try:
+                async with self._work.running(), task_group() as tg:
+                    tg.create_task(self.dispatcher.run(self._bus), name="trainer-receive")
+                    tg.create_task(self._mark_ready(), name="trainer-ready")
+                    tg.create_task(self._join_loop(), name="trainer-join")
+                    tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
+            finally:
+                await self._status.say_offline()
+
+    async def _mark_ready(self) -> None:
+        await self._bus.wait_connected()
+        self.ready.set()
+
+    # -- joining ------------------------------------------------------------------------
+
+    async def _on_connect(self, reconnect: bool) -> None:
+        await self._status.send("online")
+        if reconnect:
+            log.info("rejoining_after_reconnect")
+            self._rejoin.set()
+
+    async def _join_loop(self) -> None:
+        retry = self._config.trainer.join_retry
+        while True:
+            delays = Backoff(initial=retry, maximum=max(retry, 30.0)).delays()
+            while not self._admitted.is_set():
+                await self._send_join()
+                try:
+                    async with asyncio.timeout(next(delays)):
+                        await self._admitted.wait()
+                except TimeoutError:
+                    continue
+            await self._rejoin.wait()
+            self._rejoin.clear()
+            self._admitted.clear()
+            if self._progress.state is not TrainerState.FINISHED:
+                self._progress.enter(TrainerState.JOINING)
+
+    async def _send_join(self) -> None:
+        body = JoinRequest(
+            agent_id=self._id,
+            plugin=self._plugin.name,
+            num_examples=self._plugin.num_examples(),
+            capabilities=["fedavg"],
+        )
+        if await self._outbox.try_send(topics.JOIN, body, round=self._progress.round) is not None:
+            log.info("join_sent", num_examples=body.num_examples)
+
+    async def _on_join_accepted(self, message: Message[JoinAccepted]) -> None:
+        # A new admission may belong to a new run of the federation: follow its round.
+        self._progress.round = message.body.round
+        seal_key = message.body.seal_key
+        self._outbox.seal_to = X25519PublicKey.from_public_bytes(seal_key) if seal_key else None
+        if self._outbox.signer is not None and seal_key is None:
+            log.error(
+                "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
+            )
+        self._models.forget()
+        self._progress.enter(TrainerState.IDLE)
+        self._admitted.set()
+        log.info("join_accepted", aggregator=message.sender, round=self._progress.round)
+
+    async def _on_join_rejected(self, message: Message[JoinRejected]) -> None:
+        self._progress.enter(TrainerState.REJECTED)
+        log.error("join_rejected", aggregator=message.sender, reason=message.body.reason)
+
+    # -- evaluating and finishing -------------------------------------------------------
+
+    async def _on_evaluate(self, message: Message[EvaluateIns]) -> None:
+        if not self._admitted.is_set():
+            return
+        self._progress.round = message.round
+        work = partial(
+            evaluate,
+            message.round,
+            message.body,
+            plugin=self._plugin,
+            models=self._models,
+            outbox=self._outbox,
+            agent_id=self._id,
+        )
+        self._work.start(Kind.EVALUATE, work)
+
+    async def _on_finish(self, message: Message[Finish]) -> None:
+        log.info(
+            "federation_finished",
+            reason=message.body.reason,
+            final_version=message.body.final_version,
+        )
+        self._progress.enter(TrainerState.FINISHED)
+        # Stay up, idle; join again (with backoff) so the next run's aggregator finds us.
+        self._rejoin.set()
