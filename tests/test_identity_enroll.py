@@ -30,10 +30,11 @@ from agent.identity.ca import (
     new_key,
     verify_issued,
 )
-from agent.identity.enrollment import EnrollmentService, enroll
+from agent.identity.device import enroll
 from agent.identity.registry import AgentStatus, Registry
 from agent.messages import decode
 from agent.messages.bodies import EnrollReply, EnrollRequest
+from agent.runtime.enrollment import EnrollmentService
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 FED = "fed"

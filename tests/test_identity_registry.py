@@ -21,15 +21,15 @@ from agent.identity.ca import (
     load_certificate,
     save_ca,
 )
+from agent.identity.ca_dir import revoke_agent
 from agent.identity.registry import (
     CRL_FILE,
     REGISTRY_FILE,
     AgentStatus,
     CertStatus,
     Registry,
-    hash_token,
-    revoke_agent,
 )
+from agent.identity.tokens import hash_token
 
 pytestmark = pytest.mark.timeout(30)
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

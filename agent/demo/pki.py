@@ -23,10 +23,11 @@ from agent.bus.url import TlsFiles, bus_from_url
 from agent.errors import FedbusError
 from agent.identity.ca import CertificateAuthority, Role, init_ca, issue, save_ca, write_pem
 from agent.identity.ca import write_private_key as write_key
-from agent.identity.enrollment import EnrollmentService
-from agent.identity.registry import Registry, write_crl
+from agent.identity.ca_dir import write_crl
+from agent.identity.registry import Registry
 from agent.lockdown import Members, local_mosquitto_user, write_broker_config
 from agent.lockdown.files import BrokerFiles
+from agent.runtime.enrollment import EnrollmentService
 
 log = structlog.get_logger(__name__)
 AGGREGATOR_ID = "aggregator"
