@@ -21,10 +21,10 @@ from agent.cli.identity import parse_duration
 from agent.config import AgentConfig
 from agent.identity.ca import init_ca, load_ca
 from agent.identity.certificates import fingerprint, verify_issued
-from agent.identity.enrollment import EnrollmentService
 from agent.identity.local import Credentials
 from agent.identity.pem import load_certificate
 from agent.identity.registry import Registry
+from agent.runtime.enrollment import EnrollmentService
 
 pytestmark = pytest.mark.timeout(60)
 FED = "fed"
@@ -137,15 +137,15 @@ def test_agents_list_json(ca_dir: Path) -> None:
 
 
 def test_offline_csr_sign_import_then_revoke(ca_dir: Path, tmp_path: Path) -> None:
-    """The air-gapped path: `enroll --offline-csr` writes a 0600 key and a CSR;
-    `ca sign` issues and records the certificate; `enroll --import-cert` checks it against
+    """The air-gapped path: `enroll csr` writes a 0600 key and a CSR;
+    `ca sign` issues and records the certificate; `enroll import` checks it against
     the pinned CA and writes the identity and a trainer config whose [identity] loads. Then
     `revoke` marks the agent revoked and writes a CRL listing its serial; revoking an unknown
     agent fails with one error line."""
     state, csr, cert = tmp_path / "state", tmp_path / "dev.csr", tmp_path / "dev.pem"
     ok(
         "enroll",
-        "--offline-csr",
+        "csr",
         csr,
         "--agent-id",
         "off1",
@@ -162,7 +162,7 @@ def test_offline_csr_sign_import_then_revoke(ca_dir: Path, tmp_path: Path) -> No
 
     wrong = fedbus(
         "enroll",
-        "--import-cert",
+        "import",
         cert,
         "--ca-file",
         ca_dir / "ca.pem",
@@ -183,7 +183,7 @@ def test_offline_csr_sign_import_then_revoke(ca_dir: Path, tmp_path: Path) -> No
     config_path = tmp_path / "off1.toml"
     ok(
         "enroll",
-        "--import-cert",
+        "import",
         cert,
         "--ca-file",
         ca_dir / "ca.pem",
@@ -307,7 +307,7 @@ def test_a_tls_bus_url_gets_a_tls_table_with_the_agents_own_identity(
     state, csr, cert = tmp_path / "state", tmp_path / "dev.csr", tmp_path / "dev.pem"
     ok(
         "enroll",
-        "--offline-csr",
+        "csr",
         csr,
         "--agent-id",
         "tls1",
@@ -319,7 +319,7 @@ def test_a_tls_bus_url_gets_a_tls_table_with_the_agents_own_identity(
     ok("ca", "sign", csr, "--dir", ca_dir, "--out", cert)
     fp = fingerprint(load_certificate(ca_dir / "ca.pem"))
     common = [
-        "--import-cert",
+        "import",
         cert,
         "--ca-file",
         ca_dir / "ca.pem",

@@ -4,6 +4,7 @@ with the broker configs): the EnrollmentService answers, the device checks what 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -24,11 +25,12 @@ from agent.bus.url import bus_from_url
 from agent.errors import IdentityError
 from agent.identity.ca import CertificateAuthority, init_ca, new_key
 from agent.identity.certificates import verify_issued
-from agent.identity.enrollment import EnrollmentService, enroll
+from agent.identity.device import enroll
 from agent.identity.registry import AgentStatus, Registry
 from agent.messages import decode
 from agent.messages.bodies import EnrollReply, EnrollRequest
 from agent.role import Identity, Role
+from agent.runtime.enrollment import EnrollmentService
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 FED = "fed"
@@ -230,6 +232,49 @@ async def test_malformed_requests_are_answered_and_never_stop_the_service(
             timeout=10,
         )
     assert result.identity.agent_id == "dev1"
+
+
+async def test_drops_are_answered_with_the_dispatchers_reason_and_resends_once(
+    mosquitto: EmbeddedBroker, ca: CertificateAuthority, registry: Registry
+) -> None:
+    """The service's requests go through the Dispatcher: an envelope of another federation
+    is dropped (logged as message_dropped) and answered `wrong_federation`; a request re-sent
+    byte for byte (the device's retry) is answered once, not refused as `used_token`."""
+    from agent.identity.ca import build_csr
+    from agent.messages import encode
+
+    token = registry.create_token("dev1", 60)
+    csr = build_csr(new_key(), agent_id="dev1", federation=FED)
+    request = EnrollRequest(
+        agent_id="dev1", csr=csr.public_bytes(serialization.Encoding.PEM), token=token
+    )
+    payload = encode(request, federation=FED, round=0, sender="dev1")
+    foreign = encode(
+        EnrollRequest(agent_id="j4", csr=b"x", token="t"), federation="other", round=0, sender="j4"
+    )
+    replies: list[EnrollReply] = []
+    with capture_logs() as logs:
+        async with (
+            serving(mosquitto.url, ca, registry),
+            bus_from_url(mosquitto.url, BusSettings(client_id="dev")) as dev,
+        ):
+            await dev.subscribe(f"fl/{FED}/enroll_reply/+")
+            await dev.wait_connected(timeout=10)
+            await dev.publish(f"fl/{FED}/enroll/j4", foreign)
+            await dev.publish(f"fl/{FED}/enroll/dev1", payload)
+            await dev.publish(f"fl/{FED}/enroll/dev1", payload)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3):
+                    async for raw in dev.messages():
+                        reply = decode(raw.payload).body
+                        assert isinstance(reply, EnrollReply)
+                        replies.append(reply)
+    assert sorted((r.agent_id, r.status, r.reason) for r in replies) == [
+        ("dev1", "ok", ""),
+        ("j4", "error", "wrong_federation"),
+    ]
+    dropped = sorted(e["reason"] for e in logs if e["event"] == "message_dropped")
+    assert dropped == ["duplicate", "wrong_federation"]
 
 
 async def test_reenrolling_issues_a_new_certificate_and_supersedes_the_old(

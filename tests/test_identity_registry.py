@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.errors import IdentityError
 from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
+from agent.identity.ca_dir import revoke_agent
 from agent.identity.certificates import identity_of
 from agent.identity.pem import load_certificate
 from agent.identity.registry import (
@@ -21,9 +22,8 @@ from agent.identity.registry import (
     AgentStatus,
     CertStatus,
     Registry,
-    hash_token,
-    revoke_agent,
 )
+from agent.identity.tokens import hash_token
 from agent.role import Role
 
 pytestmark = pytest.mark.timeout(30)

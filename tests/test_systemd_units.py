@@ -23,13 +23,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.cli.service import (
-    TEMPLATE_FEDBUS,
-    Layout,
-    find_template,
-    install,
-    service,
-)
+from agent.cli.service import install, service
+from agent.cli.units import TEMPLATE_FEDBUS, UNIT_ROLES, Layout, find_template
 from agent.config import AgentConfig, IdentityConfig, PluginConfig, TlsConfig
 from agent.errors import ConfigError
 from agent.role import Role
@@ -93,7 +88,7 @@ def test_rendering_changes_only_the_program_path(role: str, tmp_path: Path) -> N
     """The verified unit is the shipped one: rendering for another prefix replaces the
     ExecStart program and nothing else (the default config directory is kept as %E)."""
     path, _ = rendered(role, tmp_path)
-    shipped = find_template(role).read_text().splitlines()
+    shipped = find_template(UNIT_ROLES[role]).read_text().splitlines()
     ours = path.read_text().splitlines()
     changed = [(a, b) for a, b in zip(shipped, ours, strict=True) if a != b]
     fedbus = str(Path(sys.prefix).absolute() / "bin" / "fedbus")
@@ -108,7 +103,13 @@ def test_units_exposure_is_at_most_2(role: str, systemd_analyze: str) -> None:
     agent: 1.2; what remains is network access, which an agent needs, and the root
     directory and a read-only RTC device)."""
     run = subprocess.run(
-        [systemd_analyze, "security", "--offline=true", "--no-pager", str(find_template(role))],
+        [
+            systemd_analyze,
+            "security",
+            "--offline=true",
+            "--no-pager",
+            str(find_template(UNIT_ROLES[role])),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -125,7 +126,7 @@ def test_aggregator_unit_mirrors_the_agent_unit() -> None:
     setting changed in one cannot be forgotten in the other."""
 
     def body(role: str) -> str:
-        text = find_template(role).read_text()
+        text = find_template(UNIT_ROLES[role]).read_text()
         return text[text.index("[Unit]") :]
 
     agent = body("agent")
@@ -145,10 +146,10 @@ def test_units_use_the_paths_service_install_lays_out(role: str) -> None:
     """The credentials, config and state directories the unit names (specifiers expanded
     as systemd does for a system service) are the ones ``Layout`` writes and points the
     config at, and the config and key reach the service as credentials."""
-    layout = Layout(role, FED)
+    layout = Layout(UNIT_ROLES[role], FED)
     spec = {"%E": "/etc", "%S": "/var/lib", "%i": FED}
     settings: dict[str, list[str]] = {}
-    for line in find_template(role).read_text().splitlines():
+    for line in find_template(UNIT_ROLES[role]).read_text().splitlines():
         if line and not line.startswith(("#", "[")):
             key, value = line.split("=", 1)
             settings.setdefault(key, []).append(re.sub(r"%[ESi]", lambda m: spec[m[0]], value))
@@ -226,7 +227,7 @@ def test_install_moves_the_key_rewrites_the_config_and_is_idempotent(tmp_path: P
     runs daemon-reload and enable --now; run again, it changes nothing."""
     key = enrolled(tmp_path)
     secret = key.read_bytes()
-    layout = Layout("agent", FED, tmp_path / "etc")
+    layout = Layout(Role.TRAINER, FED, tmp_path / "etc")
     fedbus = fake_fedbus(tmp_path)
     ran: list[list[str]] = []
     lines: list[str] = []
@@ -285,7 +286,7 @@ def test_install_refuses_configs_the_sandbox_cannot_run(
     ran: list[list[str]] = []
     with pytest.raises(ConfigError, match=re.escape(message)):
         install(
-            Layout("aggregator", FED, tmp_path / "etc"),
+            Layout(Role.AGGREGATOR, FED, tmp_path / "etc"),
             fedbus=fake_fedbus(tmp_path),
             unit_dir=tmp_path / "units",
             dry_run=False,
@@ -312,10 +313,12 @@ def test_install_refuses_the_wrong_role_and_an_interpreter_under_root(tmp_path: 
     with pytest.raises(
         ConfigError, match="configures a trainer of 'fedbus-test-plant-3', not an aggregator"
     ):
-        install(Layout("aggregator", FED, tmp_path / "etc"), fedbus=fake_fedbus(tmp_path), **args)
+        install(
+            Layout(Role.AGGREGATOR, FED, tmp_path / "etc"), fedbus=fake_fedbus(tmp_path), **args
+        )
     with pytest.raises(ConfigError, match="ProtectHome=yes hides /root"):
         install(
-            Layout("agent", FED, tmp_path / "etc"),
+            Layout(Role.TRAINER, FED, tmp_path / "etc"),
             fedbus=fake_fedbus(tmp_path / "x", "/root/.pyenv/bin/python3"),
             **args,
         )

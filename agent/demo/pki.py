@@ -22,13 +22,14 @@ from agent.bus.base import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.errors import FedbusError
 from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
-from agent.identity.enrollment import EnrollmentService
+from agent.identity.ca_dir import write_crl
 from agent.identity.pem import write_pem
 from agent.identity.pem import write_private_key as write_key
-from agent.identity.registry import Registry, write_crl
+from agent.identity.registry import Registry
 from agent.lockdown import Members, local_mosquitto_user, write_broker_config
 from agent.lockdown.files import BrokerFiles
 from agent.role import Role
+from agent.runtime.enrollment import EnrollmentService
 
 log = structlog.get_logger(__name__)
 AGGREGATOR_ID = "aggregator"

@@ -1,20 +1,10 @@
 """The aggregator's registry: enrolled agents, their certificates, one-time tokens.
 
-One SQLite file (stdlib ``sqlite3``, WAL journal), by default ``CA_DIR/registry.sqlite``
-beside the CA (``fedbus ca init`` creates both). Three tables:
-
-- ``agents``: one row per agent id: role, status (``enrolled`` | ``revoked``), the serial
-  and SHA-256 fingerprint of its *current* certificate, enrolled at, last seen, revoked at.
-- ``certificates``: every certificate ever recorded (serial, agent id, fingerprint, issued
-  at, revoked at). It keeps the history that ``agents`` overwrites: when an agent enrolls
-  again its previous certificate is revoked here ("superseded"), so a lost or stolen old key
-  stops working, and every revoked serial stays in the CRL (``revoked_serials``).
-- ``tokens``: one-time enrollment tokens. Only the SHA-256 of a token is stored, so a copy
-  of the database does not let anyone enroll.
-
-Serials are stored as decimal text: X.509 serials are up to 20 octets (RFC 5280 §4.1.2.2),
-more than SQLite's 64-bit integers hold. Times are stored as Unix seconds (REAL) and returned
-as timezone-aware UTC datetimes.
+One SQLite file, by default ``CA_DIR/registry.sqlite`` beside the CA (``fedbus ca init``
+creates both); its tables and storage formats are in ``agent.identity.store``, the tokens in
+``agent.identity.tokens``. When an agent enrolls again its previous certificate is revoked
+("superseded"), so a lost or stolen old key stops working, and every revoked serial stays in
+the CRL (``revoked_serials``).
 
 Trust decisions (``is_revoked``): a certificate is revoked when its serial was revoked
 (``fedbus revoke``) or superseded by a re-enrollment, when its agent is revoked, or when its
@@ -25,14 +15,12 @@ to admit it is the caller's policy.
 
 Every method is safe to call from several threads on one ``Registry`` (a lock serialises
 them), and several processes may open the same file (SQLite's own locking; writers wait up
-to ``BUSY_TIMEOUT`` seconds).
+to ``agent.identity.store.BUSY_TIMEOUT`` seconds).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -44,48 +32,15 @@ from typing import Self
 from cryptography import x509
 
 from agent.errors import IdentityError
-from agent.identity.ca import build_crl, load_ca
+from agent.identity import store, tokens
 from agent.identity.certificates import fingerprint
-from agent.identity.pem import write_pem
+from agent.identity.store import from_unix, to_unix
 from agent.role import Identity, Role
 
 #: The registry's file name in a CA directory.
 REGISTRY_FILE = "registry.sqlite"
 #: The certificate revocation list's file name in a CA directory (what brokers load).
 CRL_FILE = "crl.pem"
-#: Seconds a writer waits for another connection's write lock.
-BUSY_TIMEOUT = 10.0
-#: Bytes of randomness in a token (``secrets.token_urlsafe``): 256 bits.
-TOKEN_BYTES = 32
-
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-    agent_id    TEXT PRIMARY KEY,
-    role        TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('enrolled', 'revoked')),
-    serial      TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    enrolled_at REAL NOT NULL,
-    last_seen   REAL,
-    revoked_at  REAL
-);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial      TEXT PRIMARY KEY,
-    agent_id    TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    issued_at   REAL NOT NULL,
-    revoked_at  REAL
-);
-CREATE INDEX IF NOT EXISTS certificates_agent ON certificates (agent_id);
-CREATE TABLE IF NOT EXISTS tokens (
-    token_sha256 TEXT PRIMARY KEY,
-    agent_id     TEXT NOT NULL,
-    created_at   REAL NOT NULL,
-    expires_at   REAL NOT NULL,
-    used_at      REAL
-);
-"""
 
 
 class AgentStatus(StrEnum):
@@ -121,35 +76,6 @@ class AgentRow:
     revoked_at: dt.datetime | None
 
 
-def hash_token(token: str) -> str:
-    """The SHA-256 (hex) under which a token is stored and may be logged."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _ts(when: dt.datetime | None) -> float:
-    if when is None:
-        return dt.datetime.now(dt.UTC).timestamp()
-    if when.tzinfo is None:
-        raise ValueError("registry times must be timezone-aware")
-    return when.timestamp()
-
-
-def _dt(value: float | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
-
-
-def _prepare(db: sqlite3.Connection, path: Path) -> None:
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, _SCHEMA_VERSION):
-        raise IdentityError(
-            "unreadable", f"registry {path} has schema {version}, not {_SCHEMA_VERSION}"
-        )
-    db.executescript(_SCHEMA)
-    db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-
-
 class Registry:
     """The registry database. Open with ``Registry.open(path)``; close with ``close()`` or
     use it as a context manager."""
@@ -166,21 +92,7 @@ class Registry:
         Raises:
             IdentityError: reason ``unreadable``: not a registry or not openable.
         """
-        try:
-            db = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise IdentityError("unreadable", f"cannot open registry {path}: {exc}") from exc
-        try:
-            _prepare(db, path)
-        except sqlite3.Error as exc:
-            db.close()
-            raise IdentityError("unreadable", f"{path} is not a fedbus registry: {exc}") from exc
-        except IdentityError:
-            db.close()
-            raise
-        return cls(db, path)
+        return cls(store.connect(path), path)
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -213,15 +125,8 @@ class Registry:
         """
         if not ttl_seconds > 0:
             raise ValueError(f"a token's ttl must be positive, not {ttl_seconds}")
-        token = secrets.token_urlsafe(TOKEN_BYTES)
-        created = _ts(now)
         with self._lock:
-            self._db.execute(
-                "INSERT INTO tokens (token_sha256, agent_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?)",
-                (hash_token(token), agent_id, created, created + ttl_seconds),
-            )
-        return token
+            return tokens.insert_token(self._db, agent_id, created=to_unix(now), ttl=ttl_seconds)
 
     def redeem_token(self, token: str, agent_id: str, now: dt.datetime | None = None) -> None:
         """Use ``token`` up for ``agent_id``: atomically, so of two concurrent redemptions
@@ -232,33 +137,8 @@ class Registry:
                 another agent id; the token stays usable for that one), ``used_token``
                 (already used) or ``expired_token`` (past its expiry).
         """
-        digest = hash_token(token)
-        when = _ts(now)
         with self._lock:
-            row = self._db.execute(
-                "SELECT agent_id, expires_at, used_at FROM tokens WHERE token_sha256 = ?",
-                (digest,),
-            ).fetchone()
-            if row is None:
-                raise IdentityError("bad_token", "unknown enrollment token")
-            owner, expires_at, used_at = row
-            if owner != agent_id:
-                raise IdentityError(
-                    "wrong_agent", f"the token was issued for another agent id, not {agent_id!r}"
-                )
-            if used_at is not None:
-                raise IdentityError("used_token", "the enrollment token was already used")
-            if expires_at <= when:
-                raise IdentityError(
-                    "expired_token", f"the enrollment token expired at {_dt(expires_at)}"
-                )
-            cursor = self._db.execute(
-                "UPDATE tokens SET used_at = ? WHERE token_sha256 = ? AND used_at IS NULL"
-                " AND expires_at > ?",
-                (when, digest, when),
-            )
-            if cursor.rowcount != 1:  # another connection used it between SELECT and UPDATE
-                raise IdentityError("used_token", "the enrollment token was already used")
+            tokens.redeem(self._db, token, agent_id, when=to_unix(now))
 
     # -- agents and certificates -------------------------------------------------------
 
@@ -284,7 +164,7 @@ class Registry:
         """
         if identity.serial != cert.serial_number:
             raise ValueError("the identity's serial is not the certificate's")
-        when = _ts(now)
+        when = to_unix(now)
         serial, fp = str(cert.serial_number), fingerprint(cert)
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -341,7 +221,7 @@ class Registry:
         Raises:
             IdentityError: reason ``unknown_agent``: no such agent in the registry.
         """
-        when = _ts(now)
+        when = to_unix(now)
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             cursor = self._db.execute(
@@ -426,7 +306,7 @@ class Registry:
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE agents SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE agent_id = ?",
-                (_ts(when), agent_id),
+                (to_unix(when), agent_id),
             )
         return cursor.rowcount == 1
 
@@ -443,42 +323,6 @@ def _row(row: tuple[str, str, str, str, str, float, float | None, float | None])
         serial=int(serial),
         fingerprint=fp,
         enrolled_at=dt.datetime.fromtimestamp(enrolled_at, dt.UTC),
-        last_seen=_dt(last_seen),
-        revoked_at=_dt(revoked_at),
+        last_seen=from_unix(last_seen),
+        revoked_at=from_unix(revoked_at),
     )
-
-
-# -- a CA directory ----------------------------------------------------------------------
-
-
-def write_crl(ca_dir: Path, registry: Registry) -> Path:
-    """Write ``ca_dir/crl.pem``: a CRL (RFC 5280 §5) signed by the CA in ``ca_dir`` listing
-    every revoked serial in ``registry``. Returns its path.
-
-    Raises:
-        IdentityError: the CA cannot be loaded (reason ``unreadable``).
-    """
-    ca = load_ca(ca_dir)
-    path = ca_dir / CRL_FILE
-    write_pem(path, build_crl(ca, registry.revoked_serials()))
-    return path
-
-
-def revoke_agent(ca_dir: Path, agent_id: str) -> list[int]:
-    """Revoke ``agent_id`` in the registry of the CA directory ``ca_dir`` and rewrite
-    ``ca_dir/crl.pem``. What ``fedbus revoke`` does; brokers must then reload the CRL.
-
-    Returns:
-        Every revoked serial of the agent.
-
-    Raises:
-        IdentityError: reason ``unknown_agent`` (no such agent) or ``unreadable`` (no CA or
-            registry in ``ca_dir``).
-    """
-    path = ca_dir / REGISTRY_FILE
-    if not path.is_file():
-        raise IdentityError("unreadable", f"no registry at {path} (run `fedbus ca init`)")
-    with Registry.open(path) as registry:
-        serials = registry.revoke(agent_id)
-        write_crl(ca_dir, registry)
-    return serials

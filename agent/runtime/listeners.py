@@ -46,6 +46,8 @@ from agent.runtime.dedupe import SeenIds
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Message[Any]], Awaitable[None]]
+#: Awaited for each dropped message: the raw message, the drop reason and its detail.
+DropHook = Callable[[BusMessage, str, str], Awaitable[None]]
 #: Payloads at least this large are checked and decoded in a worker thread.
 OFFLOAD_BYTES = 64 * 1024
 
@@ -138,6 +140,9 @@ class Dispatcher:
         max_payload: larger payloads are dropped as ``oversized``.
         seen_capacity: how many message ids to remember for duplicate detection.
         security: signature and sealing checks (None: identities off).
+        on_drop: awaited after each drop is logged, e.g. to tell an unsigned sender why (the
+            enrollment service answers the device); it must not raise. None: drops are only
+            logged.
     """
 
     def __init__(
@@ -149,8 +154,10 @@ class Dispatcher:
         max_payload: int,
         seen_capacity: int = 8192,
         security: Security | None = None,
+        on_drop: DropHook | None = None,
     ) -> None:
         self._federation = federation
+        self._on_drop = on_drop
         self.security = security
         self._registry = registry
         self._current_round = current_round
@@ -219,10 +226,14 @@ class Dispatcher:
                 listener, message = self.accept(raw)
         except ProtocolError as exc:
             self._drop(raw, exc.reason, str(exc))
+            if self._on_drop is not None:
+                await self._on_drop(raw, exc.reason, str(exc))
             return False
         except Exception as exc:  # a decoder bug must not end the receive loop either
             log.exception("decode_failed_unexpectedly", topic=raw.topic)
             self._drop(raw, DecodeError.reason, repr(exc))
+            if self._on_drop is not None:
+                await self._on_drop(raw, DecodeError.reason, "the message could not be decoded")
             return False
         metrics.MESSAGES_RECEIVED.labels(str(message.kind)).inc()
         metrics.BYTES_RECEIVED.labels(str(message.kind)).inc(len(raw.payload))

@@ -20,7 +20,6 @@ from agent.bus.url import TlsFiles, bus_from_url
 from agent.config import AgentConfig
 from agent.errors import PluginError
 from agent.identity.ca import load_ca
-from agent.identity.enrollment import EnrollmentService
 from agent.identity.registry import CertStatus, Registry
 from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
@@ -30,6 +29,7 @@ from agent.roles.liveness import status_will
 from agent.roles.records import RoundObserver, RunSummary
 from agent.roles.trainer import Trainer
 from agent.runtime import metrics
+from agent.runtime.enrollment import EnrollmentService
 from agent.runtime.sdnotify import process_notifier, serve_role
 
 log = structlog.get_logger(__name__)
