@@ -52,6 +52,7 @@ from agent.messages.bodies import (
     JoinAccepted,
     JoinRejected,
     JoinRequest,
+    Liveness,
     MaskedInput,
     ModelUpdate,
     RelayKeys,
@@ -65,6 +66,7 @@ from agent.plugin.api import FitResult, Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.secure_fit import REFUSED, SecureFit, parse_setup
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
+from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
 from agent.secagg.vector import flatten
@@ -85,7 +87,14 @@ class HeldModel:
 class Trainer:
     """The trainer role over one ``bus``. ``run()`` returns only when cancelled."""
 
-    def __init__(self, *, config: AgentConfig, bus: Bus, plugin: CheckedPlugin) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        bus: Bus,
+        plugin: CheckedPlugin,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._config = config
         self._bus = bus
         self._plugin = plugin
@@ -101,7 +110,9 @@ class Trainer:
             federation=self._fed,
             sender=self._id,
             signer=credentials.signer if credentials else None,
+            metrics=metrics,
         )
+        self.metrics = self._outbox.metrics
         self.round = 0
         self.model: HeldModel | None = None
         self.status = "joining"
@@ -128,6 +139,7 @@ class Trainer:
             current_round=lambda: self.round,
             max_payload=config.max_payload,
             security=Security(credentials.verifier()) if credentials else None,
+            metrics=self.metrics,
         )
 
     @property
@@ -154,7 +166,7 @@ class Trainer:
 
     # -- liveness -----------------------------------------------------------------------
 
-    async def _send_status(self, state: str) -> None:
+    async def _send_status(self, state: Liveness) -> None:
         body = AgentStatus(
             state=state,
             detail=self.status[:1024],
@@ -166,7 +178,7 @@ class Trainer:
         """``status: online`` (retained) once connected, then every ``heartbeat`` seconds."""
         while True:
             await self._bus.wait_connected()
-            await self._send_status("online")
+            await self._send_status(Liveness.ONLINE)
             await asyncio.sleep(self._config.trainer.heartbeat)
 
     async def _say_offline(self) -> None:
@@ -174,7 +186,7 @@ class Trainer:
         connection); best effort, bounded."""
         try:
             async with asyncio.timeout(2.0):
-                await self._send_status("offline")
+                await self._send_status(Liveness.OFFLINE)
         except TimeoutError:
             log.warning("offline_status_not_sent")
 
@@ -185,7 +197,7 @@ class Trainer:
     # -- joining ------------------------------------------------------------------------
 
     async def _on_connect(self, reconnect: bool) -> None:
-        await self._send_status("online")
+        await self._send_status(Liveness.ONLINE)
         if reconnect:
             log.info("rejoining_after_reconnect")
             self._rejoin.set()

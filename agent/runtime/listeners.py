@@ -46,8 +46,8 @@ from agent.messages.codec import decode_body, decode_envelope
 from agent.messages.envelope import Envelope, Message
 from agent.messages.kinds import Kind
 from agent.messages.topics import Role, TopicSpec, classify
-from agent.runtime import metrics
 from agent.runtime.dedupe import SeenIds
+from agent.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +143,7 @@ class Dispatcher:
         max_payload: larger payloads are dropped as ``oversized``.
         seen_capacity: how many message ids to remember for duplicate detection.
         security: signature and sealing checks (None: identities off).
+        metrics: counts accepted and dropped messages (the role's; default: its own).
     """
 
     def __init__(
@@ -154,8 +155,10 @@ class Dispatcher:
         max_payload: int,
         seen_capacity: int = 8192,
         security: Security | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._federation = federation
+        self.metrics = Metrics() if metrics is None else metrics
         self.security = security
         self._registry = registry
         self._current_round = current_round
@@ -225,8 +228,8 @@ class Dispatcher:
             log.exception("decode_failed_unexpectedly", topic=raw.topic)
             self._drop(raw, DecodeError.reason, repr(exc))
             return False
-        metrics.MESSAGES_RECEIVED.labels(str(message.kind)).inc()
-        metrics.BYTES_RECEIVED.labels(str(message.kind)).inc(len(raw.payload))
+        self.metrics.messages_received.labels(str(message.kind)).inc()
+        self.metrics.bytes_received.labels(str(message.kind)).inc(len(raw.payload))
         # Every line a handler logs (and every task it starts) carries the message's context.
         with structlog.contextvars.bound_contextvars(
             round=message.round, msg_kind=str(message.kind), peer=message.sender
@@ -242,7 +245,7 @@ class Dispatcher:
 
     def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        metrics.MESSAGES_DROPPED.labels(reason).inc()
+        self.metrics.messages_dropped.labels(reason).inc()
         log.warning(
             "message_dropped",
             reason=reason,
