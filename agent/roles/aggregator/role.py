@@ -71,7 +71,6 @@ class Aggregator:
     ) -> None:
         schedule, fed = config.aggregator, config.federation
         self._bus, self._fed, self._schedule = bus, fed, schedule
-        self._observer = observer
         self.metrics = Metrics() if metrics is None else metrics
         credentials = (
             Credentials.load(config.identity, agent_id=config.agent_id, federation=fed)
