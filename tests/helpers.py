@@ -24,7 +24,7 @@ from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
-from agent.roles.records import RunSummary
+from agent.roles.aggregator.records import RunSummary
 from agent.roles.trainer import Trainer
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 

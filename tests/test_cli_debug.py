@@ -116,3 +116,33 @@ def test_publish_refuses_a_body_that_does_not_fit_its_kind(
     run = fedbus("publish", "join", "--as", str(a1), "--body", '{"agent_id": "a1"}')
     assert run.returncode == 2
     assert "not a valid join body" in run.stderr
+
+
+def test_status_lines_read_as_sentences() -> None:
+    """`fedbus status` without --json: the phase's detail after the round, each agent with
+    its liveness (unknown while it never said), and the last round."""
+    from agent.cli.debug import status_lines
+    from agent.messages.bodies import (
+        AgentSummary,
+        FederationStatus,
+        Liveness,
+        RoundPhase,
+        RoundSummary,
+    )
+
+    summary = FederationStatus(
+        round=7,
+        phase=RoundPhase.TRAINING,
+        detail="training (2 agents)",
+        agents={
+            "a1": AgentSummary(state=Liveness.ONLINE, detail="round 7: training", admitted=True),
+            "a2": AgentSummary(state=None, admitted=True),
+        },
+        last_round=RoundSummary(round=6, survivors=["a1"], dropouts=["a2"], accuracy=0.5),
+    )
+    lines = status_lines("demo", summary)
+    assert lines[0] == "federation demo: round 7, training (2 agents)"
+    assert lines[1] == "agents: 1 online of 2"
+    assert lines[2].split()[:3] == ["a1", "online", "admitted"]
+    assert lines[3].split()[:3] == ["a2", "unknown", "admitted"]
+    assert lines[4].startswith("last round 6: 1 survivors, dropouts a2, accuracy 50.00%")

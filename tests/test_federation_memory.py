@@ -76,3 +76,13 @@ async def test_fit_config_reaches_the_plugin(tmp_path: Path) -> None:
         {"epochs": 3, "lr": 0.5, "round": 1},
         {"epochs": 3, "lr": 0.5, "round": 2},
     ]
+
+
+async def test_the_aggregator_unbinds_its_log_context_when_it_ends(tmp_path: Path) -> None:
+    """run() binds federation and role for its log lines only while it runs: the caller's
+    structlog context is as it was afterwards."""
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
+    await federate(tmp_path, {"a1": toy(1.0, 1)}, rounds=1)
+    assert structlog.contextvars.get_contextvars() == {}

@@ -17,7 +17,7 @@ from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.config import AgentConfig, SecAggConfig, SecureAggregation
 from agent.plugin.loader import CheckedPlugin
-from agent.roles.records import RunSummary
+from agent.roles.aggregator.records import RunSummary
 from agent.roles.trainer import Trainer
 from tests.helpers import aggregator_config, federate_in_memory, toy, trainer_config
 

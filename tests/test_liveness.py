@@ -19,10 +19,10 @@ from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.bus.url import bus_from_url
 from agent.messages import decode
-from agent.messages.bodies import AgentStatus, FederationStatus
+from agent.messages.bodies import AgentStatus, FederationStatus, Liveness, RoundPhase
 from agent.roles.aggregator import Aggregator
-from agent.roles.liveness import Liveness, status_will
-from agent.roles.records import RoundRecord
+from agent.roles.aggregator.records import RoundRecord
+from agent.roles.liveness import LivenessTracker, status_will
 from agent.roles.trainer import Trainer
 from tests.helpers import aggregator_config, toy, trainer_config
 
@@ -33,17 +33,17 @@ def test_an_agent_is_gone_when_it_says_so_or_its_heartbeats_stop() -> None:
     """online → alive; offline → not; online but silent for longer than the timeout → not;
     never heard of → judged by its answers (alive)."""
     now = [1000.0]
-    live = Liveness(timeout=10, clock=lambda: now[0])
+    live = LivenessTracker(timeout=10, clock=lambda: now[0])
     assert live.alive("x")
-    assert live.state("x") == "unknown"
-    assert live.update("a", AgentStatus(state="online"))
+    assert live.state("x") is None  # unknown
+    assert live.update("a", AgentStatus(state=Liveness.ONLINE))
     assert live.alive("a")
     now[0] += 11
     assert not live.alive("a")
     assert live.state("a") == "offline"
-    assert not live.update("a", AgentStatus(state="online"))  # same state: no change
+    assert not live.update("a", AgentStatus(state=Liveness.ONLINE))  # same state: no change
     assert live.alive("a")
-    assert live.update("a", AgentStatus(state="offline"))
+    assert live.update("a", AgentStatus(state=Liveness.OFFLINE))
     assert not live.alive("a")
 
 
@@ -152,6 +152,7 @@ async def test_fedbus_status_shows_the_federation(
         await bus.__aexit__(None, None, None)
     assert shown.returncode == 0, shown.stderr
     summary = json.loads(shown.stdout)
-    assert summary["stage"] == "waiting for 3 agents"
+    assert summary["phase"] == RoundPhase.WAITING_FOR_AGENTS
+    assert summary["detail"] == "waiting for 3 agents"
     assert {a: s["state"] for a, s in summary["agents"].items()} == {"a1": "online", "a2": "online"}
     assert all(s["admitted"] for s in summary["agents"].values())

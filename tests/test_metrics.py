@@ -1,56 +1,103 @@
-"""The Prometheus metrics: rounds, dropouts, bytes and drops are counted, and /metrics serves
-them."""
+"""The Prometheus metrics: rounds, dropouts, bytes and drops are counted, each role in its own
+registry, and /metrics serves them."""
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from agent.brokers import free_port
-from agent.bus.base import BusMessage
+from agent.bus.base import BusMessage, BusSettings
+from agent.bus.memory import MemoryBroker, MemoryBus
+from agent.plugin.loader import CheckedPlugin
+from agent.roles.aggregator import Aggregator
+from agent.roles.trainer import Trainer
 from agent.runtime import metrics
-from tests.helpers import federate, make, toy
+from agent.runtime.metrics import Metrics
+from tests.helpers import aggregator_config, make, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def value(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+async def federate_counted(
+    tmp_path: Path, plugins: dict[str, CheckedPlugin], rounds: int
+) -> tuple[Metrics, dict[str, Metrics]]:
+    """An in-memory federation in which the aggregator and every trainer count into a
+    ``Metrics`` of their own; returns them."""
+    broker = MemoryBroker()
+    counted = {agent_id: Metrics() for agent_id in plugins}
+    config = aggregator_config("mem://", tmp_path, agents=len(plugins), rounds=rounds)
+    buses = []
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = []
+            for agent_id, plugin in plugins.items():
+                bus = MemoryBus(broker, BusSettings(client_id=agent_id))
+                await bus.__aenter__()
+                buses.append(bus)
+                cfg = trainer_config(agent_id, "mem://", tmp_path)
+                trainer = Trainer(config=cfg, bus=bus, plugin=plugin, metrics=counted[agent_id])
+                tasks.append(tg.create_task(trainer.run()))
+            async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
+                aggregator = Aggregator(
+                    config=config,
+                    bus=bus,
+                    plugin_name="toy",
+                    initial_weights=toy(0, 1).get_weights(),
+                )
+                await aggregator.run()
+            for task in tasks:
+                task.cancel()
+    finally:
+        for bus in buses:
+            await bus.__aexit__(None, None, None)
+    return aggregator.metrics, counted
 
 
 async def test_a_federation_is_counted(tmp_path: Path) -> None:
     """Two rounds of three agents: two completed rounds, model updates received and
     global models sent are counted with their bytes, and each round's duration observed."""
-    before = {
-        "rounds": value("fedbus_rounds_total", outcome="completed"),
-        "updates": value("fedbus_messages_received_total", kind="model_update"),
-        "update_bytes": value("fedbus_bytes_received_total", kind="model_update"),
-        "models": value("fedbus_messages_sent_total", kind="model_para"),
-        "observed": value("fedbus_round_seconds_count"),
-    }
-    await federate(tmp_path, {"a1": toy(1.0, 1), "a2": toy(2.0, 1), "a3": toy(3.0, 1)}, rounds=2)
-    assert value("fedbus_rounds_total", outcome="completed") - before["rounds"] == 2
-    assert value("fedbus_messages_received_total", kind="model_update") - before["updates"] == 6
-    assert value("fedbus_bytes_received_total", kind="model_update") > before["update_bytes"]
-    assert value("fedbus_messages_sent_total", kind="model_para") - before["models"] >= 2
-    assert value("fedbus_round_seconds_count") - before["observed"] == 2
+    plugins = {"a1": toy(1.0, 1), "a2": toy(2.0, 1), "a3": toy(3.0, 1)}
+    m, _ = await federate_counted(tmp_path, plugins, rounds=2)
+    assert m.value("fedbus_rounds_total", outcome="completed") == 2
+    assert m.value("fedbus_messages_received_total", kind="model_update") == 6
+    assert m.value("fedbus_bytes_received_total", kind="model_update") > 0
+    assert m.value("fedbus_messages_sent_total", kind="model_para") >= 2
+    assert m.value("fedbus_round_seconds_count") == 2
+
+
+async def test_two_roles_in_one_process_keep_separate_counts(tmp_path: Path) -> None:
+    """Aggregator and trainers in one process: each registry holds only its own role's
+    counts (the aggregator receives the updates the trainers send; no trainer counts a
+    round), and a second run starts from zero instead of adding to the first."""
+    plugins = {"a1": toy(1.0, 1), "a2": toy(2.0, 1)}
+    aggregator, trainers = await federate_counted(tmp_path / "first", plugins, rounds=2)
+    assert aggregator.value("fedbus_messages_received_total", kind="model_update") == 4
+    assert aggregator.value("fedbus_messages_sent_total", kind="model_update") == 0
+    for m in trainers.values():
+        assert m.value("fedbus_messages_sent_total", kind="model_update") == 2
+        assert m.value("fedbus_messages_received_total", kind="model_update") == 0
+        assert m.value("fedbus_rounds_total", outcome="completed") == 0
+    again, _ = await federate_counted(tmp_path / "second", plugins, rounds=1)
+    assert again.value("fedbus_rounds_total", outcome="completed") == 1
 
 
 async def test_dropped_messages_are_counted_by_reason() -> None:
     """A malformed payload increments fedbus_messages_dropped_total{reason="malformed"}."""
     dispatcher, _, _ = make()
-    before = value("fedbus_messages_dropped_total", reason="malformed")
+    before = dispatcher.metrics.value("fedbus_messages_dropped_total", reason="malformed")
     await dispatcher.dispatch(BusMessage("fl/fed/join", b"\x01 not msgpack"))
-    assert value("fedbus_messages_dropped_total", reason="malformed") - before == 1
+    after = dispatcher.metrics.value("fedbus_messages_dropped_total", reason="malformed")
+    assert after - before == 1
 
 
 def test_the_endpoint_serves_the_metrics() -> None:
     """/metrics on 127.0.0.1 answers in the Prometheus text format with fedbus's metrics."""
     port = free_port()
-    stop = metrics.serve(port)
+    stop = metrics.serve(port, registry=Metrics().registry)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             text = reply.read().decode()

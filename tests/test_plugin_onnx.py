@@ -205,7 +205,7 @@ def test_missing_onnxruntime_is_a_plugin_error_naming_the_extra(
         [
             sys.executable,
             "-c",
-            "import sys, agent.cli.main, agent.runtime.node, "
+            "import sys, agent.cli.main, agent.node, "
             "agent.plugin.check; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)",
         ],
         capture_output=True,

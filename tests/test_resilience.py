@@ -17,7 +17,7 @@ from agent.bus.url import bus_from_url
 from agent.plugin.api import FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
-from agent.roles.records import RoundRecord, RunSummary
+from agent.roles.aggregator.records import RoundRecord, RunSummary
 from agent.roles.trainer import Trainer
 from tests.helpers import ToyPlugin, aggregator_config, toy, trainer_config
 

@@ -15,7 +15,7 @@ from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.bus.url import bus_from_url
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
-from agent.roles.records import RoundRecord
+from agent.roles.aggregator.records import RoundRecord
 from agent.roles.trainer import Trainer
 from tests.helpers import ToyPlugin, aggregator_config, toy, trainer_config
 
@@ -179,3 +179,21 @@ async def test_the_federation_survives_a_broker_outage(tmp_path: Path) -> None:
     assert summary.rounds[1].model_version == summary.rounds[0].model_version  # kept
     assert summary.rounds[-1].survivors == ["a1", "a2"]
     assert summary.rounds[-1].model_version == 4
+
+
+def test_the_runtime_never_imports_the_roles() -> None:
+    """The composition root (``agent.node``) sits above the roles; importing every runtime
+    module loads no role (no runtime ↔ roles cycle)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, agent.runtime\n"
+        "for m in pkgutil.iter_modules(agent.runtime.__path__):\n"
+        "    importlib.import_module('agent.runtime.' + m.name)\n"
+        "print(sorted(n for n in sys.modules if n.startswith('agent.roles')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["[]"]

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import RoundError
-from agent.roles.cohort import cohort_size, sample_cohort
+from agent.roles.aggregator.cohort import cohort_size, sample_cohort
 from agent.strategy import ClientResult, FedAvg, weighted_mean
 
 pytestmark = pytest.mark.timeout(30)

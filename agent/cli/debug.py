@@ -12,12 +12,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 
 from agent.errors import ConfigError, FedbusError, ProtocolError
+
+if TYPE_CHECKING:
+    from agent.messages.bodies import FederationStatus
 
 config_option = click.option(
     "--as",
@@ -73,8 +76,8 @@ async def _publish(config: Any, body: Any, round_: int, to: str | None) -> tuple
     from agent.messages.bodies import KIND_OF
     from agent.messages.codec import encode
     from agent.messages.topics import TOPICS
+    from agent.node import bus_settings, open_bus
     from agent.role import Role
-    from agent.runtime.node import bus_settings, open_bus
 
     kind = KIND_OF[type(body)]
     specs = [s for s in TOPICS if kind in s.kinds]
@@ -128,7 +131,7 @@ def listen(topic_filter: str | None, config_path: Path, count: int, as_json: boo
 
 async def _listen(config: Any, topic_filter: str, count: int, as_json: bool) -> None:
     from agent.identity.local import Credentials
-    from agent.runtime.node import bus_settings, open_bus
+    from agent.node import bus_settings, open_bus
 
     credentials = (
         Credentials.load(config.identity, agent_id=config.agent_id, federation=config.federation)
@@ -235,9 +238,18 @@ def status(config_path: Path, timeout: float, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(msgspec.to_builtins(summary)))
         return
-    click.echo(f"federation {config.federation}: round {summary.round}, {summary.stage}")
-    online = sum(1 for a in summary.agents.values() if a.state == "online")
-    click.echo(f"agents: {online} online of {len(summary.agents)}")
+    for line in status_lines(config.federation, summary):
+        click.echo(line)
+
+
+def status_lines(federation: str, summary: FederationStatus) -> list[str]:
+    """A ``FederationStatus`` for humans: the round and what the aggregator does, one line
+    per agent (liveness, admitted, last seen, what it does), and the last round."""
+    from agent.messages.bodies import Liveness
+
+    lines = [f"federation {federation}: round {summary.round}, {summary.detail or summary.phase}"]
+    online = sum(1 for a in summary.agents.values() if a.state is Liveness.ONLINE)
+    lines.append(f"agents: {online} online of {len(summary.agents)}")
     for agent_id, agent in summary.agents.items():
         seen = (
             "-"
@@ -245,17 +257,17 @@ def status(config_path: Path, timeout: float, as_json: bool) -> None:
             else time.strftime("%H:%M:%S", time.localtime(agent.last_seen))
         )
         admitted = "admitted" if agent.admitted else "-"
-        click.echo(
-            f"  {agent_id:<16} {agent.state:<8} {admitted:<9} last seen {seen}  {agent.detail}"
-        )
+        state = str(agent.state or "unknown")
+        lines.append(f"  {agent_id:<16} {state:<8} {admitted:<9} last seen {seen}  {agent.detail}")
     last = summary.last_round
     if last is not None:
         accuracy = "-" if last.accuracy is None else f"{100 * last.accuracy:.2f}%"
-        click.echo(
+        lines.append(
             f"last round {last.round}: {len(last.survivors)} survivors, dropouts "
             f"{', '.join(last.dropouts) or 'none'}, accuracy {accuracy}, "
             f"{last.seconds:.2f} s"
         )
+    return lines
 
 
 async def _status(config: Any, seconds: float) -> Any:
@@ -269,7 +281,7 @@ async def _status(config: Any, seconds: float) -> Any:
     from agent.messages import topics
     from agent.messages.bodies import FederationStatus
     from agent.messages.codec import decode
-    from agent.runtime.node import bus_settings, open_bus
+    from agent.node import bus_settings, open_bus
 
     async with open_bus(config, bus_settings(config, suffix="status")) as bus:
         await bus.subscribe(topics.FEDERATION_STATUS.format(config.federation))

@@ -34,7 +34,7 @@ def run(config_path: Path) -> None:
     """Run an agent (trainer or aggregator) until SIGTERM."""
     from agent.config import AgentConfig
     from agent.logs import configure_logging
-    from agent.runtime.node import run_node, run_until_signal
+    from agent.node import run_node, run_until_signal
 
     config = AgentConfig.load(config_path)
     configure_logging(level=config.logging.level, fmt=config.logging.format)

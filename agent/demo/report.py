@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.atomic import write_atomic, write_json
-from agent.roles.records import RoundRecord
+from agent.roles.aggregator.records import RoundRecord
 
 CSV_COLUMNS = (
     "round",

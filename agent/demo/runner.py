@@ -40,11 +40,11 @@ from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.lockdown import embedded_broker
 from agent.logs import configure_logging
+from agent.node import run_node, run_until_signal
 from agent.plugin.api import PluginContext, PluginInfo
 from agent.plugin.loader import describe_plugin, load_plugin
 from agent.role import Role
-from agent.roles.records import RoundRecord, RunSummary
-from agent.runtime.node import run_node, run_until_signal
+from agent.roles.aggregator.records import RoundRecord, RunSummary
 from agent.runtime.tasks import task_group
 from agent.state import read_weights
 

@@ -8,6 +8,7 @@ belong to the role that handles the message.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 import msgspec
@@ -224,20 +225,38 @@ class EnrollReply(Body, frozen=True):
     ca: Pem | None = None
 
 
+class Liveness(StrEnum):
+    """What an agent says of itself on ``status/{agent_id}``."""
+
+    ONLINE = "online"  # on every connect, then as a heartbeat
+    OFFLINE = "offline"  # the last will (MQTT), or a clean stop
+
+
+class RoundPhase(StrEnum):
+    """What the aggregator is doing, in ``FederationStatus.phase``."""
+
+    STARTING = "starting"
+    WAITING_FOR_AGENTS = "waiting_for_agents"  # before round 1: fewer than wanted admitted
+    TRAINING = "training"  # the cohort trains (plain or SecAgg+ fit)
+    EVALUATING = "evaluating"  # federated evaluation of the new model
+    FINISHED = "finished"  # the schedule ran out; ``finish`` was sent
+
+
 class AgentStatus(Body, frozen=True):
     """agent → all on ``status/{agent_id}`` (retained): ``online`` on every connect and as a
     heartbeat, ``offline`` as the last will (MQTT) or on a clean stop; ``detail`` is what
     the agent is doing (``idle``, ``round 3: training``, ...)."""
 
-    state: Annotated[str, msgspec.Meta(pattern="^(online|offline)$")]
+    state: Liveness
     detail: Text = ""
     model_version: Version | None = None
 
 
 class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One agent as the aggregator sees it, inside ``FederationStatus``."""
+    """One agent as the aggregator sees it, inside ``FederationStatus``: ``state`` is None
+    while it never sent a status (it is then judged by its answers)."""
 
-    state: Annotated[str, msgspec.Meta(pattern="^(online|offline|unknown)$")]
+    state: Liveness | None
     detail: Text = ""
     last_seen: float | None = None
     admitted: bool = False
@@ -256,10 +275,12 @@ class RoundSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class FederationStatus(Body, frozen=True):
     """aggregator → all on ``federation_status`` (retained; re-sent periodically for NATS):
-    the round, what the aggregator is doing, every known agent, and the last round."""
+    the round, what the aggregator is doing (``phase``, and ``detail`` for humans, e.g.
+    ``waiting for 3 agents``), every known agent, and the last round."""
 
     round: Count
-    stage: Text
+    phase: RoundPhase
+    detail: Text
     agents: Annotated[dict[Name, AgentSummary], msgspec.Meta(max_length=MAX_COHORT)]
     last_round: RoundSummary | None = None
 

@@ -7,7 +7,7 @@ NATS has no will: the adapter publishes it on a clean close, and an agent whose 
 is taken for offline after ``aggregator.liveness_timeout`` seconds. A clean stop publishes
 ``offline`` itself.
 
-The aggregator's ``Liveness`` keeps the latest status of each agent; cohorts are sampled only
+The aggregator's ``LivenessTracker`` keeps the latest status of each agent; cohorts are sampled only
 from agents it believes alive, and a cohort member that goes offline mid-round stops being
 waited for.
 """
@@ -22,7 +22,7 @@ from agent.bus.base import LastWill
 from agent.config import AgentConfig
 from agent.identity.local import Credentials
 from agent.messages import topics
-from agent.messages.bodies import AgentStatus, AgentSummary
+from agent.messages.bodies import AgentStatus, AgentSummary, Liveness
 from agent.messages.codec import encode
 
 
@@ -37,7 +37,7 @@ def status_will(config: AgentConfig) -> Callable[[], LastWill]:
 
     def will() -> LastWill:
         payload = encode(
-            AgentStatus(state="offline", detail="connection lost"),
+            AgentStatus(state=Liveness.OFFLINE, detail="connection lost"),
             federation=config.federation,
             round=0,
             sender=config.agent_id,
@@ -52,13 +52,13 @@ def status_will(config: AgentConfig) -> Callable[[], LastWill]:
 class Seen:
     """The latest status of one agent."""
 
-    state: str
+    state: Liveness
     detail: str
     last_seen: float
     model_version: int | None = None
 
 
-class Liveness:
+class LivenessTracker:
     """Who is alive, from the agents' status messages.
 
     Args:
@@ -72,18 +72,12 @@ class Liveness:
         self.agents: dict[str, Seen] = {}
 
     def update(self, agent_id: str, status: AgentStatus) -> bool:
-        """Record a status; True when the agent's state (online/offline) changed."""
+        """Record a status; True when the agent's state (``Liveness``) changed."""
         before = self.agents.get(agent_id)
         self.agents[agent_id] = Seen(
             status.state, status.detail, self._clock(), status.model_version
         )
         return before is None or before.state != status.state
-
-    def saw(self, agent_id: str) -> None:
-        """Any message from an agent shows it alive (a join, an update)."""
-        seen = self.agents.get(agent_id)
-        if seen is not None and seen.state == "online":
-            seen.last_seen = self._clock()
 
     def alive(self, agent_id: str) -> bool:
         """False once the agent said offline or its heartbeats stopped; True when it never
@@ -91,15 +85,16 @@ class Liveness:
         seen = self.agents.get(agent_id)
         if seen is None:
             return True
-        if seen.state != "online":
+        if seen.state is not Liveness.ONLINE:
             return False
         return self._clock() - seen.last_seen <= self.timeout
 
-    def state(self, agent_id: str) -> str:
-        """``online``, ``offline`` or ``unknown``."""
+    def state(self, agent_id: str) -> Liveness | None:
+        """``ONLINE`` while ``alive``, else ``OFFLINE``; None (unknown) when the agent never
+        sent a status."""
         if agent_id not in self.agents:
-            return "unknown"
-        return "online" if self.alive(agent_id) else "offline"
+            return None
+        return Liveness.ONLINE if self.alive(agent_id) else Liveness.OFFLINE
 
     def summary(self, agent_id: str, *, admitted: bool) -> AgentSummary:
         seen = self.agents.get(agent_id)

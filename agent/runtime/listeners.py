@@ -40,8 +40,8 @@ from agent.messages.sealing import SEALED_KINDS, open_sealed, seal_info
 from agent.messages.signing import Signed
 from agent.messages.topics import TopicSpec, classify
 from agent.role import Identity, Role
-from agent.runtime import metrics
 from agent.runtime.dedupe import SeenIds
+from agent.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +143,7 @@ class Dispatcher:
         on_drop: awaited after each drop is logged, e.g. to tell an unsigned sender why (the
             enrollment service answers the device); it must not raise. None: drops are only
             logged.
+        metrics: counts accepted and dropped messages (the role's; default: its own).
     """
 
     def __init__(
@@ -155,9 +156,11 @@ class Dispatcher:
         seen_capacity: int = 8192,
         security: Security | None = None,
         on_drop: DropHook | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._federation = federation
         self._on_drop = on_drop
+        self.metrics = Metrics() if metrics is None else metrics
         self.security = security
         self._registry = registry
         self._current_round = current_round
@@ -235,8 +238,8 @@ class Dispatcher:
             if self._on_drop is not None:
                 await self._on_drop(raw, DecodeError.reason, "the message could not be decoded")
             return False
-        metrics.MESSAGES_RECEIVED.labels(str(message.kind)).inc()
-        metrics.BYTES_RECEIVED.labels(str(message.kind)).inc(len(raw.payload))
+        self.metrics.messages_received.labels(str(message.kind)).inc()
+        self.metrics.bytes_received.labels(str(message.kind)).inc(len(raw.payload))
         # Every line a handler logs (and every task it starts) carries the message's context.
         with structlog.contextvars.bound_contextvars(
             round=message.round, msg_kind=str(message.kind), peer=message.sender
@@ -252,7 +255,7 @@ class Dispatcher:
 
     def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        metrics.MESSAGES_DROPPED.labels(reason).inc()
+        self.metrics.messages_dropped.labels(reason).inc()
         log.warning(
             "message_dropped",
             reason=reason,

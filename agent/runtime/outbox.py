@@ -16,7 +16,7 @@ from agent.messages.kinds import Kind
 from agent.messages.sealing import SEALED_KINDS
 from agent.messages.signing import Signer
 from agent.messages.topics import TopicSpec
-from agent.runtime import metrics
+from agent.runtime.metrics import Metrics
 
 #: Kinds that carry a model-sized tensor.
 BULKY = frozenset({Kind.MODEL_PARA, Kind.MODEL_UPDATE, Kind.MASKED_INPUT})
@@ -30,12 +30,20 @@ class Outbox:
     With a ``signer`` every message is signed; ``seal_to`` (the aggregator's key, learnt on
     admission) seals the bodies of ``SEALED_KINDS``. While signing without a sealing key, a
     body that must be sealed is not sent at all (``SealError``): it never goes out in the clear.
+    Sent messages and bytes are counted in ``metrics`` (the role's; default: its own).
     """
 
     def __init__(
-        self, bus: Bus, *, federation: str, sender: str, signer: Signer | None = None
+        self,
+        bus: Bus,
+        *,
+        federation: str,
+        sender: str,
+        signer: Signer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._bus = bus
+        self.metrics = Metrics() if metrics is None else metrics
         self.federation = federation
         self.sender = sender
         self.signer = signer
@@ -68,8 +76,8 @@ class Outbox:
         payload = await asyncio.to_thread(build) if KIND_OF[type(body)] in BULKY else build()
         await self._bus.publish(topic, payload, retain=spec.retained)
         kind = str(KIND_OF[type(body)])
-        metrics.MESSAGES_SENT.labels(kind).inc()
-        metrics.BYTES_SENT.labels(kind).inc(len(payload))
+        self.metrics.messages_sent.labels(kind).inc()
+        self.metrics.bytes_sent.labels(kind).inc(len(payload))
         log.debug("message_sent", topic=topic, kind=type(body).__name__, size=len(payload))
         return len(payload)
 

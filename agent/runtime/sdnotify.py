@@ -8,7 +8,7 @@ sender's credentials itself when the manager asks for them (``SO_PASSCRED``), so
 "reimplementable independently" (freedesktop.org, Interface Portability and Stability), so
 fedbus needs neither libsystemd nor a binding.
 
-What an agent sends (see :func:`serve_role` and ``agent.runtime.node``):
+What an agent sends (see :func:`serve_role` and ``agent.node``):
 
 ==============  ============================================================================
 ``READY=1``     once the role's broker session is up with its subscriptions acknowledged

@@ -39,7 +39,14 @@ from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.identity.local import Credentials
 from agent.messages import topics
-from agent.messages.bodies import EvaluateIns, Finish, JoinAccepted, JoinRejected, JoinRequest
+from agent.messages.bodies import (
+    EvaluateIns,
+    Finish,
+    JoinAccepted,
+    JoinRejected,
+    JoinRequest,
+    Liveness,
+)
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.plugin.loader import CheckedPlugin
@@ -48,6 +55,7 @@ from agent.roles.trainer.fit import FitPath
 from agent.roles.trainer.model import HeldModel, ModelStore
 from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
+from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import Worker, task_group
 
@@ -57,7 +65,14 @@ log = structlog.get_logger(__name__)
 class Trainer:
     """The trainer role over one ``bus``. ``run()`` returns only when cancelled."""
 
-    def __init__(self, *, config: AgentConfig, bus: Bus, plugin: CheckedPlugin) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        bus: Bus,
+        plugin: CheckedPlugin,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._config = config
         self._bus = bus
         self._plugin = plugin
@@ -73,7 +88,10 @@ class Trainer:
             federation=self._fed,
             sender=self._id,
             signer=credentials.signer if credentials else None,
+            metrics=metrics,
         )
+        #: this trainer's Prometheus series (its own registry unless one was injected)
+        self.metrics = self._outbox.metrics
         self._progress = Progress()
         self._models = ModelStore(
             progress=self._progress,
@@ -117,6 +135,7 @@ class Trainer:
             current_round=lambda: self._progress.round,
             max_payload=config.max_payload,
             security=Security(credentials.verifier()) if credentials else None,
+            metrics=self.metrics,
         )
 
     @property
@@ -168,7 +187,7 @@ class Trainer:
     # -- joining ------------------------------------------------------------------------
 
     async def _on_connect(self, reconnect: bool) -> None:
-        await self._status.send("online")
+        await self._status.send(Liveness.ONLINE)
         if reconnect:
             log.info("rejoining_after_reconnect")
             self._rejoin.set()

@@ -12,13 +12,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
 
 import structlog
 
 from agent.bus.base import Bus
 from agent.messages import topics
-from agent.messages.bodies import AgentStatus
+from agent.messages.bodies import AgentStatus, Liveness
 from agent.runtime.outbox import Outbox
 
 log = structlog.get_logger(__name__)
@@ -87,7 +86,7 @@ class StatusPublisher:
         self._model_version = model_version
         self._heartbeat = heartbeat
 
-    async def send(self, liveness: Literal["online", "offline"]) -> None:
+    async def send(self, liveness: Liveness) -> None:
         """One status message (best effort: an unsent one is logged, not raised)."""
         body = AgentStatus(
             state=liveness,
@@ -102,7 +101,7 @@ class StatusPublisher:
         """``online`` once connected, then every ``heartbeat`` seconds; until cancelled."""
         while True:
             await self._bus.wait_connected()
-            await self.send("online")
+            await self.send(Liveness.ONLINE)
             await asyncio.sleep(self._heartbeat)
 
     async def say_offline(self) -> None:
@@ -110,6 +109,6 @@ class StatusPublisher:
         connection); best effort, bounded (2 s)."""
         try:
             async with asyncio.timeout(2.0):
-                await self.send("offline")
+                await self.send(Liveness.OFFLINE)
         except TimeoutError:
             log.warning("offline_status_not_sent")

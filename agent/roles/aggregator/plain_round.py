@@ -12,7 +12,7 @@ import structlog
 from agent.messages.bodies import ModelUpdate
 from agent.messages.tensors import to_arrays
 from agent.plugin.api import all_finite, weights_like
-from agent.roles.records import GlobalState
+from agent.roles.aggregator.records import GlobalState
 from agent.strategy.fedavg import ClientResult
 
 log = structlog.get_logger(__name__)

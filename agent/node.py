@@ -1,4 +1,6 @@
-"""One agent process: load the plugin, open the bus, play the configured role.
+"""One agent process, the composition root: load the plugin, open the bus, build and play
+the configured role (``agent.roles``) over the runtime (``agent.runtime``), which never
+imports the roles.
 
 ``run_node`` owns everything it starts (an ``AsyncExitStack`` for the bus, the role's
 ``TaskGroup`` for tasks); cancelling it (SIGTERM, Ctrl-C) unwinds all of them.
@@ -25,11 +27,11 @@ from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
+from agent.roles.aggregator.records import RoundObserver, RunSummary
 from agent.roles.liveness import status_will
-from agent.roles.records import RoundObserver, RunSummary
 from agent.roles.trainer import Trainer
-from agent.runtime import metrics
 from agent.runtime.enrollment import EnrollmentService
+from agent.runtime.metrics import Metrics, serve
 from agent.runtime.sdnotify import process_notifier, serve_role
 
 log = structlog.get_logger(__name__)
@@ -63,8 +65,9 @@ async def run_node(
         PluginError, ConfigError, RoundError: as raised by the plugin, bus URL or rounds.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics()  # this node's own series, whatever else runs in the process
     if config.metrics.port:
-        metrics.serve(config.metrics.port, config.metrics.host)
+        serve(config.metrics.port, config.metrics.host, registry=metrics.registry)
         log.info("metrics_serving", host=config.metrics.host, port=config.metrics.port)
     context = PluginContext(config.agent_id, config.plugin.options, config.state_dir)
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
@@ -80,7 +83,7 @@ async def run_node(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
         if config.role is Role.TRAINER:
-            trainer = Trainer(config=config, bus=bus, plugin=plugin)
+            trainer = Trainer(config=config, bus=bus, plugin=plugin, metrics=metrics)
             await serve_role(trainer, trainer.run())  # READY=1, STATUS= (systemd)
             return None
         weights = await asyncio.to_thread(plugin.get_weights)
@@ -97,6 +100,7 @@ async def run_node(
             initial_weights=weights,
             observer=observer,
             revoked=enrolled_check(registry) if registry else None,
+            metrics=metrics,
         )
         if registry is None or ca_dir is None:
             summary = await serve_role(aggregator, aggregator.run())

@@ -40,7 +40,7 @@ from agent.messages.bodies import (
     UnmaskRequest,
 )
 from agent.messages.tensors import to_array
-from agent.runtime import metrics
+from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
 from agent.secagg import server
@@ -75,6 +75,7 @@ class SecureRound:
         stage_timeout: seconds each of advertise_keys, share_keys and unmask waits.
         input_deadline: ``time.monotonic()`` by which masked inputs must have arrived.
         model_version: the model the masked inputs must be trained from.
+        metrics: observes each stage's duration (``stage_seconds``, by stage).
     """
 
     def __init__(
@@ -85,8 +86,10 @@ class SecureRound:
         stage_timeout: float,
         input_deadline: float,
         model_version: int,
+        metrics: Metrics,
     ) -> None:
         self._outbox = outbox
+        self._metrics = metrics
         self._round = setup.context.round
         self._stage_timeout = stage_timeout
         self._input_deadline = input_deadline
@@ -225,7 +228,7 @@ class SecureRound:
 
     def _log_stage(self, stage: Stage) -> None:
         now = time.monotonic()
-        metrics.STAGE_SECONDS.labels(str(stage)).observe(now - self._stage_started)
+        self._metrics.stage_seconds.labels(str(stage)).observe(now - self._stage_started)
         self._stage_started = now
         lost = self.state.dropouts.get(stage, frozenset())
         log.info(

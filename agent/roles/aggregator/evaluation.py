@@ -12,8 +12,8 @@ import structlog
 
 from agent.messages import topics
 from agent.messages.bodies import EvaluateIns, EvaluateRes, Scalar
-from agent.roles.records import GlobalState
-from agent.runtime import metrics
+from agent.roles.aggregator.records import GlobalState
+from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.strategy.fedavg import weighted_mean
 
@@ -27,10 +27,19 @@ class FederatedEvaluation:
         outbox: sends ``evaluate``.
         timeout: seconds to wait for the evaluators' ``metrics``.
         config: scalars sent with every ``evaluate``.
+        metrics: observes each evaluation's duration (``stage_seconds{stage="evaluate"}``).
     """
 
-    def __init__(self, outbox: Outbox, *, timeout: float, config: Mapping[str, Scalar]) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        timeout: float,
+        config: Mapping[str, Scalar],
+        metrics: Metrics,
+    ) -> None:
         self._outbox = outbox
+        self._metrics = metrics
         self._timeout = timeout
         self._config = dict(config)
         self._version = -1
@@ -59,7 +68,7 @@ class FederatedEvaluation:
                 await self._complete.wait()
         except TimeoutError:
             log.warning("evaluation_incomplete", answered=len(self._results))
-        metrics.STAGE_SECONDS.labels("evaluate").observe(time.monotonic() - started)
+        self._metrics.stage_seconds.labels("evaluate").observe(time.monotonic() - started)
         results = [x for x in self._results.values() if x.num_examples > 0]
         if not results:
             return None, None, 0

@@ -1,0 +1,130 @@
+"""Admission: which agents take part in this run (DESIGN.md §4, step 1).
+
+An agent asks with ``join``; it is admitted when it speaks for itself (the body's agent id is
+the envelope's sender) and trains this federation's plugin. An admitted agent gets
+``join_accepted`` (with the run's sealing key when identities are on) and the model in force
+in its inbox; a refused one ``join_rejected`` saying why. Joining again (after a reconnect)
+re-admits. Once the run finished, joins are left for the next run's aggregator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from agent.errors import RoundError
+from agent.messages import topics
+from agent.messages.bodies import JoinAccepted, JoinRejected, JoinRequest
+from agent.messages.envelope import Message
+from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.records import AgentRecord, GlobalState
+from agent.runtime.outbox import Outbox
+
+log = structlog.get_logger(__name__)
+
+
+class Admission:
+    """The admitted set of one run.
+
+    Args:
+        outbox: answers joins.
+        plugin_name: agents must join with this plugin.
+        wanted: admitted agents round 1 waits for (``min_available_clients``).
+        seal_key: the aggregator's raw X25519 public key for this run (identities on), sent
+            with every ``join_accepted``.
+        current: the round and the model in force, read at each join.
+    """
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        plugin_name: str,
+        wanted: int,
+        seal_key: bytes | None,
+        current: Callable[[], tuple[int, GlobalState]],
+    ) -> None:
+        self._outbox = outbox
+        self._plugin_name = plugin_name
+        self._wanted = wanted
+        self._seal_key = seal_key
+        self._current = current
+        #: the admitted agents, by agent id
+        self.agents: dict[str, AgentRecord] = {}
+        self._enough = asyncio.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        """The run is over: joins from now on belong to the next run's aggregator."""
+        self._closed = True
+
+    async def wait(self, *, seconds: float, at_least: int) -> None:
+        """Until ``wanted`` agents are admitted, or ``seconds`` passed with ``at_least``.
+
+        Raises:
+            RoundError: fewer than ``at_least`` agents joined within ``seconds``.
+        """
+        log.info("waiting_for_agents", wanted=self._wanted, timeout=seconds)
+        try:
+            async with asyncio.timeout(seconds):
+                await self._enough.wait()
+        except TimeoutError:
+            if len(self.agents) < at_least:
+                raise RoundError(
+                    f"only {len(self.agents)} agent(s) joined within {seconds} s; at least "
+                    f"{at_least} are needed"
+                ) from None
+            log.warning(
+                "starting_with_fewer_agents", admitted=len(self.agents), wanted=self._wanted
+            )
+
+    def record_round(self, cohort: Iterable[str], dropouts: Iterable[str]) -> None:
+        """Remember which cohort members missed the round (they do not evaluate next)."""
+        missed = set(dropouts)
+        for agent_id in cohort:
+            if agent_id in self.agents:
+                self.agents[agent_id].missed_last_round = agent_id in missed
+
+    def evaluators(self) -> frozenset[str]:
+        """The admitted agents that answered in their last round."""
+        return frozenset(a for a, rec in self.agents.items() if not rec.missed_last_round)
+
+    async def on_join(self, message: Message[JoinRequest]) -> None:
+        """The ``join`` listener: admit, refuse, or (run over) ignore."""
+        body = message.body
+        if self._closed:
+            # Admitting it now would leave it "admitted" by a run that is over: it would not
+            # join the next run's aggregator.
+            log.info("join_ignored", agent=body.agent_id, reason="run_finished")
+            return
+        if body.agent_id != message.sender:
+            log.warning("join_refused", reason="sender_mismatch", sender=message.sender)
+            return
+        round_, model = self._current()
+        if body.plugin != self._plugin_name:
+            reason = f"this federation trains plugin {self._plugin_name!r}, not {body.plugin!r}"
+            await self._outbox.try_send(
+                topics.INBOX,
+                JoinRejected(agent_id=body.agent_id, reason=reason),
+                round=round_,
+                agent_id=body.agent_id,
+            )
+            log.warning("join_refused", agent=body.agent_id, reason="plugin_mismatch")
+            return
+        known = body.agent_id in self.agents
+        self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
+        await self._outbox.try_send(
+            topics.INBOX,
+            JoinAccepted(agent_id=body.agent_id, round=round_, seal_key=self._seal_key),
+            round=round_,
+            agent_id=body.agent_id,
+        )
+        # The model in force now: a round may have ended while join_accepted went out.
+        round_, model = self._current()
+        await publish_model(self._outbox, model, round=round_, agent_id=body.agent_id)
+        log.info("agent_admitted", agent=body.agent_id, rejoin=known, admitted=len(self.agents))
+        if len(self.agents) >= self._wanted:
+            self._enough.set()

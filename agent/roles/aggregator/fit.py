@@ -1,0 +1,259 @@
+"""The fit part of a round: ask the cohort to train, collect what comes back, aggregate.
+
+In the clear (``PlainRound``): every member's ``model_update`` is checked against the model in
+force and the survivors' results go through the strategy (FedAvg by default, McMahan et al.
+2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data").
+
+With ``secure_aggregation = "secagg+"`` (``SecureRound``, Bell et al. 2020, "Secure
+Single-Server Aggregation with (Poly)Logarithmic Overhead"): the aggregator learns only the
+survivors' weighted sum of model deltas and applies their weighted mean (FedAvg; a custom
+``strategy`` sees no individual result and is not used). An aborted secure round keeps the
+model in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from agent.config import AggregatorConfig, SecureAggregation
+from agent.errors import ConfigError, SecAggAbortError
+from agent.messages.bodies import (
+    AdvertiseKeys,
+    FitIns,
+    MaskedInput,
+    ModelUpdate,
+    ShareKeys,
+    Unmask,
+)
+from agent.messages.envelope import Message
+from agent.plugin.api import Weights
+from agent.roles.aggregator.broadcast import send_each
+from agent.roles.aggregator.plain_round import PlainRound
+from agent.roles.aggregator.records import GlobalState
+from agent.roles.aggregator.secure_round import SecureRound, setup_body
+from agent.runtime.metrics import Metrics
+from agent.runtime.outbox import Outbox
+from agent.secagg.keys import RoundContext
+from agent.secagg.state import Setup
+from agent.secagg.vector import flatten, size_of, unflatten
+from agent.strategy.fedavg import ClientResult, Strategy, weighted_mean
+
+log = structlog.get_logger(__name__)
+
+
+class RoundFailure(StrEnum):
+    """Why a round produced no new model (the model in force is kept)."""
+
+    NO_COHORT = "no_cohort"  # fewer than min_fit_clients alive: the round did not run
+    NO_UPDATE = "no_update_arrived"  # plain: no valid update before the deadline
+    SECAGG_PARAMETERS = "secagg_parameters"  # no SecAgg+ parameters fit the cohort size
+    SECAGG_ABORTED = "secagg_aborted"  # the SecAgg+ protocol aborted (SecAggAbortError)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the fit part of a round produced.
+
+    Attributes:
+        weights: the new model; None exactly when ``failure`` is set.
+        survivors: the cohort members whose result went into ``weights``.
+        num_examples: the survivors' total examples (their aggregation weight).
+        train_loss: num_examples-weighted mean of the survivors' ``train_loss`` (NaN: none).
+        failure: why there is no new model; None when the round succeeded.
+    """
+
+    weights: Weights | None = None
+    survivors: list[str] = field(default_factory=list)
+    num_examples: int = 0
+    train_loss: float = math.nan
+    failure: RoundFailure | None = None
+
+    @classmethod
+    def failed(cls, failure: RoundFailure) -> Outcome:
+        return cls(failure=failure)
+
+
+class CohortFit:
+    """Runs the fit part of each round, one at a time; the listeners hand it the cohort's
+    updates and SecAgg+ messages while a round is open.
+
+    Args:
+        outbox: sends ``fit_ins`` (and, through ``SecureRound``, the relays).
+        schedule: the ``[aggregator]`` table (timeouts, fit config, SecAgg+ settings).
+        federation: the federation id (binds SecAgg+ keys to it).
+        strategy: turns plain survivors' results into the next model.
+        alive: liveness (an offline member is not waited for).
+        metrics: observes stage durations.
+    """
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        schedule: AggregatorConfig,
+        federation: str,
+        strategy: Strategy,
+        alive: Callable[[str], bool],
+        metrics: Metrics,
+    ) -> None:
+        self._outbox = outbox
+        self._schedule = schedule
+        self._fed = federation
+        self._strategy = strategy
+        self._alive = alive
+        self._metrics = metrics
+        #: the cohort of the round in progress (or the last one)
+        self.cohort: frozenset[str] = frozenset()
+        self._plain: PlainRound | None = None
+        self._secure: SecureRound | None = None
+
+    async def run(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+        """Ask ``cohort`` to train from ``before`` in round ``r``; the outcome once every
+        member delivered or the deadline (``round_timeout``) passed."""
+        self.cohort = frozenset(cohort)
+        if not cohort:
+            return Outcome.failed(RoundFailure.NO_COHORT)
+        if self._schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS:
+            return await self._secure_fit(r, cohort, before)
+        return await self._plain_fit(r, cohort, before)
+
+    # -- listeners' entry points --------------------------------------------------------
+
+    async def on_update(self, message: Message[ModelUpdate]) -> None:
+        """The ``model_update`` listener: for the open plain round, refused otherwise."""
+        sender, body = message.sender, message.body
+        if self._secure is not None:
+            log.warning("update_rejected", agent=sender, reason="plaintext_in_secure_round")
+        elif self._plain is None:
+            log.warning("update_rejected", agent=sender, reason="no_round_open")
+        else:
+            self._plain.on_update(sender, body)
+
+    async def on_secagg(self, message: Message[Any]) -> None:
+        """The listener of the SecAgg+ kinds (advertise_keys, share_keys, masked_input,
+        unmask): for the open secure round, ignored otherwise."""
+        secure, sender, body = self._secure, message.sender, message.body
+        if secure is None:
+            log.warning(
+                "secagg_message_ignored",
+                agent=sender,
+                kind=str(message.kind),
+                reason="no_secure_round",
+            )
+        elif isinstance(body, AdvertiseKeys):
+            secure.on_advertise_keys(sender, body)
+        elif isinstance(body, ShareKeys):
+            secure.on_share_keys(sender, body)
+        elif isinstance(body, MaskedInput):
+            secure.on_masked_input(sender, body)
+        elif isinstance(body, Unmask):
+            secure.on_unmask(sender, body)
+
+    def on_offline(self, agent_id: str) -> None:
+        """A cohort member said it went offline: stop waiting for it."""
+        if agent_id not in self.cohort:
+            return
+        if self._secure is not None:
+            self._secure.on_offline(agent_id)
+        elif self._plain is not None:
+            self._plain.check_complete()
+
+    # -- the two kinds of fit -----------------------------------------------------------
+
+    def _fit_ins(self, before: GlobalState, **secagg: Any) -> FitIns:
+        return FitIns(
+            model_version=before.version,
+            model_sha256=before.sha256,
+            deadline=self._schedule.round_timeout,
+            config=self._schedule.fit_config,
+            **secagg,
+        )
+
+    async def _plain_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+        """Updates in the clear: wait for every member or the deadline, then the strategy."""
+        started = time.monotonic()
+        self._plain = PlainRound(cohort=frozenset(cohort), model=before, alive=self._alive)
+        try:
+            await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
+            results = await self._plain.wait(self._schedule.round_timeout)
+        finally:
+            self._plain = None
+        self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
+        if not results:
+            return Outcome.failed(RoundFailure.NO_UPDATE)
+        weights = await asyncio.to_thread(self._strategy.aggregate, before.weights, results)
+        return Outcome(
+            weights=weights,
+            survivors=[x.agent_id for x in results],
+            num_examples=sum(x.num_examples for x in results),
+            train_loss=_weighted_metric(results, "train_loss"),
+        )
+
+    async def _secure_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+        """SecAgg+: the aggregator learns only the survivors' weighted sum of model deltas;
+        the new model is the current one plus their weighted mean (FedAvg)."""
+        settings = self._schedule.secagg
+        try:
+            params = settings.params(len(cohort))
+        except ConfigError as exc:
+            log.error("secagg_not_possible", error=str(exc))  # noqa: TRY400 - expected, no traceback
+            return Outcome.failed(RoundFailure.SECAGG_PARAMETERS)
+        setup = Setup(
+            RoundContext(self._fed, r),
+            params,
+            tuple(sorted(cohort)),
+            os.urandom(32),
+            size_of(before.weights),
+        )
+        self._secure = SecureRound(
+            outbox=self._outbox,
+            setup=setup,
+            stage_timeout=settings.stage_timeout,
+            input_deadline=time.monotonic() + self._schedule.round_timeout,
+            model_version=before.version,
+            metrics=self._metrics,
+        )
+        ins = self._fit_ins(before, secagg=setup_body(setup, stage_timeout=settings.stage_timeout))
+        log.info(
+            "secagg_round",
+            neighbours=params.num_neighbours,
+            threshold=params.threshold,
+            bits=params.quantization_bits,
+            ring_bits=params.ring_bits,
+        )
+        try:
+            await send_each(self._outbox, cohort, ins, round=r)
+            aggregate = await self._secure.run()
+        except SecAggAbortError as exc:
+            log.error("secagg_aborted", reason=exc.reason, error=str(exc))  # noqa: TRY400
+            return Outcome.failed(RoundFailure.SECAGG_ABORTED)
+        finally:
+            self._secure = None
+        current = before.weights
+        weights = await asyncio.to_thread(
+            lambda: unflatten(flatten(current) + aggregate.mean, current)
+        )
+        return Outcome(
+            weights=weights,
+            survivors=list(aggregate.survivors),
+            num_examples=aggregate.total_weight,
+        )
+
+
+def _weighted_metric(results: Sequence[ClientResult], key: str) -> float:
+    return weighted_mean(
+        [
+            (float(v), x.num_examples)
+            for x in results
+            if isinstance(v := x.metrics.get(key), int | float)
+        ]
+    )

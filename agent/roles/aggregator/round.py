@@ -1,0 +1,135 @@
+"""One round (DESIGN.md §4): from the model in force and the admitted agents to the round's
+record.
+
+Sample a cohort from the admitted agents believed alive, have it fit (``CohortFit``: plain or
+SecAgg+; dropouts are normal), publish the new model (retained on MQTT) or keep the old one,
+evaluate every ``eval_every`` rounds and after the last, count the round in the metrics.
+Persisting the record is the caller's (``agent.roles.aggregator.persistence``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from agent.config import AggregatorConfig
+from agent.messages.bodies import Liveness, RoundPhase
+from agent.roles.aggregator.admission import Admission
+from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.cohort import sample_cohort
+from agent.roles.aggregator.evaluation import FederatedEvaluation
+from agent.roles.aggregator.fit import CohortFit, Outcome, RoundFailure
+from agent.roles.aggregator.records import GlobalState, RoundObserver, RoundRecord
+from agent.roles.aggregator.status import StatusBoard
+from agent.roles.liveness import LivenessTracker
+from agent.runtime.metrics import Metrics
+from agent.runtime.outbox import Outbox
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class InForce:
+    """The aggregator's current round (0 before round 1) and the global model in force."""
+
+    round: int
+    model: GlobalState
+
+
+@dataclass(frozen=True, slots=True)
+class RoundParts:
+    """What every round uses and outlives it (one set per aggregator)."""
+
+    schedule: AggregatorConfig
+    outbox: Outbox
+    rng: random.Random
+    admission: Admission
+    liveness: LivenessTracker
+    fit: CohortFit
+    evaluation: FederatedEvaluation
+    board: StatusBoard
+    metrics: Metrics
+    observer: RoundObserver | None = None
+
+
+async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
+    """Run round ``r`` (1-based): ``now`` becomes round ``r`` at once and holds the new
+    model once it is aggregated (the old one when the round failed).
+
+    Returns the round's record; a failed round (no cohort, no update, SecAgg+ abort) is a
+    record with no survivors, not an exception.
+    """
+    started = time.perf_counter()
+    schedule, admitted = parts.schedule, parts.admission.agents
+    now.round = r
+    before = now.model
+    alive = [a for a in admitted if parts.liveness.alive(a)]
+    if len(alive) < len(admitted):
+        log.info("offline_agents_skipped", offline=sorted(set(admitted) - set(alive)))
+    cohort = sample_cohort(
+        alive,
+        fraction=schedule.fraction_fit,
+        min_clients=schedule.min_fit_clients,
+        max_clients=schedule.max_fit_clients,
+        rng=parts.rng,
+    )
+    log.info(
+        "round_started",
+        cohort_size=len(cohort),
+        admitted=len(admitted),
+        secure_aggregation=str(schedule.secure_aggregation),
+    )
+    if parts.observer is not None:
+        parts.observer.round_started(r, cohort)
+    parts.board.enter(RoundPhase.TRAINING, f"training ({len(cohort)} agents)")
+    parts.board.changed()
+    outcome = await parts.fit.run(r, cohort, before)
+    dropouts = sorted(set(cohort) - set(outcome.survivors))
+    parts.admission.record_round(cohort, dropouts)
+    if outcome.weights is not None:
+        now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
+        await publish_model(parts.outbox, now.model, round=r)
+    elif outcome.failure is RoundFailure.NO_COHORT:
+        log.warning("round_skipped", reason="not_enough_agents", admitted=len(admitted))
+    else:
+        log.error("round_failed", reason=str(outcome.failure), kept_version=before.version)
+    log.info("round_aggregated", survivors=len(outcome.survivors), dropouts=len(dropouts))
+    loss = accuracy = None
+    eval_examples = 0
+    every = schedule.eval_every
+    if (every and r % every == 0) or r == schedule.rounds:
+        parts.board.enter(RoundPhase.EVALUATING, "evaluating")
+        loss, accuracy, eval_examples = await parts.evaluation.run(
+            r, now.model, parts.admission.evaluators()
+        )
+    record = RoundRecord(
+        round=r,
+        cohort=cohort,
+        survivors=outcome.survivors,
+        dropouts=dropouts,
+        num_examples=outcome.num_examples,
+        train_loss=outcome.train_loss,
+        accuracy=accuracy,
+        loss=loss,
+        eval_examples=eval_examples,
+        seconds=time.perf_counter() - started,
+        model_version=now.model.version,
+        model_sha256=now.model.sha256,
+    )
+    _count(parts, record, outcome)
+    return record
+
+
+def _count(parts: RoundParts, record: RoundRecord, outcome: Outcome) -> None:
+    """The round in the metrics: its outcome, dropouts, duration, and the agents by state."""
+    m = parts.metrics
+    m.rounds.labels("completed" if outcome.failure is None else "failed").inc()
+    m.dropouts.inc(len(record.dropouts))
+    m.round_seconds.observe(record.seconds)
+    states = [parts.liveness.state(a) for a in parts.admission.agents]
+    for state in (Liveness.ONLINE, Liveness.OFFLINE, None):
+        m.agents.labels(str(state or "unknown")).set(states.count(state))

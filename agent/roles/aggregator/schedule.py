@@ -1,0 +1,58 @@
+"""The whole run: wait for agents, run every round of the schedule, persist each, finish."""
+
+from __future__ import annotations
+
+import structlog
+
+from agent.messages import topics
+from agent.messages.bodies import Finish, RoundPhase
+from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.persistence import RunStore
+from agent.roles.aggregator.records import RoundRecord, RunSummary
+from agent.roles.aggregator.round import InForce, RoundParts, run_round
+
+log = structlog.get_logger(__name__)
+
+
+async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSummary:
+    """Persist the initial model, wait for ``min_available_clients`` agents, publish the
+    model, run ``rounds`` rounds (each persisted as it ends), then close admission and send
+    ``finish``. Returns every round's record and the final model's version and digest.
+
+    Raises:
+        RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
+        OSError: the state directory cannot be written.
+    """
+    schedule, board, admission = parts.schedule, parts.board, parts.admission
+    await store.save_model(0, now.model)
+    wanted = schedule.min_available_clients
+    board.enter(RoundPhase.WAITING_FOR_AGENTS, f"waiting for {wanted} agents")
+    await admission.wait(seconds=schedule.join_timeout, at_least=schedule.min_fit_clients)
+    await publish_model(parts.outbox, now.model, round=now.round)
+    records: list[RoundRecord] = []
+    for r in range(1, schedule.rounds + 1):
+        with structlog.contextvars.bound_contextvars(round=r):
+            record = await run_round(parts, now, r)
+            await store.save_round(record, now.model)
+            log.info(
+                "round_finished",
+                accuracy=record.accuracy,
+                loss=record.loss,
+                seconds=round(record.seconds, 3),
+                survivors=len(record.survivors),
+            )
+            board.finished_round(record)
+        records.append(record)
+        await store.save_run(records)
+        if parts.observer is not None:
+            parts.observer.round_finished(record)
+    admission.close()  # joins from now on belong to the next run's aggregator
+    state = now.model
+    await parts.outbox.try_send(
+        topics.FINISH,
+        Finish(reason="completed", final_version=state.version, model_sha256=state.sha256),
+        round=now.round,
+    )
+    board.enter(RoundPhase.FINISHED, f"finished after {len(records)} rounds")
+    log.info("federation_finished", rounds=len(records), final_version=state.version)
+    return RunSummary(records, state.version, state.sha256)

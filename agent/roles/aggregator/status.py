@@ -1,0 +1,99 @@
+"""What the aggregator says about itself: its ``RoundPhase`` with a human ``detail``, published
+as ``federation_status`` (retained) on every change and every ``status_every`` seconds, and
+the one-line text systemd shows (``STATUS=``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+from agent.messages import topics
+from agent.messages.bodies import FederationStatus, RoundPhase, RoundSummary
+from agent.roles.aggregator.records import AgentRecord, RoundRecord
+from agent.roles.liveness import LivenessTracker
+from agent.runtime.outbox import Outbox
+
+#: Phases inside a round: their text is prefixed with the round number.
+IN_ROUND = frozenset({RoundPhase.TRAINING, RoundPhase.EVALUATING})
+
+
+class StatusBoard:
+    """The aggregator's phase, the last finished round, and the agents it knows.
+
+    Args:
+        liveness: what the agents said of themselves.
+        admitted: the admitted agents (read at each report).
+        current_round: the aggregator's current round (read at each report).
+    """
+
+    def __init__(
+        self,
+        *,
+        liveness: LivenessTracker,
+        admitted: Mapping[str, AgentRecord],
+        current_round: Callable[[], int],
+    ) -> None:
+        self._liveness = liveness
+        self._admitted = admitted
+        self._round = current_round
+        self.phase = RoundPhase.STARTING
+        #: for humans: ``waiting for 3 agents``, ``training (5 agents)``, ...
+        self.detail = "starting"
+        self.last_round: RoundRecord | None = None
+        self._changed = asyncio.Event()
+
+    def enter(self, phase: RoundPhase, detail: str) -> None:
+        """Now in ``phase``; ``detail`` says more, for humans."""
+        self.phase, self.detail = phase, detail
+
+    def finished_round(self, record: RoundRecord) -> None:
+        """A round ended: report it at once."""
+        self.last_round = record
+        self.changed()
+
+    def changed(self) -> None:
+        """Something worth reporting happened: send ``federation_status`` now."""
+        self._changed.set()
+
+    @property
+    def text(self) -> str:
+        """One line for humans (systemd ``STATUS=``), e.g. ``round 3: training (5 agents)``."""
+        if self.phase in IN_ROUND:
+            return f"round {self._round()}: {self.detail}"
+        return self.detail
+
+    def federation_status(self) -> FederationStatus:
+        """The summary ``fedbus status`` shows."""
+        admitted, live = self._admitted, self._liveness
+        known = sorted(set(admitted) | set(live.agents))
+        last = self.last_round
+        return FederationStatus(
+            round=self._round(),
+            phase=self.phase,
+            detail=self.detail,
+            agents={a: live.summary(a, admitted=a in admitted) for a in known},
+            last_round=None
+            if last is None
+            else RoundSummary(
+                round=last.round,
+                survivors=last.survivors,
+                dropouts=last.dropouts,
+                accuracy=last.accuracy,
+                loss=last.loss,
+                seconds=round(last.seconds, 3),
+            ),
+        )
+
+    async def report(self, outbox: Outbox, *, every: float) -> None:
+        """Send ``federation_status`` (retained) on every change, and every ``every`` s for
+        subscribers that missed it (NATS keeps nothing). Runs until cancelled."""
+        while True:
+            try:
+                async with asyncio.timeout(every):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+            self._changed.clear()
+            await outbox.try_send(
+                topics.FEDERATION_STATUS, self.federation_status(), round=self._round()
+            )
