@@ -12,7 +12,7 @@ out the messages of the clients that drop.
   inspect the server's state between stages.
 - ``survival``: the same stages run on the server's bookkeeping alone, with placeholder keys,
   ciphertexts, shares and a one-word vector: whether the server's own rules abort a round for a
-  dropout plan, in about a millisecond for 100 clients (the benchmark's Monte Carlo).
+  dropout plan, in a few milliseconds for 100 clients (the benchmark's Monte Carlo).
 
 A dropout plan maps a stage of ``DROP_STAGES`` to the clients that never send that stage's
 message (and so nothing after it).
@@ -44,7 +44,8 @@ SERVER = "aggregator"
 
 Plan = Mapping[Stage, Collection[str]]
 FloatVector = npt.NDArray[np.floating[Any]]
-Message = PublicKeys | dict[str, bytes] | npt.NDArray[np.unsignedinteger[Any]] | RevealedShares
+RingVector = npt.NDArray[np.unsignedinteger[Any]]
+ClientMessage = PublicKeys | dict[str, bytes] | RingVector | RevealedShares
 
 
 class SimulationError(RuntimeError):
@@ -96,7 +97,7 @@ class Observer:
         function's name (``setup`` for the server covers ``setup`` and ``open_advertise``)."""
         return nullcontext()
 
-    def sent(self, sender: str, stage: Stage, message: Message) -> None:
+    def sent(self, sender: str, stage: Stage, message: ClientMessage) -> None:
         """A client's message of ``stage``: its ``PublicKeys``, its holder → ciphertext map,
         its masked vector (shape (d + 1,), the ring dtype) or its ``RevealedShares``."""
 
