@@ -177,6 +177,7 @@ async def refused(
 # -- against the real brokers ---------------------------------------------------------------
 
 
+@pytest.mark.broker
 async def test_trainer_publishes_its_update_and_reads_inbox_and_global_model(
     fed: Federation,
 ) -> None:
@@ -204,6 +205,7 @@ async def test_trainer_publishes_its_update_and_reads_inbox_and_global_model(
     ]
 
 
+@pytest.mark.broker
 async def test_enroll_identity_reaches_only_the_enroll_topics(fed: Federation) -> None:
     """The shared enroll identity may publish an enrollment request and read the reply, and
     nothing else: its ``join`` never reaches the aggregator, and neither the global model
@@ -237,6 +239,7 @@ async def test_enroll_identity_reaches_only_the_enroll_topics(fed: Federation) -
         assert codes == ["Not authorized", "ok"]
 
 
+@pytest.mark.broker
 async def test_trainer_cannot_publish_another_agents_update(fed: Federation) -> None:
     """A trainer publishing on another agent's update topic is refused by the broker: the
     aggregator never receives it (its next message is the trainer's own update)."""
@@ -259,6 +262,7 @@ async def test_trainer_cannot_publish_another_agents_update(fed: Federation) -> 
         assert await mqtt_puback_codes(fed, tls, forged, own) == ["Not authorized", "ok"]
 
 
+@pytest.mark.broker
 async def test_clients_without_a_certificate_of_our_ca_cannot_connect(
     fed: Federation, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -274,6 +278,7 @@ async def test_clients_without_a_certificate_of_our_ca_cannot_connect(
         assert "UNKNOWN_CA" in await refused(fed, "foreign", foreign, logs, caplog)
 
 
+@pytest.mark.broker
 async def test_revoked_agent_is_refused_after_the_reload(
     fed: Federation, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -66,6 +66,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.broker
 def test_aggregator_and_trainers_as_separate_processes(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -111,6 +112,7 @@ def test_aggregator_and_trainers_as_separate_processes(
                 t.communicate()
 
 
+@pytest.mark.broker
 def test_aggregator_without_agents_fails_with_one_clear_line(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:

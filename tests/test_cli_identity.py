@@ -221,6 +221,7 @@ def test_offline_csr_sign_import_then_revoke(ca_dir: Path, tmp_path: Path) -> No
     assert "no agent 'ghost'" in one_error_line(fedbus("revoke", "ghost", "--dir", ca_dir))
 
 
+@pytest.mark.broker
 async def test_enroll_over_the_bus_writes_a_config_that_needs_nothing_else(
     mosquitto: EmbeddedBroker, ca_dir: Path, tmp_path: Path
 ) -> None:

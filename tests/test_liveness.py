@@ -109,6 +109,7 @@ async def test_a_dead_agent_is_seen_offline_and_left_out(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.broker
 async def test_fedbus_status_shows_the_federation(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ def run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.broker
 def test_new_plugin_installs_checks_tests_and_runs_in_the_demo(tmp_path: Path) -> None:
     """plugin new myplugin → pip install ./myplugin → plugin check myplugin passes → the
     generated tests pass → fedbus demo --plugin myplugin trains it over a real broker."""

@@ -44,12 +44,15 @@ async def federate(
     *,
     rounds: int,
     observer: Any = None,
+    trainers: dict[str, Trainer] | None = None,
 ) -> Outcome:
+    """Run a federation of ``plugins`` on ``broker``; ``trainers``, when given, is filled
+    with the trainers as they start (an observer can read their status mid-run)."""
     config = aggregator_config(
         broker.url, tmp_path, agents=len(plugins), rounds=rounds, round_timeout=8.0
     )
     buses = []
-    trainers: dict[str, Trainer] = {}
+    trainers = {} if trainers is None else trainers
     tasks: list[asyncio.Task[None]] = []
     try:
         for agent_id, plugin in plugins.items():
@@ -114,12 +117,33 @@ async def test_a_plugin_that_raises_in_fit(broker: EmbeddedBroker, tmp_path: Pat
         "a2": toy(3.0, 1),
         "flaky": CheckedPlugin("toy", RaisesOnce(5.0, 1)),
     }
+    trainers: dict[str, Trainer] = {}
+    status_at_end: dict[int, str] = {}
+
+    class StatusAtRoundEnd:
+        def round_started(self, round: int, cohort: Sequence[str]) -> None:
+            pass
+
+        def round_finished(self, record: RoundRecord) -> None:
+            status_at_end[record.round] = trainers["flaky"].status
+
     with capture_logs() as logs:
-        summary, trainers, alive = await federate(broker, tmp_path, plugins, rounds=2)
+        summary, _, alive = await federate(
+            broker,
+            tmp_path,
+            plugins,
+            rounds=2,
+            observer=StatusAtRoundEnd(),
+            trainers=trainers,
+        )
     first, second = summary.rounds
     assert first.survivors == ["a1", "a2"]
     assert first.dropouts == ["flaky"]
     assert second.survivors == ["a1", "a2", "flaky"]
     assert any(e["event"] == "fit_failed" for e in logs)
     assert len(alive) == 3  # no trainer task died
-    assert "finished" in trainers["flaky"].status or trainers["flaky"].status.startswith("idle")
+    # When round 1 ends, the flaky agent's status names the failed fit, its round and error.
+    assert "round 1: fit failed" in status_at_end[1]
+    assert "out of memory (simulated)" in status_at_end[1]
+    # After round 2 it no longer reports a failure: it trained again.
+    assert "fit failed" not in trainers["flaky"].status

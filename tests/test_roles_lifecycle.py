@@ -60,6 +60,7 @@ async def test_trainer_rejoins_after_its_connection_drops(tmp_path: Path) -> Non
         receiver.cancel()
 
 
+@pytest.mark.broker
 async def test_a_late_joiner_gets_the_model_in_its_inbox_and_trains(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:

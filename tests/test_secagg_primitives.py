@@ -23,6 +23,9 @@ from agent.secagg.params import (
 from agent.secagg.prg import MaskStream, expand
 from agent.secagg.quantize import dequantize_sum, error_bound, quantize
 
+#: χ²(255) at p = 10⁻⁶ (Wilson-Hilferty): a uniform sample exceeds it once in a million.
+CHI2_CRITICAL = 377.2
+
 # -- params ---------------------------------------------------------------------------------
 
 
@@ -186,16 +189,87 @@ def test_any_t_shares_rebuild_every_secret(holders: int, data: st.DataObject, co
     assert shamir.combine(sub_x, sub_y) == secrets
 
 
-def test_fewer_than_t_shares_reveal_nothing_checkable() -> None:
-    """t−1 shares of a secret are uniform: the same share values arise for every secret, so
-    interpolating them (with a guessed extra share) gives an unrelated result."""
+@pytest.fixture
+def seeded_shamir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shamir's random coefficients from a fixed numpy seed (uniform on GF(p)), so the
+    statistical tests below give the same statistic on every run: they cannot flake."""
+    rng = np.random.default_rng(20_240_601)
+
+    def field(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.integers(0, shamir.PRIME, size=shape, dtype=np.int64)
+
+    monkeypatch.setattr(shamir, "_random_field", field)
+
+
+def _interpolate_at(x: int, points: list[tuple[int, int]]) -> int:
+    """The value at ``x`` of the polynomial through ``points`` over GF(p) (Lagrange, exact
+    Python integers: independent of shamir's vectorised arithmetic)."""
+    p, total = shamir.PRIME, 0
+    for i, (xi, yi) in enumerate(points):
+        term = yi
+        for j, (xj, _) in enumerate(points):
+            if j != i:
+                term = term * (x - xj) * pow(xi - xj, p - 2, p) % p
+        total = (total + term) % p
+    return total
+
+
+def _joint_top_bits_chi2(first: np.ndarray, second: np.ndarray) -> float:
+    """Pearson's χ² of the joint top 4 bits of two share arrays against uniform on the
+    16 × 16 cells (255 degrees of freedom)."""
+    cells = (first >> 27) * 16 + (second >> 27)
+    observed = np.bincount(cells.ravel(), minlength=256)
+    expected = cells.size / 256
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+def test_fewer_than_t_shares_are_consistent_with_every_secret() -> None:
+    """t−1 shares rule no secret out: for each of several unrelated candidate secrets there is
+    a t-th share (the polynomial through the t−1 shares and the candidate at 0) with which
+    ``combine`` rebuilds exactly that candidate."""
+    t, xs = 4, [3, 5, 8]  # t − 1 = 3 shares held
     secret = os.urandom(32)
-    shares = shamir.split([secret], xs=[1, 2, 3], threshold=3)
-    try:
-        guess = shamir.combine(np.array([[1, 2]]), shares[:, :2])
-    except ShareError:
-        guess = None
-    assert guess != secret
+    held = shamir.split([secret], xs=[*xs, 11], threshold=t)[0, : t - 1]
+    extra_x = 11
+    candidates = [secret, bytes(32), b"\xff" * 32, os.urandom(32), os.urandom(32)]
+    for candidate in candidates:
+        chunks = np.frombuffer(candidate, dtype="<u2").astype(np.int64)
+        extra = [
+            _interpolate_at(
+                extra_x, [(0, int(c)), *zip(xs, (int(v) for v in held[:, k]), strict=True)]
+            )
+            for k, c in enumerate(chunks)
+        ]
+        ys = np.concatenate([held, np.asarray([extra], dtype=np.int64)])
+        assert shamir.combine(np.array([[*xs, extra_x]]), ys[np.newaxis]) == [candidate]
+
+
+@pytest.mark.usefixtures("seeded_shamir")
+def test_fewer_than_t_shares_are_jointly_uniform_whatever_the_secret() -> None:
+    """t−1 shares are uniform on GF(p)^(t−1) whatever the secret: for 4000 splits each of the
+    all-zero and the all-0xff secret (t = 3), the joint top bits of the two shares held pass a
+    χ² test for uniformity (p = 10⁻⁶), while t shares of the zero secret, which determine it,
+    fail the same test by orders of magnitude."""
+    splits = 4000
+    for secret in (bytes(32), b"\xff" * 32):
+        shares = shamir.split([secret] * splits, xs=[1, 2, 3], threshold=3)
+        assert _joint_top_bits_chi2(shares[:, 0], shares[:, 1]) < CHI2_CRITICAL
+    whole = shamir.split([bytes(32)] * splits, xs=[1, 2], threshold=2)
+    assert _joint_top_bits_chi2(whole[:, 0], whole[:, 1]) > 100 * CHI2_CRITICAL
+
+
+@pytest.mark.usefixtures("seeded_shamir")
+def test_combine_refuses_fewer_than_t_shares() -> None:
+    """``combine`` over t−1 shares does not return a guess: their interpolation at 0 is
+    uniform on GF(p), so it is a ShareError (every chunk outside 16 bits but with
+    probability 2^-15 each), never the secret."""
+    secrets = [os.urandom(32) for _ in range(50)]
+    shares = shamir.split(secrets, xs=[1, 2, 3], threshold=3)
+    with pytest.raises(ShareError, match="do not reconstruct"):
+        shamir.combine(np.array([[1, 2]] * len(secrets)), shares[:, :2])
+    for i in range(len(secrets)):
+        with pytest.raises(ShareError, match="do not reconstruct"):
+            shamir.combine(np.array([[1, 2]]), shares[i : i + 1, :2])
 
 
 def test_a_corrupted_share_is_detected() -> None:

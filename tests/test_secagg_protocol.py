@@ -1,5 +1,5 @@
-"""The SecAgg+ protocol in process: correctness under dropouts, aborts, stage transitions,
-and what the aggregator can see."""
+"""The SecAgg+ protocol in process (agent.secagg.simulation drives the real client and server):
+correctness under dropouts, aborts, stage transitions, and what the aggregator can see."""
 
 from __future__ import annotations
 
@@ -17,70 +17,42 @@ from hypothesis import strategies as st
 from agent.errors import SecAggAbortError, StageError
 from agent.secagg import client as C
 from agent.secagg import server as S
-from agent.secagg.keys import RoundContext
-from agent.secagg.params import SecAggParams, resolve
+from agent.secagg.params import resolve
 from agent.secagg.quantize import error_bound, quantize, weight_word
-from agent.secagg.state import (
-    FINAL,
-    ORDER,
-    PublicKeys,
-    RevealedShares,
-    Setup,
-    Stage,
-    can_move,
-    move,
+from agent.secagg.simulation import (
+    DROP_STAGES,
+    Observer,
+    Plan,
+    SecAggRound,
+    announce,
+    survival,
 )
+from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage, can_move, move
 
 
-@dataclasses.dataclass
-class Drops:
-    """Who vanishes before each client stage."""
+class Inspector(Observer):
+    """Calls ``see`` with the server's state at each of the simulation's inspection points."""
 
-    advertise: frozenset[str] = frozenset()
-    share: frozenset[str] = frozenset()
-    collect: frozenset[str] = frozenset()
-    unmask: frozenset[str] = frozenset()
+    def __init__(self, see: Callable[[S.ServerState], None]) -> None:
+        self.see = see
 
-
-def announce(n: int, d: int, params: SecAggParams | None = None) -> Setup:
-    cohort = tuple(sorted(f"agent-{i:03d}" for i in range(n)))
-    return Setup(RoundContext("fed", 7), params or resolve(n), cohort, os.urandom(32), d)
+    def inspect(self, state: S.ServerState) -> None:
+        self.see(state)
 
 
 def run_round(
     setup: Setup,
     updates: dict[str, np.ndarray],
     weights: dict[str, int],
-    drops: Drops,
+    plan: Plan,
     *,
     inspect: Callable[[S.ServerState], None] = lambda s: None,
+    rngs: dict[str, np.random.Generator] | None = None,
 ) -> S.Aggregate:
-    """Drive one round: every client that has not dropped answers every stage."""
-    server = S.setup(setup)
-    clients = {a: C.setup(a, setup) for a in setup.cohort}
-    S.open_advertise(server)
-    for a in setup.cohort:
-        if a not in drops.advertise:
-            S.receive_keys(server, a, C.advertise_keys(clients[a]))
-    inspect(server)
-    for a, peer_keys in S.close_advertise(server).items():
-        if a not in drops.share:
-            assert S.receive_shares(server, a, C.share_keys(clients[a], peer_keys))
-    inspect(server)
-    for a, ciphertexts in S.close_share_keys(server).items():
-        if a not in drops.collect:
-            y = C.collect_masked_input(
-                clients[a], ciphertexts, update=updates[a], weight=weights[a]
-            )
-            assert S.receive_masked_input(server, a, y)
-            inspect(server)
-    survivors, dropped = S.close_collect(server)
-    for a in survivors:
-        if a not in drops.unmask:
-            revealed = C.unmask(clients[a], survivors=survivors, dropped=dropped)
-            assert S.receive_unmask(server, a, revealed)
-    inspect(server)
-    return S.finish(server)
+    """Drive one round through agent.secagg.simulation: every client that has not dropped
+    answers every stage, and the server accepts every message (else SimulationError)."""
+    observer = Inspector(inspect)
+    return SecAggRound(setup, updates, weights, plan, observer, rngs or {}).play()
 
 
 def plaintext_sum(
@@ -127,9 +99,9 @@ def test_unmasked_sum_equals_plaintext_sum(n: int, d: int, data: st.DataObject) 
     """For random n, d and k (and the default t), with no dropouts, the unmasked sum is the
     plaintext weighted sum within the quantization bound."""
     k = data.draw(st.integers(2, n - 1).filter(lambda k: (n * k) % 2 == 0))
-    setup = announce(n, d, resolve(n, num_neighbours=k))
+    setup = announce(n, d, params=resolve(n, num_neighbours=k))
     updates, weights = random_inputs(setup, data.draw(st.integers(0, 2**32 - 1)))
-    agg = run_round(setup, updates, weights, Drops())
+    agg = run_round(setup, updates, weights, {})
     check(setup, agg, updates, weights, set(setup.cohort))
 
 
@@ -142,36 +114,32 @@ def test_dropouts_at_any_stage_within_threshold(n: int, data: st.DataObject) -> 
     updates, weights = random_inputs(setup, 1)
     cohort = list(setup.cohort)
     lost = data.draw(st.lists(st.sampled_from(cohort), unique=True, max_size=n // 6))
-    stages = [data.draw(st.sampled_from(["advertise", "share", "collect"])) for _ in lost]
-    drops = Drops(
-        **{
-            s: frozenset(a for a, x in zip(lost, stages, strict=True) if x == s)
-            for s in ("advertise", "share", "collect")
-        }
-    )
+    early = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_INPUT]
+    stages = [data.draw(st.sampled_from(early)) for _ in lost]
+    plan = {s: frozenset(a for a, x in zip(lost, stages, strict=True) if x == s) for s in early}
     reasons: list[str] = []
     try:
-        agg = run_round(setup, updates, weights, drops)
+        agg = run_round(setup, updates, weights, plan)
     except SecAggAbortError as exc:
         # Only when the graph left some survivor's secret with fewer than t live holders.
         reasons.append(exc.reason)
     if reasons:
         assert reasons[0] in {"too_few_shares", "too_few_survivors"}
         return
-    gone = drops.advertise | drops.share | drops.collect
+    gone = frozenset().union(*plan.values())
     assert set(agg.survivors) <= set(cohort) - gone
     check(setup, agg, updates, weights, set(agg.survivors))
 
 
-@pytest.mark.parametrize("stage", ["advertise", "share", "collect", "unmask"])
-def test_two_dropouts_at_each_stage(stage: str) -> None:
+@pytest.mark.parametrize("stage", DROP_STAGES)
+def test_two_dropouts_at_each_stage(stage: Stage) -> None:
     """Two clients vanishing at one stage: the round completes over the others (after
     unmask, their inputs still count: they sent them)."""
     setup = announce(12, 300)
     updates, weights = random_inputs(setup, 2)
     lost = frozenset(setup.cohort[3:5])
-    agg = run_round(setup, updates, weights, Drops(**{stage: lost}))
-    expected = set(setup.cohort) if stage == "unmask" else set(setup.cohort) - lost
+    agg = run_round(setup, updates, weights, {stage: lost})
+    expected = set(setup.cohort) if stage is Stage.UNMASK else set(setup.cohort) - lost
     check(setup, agg, updates, weights, expected)
 
 
@@ -185,7 +153,7 @@ def test_below_threshold_the_round_aborts() -> None:
             setup,
             updates,
             weights,
-            Drops(collect=frozenset(setup.cohort[:6])),
+            {Stage.COLLECT_MASKED_INPUT: frozenset(setup.cohort[:6])},
             inspect=server.append,
         )
     assert server[-1].stage is Stage.ABORTED
@@ -196,7 +164,7 @@ def test_too_few_unmask_answers_abort() -> None:
     setup = announce(10, 20)
     updates, weights = random_inputs(setup, 4)
     with pytest.raises(SecAggAbortError, match="too_few_shares"):
-        run_round(setup, updates, weights, Drops(unmask=frozenset(setup.cohort[:6])))
+        run_round(setup, updates, weights, {Stage.UNMASK: frozenset(setup.cohort[:6])})
 
 
 def test_wrong_revealed_shares_abort_the_round() -> None:
@@ -213,7 +181,11 @@ def test_wrong_revealed_shares_abort_the_round() -> None:
 
     with pytest.raises(SecAggAbortError, match="bad_shares"):
         run_round(
-            setup, updates, weights, Drops(collect=frozenset(setup.cohort[:1])), inspect=corrupt
+            setup,
+            updates,
+            weights,
+            {Stage.COLLECT_MASKED_INPUT: frozenset(setup.cohort[:1])},
+            inspect=corrupt,
         )
 
 
@@ -234,14 +206,28 @@ def test_client_refuses_an_inconsistent_unmask_request() -> None:
 
 # -- stage transitions --------------------------------------------------------------------
 
+#: Every legal (from, to) move of a SecAgg+ stage: one step forward along the protocol, or
+#: to ``aborted`` from a stage that is not final. Everything else is a StageError.
+LEGAL_MOVES = frozenset(
+    {
+        (Stage.SETUP, Stage.ADVERTISE_KEYS),
+        (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS),
+        (Stage.SHARE_KEYS, Stage.COLLECT_MASKED_INPUT),
+        (Stage.COLLECT_MASKED_INPUT, Stage.UNMASK),
+        (Stage.UNMASK, Stage.DONE),
+        (Stage.SETUP, Stage.ABORTED),
+        (Stage.ADVERTISE_KEYS, Stage.ABORTED),
+        (Stage.SHARE_KEYS, Stage.ABORTED),
+        (Stage.COLLECT_MASKED_INPUT, Stage.ABORTED),
+        (Stage.UNMASK, Stage.ABORTED),
+    }
+)
+
 
 @pytest.mark.parametrize(("current", "wanted"), list(itertools.product(Stage, Stage)))
 def test_every_stage_transition(current: Stage, wanted: Stage) -> None:
-    """The full product of stages: only one step forward, or abort from a live stage."""
-    expected = current not in FINAL and (
-        wanted is Stage.ABORTED
-        or (wanted in ORDER and ORDER.index(wanted) == ORDER.index(current) + 1)
-    )
+    """The full product of stages: exactly the moves of ``LEGAL_MOVES`` are allowed."""
+    expected = (current, wanted) in LEGAL_MOVES
     assert can_move(current, wanted) is expected
     state = C.setup("agent-000", announce(4, 3))
     state.stage = current
@@ -341,16 +327,15 @@ def test_a_masked_update_is_indistinguishable_from_uniform() -> None:
     update unmasked fails it by orders of magnitude."""
     setup = announce(10, 200_000)
     updates, weights = random_inputs(setup, 6)
-    masked: dict[str, np.ndarray] = {}
-    server = S.setup(setup)
-    clients = {a: C.setup(a, setup) for a in setup.cohort}
-    S.open_advertise(server)
-    for a in setup.cohort:
-        S.receive_keys(server, a, C.advertise_keys(clients[a]))
-    for a, pk in S.close_advertise(server).items():
-        S.receive_shares(server, a, C.share_keys(clients[a], pk))
-    for a, cts in S.close_share_keys(server).items():
-        masked[a] = C.collect_masked_input(clients[a], cts, update=updates[a], weight=weights[a])
+    masked: dict[str, Any] = {}
+
+    class Keep(Observer):
+        def sent(self, sender: str, stage: Stage, message: Any) -> None:
+            if stage is Stage.COLLECT_MASKED_INPUT:
+                masked[sender] = message
+
+    sim = SecAggRound(setup, updates, weights, observer=Keep())
+    sim.collect(sim.share(sim.advertise()))
     one = setup.cohort[0]
     plain = quantize(updates[one], weight=weights[one], params=setup.params)
     assert _chi_square_top_byte(masked[one]) < CHI2_CRITICAL
@@ -376,9 +361,7 @@ def _arrays(value: Any, seen: set[int] | None = None) -> Iterator[np.ndarray]:
             yield from _arrays(v, seen)
 
 
-def test_aggregator_state_never_holds_an_unmasked_update(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_aggregator_state_never_holds_an_unmasked_update() -> None:
     """At every point of a round (with a dropout), no array in the aggregator's state equals
     any client's quantized input, masked or not: it holds only the running masked sum."""
     setup = announce(8, 1000)
@@ -402,14 +385,41 @@ def test_aggregator_state_never_holds_an_unmasked_update(
             for vector in plain.values():
                 assert not (array.shape == vector.shape and np.array_equal(array, vector))
 
-    original = C.collect_masked_input
-
-    def seeded(state: C.ClientState, cts: Any, *, update: Any, weight: int) -> Any:
-        return original(state, cts, update=update, weight=weight, rng=rngs[state.agent_id])
-
-    monkeypatch.setattr(C, "collect_masked_input", seeded)
     agg = run_round(
-        setup, updates, weights, Drops(collect=frozenset(setup.cohort[:1])), inspect=inspect
+        setup,
+        updates,
+        weights,
+        {Stage.COLLECT_MASKED_INPUT: frozenset(setup.cohort[:1])},
+        inspect=inspect,
+        rngs=rngs,
     )
     assert snapshots > 5
     check(setup, agg, updates, weights, set(setup.cohort[1:]))
+
+
+# -- the cheap survival model -------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(5, 20), data=st.data())
+def test_survival_predicts_the_real_round(n: int, data: st.DataObject) -> None:
+    """For random dropouts at every stage, ``survival`` (the server's bookkeeping on
+    placeholder messages) gives the real round's outcome: the same abort reason, or none,
+    and the same clients excluded at each stage closed before finish."""
+    setup = announce(n, 5)
+    updates, weights = random_inputs(setup, data.draw(st.integers(0, 2**32 - 1)))
+    lost = data.draw(st.lists(st.sampled_from(setup.cohort), unique=True, max_size=n // 2))
+    stages = [data.draw(st.sampled_from(DROP_STAGES)) for _ in lost]
+    plan = {
+        s: frozenset(a for a, x in zip(lost, stages, strict=True) if x == s) for s in DROP_STAGES
+    }
+    sim = SecAggRound(setup, updates, weights, plan)
+    try:
+        sim.play()
+        reason = None
+    except SecAggAbortError as exc:
+        reason = exc.reason
+    predicted = survival(setup, plan)
+    assert predicted.abort == reason
+    closed = {s: v for s, v in sim.server_state.dropouts.items() if s is not Stage.UNMASK}
+    assert predicted.excluded == closed

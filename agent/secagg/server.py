@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ from agent.secagg.state import (
 )
 
 RingVector = npt.NDArray[np.unsignedinteger[Any]]
+#: Which of a RevealedShares' two maps holds shares of a survivor's / a dropout's secret.
+_SEED, _KEY = attrgetter("self_seed"), attrgetter("mask_key")
 
 
 @dataclass(slots=True)
@@ -234,8 +237,8 @@ def _unmask(state: ServerState) -> Aggregate:
     setup_ = state.setup
     params = setup_.params
     _record(state, Stage.UNMASK, set(state.survivors) - set(state.revealed))
-    seeds = _reconstruct(state, sorted(state.survivors), lambda r: r.self_seed, "self_seed")
-    mask_keys = _reconstruct(state, sorted(state.dropped), lambda r: r.mask_key, "mask_key")
+    seeds = _reconstruct(state, sorted(state.survivors), _SEED, "self_seed")
+    mask_keys = _reconstruct(state, sorted(state.dropped), _KEY, "mask_key")
     total = state.masked_sum
     if total is None:  # close_collect aborts first; kept for a state built by hand
         raise SecAggAbortError("too_few_survivors", "no masked input")
@@ -269,8 +272,9 @@ def _reconstruct(state: ServerState, owners: list[str], pick: Any, what: str) ->
     t = state.setup.params.threshold
     xs: list[list[int]] = []
     ys: list[list[Any]] = []
+    index = _holders(state, pick)
     for owner in owners:
-        holders = [h for h in sorted(state.revealed) if owner in pick(state.revealed[h])]
+        holders = index.get(owner, [])
         if len(holders) < t:
             raise SecAggAbortError(
                 "too_few_shares", f"{len(holders)} shares of {owner}'s {what}, {t} needed"
@@ -289,6 +293,31 @@ def _reconstruct(state: ServerState, owners: list[str], pick: Any, what: str) ->
     except ShareError as exc:
         raise SecAggAbortError("bad_shares", f"{what}: {exc}") from exc
     return dict(zip(owners, secrets, strict=True))
+
+
+def missing_shares(state: ServerState) -> dict[str, int]:
+    """The secrets ``finish`` cannot rebuild: owner → revealed shares, for every survivor
+    whose self-mask seed and every dropout whose mask key has fewer than t (empty: no
+    ``too_few_shares`` abort). Reads the state only.
+
+    Raises:
+        StageError: not in ``unmask``.
+    """
+    expect(state, Stage.UNMASK)
+    t = state.setup.params.threshold
+    seeds, mask_keys = _holders(state, _SEED), _holders(state, _KEY)
+    counts = {o: len(seeds.get(o, [])) for o in sorted(state.survivors)}
+    counts |= {o: len(mask_keys.get(o, [])) for o in sorted(state.dropped)}
+    return {owner: count for owner, count in counts.items() if count < t}
+
+
+def _holders(state: ServerState, pick: Any) -> dict[str, list[str]]:
+    """Owner → the revealers (sorted) that sent a share of its secret picked by ``pick``."""
+    index: dict[str, list[str]] = {}
+    for holder in sorted(state.revealed):
+        for owner in pick(state.revealed[holder]):
+            index.setdefault(owner, []).append(holder)
+    return index
 
 
 def _prune(live: set[str], graph: Mapping[str, frozenset[str]], t: int) -> set[str]:
