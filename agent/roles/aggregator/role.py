@@ -14,13 +14,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.errors import IdentityError
-from agent.role import Identity, Role
 from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.plugin.api import Weights
+from agent.role import Identity, Role
 from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
