@@ -13,7 +13,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.errors import DecodeError, OversizedError
-from agent.messages.bodies import BODY_TYPES, KIND_OF, Body, GlobalModel, ModelUpdate
+from agent.messages.bodies import BODY_TYPES, KIND_OF, Body, GlobalModel, MaskedInput, ModelUpdate
 from agent.messages.envelope import Envelope, Message, new_envelope
 from agent.messages.kinds import Kind
 from agent.messages.sealing import SEALED_KINDS, seal, seal_info
@@ -79,6 +79,10 @@ def decode_envelope(
         raise DecodeError(f"bad envelope: {exc}") from exc
 
 
+#: The dtypes a SecAgg+ masked vector travels in (ring Z_2^32 or Z_2^64 words).
+MASKED_DTYPES = frozenset({"<u4", "<u8"})
+
+
 def decode_body(kind: Kind, data: bytes) -> Body:
     """The body of a ``kind`` message, validated (tensors included).
 
@@ -92,6 +96,14 @@ def decode_body(kind: Kind, data: bytes) -> Body:
     if isinstance(body, GlobalModel | ModelUpdate):
         for tensor in body.tensors:
             to_array(tensor)  # validates dtype and byte length
+    elif isinstance(body, MaskedInput):
+        # 1-D ring words; the round checks the length (d + 1), which only it knows
+        if body.vector.dtype not in MASKED_DTYPES or len(body.vector.shape) != 1:
+            raise DecodeError(
+                f"a masked input is 1-D {sorted(MASKED_DTYPES)}, "
+                f"not {body.vector.dtype} {tuple(body.vector.shape)}"
+            )
+        to_array(body.vector)
     return body
 
 
