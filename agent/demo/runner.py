@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-import msgspec
 import structlog
 
 from agent.brokers import BrokerKind, EmbeddedBroker
@@ -25,31 +24,32 @@ from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
 from agent.config import (
     AgentConfig,
-    AggregatorConfig,
-    IdentityConfig,
-    LoggingConfig,
-    PluginConfig,
-    SecureAggregation,
-    TlsConfig,
-    TrainerConfig,
+)
+from agent.demo.configs import (
+    FEDERATION,
+    aggregator_config,
+    enrolled_config,
+    partition_label,
+    plugin_options,
+    trainer_config,
+    write_config,
 )
 from agent.demo.options import DemoOptions
-from agent.demo.pki import AGGREGATOR_ID, DemoPki, create_pki, enroll_agents, lock_down, tls_files
+from agent.demo.pki import create_pki, enroll_agents, lock_down
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.lockdown import embedded_broker
 from agent.logs import configure_logging
 from agent.node import run_node, run_until_signal
-from agent.plugin.api import PluginContext, PluginInfo
+from agent.plugin.api import PluginContext
 from agent.plugin.loader import describe_plugin, load_plugin
-from agent.role import Role
 from agent.roles.aggregator.records import RoundRecord, RunSummary
 from agent.runtime.tasks import task_group
 from agent.state import read_weights
 
-FEDERATION = "demo"
 log = structlog.get_logger(__name__)
+
 INSECURE_WARNING = (
     "WARNING: --insecure: no CA, no enrollment, no TLS, no broker ACLs, no signatures, no "
     "sealing.\n         Anyone who reaches the broker can join, forge updates and read "
@@ -63,22 +63,6 @@ class DemoResult:
     centralized_accuracy: float | None
     wall_seconds: float
     report_files: list[Path]
-
-
-def plugin_options(
-    options: DemoOptions, index: int, num_agents: int, partition: str
-) -> dict[str, Any]:
-    """One agent's ``[plugin.options]``: the partition options the plugin takes (see
-    ``agent.plugin.api``), then ``options.plugin_options``."""
-    info = describe_plugin(options.plugin).info
-    candidates = {
-        "agent_index": index,
-        "num_agents": num_agents,
-        "partition": partition,
-        "alpha": options.alpha,
-        "seed": options.seed,
-    }
-    return {**{k: v for k, v in candidates.items() if info.takes(k)}, **options.plugin_options}
 
 
 def centralized_accuracy(options: DemoOptions) -> float | None:
@@ -176,7 +160,7 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         info = describe_plugin(options.plugin).info  # fails fast on a missing plugin
         print(
             f"fedbus demo: plugin {options.plugin}, {options.agents} agents, "
-            f"{options.rounds} rounds, {_partition_label(options, info)}, bus {url}, "
+            f"{options.rounds} rounds, {partition_label(options, info)}, bus {url}, "
             f"secure aggregation {options.secure_aggregation}",
             file=out,
             flush=True,
@@ -184,7 +168,7 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         if pki is None:
             print(INSECURE_WARNING, file=out, flush=True)
             configs = {
-                a: _write(work / f"{a}.toml", _trainer_config(options, i, url, work))
+                a: write_config(work / f"{a}.toml", trainer_config(options, i, url, work))
                 for i, a in enumerate(agent_ids)
             }
         else:
@@ -209,11 +193,12 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                 )
             )
             configs = {
-                a: _write(path, _enrolled_config(options, path)) for a, path in enrolled.items()
+                a: write_config(path, enrolled_config(options, path))
+                for a, path in enrolled.items()
             }
-        aggregator = _aggregator_config(options, url, pki)
+        aggregator = aggregator_config(options, url, pki)
         # The aggregator's config, for `fedbus listen/publish --as` while the demo runs.
-        _write(report_dir / "aggregator.toml", aggregator)
+        write_config(report_dir / "aggregator.toml", aggregator)
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
         for agent_id, path in configs.items():
@@ -291,84 +276,3 @@ async def _watch(agents: list[AgentProcess]) -> None:
             raise FedbusError(
                 f"all agent processes exited; see {agents[0].log_path.parent}/agent-*.log"
             )
-
-
-def _partition_label(options: DemoOptions, info: PluginInfo) -> str:
-    if not info.takes("partition"):
-        return "data split by the plugin"
-    if options.partition == "dirichlet":
-        return f"Dirichlet α={options.alpha}"  # noqa: RUF001 - the field's symbol for it
-    return "IID"
-
-
-def _trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> AgentConfig:
-    agent_id = f"agent-{index:02d}"
-    return AgentConfig(
-        role=Role.TRAINER,
-        agent_id=agent_id,
-        federation=FEDERATION,
-        bus_url=url,
-        state_dir=work / agent_id,
-        plugin=PluginConfig(
-            name=options.plugin,
-            options=plugin_options(options, index, options.agents, options.partition),
-        ),
-        trainer=TrainerConfig(
-            join_retry=0.5,
-            require_secure_aggregation=(
-                options.secure_aggregation == SecureAggregation.SECAGG_PLUS
-            ),
-        ),
-        logging=LoggingConfig(level="info", format="json"),
-    )
-
-
-def _write(path: Path, config: AgentConfig) -> Path:
-    path.write_bytes(config.to_toml())
-    return path
-
-
-def _enrolled_config(options: DemoOptions, path: Path) -> AgentConfig:
-    """The config ``fedbus enroll`` wrote, with the demo's trainer and logging settings."""
-    enrolled = AgentConfig.load(path)
-    plain = _trainer_config(options, 0, enrolled.bus_url, path.parent)
-    return msgspec.structs.replace(enrolled, trainer=plain.trainer, logging=plain.logging)
-
-
-def _aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> AgentConfig:
-    secure = options.secure_aggregation == SecureAggregation.SECAGG_PLUS
-    identity, tls = IdentityConfig(), TlsConfig()
-    if pki is not None:
-        identity = IdentityConfig(
-            cert_file=pki.cert(AGGREGATOR_ID),
-            key_file=pki.key(AGGREGATOR_ID),
-            ca_file=pki.ca_file,
-            ca_dir=pki.directory,
-        )
-        files = tls_files(pki, AGGREGATOR_ID, url)
-        tls = TlsConfig(ca_file=files.ca_file, cert_file=files.cert_file, key_file=files.key_file)
-    return AgentConfig(
-        identity=identity,
-        tls=tls,
-        role=Role.AGGREGATOR,
-        agent_id="aggregator",
-        federation=FEDERATION,
-        bus_url=url,
-        state_dir=options.report_dir / "aggregator",
-        plugin=PluginConfig(
-            name=options.plugin,
-            options=plugin_options(options, 0, options.agents, options.partition),
-        ),
-        aggregator=AggregatorConfig(
-            rounds=options.rounds,
-            fraction_fit=options.fraction_fit,
-            min_fit_clients=3 if secure else 1,
-            min_available_clients=options.agents,
-            join_timeout=60.0,
-            round_timeout=options.round_timeout,
-            eval_every=1,
-            eval_timeout=options.round_timeout,
-            seed=options.seed,
-            secure_aggregation=SecureAggregation(options.secure_aggregation),
-        ),
-    )
