@@ -1,6 +1,6 @@
 """The demo's identity stack: a fresh federation CA, a locked-down broker, one-time tokens,
 and every agent enrolled over the bus by its own ``fedbus enroll`` process (its key is made
-there and never leaves it) before it starts (DESIGN.md §6).
+there and never leaves it) before it starts (ARCHITECTURE.md §6).
 """
 
 from __future__ import annotations

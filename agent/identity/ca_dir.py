@@ -1,5 +1,5 @@
 """A CA directory: the federation's CA, its identities, registry and CRL on the aggregator
-host (DESIGN.md §6). What ``fedbus ca|token|revoke`` do, as library functions::
+host (ARCHITECTURE.md §6). What ``fedbus ca|token|revoke`` do, as library functions::
 
     ca.pem  ca.key (0600)            the federation CA (``init_ca_dir``)
     aggregator.pem  aggregator.key   the aggregator's identity

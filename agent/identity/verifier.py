@@ -1,4 +1,4 @@
-"""Checking signed messages against the federation CA (DESIGN.md §3).
+"""Checking signed messages against the federation CA (ARCHITECTURE.md §3).
 
 A receiver checks a signed message (``agent.messages.signing``), before any handler runs: the
 certificate was issued by the federation CA and is valid now; its CN is the envelope's

@@ -1,5 +1,5 @@
 """Broker lockdown: TLS with client certificates and per-identity access, for mosquitto and
-nats-server, generated per federation (``fedbus broker-config``; DESIGN.md §6).
+nats-server, generated per federation (``fedbus broker-config``; ARCHITECTURE.md §6).
 
 - :mod:`~agent.lockdown.access`: who may publish and subscribe where (from the topic table).
 - :mod:`~agent.lockdown.members`: who the broker admits (aggregator, trainers, revoked).

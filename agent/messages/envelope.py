@@ -1,4 +1,4 @@
-"""The envelope: one wire format for every message (DESIGN.md §3).
+"""The envelope: one wire format for every message (ARCHITECTURE.md §3).
 
 The envelope is msgpack (via msgspec) with the body as an inner msgpack byte string, so the
 body can be decoded by kind after the envelope checks pass (and, later, signed as bytes).

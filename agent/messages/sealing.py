@@ -1,4 +1,4 @@
-"""Sealed message bodies (DESIGN.md §3).
+"""Sealed message bodies (ARCHITECTURE.md §3).
 
 The bodies of updates and of SecAgg+ stage messages sent to the aggregator are encrypted to
 the aggregator's per-run X25519 key with HPKE (RFC 9180, base mode, DHKEM(X25519,

@@ -1,4 +1,4 @@
-"""Signed messages: the wire form (DESIGN.md §3).
+"""Signed messages: the wire form (ARCHITECTURE.md §3).
 
 With identities on, a payload on the bus is not a bare envelope but::
 

@@ -83,7 +83,7 @@ class PluginContext:
 
 @runtime_checkable
 class Plugin(Protocol):
-    """Three methods named after the protocol verbs (see DESIGN.md §7).
+    """Three methods named after the protocol verbs (see ARCHITECTURE.md §7).
 
     Optional hook: ``num_examples() -> int``, the size of the local training set, reported
     when the agent joins (default 0: unknown).

@@ -1,4 +1,4 @@
-"""Liveness on the bus, without polling (DESIGN.md §2, ``status/{agent_id}``).
+"""Liveness on the bus, without polling (ARCHITECTURE.md §2, ``status/{agent_id}``).
 
 An agent publishes ``status: online`` (retained) when it connects and then every
 ``trainer.heartbeat`` seconds, with what it is doing; its last will, set on every connection,

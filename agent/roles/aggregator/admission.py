@@ -1,4 +1,4 @@
-"""Admission: which agents take part in this run (DESIGN.md §4, step 1).
+"""Admission: which agents take part in this run (ARCHITECTURE.md §4, step 1).
 
 An agent asks with ``join``; it is admitted when it speaks for itself (the body's agent id is
 the envelope's sender) and trains this federation's plugin. An admitted agent gets

@@ -1,4 +1,4 @@
-"""Federated evaluation (DESIGN.md §4, step 5): the aggregator broadcasts ``evaluate`` for a
+"""Federated evaluation (ARCHITECTURE.md §4, step 5): the aggregator broadcasts ``evaluate`` for a
 model version and aggregates the ``metrics`` that come back, weighted by num_examples."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One round (DESIGN.md §4): from the model in force and the admitted agents to the round's
+"""One round (ARCHITECTURE.md §4): from the model in force and the admitted agents to the round's
 record.
 
 Sample a cohort from the admitted agents believed alive, have it fit (``CohortFit``: plain or

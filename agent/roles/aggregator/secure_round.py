@@ -1,4 +1,4 @@
-"""One SecAgg+ round over the bus, aggregator side (DESIGN.md §5).
+"""One SecAgg+ round over the bus, aggregator side (ARCHITECTURE.md §5).
 
 ``SecureRound.run`` walks the server stages of ``agent.secagg.server``: it collects each
 stage's messages until every expected client answered or the stage deadline passed, then

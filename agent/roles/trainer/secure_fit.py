@@ -1,4 +1,4 @@
-"""One SecAgg+ round over the bus, agent side (DESIGN.md §5; Bell et al., "Secure
+"""One SecAgg+ round over the bus, agent side (ARCHITECTURE.md §5; Bell et al., "Secure
 Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020).
 
 A ``SecureFit`` is made from the ``secagg`` field of a ``fit_ins``, one per round. It
