@@ -27,6 +27,7 @@ from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RunSummary
 from agent.roles.trainer import Trainer
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from agent.runtime.metrics import Metrics
 
 
 class ToyPlugin:
@@ -109,9 +110,11 @@ async def federate_in_memory(
     *,
     broker: MemoryBroker | None = None,
     revoked: Callable[[Identity], bool] | None = None,
+    aggregator_metrics: Metrics | None = None,
 ) -> tuple[RunSummary, dict[str, Trainer]]:
     """Run the aggregator ``config`` with one in-process trainer per plugin on an in-memory
-    broker until the schedule ends; the trainers are then stopped."""
+    broker until the schedule ends; the trainers are then stopped. Each trainer counts into
+    its own ``Trainer.metrics``; the aggregator into ``aggregator_metrics`` if given."""
     broker = broker or MemoryBroker()
     trainers: dict[str, Trainer] = {}
     buses: list[MemoryBus] = []
@@ -133,6 +136,7 @@ async def federate_in_memory(
                     plugin_name="toy",
                     initial_weights=toy(0, 1).get_weights(),
                     revoked=revoked,
+                    metrics=aggregator_metrics,
                 )
                 summary = await aggregator.run()
             await asyncio.sleep(0.05)  # let finish reach the trainers

@@ -3,21 +3,17 @@ registry, and /metrics serves them."""
 
 from __future__ import annotations
 
-import asyncio
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from agent.brokers import free_port
-from agent.bus.base import BusMessage, BusSettings
-from agent.bus.memory import MemoryBroker, MemoryBus
+from agent.bus.base import BusMessage
 from agent.plugin.loader import CheckedPlugin
-from agent.roles.aggregator import Aggregator
-from agent.roles.trainer import Trainer
 from agent.runtime import metrics
 from agent.runtime.metrics import Metrics
-from tests.helpers import aggregator_config, make, toy, trainer_config
+from tests.helpers import aggregator_config, federate_in_memory, make, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,34 +23,15 @@ async def federate_counted(
 ) -> tuple[Metrics, dict[str, Metrics]]:
     """An in-memory federation in which the aggregator and every trainer count into a
     ``Metrics`` of their own; returns them."""
-    broker = MemoryBroker()
-    counted = {agent_id: Metrics() for agent_id in plugins}
     config = aggregator_config("mem://", tmp_path, agents=len(plugins), rounds=rounds)
-    buses = []
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = []
-            for agent_id, plugin in plugins.items():
-                bus = MemoryBus(broker, BusSettings(client_id=agent_id))
-                await bus.__aenter__()
-                buses.append(bus)
-                cfg = trainer_config(agent_id, "mem://", tmp_path)
-                trainer = Trainer(config=cfg, bus=bus, plugin=plugin, metrics=counted[agent_id])
-                tasks.append(tg.create_task(trainer.run()))
-            async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
-                aggregator = Aggregator(
-                    config=config,
-                    bus=bus,
-                    plugin_name="toy",
-                    initial_weights=toy(0, 1).get_weights(),
-                )
-                await aggregator.run()
-            for task in tasks:
-                task.cancel()
-    finally:
-        for bus in buses:
-            await bus.__aexit__(None, None, None)
-    return aggregator.metrics, counted
+    counted = Metrics()
+    _, trainers = await federate_in_memory(
+        plugins,
+        config,
+        lambda agent_id: trainer_config(agent_id, "mem://", tmp_path),
+        aggregator_metrics=counted,
+    )
+    return counted, {agent_id: trainer.metrics for agent_id, trainer in trainers.items()}
 
 
 async def test_a_federation_is_counted(tmp_path: Path) -> None:
