@@ -62,7 +62,7 @@ def plan_key_move(layout: Layout, config: AgentConfig) -> KeyMove | None:
     import msgspec
 
     source = layout.config_path
-    if Role(config.role) is not layout.role or config.federation != layout.federation:
+    if config.role is not layout.role or config.federation != layout.federation:
         raise ConfigError(
             f"{source} configures a {config.role} of {config.federation!r}, not "
             f"{'a trainer' if layout.role is Role.TRAINER else 'an aggregator'} of "
