@@ -117,7 +117,8 @@ class StrategyConfig(_Config, frozen=True):
     Attributes:
         name: the rule (``StrategyName``).
         server_lr: η; 0 means the rule's default (1.0 for fedavg/fedprox, 0.1 for fedavgm,
-            0.01 for the adaptive ones).
+            0.03 for the adaptive ones, about 10^-1.5, where Reddi et al. 2021 often found
+            the best server rate).
         momentum: FedAvgM's β (Hsu et al. 2019, §3).
         beta1, beta2: Algorithm 2's decays (Reddi et al. 2021: 0.9 and 0.99).
         tau: Algorithm 2's adaptivity τ (and v_{-1} = τ²).

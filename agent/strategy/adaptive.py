@@ -51,7 +51,7 @@ class Adaptive(ServerOptimizer):
         self,
         rule: SecondMoment,
         *,
-        server_lr: float = 0.01,
+        server_lr: float = 0.03,
         beta1: float = 0.9,
         beta2: float = 0.99,
         tau: float = 1e-3,

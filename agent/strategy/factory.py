@@ -26,7 +26,7 @@ def build_strategy(config: StrategyConfig) -> Strategy:
         case name:
             return Adaptive(
                 _ADAPTIVE[name],
-                server_lr=lr or 0.01,
+                server_lr=lr or 0.03,
                 beta1=config.beta1,
                 beta2=config.beta2,
                 tau=config.tau,
