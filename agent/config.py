@@ -96,6 +96,51 @@ class SecAggConfig(_Config, frozen=True):
         )
 
 
+class StrategyName(StrEnum):
+    """The server-side update rule (``agent.strategy``)."""
+
+    FEDAVG = "fedavg"  # McMahan et al. 2017
+    FEDAVGM = "fedavgm"  # Hsu et al. 2019, server momentum
+    FEDADAGRAD = "fedadagrad"  # Reddi et al. 2021, Algorithm 2
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDPROX = "fedprox"  # Li et al. 2020: FedAvg on the server, proximal_mu in fit config
+
+
+Decay = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+
+
+class StrategyConfig(_Config, frozen=True):
+    """``[aggregator.strategy]``: how the round's mean delta Δ moves the model (the same with
+    SecAgg+ on and off).
+
+    Attributes:
+        name: the rule (``StrategyName``).
+        server_lr: η; 0 means the rule's default (1.0 for fedavg/fedprox, 0.1 for fedavgm,
+            0.03 for the adaptive ones, about 10^-1.5, where Reddi et al. 2021 often found
+            the best server rate).
+        momentum: FedAvgM's β (Hsu et al. 2019, §3).
+        beta1, beta2: Algorithm 2's decays (Reddi et al. 2021: 0.9 and 0.99).
+        tau: Algorithm 2's adaptivity τ (and v_{-1} = τ²).
+        proximal_mu: FedProx's μ (Li et al. 2020, Eq. 2), sent to every ``fit`` as
+            ``proximal_mu`` when ``name = "fedprox"``.
+    """
+
+    name: StrategyName = StrategyName.FEDAVG
+    server_lr: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    momentum: Decay = 0.9
+    beta1: Decay = 0.9
+    beta2: Decay = 0.99
+    tau: Positive = 1e-3
+    proximal_mu: Annotated[float, msgspec.Meta(ge=0)] = 0.01
+
+    def fit_config(self) -> dict[str, Scalar]:
+        """What the strategy adds to every ``fit``'s config: ``proximal_mu`` for FedProx."""
+        if self.name is StrategyName.FEDPROX:
+            return {"proximal_mu": self.proximal_mu}
+        return {}
+
+
 class AggregatorConfig(_Config, frozen=True):
     """``[aggregator]``: the round schedule.
 
@@ -115,6 +160,7 @@ class AggregatorConfig(_Config, frozen=True):
         secure_aggregation: ``"secagg+"`` (the aggregator learns only the cohort's sum) or
             ``"none"``.
         secagg: the SecAgg+ settings.
+        strategy: the server-side update rule (``[aggregator.strategy]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
@@ -134,6 +180,7 @@ class AggregatorConfig(_Config, frozen=True):
     eval_config: dict[str, Scalar] = {}
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
+    strategy: StrategyConfig = StrategyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
 

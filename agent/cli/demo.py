@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from agent.config import StrategyName
 from agent.demo.options import DemoOptions
 
 DEFAULTS = DemoOptions()
@@ -99,7 +100,17 @@ DEFAULTS = DemoOptions()
     default=DEFAULTS.secure_aggregation,
     show_default=True,
     type=click.Choice(["secagg+", "none"]),
-    help="secagg+: the aggregator learns only the cohort's sum (SecAgg+); none: plain FedAvg.",
+    help="secagg+: the aggregator learns only the cohort's sum (SecAgg+); none: updates in "
+    "the clear.",
+)
+@click.option(
+    "--strategy",
+    default=DEFAULTS.strategy,
+    show_default=True,
+    type=click.Choice([str(x) for x in StrategyName]),
+    help="The server-side update rule ([aggregator.strategy]), with its default parameters: "
+    "fedavg, fedavgm (server momentum), fedadagrad/fedadam/fedyogi (Reddi et al. 2021), "
+    "fedprox (FedAvg + proximal_mu in the fit config).",
 )
 @click.option(
     "--insecure",
@@ -122,6 +133,7 @@ def demo(
     plugin_name: str,
     plugin_options: tuple[str, ...],
     secure_aggregation: str,
+    strategy: str,
     insecure: bool,
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
@@ -151,6 +163,7 @@ def demo(
         plugin=plugin_name,
         plugin_options=parse_options(plugin_options),
         secure_aggregation=secure_aggregation,
+        strategy=strategy,
         insecure=insecure,
     )
     if run_demo(options) is None:

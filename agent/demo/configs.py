@@ -18,6 +18,8 @@ from agent.config import (
     LoggingConfig,
     PluginConfig,
     SecureAggregation,
+    StrategyConfig,
+    StrategyName,
     TlsConfig,
     TrainerConfig,
 )
@@ -128,5 +130,6 @@ def aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> Ag
             eval_timeout=options.round_timeout,
             seed=options.seed,
             secure_aggregation=SecureAggregation(options.secure_aggregation),
+            strategy=StrategyConfig(name=StrategyName(options.strategy)),
         ),
     )

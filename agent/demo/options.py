@@ -25,6 +25,8 @@ class DemoOptions:
     kill_agents: int = 0
     #: "secagg+" (the aggregator sees only the cohort's sum) or "none"
     secure_aggregation: str = "secagg+"
+    #: the server-side strategy (``agent.config.StrategyName``), its parameters the defaults
+    strategy: str = "fedavg"
     #: no identities: no CA, enrollment, TLS, ACLs, signatures or sealing (debugging only)
     insecure: bool = False
     plugin: str = "digits-mlp"

@@ -48,7 +48,8 @@ def write_report(
     csv_path = report_dir / "metrics.csv"
     write_atomic(csv_path, _csv(records).encode())
     png_path = report_dir / "accuracy.png"
-    write_atomic(png_path, _plot(records, centralized_accuracy, str(settings.get("plugin", ""))))
+    title = f"{settings.get('strategy', 'fedavg')}, plugin {settings.get('plugin', '')}"
+    write_atomic(png_path, _plot(records, centralized_accuracy, title))
     return [json_path, csv_path, png_path]
 
 
@@ -75,7 +76,7 @@ def _csv(records: list[RoundRecord]) -> str:
     return buf.getvalue()
 
 
-def _plot(records: list[RoundRecord], centralized_accuracy: float | None, plugin: str) -> bytes:
+def _plot(records: list[RoundRecord], centralized_accuracy: float | None, title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +110,7 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float | None, plugin
     lines = acc_ax.get_legend_handles_labels()
     more = loss_ax.get_legend_handles_labels()
     acc_ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
-    acc_ax.set_title(f"fedbus demo: FedAvg, plugin {plugin}")
+    acc_ax.set_title(f"fedbus demo: {title}")
     acc_ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

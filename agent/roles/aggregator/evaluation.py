@@ -15,7 +15,7 @@ from agent.messages.bodies import EvaluateIns, EvaluateRes, Scalar
 from agent.roles.aggregator.records import GlobalState
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
-from agent.strategy.fedavg import weighted_mean
+from agent.strategy.update import weighted_mean
 
 log = structlog.get_logger(__name__)
 

@@ -1,14 +1,15 @@
 """The fit part of a round: ask the cohort to train, collect what comes back, aggregate.
 
 In the clear (``PlainRound``): every member's ``model_update`` is checked against the model in
-force and the survivors' results go through the strategy (FedAvg by default, McMahan et al.
-2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data").
+force and the survivors' weighted mean delta is computed here (``mean_update``).
 
 With ``secure_aggregation = "secagg+"`` (``SecureRound``, Bell et al. 2020, "Secure
 Single-Server Aggregation with (Poly)Logarithmic Overhead"): the aggregator learns only the
-survivors' weighted sum of model deltas and applies their weighted mean (FedAvg; a custom
-``strategy`` sees no individual result and is not used). An aborted secure round keeps the
-model in force.
+survivors' weighted sum of model deltas, hence their weighted mean. An aborted secure round
+keeps the model in force.
+
+Both paths end in one ``AggregatedUpdate`` that the strategy (``agent.strategy``: FedAvg by
+default, or FedAvgM, FedAdagrad, FedAdam, FedYogi) turns into the next model, identically.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.secagg.keys import RoundContext
 from agent.secagg.state import Setup
-from agent.secagg.vector import flatten, size_of, unflatten
-from agent.strategy.fedavg import ClientResult, Strategy, weighted_mean
+from agent.secagg.vector import size_of
+from agent.strategy.base import Strategy
+from agent.strategy.update import AggregatedUpdate, mean_update, split
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +83,16 @@ class Outcome:
     def failed(cls, failure: RoundFailure) -> Outcome:
         return cls(failure=failure)
 
+    @classmethod
+    def of(cls, weights: Weights, update: AggregatedUpdate) -> Outcome:
+        """The new model ``weights``, stepped from ``update``."""
+        return cls(
+            weights=weights,
+            survivors=list(update.survivors),
+            num_examples=update.total_weight,
+            train_loss=update.train_loss,
+        )
+
 
 class CohortFit:
     """Runs the fit part of each round, one at a time; the listeners hand it the cohort's
@@ -90,7 +102,7 @@ class CohortFit:
         outbox: sends ``fit_ins`` (and, through ``SecureRound``, the relays).
         schedule: the ``[aggregator]`` table (timeouts, fit config, SecAgg+ settings).
         federation: the federation id (binds SecAgg+ keys to it).
-        strategy: turns plain survivors' results into the next model.
+        strategy: turns each round's ``AggregatedUpdate`` into the next model (both paths).
         alive: liveness (an offline member is not waited for).
         metrics: observes stage durations.
     """
@@ -125,6 +137,11 @@ class CohortFit:
         if self._schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS:
             return await self._secure_fit(r, cohort, before)
         return await self._plain_fit(r, cohort, before)
+
+    @property
+    def strategy(self) -> Strategy:
+        """The strategy (its ``state()`` is persisted with each round)."""
+        return self._strategy
 
     # -- listeners' entry points --------------------------------------------------------
 
@@ -174,7 +191,7 @@ class CohortFit:
             model_version=before.version,
             model_sha256=before.sha256,
             deadline=self._schedule.round_timeout,
-            config=self._schedule.fit_config,
+            config={**self._schedule.fit_config, **self._schedule.strategy.fit_config()},
             **secagg,
         )
 
@@ -190,17 +207,17 @@ class CohortFit:
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        weights = await asyncio.to_thread(self._strategy.aggregate, before.weights, results)
-        return Outcome(
-            weights=weights,
-            survivors=[x.agent_id for x in results],
-            num_examples=sum(x.num_examples for x in results),
-            train_loss=_weighted_metric(results, "train_loss"),
-        )
+        update = await asyncio.to_thread(mean_update, before.weights, results)
+        return await self._step(before, update)
+
+    async def _step(self, before: GlobalState, update: AggregatedUpdate) -> Outcome:
+        """The strategy's step from the model in force: the one seam of both paths."""
+        weights = await asyncio.to_thread(self._strategy.step, before.weights, update)
+        return Outcome.of(weights, update)
 
     async def _secure_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
         """SecAgg+: the aggregator learns only the survivors' weighted sum of model deltas;
-        the new model is the current one plus their weighted mean (FedAvg)."""
+        their weighted mean goes through the strategy."""
         settings = self._schedule.secagg
         try:
             params = settings.params(len(cohort))
@@ -238,22 +255,9 @@ class CohortFit:
             return Outcome.failed(RoundFailure.SECAGG_ABORTED)
         finally:
             self._secure = None
-        current = before.weights
-        weights = await asyncio.to_thread(
-            lambda: unflatten(flatten(current) + aggregate.mean, current)
+        update = AggregatedUpdate(
+            delta=split(aggregate.mean, before.weights),
+            total_weight=aggregate.total_weight,
+            survivors=tuple(aggregate.survivors),
         )
-        return Outcome(
-            weights=weights,
-            survivors=list(aggregate.survivors),
-            num_examples=aggregate.total_weight,
-        )
-
-
-def _weighted_metric(results: Sequence[ClientResult], key: str) -> float:
-    return weighted_mean(
-        [
-            (float(v), x.num_examples)
-            for x in results
-            if isinstance(v := x.metrics.get(key), int | float)
-        ]
-    )
+        return await self._step(before, update)

@@ -4,6 +4,8 @@
 =============================  ===============================================
 ``rounds/NNNN/model.npz``      the global model after round NNNN (0000: initial)
 ``rounds/NNNN/metrics.json``   that round's ``RoundRecord`` (rounds ≥ 1)
+``rounds/NNNN/strategy.npz``   the strategy's state after round NNNN (rounds ≥ 1;
+                               named plain arrays, ``Strategy.state()``)
 ``global_model.npz``           the model in force (the newest of the above)
 ``metrics.json``               every round's record so far, a JSON list
 =============================  ===============================================
@@ -12,12 +14,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
 
 from agent.atomic import write_json
 from agent.roles.aggregator.records import GlobalState, RoundRecord
-from agent.state import write_weights
+from agent.state import read_arrays, write_arrays, write_weights
 
 
 class RunStore:
@@ -40,6 +45,18 @@ class RunStore:
         await self.save_model(record.round, state)
         path = self.round_dir(record.round) / "metrics.json"
         await asyncio.to_thread(write_json, path, record.to_dict())
+
+    async def save_strategy(self, r: int, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        """The strategy's state after round ``r`` (``rounds/NNNN/strategy.npz``)."""
+        await asyncio.to_thread(write_arrays, self.round_dir(r) / "strategy.npz", state)
+
+    def load_strategy(self, r: int) -> dict[str, npt.NDArray[Any]]:
+        """What ``save_strategy(r, ...)`` wrote, for ``Strategy.load_state``.
+
+        Raises:
+            OSError: no such file.
+        """
+        return read_arrays(self.round_dir(r) / "strategy.npz")
 
     async def save_run(self, records: Sequence[RoundRecord]) -> None:
         """``metrics.json``: every round so far."""

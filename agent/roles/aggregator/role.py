@@ -34,7 +34,8 @@ from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, S
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
-from agent.strategy.fedavg import FedAvg, Strategy
+from agent.strategy.base import Strategy
+from agent.strategy.factory import build_strategy
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +48,8 @@ class Aggregator:
         bus: a bus that is entered (connected or connecting).
         plugin_name: agents must join with this plugin.
         initial_weights: the model of round 0.
-        strategy: how survivors' results become the next model (default FedAvg).
+        strategy: how each round's aggregated update becomes the next model (default: the
+            one ``[aggregator.strategy]`` names, FedAvg unless set).
         observer: called with every ``RoundRecord``.
         revoked: with identities on, called for every verified sender; True refuses its
             messages (``agent.node.enrolled_check`` asks the registry).
@@ -109,7 +111,7 @@ class Aggregator:
             outbox=outbox,
             schedule=schedule,
             federation=fed,
-            strategy=strategy or FedAvg(),
+            strategy=strategy or build_strategy(schedule.strategy),
             alive=self.liveness.alive,
             metrics=self.metrics,
         )

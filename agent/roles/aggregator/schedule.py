@@ -34,6 +34,7 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSumma
         with structlog.contextvars.bound_contextvars(round=r):
             record = await run_round(parts, now, r)
             await store.save_round(record, now.model)
+            await store.save_strategy(r, parts.fit.strategy.state())
             log.info(
                 "round_finished",
                 accuracy=record.accuracy,

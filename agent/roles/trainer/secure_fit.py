@@ -38,6 +38,7 @@ from agent.secagg.keys import RoundContext
 from agent.secagg.params import SecAggParams
 from agent.secagg.state import PublicKeys, Setup
 from agent.secagg.vector import flatten
+from agent.strategy.update import model_delta
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +139,7 @@ class SecureFit:
             as ``secagg_abandoned``, when the shares did not come, did not authenticate, or
             the round was closed: the round goes on without us.
         """
-        delta = flatten(result.weights) - flatten(base.weights)
+        delta = flatten(model_delta(result.weights, base.weights))
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._wake.wait()

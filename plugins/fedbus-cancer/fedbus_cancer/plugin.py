@@ -124,16 +124,20 @@ class CancerPlugin:
         """Mini-batch SGD from copies of ``weights``; ``round`` (default 0) seeds the shuffle.
 
         Config (defaults ``DEFAULT_FIT_CONFIG``): ``epochs``, ``batch_size``, ``lr``,
-        ``weight_decay`` (L2 on ``w``).
+        ``weight_decay`` (L2 on ``w``), ``proximal_mu`` (FedProx's μ >= 0, default 0: Li et
+        al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, Eq. 2; the
+        gradients of ``w`` and ``b`` get μ (w - w_global), w_global being ``weights``).
 
         Raises:
             PluginError: weights of the wrong shapes or a bad config value.
         """
         w, b = self._decode(weights)
-        c = {"round": 0, **DEFAULT_FIT_CONFIG, **config}
+        c = {"round": 0, "proximal_mu": 0.0, **DEFAULT_FIT_CONFIG, **config}
         epochs = int(_number(c, "epochs", minimum=1))
         batch = int(_number(c, "batch_size", minimum=1))
         lr, decay = _number(c, "lr", minimum=0), _number(c, "weight_decay", minimum=0)
+        mu = _number(c, "proximal_mu", minimum=0)
+        w0, b0 = w.copy(), b.copy()
         o, rnd = self.options, int(_number(c, "round", minimum=0))
         rng = np.random.default_rng([o["seed"], o["agent_index"], rnd])
         x, y = self.train.x, self.train.y
@@ -143,8 +147,9 @@ class CancerPlugin:
                 rows = order[start : start + batch]
                 p = 1.0 / (1.0 + np.exp(-_logits(w, b, x[rows])))
                 err = p - y[rows]
-                w -= np.float32(lr) * ((x[rows].T @ err) / len(rows) + decay * w).astype(np.float32)
-                b -= np.float32(lr * err.mean())
+                grad_w = (x[rows].T @ err) / len(rows) + decay * w + mu * (w - w0)
+                w -= np.float32(lr) * grad_w.astype(np.float32)
+                b -= np.float32(lr * (err.mean() + mu * (b - b0)))
         loss, accuracy = loss_and_accuracy([w, b], self.train)
         return FitResult([w, b], len(y), {"train_loss": loss, "train_accuracy": accuracy})
 

@@ -91,3 +91,23 @@ def test_bad_options_and_weights_are_plugin_errors() -> None:
         plugin(3, 2)
     with pytest.raises(PluginError, match="shapes"):
         plugin().fit([np.zeros(3, np.float32)], {})
+
+
+def test_proximal_mu_pulls_towards_the_global_model() -> None:
+    """FedProx (Li et al. 2020, Eq. 2): with μ > 0 the trained weights end nearer the
+    weights fit started from than plain SGD's, and μ = 0 is plain SGD exactly."""
+    p = plugin()
+    start = p.get_weights()
+    config = {"epochs": 3, "round": 1}
+
+    def distance(result_weights: list[np.ndarray]) -> float:
+        return sum(float(np.linalg.norm(a - s)) for a, s in zip(result_weights, start, strict=True))
+
+    plain = p.fit(start, config).weights
+    zero = p.fit(start, {**config, "proximal_mu": 0.0}).weights
+    prox = p.fit(start, {**config, "proximal_mu": 1.0}).weights
+    for a, b in zip(plain, zero, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert distance(prox) < distance(plain)
+    with pytest.raises(PluginError):
+        p.fit(start, {"proximal_mu": -1.0})

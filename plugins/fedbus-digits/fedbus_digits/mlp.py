@@ -49,6 +49,10 @@ class TrainConfig:
         batch_size: examples per SGD step, >= 1 (the last batch of an epoch may be smaller).
         lr: learning rate, > 0 and finite.
         weight_decay: L2 coefficient on the weight matrices (not the biases), >= 0.
+        proximal_mu: FedProx's μ >= 0 (Li et al., "Federated Optimization in Heterogeneous
+            Networks", MLSys 2020, §3, Eq. 2): every gradient gets μ (w - w_start), the
+            gradient of (μ/2) ||w - w_start||² pulling towards the parameters ``train``
+            started from (the global model); 0 is plain SGD.
 
     Raises:
         ValueError: a value out of range.
@@ -58,6 +62,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.1
     weight_decay: float = 0.0
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject values that cannot train."""
@@ -69,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
+            raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
 
 
 def layer_sizes(
@@ -217,10 +224,11 @@ def train(
         params: starting parameters (any float dtype; the result keeps it).
         x: inputs, shape ``(n, n_in)``.
         y: labels, shape ``(n,)``; with ``n == 0`` the result is an unchanged copy.
-        config: epochs, batch size, learning rate, weight decay.
+        config: epochs, batch size, learning rate, weight decay, FedProx's μ.
         rng: the shuffle generator (advanced by this call).
     """
     current = [p.copy() for p in params]
+    mu = config.proximal_mu
     n = len(y)
     for _ in range(config.epochs if n else 0):
         order = rng.permutation(n)
@@ -228,5 +236,7 @@ def train(
             batch = order[start : start + config.batch_size]
             _, grads = loss_and_grads(current, x[batch], y[batch], weight_decay=config.weight_decay)
             for k, g in enumerate(grads):
+                if mu:
+                    g = g + mu * (current[k] - params[k])  # noqa: PLW2901 - FedProx, Eq. 2
                 current[k] -= config.lr * g
     return current

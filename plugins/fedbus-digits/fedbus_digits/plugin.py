@@ -207,7 +207,8 @@ class DigitsPlugin:
         """SGD on the train shard from ``weights``; ``weights`` is left untouched.
 
         Config keys (defaults from ``DEFAULT_FIT_CONFIG``): ``epochs`` (int >= 1),
-        ``batch_size`` (int >= 1), ``lr`` (> 0), ``weight_decay`` (>= 0, default 0);
+        ``batch_size`` (int >= 1), ``lr`` (> 0), ``weight_decay`` (>= 0, default 0),
+        ``proximal_mu`` (FedProx's μ >= 0, Li et al. MLSys 2020, Eq. 2; default 0);
         ``round`` and ``seed`` (ints >= 0, default 0) seed the shuffle together with the
         data seed and ``agent_index``, so a given agent and round always train the same way.
 
@@ -227,6 +228,7 @@ class DigitsPlugin:
                 batch_size=_int(merged, "batch_size", minimum=1),
                 lr=_float(merged, "lr", default=0.0),
                 weight_decay=_float(merged, "weight_decay", default=0.0),
+                proximal_mu=_float(merged, "proximal_mu", default=0.0),
             )
         except ValueError as exc:
             raise PluginError(f"{_NAME}: bad fit config: {exc}") from exc

@@ -203,3 +203,42 @@ def test_entry_point_is_registered() -> None:
     assert "digits-mlp" in found
     assert found["digits-mlp"].value == "fedbus_digits.plugin:create"
     assert found["digits-mlp"].load() is create
+
+
+def test_proximal_mu_pulls_towards_the_global_model() -> None:
+    """FedProx (Li et al. 2020, Eq. 2): with μ > 0 the trained weights end nearer the
+    weights fit started from than plain SGD's, and μ = 0 is plain SGD exactly."""
+    p = _plugin()
+    start = p.get_weights()
+    config = {"epochs": 2, "round": 1}
+
+    def distance(result_weights: list[np.ndarray]) -> float:
+        return sum(float(np.linalg.norm(a - s)) for a, s in zip(result_weights, start, strict=True))
+
+    plain = p.fit(start, config).weights
+    zero = p.fit(start, {**config, "proximal_mu": 0.0}).weights
+    prox = p.fit(start, {**config, "proximal_mu": 1.0}).weights
+    for a, b in zip(plain, zero, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert distance(prox) < distance(plain)
+    with pytest.raises(PluginError):
+        p.fit(start, {"proximal_mu": -1.0})
+
+
+def test_train_adds_the_proximal_gradient() -> None:
+    """One full-batch SGD step with μ: w' = w - lr (∇f(w) + μ (w - w_start)); at the start
+    w = w_start, so the first step equals plain SGD's, and the second differs by exactly
+    lr μ (w_1 - w_start)."""
+    from fedbus_digits import mlp
+
+    rng = np.random.default_rng(0)
+    params = mlp.init_params([4, 3], seed=1)
+    params64 = [p.astype(np.float64) for p in params]
+    x, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
+    one = mlp.TrainConfig(epochs=1, batch_size=5, lr=0.5, proximal_mu=2.0)
+    two = mlp.TrainConfig(epochs=2, batch_size=5, lr=0.5, proximal_mu=2.0)
+    w1 = mlp.train(params64, x, y, config=one, rng=np.random.default_rng(0))
+    _, g1 = mlp.loss_and_grads(w1, x, y)
+    w2 = mlp.train(params64, x, y, config=two, rng=np.random.default_rng(0))
+    for p0, a, g, b in zip(params64, w1, g1, w2, strict=True):
+        np.testing.assert_allclose(b, a - 0.5 * (g + 2.0 * (a - p0)), rtol=1e-12, atol=1e-12)

@@ -1,0 +1,72 @@
+"""The strategy seam: one protocol for every server-side update rule, plain or SecAgg+.
+
+A round's fit ends in one ``AggregatedUpdate`` (``agent.strategy.update``) whatever the
+transport; a ``Strategy`` turns (model in force, that update) into the next model and keeps
+its own optimizer state, which ``state()``/``load_state()`` expose as plain arrays so the
+aggregator can persist it with the round (``rounds/NNNN/strategy.npz``, never pickled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.plugin.api import Weights
+from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, mean_update
+
+#: A strategy's state: named float64 arrays (0-d for scalars), as saved in an ``.npz``.
+StrategyState = dict[str, npt.NDArray[Any]]
+
+
+class Strategy(Protocol):
+    """A server optimizer over the round's mean delta."""
+
+    def step(self, current: Weights, update: AggregatedUpdate) -> Weights:
+        """The next model: arrays shaped and typed like ``current``; updates the state."""
+        ...
+
+    def state(self) -> StrategyState:
+        """The optimizer state (a copy) as named plain arrays; empty when stateless."""
+        ...
+
+    def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Restore what ``state()`` returned (raises ``ValueError`` on a foreign layout)."""
+        ...
+
+
+class ServerOptimizer:
+    """What every first-party strategy shares: ``aggregate`` over plain results."""
+
+    def step(self, current: Weights, update: AggregatedUpdate) -> Weights:
+        raise NotImplementedError
+
+    def aggregate(self, current: Weights, results: Sequence[ClientResult]) -> Weights:
+        """``step(current, mean_update(current, results))``: the plain path in one call.
+
+        Raises:
+            RoundError: nothing to average (no result, or Σ num_examples ≤ 0).
+        """
+        return self.step(current, mean_update(current, results))
+
+
+def moved(current: Weights, step: Delta) -> Weights:
+    """current + step, computed in float64, returned in the dtypes of ``current``."""
+    return [
+        (np.asarray(x, np.float64) + s).astype(x.dtype) for x, s in zip(current, step, strict=True)
+    ]
+
+
+def save_arrays(prefix: str, arrays: Sequence[npt.NDArray[Any]] | None) -> StrategyState:
+    """``{prefix_0: a0, prefix_1: a1, ...}`` (copies); empty for None."""
+    return {f"{prefix}_{i}": np.array(a, np.float64) for i, a in enumerate(arrays or [])}
+
+
+def load_arrays(prefix: str, state: Mapping[str, npt.NDArray[Any]]) -> Delta | None:
+    """The arrays ``save_arrays(prefix, ...)`` wrote, in order; None when there are none."""
+    out: Delta = []
+    while (key := f"{prefix}_{len(out)}") in state:
+        out.append(np.array(state[key], np.float64))
+    return out or None

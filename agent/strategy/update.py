@@ -1,0 +1,131 @@
+"""What a round hands the strategy: the survivors' aggregated model delta.
+
+Both fit paths end here. In the clear the aggregator sees every survivor's weights and
+computes the num_examples-weighted mean of their deltas (``mean_update``); under SecAgg+ it
+learns only that mean, unmasked (``agent.secagg.server``), and cuts it back into arrays
+(``split``). Either way the strategy gets one ``AggregatedUpdate``. The delta of one trainer
+is ``model_delta`` on both paths (the trainer masks it, the aggregator averages it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import RoundError
+from agent.plugin.api import Scalar, Weights
+
+#: A model delta: float64 arrays shaped like the model's arrays, in the model's order.
+Delta = list[npt.NDArray[np.float64]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResult:
+    """One survivor's contribution to a plain round: its trained weights (shaped and typed
+    like the model in force), its num_examples, and the metrics its plugin reported."""
+
+    agent_id: str
+    weights: Weights
+    num_examples: int
+    metrics: dict[str, Scalar]
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatedUpdate:
+    """The survivors' aggregate, the one input of ``Strategy.step``.
+
+    Attributes:
+        delta: Δ, the num_examples-weighted mean of (trained weights - model in force):
+            float64 arrays shaped like the model (Reddi et al. 2021, Algorithm 2's Δ_t,
+            the negated pseudo-gradient).
+        total_weight: Σ num_examples over the survivors (under SecAgg+ each counts ≥ 1).
+        survivors: the agent ids whose results are in ``delta``, sorted.
+        metrics: num_examples-weighted means of the survivors' metrics where known
+            (``train_loss``; empty under SecAgg+, which hides each survivor's metrics).
+    """
+
+    delta: Delta
+    total_weight: int
+    survivors: tuple[str, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train_loss(self) -> float:
+        """The weighted mean ``train_loss`` of the survivors; NaN when not known."""
+        return self.metrics.get("train_loss", math.nan)
+
+
+def model_delta(trained: Sequence[npt.NDArray[Any]], base: Sequence[npt.NDArray[Any]]) -> Delta:
+    """trained - base, array by array, in float64 (shapes of ``base``).
+
+    Raises:
+        ValueError: the two models have different numbers of arrays or shapes.
+    """
+    if len(trained) != len(base):
+        raise ValueError(f"{len(trained)} arrays against a model of {len(base)}")
+    out: Delta = []
+    for t, b in zip(trained, base, strict=True):
+        if t.shape != b.shape:
+            raise ValueError(f"shape {t.shape} against {b.shape}")
+        out.append(np.asarray(t, np.float64) - np.asarray(b, np.float64))
+    return out
+
+
+def mean_update(current: Weights, results: Sequence[ClientResult]) -> AggregatedUpdate:
+    """The plain path: Σ n_k (w_k - current) / Σ n_k over ``results`` (McMahan et al. 2017,
+    "Communication-Efficient Learning of Deep Networks from Decentralized Data", Algorithm 1's
+    weighting), accumulated in float64, with the weighted mean ``train_loss`` when reported.
+
+    Raises:
+        RoundError: no result, or Σ num_examples ≤ 0 (nothing to average).
+    """
+    total = sum(r.num_examples for r in results)
+    if not results or total <= 0:
+        raise RoundError("no update with num_examples > 0 to aggregate")
+    acc: Delta = [np.zeros(ref.shape, np.float64) for ref in current]
+    for r in results:
+        for i, d in enumerate(model_delta(r.weights, current)):
+            acc[i] += d * (r.num_examples / total)
+    metrics: dict[str, float] = {}
+    loss = weighted_mean(
+        [
+            (float(v), r.num_examples)
+            for r in results
+            if isinstance(v := r.metrics.get("train_loss"), int | float)
+        ]
+    )
+    if not math.isnan(loss):
+        metrics["train_loss"] = loss
+    survivors = tuple(sorted(r.agent_id for r in results))
+    return AggregatedUpdate(acc, total, survivors, metrics)
+
+
+def split(flat: npt.NDArray[Any], like: Sequence[npt.NDArray[Any]]) -> Delta:
+    """A flat vector of shape (d,) (d = Σ sizes of ``like``) as float64 arrays shaped like
+    ``like``, in order (C order within each array): the SecAgg+ mean back as a ``Delta``.
+
+    Raises:
+        ValueError: ``flat`` does not have exactly d values.
+    """
+    d = sum(int(a.size) for a in like)
+    if flat.shape != (d,):
+        raise ValueError(f"a vector of {flat.shape} values cannot fill a model of {d}")
+    out: Delta = []
+    offset = 0
+    for ref in like:
+        out.append(np.asarray(flat[offset : offset + ref.size], np.float64).reshape(ref.shape))
+        offset += ref.size
+    return out
+
+
+def weighted_mean(values: Sequence[tuple[float, int]]) -> float:
+    """Mean of ``(value, num_examples)`` pairs weighted by num_examples (NaN if none)."""
+    total = sum(n for _, n in values)
+    if total <= 0:
+        return float("nan")
+    return sum(v * n for v, n in values) / total
