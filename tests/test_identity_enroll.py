@@ -399,3 +399,71 @@ def test_the_cli_exits_non_zero_with_one_line_when_the_broker_is_unreachable(
     assert time.monotonic() - start < 10
     assert not state.exists()
     assert not (tmp_path / "dev1.toml").exists()
+
+
+async def test_junk_on_a_device_s_enroll_topic_cannot_refuse_its_enrollment(
+    broker: EmbeddedBroker, ca: CertificateAuthority, registry: Registry
+) -> None:
+    """While a device enrolls, someone floods its enroll topic with undecodable bytes and with
+    requests carrying a bad CSR: the aggregator answers each on the device's reply topic, and
+    (made certain by the hook) one such refusal reaches the device before its own answer. The
+    device takes only the answer to its own request, and is enrolled."""
+    from agent.messages import encode
+
+    token = registry.create_token("dev1", 60)
+    forged = encode(
+        EnrollRequest(agent_id="dev1", csr=b"not a csr", token="wrong"),
+        federation=FED,
+        round=0,
+        sender="dev1",
+    )
+    refusals: list[EnrollReply] = []
+    reply_topic = f"fl/{FED}/enroll_reply/dev1"
+    async with bus_from_url(broker.url, BusSettings(client_id="intruder")) as intruder:
+        await intruder.subscribe(reply_topic)
+        await intruder.wait_connected(timeout=10)
+
+        async def refusal_first(identity: Identity, superseded: list[int]) -> None:
+            """Runs before the device's reply goes out: an answer to someone else's request."""
+            other = EnrollReply(
+                agent_id="dev1", status="error", reason="bad_csr", request=os.urandom(16)
+            )
+            await intruder.publish(
+                reply_topic, encode(other, federation=FED, round=0, sender="aggregator")
+            )
+            await asyncio.sleep(0.2)  # it is delivered before the real reply
+
+        async def watch() -> None:
+            async for raw in intruder.messages():
+                body = decode(raw.payload).body
+                if isinstance(body, EnrollReply) and body.status == "error":
+                    refusals.append(body)
+
+        async def flood() -> None:
+            while True:  # a burst at a time, so refusals keep the reply topic busy
+                for _ in range(20):
+                    await intruder.publish(f"fl/{FED}/enroll/dev1", b"\x00junk")
+                    await intruder.publish(f"fl/{FED}/enroll/dev1", forged)
+                await asyncio.sleep(0.01)
+
+        with capture_logs() as logs:
+            async with serving(broker.url, ca, registry, refusal_first):
+                tasks = [asyncio.create_task(watch()), asyncio.create_task(flood())]
+                try:
+                    await asyncio.sleep(0.3)  # refusals are already on the reply topic
+                    result = await enroll(
+                        broker.url,
+                        federation=FED,
+                        agent_id="dev1",
+                        token=token,
+                        ca_fingerprint=ca.fingerprint,
+                        timeout=10,
+                    )
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+    assert verify_issued(ca.cert, result.cert).agent_id == "dev1"
+    assert {r.reason for r in refusals} == {"malformed", "bad_csr"}
+    dropped = [e for e in logs if e["event"] == "enrollment_reply_dropped"]
+    assert any(e["reason"] == "not_our_request" for e in dropped)

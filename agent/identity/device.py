@@ -25,7 +25,7 @@ from agent.identity.certificates import fingerprint, verify_issued
 from agent.identity.enrollment import MAX_ENROLL_PAYLOAD
 from agent.identity.pem import PrivateKey
 from agent.messages.bodies import EnrollReply, EnrollRequest
-from agent.messages.codec import decode, encode
+from agent.messages.codec import decode, decode_envelope, encode
 from agent.messages.topics import ENROLL, ENROLL_REPLY
 from agent.role import Identity, Role
 
@@ -242,9 +242,11 @@ async def _exchange(
     deadline: float,
     attempts: int,
 ) -> EnrollReply:
-    """Publish the request (re-sent up to ``attempts`` times) and return the first reply."""
+    """Publish the request (re-sent up to ``attempts`` times) and return the first reply to
+    it (``EnrollReply.request`` is its message id; other replies are dropped and logged)."""
     budget = max(0.0, deadline - time.monotonic())
     interval = budget / attempts
+    request_id = decode_envelope(payload)[0].message_id  # every attempt re-sends these bytes
 
     async def send() -> None:
         for attempt in range(attempts):
@@ -259,7 +261,13 @@ async def _exchange(
             sender = tg.create_task(send(), name=f"enroll-send-{agent_id}")
             try:
                 async for raw in bus.messages():
-                    reply = _reply_of(raw, reply_topic, federation=federation, agent_id=agent_id)
+                    reply = _reply_of(
+                        raw,
+                        reply_topic,
+                        federation=federation,
+                        agent_id=agent_id,
+                        request_id=request_id,
+                    )
                     if reply is not None:
                         return reply
             finally:
@@ -274,7 +282,7 @@ async def _exchange(
 
 
 def _reply_of(
-    raw: BusMessage, reply_topic: str, *, federation: str, agent_id: str
+    raw: BusMessage, reply_topic: str, *, federation: str, agent_id: str, request_id: bytes
 ) -> EnrollReply | None:
     if raw.topic != reply_topic:
         return None
@@ -290,5 +298,8 @@ def _reply_of(
         or body.agent_id != agent_id
     ):
         log.warning("enrollment_reply_dropped", reason="not_for_us", size=len(raw.payload))
+        return None
+    if body.request != request_id:  # the answer to someone else's request on our topic
+        log.warning("enrollment_reply_dropped", reason="not_our_request", size=len(raw.payload))
         return None
     return body

@@ -215,7 +215,11 @@ class EnrollRequest(Body, frozen=True):
 
 class EnrollReply(Body, frozen=True):
     """aggregator → device on ``enroll_reply/{agent_id}``: the certificate and the CA
-    certificate (PEM) when ``status`` is ``"ok"``, else the refusal ``reason`` and ``detail``."""
+    certificate (PEM) when ``status`` is ``"ok"``, else the refusal ``reason`` and ``detail``.
+
+    ``request`` is the message id of the request it answers (empty when the request could not
+    be read): a device takes only the answer to its own request, so junk that someone else
+    sends on its enroll topic cannot end its enrollment with a refusal."""
 
     agent_id: Name
     status: Literal["ok", "error"]
@@ -223,6 +227,7 @@ class EnrollReply(Body, frozen=True):
     detail: Text = ""
     cert: Pem | None = None
     ca: Pem | None = None
+    request: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
 
 
 class Liveness(StrEnum):

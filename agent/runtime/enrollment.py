@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from agent.bus.base import Bus, BusMessage
-from agent.errors import DuplicateMessageError, IdentityError, TransportError
+from agent.errors import DuplicateMessageError, IdentityError, ProtocolError, TransportError
 from agent.identity.ca import CertificateAuthority, sign_csr
 from agent.identity.ca_dir import write_crl
 from agent.identity.certificates import NAME_RE, fingerprint, identity_of
@@ -29,7 +30,7 @@ from agent.identity.enrollment import MAX_ENROLL_PAYLOAD
 from agent.identity.registry import Registry
 from agent.identity.tokens import hash_token
 from agent.messages.bodies import EnrollReply, EnrollRequest
-from agent.messages.codec import encode
+from agent.messages.codec import decode_envelope, encode
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.messages.topics import ENROLL, ENROLL_REPLY, classify
@@ -123,7 +124,7 @@ class EnrollmentService:
                 reason="internal_error",
                 detail="the aggregator failed to process the request; see its log",
             )
-        await self._reply(reply)
+        await self._reply(msgspec.structs.replace(reply, request=message.envelope.message_id))
 
     async def _on_drop(self, raw: BusMessage, reason: str, detail: str) -> None:
         """Tell the device why the Dispatcher dropped its request (it already logged it)."""
@@ -132,12 +133,17 @@ class EnrollmentService:
             return  # not an enrollment topic of ours: no one to answer
         if not NAME_RE.match(where[1]) or reason == DuplicateMessageError.reason:
             return  # no valid reply topic; or a re-sent request, answered the first time
+        try:  # answer the request by its id when its envelope can be read at all
+            request = decode_envelope(raw.payload, max_size=MAX_ENROLL_PAYLOAD)[0].message_id
+        except ProtocolError:
+            request = b""
         await self._reply(
             EnrollReply(
                 agent_id=where[1],
                 status="error",
                 reason=reason,
                 detail=f"the aggregator dropped the request: {detail}"[:1024],
+                request=request,
             )
         )
 
