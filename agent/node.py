@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from agent.plugin.loader import CheckedPlugin, load_plugin
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
+from agent.roles.aggregator.service import serve as serve_aggregator
 from agent.roles.liveness import status_will
 from agent.roles.trainer import Trainer
 from agent.runtime.enrollment import EnrollmentService
@@ -89,43 +91,49 @@ async def run_node(
         weights = await asyncio.to_thread(plugin.get_weights)
         ca_dir = config.identity.ca_dir
         registry = None
+        enrollment = None
         if ca_dir is not None:
             registry = stack.enter_context(
                 Registry.open(config.identity.registry or ca_dir / "registry.sqlite")
             )
-        aggregator = Aggregator(
-            config=config,
-            bus=bus,
-            plugin_name=plugin.name,
-            initial_weights=weights,
-            observer=observer,
-            revoked=enrolled_check(registry) if registry else None,
-            metrics=metrics,
-        )
-        if registry is None or ca_dir is None:
-            summary = await serve_role(aggregator, aggregator.run())
+            # Enrollment is answered on a second connection, for the whole process.
+            enroll_bus = await stack.enter_async_context(
+                open_bus(config, bus_settings(config, suffix="enroll"))
+            )
+            enrollment = EnrollmentService(
+                enroll_bus,
+                load_ca(ca_dir),
+                registry,
+                config.federation,
+                sender=config.agent_id,
+                ca_dir=ca_dir,
+            )
+        incarnation = secrets.token_hex(8)
+        log.info("aggregator_incarnation", incarnation=incarnation)
+
+        def build() -> Aggregator:
+            return Aggregator(
+                config=config,
+                bus=bus,
+                plugin_name=plugin.name,
+                initial_weights=weights,
+                observer=observer,
+                revoked=enrolled_check(registry) if registry else None,
+                metrics=metrics,
+                incarnation=incarnation,
+            )
+
+        async def finished(aggregator: Aggregator) -> None:
             await export_final_model(plugin, aggregator.global_state.weights, config)
-            return summary
-        # Enrollment is answered on a second connection while the rounds run.
-        enroll_bus = await stack.enter_async_context(
-            open_bus(config, bus_settings(config, suffix="enroll"))
+
+        return await serve_aggregator(
+            build,
+            after_run=config.aggregator.after_run,
+            play=serve_role,
+            finished=finished,
+            registry=registry,
+            enrollment=enrollment,
         )
-        service = EnrollmentService(
-            enroll_bus,
-            load_ca(ca_dir),
-            registry,
-            config.federation,
-            sender=config.agent_id,
-            ca_dir=ca_dir,
-        )
-        async with asyncio.TaskGroup() as tg:
-            enrolling = tg.create_task(service.run(), name="enrollment")
-            try:
-                summary = await serve_role(aggregator, aggregator.run())
-            finally:
-                enrolling.cancel()
-        await export_final_model(plugin, aggregator.global_state.weights, config)
-        return summary
 
 
 async def export_final_model(plugin: CheckedPlugin, weights: Weights, config: AgentConfig) -> None:

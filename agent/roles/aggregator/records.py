@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from agent.messages.tensors import Tensor, digest, to_tensors
@@ -25,6 +25,7 @@ class RoundRecord:
         eval_examples: examples the evaluation covered.
         seconds: wall time of the round, evaluation included.
         model_version, model_sha256: the global model after the round.
+        revoked: cohort members revoked during the round (left out, not dropouts).
     """
 
     round: int
@@ -39,6 +40,7 @@ class RoundRecord:
     seconds: float
     model_version: int
     model_sha256: str
+    revoked: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +62,13 @@ class RunSummary:
     rounds: list[RoundRecord]
     final_version: int
     final_sha256: str
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run did not do its job (None: it trained): no round had a survivor."""
+        if any(r.survivors for r in self.rounds):
+            return None
+        return f"the run trained nothing: none of its {len(self.rounds)} round(s) had a survivor"
 
     @property
     def final_accuracy(self) -> float | None:

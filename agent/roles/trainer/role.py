@@ -15,6 +15,7 @@ relay_shares       inbox                current     —  (lets the masking proce
 unmask_request     inbox                current     unmask
 evaluate           evaluate             not stale   metrics
 finish             finish               any         join (again, for the next run)
+federation_status  federation_status    any         join (again: a new aggregator incarnation)
 =================  ===================  ==========  ======================================
 
 The parts: ``ModelStore`` (model_para), ``FitPath`` (fit_ins, and the SecAgg+ stages, which it
@@ -23,7 +24,11 @@ hands to the round's ``SecureFit``), ``evaluate``, ``StatusPublisher`` (status h
 role's ``Worker`` (one of each at a time, a newer round's superseding an older one's).
 
 After ``finish`` the agent stays up, idle, and re-joins with a capped backoff so that the next
-run's aggregator finds it.
+run's aggregator finds it. It follows the aggregator: a ``federation_status`` from an
+incarnation other than the one that admitted it (the aggregator restarted, crashed, failed
+over) makes it join again at once and take the new sealing key. A ``join_rejected`` saying
+the agent is revoked (identities on: signed by the aggregator) stops it:
+``run`` raises ``AgentRevokedError`` and the process exits with its status.
 """
 
 from __future__ import annotations
@@ -37,15 +42,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
+from agent.errors import AgentRevokedError
 from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
+    FederationStatus,
     Finish,
     JoinAccepted,
     JoinRejected,
     JoinRequest,
     Liveness,
+    RejectCode,
 )
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
@@ -117,6 +125,11 @@ class Trainer:
         )
         self._admitted = asyncio.Event()
         self._rejoin = asyncio.Event()
+        self._secure = credentials is not None
+        #: the aggregator incarnation that admitted us, and those we left behind
+        self.incarnation = ""
+        self._old_incarnations: set[str] = set()
+        self._revoked = asyncio.Event()
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
         registry = ListenerRegistry()
@@ -129,6 +142,9 @@ class Trainer:
         registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
+        registry.register(
+            Kind.FEDERATION_STATUS, self._on_federation_status, rounds=RoundPolicy.ANY
+        )
         self.dispatcher = Dispatcher(
             federation=self._fed,
             registry=registry,
@@ -166,7 +182,12 @@ class Trainer:
 
     async def run(self) -> None:
         """Subscribe, join, and serve until cancelled."""
-        for spec in (topics.GLOBAL_MODEL, topics.EVALUATE, topics.FINISH):
+        for spec in (
+            topics.GLOBAL_MODEL,
+            topics.EVALUATE,
+            topics.FINISH,
+            topics.FEDERATION_STATUS,
+        ):
             await self._bus.subscribe(spec.format(self._fed))
         await self._bus.subscribe(topics.INBOX.format(self._fed, self._id))
         self._bus.on_connect(self._on_connect)
@@ -177,12 +198,20 @@ class Trainer:
                     tg.create_task(self._mark_ready(), name="trainer-ready")
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
+                    tg.create_task(self._stop_when_revoked(), name="trainer-revoked")
             finally:
                 await self._status.say_offline()
 
     async def _mark_ready(self) -> None:
         await self._bus.wait_connected()
         self.ready.set()
+
+    async def _stop_when_revoked(self) -> None:
+        await self._revoked.wait()
+        raise AgentRevokedError(
+            f"agent {self._id!r} is revoked by the federation's aggregator: stopping; "
+            "re-enroll (a new token from the operator) to take part again"
+        )
 
     # -- joining ------------------------------------------------------------------------
 
@@ -224,6 +253,9 @@ class Trainer:
         self._progress.round = message.body.round
         seal_key = message.body.seal_key
         self._outbox.seal_to = X25519PublicKey.from_public_bytes(seal_key) if seal_key else None
+        if self.incarnation and message.body.incarnation != self.incarnation:
+            self._old_incarnations.add(self.incarnation)
+        self.incarnation = message.body.incarnation
         if self._outbox.signer is not None and seal_key is None:
             log.error(
                 "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
@@ -235,7 +267,26 @@ class Trainer:
 
     async def _on_join_rejected(self, message: Message[JoinRejected]) -> None:
         self._progress.enter(TrainerState.REJECTED)
-        log.error("join_rejected", aggregator=message.sender, reason=message.body.reason)
+        body = message.body
+        log.error(
+            "join_rejected", aggregator=message.sender, reason=body.reason, code=str(body.code)
+        )
+        # Only a signed refusal may stop us (anyone can publish on an open broker).
+        if body.code is RejectCode.REVOKED and self._secure:
+            log.error("agent_revoked", aggregator=message.sender, consequence="stopping")
+            self._revoked.set()
+
+    async def _on_federation_status(self, message: Message[FederationStatus]) -> None:
+        """A new aggregator incarnation: join it at once (it has a new sealing key)."""
+        new = message.body.incarnation
+        if not new or new == self.incarnation or new in self._old_incarnations:
+            return
+        if not self._admitted.is_set():
+            await self._send_join()  # do not wait for the join backoff
+            return
+        log.info("aggregator_restarted", previous=self.incarnation, incarnation=new)
+        self._old_incarnations.add(self.incarnation)
+        self._rejoin.set()
 
     # -- evaluating and finishing -------------------------------------------------------
 
