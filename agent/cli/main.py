@@ -48,6 +48,7 @@ def _register_demo() -> None:
     from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
     from agent.cli.plugins import plugin
     from agent.cli.predict import predict
+    from agent.cli.runs import runs_group
     from agent.cli.service import service
 
     cli.add_command(demo)
@@ -60,6 +61,7 @@ def _register_demo() -> None:
     cli.add_command(status)
     cli.add_command(broker_config)
     cli.add_command(service)
+    cli.add_command(runs_group)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
