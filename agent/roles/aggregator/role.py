@@ -243,6 +243,7 @@ class Aggregator:
                     self.board.report(self._outbox, every=self._schedule.status_every),
                     name="aggregator-status",
                 )
+                tg.create_task(self._handle_revocations(), name="aggregator-revocations")
         return None
 
     async def _federate(self) -> RunSummary:
