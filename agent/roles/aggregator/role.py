@@ -29,8 +29,7 @@ from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
 from agent.roles.aggregator.resume import open_run
 from agent.roles.aggregator.round import InForce, RoundParts
-from agent.roles.aggregator.runs import RunOutcome, finish_run, record_incarnation
-from agent.roles.aggregator.schedule import RunFailedError, RunPlan, federate
+from agent.roles.aggregator.schedule import RunPlan, run_recorded
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
@@ -247,36 +246,9 @@ class Aggregator:
         return None
 
     async def _federate(self) -> RunSummary:
-        """The run, with its ``incarnations/`` entry and, once over, its ``result.json``
-        (a cancelled run has none: the next aggregator resumes it)."""
         opened = self.opened
-        resumed = opened.resumed
-        after = 0 if resumed is None else resumed.checkpoint.round
-        await asyncio.to_thread(
-            record_incarnation, opened.run_dir, self.incarnation, resumed_after=after
-        )
-        plan = RunPlan(opened.run_id, self.incarnation, resumed)
-        try:
-            summary = await federate(self._parts, self._now, self.store, plan)
-        except RunFailedError as exc:
-            self.board.enter(RoundPhase.FINISHED, f"failed: {exc}")
-            self.board.changed()
-            rounds = self._now.round
-            await asyncio.to_thread(
-                finish_run, opened.run_dir, RunOutcome.FAILED, reason=str(exc), rounds=rounds
-            )
-            raise
-        failure = summary.failure
-        await asyncio.to_thread(
-            finish_run,
-            opened.run_dir,
-            RunOutcome.COMPLETED if failure is None else RunOutcome.FAILED,
-            reason=failure or "completed",
-            rounds=len(summary.rounds),
-        )
-        if failure is not None:
-            log.error("run_failed", run_id=opened.run_id, reason=failure)
-        return summary
+        plan = RunPlan(opened.run_id, self.incarnation, opened.resumed)
+        return await run_recorded(self._parts, self._now, self.store, plan, opened.run_dir)
 
     def note_revoked(self, agent_id: str) -> None:
         """``agent_id`` is revoked (the registry says so): it leaves at once (``run``)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -23,6 +24,7 @@ from agent.roles.aggregator.persistence import Checkpoint, RunStore, rng_state, 
 from agent.roles.aggregator.records import RoundRecord, RunSummary
 from agent.roles.aggregator.resume import Resumed
 from agent.roles.aggregator.round import InForce, RoundParts, run_round
+from agent.roles.aggregator.runs import RunOutcome, finish_run, record_incarnation
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +137,36 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
     board.enter(RoundPhase.FINISHED, f"finished after {len(records)} rounds")
     log.info("federation_finished", rounds=len(records), final_version=state.version)
     return RunSummary(records, state.version, state.sha256)
+
+
+async def run_recorded(
+    parts: RoundParts, now: InForce, store: RunStore, plan: RunPlan, run_dir: Path
+) -> RunSummary:
+    """``federate``, with the run's ``incarnations/`` entry first and its ``result.json``
+    once it is over (a cancelled run has none: the next aggregator resumes it).
+
+    Raises:
+        as ``federate``.
+    """
+    after = 0 if plan.resumed is None else plan.resumed.checkpoint.round
+    await asyncio.to_thread(record_incarnation, run_dir, plan.incarnation, resumed_after=after)
+    try:
+        summary = await federate(parts, now, store, plan)
+    except RunFailedError as exc:
+        parts.board.enter(RoundPhase.FINISHED, f"failed: {exc}")
+        parts.board.changed()
+        reason, rounds = str(exc), now.round
+        await asyncio.to_thread(
+            finish_run, run_dir, RunOutcome.FAILED, reason=reason, rounds=rounds
+        )
+        raise
+    failure = summary.failure
+    outcome = RunOutcome.COMPLETED if failure is None else RunOutcome.FAILED
+    reason, rounds = failure or "completed", len(summary.rounds)
+    await asyncio.to_thread(finish_run, run_dir, outcome, reason=reason, rounds=rounds)
+    if failure is not None:
+        log.error("run_failed", run_id=plan.run_id, reason=failure)
+    return summary
 
 
 def live(parts: RoundParts) -> list[str]:

@@ -42,7 +42,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
-from agent.errors import AgentRevokedError
 from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import (
@@ -53,13 +52,13 @@ from agent.messages.bodies import (
     JoinRejected,
     JoinRequest,
     Liveness,
-    RejectCode,
 )
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.trainer.evaluate import evaluate
 from agent.roles.trainer.fit import FitPath
+from agent.roles.trainer.follow import Follower
 from agent.roles.trainer.model import HeldModel, ModelStore
 from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
@@ -125,11 +124,8 @@ class Trainer:
         )
         self._admitted = asyncio.Event()
         self._rejoin = asyncio.Event()
-        self._secure = credentials is not None
-        #: the aggregator incarnation that admitted us, and those we left behind
-        self.incarnation = ""
-        self._old_incarnations: set[str] = set()
-        self._revoked = asyncio.Event()
+        #: the aggregator incarnation we follow
+        self.follow = Follower(self._id, signed=credentials is not None)
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
         registry = ListenerRegistry()
@@ -198,20 +194,13 @@ class Trainer:
                     tg.create_task(self._mark_ready(), name="trainer-ready")
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
-                    tg.create_task(self._stop_when_revoked(), name="trainer-revoked")
+                    tg.create_task(self.follow.stop_when_revoked(), name="trainer-revoked")
             finally:
                 await self._status.say_offline()
 
     async def _mark_ready(self) -> None:
         await self._bus.wait_connected()
         self.ready.set()
-
-    async def _stop_when_revoked(self) -> None:
-        await self._revoked.wait()
-        raise AgentRevokedError(
-            f"agent {self._id!r} is revoked by the federation's aggregator: stopping; "
-            "re-enroll (a new token from the operator) to take part again"
-        )
 
     # -- joining ------------------------------------------------------------------------
 
@@ -253,9 +242,7 @@ class Trainer:
         self._progress.round = message.body.round
         seal_key = message.body.seal_key
         self._outbox.seal_to = X25519PublicKey.from_public_bytes(seal_key) if seal_key else None
-        if self.incarnation and message.body.incarnation != self.incarnation:
-            self._old_incarnations.add(self.incarnation)
-        self.incarnation = message.body.incarnation
+        self.follow.admitted_by(message.body.incarnation)
         if self._outbox.signer is not None and seal_key is None:
             log.error(
                 "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
@@ -271,21 +258,16 @@ class Trainer:
         log.error(
             "join_rejected", aggregator=message.sender, reason=body.reason, code=str(body.code)
         )
-        # Only a signed refusal may stop us (anyone can publish on an open broker).
-        if body.code is RejectCode.REVOKED and self._secure:
-            log.error("agent_revoked", aggregator=message.sender, consequence="stopping")
-            self._revoked.set()
+        self.follow.rejected(body, aggregator=message.sender)
 
     async def _on_federation_status(self, message: Message[FederationStatus]) -> None:
         """A new aggregator incarnation: join it at once (it has a new sealing key)."""
-        new = message.body.incarnation
-        if not new or new == self.incarnation or new in self._old_incarnations:
+        if not self.follow.is_new(message.body.incarnation):
             return
         if not self._admitted.is_set():
             await self._send_join()  # do not wait for the join backoff
             return
-        log.info("aggregator_restarted", previous=self.incarnation, incarnation=new)
-        self._old_incarnations.add(self.incarnation)
+        log.info("aggregator_restarted", incarnation=message.body.incarnation)
         self._rejoin.set()
 
     # -- evaluating and finishing -------------------------------------------------------
