@@ -88,7 +88,7 @@ async def test_a_killed_aggregator_resumes_its_run(
                 tasks.append(tg.create_task(trainer.run()))
             first = aggregator_process(config_path, tmp_path / "first.log")
             await wait_for(f"open/{KILL_IN:04d}-*.json", run_dir, 60)
-            await asyncio.sleep(random.uniform(0.0, 0.5))  # somewhere in round 3
+            await asyncio.sleep(random.uniform(0.0, 0.3))  # somewhere in round 3 (~0.4 s)
             first.send_signal(signal.SIGKILL)
             await asyncio.to_thread(first.wait, 10)
             before = files(state)
