@@ -113,17 +113,18 @@ def new_run(state_dir: Path, *, rounds: int, continued_from: str = "") -> str:
 
 def source_run(state_dir: Path, continue_from: str) -> str:
     """The run whose final model a new run starts from: ``continue_from`` itself, or for
-    ``"last"`` the newest finished run that committed a round.
+    ``"last"`` the newest finished run that committed a round ("" when there is none yet:
+    the plugin's model).
 
     Raises:
-        ConfigError: no such run, or it has no model.
+        ConfigError: ``continue_from`` names a run that has no model.
     """
     if continue_from == LAST:
         for run_id in reversed(run_ids(state_dir)):
             run_dir = runs_dir(state_dir) / run_id
             if is_finished(run_dir) and (run_dir / "global_model.npz").is_file():
                 return run_id
-        raise ConfigError("continue_from = 'last', but no earlier run has a final model")
+        return ""  # the first run: from the plugin's model
     if not (runs_dir(state_dir) / continue_from / "global_model.npz").is_file():
         raise ConfigError(f"continue_from: run {continue_from!r} has no model in {state_dir}")
     return continue_from
