@@ -115,6 +115,42 @@ async def test_a_vanished_fleet_fails_the_run_after_a_bounded_wait(tmp_path: Pat
     assert "fleet vanished" in result["reason"]
 
 
+@pytest.mark.timeout(25)
+async def test_a_resumed_run_does_not_wait_for_an_agent_known_offline(tmp_path: Path) -> None:
+    """Three agents; the aggregator stops after round 2 and one agent stops cleanly (it says
+    offline): the resumed run goes on with the two others at once, not after join_timeout
+    (30 s, longer than this test may take)."""
+    broker = MemoryBroker()
+    config = aggregator_config("mem://", tmp_path, agents=3, rounds=4)
+    schedule = msgspec.structs.replace(config.aggregator, eval_every=0, join_timeout=30.0)
+    config = msgspec.structs.replace(config, aggregator=schedule)
+    weights = toy(0, 1).get_weights()
+    async with asyncio.TaskGroup() as tg:
+        trainers = {}
+        for a in ("a1", "a2", "a3"):
+            bus = MemoryBus(broker, BusSettings(client_id=a))
+            await bus.__aenter__()
+            trainer = Trainer(
+                config=trainer_config(a, "mem://", tmp_path), bus=bus, plugin=toy(1.0, 1)
+            )
+            trainers[a] = tg.create_task(trainer.run())
+        async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
+            first = Aggregator(config=config, bus=bus, plugin_name="toy", initial_weights=weights)
+            running = tg.create_task(first.run())
+            await asyncio.wait_for(until_round(first, 2), 20)
+            running.cancel()
+            await asyncio.wait([running])
+        trainers["a3"].cancel()
+        await asyncio.wait([trainers["a3"]])
+        async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
+            second = Aggregator(config=config, bus=bus, plugin_name="toy", initial_weights=weights)
+            summary = await second.run()
+        for task in trainers.values():
+            task.cancel()
+    assert [r.round for r in summary.rounds] == [1, 2, 3, 4]
+    assert [sorted(r.survivors) for r in summary.rounds[2:]] == [["a1", "a2"]] * 2
+
+
 def test_an_interrupted_round_is_aborted_and_its_files_stay(tmp_path: Path) -> None:
     """A round that was opened (and half written: a partial directory) but never committed
     is reported aborted; resuming goes on after the last committed round."""

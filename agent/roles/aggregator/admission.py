@@ -87,12 +87,6 @@ class Admission:
                 "starting_with_fewer_agents", admitted=len(self.agents), wanted=self._wanted
             )
 
-    def expect(self, wanted: int) -> None:
-        """Wait for ``wanted`` admitted agents (a resumed run: every agent admitted before)."""
-        self._wanted = wanted
-        if len(self.agents) >= wanted:
-            self._enough.set()
-
     async def revoke(self, agent_id: str) -> None:
         """``agent_id`` was revoked: out of the admitted set at once, and told so
         (``join_rejected`` with ``RejectCode.REVOKED``: it stops retrying)."""

@@ -18,7 +18,7 @@ import structlog
 
 from agent.errors import RoundError
 from agent.messages import topics
-from agent.messages.bodies import Finish, RoundPhase
+from agent.messages.bodies import Finish, Liveness, RoundPhase
 from agent.roles.aggregator.broadcast import publish_model
 from agent.roles.aggregator.persistence import Checkpoint, RunStore, rng_state, rng_tuple
 from agent.roles.aggregator.records import RoundRecord, RunSummary
@@ -94,13 +94,15 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
     if plan.resumed is not None:
         restore(parts, now, plan.resumed)
         records = list(plan.resumed.records)
-        wanted = max(wanted, len(plan.resumed.checkpoint.admitted))
-        admission.expect(wanted)
+        wanted = len(plan.resumed.checkpoint.admitted)
     else:
         await store.commit(checkpoint(parts, now, plan), now.model)
     board.enter(RoundPhase.WAITING_FOR_AGENTS, f"waiting for {wanted} agents")
     board.changed()  # announce this incarnation at once: admitted trainers rejoin
-    await admission.wait(seconds=schedule.join_timeout, at_least=schedule.min_fit_clients)
+    if plan.resumed is None:
+        await admission.wait(seconds=schedule.join_timeout, at_least=schedule.min_fit_clients)
+    else:
+        await wait_for_rejoins(parts, set(plan.resumed.checkpoint.admitted))
     await publish_model(parts.outbox, now.model, round=now.round)
     r = now.round
     while schedule.rounds == 0 or r < schedule.rounds:
@@ -167,6 +169,36 @@ async def run_recorded(
     if failure is not None:
         log.error("run_failed", run_id=plan.run_id, reason=failure)
     return summary
+
+
+async def wait_for_rejoins(parts: RoundParts, expected: set[str]) -> None:
+    """A resumed run waits for the agents admitted before the restart to join again, except
+    those known offline (their will, or a clean stop) or revoked, up to ``join_timeout``;
+    then it goes on with at least ``min_fit_clients``.
+
+    Raises:
+        RoundError: fewer than ``min_fit_clients`` rejoined within ``join_timeout``.
+    """
+    schedule, admission = parts.schedule, parts.admission
+    need = schedule.min_fit_clients
+    started = time.monotonic()
+    log.info("waiting_for_rejoins", expected=len(expected), timeout=schedule.join_timeout)
+    while True:
+        gone = admission.revoked | {
+            a for a in expected if parts.liveness.state(a) is Liveness.OFFLINE
+        }
+        missing = expected - admission.agents.keys() - gone
+        if not missing and len(admission.agents) >= need:
+            return
+        if time.monotonic() - started >= schedule.join_timeout:
+            if len(admission.agents) < need:
+                raise RoundError(
+                    f"only {len(admission.agents)} agent(s) joined the resumed run within "
+                    f"{schedule.join_timeout} s; at least {need} are needed"
+                )
+            log.warning("resuming_without", missing=sorted(missing))
+            return
+        await asyncio.sleep(WAIT_POLL)
 
 
 def live(parts: RoundParts) -> list[str]:
