@@ -199,10 +199,13 @@ class Aggregator:
         return self.board.text
 
     async def run(self) -> RunSummary:
-        """Run the whole schedule and send ``finish``. Returns the run's records.
+        """Run (or resume) the run to its end and send ``finish``; ``rounds = 0``: until
+        cancelled. Returns the run's records (``RunSummary.failure``: it trained nothing).
+        Cancelled, the run stays unfinished and the next aggregator resumes it.
 
         Raises:
             RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
+            RunFailedError: the fleet vanished (no cohort within ``join_timeout``).
         """
         for spec in (
             topics.JOIN,
