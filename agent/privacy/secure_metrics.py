@@ -13,7 +13,8 @@ unmasked sum holds Σ w·value and Σ w·present. The cohort's weighted mean is 
     mean = low + (high − low) · Σ w·value / Σ w·present
 
 over the survivors that reported it (the ``present`` word keeps one agent's missing metric
-from biasing the mean). The amplitude a is the SecAgg+ clipping range c without DP; with
+from biasing the mean; under distributed DP the noisy Σ w·present is replaced by the exact
+Σ w of the survivors). The amplitude a is the SecAgg+ clipping range c without DP; with
 distributed DP it is ``metric_share · C / sqrt(2·slots)``, so the metric words add at most
 ``metric_share · C`` to one agent's L2 sensitivity (``agent.privacy.plan``). A metric outside
 its range is clipped to it: the documented range is part of the result's meaning. Metrics
@@ -74,7 +75,11 @@ def encode(
 
 
 def decode(
-    sums: npt.NDArray[np.floating], announced: Sequence[MetricRange], *, scale: float
+    sums: npt.NDArray[np.floating],
+    announced: Sequence[MetricRange],
+    *,
+    scale: float,
+    total_weight: int | None = None,
 ) -> dict[str, float]:
     """The cohort's weighted means from the unmasked sums of the metric words.
 
@@ -82,16 +87,22 @@ def decode(
         sums: shape (2·slots,): Σ w·value and Σ w·present per slot (the SecAgg+ weighted
             sum, num_examples units, not yet divided by Σ w).
         scale: the amplitude a the agents encoded with.
+        total_weight: under distributed DP, Σ w of the survivors: the denominator of every
+            mean instead of the noisy Σ w·present (each slot's estimate is then unbiased when
+            every survivor reported it, and clamped to [low, high]).
 
     Returns:
-        name → weighted mean, only for slots some survivor reported (never NaN).
+        name → weighted mean, only for slots some survivor reported (never NaN); under
+        distributed DP every slot, as its noisy estimate.
     """
     if sums.shape != (width(announced),):
         raise ValueError(f"{sums.shape} metric words for {len(announced)} slots")
     out: dict[str, float] = {}
     for i, slot in enumerate(announced):
         value, present = float(sums[2 * i]), float(sums[2 * i + 1])
-        if present / scale < _PRESENT_FLOOR:
+        if total_weight is not None:
+            present = scale * total_weight
+        elif present / scale < _PRESENT_FLOOR:
             continue
         fraction = min(max(value / present, 0.0), 1.0)
         out[slot.name] = slot.low + (slot.high - slot.low) * fraction

@@ -88,8 +88,12 @@ def secure_setup(
 def secure_update(aggregate: Aggregate, current: Weights, layout: SecureLayout) -> AggregatedUpdate:
     """The unmasked weighted sum as the round's update: mean delta and secure metrics."""
     d = layout.model_size
+    noisy = layout.plan.noise_stddev > 0
     metrics = secure_metrics.decode(
-        aggregate.weighted_sum[d:], layout.slots, scale=layout.plan.metric_scale or 1.0
+        aggregate.weighted_sum[d:],
+        layout.slots,
+        scale=layout.plan.metric_scale or 1.0,
+        total_weight=aggregate.total_weight if noisy else None,
     )
     return AggregatedUpdate(
         delta=split(aggregate.mean[:d], current),
