@@ -16,9 +16,13 @@ from structlog.testing import capture_logs
 
 from agent.config import SecAggConfig, SecureAggregation
 from agent.errors import ConfigError
+from agent.messages.bodies import SecAggSetup, UnmaskRequest
+from agent.messages.envelope import Message, new_envelope
+from agent.messages.kinds import Kind
 from agent.privacy import accountant, clipping, local, noise
 from agent.privacy.config import PrivacyConfig, PrivacyMode
 from agent.privacy.engine import PrivacyEngine
+from agent.roles.trainer.secure_fit import SecureFit
 from agent.secagg import simulation
 from agent.secagg.params import resolve
 from tests.helpers import aggregator_config, federate_in_memory, toy, trainer_config
@@ -160,3 +164,51 @@ async def test_distributed_dp_runs_through_secagg_and_records_epsilon(tmp_path: 
     assert first.num_examples == 5
     # the secure metrics carry the same noise: an estimate within the documented range
     assert 0.0 <= first.metrics["train_loss"] <= 20.0
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    async def try_send(self, spec: object, body: object, **kw: object) -> int:
+        self.sent.append(body)
+        return 1
+
+
+async def test_agents_reveal_nothing_for_fewer_survivors_than_the_noise_was_sized_for() -> None:
+    """Distributed DP: an unmask request naming fewer survivors than ``min_survivors`` gets
+    no shares (the sum would carry less noise than planned), so the round aborts."""
+    cohort = [f"a{i}" for i in range(5)]
+    params = resolve(5)
+    body = SecAggSetup(
+        cohort=cohort,
+        num_neighbours=params.num_neighbours,
+        threshold=params.threshold,
+        clipping_range=params.clipping_range,
+        quantization_bits=params.quantization_bits,
+        ring_bits=params.ring_bits,
+        max_weight=1,
+        graph_seed=bytes(32),
+        length=4,
+        stage_timeout=1.0,
+        noise_stddev=10.0,
+        min_survivors=5,
+    )
+    outbox = _Outbox()
+    secure = SecureFit.announced(
+        body,
+        federation="f",
+        round_=1,
+        outbox=outbox,
+        agent_id="a0",  # type: ignore[arg-type]
+    )
+    request = UnmaskRequest(survivors=cohort[:4], dropped=[cohort[4]])
+    envelope = new_envelope(
+        kind=Kind.UNMASK_REQUEST, federation="f", round=1, sender="aggregator", body=b""
+    )
+    message = Message(envelope, request, "fl/f/agent/a0")
+    with capture_logs() as logs:
+        await secure.handle(message)
+    assert outbox.sent == []
+    (refused,) = [e for e in logs if e["event"] == "secagg_refused"]
+    assert refused["reason"] == "dp_too_few_survivors"

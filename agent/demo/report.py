@@ -125,7 +125,8 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float | None, title:
             color="tab:gray",
             label="centralized reference",
         )
-    acc_ax.set_xlabel("round")
+    if not charged:
+        acc_ax.set_xlabel("round")
     acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.set_ylabel("accuracy (%)")
     loss_ax = acc_ax.twinx()
