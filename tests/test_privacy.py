@@ -4,6 +4,7 @@ with dp-accounting, clipping bounds an update, and a run that would exceed targe
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from dp_accounting import rdp
 from structlog.testing import capture_logs
 
 from agent.config import SecAggConfig, SecureAggregation
+from agent.demo.report import write_report
 from agent.errors import ConfigError
 from agent.messages.bodies import SecAggSetup, UnmaskRequest
 from agent.messages.envelope import Message, new_envelope
@@ -22,6 +24,7 @@ from agent.messages.kinds import Kind
 from agent.privacy import accountant, clipping, local, noise
 from agent.privacy.config import PrivacyConfig, PrivacyMode
 from agent.privacy.engine import PrivacyEngine
+from agent.roles.aggregator.records import RoundRecord
 from agent.roles.trainer.secure_fit import SecureFit
 from agent.secagg import simulation
 from agent.secagg.params import resolve
@@ -212,3 +215,48 @@ async def test_agents_reveal_nothing_for_fewer_survivors_than_the_noise_was_size
     assert outbox.sent == []
     (refused,) = [e for e in logs if e["event"] == "secagg_refused"]
     assert refused["reason"] == "dp_too_few_survivors"
+
+
+def test_the_report_shows_epsilon_per_round(tmp_path: Path) -> None:
+    """With DP on, metrics.json and metrics.csv carry ε per round and why the run stopped;
+    the plot is written (accuracy against centralized, ε below)."""
+    records = [
+        RoundRecord(
+            r,
+            ["a"],
+            ["a"],
+            [],
+            1,
+            math.nan,
+            0.5 + r / 10,
+            1.0,
+            10,
+            0.1,
+            r,
+            "0" * 64,
+            privacy={
+                "mode": "central",
+                "epsilon": r / 2,
+                "delta": 1e-5,
+                "noise_multiplier": 1.0,
+                "clip_norm": 1.0,
+                "sampling_rate": 1.0,
+            },
+        )
+        for r in (1, 2)
+    ]
+    files = write_report(
+        tmp_path,
+        records=records,
+        final_accuracy=0.7,
+        centralized_accuracy=0.9,
+        settings={"strategy": "fedadam", "dp": "central", "epsilon": 1.0},
+        wall_seconds=1.0,
+        stopped="privacy_budget",
+    )
+    report = json.loads(files[0].read_text())
+    assert report["stopped"] == "privacy_budget"
+    assert [r["privacy"]["epsilon"] for r in report["rounds"]] == [0.5, 1.0]
+    assert report["rounds"][0]["train_loss"] is None
+    assert files[1].read_text().splitlines()[0].endswith(",epsilon")
+    assert files[2].read_bytes().startswith(b"\x89PNG")

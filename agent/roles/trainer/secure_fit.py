@@ -165,6 +165,9 @@ class SecureFit:
             metric_scale=body.metric_scale if body is not None else 0.0,
         )
         share = local.noise_share(len(delta), body.noise_stddev if body is not None else 0.0)
+        unlisted = sorted(set(result.metrics) - {m.name for m in (body.metrics if body else [])})
+        if unlisted:  # the aggregator cannot learn them without seeing ours alone
+            log.info("metrics_not_aggregated", names=unlisted, reason="not_announced")
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._wake.wait()
