@@ -101,7 +101,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     ids = [f"agent-{i:03d}" for i in range(spec.agents)]
     weights = agents[0].get_weights()
     strategy = build_strategy(schedule.strategy)
-    engine = privacy_engine(schedule)
+    engine = privacy_engine(schedule, seed=spec.seed)
     rng = np.random.default_rng(spec.seed)
     history: list[dict[str, Any]] = []
     for r in range(1, spec.rounds + 1):
@@ -179,6 +179,10 @@ def _secure(
         if share is not None:
             noise[a] = share
     aggregate = simulation.SecAggRound(
-        setup, updates, {a: max(1, f.num_examples) for a, f in fits.items()}, noise=noise
+        setup,
+        updates,
+        {a: max(1, f.num_examples) for a, f in fits.items()},
+        noise=noise,
+        rngs={a: np.random.default_rng([r, i]) for i, a in enumerate(cohort)},
     ).play()
     return secure_update(aggregate, weights, layout), layout.plan

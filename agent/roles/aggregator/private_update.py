@@ -123,8 +123,10 @@ def release(
     return replace(update, delta=delta, metrics=metrics), spent
 
 
-def privacy_engine(schedule: AggregatorConfig) -> PrivacyEngine:
-    """The run's engine for ``[aggregator.privacy]``, calibrated for the schedule.
+def privacy_engine(schedule: AggregatorConfig, *, seed: int | None = None) -> PrivacyEngine:
+    """The run's engine for ``[aggregator.privacy]``, calibrated for the schedule. ``seed``
+    fixes its noise for benchmarks and tests only: noise an observer can replay protects
+    nothing, so the aggregator leaves it None (OS entropy).
 
     Raises:
         ConfigError: the budget cannot be met (the aggregator refuses to start).
@@ -140,6 +142,7 @@ def privacy_engine(schedule: AggregatorConfig) -> PrivacyEngine:
         rounds=schedule.rounds,
         sampling_rate=schedule.fraction_fit,
         expected_cohort=max(1, expected),
+        seed=seed,
     )
 
 
