@@ -16,6 +16,7 @@ from dp_accounting import rdp
 from structlog.testing import capture_logs
 
 from agent.config import SecAggConfig, SecureAggregation
+from agent.demo.options import DemoOptions
 from agent.demo.report import write_report
 from agent.errors import ConfigError
 from agent.messages.bodies import SecAggSetup, UnmaskRequest
@@ -260,3 +261,35 @@ def test_the_report_shows_epsilon_per_round(tmp_path: Path) -> None:
     assert report["rounds"][0]["train_loss"] is None
     assert files[1].read_text().splitlines()[0].endswith(",epsilon")
     assert files[2].read_bytes().startswith(b"\x89PNG")
+
+
+def test_demo_flags_configure_privacy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fedbus demo --dp distributed --epsilon 4`` reaches the aggregator's config; the
+    defaults parse (no DP); --dp without a budget is refused."""
+    from click.testing import CliRunner
+
+    import agent.demo.runner
+    from agent.cli.demo import demo
+    from agent.demo.configs import aggregator_config as demo_aggregator
+
+    seen: list[DemoOptions] = []
+
+    def run_demo(options: DemoOptions) -> object:
+        seen.append(options)
+        return object()  # not None: the run was not interrupted
+
+    monkeypatch.setattr(agent.demo.runner, "run_demo", run_demo)
+    runner = CliRunner()
+    assert runner.invoke(demo, []).exit_code == 0
+    assert seen[-1].dp == "off"
+    result = runner.invoke(demo, ["--dp", "distributed", "--epsilon", "4", "--clip-norm", "2"])
+    assert result.exit_code == 0, result.output
+    privacy = demo_aggregator(seen[-1], "mem://", None).aggregator.privacy
+    assert (privacy.mode, privacy.target_epsilon, privacy.clip_norm) == (
+        PrivacyMode.DISTRIBUTED,
+        4.0,
+        2.0,
+    )
+    refused = runner.invoke(demo, ["--dp", "central"])
+    assert refused.exit_code != 0
+    assert "--epsilon" in refused.output

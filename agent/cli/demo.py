@@ -124,7 +124,7 @@ DEFAULTS = DemoOptions()
 @click.option(
     "--epsilon",
     default=DEFAULTS.epsilon,
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0),
     help="With --dp: the privacy budget ε over all rounds (the noise is calibrated to it; the "
     "run stops before a round that would exceed it).",
 )
