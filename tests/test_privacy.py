@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import dp_accounting
@@ -86,6 +87,10 @@ def test_accountant_matches_dp_accounting() -> None:
     reference.compose(event, 5)
     assert spent is not None
     assert spent.epsilon == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    # a resumed run charges the recorded rounds again instead of starting at zero
+    resumed = PrivacyEngine(config, rounds=5, sampling_rate=0.3, expected_cohort=3)
+    resumed.restore([asdict(spent)] * 5)
+    assert resumed.epsilon == pytest.approx(spent.epsilon, rel=1e-9)
     z = accountant.calibrate(target_epsilon=2.0, delta=1e-5, rounds=20, sampling_rate=0.1)
     again = rdp.RdpAccountant(list(accountant.ORDERS))
     again.compose(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(z)), 20)

@@ -32,8 +32,9 @@ whose charge would exceed it does not run (``admits``): the run stops there and 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +73,9 @@ class RingPlan:
 
 @dataclass(frozen=True, slots=True)
 class RoundPrivacy:
-    """What a released round cost, as recorded in ``metrics.json``."""
+    """What a released round cost, as recorded in ``metrics.json``: ε of every round so far
+    at ``delta``, the noise multiplier charged, the clip norm used, the sampling rate, and
+    the clip norm the next round uses (it moves under adaptive clipping)."""
 
     mode: str
     epsilon: float
@@ -80,6 +83,7 @@ class RoundPrivacy:
     noise_multiplier: float
     clip_norm: float
     sampling_rate: float
+    next_clip_norm: float
 
 
 class PrivacyEngine:
@@ -228,12 +232,30 @@ class PrivacyEngine:
             charged = z * math.sqrt(survivors / max(1, s_min))
         epsilon = self.accountant.charge(charged, sampling_rate)
         record = RoundPrivacy(
-            str(self.mode), epsilon, self.config.delta, charged, used_clip, sampling_rate
+            str(self.mode),
+            epsilon,
+            self.config.delta,
+            charged,
+            used_clip,
+            sampling_rate,
+            self.clip_norm,
         )
         log.info(
             "privacy_spent", epsilon=epsilon, delta=self.config.delta, noise_multiplier=charged
         )
         return mean, out, record
+
+    def restore(self, rounds: Sequence[Mapping[str, Any]]) -> None:
+        """Charge again the rounds a previous process released (each round's recorded
+        ``privacy``, in order) and take up its clip norm: a resumed run must not start its
+        budget at zero.
+
+        Raises:
+            KeyError, TypeError: a record without ``noise_multiplier``/``sampling_rate``.
+        """
+        for r in rounds:
+            self.accountant.charge(float(r["noise_multiplier"]), float(r["sampling_rate"]))
+            self.clip_norm = float(r.get("next_clip_norm", r.get("clip_norm", self.clip_norm)))
 
     def _adapt(self, metrics: dict[str, float], survivors: int) -> None:
         """Andrew et al. 2021: C from the noisy fraction of unclipped updates; the exact
