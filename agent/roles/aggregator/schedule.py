@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from agent.messages import topics
@@ -35,7 +37,9 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSumma
     stopped: str | None = None
     for r in range(1, schedule.rounds + 1):
         privacy = parts.fit.privacy
-        allowed, projected = budget_allows(privacy, schedule, len(parts.admission.agents))
+        allowed, projected = await asyncio.to_thread(
+            budget_allows, privacy, schedule, len(parts.admission.agents)
+        )
         if not allowed:
             stopped = str(RoundFailure.PRIVACY_BUDGET)
             log.warning(
