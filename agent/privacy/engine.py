@@ -17,6 +17,10 @@ What each mode does, round by round (``[aggregator.privacy]``, ``PrivacyConfig``
   request naming fewer than s_min survivors (the round aborts, nothing is released), so the
   sum never carries less than σ². With s ≥ s_min survivors the accountant is charged with
   the noise actually in the sum, multiplier z·√(s/s_min).
+  Threat model: the aggregator is honest but curious (Kairouz et al. 2021, §2): agents
+  take the announced σ_u, s_min and clip norm as given, so an aggregator that announced
+  less noise could weaken the guarantee; it never sees a noiseless sum if it follows the
+  protocol it announced.
 
 The L2 sensitivity Δ of one agent (σ = z·Δ) is C for central DP. For distributed DP it adds
 the secure metrics' words (at most ``metric_share``·C together) and the quantizer's
