@@ -26,6 +26,7 @@ from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
 from agent.roles.aggregator.persistence import RunStore
+from agent.roles.aggregator.private_update import privacy_engine
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
 from agent.roles.aggregator.resume import open_run
 from agent.roles.aggregator.round import InForce, RoundParts
@@ -139,6 +140,8 @@ class Aggregator:
             strategy=strategy or build_strategy(schedule.strategy),
             alive=lambda a: self.liveness.alive(a) and a not in self.admission.revoked,
             metrics=self.metrics,
+            privacy=privacy_engine(schedule),
+            population=lambda: len(self.admission.agents),
         )
         self.fit.on_stage = lambda r, stage: self.store.open_round(r, stage=str(stage))
         self._evaluation = FederatedEvaluation(

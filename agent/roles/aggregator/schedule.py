@@ -20,7 +20,9 @@ from agent.errors import RoundError
 from agent.messages import topics
 from agent.messages.bodies import Finish, Liveness, RoundPhase
 from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.fit import RoundFailure
 from agent.roles.aggregator.persistence import Checkpoint, RunStore, rng_state, rng_tuple
+from agent.roles.aggregator.private_update import budget_allows
 from agent.roles.aggregator.records import RoundRecord, RunSummary
 from agent.roles.aggregator.resume import Resumed
 from agent.roles.aggregator.round import InForce, RoundParts, run_round
@@ -54,6 +56,9 @@ def restore(parts: RoundParts, now: InForce, resumed: Resumed) -> None:
     parts.rng.setstate(rng_tuple(ckpt.rng_state))
     if resumed.strategy:
         parts.fit.strategy.load_state(resumed.strategy)
+    released = [rec.privacy for rec in resumed.records if rec.privacy is not None]
+    if released:  # DP: the budget goes on from what the committed rounds spent
+        parts.fit.privacy.restore(released)
     log.info(
         "run_resumed",
         after_round=ckpt.round,
@@ -90,6 +95,7 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
     """
     schedule, board, admission = parts.schedule, parts.board, parts.admission
     records: list[RoundRecord] = []
+    stopped: str | None = None
     wanted = schedule.min_available_clients
     if plan.resumed is not None:
         restore(parts, now, plan.resumed)
@@ -107,6 +113,22 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
     r = now.round
     while schedule.rounds == 0 or r < schedule.rounds:
         r += 1
+        privacy = parts.fit.privacy
+        allowed, projected = await asyncio.to_thread(
+            budget_allows, privacy, schedule, len(parts.admission.agents)
+        )
+        if not allowed:
+            stopped = str(RoundFailure.PRIVACY_BUDGET)
+            log.warning(
+                "privacy_budget_reached",
+                round=r,
+                epsilon=privacy.epsilon,
+                epsilon_if_run=projected,
+                target_epsilon=schedule.privacy.target_epsilon,
+                detail=f"stopping before round {r}: it would spend ε = {projected:.3f} > "
+                f"target {schedule.privacy.target_epsilon}",
+            )
+            break
         with structlog.contextvars.bound_contextvars(round=r):
             await wait_for_cohort(parts, records)
             await asyncio.to_thread(store.open_round, r, stage="fit")
@@ -133,12 +155,19 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
     state = now.model
     await parts.outbox.try_send(
         topics.FINISH,
-        Finish(reason="completed", final_version=state.version, model_sha256=state.sha256),
+        Finish(
+            reason=stopped or "completed", final_version=state.version, model_sha256=state.sha256
+        ),
         round=now.round,
     )
-    board.enter(RoundPhase.FINISHED, f"finished after {len(records)} rounds")
-    log.info("federation_finished", rounds=len(records), final_version=state.version)
-    return RunSummary(records, state.version, state.sha256)
+    board.enter(
+        RoundPhase.FINISHED,
+        f"finished after {len(records)} rounds" + (f" ({stopped})" if stopped else ""),
+    )
+    log.info(
+        "federation_finished", rounds=len(records), final_version=state.version, stopped=stopped
+    )
+    return RunSummary(records, state.version, state.sha256, stopped)
 
 
 async def run_recorded(
