@@ -170,3 +170,49 @@ def test_an_interrupted_round_is_aborted_and_its_files_stay(tmp_path: Path) -> N
     assert [a["stage"] for a in resumed.aborted] == ["share_keys"]
     assert any(e["event"] == "round_aborted" and e["round"] == 1 for e in logs)
     assert (run / "rounds" / ".0001.first.partial").is_dir()  # nothing deleted
+
+
+async def test_a_resumed_run_goes_on_spending_the_same_privacy_budget(tmp_path: Path) -> None:
+    """Central DP with a budget for two of four rounds, the aggregator stopped after round
+    1: the resumed run charges round 1 again from its record, so it stops before round 3
+    (a budget started at zero would allow rounds 2 and 3)."""
+    from agent.privacy import accountant
+    from agent.privacy.config import PrivacyConfig, PrivacyMode
+
+    two = accountant.Accountant(1e-5)
+    two.charge(2.0, 1.0)
+    budget = two.projected(2.0, 1.0) * 1.01
+    privacy = PrivacyConfig(
+        mode=PrivacyMode.CENTRAL, noise_multiplier=2.0, target_epsilon=budget, clip_norm=0.5
+    )
+    config = aggregator_config("mem://", tmp_path, agents=2, rounds=4)
+    schedule = msgspec.structs.replace(config.aggregator, eval_every=0, privacy=privacy)
+    config = msgspec.structs.replace(config, aggregator=schedule)
+    broker = MemoryBroker()
+    weights = toy(0, 1).get_weights()
+    async with asyncio.TaskGroup() as tg:
+        trainers = []
+        for a, v in (("a1", 1.0), ("a2", 3.0)):
+            bus = MemoryBus(broker, BusSettings(client_id=a))
+            await bus.__aenter__()
+            trainer = Trainer(
+                config=trainer_config(a, "mem://", tmp_path), bus=bus, plugin=toy(v, 1)
+            )
+            trainers.append(tg.create_task(trainer.run()))
+        async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
+            first = Aggregator(config=config, bus=bus, plugin_name="toy", initial_weights=weights)
+            running = tg.create_task(first.run())
+            await asyncio.wait_for(until_round(first, 1), 20)
+            running.cancel()
+            await asyncio.wait([running])
+        async with MemoryBus(broker, BusSettings(client_id="aggregator")) as bus:
+            second = Aggregator(config=config, bus=bus, plugin_name="toy", initial_weights=weights)
+            summary = await second.run()
+        for task in trainers:
+            task.cancel()
+    assert summary.stopped == "privacy_budget"
+    assert [r.round for r in summary.rounds] == [1, 2]
+    epsilons = [r.epsilon for r in summary.rounds]
+    assert epsilons[0] is not None
+    assert epsilons[1] is not None
+    assert epsilons[0] < epsilons[1] <= budget
