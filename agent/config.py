@@ -28,6 +28,7 @@ import msgspec
 
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
+from agent.robust.settings import RobustConfig
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -161,6 +162,7 @@ class AggregatorConfig(_Config, frozen=True):
             ``"none"``.
         secagg: the SecAgg+ settings.
         strategy: the server-side update rule (``[aggregator.strategy]``).
+        robust: bounds on one device's influence (``[aggregator.robust]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
@@ -181,6 +183,7 @@ class AggregatorConfig(_Config, frozen=True):
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
     strategy: StrategyConfig = StrategyConfig()
+    robust: RobustConfig = RobustConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
 

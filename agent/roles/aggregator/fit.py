@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from agent.config import AggregatorConfig, SecureAggregation
-from agent.errors import ConfigError, SecAggAbortError
+from agent.errors import ConfigError, ModelRejectedError, SecAggAbortError
 from agent.messages.bodies import (
     AdvertiseKeys,
     FitIns,
@@ -37,9 +37,12 @@ from agent.messages.bodies import (
 )
 from agent.messages.envelope import Message
 from agent.plugin.api import Weights
+from agent.robust.guard import check_model
+from agent.robust.secure import check_mean
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
+from agent.roles.aggregator.robust_fit import robust_update
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -47,7 +50,7 @@ from agent.secagg.keys import RoundContext
 from agent.secagg.state import Setup
 from agent.secagg.vector import size_of
 from agent.strategy.base import Strategy
-from agent.strategy.update import AggregatedUpdate, mean_update, split
+from agent.strategy.update import AggregatedUpdate, split
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +62,7 @@ class RoundFailure(StrEnum):
     NO_UPDATE = "no_update_arrived"  # plain: no valid update before the deadline
     SECAGG_PARAMETERS = "secagg_parameters"  # no SecAgg+ parameters fit the cohort size
     SECAGG_ABORTED = "secagg_aborted"  # the SecAgg+ protocol aborted (SecAggAbortError)
+    MODEL_REJECTED = "model_rejected"  # the new model failed the guard (agent.robust.guard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ class CohortFit:
         strategy: turns each round's ``AggregatedUpdate`` into the next model (both paths).
         alive: liveness (an offline member is not waited for).
         metrics: observes stage durations.
+        declared: an agent's num_examples declared at join (0: unknown), for the bounds.
     """
 
     def __init__(
@@ -116,8 +121,10 @@ class CohortFit:
         strategy: Strategy,
         alive: Callable[[str], bool],
         metrics: Metrics,
+        declared: Callable[[str], int] = lambda _: 0,
     ) -> None:
         self._outbox = outbox
+        self._declared = declared
         self._schedule = schedule
         self._fed = federation
         self._strategy = strategy
@@ -198,7 +205,13 @@ class CohortFit:
     async def _plain_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
         """Updates in the clear: wait for every member or the deadline, then the strategy."""
         started = time.monotonic()
-        self._plain = PlainRound(cohort=frozenset(cohort), model=before, alive=self._alive)
+        self._plain = PlainRound(
+            cohort=frozenset(cohort),
+            model=before,
+            alive=self._alive,
+            robust=self._schedule.robust,
+            declared=self._declared,
+        )
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
             results = await self._plain.wait(self._schedule.round_timeout)
@@ -207,12 +220,25 @@ class CohortFit:
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        update = await asyncio.to_thread(mean_update, before.weights, results)
+        update = await asyncio.to_thread(
+            robust_update, before.weights, results, self._schedule.robust
+        )
+        if update is None:
+            return Outcome.failed(RoundFailure.NO_UPDATE)
         return await self._step(before, update)
 
     async def _step(self, before: GlobalState, update: AggregatedUpdate) -> Outcome:
-        """The strategy's step from the model in force: the one seam of both paths."""
+        """The strategy's step from the model in force: the one seam of both paths. The new
+        model passes the guard (``agent.robust.guard``) or is dropped, with the strategy's
+        state as it was before the step."""
+        state = self._strategy.state()
         weights = await asyncio.to_thread(self._strategy.step, before.weights, update)
+        try:
+            await asyncio.to_thread(check_model, before.weights, weights, self._schedule.robust)
+        except ModelRejectedError as exc:
+            log.error("model_rejected", reason=exc.reason, error=str(exc))  # noqa: TRY400
+            self._strategy.load_state(state)
+            return Outcome.failed(RoundFailure.MODEL_REJECTED)
         return Outcome.of(weights, update)
 
     async def _secure_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
@@ -250,6 +276,15 @@ class CohortFit:
         try:
             await send_each(self._outbox, cohort, ins, round=r)
             aggregate = await self._secure.run()
+            check_mean(
+                aggregate.weighted_sum,
+                total_weight=aggregate.total_weight,
+                survivors=len(aggregate.survivors),
+                clipping_range=params.clipping_range,
+                step=params.step,
+                max_weight=params.max_weight,
+                norm_bound=self._schedule.robust.max_update_norm,
+            )
         except SecAggAbortError as exc:
             log.error("secagg_aborted", reason=exc.reason, error=str(exc))  # noqa: TRY400
             return Outcome.failed(RoundFailure.SECAGG_ABORTED)

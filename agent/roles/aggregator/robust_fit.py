@@ -1,0 +1,83 @@
+"""The plain round's aggregate under the ``[aggregator.robust]`` bounds (ARCHITECTURE.md §12):
+the cohort-relative norm bound on the round's updates, then the aggregation rule (the
+weighted mean, or a robust rule of ``agent.robust.aggregate``), into one ``AggregatedUpdate``
+for the strategy step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import structlog
+
+from agent.errors import RefusedError
+from agent.plugin.api import Weights
+from agent.robust.aggregate import robust_mean
+from agent.robust.bounds import MIN_FOR_MEDIAN, bounded, l2_norm, rebuild, relative_bound
+from agent.robust.settings import Aggregation, RobustConfig
+from agent.strategy.update import (
+    AggregatedUpdate,
+    ClientResult,
+    mean_update,
+    model_delta,
+    weighted_mean,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def robust_update(
+    current: Weights, results: Sequence[ClientResult], settings: RobustConfig
+) -> AggregatedUpdate | None:
+    """The round's ``AggregatedUpdate`` from ``results`` (each already admitted by
+    ``agent.robust.bounds.admit``); None when the relative norm bound refused them all.
+
+    Cost: one delta pass per update for the norms (O(n·d)); a robust rule keeps all n deltas
+    in float64 (8·n·d bytes) and costs what its table in ``agent.robust.aggregate`` says.
+    """
+    kept = _within_relative_bound(current, results, settings)
+    if not kept:
+        return None
+    if settings.aggregation is Aggregation.MEAN:
+        return mean_update(current, kept)
+    deltas = [model_delta(r.weights, current) for r in kept]
+    delta = robust_mean(deltas, [r.num_examples for r in kept], settings)
+    metrics: dict[str, float] = {}
+    loss = weighted_mean(
+        [
+            (float(v), r.num_examples)
+            for r in kept
+            if isinstance(v := r.metrics.get("train_loss"), int | float)
+        ]
+    )
+    if not math.isnan(loss):
+        metrics["train_loss"] = loss
+    log.info("robust_aggregation", rule=str(settings.aggregation), updates=len(kept))
+    survivors = tuple(sorted(r.agent_id for r in kept))
+    return AggregatedUpdate(delta, sum(r.num_examples for r in kept), survivors, metrics)
+
+
+def _within_relative_bound(
+    current: Weights, results: Sequence[ClientResult], settings: RobustConfig
+) -> list[ClientResult]:
+    """``results`` with every delta above ``norm_factor`` times the median norm clipped or
+    dropped (``on_norm``), each logged."""
+    if settings.norm_factor <= 0 or len(results) < MIN_FOR_MEDIAN:
+        return list(results)
+    norms = [l2_norm(model_delta(r.weights, current)) for r in results]
+    bound = relative_bound(norms, settings.norm_factor)
+    if bound is None:
+        return list(results)
+    kept: list[ClientResult] = []
+    for r, norm in zip(results, norms, strict=True):
+        if norm <= bound:
+            kept.append(r)
+            continue
+        try:
+            delta = bounded(model_delta(r.weights, current), norm, bound, settings.on_norm)
+        except RefusedError as exc:
+            log.warning("update_rejected", agent=r.agent_id, reason=exc.reason, detail=str(exc))
+            continue
+        log.info("update_bounded", agent=r.agent_id, norm=round(norm, 6), clipped=True)
+        kept.append(ClientResult(r.agent_id, rebuild(current, delta), r.num_examples, r.metrics))
+    return kept
