@@ -77,7 +77,9 @@ class GlobalModel(Body, frozen=True):
 
 class SecAggSetup(Body, frozen=True):
     """The SecAgg+ parameters of a round (``agent.secagg.params.SecAggParams``), its sorted
-    ``cohort``, the 32-byte ``graph_seed`` and ``length`` d of the flattened model."""
+    ``cohort``, the 32-byte ``graph_seed`` and ``length`` d of the flattened model.
+    ``norm_bound``: the L2 norm each trainer clips its delta to before quantizing (0: none);
+    the aggregator checks the unmasked mean against it (``agent.robust.secure``)."""
 
     cohort: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
     num_neighbours: Count
@@ -89,6 +91,7 @@ class SecAggSetup(Body, frozen=True):
     graph_seed: Key32
     length: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
     stage_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)]
+    norm_bound: Annotated[float, msgspec.Meta(ge=0, le=1e30)] = 0.0
 
 
 class FitIns(Body, frozen=True):

@@ -149,3 +149,14 @@ def rebuild(base: Sequence[npt.NDArray[Any]], delta: Delta) -> list[npt.NDArray[
     return [
         (np.asarray(b, np.float64) + d).astype(b.dtype) for b, d in zip(base, delta, strict=True)
     ]
+
+
+def clip_norm(flat: npt.NDArray[np.float64], bound: float) -> npt.NDArray[np.float64]:
+    """``flat`` (shape (d,)) scaled down to L2 norm ``bound`` when above it (0: unchanged):
+    what an honest SecAgg+ trainer does before quantizing (``norm_bound`` of the setup)."""
+    if bound <= 0:
+        return flat
+    norm = float(np.linalg.norm(flat))
+    if not math.isfinite(norm) or norm <= bound:
+        return flat
+    return flat * (bound / norm)

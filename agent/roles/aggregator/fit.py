@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import msgspec
 import structlog
 
 from agent.config import AggregatorConfig, SecureAggregation
@@ -265,7 +266,11 @@ class CohortFit:
             model_version=before.version,
             metrics=self._metrics,
         )
-        ins = self._fit_ins(before, secagg=setup_body(setup, stage_timeout=settings.stage_timeout))
+        announced = msgspec.structs.replace(
+            setup_body(setup, stage_timeout=settings.stage_timeout),
+            norm_bound=self._schedule.robust.max_update_norm,
+        )
+        ins = self._fit_ins(before, secagg=announced)
         log.info(
             "secagg_round",
             neighbours=params.num_neighbours,

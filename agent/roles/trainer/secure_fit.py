@@ -31,6 +31,7 @@ from agent.messages.bodies import (
 from agent.messages.envelope import Message
 from agent.messages.tensors import to_tensor
 from agent.plugin.api import FitResult
+from agent.robust.bounds import clip_norm
 from agent.roles.trainer.model import HeldModel
 from agent.runtime.outbox import Outbox
 from agent.secagg import client
@@ -83,6 +84,8 @@ class SecureFit:
         self.round = setup.context.round
         self.state = client.setup(agent_id, setup)
         self.closed = False
+        #: the L2 norm the delta is clipped to before quantizing (0: none)
+        self.norm_bound = 0.0
         self._outbox = outbox
         self._id = agent_id
         #: the ciphertexts addressed to us (the first relay_shares counts)
@@ -100,7 +103,9 @@ class SecureFit:
             ConfigError, CryptoError, ValueError (all in ``REFUSED``): a round not to join.
         """
         setup = parse_setup(body, federation=federation, round_=round_)
-        return cls(setup=setup, outbox=outbox, agent_id=agent_id)
+        secure = cls(setup=setup, outbox=outbox, agent_id=agent_id)
+        secure.norm_bound = body.norm_bound
+        return secure
 
     def close(self) -> None:
         """Stop: later stage messages are ignored, a waiting ``masked_input`` gives None."""
@@ -139,7 +144,7 @@ class SecureFit:
             as ``secagg_abandoned``, when the shares did not come, did not authenticate, or
             the round was closed: the round goes on without us.
         """
-        delta = flatten(model_delta(result.weights, base.weights))
+        delta = clip_norm(flatten(model_delta(result.weights, base.weights)), self.norm_bound)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._wake.wait()
