@@ -109,7 +109,7 @@ class Verifier:
         try:
             cert = x509.load_der_x509_certificate(der)
             identity = verify_issued(self._ca, cert)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # a flipped bit in the version
             raise UnknownSignerError(f"unreadable certificate: {exc}") from exc
         except IdentityError as exc:
             raise UnknownSignerError(f"certificate refused ({exc.reason}): {exc}") from exc
