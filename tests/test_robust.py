@@ -9,18 +9,26 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from agent.errors import ModelRejectedError, RefusedError, SecAggAbortError
+from agent.bus.base import BusSettings
+from agent.bus.memory import MemoryBroker, MemoryBus
+from agent.config import AgentConfig, AggregatorConfig
+from agent.errors import ConfigError, ModelRejectedError, RefusedError, SecAggAbortError
 from agent.robust.aggregate import multi_krum, robust_mean, trimmed_mean
 from agent.robust.bounds import admit, clip_norm, l2_norm, relative_bound
 from agent.robust.evaluation import check_result
 from agent.robust.guard import check_model
 from agent.robust.secure import check_mean, check_ring_sum
 from agent.robust.settings import Aggregation, OnViolation, RobustConfig
+from agent.roles.aggregator.fit import CohortFit, RoundFailure
+from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.robust_fit import robust_update
+from agent.runtime.metrics import Metrics
+from agent.runtime.outbox import Outbox
 from agent.secagg.params import resolve
 from agent.secagg.simulation import Observer, SecAggRound, announce
 from agent.secagg.state import Stage
-from agent.strategy.update import ClientResult
+from agent.strategy.fedavg import FedAvgM
+from agent.strategy.update import AggregatedUpdate, ClientResult
 from tests.helpers import federate, toy
 
 pytestmark = pytest.mark.timeout(30)
@@ -196,3 +204,65 @@ async def test_a_huge_update_in_a_federation_is_refused(tmp_path: Path) -> None:
     assert [r.survivors for r in summary.rounds] == [["a", "b", "c"]] * 2
     refused = [e for e in logs if e["event"] == "update_rejected" and e["agent"] == "m"]
     assert [e["reason"] for e in refused] == ["norm_above_bound"] * 2
+
+
+async def test_a_model_failing_the_guard_is_not_published_and_the_state_rolls_back(
+    tmp_path: Path,
+) -> None:
+    """FedAvgM stepping along a NaN delta: the round fails as model_rejected, nothing is
+    returned to publish, and the momentum is what it was before the step."""
+    fit = CohortFit(
+        outbox=Outbox(
+            MemoryBus(MemoryBroker(), BusSettings(client_id="x")),
+            federation="fed",
+            sender="aggregator",
+        ),
+        schedule=AggregatorConfig(min_fit_clients=1, min_available_clients=1),
+        federation="fed",
+        strategy=FedAvgM(server_lr=1.0, momentum=0.5),
+        alive=lambda _: True,
+        metrics=Metrics(),
+    )
+    before = GlobalState.of(0, BASE)
+    small = AggregatedUpdate([np.full_like(a, 0.5, dtype=np.float64) for a in BASE], 1, ("a",))
+    assert (await fit._step(before, small)).weights is not None
+    kept = fit.strategy.state()
+    huge = AggregatedUpdate([np.full_like(a, np.nan, dtype=np.float64) for a in BASE], 1, ("a",))
+    with capture_logs() as logs:
+        outcome = await fit._step(before, huge)
+    assert outcome.weights is None
+    assert outcome.failure is RoundFailure.MODEL_REJECTED
+    assert [e["reason"] for e in logs if e["event"] == "model_rejected"] == ["not_finite"]
+    assert all(np.array_equal(kept[k], v) for k, v in fit.strategy.state().items())
+
+
+async def test_a_robust_rule_runs_in_a_federation(tmp_path: Path) -> None:
+    """aggregation = median, no norm bound: three honest toy agents (1, 2, 3) and one at 100;
+    the coordinate-wise median of the deltas is 2.5, not the mean 26.5."""
+    plugins = {"a": toy(1, 10), "b": toy(2, 10), "c": toy(3, 10), "m": toy(100, 10)}
+    robust = RobustConfig(aggregation=Aggregation.MEDIAN, norm_factor=0)
+    summary, _ = await federate(tmp_path, plugins, rounds=1, robust=robust)
+    assert summary.rounds[0].survivors == ["a", "b", "c", "m"]
+    assert summary.rounds[0].loss == pytest.approx(2.5)
+
+
+def test_the_robust_table_parses_and_refuses_unknown_keys() -> None:
+    text = """
+role = "aggregator"
+agent_id = "aggregator"
+federation = "fed"
+bus_url = "mem://"
+state_dir = "/tmp/x"
+[plugin]
+name = "toy"
+[aggregator.robust]
+aggregation = "multi_krum"
+byzantine = 2
+on_norm = "clip"
+max_update_norm = 5.0
+"""
+    robust = AgentConfig.parse(text).aggregator.robust
+    assert robust.aggregation is Aggregation.MULTI_KRUM
+    assert robust.on_norm is OnViolation.CLIP
+    with pytest.raises(ConfigError, match="nrom"):
+        AgentConfig.parse(text + "nrom = 1\n")

@@ -253,8 +253,12 @@ def _scenario(kind: str, *, secure: bool, attacks: str, rounds: int, honest: int
 
 
 SCENARIOS = {
-    "plain_mqtt": _scenario("mqtt", secure=False, attacks="huge,nan,overweight,shifted", rounds=8),
-    "plain_nats": _scenario("nats", secure=False, attacks="huge,nan,overweight,shifted", rounds=8),
+    "plain_mqtt": _scenario(
+        "mqtt", secure=False, attacks="huge,nan,overweight,shifted,none", rounds=10
+    ),
+    "plain_nats": _scenario(
+        "nats", secure=False, attacks="huge,nan,overweight,shifted,none", rounds=10
+    ),
     "secagg_mqtt": _scenario(
         "mqtt",
         secure=True,
