@@ -24,7 +24,8 @@ from typing import Any
 import msgspec
 from structlog.testing import capture_logs
 
-from bench.fault_scenarios._mutators import Target, mutate
+from bench.fault_scenarios._mutators import mutate
+from bench.fault_scenarios._target import Target
 
 #: Events that carry a traceback or mean a check was bypassed by an exception.
 TRACEBACK_EVENTS = frozenset({"decode_failed_unexpectedly", "handler_failed"})

@@ -27,7 +27,7 @@ import msgspec
 import structlog
 
 from agent.config import AggregatorConfig, SecureAggregation
-from agent.errors import ConfigError, ModelRejectedError, SecAggAbortError
+from agent.errors import ConfigError, SecAggAbortError
 from agent.messages.bodies import (
     AdvertiseKeys,
     FitIns,
@@ -38,12 +38,10 @@ from agent.messages.bodies import (
 )
 from agent.messages.envelope import Message
 from agent.plugin.api import Weights
-from agent.robust.guard import check_model
-from agent.robust.secure import check_mean
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
-from agent.roles.aggregator.robust_fit import robust_update
+from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -232,13 +230,8 @@ class CohortFit:
         """The strategy's step from the model in force: the one seam of both paths. The new
         model passes the guard (``agent.robust.guard``) or is dropped, with the strategy's
         state as it was before the step."""
-        state = self._strategy.state()
-        weights = await asyncio.to_thread(self._strategy.step, before.weights, update)
-        try:
-            await asyncio.to_thread(check_model, before.weights, weights, self._schedule.robust)
-        except ModelRejectedError as exc:
-            log.error("model_rejected", reason=exc.reason, error=str(exc))  # noqa: TRY400
-            self._strategy.load_state(state)
+        weights = await guarded_step(self._strategy, before.weights, update, self._schedule.robust)
+        if weights is None:
             return Outcome.failed(RoundFailure.MODEL_REJECTED)
         return Outcome.of(weights, update)
 
@@ -281,15 +274,7 @@ class CohortFit:
         try:
             await send_each(self._outbox, cohort, ins, round=r)
             aggregate = await self._secure.run()
-            check_mean(
-                aggregate.weighted_sum,
-                total_weight=aggregate.total_weight,
-                survivors=len(aggregate.survivors),
-                clipping_range=params.clipping_range,
-                step=params.step,
-                max_weight=params.max_weight,
-                norm_bound=self._schedule.robust.max_update_norm,
-            )
+            check_secure(aggregate, params, self._schedule.robust)
         except SecAggAbortError as exc:
             log.error("secagg_aborted", reason=exc.reason, error=str(exc))  # noqa: TRY400
             return Outcome.failed(RoundFailure.SECAGG_ABORTED)

@@ -1,20 +1,30 @@
-"""The plain round's aggregate under the ``[aggregator.robust]`` bounds (ARCHITECTURE.md §12):
-the cohort-relative norm bound on the round's updates, then the aggregation rule (the
-weighted mean, or a robust rule of ``agent.robust.aggregate``), into one ``AggregatedUpdate``
-for the strategy step."""
+"""The ``[aggregator.robust]`` bounds in the fit part of a round (ARCHITECTURE.md §12):
+
+- ``robust_update``: the plain round's aggregate: the cohort-relative norm bound on the
+  round's updates, then the aggregation rule (the weighted mean, or a robust rule of
+  ``agent.robust.aggregate``), into one ``AggregatedUpdate`` for the strategy step;
+- ``check_secure``: the unmasked SecAgg+ mean against what honest inputs can produce;
+- ``guarded_step``: the strategy's step, kept only if the new model passes the guard.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
 import structlog
 
-from agent.errors import RefusedError
+from agent.errors import ModelRejectedError, RefusedError
 from agent.plugin.api import Weights
 from agent.robust.aggregate import robust_mean
 from agent.robust.bounds import MIN_FOR_MEDIAN, bounded, l2_norm, rebuild, relative_bound
+from agent.robust.guard import check_model
+from agent.robust.secure import check_mean
 from agent.robust.settings import Aggregation, RobustConfig
+from agent.secagg.params import SecAggParams
+from agent.secagg.server import Aggregate
+from agent.strategy.base import Strategy
 from agent.strategy.update import (
     AggregatedUpdate,
     ClientResult,
@@ -81,3 +91,38 @@ def _within_relative_bound(
         log.info("update_bounded", agent=r.agent_id, norm=round(norm, 6), clipped=True)
         kept.append(ClientResult(r.agent_id, rebuild(current, delta), r.num_examples, r.metrics))
     return kept
+
+
+def check_secure(aggregate: Aggregate, params: SecAggParams, settings: RobustConfig) -> None:
+    """``agent.robust.secure.check_mean`` on a SecAgg+ round's aggregate, with the L2 bound
+    the round announced (``max_update_norm``).
+
+    Raises:
+        SecAggAbortError: ``out_of_range``.
+    """
+    check_mean(
+        aggregate.weighted_sum,
+        total_weight=aggregate.total_weight,
+        survivors=len(aggregate.survivors),
+        clipping_range=params.clipping_range,
+        step=params.step,
+        max_weight=params.max_weight,
+        norm_bound=settings.max_update_norm,
+    )
+
+
+async def guarded_step(
+    strategy: Strategy, current: Weights, update: AggregatedUpdate, settings: RobustConfig
+) -> Weights | None:
+    """``strategy.step(current, update)`` if the new model passes the guard
+    (``agent.robust.guard``); else None, logged as ``model_rejected``, with the strategy's
+    state restored to what it was before the step."""
+    state = strategy.state()
+    weights: Weights = await asyncio.to_thread(strategy.step, current, update)
+    try:
+        await asyncio.to_thread(check_model, current, weights, settings)
+    except ModelRejectedError as exc:
+        log.error("model_rejected", reason=exc.reason, error=str(exc))  # noqa: TRY400
+        strategy.load_state(state)
+        return None
+    return weights
