@@ -10,6 +10,8 @@ huge           every weight 3e38, 1 example        every word random (any ring v
 nan            every weight NaN                    every word random
 overweight     num_examples = 2^53                 weight word + 2^30
 shifted        every weight + 50                   every word + 2^31 after masking
+in_range       trained weights + 100 (the norm      trained weights + 100, then clipped,
+               bound refuses it)                   quantized, masked: an in-range lie
 none           honest                              honest
 =============  ==================================  ======================================
 
@@ -19,27 +21,23 @@ mallory and the honest trainers as separate processes, and reports the final acc
 every refusal and abort with its reason: ``ok`` when the accuracies are within 2 points, every
 attack was refused or aborted with a reason, and no forged metric reached metrics.json.
 
-    python -m bench.fault_scenarios.mallory CONFIG.toml ATTACKS   # run mallory's trainer
+Mallory's trainer is ``_mallory_trainer.py``. The ``in_range`` scenarios show what SecAgg+
+cannot see: without ``max_update_norm`` the lie passes every check and costs the model; with
+it, every trainer's delta (mallory's included, the honest code clips it) is norm-bounded.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 
 from agent.brokers import EmbeddedBroker
 from agent.config import AggregatorConfig, SecAggConfig, SecureAggregation
-from agent.messages.bodies import Body, EvaluateRes, MaskedInput, ModelUpdate
-from agent.messages.tensors import to_array, to_arrays, to_tensor, to_tensors
-from agent.messages.topics import TopicSpec
-from agent.runtime.outbox import Outbox
+from agent.robust.settings import RobustConfig
 from bench.fault_scenarios._federation import Run, federate, start_module, trainer_config
 
 log = structlog.get_logger("mallory")
@@ -48,102 +46,9 @@ log = structlog.get_logger("mallory")
 TOLERANCE = 0.02
 
 
-class Attack(StrEnum):
-    NONE = "none"
-    HUGE = "huge"
-    NAN = "nan"
-    OVERWEIGHT = "overweight"
-    SHIFTED = "shifted"
-
-
-def tamper(body: Body, attack: Attack, round_: int) -> Body:
-    """What mallory sends instead of ``body`` in round ``round_``."""
-    if isinstance(body, EvaluateRes):
-        forged = [
-            EvaluateRes(
-                model_version=body.model_version,
-                loss=0.0,
-                num_examples=body.num_examples,
-                metrics={"accuracy": 7.0},
-            ),
-            EvaluateRes(
-                model_version=body.model_version,
-                loss=0.0,
-                num_examples=2**40,
-                metrics={"accuracy": 1.0},
-            ),
-            EvaluateRes(
-                model_version=body.model_version,
-                loss=float("nan"),
-                num_examples=body.num_examples,
-                metrics={"accuracy": 1.0},
-            ),
-        ]
-        return forged[round_ % len(forged)]
-    if attack is Attack.NONE:
-        return body
-    if isinstance(body, ModelUpdate):
-        weights = to_arrays(body.tensors)
-        n = body.num_examples
-        if attack is Attack.HUGE:
-            weights, n = [np.full_like(w, 3e38) for w in weights], 1
-        elif attack is Attack.NAN:
-            weights = [np.full_like(w, np.nan) for w in weights]
-        elif attack is Attack.OVERWEIGHT:
-            n = 2**53
-        else:
-            weights = [w + np.asarray(50.0, w.dtype) for w in weights]
-        return ModelUpdate(
-            model_version=body.model_version,
-            num_examples=n,
-            tensors=to_tensors(weights),
-            metrics=body.metrics,
-        )
-    if isinstance(body, MaskedInput):
-        words = to_array(body.vector).copy()
-        if attack in (Attack.HUGE, Attack.NAN):
-            info = np.iinfo(words.dtype)
-            words[:-1] = np.random.default_rng().integers(
-                0, info.max, words.size - 1, dtype=words.dtype, endpoint=True
-            )
-        elif attack is Attack.OVERWEIGHT:
-            words[-1] += np.asarray(2**30, words.dtype)
-        else:
-            words[:-1] += np.asarray(2**31, words.dtype)
-        return MaskedInput(model_version=body.model_version, vector=to_tensor(words))
-    return body
-
-
-class MalloryOutbox(Outbox):
-    """The trainer's outbox, tampering as ``attacks`` (round r: attacks[(r - 1) % len]) say."""
-
-    attacks: tuple[Attack, ...] = (Attack.NONE,)
-
-    async def send(
-        self, spec: TopicSpec, body: Body, *, round: int, agent_id: str | None = None
-    ) -> int:
-        attack = self.attacks[(max(round, 1) - 1) % len(self.attacks)]
-        forged = tamper(body, attack, round)
-        if forged is not body:
-            log.warning("mallory_sent", attack=str(attack), kind=type(body).__name__, round=round)
-        return await super().send(spec, forged, round=round, agent_id=agent_id)
-
-
-def main(argv: list[str]) -> None:
-    """Run mallory's trainer: ``CONFIG.toml ATTACKS`` (comma-separated ``Attack`` names)."""
-    import agent.roles.trainer.role as trainer_role
-    from agent.config import AgentConfig
-    from agent.logs import configure_logging
-    from agent.node import run_node, run_until_signal
-
-    MalloryOutbox.attacks = tuple(Attack(a) for a in argv[1].split(","))
-    trainer_role.Outbox = MalloryOutbox  # type: ignore[misc]  # the one modification
-    config = AgentConfig.load(Path(argv[0]))
-    configure_logging(level="info", fmt="json")
-    run_until_signal(run_node(config))
-
-
-def schedule(*, secure: bool, rounds: int, cohort: int) -> AggregatorConfig:
+def schedule(
+    *, secure: bool, rounds: int, cohort: int, robust: RobustConfig | None = None
+) -> AggregatorConfig:
     return AggregatorConfig(
         rounds=rounds,
         min_fit_clients=cohort,
@@ -154,20 +59,30 @@ def schedule(*, secure: bool, rounds: int, cohort: int) -> AggregatorConfig:
         fit_config={"epochs": 5},
         secure_aggregation=SecureAggregation.SECAGG_PLUS if secure else SecureAggregation.NONE,
         secagg=SecAggConfig(stage_timeout=10.0),
+        robust=robust or RobustConfig(),
         seed=1,
     )
 
 
 async def compare(
-    kind: str, *, secure: bool, honest: int, rounds: int, attacks: str, where: Path
+    kind: str,
+    *,
+    secure: bool,
+    honest: int,
+    rounds: int,
+    attacks: str,
+    where: Path,
+    robust: RobustConfig | None = None,
+    limitation: bool = False,
 ) -> dict[str, Any]:
     """The same federation without and with mallory, each on a fresh ``kind`` broker (no
-    retained model of one run reaches the other)."""
+    retained model of one run reaches the other), both under ``robust``. ``limitation``: the
+    attack is one the documentation says passes (``verdict``)."""
     with EmbeddedBroker(kind) as broker:  # type: ignore[arg-type]
         clean = await federate(
             broker.url,
             where / "clean",
-            schedule=schedule(secure=secure, rounds=rounds, cohort=honest),
+            schedule=schedule(secure=secure, rounds=rounds, cohort=honest, robust=robust),
             honest=honest,
             secure=secure,
         )
@@ -175,23 +90,28 @@ async def compare(
         path = trainer_config("mallory", 0, honest, broker.url, where / "attacked", secure=secure)
         log_path = where / "attacked" / "logs" / "mallory.log"
         mallory = start_module(
-            "mallory", "bench.fault_scenarios.mallory", [str(path), attacks], log_path
+            "mallory", "bench.fault_scenarios._mallory_trainer", [str(path), attacks], log_path
         )
         attacked = await federate(
             broker.url,
             where / "attacked",
-            schedule=schedule(secure=secure, rounds=rounds, cohort=honest + 1),
+            schedule=schedule(secure=secure, rounds=rounds, cohort=honest + 1, robust=robust),
             honest=honest,
             extra=[mallory],
             secure=secure,
         )
-    return verdict(clean, attacked, where / "attacked", secure=secure, attacks=attacks)
+    line = verdict(clean, attacked, where / "attacked", secure=secure, limitation=limitation)
+    return {"attacks": attacks, **line}
 
 
 def verdict(
-    clean: Run, attacked: Run, where: Path, *, secure: bool, attacks: str
+    clean: Run, attacked: Run, where: Path, *, secure: bool, limitation: bool = False
 ) -> dict[str, Any]:
-    """The scenario's line: accuracies, refusals and aborts with reasons, and ``ok``."""
+    """The scenario's line: accuracies, refusals and aborts with reasons, and ``ok``: every
+    attack refused or aborted with a reason, no forged metric stored, the final accuracy
+    within ``TOLERANCE`` of the run without mallory. With ``limitation`` (an in-range lie
+    under SecAgg+), ``ok`` means it behaved as documented: no round aborted for it, and the
+    accuracies say what it cost."""
     refused = [
         (e.get("round"), e["reason"])
         for e in attacked.where("update_rejected")
@@ -206,28 +126,25 @@ def verdict(
     sent = _mallory_sent(where / "logs" / "mallory.log")
     stored = json.loads((where / "aggregator" / "metrics.json").read_text())
     accuracies = [r.get("accuracy") for r in stored]
-    in_range = all(a is None or 0.0 <= a <= 1.0 for a in accuracies)
+    stored_ok = all(a is None or 0.0 <= a <= 1.0 for a in accuracies)
     a, b = clean.final_accuracy, attacked.final_accuracy
-    attacked_rounds = {r for r, attack in sent if attack not in ("fake_metric", "none")}
+    silent = ("fake_metric", "none", "in_range") if secure else ("fake_metric", "none")
+    attacked_rounds = {r for r, attack in sent if attack not in silent}
     forged_rounds = {r for r, attack in sent if attack == "fake_metric"}
     answered = {r for r, _ in refused} | {r for r, _ in aborted}
     close = a is not None and b is not None and abs(a - b) <= TOLERANCE
-    ok = (
-        close
-        and in_range
-        and attacked_rounds <= answered
-        and forged_rounds <= {r for r, _ in metrics}
-    )
+    checked = stored_ok and attacked_rounds <= answered and forged_rounds <= {r for r, _ in metrics}
+    ok = checked and (not aborted if limitation else close)
     return {
         "secure": secure,
-        "attacks": attacks,
         "accuracy_without_mallory": a,
         "accuracy_with_mallory": b,
         "mallory_sent": sent,
         "updates_refused": refused,
         "rounds_aborted": aborted,
         "metrics_refused": metrics,
-        "stored_accuracies_in_range": in_range,
+        "stored_accuracies_in_range": stored_ok,
+        "limitation": limitation,
         "ok": ok,
     }
 
@@ -242,11 +159,11 @@ def _mallory_sent(log_path: Path) -> list[tuple[int, str]]:
     return out
 
 
-def _scenario(kind: str, *, secure: bool, attacks: str, rounds: int, honest: int = 5) -> Any:
+def _scenario(kind: str, *, secure: bool, attacks: str, rounds: int, **kw: Any) -> Any:
     async def run() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             return await compare(
-                kind, secure=secure, honest=honest, rounds=rounds, attacks=attacks, where=Path(tmp)
+                kind, secure=secure, honest=5, rounds=rounds, attacks=attacks, where=Path(tmp), **kw
             )
 
     return run
@@ -271,7 +188,12 @@ SCENARIOS = {
         attacks="shifted,huge,overweight,nan,none,none,none,none,none,none",
         rounds=10,
     ),
+    # An in-range lie under SecAgg+: what the sum checks cannot see (documented), ...
+    "secagg_in_range_unbounded_mqtt": _scenario(
+        "mqtt", secure=True, attacks="in_range", rounds=10, limitation=True
+    ),
+    # ... and the same lie with an L2 bound every trainer clips to: bounded influence.
+    "secagg_in_range_bounded_mqtt": _scenario(
+        "mqtt", secure=True, attacks="in_range", rounds=10, robust=RobustConfig(max_update_norm=5.0)
+    ),
 }
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
