@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,8 +44,21 @@ from agent.messages.tensors import to_tensor, to_tensors
 from agent.role import Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.plain_round import PlainRound
+from agent.roles.aggregator.secure_round import SecureRound
+from agent.secagg import server
+from agent.secagg.keys import RoundContext
+from agent.secagg.params import resolve
+from agent.secagg.state import PublicKeys, Setup, Stage
 
 FED, AGENT, OTHER = "fed", "agent-1", "agent-2"
+#: The SecAgg+ cohort of the secure rounds the target opens (sorted).
+COHORT = (AGENT, OTHER, "agent-3")
+SECURE_STAGES = (
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.COLLECT_MASKED_INPUT,
+    Stage.UNMASK,
+)
 MODEL = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
 MSGPACK = msgspec.msgpack.Encoder()
 
@@ -120,9 +134,13 @@ class Target:
             target.reopen()
             yield target
 
-    def reopen(self) -> None:
-        """Open a plain round of round 0 and an evaluation of model 0 (as a round would)."""
+    def reopen(self, rng: random.Random | None = None) -> None:
+        """Open a round 0 and an evaluation of model 0 (as a round would): a plain round, or
+        (half the time with ``rng``) a SecAgg+ round collecting a random stage."""
         fit, evaluation = self.aggregator.fit, self.aggregator._evaluation
+        fit._secure = None
+        if rng is not None and rng.random() < 0.5:
+            fit._secure = self._secure_round(rng.choice(SECURE_STAGES))
         model = self.aggregator.global_state
         fit._plain = PlainRound(
             cohort=frozenset({AGENT, OTHER}),
@@ -133,6 +151,34 @@ class Target:
         evaluation._version = model.version
         evaluation._evaluators = frozenset({AGENT, OTHER})
         evaluation._results.clear()
+
+    def _secure_round(self, stage: Stage) -> SecureRound:
+        """A SecAgg+ round of ``COHORT`` (k = 2, t = 2, d = 8) whose server state was walked
+        to ``stage`` with placeholder keys, ciphertexts and inputs."""
+        setup = Setup(RoundContext(FED, 0), resolve(len(COHORT)), COHORT, os.urandom(32), 8)
+        secure = SecureRound(
+            outbox=self.aggregator._outbox,
+            setup=setup,
+            stage_timeout=1.0,
+            input_deadline=time.monotonic() + 1.0,
+            model_version=0,
+            metrics=self.aggregator.metrics,
+        )
+        state, order = secure.state, SECURE_STAGES.index(stage)
+        if order >= 1:
+            for a in COHORT:
+                server.receive_keys(state, a, PublicKeys(os.urandom(32), os.urandom(32)))
+            server.close_advertise(state)
+        if order >= 2:
+            for a in COHORT:
+                peers = state.graph[a] & state.keys.keys()
+                server.receive_shares(state, a, {v: os.urandom(156) for v in peers})
+            server.close_share_keys(state)
+        if order >= 3:
+            for a in COHORT:
+                server.receive_masked_input(state, a, state.setup.params.zeros(9))
+            server.close_collect(state)
+        return secure
 
     async def dispatch(self, topic: str, payload: bytes) -> bool:
         return await self.aggregator.dispatcher.dispatch(BusMessage(topic, payload))
@@ -165,7 +211,7 @@ class Target:
             ),
             Seed(
                 topics.SECAGG_SHARE.format(FED, AGENT),
-                ShareKeys(ciphertexts={OTHER: os.urandom(156)}),
+                ShareKeys(ciphertexts={OTHER: os.urandom(156), "agent-3": os.urandom(156)}),
             ),
             Seed(update, MaskedInput(model_version=0, vector=to_tensor(np.zeros(9, np.uint32)))),
             Seed(

@@ -59,7 +59,7 @@ async def fuzz(count: int = 10_000, *, seed: int = 0) -> dict[str, Any]:
         async with Target.create(Path(tmp)) as target:
             seeds = target.seeds()
             for _ in range(count):
-                target.reopen()
+                target.reopen(rng)
                 topic, payload, how = mutate(rng, seeds, target)
                 operators[how] += 1
                 mark = len(logs)
