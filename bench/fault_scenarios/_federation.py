@@ -1,7 +1,8 @@
 """One digits federation on a real broker for the fault scenarios (not a scenario module):
 the aggregator in this process (its log lines captured), every trainer a separate
 ``fedbus run`` process (``agent.demo.processes``), plus any extra processes a scenario adds
-(e.g. mallory's modified trainer)."""
+(e.g. mallory's modified trainer). Every agent is enrolled with the run's CA: messages are
+signed, updates and metrics sealed, so an attacker here is an authenticated member."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from agent.bus.url import bus_from_url
 from agent.config import (
     AgentConfig,
     AggregatorConfig,
+    IdentityConfig,
     PluginConfig,
     TrainerConfig,
 )
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
+from agent.identity import ca, pem
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import load_plugin
 from agent.role import Role
@@ -50,11 +53,31 @@ class Run:
         return [e for e in self.events if e.get("event") == event]
 
 
+#: The federation CA of each run directory (every agent of a run is enrolled with it).
+_AUTHORITIES: dict[Path, ca.CertificateAuthority] = {}
+
+
+def enrolled(where: Path, agent_id: str, role: Role) -> IdentityConfig:
+    """``agent_id``'s certificate and key from the run's CA (``where/pki``, made on first use):
+    every message it sends is signed, and updates and metrics are sealed to the aggregator."""
+    pki = where / "pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    authority = _AUTHORITIES.setdefault(where, ca.init_ca("fed"))
+    key, cert = ca.issue(authority, agent_id, role=role)
+    pem.write_private_key(pki / f"{agent_id}.key", key)
+    pem.write_pem(pki / f"{agent_id}.pem", cert)
+    pem.write_pem(pki / "ca.pem", authority.cert)
+    return IdentityConfig(
+        cert_file=pki / f"{agent_id}.pem", key_file=pki / f"{agent_id}.key", ca_file=pki / "ca.pem"
+    )
+
+
 def trainer_config(
     agent_id: str, index: int, shards: int, url: str, where: Path, *, secure: bool
 ) -> Path:
-    """A trainer's TOML: digits shard ``index`` of ``shards`` (IID, seed 0)."""
+    """A trainer's TOML: digits shard ``index`` of ``shards`` (IID, seed 0), enrolled."""
     config = AgentConfig(
+        identity=enrolled(where, agent_id, Role.TRAINER),
         role=Role.TRAINER,
         agent_id=agent_id,
         federation="fed",
@@ -110,6 +133,7 @@ async def federate(
         PLUGIN, PluginContext("aggregator", {"agent_index": 0, "num_agents": 1})
     ).get_weights()
     config = AgentConfig(
+        identity=enrolled(where, "aggregator", Role.AGGREGATOR),
         role=Role.AGGREGATOR,
         agent_id="aggregator",
         federation="fed",
