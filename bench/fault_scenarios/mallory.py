@@ -123,6 +123,12 @@ def verdict(
         if e.get("agent") == "mallory"
     ]
     aborted = [(e.get("round"), e["reason"]) for e in attacked.where("secagg_aborted")]
+    # a forged result that arrived after its round moved on is dropped before any handler
+    metrics_dropped = [
+        e["reason"]
+        for e in attacked.where("message_dropped")
+        if str(e.get("topic", "")).endswith("/metrics/mallory")
+    ]
     sent = _mallory_sent(where / "logs" / "mallory.log")
     stored = json.loads((where / "aggregator" / "metrics.json").read_text())
     accuracies = [r.get("accuracy") for r in stored]
@@ -133,7 +139,10 @@ def verdict(
     forged_rounds = {r for r, attack in sent if attack == "fake_metric"}
     answered = {r for r, _ in refused} | {r for r, _ in aborted}
     close = a is not None and b is not None and abs(a - b) <= TOLERANCE
-    checked = stored_ok and attacked_rounds <= answered and forged_rounds <= {r for r, _ in metrics}
+    kept_out = forged_rounds <= {r for r, _ in metrics} or len(forged_rounds) <= len(metrics) + len(
+        metrics_dropped
+    )
+    checked = stored_ok and attacked_rounds <= answered and kept_out
     ok = checked and (not aborted if limitation else close)
     return {
         "secure": secure,
@@ -143,6 +152,7 @@ def verdict(
         "updates_refused": refused,
         "rounds_aborted": aborted,
         "metrics_refused": metrics,
+        "metrics_dropped": metrics_dropped,
         "stored_accuracies_in_range": stored_ok,
         "limitation": limitation,
         "ok": ok,
