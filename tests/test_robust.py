@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
 from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
-from agent.config import AgentConfig, AggregatorConfig
+from agent.config import AgentConfig, AggregatorConfig, SecureAggregation
 from agent.errors import ConfigError, ModelRejectedError, RefusedError, SecAggAbortError
 from agent.robust.aggregate import multi_krum, robust_mean, trimmed_mean
 from agent.robust.bounds import admit, clip_norm, l2_norm, relative_bound
@@ -29,7 +30,7 @@ from agent.secagg.simulation import Observer, SecAggRound, announce
 from agent.secagg.state import Stage
 from agent.strategy.fedavg import FedAvgM
 from agent.strategy.update import AggregatedUpdate, ClientResult
-from tests.helpers import federate, toy
+from tests.helpers import aggregator_config, federate, federate_in_memory, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -225,11 +226,11 @@ async def test_a_model_failing_the_guard_is_not_published_and_the_state_rolls_ba
     )
     before = GlobalState.of(0, BASE)
     small = AggregatedUpdate([np.full_like(a, 0.5, dtype=np.float64) for a in BASE], 1, ("a",))
-    assert (await fit._step(before, small)).weights is not None
+    assert (await fit._step(before, small, 1)).weights is not None
     kept = fit.strategy.state()
     huge = AggregatedUpdate([np.full_like(a, np.nan, dtype=np.float64) for a in BASE], 1, ("a",))
     with capture_logs() as logs:
-        outcome = await fit._step(before, huge)
+        outcome = await fit._step(before, huge, 1)
     assert outcome.weights is None
     assert outcome.failure is RoundFailure.MODEL_REJECTED
     assert [e["reason"] for e in logs if e["event"] == "model_rejected"] == ["not_finite"]
@@ -266,3 +267,25 @@ max_update_norm = 5.0
     assert robust.on_norm is OnViolation.CLIP
     with pytest.raises(ConfigError, match="nrom"):
         AgentConfig.parse(text + "nrom = 1\n")
+
+
+async def test_secagg_with_a_norm_bound_and_secure_metrics_completes(tmp_path: Path) -> None:
+    """SecAgg+ with max_update_norm = 1 (the toy deltas are 2.8-8.5): the trainers clip to it,
+    the unmasked mean passes every check (the secure-metric words are checked apart from
+    the model), and every round completes with all three survivors."""
+    plugins = {"a": toy(1, 10), "b": toy(2, 10), "c": toy(3, 10)}
+    with capture_logs() as logs:
+        config = aggregator_config("mem://", tmp_path, agents=3)
+        schedule = msgspec.structs.replace(
+            config.aggregator,
+            min_fit_clients=3,
+            secure_aggregation=SecureAggregation.SECAGG_PLUS,
+            robust=RobustConfig(max_update_norm=1.0),
+        )
+        summary, _ = await federate_in_memory(
+            plugins,
+            msgspec.structs.replace(config, aggregator=schedule),
+            lambda agent_id: trainer_config(agent_id, "mem://", tmp_path),
+        )
+    assert not [e for e in logs if e["event"] == "secagg_aborted"]
+    assert [len(r.survivors) for r in summary.rounds] == [3, 3]

@@ -18,7 +18,7 @@ from agent.robust.settings import RobustConfig
 from agent.roles.aggregator.records import GlobalState
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
-from agent.strategy.update import weighted_mean
+from agent.strategy.update import weighted_mean, weighted_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,8 @@ class FederatedEvaluation:
         #: each kept result's weight: min(num_examples, max_weight)
         self._weights: dict[str, int] = {}
         self._complete = asyncio.Event()
+        #: the last evaluation's metrics, each num_examples-weighted over its reporters
+        self.metrics: dict[str, float] = {}
 
     async def run(
         self, r: int, state: GlobalState, evaluators: frozenset[str]
@@ -65,6 +67,7 @@ class FederatedEvaluation:
         result with examples came back before the timeout."""
         self._version, self._evaluators = state.version, evaluators
         self._results, self._weights = {}, {}
+        self.metrics = {}
         self._complete.clear()
         if not evaluators:
             log.warning("evaluation_skipped", reason="no_responsive_agent")
@@ -84,6 +87,7 @@ class FederatedEvaluation:
         if not results:
             return None, None, 0
         loss = weighted_mean([(x.loss, w) for x, w in results])
+        self.metrics = weighted_metrics([(x.metrics, w) for x, w in results])
         accuracy = weighted_mean(
             [
                 (float(x.metrics["accuracy"]), w)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -37,10 +37,16 @@ log = structlog.get_logger(__name__)
 
 
 def robust_update(
-    current: Weights, results: Sequence[ClientResult], settings: RobustConfig
+    current: Weights,
+    results: Sequence[ClientResult],
+    settings: RobustConfig,
+    mean: Callable[[Weights, Sequence[ClientResult]], AggregatedUpdate] = mean_update,
 ) -> AggregatedUpdate | None:
     """The round's ``AggregatedUpdate`` from ``results`` (each already admitted by
     ``agent.robust.bounds.admit``); None when the relative norm bound refused them all.
+    ``mean``: the ``mean`` rule (the weighted mean; under DP, of the deltas clipped again,
+    ``private_update.plain_update``); the robust rules do not combine with DP (the config
+    refuses it).
 
     Cost: one delta pass per update for the norms (O(n·d)); a robust rule keeps all n deltas
     in float64 (8·n·d bytes) and costs what its table in ``agent.robust.aggregate`` says.
@@ -49,7 +55,7 @@ def robust_update(
     if not kept:
         return None
     if settings.aggregation is Aggregation.MEAN:
-        return mean_update(current, kept)
+        return mean(current, kept)
     deltas = [model_delta(r.weights, current) for r in kept]
     delta = robust_mean(deltas, [r.num_examples for r in kept], settings)
     metrics: dict[str, float] = {}
@@ -93,22 +99,35 @@ def _within_relative_bound(
     return kept
 
 
-def check_secure(aggregate: Aggregate, params: SecAggParams, settings: RobustConfig) -> None:
-    """``agent.robust.secure.check_mean`` on a SecAgg+ round's aggregate, with the L2 bound
-    the round announced (``max_update_norm``).
+def check_secure(
+    aggregate: Aggregate,
+    params: SecAggParams,
+    settings: RobustConfig,
+    *,
+    model_size: int,
+    noisy: bool = False,
+) -> None:
+    """``agent.robust.secure.check_mean`` on a SecAgg+ round's aggregate (the model's
+    ``model_size`` words and the secure-metric words after them, each in [-c, c]), with the
+    L2 bound the round announced (``max_update_norm``) on the model part. Under distributed
+    DP (``noisy``) the noise in the sum is unbounded in norm, so the norm check is off; the
+    coordinate checks keep the headroom the noise was planned with.
 
     Raises:
         SecAggAbortError: ``out_of_range``.
     """
-    check_mean(
-        aggregate.weighted_sum,
-        total_weight=aggregate.total_weight,
-        survivors=len(aggregate.survivors),
-        clipping_range=params.clipping_range,
-        step=params.step,
-        max_weight=params.max_weight,
-        norm_bound=settings.max_update_norm,
-    )
+    norm_bound = 0.0 if noisy else settings.max_update_norm
+    parts = aggregate.weighted_sum[:model_size], aggregate.weighted_sum[model_size:]
+    for part, bound in zip(parts, (norm_bound, 0.0), strict=True):
+        check_mean(
+            part,
+            total_weight=aggregate.total_weight,
+            survivors=len(aggregate.survivors),
+            clipping_range=params.clipping_range,
+            step=params.step,
+            max_weight=params.max_weight,
+            norm_bound=bound,
+        )
 
 
 async def guarded_step(
