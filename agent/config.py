@@ -29,6 +29,7 @@ import msgspec
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
 from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
+from agent.robust.settings import RobustConfig
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -166,6 +167,7 @@ class AggregatorConfig(_Config, frozen=True):
             ``"none"``.
         secagg: the SecAgg+ settings.
         strategy: the server-side update rule (``[aggregator.strategy]``).
+        robust: bounds on one device's influence (``[aggregator.robust]``).
         privacy: differential privacy (``[aggregator.privacy]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
@@ -187,6 +189,7 @@ class AggregatorConfig(_Config, frozen=True):
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
     strategy: StrategyConfig = StrategyConfig()
+    robust: RobustConfig = RobustConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
@@ -205,6 +208,8 @@ class AggregatorConfig(_Config, frozen=True):
         secure = self.secure_aggregation is SecureAggregation.SECAGG_PLUS
         if self.privacy.mode is PrivacyMode.DISTRIBUTED and not secure:
             raise ValueError("privacy mode 'distributed' needs secure_aggregation = 'secagg+'")
+        if self.privacy.mode is not PrivacyMode.OFF and self.robust.aggregation != "mean":
+            raise ValueError("[aggregator.robust] aggregation other than 'mean' has no DP analysis")
         if secure:
             try:
                 self.secagg.params(self.min_fit_clients)

@@ -115,11 +115,17 @@ class Aggregator:
             strategy=strategy or build_strategy(schedule.strategy),
             alive=self.liveness.alive,
             metrics=self.metrics,
+            declared=self.admission.declared,
             privacy=privacy_engine(schedule),
             population=lambda: len(self.admission.agents),
         )
         self._evaluation = FederatedEvaluation(
-            outbox, timeout=schedule.eval_timeout, config=schedule.eval_config, metrics=self.metrics
+            outbox,
+            timeout=schedule.eval_timeout,
+            config=schedule.eval_config,
+            metrics=self.metrics,
+            robust=schedule.robust,
+            declared=self.admission.declared,
         )
         self._parts = RoundParts(
             schedule=schedule,
