@@ -23,7 +23,10 @@
     │   ├── StaleTimestampError     a timestamp outside the clock-skew window (a replay)
     │   ├── WrongRoleError          a sender whose role may not publish on that topic
     │   ├── RevokedSenderError      a revoked agent
-    │   └── SealError               a body that should be sealed and is not, or does not open
+    │   ├── SealError               a body that should be sealed and is not, or does not open
+    │   └── LedgerError             a round-ledger record that does not verify or chain
+    │       ├── LedgerRecordError   unreadable, non-canonical, or badly signed
+    │       └── LedgerChainError    does not chain to the one before (dropped, reordered)
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
@@ -167,6 +170,27 @@ class SealError(ProtocolError):
     """A body that must be sealed to the aggregator and is not, or that does not open."""
 
     reason = "unsealable"
+
+
+class LedgerError(ProtocolError):
+    """A round-ledger record (``agent.ledger``) that cannot be trusted."""
+
+    reason = "ledger_invalid"
+
+
+class LedgerRecordError(LedgerError):
+    """A record that does not decode canonically, or whose aggregator signature or
+    certificate does not verify (a tampered byte)."""
+
+    reason = "ledger_bad_record"
+
+
+class LedgerChainError(LedgerError):
+    """A record whose index or previous-record hash does not follow the record before it
+    (a record dropped, reordered or forked), or a model with no record that reaches the
+    ledger head this agent holds."""
+
+    reason = "ledger_broken"
 
 
 class PluginError(FedbusError):

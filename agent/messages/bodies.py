@@ -68,11 +68,15 @@ class JoinRejected(Body, frozen=True):
 
 
 class GlobalModel(Body, frozen=True):
-    """aggregator → all (and a new agent's inbox): model ``version`` (rounds aggregated)."""
+    """aggregator → all (and a new agent's inbox): model ``version`` (rounds aggregated),
+    with its signed, hash-chained round-ledger records (``ledger``)."""
 
     version: Version
     sha256: Sha256
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
+    #: the round-ledger records ending with this model's (``agent.ledger``; empty with
+    #: identities off), oldest first
+    ledger: Annotated[list[bytes], msgspec.Meta(max_length=64)] = []
 
 
 class SecAggSetup(Body, frozen=True):

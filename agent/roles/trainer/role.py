@@ -38,6 +38,7 @@ from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.identity.local import Credentials
+from agent.ledger.head import HEAD_FILE, LedgerHead
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
@@ -97,6 +98,9 @@ class Trainer:
             progress=self._progress,
             wait=config.trainer.model_wait,
             path=config.state_dir / "global_model.npz",
+            ledger=LedgerHead(config.state_dir / HEAD_FILE, credentials.ca)
+            if credentials
+            else None,
         )
         self._work = Worker("trainer")
         self._fits = FitPath(
