@@ -251,6 +251,16 @@ class IdentityConfig(_Config, frozen=True):
         ca_dir: aggregator only: the CA's directory, for enrollment and revocation.
         registry: aggregator only: the registry database (default ``ca_dir/registry.sqlite``).
         max_clock_skew: seconds a message's timestamp may differ from our clock.
+        renew_before_days: trainer: renew the certificate over the bus once less than this
+            is left (``agent.runtime.renewer``; 0: never).
+        renew_check_every: trainer: seconds between expiry checks.
+        crl_refresh_before_days: aggregator: re-sign the CRLs once less than this is left
+            before their nextUpdate (``agent.runtime.crl_refresh``; 0: never).
+        crl_valid_days: aggregator: the lifetime of a re-signed CRL.
+        broker_dir: aggregator: a broker directory (``fedbus broker-config``) whose
+            ``crl.pem`` is kept fresh too.
+        broker_pid_file: aggregator: the broker's pid file; the broker is sent SIGHUP after
+            its CRL is re-signed, so it rereads it.
     """
 
     cert_file: Path | None = None
@@ -259,6 +269,12 @@ class IdentityConfig(_Config, frozen=True):
     ca_dir: Path | None = None
     registry: Path | None = None
     max_clock_skew: Positive = 300.0
+    renew_before_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    renew_check_every: Positive = 3600.0
+    crl_refresh_before_days: Annotated[float, msgspec.Meta(ge=0)] = 7.0
+    crl_valid_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+    broker_dir: Path | None = None
+    broker_pid_file: Path | None = None
 
     @property
     def enabled(self) -> bool:

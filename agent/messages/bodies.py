@@ -210,11 +210,17 @@ Reason = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{0,64}$")]
 
 class EnrollRequest(Body, frozen=True):
     """device → aggregator on ``enroll/{agent_id}``: a CSR (RFC 2986, PEM) for ``agent_id``
-    and the one-time token that authorises it. The private key never travels."""
+    and the one-time token that authorises it. The private key never travels.
+
+    ``ca_fingerprint`` is the CA the device pinned (SHA-256 of its DER, 64 hex digits): the
+    aggregator refuses the request (``fingerprint_mismatch``) before it redeems the token or
+    signs anything when it is not its CA, so a mistyped pin costs the device neither its
+    token nor its working certificate. Empty: not checked (older devices)."""
 
     agent_id: Name
     csr: Pem
     token: Token
+    ca_fingerprint: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
 
 
 class EnrollReply(Body, frozen=True):
@@ -232,6 +238,29 @@ class EnrollReply(Body, frozen=True):
     cert: Pem | None = None
     ca: Pem | None = None
     request: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+
+
+class RenewRequest(Body, frozen=True):
+    """trainer → aggregator on ``renew/{agent_id}``, signed with the certificate it renews:
+    a CSR (RFC 2986, PEM) for ``agent_id``, for the same key or a new one. ``nonce`` (16
+    random bytes) comes back in the reply. No token: the current certificate authorises it."""
+
+    agent_id: Name
+    csr: Pem
+    nonce: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+
+
+class RenewReply(Body, frozen=True):
+    """aggregator → the trainer's inbox: the new certificate (PEM) when ``status`` is
+    ``"ok"`` (the old one is superseded from then on), else the refusal ``reason`` and
+    ``detail``; ``nonce`` is the request's."""
+
+    agent_id: Name
+    status: Literal["ok", "error"]
+    nonce: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    reason: Reason = ""
+    detail: Text = ""
+    cert: Pem | None = None
 
 
 class Liveness(StrEnum):
@@ -254,11 +283,13 @@ class RoundPhase(StrEnum):
 class AgentStatus(Body, frozen=True):
     """agent → all on ``status/{agent_id}`` (retained): ``online`` on every connect and as a
     heartbeat, ``offline`` as the last will (MQTT) or on a clean stop; ``detail`` is what
-    the agent is doing (``idle``, ``round 3: training``, ...)."""
+    the agent is doing (``idle``, ``round 3: training``, ...); ``cert_expires`` is the
+    notAfter (Unix seconds) of the certificate it signs with."""
 
     state: Liveness
     detail: Text = ""
     model_version: Version | None = None
+    cert_expires: float | None = None
 
 
 class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -269,6 +300,7 @@ class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     detail: Text = ""
     last_seen: float | None = None
     admitted: bool = False
+    cert_expires: float | None = None
 
 
 class RoundSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -313,6 +345,8 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.UNMASK_REQUEST: UnmaskRequest,
     Kind.ENROLL: EnrollRequest,
     Kind.ENROLL_REPLY: EnrollReply,
+    Kind.RENEW: RenewRequest,
+    Kind.RENEW_REPLY: RenewReply,
     Kind.STATUS: AgentStatus,
     Kind.FEDERATION_STATUS: FederationStatus,
 }

@@ -1,0 +1,99 @@
+"""The long-lived aggregator keeps the CRLs fresh (agent.runtime.crl_refresh): a CRL within a
+day of its nextUpdate is re-signed, and a real mosquitto that refused every handshake with
+an expired CRL accepts enrolled agents again once it is sent SIGHUP through its pid file."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.brokers import free_port
+from agent.bus import BusSettings
+from agent.bus.url import TlsFiles, bus_from_url
+from agent.errors import BusTimeoutError
+from agent.identity.ca import build_crl, init_ca, issue, save_ca
+from agent.identity.pem import write_pem, write_private_key
+from agent.identity.registry import CRL_FILE, Registry
+from agent.lockdown import Members, embedded_broker, local_mosquitto_user, write_broker_config
+from agent.role import Role
+from agent.runtime.crl_refresh import CrlRefresher, next_update
+
+pytestmark = pytest.mark.timeout(60)
+WAIT = 15.0  # bound for what should happen promptly; never asserted as a duration
+
+
+def _refresher(tmp_path: Path, **kw: object) -> tuple[CrlRefresher, Path]:
+    ca = init_ca("fed1")
+    ca_dir = tmp_path / "ca"
+    save_ca(ca, ca_dir)
+    registry = Registry.open(ca_dir / "registry.sqlite")
+    return CrlRefresher(ca=ca, registry=registry, ca_dir=ca_dir, **kw), ca_dir  # type: ignore[arg-type]
+
+
+def test_a_crl_within_a_day_of_next_update_is_resigned(tmp_path: Path) -> None:
+    """A CRL 12 h from nextUpdate (refresh_before 1 day) is re-signed for 30 days, once; a
+    missing one is written; the gauge shows the earliest nextUpdate."""
+    metrics = CollectorRegistry()
+    refresher, ca_dir = _refresher(tmp_path, refresh_before=86400.0, metrics_registry=metrics)
+    path = ca_dir / CRL_FILE
+    assert refresher.refresh() == [path]  # missing: written
+    write_pem(path, build_crl(refresher.ca, [], valid_days=0.5))
+    assert refresher.stale(path)
+    assert refresher.refresh() == [path]
+    when = next_update(path)
+    assert when is not None
+    assert when - dt.datetime.now(dt.UTC) > dt.timedelta(days=29)
+    assert refresher.refresh() == []  # fresh now: left alone
+    gauge = metrics.get_sample_value("fedbus_crl_next_update_timestamp_seconds")
+    assert gauge == pytest.approx(when.timestamp())
+
+
+async def _connects(url: str, tls: TlsFiles, name: str) -> bool:
+    settings = BusSettings(name, backoff_initial=0.05, backoff_max=0.3, connect_timeout=2.0)
+    async with bus_from_url(url, settings, tls=tls) as bus:
+        try:
+            await bus.wait_connected(timeout=2.0)
+        except BusTimeoutError:
+            return False
+    return True
+
+
+@pytest.mark.broker
+async def test_mosquitto_accepts_agents_again_once_the_expired_crl_is_resigned(
+    tmp_path: Path,
+) -> None:
+    """mosquitto started with an expired CRL refuses an enrolled agent's handshake; the
+    refresher re-signs the broker's crl.pem and SIGHUPs the pid in the pid file, and the
+    same agent connects again."""
+    refresher, _ = _refresher(tmp_path, refresh_before=86400.0)
+    ca = refresher.ca
+    files = write_broker_config(
+        "mqtt",
+        ca,
+        tmp_path / "broker",
+        Members("agg", ("agent-1",)),
+        port=free_port(),
+        mosquitto_user=local_mosquitto_user(),
+    )
+    crl_path = files.directory / CRL_FILE
+    write_pem(crl_path, build_crl(ca, [], valid_days=-0.001))  # nextUpdate 86 s ago
+    key, cert = issue(ca, "agent-1", role=Role.TRAINER)
+    write_private_key(tmp_path / "a1.key", key)
+    write_pem(tmp_path / "a1.pem", cert)
+    tls = TlsFiles(files.ca_file, tmp_path / "a1.pem", tmp_path / "a1.key")
+    with embedded_broker(files) as broker:
+        assert not await _connects(broker.url, tls, "agent-1")
+        assert broker.pid is not None
+        pid_file = tmp_path / "mosquitto.pid"
+        pid_file.write_text(f"{broker.pid}\n")
+        refresher.broker_dir, refresher.pid_file = files.directory, pid_file
+        assert crl_path in refresher.refresh()
+        connected = False
+        async with asyncio.timeout(WAIT):
+            while not connected:  # mosquitto applies the SIGHUP shortly after
+                connected = await _connects(broker.url, tls, "agent-1")
+    assert connected
