@@ -17,13 +17,15 @@ import pytest
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
-from agent.brokers import free_port
+from agent.brokers import EmbeddedBroker, free_port
 from agent.bus import Bus, BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.bus.url import TlsFiles, bus_from_url
+from agent.errors import IdentityError
 from agent.identity.ca import CertificateAuthority, issue
 from agent.identity.ca_dir import init_ca_dir
 from agent.identity.certificates import identity_of
+from agent.identity.device import enroll
 from agent.identity.pem import load_certificate, load_private_key, write_pem, write_private_key
 from agent.identity.registry import CertStatus, Registry
 from agent.identity.verifier import Verifier
@@ -206,3 +208,39 @@ async def test_a_renewed_agent_reconnects_to_mosquitto_once_the_old_certificate_
         async with bus_from_url(broker.url, settings("agent-1-old"), tls=old_tls) as stale:
             with pytest.raises(TimeoutError):
                 await stale.wait_connected(timeout=2.0)
+
+
+@pytest.mark.broker
+async def test_a_mistyped_pin_costs_neither_the_token_nor_the_working_certificate(
+    tmp_path: Path, mosquitto: EmbeddedBroker
+) -> None:
+    """An enrolled device re-enrolls with a mistyped --ca-fingerprint: the aggregator refuses
+    (fingerprint_mismatch) before it redeems the token or signs anything, so the device's
+    certificate stays current and the same token then works with the right pin."""
+    s = _setup(tmp_path, valid_days=365)
+    working = load_certificate(s.cert_file)
+    token = s.registry.create_token("agent-1", 60)
+    wrong = "0" * 64
+    settings = BusSettings("agg-enroll", backoff_initial=0.05, backoff_max=0.3)
+    async with bus_from_url(mosquitto.url, settings) as agg_bus, _service(s, agg_bus):
+        with pytest.raises(IdentityError) as refused:
+            await enroll(
+                mosquitto.url,
+                federation=FED,
+                agent_id="agent-1",
+                token=token,
+                ca_fingerprint=wrong,
+                timeout=10,
+            )
+        assert refused.value.reason == "fingerprint_mismatch"
+        status = s.registry.cert_status("agent-1", working.serial_number)
+        assert status is CertStatus.CURRENT
+        result = await enroll(
+            mosquitto.url,
+            federation=FED,
+            agent_id="agent-1",
+            token=token,
+            ca_fingerprint=s.ca.fingerprint,
+            timeout=10,
+        )
+    assert result.identity.agent_id == "agent-1"
