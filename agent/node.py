@@ -31,6 +31,7 @@ from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
 from agent.roles.liveness import status_will
 from agent.roles.trainer import Trainer
+from agent.runtime.auth_callout import callout_for, serve_callout
 from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService
 from agent.runtime.metrics import Metrics, serve
@@ -135,10 +136,14 @@ async def run_node(
             renewal=renewal_for(config, enroll_bus, authority, registry, metrics=metrics),
         )
         crl = crl_refresher_for(config, authority, registry, metrics.registry)
+        callout = callout_for(config, authority.cert, registry)
         async with asyncio.TaskGroup() as tg:
             services = [tg.create_task(service.run(), name="enrollment")]
             if crl is not None:
                 services.append(tg.create_task(crl.run(), name="crl-refresh"))
+            if callout is not None and tls is not None:  # NATS: admits enrolled devices
+                serving = serve_callout(callout, config.bus_url, tls=tls)
+                services.append(tg.create_task(serving, name="nats-auth-callout"))
             try:
                 summary = await serve_role(aggregator, aggregator.run())
             finally:
