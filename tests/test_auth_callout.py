@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nkeys
 import pytest
 
 from agent.brokers import free_port
 from agent.bus import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
+from agent.config import AgentConfig, IdentityConfig, PluginConfig
 from agent.errors import BusTimeoutError
 from agent.identity.ca import CertificateAuthority, issue
 from agent.identity.ca_dir import init_ca_dir
@@ -22,13 +25,13 @@ from agent.identity.certificates import identity_of
 from agent.identity.device import enroll
 from agent.identity.pem import load_certificate, write_pem, write_private_key
 from agent.identity.registry import Registry
-from agent.lockdown import BrokerFiles, Members, embedded_broker, write_broker_config
-from agent.lockdown.nats_jwt import load_or_create_issuer, public_key
+from agent.lockdown import BrokerFiles, Members, embedded_broker, nats_jwt, write_broker_config
+from agent.lockdown.nats_jwt import CALLOUT_SEED, load_or_create_issuer, public_key
 from agent.role import Role
-from agent.runtime.auth_callout import CalloutAuthority, serve_callout
+from agent.runtime.auth_callout import CalloutAuthority, callout_for, serve_callout
 from agent.runtime.enrollment import EnrollmentService
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.broker]
+pytestmark = pytest.mark.timeout(60)
 FED = "fed1"
 
 
@@ -93,6 +96,7 @@ async def federation(
                 await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@pytest.mark.broker
 async def test_a_device_enrolls_and_connects_with_no_reload(tmp_path: Path) -> None:
     """The device enrolls over NATS as the enroll identity and its new certificate connects
     at once; revoking it makes the broker refuse its next connection."""
@@ -118,6 +122,7 @@ async def test_a_device_enrolls_and_connects_with_no_reload(tmp_path: Path) -> N
         assert not await connects(url, device, "dev1")
 
 
+@pytest.mark.broker
 async def test_superseded_and_unknown_certificates_are_refused_by_the_broker(
     tmp_path: Path,
 ) -> None:
@@ -136,3 +141,51 @@ async def test_superseded_and_unknown_certificates_are_refused_by_the_broker(
         registry.record_enrollment(identity_of(fresh), fresh)
         assert not await connects(url, old, "a1")
         assert await connects(url, new, "a1")
+
+
+def test_the_aggregator_serves_the_callout_only_on_nats_with_its_key(tmp_path: Path) -> None:
+    """``callout_for``: a TLS NATS aggregator whose CA directory holds the callout key
+    serves it; over MQTT, plaintext NATS, or without the key, it does not."""
+    ca_dir = tmp_path / "ca"
+    ca = init_ca_dir(ca_dir, FED, aggregator_id="agg")
+    registry = Registry.open(ca_dir / "registry.sqlite")
+
+    def config(url: str) -> AgentConfig:
+        return AgentConfig(
+            role=Role.AGGREGATOR,
+            agent_id="agg",
+            federation=FED,
+            bus_url=url,
+            state_dir=tmp_path / "state",
+            plugin=PluginConfig(name="toy"),
+            identity=IdentityConfig(ca_dir=ca_dir),
+        )
+
+    assert callout_for(config("tls://127.0.0.1:4222"), ca.cert, registry) is None
+    load_or_create_issuer(ca_dir / CALLOUT_SEED)
+    assert callout_for(config("tls://127.0.0.1:4222"), ca.cert, registry) is not None
+    assert callout_for(config("nats://127.0.0.1:4222"), ca.cert, registry) is None
+    assert callout_for(config("mqtts://127.0.0.1:8883"), ca.cert, registry) is None
+
+
+def test_bad_requests_are_refused_without_a_traceback(tmp_path: Path) -> None:
+    """A request that is not a server-signed JWT gets no answer; a tampered one neither; a
+    valid one with no client certificate is answered with an error for its user."""
+    ca = init_ca_dir(tmp_path / "ca", FED, aggregator_id="agg")
+    issuer = load_or_create_issuer(tmp_path / "ca" / CALLOUT_SEED)
+    authority = CalloutAuthority(
+        ca.cert, Registry.open(tmp_path / "ca" / "registry.sqlite"), issuer, ttl=60
+    )
+    server = nkeys.from_seed(bytearray(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER)))
+    user = "U" + "A" * 55
+    request = nats_jwt.encode(
+        {"sub": public_key(issuer), "nats": {"user_nkey": user, "server_id": {"id": "NSERVER"}}},
+        server,
+    )
+    assert authority.decide("garbage") == ""
+    head, payload, signature = request.split(".")
+    assert authority.decide(f"{head}.{payload[:-2]}AA.{signature}") == ""
+    answer = nats_jwt.decode(authority.decide(request))
+    assert answer["sub"] == user
+    assert answer["aud"] == "NSERVER"
+    assert answer["nats"]["error"] == "no_certificate"

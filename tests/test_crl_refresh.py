@@ -9,6 +9,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from agent.brokers import free_port
@@ -16,6 +17,7 @@ from agent.bus import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.errors import BusTimeoutError
 from agent.identity.ca import build_crl, init_ca, issue, save_ca
+from agent.identity.certificates import identity_of
 from agent.identity.pem import write_pem, write_private_key
 from agent.identity.registry import CRL_FILE, Registry
 from agent.lockdown import Members, embedded_broker, local_mosquitto_user, write_broker_config
@@ -97,3 +99,19 @@ async def test_mosquitto_accepts_agents_again_once_the_expired_crl_is_resigned(
             while not connected:  # mosquitto applies the SIGHUP shortly after
                 connected = await _connects(broker.url, tls, "agent-1")
     assert connected
+
+
+def test_a_crl_missing_a_revoked_serial_is_resigned(tmp_path: Path) -> None:
+    """A fresh CRL that lacks a serial the registry revoked since (a renewal superseded
+    it) is re-signed with it, far from its nextUpdate."""
+    refresher, ca_dir = _refresher(tmp_path, refresh_before=86400.0)
+    path = ca_dir / CRL_FILE
+    refresher.refresh()
+    key, cert = issue(refresher.ca, "agent-1", role=Role.TRAINER)
+    del key
+    refresher.registry.record_enrollment(identity_of(cert), cert)
+    assert refresher.refresh() == []
+    refresher.registry.revoke("agent-1")
+    assert refresher.refresh() == [path]
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    assert [r.serial_number for r in crl] == [cert.serial_number]

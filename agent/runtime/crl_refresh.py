@@ -3,9 +3,11 @@
 A CRL (RFC 5280 §5.1.2.5) carries a nextUpdate; past it mosquitto refuses every TLS
 handshake, so the federation stops. The aggregator, which holds the CA, checks every
 ``check_every`` seconds each CRL it keeps (``ca_dir/crl.pem`` and, when configured, the
-broker directory's ``crl.pem``, which mosquitto reads): one missing, unreadable, or within
-``refresh_before`` of its nextUpdate is signed again from the registry's revoked serials,
-valid ``valid_days`` more, and written atomically. When the broker's copy changed the broker
+broker directory's ``crl.pem``, which mosquitto reads): one missing, unreadable, within
+``refresh_before`` of its nextUpdate, or listing other serials than the registry's revoked
+ones (a revocation, or a certificate superseded by a renewal or re-enrollment, since it was
+written) is signed again from the registry's revoked serials, valid ``valid_days`` more, and
+written atomically. When the broker's copy changed the broker
 is told to reread it: SIGHUP to the pid in ``pid_file`` (mosquitto 2 rereads its CRL on
 SIGHUP, ``agent.lockdown.files.reload``), or the ``reload`` callback given.
 """
@@ -35,13 +37,17 @@ log = structlog.get_logger(__name__)
 _DAY = 86400.0
 
 
-def next_update(path: Path) -> dt.datetime | None:
-    """The nextUpdate of the CRL in ``path`` (None: no file, not a CRL, or none set)."""
+def _load(path: Path) -> x509.CertificateRevocationList | None:
     try:
-        crl = x509.load_pem_x509_crl(path.read_bytes())
+        return x509.load_pem_x509_crl(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return crl.next_update_utc
+
+
+def next_update(path: Path) -> dt.datetime | None:
+    """The nextUpdate of the CRL in ``path`` (None: no file, not a CRL, or none set)."""
+    crl = _load(path)
+    return None if crl is None else crl.next_update_utc
 
 
 @dataclass(slots=True)
@@ -57,7 +63,7 @@ class CrlRefresher:
         reload: called instead of the SIGHUP (tests: ``EmbeddedBroker.reload``).
         refresh_before: seconds before nextUpdate from which to re-sign.
         valid_days: the re-signed CRL's lifetime.
-        check_every: seconds between checks.
+        check_every: seconds between checks (how soon a revocation reaches mosquitto).
         metrics_registry: where ``fedbus_crl_next_update_timestamp_seconds`` goes.
     """
 
@@ -69,7 +75,7 @@ class CrlRefresher:
     reload: Callable[[], None] | None = None
     refresh_before: float = 7 * _DAY
     valid_days: float = 30
-    check_every: float = 3600.0
+    check_every: float = 300.0
     metrics_registry: Any = None
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     _gauge: Gauge | None = None
@@ -89,9 +95,15 @@ class CrlRefresher:
         return found
 
     def stale(self, path: Path) -> bool:
-        """True when ``path`` must be re-signed now."""
-        when = next_update(path)
-        return when is None or (when - self.clock()).total_seconds() <= self.refresh_before
+        """True when ``path`` must be re-signed now (see the module docstring)."""
+        crl = _load(path)
+        when = None if crl is None else crl.next_update_utc
+        if crl is None or when is None:
+            return True
+        if (when - self.clock()).total_seconds() <= self.refresh_before:
+            return True
+        listed = {r.serial_number for r in crl}
+        return listed != {serial for serial, _ in self.registry.revoked_serials()}
 
     def refresh(self) -> list[Path]:
         """One check: re-sign what is stale; reload the broker if its copy changed. Returns
