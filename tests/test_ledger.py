@@ -221,3 +221,23 @@ async def test_an_identity_federation_keeps_a_ledger_and_trainers_hold_its_head(
         await store.on_model(_model_message(9, weights, list(tail)))
     assert store.held is None
     assert any(e.get("reason") == "ledger_broken" for e in logs), logs
+
+
+async def test_a_newer_run_starts_over_and_an_older_one_is_refused(tmp_path: Path) -> None:
+    """A head of run B refuses run A's older records; run C, newer, with no link to the
+    head, is taken as a new start."""
+    authority, old_run = await _ledger(tmp_path / "a", 2)
+    signer = _signer(authority, tmp_path / "pki2").signer
+    book = RoundLedger(tmp_path / "b", signer, AggregatorConfig())
+    b = await book.append(
+        round=0, cohort=[], survivors=[], dropouts=[], model_version=0, model_sha256="0" * 64
+    )
+    head = LedgerHead(tmp_path / HEAD_FILE, authority.cert)
+    head.advance(head.check(b, version=0, sha256="0" * 64))
+    with pytest.raises(LedgerChainError):
+        head.check(old_run, version=2, sha256=f"{2:064x}")
+    book_c = RoundLedger(tmp_path / "c", signer, AggregatorConfig())
+    c = await book_c.append(
+        round=0, cohort=[], survivors=[], dropouts=[], model_version=0, model_sha256="1" * 64
+    )
+    assert head.check(c, version=0, sha256="1" * 64).entry.run_id == book_c.run_id

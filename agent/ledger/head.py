@@ -6,9 +6,9 @@ takes the tail the ``model_para`` carries (``agent.ledger.book``) and requires t
 record verifies against the federation CA, that the records chain, that the newest names
 this very model (version and sha256), and that the tail reaches the head held: it contains
 it, or its first record names it as ``prev``. The first model an agent ever sees is taken on
-its signature alone (trust on first use). A tail of *another run* whose records are all newer
-than the head starts over from it (an aggregator that began a new run or a new ledger; an
-older run's models, replayed, are older than the head). Any other model whose records do not
+its signature alone (trust on first use). A tail whose newest record is of *another run* and
+newer than the head starts over from it (an aggregator that began a new run or a new ledger;
+an older run's models, replayed, are older than the head). Any other model whose records do not
 chain is refused (``LedgerChainError``, logged as ``ledger_broken``): within a run, an agent
 that missed more than the tail's length of records waits for the next run.
 """
@@ -75,9 +75,8 @@ class LedgerHead:
         held = bytes.fromhex(head.hash)
         if any(c.hash == held for c in checked) or checked[0].entry.prev == held:
             return checked[-1]
-        first = checked[0].entry
-        if first.run_id != head.run_id and first.time > head.time:
-            return checked[-1]  # a new run: it starts over from here
+        if newest.run_id != head.run_id and newest.time > head.time:
+            return checked[-1]  # a newer run: it starts over from here
         raise LedgerChainError(
             f"the records {checked[0].entry.index}..{newest.index} do not reach the ledger "
             f"head {head.index} held"
