@@ -26,7 +26,9 @@ import nats
 import nkeys
 import structlog
 from cryptography import x509
+from nats.errors import Error as NatsError
 
+from agent.bus.backoff import Backoff
 from agent.bus.url import parse_broker_url
 from agent.config import AgentConfig
 from agent.errors import IdentityError
@@ -130,9 +132,24 @@ async def serve_callout(
             log.exception("nats_auth_callout_failed")
 
     host = url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    connection = await nats.connect(
-        url, tls=tls, tls_hostname=host, name="fedbus-auth-callout", max_reconnect_attempts=-1
-    )
+    backoff = Backoff(initial=0.5, maximum=30.0)
+    attempt = 0
+    while True:  # the broker may start after us: keep trying, never end the aggregator
+        attempt += 1
+        try:
+            connection = await nats.connect(
+                url,
+                tls=tls,
+                tls_hostname=host,
+                name="fedbus-auth-callout",
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+            )
+            break
+        except (NatsError, OSError, TimeoutError) as exc:
+            delay = backoff.ceiling(attempt)
+            log.warning("nats_auth_callout_connect_failed", detail=repr(exc)[:200], retry_in=delay)
+            await asyncio.sleep(delay)
     try:
         await connection.subscribe(CALLOUT_SUBJECT, cb=handle)
         await connection.flush()

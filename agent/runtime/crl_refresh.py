@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,7 @@ class CrlRefresher:
         while True:
             try:
                 await asyncio.to_thread(self.refresh)
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
                 log.warning("crl_refresh_failed", detail=str(exc))
             await asyncio.sleep(self.check_every)
 

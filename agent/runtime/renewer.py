@@ -107,7 +107,12 @@ class CertificateRenewer:
         """Check, renew when due, sleep; until cancelled."""
         while True:
             if self.due():
-                await self.renew()
+                try:
+                    await self.renew()
+                except IdentityError as exc:  # expired already: only a new token helps
+                    log.warning(
+                        "certificate_renewal_impossible", reason=exc.reason, detail=str(exc)
+                    )
             await asyncio.sleep(self.check_every)
 
     async def on_reply(self, message: Message[Any]) -> None:
