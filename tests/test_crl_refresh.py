@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography import x509
 from prometheus_client import CollectorRegistry
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from agent.brokers import free_port
 from agent.bus import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
+from agent.config import AgentConfig, IdentityConfig, PluginConfig
 from agent.errors import BusTimeoutError
 from agent.identity.ca import build_crl, init_ca, issue, save_ca
 from agent.identity.certificates import identity_of
@@ -22,7 +24,7 @@ from agent.identity.pem import write_pem, write_private_key
 from agent.identity.registry import CRL_FILE, Registry
 from agent.lockdown import Members, embedded_broker, local_mosquitto_user, write_broker_config
 from agent.role import Role
-from agent.runtime.crl_refresh import CrlRefresher, next_update
+from agent.runtime.crl_refresh import CrlRefresher, crl_refresher_for, next_update
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 15.0  # bound for what should happen promptly; never asserted as a duration
@@ -115,3 +117,37 @@ def test_a_crl_missing_a_revoked_serial_is_resigned(tmp_path: Path) -> None:
     assert refresher.refresh() == [path]
     crl = x509.load_pem_x509_crl(path.read_bytes())
     assert [r.serial_number for r in crl] == [cert.serial_number]
+
+
+def test_the_aggregator_refreshes_the_crls_its_identity_table_names(tmp_path: Path) -> None:
+    """``crl_refresher_for``: from ``[identity]`` (ca_dir, broker_dir, broker_pid_file, the
+    two durations); none without a CA directory or with crl_refresh_before_days = 0."""
+    refresher, ca_dir = _refresher(tmp_path)
+    identity = IdentityConfig(
+        ca_dir=ca_dir,
+        broker_dir=tmp_path / "b",
+        broker_pid_file=tmp_path / "pid",
+        crl_refresh_before_days=1.0,
+        crl_valid_days=10,
+    )
+
+    def config(ident: IdentityConfig) -> AgentConfig:
+        return AgentConfig(
+            role=Role.AGGREGATOR,
+            agent_id="agg",
+            federation="fed1",
+            bus_url="mqtts://h:8883",
+            state_dir=tmp_path / "s",
+            plugin=PluginConfig(name="toy"),
+            identity=ident,
+        )
+
+    made = crl_refresher_for(config(identity), refresher.ca, refresher.registry, None)
+    assert made is not None
+    assert made.paths() == [ca_dir / CRL_FILE, tmp_path / "b" / CRL_FILE]
+    assert (made.refresh_before, made.valid_days) == (86400.0, 10)
+    assert (
+        crl_refresher_for(config(IdentityConfig()), refresher.ca, refresher.registry, None) is None
+    )
+    off = msgspec.structs.replace(identity, crl_refresh_before_days=0.0)
+    assert crl_refresher_for(config(off), refresher.ca, refresher.registry, None) is None

@@ -21,6 +21,7 @@ from agent.brokers import EmbeddedBroker, free_port
 from agent.bus import Bus, BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.bus.url import TlsFiles, bus_from_url
+from agent.cli.debug import status_lines
 from agent.errors import IdentityError
 from agent.identity.ca import CertificateAuthority, issue
 from agent.identity.ca_dir import init_ca_dir
@@ -31,6 +32,7 @@ from agent.identity.registry import CertStatus, Registry
 from agent.identity.verifier import Verifier
 from agent.lockdown import Members, embedded_broker, local_mosquitto_user, write_broker_config
 from agent.messages import topics
+from agent.messages.bodies import AgentSummary, FederationStatus, Liveness, RoundPhase
 from agent.messages.kinds import Kind
 from agent.messages.signing import Signer
 from agent.role import Role
@@ -244,3 +246,31 @@ async def test_a_mistyped_pin_costs_neither_the_token_nor_the_working_certificat
             timeout=10,
         )
     assert result.identity.agent_id == "agent-1"
+
+
+def test_expiry_shows_in_status_and_metrics(tmp_path: Path) -> None:
+    """``fedbus status`` prints each agent's certificate expiry; the renewer's gauge holds
+    the notAfter of the certificate in use."""
+    summary = FederationStatus(
+        round=1,
+        phase=RoundPhase.TRAINING,
+        detail="training",
+        agents={"agent-1": AgentSummary(state=Liveness.ONLINE, cert_expires=1798761600.0)},
+    )
+    assert "cert expires 2027-01-01" in "\n".join(status_lines(FED, summary))
+    s = _setup(tmp_path)
+    signer = Signer(load_private_key(s.key_file), load_certificate(s.cert_file))
+    metrics = CollectorRegistry()
+    CertificateRenewer(
+        outbox=Outbox(
+            MemoryBus(MemoryBroker(), BusSettings("x")),
+            federation=FED,
+            sender="agent-1",
+            signer=signer,
+        ),
+        ca=s.ca.cert,
+        files=RenewalFiles(s.cert_file),
+        metrics_registry=metrics,
+    )
+    gauge = metrics.get_sample_value("fedbus_certificate_expiry_timestamp_seconds")
+    assert gauge == signer.cert.not_valid_after_utc.timestamp()
