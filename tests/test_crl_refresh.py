@@ -54,6 +54,13 @@ def test_a_crl_within_a_day_of_next_update_is_resigned(tmp_path: Path) -> None:
     assert refresher.refresh() == []  # fresh now: left alone
     gauge = metrics.get_sample_value("fedbus_crl_next_update_timestamp_seconds")
     assert gauge == pytest.approx(when.timestamp())
+    _, cert = issue(refresher.ca, "agent-1", role=Role.TRAINER)
+    refresher.registry.record_enrollment(identity_of(cert), cert)
+    refresher.refresh()
+    expiry = metrics.get_sample_value(
+        "fedbus_agent_certificate_expiry_timestamp_seconds", {"agent_id": "agent-1"}
+    )
+    assert expiry == cert.not_valid_after_utc.timestamp()
 
 
 async def _connects(url: str, tls: TlsFiles, name: str) -> bool:

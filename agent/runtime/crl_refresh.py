@@ -10,6 +10,9 @@ written) is signed again from the registry's revoked serials, valid ``valid_days
 written atomically. When the broker's copy changed the broker
 is told to reread it: SIGHUP to the pid in ``pid_file`` (mosquitto 2 rereads its CRL on
 SIGHUP, ``agent.lockdown.files.reload``), or the ``reload`` callback given.
+
+At each check it also sets the gauges an operator alerts on: the earliest CRL nextUpdate,
+and the notAfter of every enrolled agent's current certificate (from the registry).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from agent.config import AgentConfig
 from agent.errors import TransportError
 from agent.identity.ca import CertificateAuthority, build_crl
 from agent.identity.pem import write_pem
-from agent.identity.registry import CRL_FILE, Registry
+from agent.identity.registry import CRL_FILE, AgentStatus, Registry
 from agent.lockdown.files import reload as sighup
 
 log = structlog.get_logger(__name__)
@@ -65,7 +68,8 @@ class CrlRefresher:
         refresh_before: seconds before nextUpdate from which to re-sign.
         valid_days: the re-signed CRL's lifetime.
         check_every: seconds between checks (how soon a revocation reaches mosquitto).
-        metrics_registry: where ``fedbus_crl_next_update_timestamp_seconds`` goes.
+        metrics_registry: where ``fedbus_crl_next_update_timestamp_seconds`` and
+            ``fedbus_agent_certificate_expiry_timestamp_seconds{agent_id}`` go.
     """
 
     ca: CertificateAuthority
@@ -80,12 +84,19 @@ class CrlRefresher:
     metrics_registry: Any = None
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     _gauge: Gauge | None = None
+    _agents: Gauge | None = None
 
     def __post_init__(self) -> None:
         if self.metrics_registry is not None:
             self._gauge = Gauge(
                 "fedbus_crl_next_update_timestamp_seconds",
                 "nextUpdate of the CRL that expires first (Unix seconds).",
+                registry=self.metrics_registry,
+            )
+            self._agents = Gauge(
+                "fedbus_agent_certificate_expiry_timestamp_seconds",
+                "notAfter of each enrolled agent's current certificate (Unix seconds).",
+                ["agent_id"],
                 registry=self.metrics_registry,
             )
 
@@ -129,6 +140,11 @@ class CrlRefresher:
             updates = [u for u in map(next_update, self.paths()) if u is not None]
             if updates:
                 self._gauge.set(min(updates).timestamp())
+        if self._agents is not None:
+            self._agents.clear()
+            for row in self.registry.agents():
+                if row.status is AgentStatus.ENROLLED and row.expires_at is not None:
+                    self._agents.labels(row.agent_id).set(row.expires_at.timestamp())
         return written
 
     def _reload_broker(self) -> None:
