@@ -74,8 +74,7 @@ class GlobalModel(Body, frozen=True):
     version: Version
     sha256: Sha256
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
-    #: the round-ledger records ending with this model's (``agent.ledger``; empty with
-    #: identities off), oldest first
+    #: its round-ledger records, oldest first (``agent.ledger``; empty: identities off)
     ledger: Annotated[list[bytes], msgspec.Meta(max_length=64)] = []
 
 
@@ -210,12 +209,8 @@ Reason = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{0,64}$")]
 
 class EnrollRequest(Body, frozen=True):
     """device → aggregator on ``enroll/{agent_id}``: a CSR (RFC 2986, PEM) for ``agent_id``
-    and the one-time token that authorises it. The private key never travels.
-
-    ``ca_fingerprint`` is the CA the device pinned (SHA-256 of its DER, 64 hex digits): the
-    aggregator refuses the request (``fingerprint_mismatch``) before it redeems the token or
-    signs anything when it is not its CA, so a mistyped pin costs the device neither its
-    token nor its working certificate. Empty: not checked (older devices)."""
+    and the one-time token that authorises it (the private key never travels), and the CA
+    SHA-256 the device pinned: a wrong pin is refused before the token is redeemed."""
 
     agent_id: Name
     csr: Pem
@@ -241,9 +236,8 @@ class EnrollReply(Body, frozen=True):
 
 
 class RenewRequest(Body, frozen=True):
-    """trainer → aggregator on ``renew/{agent_id}``, signed with the certificate it renews:
-    a CSR (RFC 2986, PEM) for ``agent_id``, for the same key or a new one. ``nonce`` (16
-    random bytes) comes back in the reply. No token: the current certificate authorises it."""
+    """trainer → aggregator on ``renew/{agent_id}``, signed with the certificate it renews
+    (no token): a CSR (PEM) for ``agent_id``; ``nonce`` comes back in the reply."""
 
     agent_id: Name
     csr: Pem
@@ -252,8 +246,7 @@ class RenewRequest(Body, frozen=True):
 
 class RenewReply(Body, frozen=True):
     """aggregator → the trainer's inbox: the new certificate (PEM) when ``status`` is
-    ``"ok"`` (the old one is superseded from then on), else the refusal ``reason`` and
-    ``detail``; ``nonce`` is the request's."""
+    ``"ok"`` (the old one is superseded), else why not; ``nonce`` is the request's."""
 
     agent_id: Name
     status: Literal["ok", "error"]
