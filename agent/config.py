@@ -28,6 +28,7 @@ import msgspec
 
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
+from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -71,6 +72,9 @@ class SecAggConfig(_Config, frozen=True):
             in a 32-bit ring).
         max_weight: num_examples is capped at this for weighting.
         stage_timeout: seconds each key-exchange and unmask stage waits.
+        metrics: the secure fit metrics, name → [low, high]: each is clipped to its range and
+            masked with the update, so the aggregator learns only the cohort's weighted mean
+            (``agent.privacy.secure_metrics``); a metric not named here stays on the agent.
     """
 
     num_neighbours: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -79,6 +83,7 @@ class SecAggConfig(_Config, frozen=True):
     quantization_bits: Annotated[int, msgspec.Meta(ge=0, le=62)] = 0
     max_weight: AtLeastOne = 1000
     stage_timeout: Positive = 10.0
+    metrics: dict[str, tuple[float, float]] = msgspec.field(default_factory=secure_metrics)
 
     def params(self, cohort_size: int) -> SecAggParams:
         """The parameters for a cohort of ``cohort_size``.
@@ -161,6 +166,7 @@ class AggregatorConfig(_Config, frozen=True):
             ``"none"``.
         secagg: the SecAgg+ settings.
         strategy: the server-side update rule (``[aggregator.strategy]``).
+        privacy: differential privacy (``[aggregator.privacy]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
@@ -181,6 +187,7 @@ class AggregatorConfig(_Config, frozen=True):
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
     strategy: StrategyConfig = StrategyConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
 
@@ -195,7 +202,10 @@ class AggregatorConfig(_Config, frozen=True):
                 f"min_fit_clients ({self.min_fit_clients}) > min_available_clients "
                 f"({self.min_available_clients}): round 1 could never fill its cohort"
             )
-        if self.secure_aggregation is SecureAggregation.SECAGG_PLUS:
+        secure = self.secure_aggregation is SecureAggregation.SECAGG_PLUS
+        if self.privacy.mode is PrivacyMode.DISTRIBUTED and not secure:
+            raise ValueError("privacy mode 'distributed' needs secure_aggregation = 'secagg+'")
+        if secure:
             try:
                 self.secagg.params(self.min_fit_clients)
             except ConfigError as exc:
@@ -251,16 +261,11 @@ class IdentityConfig(_Config, frozen=True):
         ca_dir: aggregator only: the CA's directory, for enrollment and revocation.
         registry: aggregator only: the registry database (default ``ca_dir/registry.sqlite``).
         max_clock_skew: seconds a message's timestamp may differ from our clock.
-        renew_before_days: trainer: renew the certificate over the bus once less than this
-            is left (``agent.runtime.renewer``; 0: never).
-        renew_check_every: trainer: seconds between expiry checks.
-        crl_refresh_before_days: aggregator: re-sign the CRLs once less than this is left
-            before their nextUpdate (``agent.runtime.crl_refresh``; 0: never).
-        crl_valid_days: aggregator: the lifetime of a re-signed CRL.
-        broker_dir: aggregator: a broker directory (``fedbus broker-config``) whose
-            ``crl.pem`` is kept fresh too.
-        broker_pid_file: aggregator: the broker's pid file; the broker is sent SIGHUP after
-            its CRL is re-signed, so it rereads it.
+        renew_before_days, renew_check_every: trainer: renew the certificate over the bus
+            this many days before it expires (0: never), checking every so many seconds.
+        crl_refresh_before_days, crl_valid_days, broker_dir, broker_pid_file: aggregator:
+            re-sign the CRLs (``ca_dir``'s, ``broker_dir``'s, then SIGHUP that pid) this
+            close to nextUpdate (0: never), for so many days (``agent.runtime.crl_refresh``).
     """
 
     cert_file: Path | None = None
