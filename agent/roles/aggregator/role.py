@@ -15,6 +15,7 @@ from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.errors import IdentityError
 from agent.identity.local import Credentials
+from agent.ledger.book import RoundLedger
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness
 from agent.messages.envelope import Message
@@ -138,6 +139,9 @@ class Aggregator:
             board=self.board,
             metrics=self.metrics,
             observer=observer,
+            ledger=RoundLedger(config.state_dir, credentials.signer, schedule)
+            if credentials
+            else None,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
