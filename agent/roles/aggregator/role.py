@@ -16,6 +16,7 @@ from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.errors import IdentityError
 from agent.identity.local import Credentials
+from agent.ledger.book import RoundLedger
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness, RoundPhase
 from agent.messages.envelope import Message
@@ -140,12 +141,18 @@ class Aggregator:
             strategy=strategy or build_strategy(schedule.strategy),
             alive=lambda a: self.liveness.alive(a) and a not in self.admission.revoked,
             metrics=self.metrics,
+            declared=self.admission.declared,
             privacy=privacy_engine(schedule),
             population=lambda: len(self.admission.agents),
         )
         self.fit.on_stage = lambda r, stage: self.store.open_round(r, stage=str(stage))
         self._evaluation = FederatedEvaluation(
-            outbox, timeout=schedule.eval_timeout, config=schedule.eval_config, metrics=self.metrics
+            outbox,
+            timeout=schedule.eval_timeout,
+            config=schedule.eval_config,
+            metrics=self.metrics,
+            robust=schedule.robust,
+            declared=self.admission.declared,
         )
         self._parts = RoundParts(
             schedule=schedule,
@@ -158,6 +165,9 @@ class Aggregator:
             board=self.board,
             metrics=self.metrics,
             observer=observer,
+            ledger=RoundLedger(config.state_dir, credentials.signer, schedule, run_id=opened.run_id)
+            if credentials
+            else None,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()

@@ -19,7 +19,7 @@ import structlog
 from agent.errors import RoundError
 from agent.messages import topics
 from agent.messages.bodies import Finish, Liveness, RoundPhase
-from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.broadcast import publish_model, recorded
 from agent.roles.aggregator.fit import RoundFailure
 from agent.roles.aggregator.persistence import Checkpoint, RunStore, rng_state, rng_tuple
 from agent.roles.aggregator.private_update import budget_allows
@@ -103,6 +103,8 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
         wanted = len(plan.resumed.checkpoint.admitted)
     else:
         await store.commit(checkpoint(parts, now, plan), now.model)
+    # the ledger records the model this incarnation starts from (round 0, or the resumed one)
+    now.model = await recorded(parts.ledger, now.model, round=now.round)
     board.enter(RoundPhase.WAITING_FOR_AGENTS, f"waiting for {wanted} agents")
     board.changed()  # announce this incarnation at once: admitted trainers rejoin
     if plan.resumed is None:

@@ -16,7 +16,8 @@ the agent leaves the admitted set and any cohort at once and is told (``join_rej
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import structlog
 
@@ -56,11 +57,13 @@ async def serve(
     finished: Callable[[Aggregator], Awaitable[None]],
     registry: Registry | None = None,
     enrollment: EnrollmentService | None = None,
+    services: Sequence[Coroutine[Any, Any, None]] = (),
 ) -> RunSummary | None:
     """Run runs as ``after_run`` says, with ``enrollment`` and the revocation watch up for
     the whole process. ``build`` makes each run's ``Aggregator``; ``play`` awaits its work
     (e.g. under systemd notification); ``finished`` is awaited after each completed run
-    (e.g. the model export). Returns the last run's summary (``exit``); otherwise runs until
+    (e.g. the model export); ``services`` run for the whole process too (CRL re-signing,
+    the NATS auth callout). Returns the last run's summary (``exit``); otherwise runs until
     cancelled.
 
     Raises:
@@ -71,6 +74,8 @@ async def serve(
         helpers = []
         if enrollment is not None:
             helpers.append(tg.create_task(enrollment.run(), name="enrollment"))
+        for service in services:
+            helpers.append(tg.create_task(service, name="aggregator-service"))
         if registry is not None:
             watch = watch_revocations(registry, lambda: holder[0])
             helpers.append(tg.create_task(watch, name="revocations"))

@@ -34,6 +34,7 @@ the agent is revoked (identities on: signed by the aggregator) stops it:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from functools import partial
 
 import structlog
@@ -43,6 +44,7 @@ from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.identity.local import Credentials
+from agent.ledger.head import HEAD_FILE, LedgerHead
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
@@ -64,6 +66,7 @@ from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
+from agent.runtime.renewer import renewer_for
 from agent.runtime.tasks import Worker, task_group
 
 log = structlog.get_logger(__name__)
@@ -79,6 +82,7 @@ class Trainer:
         bus: Bus,
         plugin: CheckedPlugin,
         metrics: Metrics | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
         self._bus = bus
@@ -104,8 +108,15 @@ class Trainer:
             progress=self._progress,
             wait=config.trainer.model_wait,
             path=config.state_dir / "global_model.npz",
+            ledger=LedgerHead(config.state_dir / HEAD_FILE, credentials.ca)
+            if credentials
+            else None,
         )
         self._work = Worker("trainer")
+        #: renews the certificate before it expires (identities on; reloads ``tls`` too)
+        self._renewer = (
+            renewer_for(config, self._outbox, credentials.ca, tls) if credentials else None
+        )
         self._fits = FitPath(
             config=config,
             plugin=plugin,
@@ -141,6 +152,8 @@ class Trainer:
         registry.register(
             Kind.FEDERATION_STATUS, self._on_federation_status, rounds=RoundPolicy.ANY
         )
+        if self._renewer is not None:
+            registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
             federation=self._fed,
             registry=registry,
@@ -195,6 +208,8 @@ class Trainer:
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
                     tg.create_task(self.follow.stop_when_revoked(), name="trainer-revoked")
+                    if self._renewer is not None:
+                        tg.create_task(self._renewer.run(), name="trainer-renew")
             finally:
                 await self._status.say_offline()
 
