@@ -70,7 +70,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     schedule, admitted = parts.schedule, parts.admission.agents
     now.round = r
     before = now.model
-    alive = [a for a in admitted if parts.liveness.alive(a)]
+    alive = [a for a in admitted if parts.liveness.alive(a) and a not in parts.admission.revoked]
     if len(alive) < len(admitted):
         log.info("offline_agents_skipped", offline=sorted(set(admitted) - set(alive)))
     cohort = sample_cohort(
@@ -91,7 +91,8 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     parts.board.enter(RoundPhase.TRAINING, f"training ({len(cohort)} agents)")
     parts.board.changed()
     outcome = await parts.fit.run(r, cohort, before)
-    dropouts = sorted(set(cohort) - set(outcome.survivors))
+    revoked = sorted(set(cohort) & parts.admission.revoked)
+    dropouts = sorted(set(cohort) - set(outcome.survivors) - set(revoked))
     parts.admission.record_round(cohort, dropouts)
     if outcome.weights is not None:
         now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
@@ -109,7 +110,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     eval_examples = 0
     eval_metrics: dict[str, float] = {}
     every = schedule.eval_every
-    if (every and r % every == 0) or r == schedule.rounds:
+    if (every and r % every == 0) or r == schedule.rounds:  # rounds = 0: every k only
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
         loss, accuracy, eval_examples = await parts.evaluation.run(
             r, now.model, parts.admission.evaluators()
@@ -128,6 +129,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         seconds=time.perf_counter() - started,
         model_version=now.model.version,
         model_sha256=now.model.sha256,
+        revoked=revoked,
         metrics=outcome.metrics,
         eval_metrics=eval_metrics,
         privacy=None if outcome.privacy is None else asdict(outcome.privacy),

@@ -85,6 +85,7 @@ class SecureRound:
         input_deadline: ``time.monotonic()`` by which masked inputs must have arrived.
         model_version: the model the masked inputs must be trained from.
         metrics: observes each stage's duration (``stage_seconds``, by stage).
+        on_stage: called with each stage's name as it closes (the aggregator persists it).
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class SecureRound:
         input_deadline: float,
         model_version: int,
         metrics: Metrics,
+        on_stage: Callable[[str], None] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._on_stage = on_stage
         self._metrics = metrics
         self._round = setup.context.round
         self._stage_timeout = stage_timeout
@@ -239,6 +242,8 @@ class SecureRound:
         now = time.monotonic()
         self._metrics.stage_seconds.labels(str(stage)).observe(now - self._stage_started)
         self._stage_started = now
+        if self._on_stage is not None:
+            self._on_stage(str(stage))
         lost = self.state.dropouts.get(stage, frozenset())
         log.info(
             "secagg_stage_closed",
