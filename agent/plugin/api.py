@@ -29,7 +29,9 @@ Conventions ``fedbus demo`` relies on, for plugins whose ``PluginInfo.options`` 
 ``agent_index`` (0-based) and ``num_agents`` pick this agent's shard of a data set that every
 agent can load, and ``num_agents = 1`` means one agent holding all the training data and the
 whole test set (the centralized reference); ``partition`` (``"iid"``/``"dirichlet"``),
-``alpha`` and ``seed`` shape the split.
+``alpha`` and ``seed`` shape the split; ``local_agents`` is how many agents share this
+machine (every one of them in the demo), so that a plugin can take only its share of the
+cores.
 """
 
 from __future__ import annotations

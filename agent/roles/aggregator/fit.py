@@ -45,9 +45,8 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.secagg.keys import RoundContext
 from agent.secagg.state import Setup
-from agent.secagg.vector import size_of
 from agent.strategy.base import Strategy
-from agent.strategy.update import AggregatedUpdate, mean_update, split
+from agent.strategy.update import AggregatedUpdate, averaged_size, mean_update, split
 
 log = structlog.get_logger(__name__)
 
@@ -229,7 +228,7 @@ class CohortFit:
             params,
             tuple(sorted(cohort)),
             os.urandom(32),
-            size_of(before.weights),
+            averaged_size(before.weights),
         )
         self._secure = SecureRound(
             outbox=self._outbox,

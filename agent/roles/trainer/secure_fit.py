@@ -37,8 +37,7 @@ from agent.secagg import client
 from agent.secagg.keys import RoundContext
 from agent.secagg.params import SecAggParams
 from agent.secagg.state import PublicKeys, Setup
-from agent.secagg.vector import flatten
-from agent.strategy.update import model_delta
+from agent.strategy.update import masked_values, model_delta
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +130,8 @@ class SecureFit:
         self, *, base: HeldModel, result: FitResult, deadline: float
     ) -> MaskedInput | None:
         """Stage collect_masked_input: the trained delta (``result.weights`` minus ``base``,
-        flattened to shape (d,)), weighted by ``result.num_examples`` (at least 1) and masked
+        its float arrays flattened to shape (d,): integer arrays are carried, not masked),
+        weighted by ``result.num_examples`` (at least 1) and masked
         once our shares are in; waits until ``deadline`` (``time.monotonic()`` seconds).
 
         Returns:
@@ -139,7 +139,7 @@ class SecureFit:
             as ``secagg_abandoned``, when the shares did not come, did not authenticate, or
             the round was closed: the round goes on without us.
         """
-        delta = flatten(model_delta(result.weights, base.weights))
+        delta = masked_values(model_delta(result.weights, base.weights), base.weights)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._wake.wait()
