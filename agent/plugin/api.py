@@ -171,6 +171,13 @@ def weights_like(reference: Weights, arrays: Weights) -> bool:
     )
 
 
+def is_averaged(array: npt.NDArray[Any]) -> bool:
+    """True for the arrays a round averages: floating-point dtypes. Integer and boolean
+    arrays (a BatchNorm's int64 ``num_batches_tracked``, a mask) are carried from the model
+    in force, never averaged or masked (``agent.strategy.update``)."""
+    return array.dtype.kind == "f"
+
+
 def all_finite(arrays: Weights) -> bool:
     """True when no array holds NaN or infinity."""
     return all(bool(np.isfinite(a).all()) for a in arrays if a.dtype.kind in "fc")

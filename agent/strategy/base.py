@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.plugin.api import Weights
-from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, is_averaged, mean_update
+from agent.plugin.api import Weights, is_averaged
+from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, mean_update
 
 #: A strategy's state: named float64 arrays (0-d for scalars), as saved in an ``.npz``.
 StrategyState = dict[str, npt.NDArray[Any]]

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import RoundError
-from agent.plugin.api import Scalar, Weights
+from agent.plugin.api import Scalar, Weights, is_averaged
 
 #: A model delta: float64 arrays shaped like the model's arrays, in the model's order.
 Delta = list[npt.NDArray[np.float64]]
@@ -66,12 +66,6 @@ class AggregatedUpdate:
     def train_loss(self) -> float:
         """The weighted mean ``train_loss`` of the survivors; NaN when not known."""
         return self.metrics.get("train_loss", math.nan)
-
-
-def is_averaged(array: npt.NDArray[Any]) -> bool:
-    """True for the arrays a round averages: floating-point dtypes. Integer and boolean
-    arrays are carried from the model in force (see the module docstring)."""
-    return array.dtype.kind == "f"
 
 
 def averaged_size(like: Sequence[npt.NDArray[Any]]) -> int:
