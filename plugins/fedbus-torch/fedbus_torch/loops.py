@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -44,7 +45,7 @@ class Measured:
 
 def train(
     model: torch.nn.Module,
-    data: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    data: Dataset[Any],
     loss_fn: Loss,
     sgd: Sgd,
     *,
@@ -84,7 +85,7 @@ def train(
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    data: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    data: Dataset[Any],
     loss_fn: Loss,
     *,
     device: torch.device,

@@ -44,7 +44,8 @@ from fedbus_torch.state import StateLayout
 #: Local training per round when the aggregator's fit config says nothing.
 DEFAULT_FIT_CONFIG: Final[Mapping[str, Scalar]] = {"epochs": 1, "batch_size": 32, "lr": 0.05}
 
-Pairs = Dataset[tuple[torch.Tensor, torch.Tensor]]
+#: A torch ``Dataset`` of ``(x, y)`` pairs (``TensorDataset`` and friends).
+Pairs = Dataset[Any]
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ class DigitsCnn(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.reshape(-1, 1, 8, 8)))
+        logits: torch.Tensor = self.head(self.features(x.reshape(-1, 1, 8, 8)))
+        return logits
 
 
 def _split(context: PluginContext) -> Any:
