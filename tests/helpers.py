@@ -136,10 +136,12 @@ async def federate_in_memory(
     broker: MemoryBroker | None = None,
     revoked: Callable[[Identity], bool] | None = None,
     aggregator_metrics: Metrics | None = None,
+    initial_weights: Weights | None = None,
 ) -> tuple[RunSummary, dict[str, Trainer]]:
     """Run the aggregator ``config`` with one in-process trainer per plugin on an in-memory
     broker until the schedule ends; the trainers are then stopped. Each trainer counts into
-    its own ``Trainer.metrics``; the aggregator into ``aggregator_metrics`` if given."""
+    its own ``Trainer.metrics``; the aggregator into ``aggregator_metrics`` if given. The
+    initial model is ``initial_weights`` (default: the toy plugin's)."""
     broker = broker or MemoryBroker()
     trainers: dict[str, Trainer] = {}
     buses: list[MemoryBus] = []
@@ -159,7 +161,7 @@ async def federate_in_memory(
                     config=config,
                     bus=bus,
                     plugin_name="toy",
-                    initial_weights=toy(0, 1).get_weights(),
+                    initial_weights=initial_weights or toy(0, 1).get_weights(),
                     revoked=revoked,
                     metrics=aggregator_metrics,
                 )
