@@ -28,6 +28,7 @@ import msgspec
 
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
+from agent.messages.chunks import ENVELOPE_MARGIN
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -272,6 +273,29 @@ class MetricsConfig(_Config, frozen=True):
     host: str = "127.0.0.1"
 
 
+class TransferConfig(_Config, frozen=True):
+    """``[transfer]``: chunked messages (``agent.messages.chunks``,
+    ``agent.runtime.reassembly``).
+
+    Attributes:
+        chunk_size: a body of more bulk bytes than this travels as a signed manifest and
+            chunks of this size. It must leave room for an envelope under both ``max_payload``
+            and the broker's own limit (checked at start, ``agent.runtime.transfer_check``).
+            The default fits NATS's default 1 MiB ``max_payload``.
+        max_message: the largest message (bulk bytes) this agent reassembles.
+        budget: bytes all unfinished incoming transfers together may announce; they are
+            spooled to disk, so this bounds disk, not memory.
+        timeout: seconds from a manifest to its last chunk; then the transfer is dropped.
+        spool_dir: where the spool files go (default: the system's temporary directory).
+    """
+
+    chunk_size: Annotated[int, msgspec.Meta(ge=64 * 1024, le=2**31)] = 1_000_000
+    max_message: Annotated[int, msgspec.Meta(ge=1)] = 4 << 30
+    budget: Annotated[int, msgspec.Meta(ge=1)] = 8 << 30
+    timeout: Positive = 300.0
+    spool_dir: Path | None = None
+
+
 class AgentConfig(_Config, frozen=True):
     """The whole file."""
 
@@ -288,12 +312,20 @@ class AgentConfig(_Config, frozen=True):
     tls: TlsConfig = TlsConfig()
     identity: IdentityConfig = IdentityConfig()
     metrics: MetricsConfig = MetricsConfig()
+    transfer: TransferConfig = TransferConfig()
 
     def __post_init__(self) -> None:
         if self.role not in RUNTIME_ROLES:
             # msgspec checks the value is a Role; only the runtime roles make a config
             role = str(self.role)
             raise ValueError(f"Invalid role {role!r}, not trainer or aggregator - at `$.role`")
+        need = self.transfer.chunk_size + ENVELOPE_MARGIN
+        if need > self.max_payload:
+            raise ValueError(
+                f"[transfer] chunk_size = {self.transfer.chunk_size} needs max_payload >= "
+                f"{need} (the chunk and its envelope); lower [transfer] chunk_size or raise "
+                f"max_payload ({self.max_payload})"
+            )
         ident = self.identity
         if ident.enabled and (ident.key_file is None or ident.ca_file is None):
             raise ValueError("[identity] needs key_file and ca_file with cert_file")

@@ -33,6 +33,7 @@ from agent.roles.liveness import LivenessTracker
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
+from agent.runtime.reassembly import Limits
 from agent.runtime.tasks import task_group
 from agent.strategy.base import Strategy
 from agent.strategy.factory import build_strategy
@@ -87,6 +88,7 @@ class Aggregator:
             sender=config.agent_id,
             signer=credentials.signer if credentials else None,
             metrics=self.metrics,
+            chunk_size=config.transfer.chunk_size,
         )
         # A fresh sealing key per run: agents seal their updates to it (HPKE).
         seal_key = X25519PrivateKey.generate() if credentials else None
@@ -150,6 +152,7 @@ class Aggregator:
                 else None
             ),
             metrics=self.metrics,
+            transfer=Limits.of(config.transfer),
         )
 
     @property

@@ -57,6 +57,7 @@ from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
+from agent.runtime.reassembly import Limits
 from agent.runtime.tasks import Worker, task_group
 
 log = structlog.get_logger(__name__)
@@ -89,6 +90,7 @@ class Trainer:
             sender=self._id,
             signer=credentials.signer if credentials else None,
             metrics=metrics,
+            chunk_size=config.transfer.chunk_size,
         )
         #: this trainer's Prometheus series (its own registry unless one was injected)
         self.metrics = self._outbox.metrics
@@ -136,6 +138,7 @@ class Trainer:
             max_payload=config.max_payload,
             security=Security(credentials.verifier()) if credentials else None,
             metrics=self.metrics,
+            transfer=Limits.of(config.transfer),
         )
 
     @property
