@@ -242,7 +242,9 @@ def _unmask(state: ServerState) -> Aggregate:
     total = state.masked_sum
     if total is None:  # close_collect aborts first; kept for a state built by hand
         raise SecAggAbortError("too_few_survivors", "no masked input")
-    total = total.copy()
+    # Unmasked in place (the sum is spent: the round ends here, done or aborted), the masks
+    # expanded segment by segment: O(model) memory on top of the sum, whatever the cohort.
+    state.masked_sum = None
     stream = MaskStream(len(total), params.dtype)
     for seed in seeds.values():
         stream.subtract(total, seed)
@@ -263,8 +265,10 @@ def _unmask(state: ServerState) -> Aggregate:
             else:
                 stream.add(total, seed)
     weighted = dequantize_sum(total[:-1], survivors=len(state.survivors), params=params)
-    weighted = weighted.astype(np.float64, copy=False) * params.max_weight
-    return Aggregate(weighted, int(total[-1]), tuple(sorted(state.survivors)))
+    weight = int(total[-1])
+    del total
+    weighted *= params.max_weight
+    return Aggregate(weighted, weight, tuple(sorted(state.survivors)))
 
 
 def _reconstruct(state: ServerState, owners: list[str], pick: Any, what: str) -> dict[str, bytes]:

@@ -38,6 +38,7 @@ from agent.messages.bodies import (
 from agent.messages.envelope import Message
 from agent.plugin.api import Weights
 from agent.roles.aggregator.broadcast import send_each
+from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
@@ -198,7 +199,12 @@ class CohortFit:
     async def _plain_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
         """Updates in the clear: wait for every member or the deadline, then the strategy."""
         started = time.monotonic()
-        self._plain = PlainRound(cohort=frozenset(cohort), model=before, alive=self._alive)
+        self._plain = plain = PlainRound(
+            cohort=frozenset(cohort),
+            model=before,
+            alive=self._alive,
+            fold=RunningMean(before.weights),
+        )
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
             results = await self._plain.wait(self._schedule.round_timeout)
@@ -207,7 +213,11 @@ class CohortFit:
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        update = await asyncio.to_thread(mean_update, before.weights, results)
+        fold = plain.fold
+        if fold is not None:  # streaming: the updates are already summed
+            update = fold.result(results)
+        else:
+            update = await asyncio.to_thread(mean_update, before.weights, results)
         return await self._step(before, update)
 
     async def _step(self, before: GlobalState, update: AggregatedUpdate) -> Outcome:

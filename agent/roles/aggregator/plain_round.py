@@ -12,6 +12,7 @@ import structlog
 from agent.messages.bodies import ModelUpdate
 from agent.messages.tensors import to_arrays
 from agent.plugin.api import all_finite, weights_like
+from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.records import GlobalState
 from agent.strategy.fedavg import ClientResult
 
@@ -25,14 +26,23 @@ class PlainRound:
         cohort: the members asked to train.
         model: the model they train from.
         alive: liveness (a member that went offline is not waited for).
+        fold: fold each valid update into this running sum on arrival and keep only its
+            num_examples and metrics (``results`` then hold empty weights); None keeps every
+            survivor's weights (for aggregators that need them all).
     """
 
     def __init__(
-        self, *, cohort: frozenset[str], model: GlobalState, alive: Callable[[str], bool]
+        self,
+        *,
+        cohort: frozenset[str],
+        model: GlobalState,
+        alive: Callable[[str], bool],
+        fold: RunningMean | None = None,
     ) -> None:
         self.cohort = cohort
         self._model = model
         self._alive = alive
+        self.fold = fold
         self.results: dict[str, ClientResult] = {}
         self._complete = asyncio.Event()
 
@@ -54,6 +64,9 @@ class PlainRound:
         if reason is not None:
             log.warning("update_rejected", agent=sender, reason=reason)
             return
+        if self.fold is not None:
+            self.fold.add(weights, body.num_examples)
+            weights = []
         self.results[sender] = ClientResult(sender, weights, body.num_examples, body.metrics)
         log.info(
             "update_received",
