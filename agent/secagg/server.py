@@ -264,7 +264,9 @@ def _unmask(state: ServerState) -> Aggregate:
                 stream.subtract(total, seed)
             else:
                 stream.add(total, seed)
-    weighted = dequantize_sum(total[:-1], survivors=len(state.survivors), params=params)
+    weighted = np.asarray(
+        dequantize_sum(total[:-1], survivors=len(state.survivors), params=params), np.float64
+    )
     weight = int(total[-1])
     del total
     weighted *= params.max_weight
