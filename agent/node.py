@@ -20,7 +20,7 @@ import structlog
 from agent.bus.base import Bus, BusSettings, LastWill
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.config import AgentConfig
-from agent.errors import PluginError
+from agent.errors import PluginError, RoundError
 from agent.identity.ca import load_ca
 from agent.identity.registry import CertStatus, Registry
 from agent.messages.chunks import ENVELOPE_MARGIN
@@ -113,7 +113,7 @@ async def run_node(
         if registry is None or ca_dir is None:
             summary = await serve_role(aggregator, aggregator.run())
             await export_final_model(plugin, aggregator.global_state.weights, config)
-            return summary
+            return require_training(summary)
         # Enrollment is answered on a second connection while the rounds run.
         enroll_bus = await stack.enter_async_context(
             open_bus(config, bus_settings(config, suffix="enroll"))
@@ -133,7 +133,22 @@ async def run_node(
             finally:
                 enrolling.cancel()
         await export_final_model(plugin, aggregator.global_state.weights, config)
+        return require_training(summary)
+
+
+def require_training(summary: RunSummary) -> RunSummary:
+    """``summary``, if at least one round aggregated an update.
+
+    Raises:
+        RoundError: every round failed (no update arrived, SecAgg+ aborted...): a run that
+            trained nothing must not exit 0.
+    """
+    if any(record.survivors for record in summary.rounds):
         return summary
+    raise RoundError(
+        f"none of the {len(summary.rounds)} rounds aggregated an update; see the aggregator's "
+        "log (round_failed, message_dropped, update_rejected)"
+    )
 
 
 async def export_final_model(plugin: CheckedPlugin, weights: Weights, config: AgentConfig) -> None:

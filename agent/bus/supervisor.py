@@ -240,8 +240,8 @@ class SupervisedBus(abc.ABC):
             return False
         self._unusable = ConfigError(
             f"the broker at {self.where} accepts payloads of at most {limit} bytes, but "
-            f"{self.settings.required_by} needs {need}: lower {self.settings.required_by} "
-            "or raise the broker's limit (NATS max_payload, mosquitto max_packet_size)"
+            f"{self.settings.required_by} needs {need}: lower that setting or raise the "
+            "broker's limit (NATS max_payload, mosquitto max_packet_size)"
         )
         self._log.error("bus_broker_limit_too_low", limit=limit, needed=need)
         self._failed.set()

@@ -26,6 +26,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ from agent.role import Identity
 
 log = structlog.get_logger(__name__)
 
+#: How many completed transfers are remembered (to ignore their duplicate chunks).
+DONE_MEMORY = 256
 #: Called for each transfer dropped without a message in hand: (topic, reason, detail).
 DropNote = Callable[[str, str, str], None]
 
@@ -113,6 +116,8 @@ class Reassembly:
         self._on_drop = on_drop
         self._open: dict[tuple[str, bytes], Transfer] = {}
         self._by_topic: dict[str, Transfer] = {}
+        #: recently completed transfers, whose late duplicate chunks are ignored quietly
+        self._done: deque[tuple[str, bytes]] = deque(maxlen=DONE_MEMORY)
 
     @property
     def open_bytes(self) -> int:
@@ -193,6 +198,8 @@ class Reassembly:
         now = time.monotonic() if now is None else now
         transfer_id, index, data = parse_frame(payload)
         transfer = self._open.get((topic, transfer_id))
+        if transfer is None and (topic, transfer_id) in self._done:
+            return None  # a duplicate of a chunk of a message already delivered
         if transfer is None or now > transfer.deadline:
             self.expire(now)
             raise UnknownTransferError(f"no open transfer {transfer_id.hex()} on {topic}")
@@ -216,6 +223,7 @@ class Reassembly:
         if transfer.missing:
             return None
         self._forget(transfer)
+        self._done.append(transfer.key)
         return transfer
 
     def expire(self, now: float | None = None) -> None:
