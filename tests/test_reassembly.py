@@ -59,7 +59,7 @@ def test_chunks_in_any_order_and_repeated_rebuild_the_body(sealed: bool) -> None
     reassembly.begin(TOPIC, envelope_of(manifest), manifest)
     order = frames + frames
     random.Random(1).shuffle(order)
-    done = [t for t in (reassembly.add(TOPIC, f) for f in order) if t is not None]
+    done = [t for t in (reassembly.add(TOPIC, f) for f in order) if t and not t.missing]
     assert len(done) == 1
     assert len(reassembly) == 0
     rebuilt = validate_body(assemble(done[0]))
@@ -85,6 +85,7 @@ def test_a_tampered_or_misplaced_chunk_is_refused_and_the_genuine_one_still_coun
         reassembly.add(TOPIC, frame(transfer, 99, bytes(data)))
     done = [reassembly.add(TOPIC, f) for f in frames][-1]
     assert done is not None
+    assert done.missing == 0
     done.close()
 
 
@@ -112,6 +113,7 @@ def test_a_sealed_chunk_opens_only_under_its_own_index() -> None:
     reassembly.add(TOPIC, frame(manifest.transfer, 1, bytes(first)))
     done = [reassembly.add(TOPIC, f) for f in frames[2:]][-1]
     assert done is not None
+    assert done.missing == 0
     with pytest.raises(SealError):
         assemble(done)
 
@@ -147,7 +149,9 @@ def test_an_incomplete_transfer_is_dropped_at_its_deadline() -> None:
     reassembly = Reassembly(Limits(timeout=5.0))
     reassembly.begin(TOPIC, envelope_of(manifest), manifest, now=100.0)
     for f in frames[1:]:
-        assert reassembly.add(TOPIC, f, now=101.0) is None
+        kept = reassembly.add(TOPIC, f, now=101.0)
+        assert kept is not None
+        assert kept.missing
     with capture_logs() as logs:
         reassembly.expire(106.0)
     assert [e["reason"] for e in logs if e["event"] == "message_dropped"] == ["transfer_timeout"]

@@ -324,6 +324,15 @@ class Manifest(Body, frozen=True):
     content_key: Key32 | None = None
 
 
+class ChunkAck(Body, frozen=True):
+    """aggregator → a sender's inbox: of the chunked transfer ``transfer`` it has kept
+    ``received`` chunks. The sender keeps at most a window of chunks beyond that in flight
+    (``agent.runtime.credits``), so a cohort cannot overrun the aggregator's connection."""
+
+    transfer: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    received: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS)]
+
+
 BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.JOIN: JoinRequest,
     Kind.JOIN_ACCEPTED: JoinAccepted,
@@ -346,5 +355,6 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.STATUS: AgentStatus,
     Kind.FEDERATION_STATUS: FederationStatus,
     Kind.MANIFEST: Manifest,
+    Kind.CHUNK_ACK: ChunkAck,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

@@ -35,6 +35,8 @@ class Kind(StrEnum):
     # A body larger than the chunk size travels as a signed manifest plus unsigned chunks
     # (``agent.messages.chunks``); the manifest names the kind it carries.
     MANIFEST = "manifest"
+    # ... and the receiver's flow control: how many chunks of a transfer it has kept
+    CHUNK_ACK = "chunk_ack"
 
 
 #: Kinds exempt from the timestamp window and the duplicate check: idempotent state

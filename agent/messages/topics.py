@@ -71,6 +71,7 @@ INBOX = TopicSpec(
             Kind.RELAY_SHARES,
             Kind.UNMASK_REQUEST,
             Kind.MANIFEST,
+            Kind.CHUNK_ACK,
         }
     ),
     False,

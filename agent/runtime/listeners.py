@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -42,20 +41,24 @@ from agent.errors import (
 from agent.identity.verifier import Verifier
 from agent.messages import chunks
 from agent.messages.bodies import Manifest
-from agent.messages.codec import decode_body, decode_envelope, validate_body
+from agent.messages.codec import decode_body, decode_envelope
 from agent.messages.envelope import Envelope, Message
 from agent.messages.kinds import TIMELESS_KINDS, Kind
 from agent.messages.sealing import SEALED_KINDS, open_sealed, seal_info
 from agent.messages.signing import Signed
 from agent.messages.topics import TopicSpec, classify
 from agent.role import Identity, Role
+from agent.runtime.credits import ACK_EVERY
 from agent.runtime.dedupe import SeenIds
 from agent.runtime.metrics import Metrics
-from agent.runtime.reassembly import Limits, Reassembly, Transfer, assemble
+from agent.runtime.reassembly import Limits, Reassembly, Transfer, rebuild
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Message[Any]], Awaitable[None]]
+#: Awaited when a transfer kept chunks (its new count is a multiple of ``ACK_EVERY``, or it
+#: completed): the aggregator acknowledges them to the sender (``runtime.credits``).
+ChunkHook = Callable[[Transfer, int], Awaitable[None]]
 #: Awaited for each dropped message: the raw message, the drop reason and its detail.
 DropHook = Callable[[BusMessage, str, str], Awaitable[None]]
 #: Payloads at least this large are checked and decoded in a worker thread.
@@ -155,6 +158,7 @@ class Dispatcher:
             logged.
         metrics: counts accepted and dropped messages (the role's; default: its own).
         transfer: the reassembly bounds for chunked messages (default: ``Limits()``).
+        on_chunk: awaited as chunks are kept (see ``ChunkHook``); None: no acknowledgements.
     """
 
     def __init__(
@@ -169,7 +173,9 @@ class Dispatcher:
         on_drop: DropHook | None = None,
         metrics: Metrics | None = None,
         transfer: Limits | None = None,
+        on_chunk: ChunkHook | None = None,
     ) -> None:
+        self._on_chunk = on_chunk
         self._federation = federation
         self.reassembly = Reassembly(transfer, on_drop=self._count_drop)
         self._on_drop = on_drop
@@ -281,7 +287,11 @@ class Dispatcher:
         try:
             transfer = await asyncio.to_thread(self.reassembly.add, raw.topic, raw.payload)
             self.metrics.bytes_received.labels("chunk").inc(len(raw.payload))
-            if transfer is None:
+            if self._on_chunk is not None and transfer is not None:
+                kept = len(transfer.received) - transfer.missing
+                if kept % ACK_EVERY == 0 or not transfer.missing:
+                    await self._on_chunk(transfer, kept)
+            if transfer is None or transfer.missing:
                 return True
             listener, message = await asyncio.to_thread(self._complete, transfer)
         except ProtocolError as exc:
@@ -296,12 +306,10 @@ class Dispatcher:
 
     def _complete(self, transfer: Transfer) -> tuple[Listener, Message[Any]]:
         """The message a complete transfer carries, validated, for its listener."""
-        body = validate_body(assemble(transfer))
-        kind = transfer.manifest.kind
-        envelope = msgspec.structs.replace(transfer.envelope, kind=kind, body=b"", sealed=False)
-        listener = self._registry.get(kind)
-        self._check_round(listener, envelope.round)
-        return listener, Message(envelope, body, transfer.topic, transfer.identity)
+        message = rebuild(transfer)
+        listener = self._registry.get(message.kind)
+        self._check_round(listener, message.round)
+        return listener, message
 
     async def _handle(self, listener: Listener, message: Message[Any]) -> bool:
         # Every line a handler logs (and every task it starts) carries the message's context.

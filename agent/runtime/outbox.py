@@ -23,6 +23,7 @@ from agent.messages.kinds import Kind
 from agent.messages.sealing import SEALED_KINDS
 from agent.messages.signing import Signer
 from agent.messages.topics import TopicSpec
+from agent.runtime.credits import Credits
 from agent.runtime.metrics import Metrics
 from agent.runtime.tasks import task_group
 
@@ -57,6 +58,8 @@ class Outbox:
     ) -> None:
         self._bus = bus
         self.chunk_size = chunk_size
+        #: with it, a chunked send waits for the receiver's chunk_acks (``runtime.credits``)
+        self.credits: Credits | None = None
         self.metrics = Metrics() if metrics is None else metrics
         self.federation = federation
         self.sender = sender
@@ -112,16 +115,28 @@ class Outbox:
             signer=self.signer,
             seal_to=self.seal_to,
         )
-        await self._bus.publish(topic, payload, retain=False)
+        credits = self.credits
+        if credits is not None:
+            credits.open(manifest.transfer)
         gate = asyncio.Semaphore(WINDOW)
 
         async def one(data: bytes) -> None:
-            async with gate:
+            try:
                 await self._bus.publish(topic, data, retain=False)
+            finally:
+                gate.release()
 
-        async with task_group() as tg:
-            for data in frames:
-                tg.create_task(one(data))
+        try:
+            await self._bus.publish(topic, payload, retain=False)
+            async with task_group() as tg:
+                for index, data in enumerate(frames):
+                    if credits is not None:
+                        await credits.before(manifest.transfer, index)
+                    await gate.acquire()
+                    tg.create_task(one(data))
+        finally:
+            if credits is not None:
+                credits.close(manifest.transfer)
         size = len(payload) + sum(len(f) for f in frames)
         self._count(KIND_OF[type(body)], size)
         log.debug(

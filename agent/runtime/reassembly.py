@@ -30,8 +30,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+import msgspec
 import structlog
 
 from agent.config import TransferConfig
@@ -46,7 +47,8 @@ from agent.errors import (
 )
 from agent.messages.bodies import Body, Manifest
 from agent.messages.chunks import join_body, open_chunk, parse_frame
-from agent.messages.envelope import Envelope
+from agent.messages.codec import validate_body
+from agent.messages.envelope import Envelope, Message
 from agent.role import Identity
 
 log = structlog.get_logger(__name__)
@@ -187,8 +189,9 @@ class Reassembly:
         return transfer
 
     def add(self, topic: str, payload: bytes, *, now: float | None = None) -> Transfer | None:
-        """Keep one chunk frame that came on ``topic``; the transfer once it is complete
-        (then no longer open: the caller ``assemble``s and ``close``s it), else None.
+        """Keep one chunk frame that came on ``topic``; its transfer, or None when the chunk
+        was a duplicate. Once ``transfer.missing`` is 0 the transfer is complete and no longer
+        open: the caller ``assemble``s (which closes it) or ``close``s it.
 
         Raises:
             DecodeError: not a chunk frame.
@@ -221,7 +224,7 @@ class Reassembly:
         transfer.received[index] = 1
         transfer.missing -= 1
         if transfer.missing:
-            return None
+            return transfer
         self._forget(transfer)
         self._done.append(transfer.key)
         return transfer
@@ -305,3 +308,13 @@ def assemble(transfer: Transfer) -> Body:
         raise
     except Exception as exc:  # a header that decodes to something join_body cannot fill
         raise DecodeError(f"bad chunked {manifest.kind} body: {exc!r}") from exc
+
+
+def rebuild(transfer: Transfer) -> Message[Any]:
+    """The message a complete transfer carries: its body assembled and validated like any
+    decoded body (``codec.validate_body``), under the manifest's envelope with the carried
+    kind. Raises what ``assemble`` and ``validate_body`` raise (``ProtocolError``s)."""
+    body = validate_body(assemble(transfer))
+    kind = transfer.manifest.kind
+    envelope = msgspec.structs.replace(transfer.envelope, kind=kind, body=b"", sealed=False)
+    return Message(envelope, body, transfer.topic, transfer.identity)

@@ -16,9 +16,10 @@ from agent.config import AgentConfig
 from agent.errors import IdentityError
 from agent.identity.local import Credentials
 from agent.messages import topics
-from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness
+from agent.messages.bodies import AgentStatus, ChunkAck, EvaluateRes, Liveness
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
+from agent.messages.topics import classify
 from agent.plugin.api import Weights
 from agent.role import Identity, Role
 from agent.roles.aggregator.admission import Admission
@@ -33,7 +34,7 @@ from agent.roles.liveness import LivenessTracker
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
-from agent.runtime.reassembly import Limits
+from agent.runtime.reassembly import Limits, Transfer
 from agent.runtime.tasks import task_group
 from agent.strategy.base import Strategy
 from agent.strategy.factory import build_strategy
@@ -153,6 +154,7 @@ class Aggregator:
             ),
             metrics=self.metrics,
             transfer=Limits.of(config.transfer),
+            on_chunk=self._ack_chunks,
         )
 
     @property
@@ -216,6 +218,16 @@ class Aggregator:
             log.warning("metrics_rejected", agent=message.sender, reason="not_admitted")
             return
         self._evaluation.on_metrics(message.sender, message.body)
+
+    async def _ack_chunks(self, transfer: Transfer, kept: int) -> None:
+        """Grant a trainer's chunked upload more window (``runtime.credits``)."""
+        where = classify(transfer.topic, self._fed)
+        if where is None or where[0].publisher is not Role.TRAINER:
+            return
+        ack = ChunkAck(transfer=transfer.manifest.transfer, received=kept)
+        await self._outbox.try_send(
+            topics.INBOX, ack, round=transfer.envelope.round, agent_id=transfer.sender
+        )
 
     async def _on_status(self, message: Message[AgentStatus]) -> None:
         sender, body = message.sender, message.body

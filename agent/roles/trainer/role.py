@@ -54,6 +54,7 @@ from agent.roles.trainer.evaluate import evaluate
 from agent.roles.trainer.fit import FitPath
 from agent.roles.trainer.model import HeldModel, ModelStore
 from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
+from agent.runtime.credits import Credits
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -131,6 +132,9 @@ class Trainer:
         registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
+        # chunked uploads wait for the aggregator's acknowledgements (runtime.credits)
+        self._outbox.credits = credits = Credits(wait=config.transfer.timeout)
+        registry.register(Kind.CHUNK_ACK, lambda m: credits.on_ack(m.body), rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
             federation=self._fed,
             registry=registry,
