@@ -19,7 +19,7 @@ from agent.bus.url import bus_from_url
 from agent.config import AgentConfig, PluginConfig, TransferConfig
 from agent.errors import ConfigError
 from agent.messages import Kind
-from agent.messages.bodies import ModelUpdate
+from agent.messages.bodies import Body, Manifest, ModelUpdate
 from agent.messages.chunks import build, frame, parse_frame
 from agent.messages.codec import encode
 from agent.messages.tensors import to_tensors
@@ -35,6 +35,13 @@ from tests.helpers import (
     federate_over,
     trainer_config,
 )
+
+
+def built(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, list[bytes]]:
+    """``chunks.build`` with its frames as a list."""
+    manifest, frames = build(body, chunk_size, sealed=sealed)
+    return manifest, list(frames)
+
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 
@@ -116,8 +123,8 @@ async def test_a_sender_beyond_the_budget_is_dropped_and_memory_stays_bounded(
         num_examples=1,
         tensors=to_tensors([np.frombuffer(os.urandom(40_000_000), np.float32)]),
     )
-    first, frames = build(big, 1_000_000, sealed=False)
-    second, more = build(big, 1_000_000, sealed=False)
+    first, frames = built(big, 1_000_000, sealed=False)
+    second, more = built(big, 1_000_000, sealed=False)
     del big
     settings = BusSettings(client_id="receiver", max_payload=2 << 20)
     with capture_logs() as logs:
@@ -184,3 +191,59 @@ def _with_chunk_size(config: AgentConfig, chunk_size: int) -> bytes:
         ),
         enc_hook=str,
     )
+
+
+async def test_a_late_joiner_gets_the_current_chunked_model(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """a2 joins after round 1 (the model in force is chunked, and chunks are never
+    retained): its inbox copy arrives in chunks, and it trains in a later round."""
+    from agent.node import bus_settings as settings_of
+    from agent.roles.aggregator import Aggregator
+    from agent.roles.trainer import Trainer
+
+    config = msgspec.structs.replace(
+        aggregator_config(broker.url, tmp_path, agents=1, rounds=3, round_timeout=5.0),
+        transfer=CHUNKS,
+    )
+
+    def configure(agent_id: str) -> AgentConfig:
+        return msgspec.structs.replace(
+            trainer_config(agent_id, broker.url, tmp_path), transfer=CHUNKS
+        )
+
+    round_one = asyncio.Event()
+
+    class Observer:
+        def round_started(self, round_: int, cohort: object) -> None:
+            pass
+
+        def round_finished(self, record: object) -> None:
+            round_one.set()
+
+    async def trainer(agent_id: str, value: float, after: asyncio.Event | None) -> None:
+        if after is not None:
+            await after.wait()
+        tconfig = configure(agent_id)
+        async with bus_from_url(broker.url, settings_of(tconfig)) as bus:
+            plugin = CheckedPlugin("toy", SizedToy(value, 1, SHAPES))
+            await Trainer(config=tconfig, bus=bus, plugin=plugin).run()
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [
+            tg.create_task(trainer("a1", 1.0, None)),
+            tg.create_task(trainer("a2", 3.0, round_one)),
+        ]
+        async with bus_from_url(broker.url, settings_of(config)) as bus:
+            aggregator = Aggregator(
+                config=config,
+                bus=bus,
+                plugin_name="toy",
+                initial_weights=SizedToy(0, 1, SHAPES).get_weights(),
+                observer=Observer(),  # type: ignore[arg-type]
+            )
+            summary = await aggregator.run()
+        for task in tasks:
+            task.cancel()
+    assert summary.rounds[0].survivors == ["a1"]
+    assert summary.rounds[-1].survivors == ["a1", "a2"]

@@ -20,7 +20,7 @@ from agent.errors import (
     UnknownTransferError,
 )
 from agent.messages import Kind
-from agent.messages.bodies import Manifest, ModelUpdate
+from agent.messages.bodies import Body, Manifest, ModelUpdate
 from agent.messages.chunks import build, chunking_plan, frame, parse_frame
 from agent.messages.codec import decode_envelope, encode, validate_body
 from agent.messages.envelope import new_envelope
@@ -30,6 +30,13 @@ from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, S
 from agent.runtime.reassembly import Limits, Reassembly, assemble
 from agent.strategy.update import ClientResult, mean_update
 from tests.helpers import Recorder
+
+
+def built(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, list[bytes]]:
+    """``chunks.build`` with its frames as a list."""
+    manifest, frames = build(body, chunk_size, sealed=sealed)
+    return manifest, list(frames)
+
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,7 +59,7 @@ def test_chunks_in_any_order_and_repeated_rebuild_the_body(sealed: bool) -> None
     """A 240 KB update in 64 KiB chunks, shuffled and each sent twice: the body comes back
     byte for byte, and only the last new chunk completes the transfer."""
     body = update()
-    manifest, frames = build(body, CHUNK, sealed=sealed)
+    manifest, frames = built(body, CHUNK, sealed=sealed)
     assert len(frames) == chunking_plan(240_308, CHUNK).chunks == 4
     assert (manifest.content_key is not None) is sealed
     reassembly = Reassembly()
@@ -71,7 +78,7 @@ def test_chunks_in_any_order_and_repeated_rebuild_the_body(sealed: bool) -> None
 def test_a_tampered_or_misplaced_chunk_is_refused_and_the_genuine_one_still_counts() -> None:
     """One flipped bit fails the chunk's manifest hash; a chunk on another agent's topic
     names no transfer there; the genuine chunk afterwards completes the transfer."""
-    manifest, frames = build(update(), CHUNK, sealed=False)
+    manifest, frames = built(update(), CHUNK, sealed=False)
     reassembly = Reassembly()
     reassembly.begin(TOPIC, envelope_of(manifest), manifest)
     transfer, index, data = parse_frame(frames[0])
@@ -92,7 +99,7 @@ def test_a_tampered_or_misplaced_chunk_is_refused_and_the_genuine_one_still_coun
 def test_a_sealed_chunk_opens_only_under_its_own_index() -> None:
     """Chunks are bound to their index (AAD and nonce): a chunk moved to another slot, with a
     manifest forged to match, does not open."""
-    manifest, frames = build(update(), CHUNK, sealed=True)
+    manifest, frames = built(update(), CHUNK, sealed=True)
     _, _, first = parse_frame(frames[0])
     _, _, second = parse_frame(frames[1])
     import hashlib
@@ -121,13 +128,13 @@ def test_a_sealed_chunk_opens_only_under_its_own_index() -> None:
 def test_the_budget_bounds_what_senders_can_make_a_receiver_hold(tmp_path: Path) -> None:
     """A manifest above max_message, or above what the budget has left, is refused; the
     spool lives on disk, so an open transfer costs the receiver no memory."""
-    manifest, _ = build(update(), CHUNK, sealed=False)
+    manifest, _ = built(update(), CHUNK, sealed=False)
     limits = Limits(max_message=300_000, budget=400_000, spool_dir=tmp_path)
     reassembly = Reassembly(limits)
     reassembly.begin(TOPIC, envelope_of(manifest), manifest)
     with pytest.raises(OverBudgetError, match="budget"):
         reassembly.begin("fl/fed/model_para/update/a2", envelope_of(manifest), manifest)
-    big, _ = build(
+    big, _ = built(
         ModelUpdate(
             model_version=1,
             num_examples=1,
@@ -145,7 +152,7 @@ def test_the_budget_bounds_what_senders_can_make_a_receiver_hold(tmp_path: Path)
 def test_an_incomplete_transfer_is_dropped_at_its_deadline() -> None:
     """A transfer missing a chunk ends with one ``transfer_timeout`` line at the deadline,
     and its late chunk names no transfer any more."""
-    manifest, frames = build(update(), CHUNK, sealed=False)
+    manifest, frames = built(update(), CHUNK, sealed=False)
     reassembly = Reassembly(Limits(timeout=5.0))
     reassembly.begin(TOPIC, envelope_of(manifest), manifest, now=100.0)
     for f in frames[1:]:
@@ -180,7 +187,7 @@ async def test_the_dispatcher_rebuilds_a_sealed_signed_message_from_its_chunks()
         security=Security(Anyone(), unseal_key=key),  # type: ignore[arg-type]
     )
     body = update()
-    manifest, frames = build(body, CHUNK, sealed=True)
+    manifest, frames = built(body, CHUNK, sealed=True)
     sealed = encode(manifest, federation="fed", round=1, sender="a1", seal_to=key.public_key())
     assert decode_envelope(sealed)[0].sealed
     assert await dispatcher.dispatch(BusMessage(TOPIC, sealed))
@@ -191,7 +198,7 @@ async def test_the_dispatcher_rebuilds_a_sealed_signed_message_from_its_chunks()
     assert message.kind is Kind.MODEL_UPDATE
     assert message.sender == "a1"
     assert to_arrays(message.body.tensors)[1].tolist() == to_arrays(body.tensors)[1].tolist()
-    clear, _ = build(body, CHUNK, sealed=False)
+    clear, _ = built(body, CHUNK, sealed=False)
     plain = encode(clear, federation="fed", round=1, sender="a1")
     assert not await dispatcher.dispatch(BusMessage(TOPIC, plain))
     assert dispatcher.dropped == {"unsealable": 1}

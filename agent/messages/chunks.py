@@ -25,7 +25,7 @@ import hashlib
 import math
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,10 +235,11 @@ def _slices(buffers: Sequence[memoryview], size: int) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, list[bytes]]:
+def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, Iterable[bytes]]:
     """The manifest and the chunk frames of ``body``. With ``sealed`` the chunks are
     encrypted under a fresh content key, which the manifest carries (so the manifest must
-    then be sealed).
+    then be sealed), and the frames are built here; in the clear they are cut again from the
+    body as they are iterated (hashed once here), so a sender holds one chunk, not a copy.
 
     Raises:
         ValueError: more than ``MAX_CHUNKS`` chunks (see ``chunking_plan``).
@@ -249,12 +250,14 @@ def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, list[
     transfer = os.urandom(16)
     key = ChaCha20Poly1305.generate_key() if sealed else None
     whole = hashlib.sha256()
-    frames, hashes = [], []
+    frames: list[bytes] = []
+    hashes = []
     for index, piece in enumerate(_slices(buffers, chunk_size)):
         whole.update(piece)
         data = piece if key is None else seal_chunk(key, transfer, index, plan.chunks, piece)
         hashes.append(hashlib.sha256(data).digest())
-        frames.append(frame(transfer, index, data))
+        if key is not None:
+            frames.append(frame(transfer, index, data))
     manifest = Manifest(
         transfer=transfer,
         kind=KIND_OF[type(body)],
@@ -265,4 +268,7 @@ def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, list[
         chunk_hashes=hashes,
         content_key=key,
     )
-    return manifest, frames
+    if key is not None:
+        return manifest, frames
+    cut = (frame(transfer, i, p) for i, p in enumerate(_slices(buffers, chunk_size)))
+    return manifest, cut

@@ -126,10 +126,12 @@ class Outbox:
             finally:
                 gate.release()
 
+        size = len(payload)
         try:
             await self._bus.publish(topic, payload, retain=False)
             async with task_group() as tg:
                 for index, data in enumerate(frames):
+                    size += len(data)
                     if credits is not None:
                         await credits.before(manifest.transfer, index)
                     await gate.acquire()
@@ -137,11 +139,8 @@ class Outbox:
         finally:
             if credits is not None:
                 credits.close(manifest.transfer)
-        size = len(payload) + sum(len(f) for f in frames)
         self._count(KIND_OF[type(body)], size)
-        log.debug(
-            "message_sent", topic=topic, kind=type(body).__name__, size=size, chunks=len(frames)
-        )
+        log.debug("message_sent", topic=topic, kind=type(body).__name__, size=size)
         return size
 
     def _count(self, kind: Kind, size: int) -> None:

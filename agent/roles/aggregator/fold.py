@@ -27,7 +27,8 @@ STEP = 1 << 18
 
 
 class RunningMean:
-    """Σ n_k (w_k - current) over the updates added, and Σ n_k.
+    """Σ n_k w_k over the updates added, and Σ n_k; the mean delta is Σ n_k w_k / Σ n_k
+    minus ``current``, the same as Σ n_k (w_k - current) / Σ n_k.
 
     Args:
         current: the model in force (the deltas' base), float arrays of any dtype.
@@ -36,19 +37,20 @@ class RunningMean:
     def __init__(self, current: Weights) -> None:
         self._current = current
         self._sum: Delta = [np.zeros(a.shape, np.float64) for a in current]
+        self._scratch = np.empty(STEP, np.float64)
         self.total = 0
 
     def add(self, weights: Weights, num_examples: int) -> None:
-        """Fold one verified update (shaped like ``current``) with weight ``num_examples``."""
+        """Fold one verified update (shaped like ``current``) with weight ``num_examples``:
+        two passes over it, in float64, with no temporary larger than ``STEP`` values."""
         n = float(num_examples)
-        for acc, w, base in zip(self._sum, weights, self._current, strict=True):
-            flat_acc, flat_w, flat_base = acc.reshape(-1), w.reshape(-1), base.reshape(-1)
+        for acc, w in zip(self._sum, weights, strict=True):
+            flat_acc, flat_w = acc.reshape(-1), w.reshape(-1)
             for start in range(0, flat_acc.size, STEP):
-                end = start + STEP
-                piece = flat_w[start:end].astype(np.float64)
-                piece -= flat_base[start:end]
-                piece *= n
-                flat_acc[start:end] += piece
+                end = min(start + STEP, flat_acc.size)
+                piece = self._scratch[: end - start]
+                np.multiply(flat_w[start:end], n, out=piece, dtype=np.float64)
+                np.add(flat_acc[start:end], piece, out=flat_acc[start:end])
         self.total += num_examples
 
     def result(self, results: Sequence[ClientResult]) -> AggregatedUpdate:
@@ -60,8 +62,9 @@ class RunningMean:
         """
         if not results or self.total <= 0:
             raise RoundError("no update with num_examples > 0 to aggregate")
-        for acc in self._sum:
+        for acc, base in zip(self._sum, self._current, strict=True):
             np.divide(acc, self.total, out=acc)
+            np.subtract(acc, base, out=acc, dtype=np.float64)
         metrics: dict[str, float] = {}
         loss = weighted_mean(
             [
