@@ -29,6 +29,8 @@ import msgspec
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
 from agent.messages.chunks import ENVELOPE_MARGIN
+from agent.messages.transfer import TransferConfig
+from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -72,6 +74,9 @@ class SecAggConfig(_Config, frozen=True):
             in a 32-bit ring).
         max_weight: num_examples is capped at this for weighting.
         stage_timeout: seconds each key-exchange and unmask stage waits.
+        metrics: the secure fit metrics, name → [low, high]: each is clipped to its range and
+            masked with the update, so the aggregator learns only the cohort's weighted mean
+            (``agent.privacy.secure_metrics``); a metric not named here stays on the agent.
     """
 
     num_neighbours: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -80,6 +85,7 @@ class SecAggConfig(_Config, frozen=True):
     quantization_bits: Annotated[int, msgspec.Meta(ge=0, le=62)] = 0
     max_weight: AtLeastOne = 1000
     stage_timeout: Positive = 10.0
+    metrics: dict[str, tuple[float, float]] = msgspec.field(default_factory=secure_metrics)
 
     def params(self, cohort_size: int) -> SecAggParams:
         """The parameters for a cohort of ``cohort_size``.
@@ -162,6 +168,7 @@ class AggregatorConfig(_Config, frozen=True):
             ``"none"``.
         secagg: the SecAgg+ settings.
         strategy: the server-side update rule (``[aggregator.strategy]``).
+        privacy: differential privacy (``[aggregator.privacy]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
@@ -182,6 +189,7 @@ class AggregatorConfig(_Config, frozen=True):
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
     strategy: StrategyConfig = StrategyConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
 
@@ -196,7 +204,10 @@ class AggregatorConfig(_Config, frozen=True):
                 f"min_fit_clients ({self.min_fit_clients}) > min_available_clients "
                 f"({self.min_available_clients}): round 1 could never fill its cohort"
             )
-        if self.secure_aggregation is SecureAggregation.SECAGG_PLUS:
+        secure = self.secure_aggregation is SecureAggregation.SECAGG_PLUS
+        if self.privacy.mode is PrivacyMode.DISTRIBUTED and not secure:
+            raise ValueError("privacy mode 'distributed' needs secure_aggregation = 'secagg+'")
+        if secure:
             try:
                 self.secagg.params(self.min_fit_clients)
             except ConfigError as exc:
@@ -273,29 +284,6 @@ class MetricsConfig(_Config, frozen=True):
     host: str = "127.0.0.1"
 
 
-class TransferConfig(_Config, frozen=True):
-    """``[transfer]``: chunked messages (``agent.messages.chunks``,
-    ``agent.runtime.reassembly``).
-
-    Attributes:
-        chunk_size: a body of more bulk bytes than this travels as a signed manifest and
-            chunks of this size. It must leave room for an envelope under both ``max_payload``
-            and the broker's own limit (checked at start, ``agent.runtime.transfer_check``).
-            The default fits NATS's default 1 MiB ``max_payload``.
-        max_message: the largest message (bulk bytes) this agent reassembles.
-        budget: bytes all unfinished incoming transfers together may announce; they are
-            spooled to disk, so this bounds disk, not memory.
-        timeout: seconds from a manifest to its last chunk; then the transfer is dropped.
-        spool_dir: where the spool files go (default: the system's temporary directory).
-    """
-
-    chunk_size: Annotated[int, msgspec.Meta(ge=64 * 1024, le=2**31)] = 1_000_000
-    max_message: Annotated[int, msgspec.Meta(ge=1)] = 4 << 30
-    budget: Annotated[int, msgspec.Meta(ge=1)] = 8 << 30
-    timeout: Positive = 300.0
-    spool_dir: Path | None = None
-
-
 class AgentConfig(_Config, frozen=True):
     """The whole file."""
 
@@ -319,13 +307,10 @@ class AgentConfig(_Config, frozen=True):
             # msgspec checks the value is a Role; only the runtime roles make a config
             role = str(self.role)
             raise ValueError(f"Invalid role {role!r}, not trainer or aggregator - at `$.role`")
-        need = self.transfer.chunk_size + ENVELOPE_MARGIN
-        if need > self.max_payload:
-            raise ValueError(
-                f"[transfer] chunk_size = {self.transfer.chunk_size} needs max_payload >= "
-                f"{need} (the chunk and its envelope); lower [transfer] chunk_size or raise "
-                f"max_payload ({self.max_payload})"
-            )
+        if (need := self.transfer.chunk_size + ENVELOPE_MARGIN) > self.max_payload:
+            size = self.transfer.chunk_size
+            msg = f"[transfer] chunk_size = {size} needs max_payload >= {need}: lower one"
+            raise ValueError(f"{msg} or raise the other ({self.max_payload})")
         ident = self.identity
         if ident.enabled and (ident.key_file is None or ident.ca_file is None):
             raise ValueError("[identity] needs key_file and ca_file with cert_file")

@@ -13,30 +13,30 @@ from typing import Annotated, Literal
 
 import msgspec
 
+# Re-exported: bodies is where every body type is found.
+from agent.messages.base import Body as Body
+from agent.messages.base import Key32 as Key32
+from agent.messages.base import Sha256 as Sha256
+from agent.messages.chunk_bodies import MAX_CHUNKS as MAX_CHUNKS
+from agent.messages.chunk_bodies import ChunkAck as ChunkAck
+from agent.messages.chunk_bodies import Manifest as Manifest
 from agent.messages.kinds import Kind
 from agent.messages.tensors import Tensor
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 #: An agent id, federation id or plugin name: 1-64 of [A-Za-z0-9_-], starting alphanumeric.
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Scalar = bool | int | float | str
 Params = Annotated[dict[str, Scalar], msgspec.Meta(max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
-#: A raw X25519 public key, or a 256-bit seed.
-Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 #: A share ciphertext: nonce ‖ ChaCha20-Poly1305(two 64-byte Shamir shares) ‖ tag.
 Ciphertext = Annotated[bytes, msgspec.Meta(min_length=28, max_length=1024)]
 #: One revealed Shamir share (16 field elements, little-endian uint32).
 ShareBytes = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 #: The most members a SecAgg+ cohort, and so any relay map, may have.
 MAX_COHORT = 100_000
-
-
-class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every body."""
 
 
 class JoinRequest(Body, frozen=True):
@@ -75,9 +75,27 @@ class GlobalModel(Body, frozen=True):
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
 
 
+class MetricRange(Body, frozen=True):
+    """One secure-metric slot of a SecAgg+ round: the fit metric ``name``, clipped to
+    [``low``, ``high``] before it is masked (``agent.privacy.secure_metrics``)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    low: float
+    high: float
+
+
 class SecAggSetup(Body, frozen=True):
     """The SecAgg+ parameters of a round (``agent.secagg.params.SecAggParams``), its sorted
-    ``cohort``, the 32-byte ``graph_seed`` and ``length`` d of the flattened model."""
+    ``cohort``, the 32-byte ``graph_seed`` and ``length`` d of the masked vector (the
+    flattened model, then two words per ``metrics`` slot).
+
+    ``metrics``: the secure-metric slots (their weighted means are all the aggregator learns
+    of the cohort's fit metrics); ``metric_scale``: the amplitude a each slot's word spans
+    in [0, a]; ``noise_stddev``: distributed DP, the standard deviation, in quantization
+    steps, of the discrete Gaussian each member adds before masking (0: none);
+    ``min_survivors``: distributed DP, a member reveals no share for an unmask with fewer
+    survivors (the noise was calibrated for at least that many).
+    """
 
     cohort: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
     num_neighbours: Count
@@ -89,6 +107,10 @@ class SecAggSetup(Body, frozen=True):
     graph_seed: Key32
     length: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
     stage_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)]
+    metrics: Annotated[list[MetricRange], msgspec.Meta(max_length=64)] = []
+    metric_scale: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    noise_stddev: Annotated[float, msgspec.Meta(ge=0, le=2**40)] = 0.0
+    min_survivors: Count = 0
 
 
 class FitIns(Body, frozen=True):
@@ -288,49 +310,6 @@ class FederationStatus(Body, frozen=True):
     detail: Text
     agents: Annotated[dict[Name, AgentSummary], msgspec.Meta(max_length=MAX_COHORT)]
     last_round: RoundSummary | None = None
-
-
-#: A SHA-256 digest, raw.
-Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-#: The most chunks one message may travel in (``agent.messages.chunks``).
-MAX_CHUNKS = 1 << 16
-
-
-class Manifest(Body, frozen=True):
-    """The signed first message of a chunked transfer (``agent.messages.chunks``), on the
-    topic its ``kind`` travels on; the chunks follow on the same topic.
-
-    Attributes:
-        transfer: 16 random bytes naming the transfer; every chunk carries it.
-        kind: the kind of the body carried (its topic must carry that kind).
-        header: the body with its tensors' bytes left out (msgpack), or empty when the
-            bulk is the whole msgpack body.
-        total_size: bytes of the bulk (the tensors' bytes in order, or the whole body).
-        chunk_size: bulk bytes per chunk; the last chunk holds the rest.
-        sha256: SHA-256 (hex) of the bulk.
-        chunk_hashes: SHA-256 of each chunk as it travels (its ciphertext when sealed), in
-            index order: ceil(total_size / chunk_size) of them.
-        content_key: when sealed, the ChaCha20-Poly1305 key of this message's chunks; it
-            travels only inside the HPKE-sealed manifest.
-    """
-
-    transfer: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
-    kind: Kind
-    header: Annotated[bytes, msgspec.Meta(max_length=1 << 20)]
-    total_size: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
-    chunk_size: Annotated[int, msgspec.Meta(ge=1, le=2**31)]
-    sha256: Sha256
-    chunk_hashes: Annotated[list[Digest], msgspec.Meta(min_length=1, max_length=MAX_CHUNKS)]
-    content_key: Key32 | None = None
-
-
-class ChunkAck(Body, frozen=True):
-    """aggregator → a sender's inbox: of the chunked transfer ``transfer`` it has kept
-    ``received`` chunks. The sender keeps at most a window of chunks beyond that in flight
-    (``agent.runtime.credits``), so a cohort cannot overrun the aggregator's connection."""
-
-    transfer: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
-    received: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS)]
 
 
 BODY_TYPES: dict[Kind, type[Body]] = {

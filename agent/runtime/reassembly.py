@@ -35,7 +35,6 @@ from typing import IO, Any
 import msgspec
 import structlog
 
-from agent.config import TransferConfig
 from agent.errors import (
     ChunkError,
     ChunkMismatchError,
@@ -49,6 +48,7 @@ from agent.messages.bodies import Body, Manifest
 from agent.messages.chunks import join_body, open_chunk, parse_frame
 from agent.messages.codec import validate_body
 from agent.messages.envelope import Envelope, Message
+from agent.messages.transfer import TransferConfig
 from agent.role import Identity
 
 log = structlog.get_logger(__name__)

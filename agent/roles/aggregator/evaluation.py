@@ -15,7 +15,7 @@ from agent.messages.bodies import EvaluateIns, EvaluateRes, Scalar
 from agent.roles.aggregator.records import GlobalState
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
-from agent.strategy.update import weighted_mean
+from agent.strategy.update import weighted_mean, weighted_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,8 @@ class FederatedEvaluation:
         self._evaluators: frozenset[str] = frozenset()
         self._results: dict[str, EvaluateRes] = {}
         self._complete = asyncio.Event()
+        #: the last evaluation's metrics, each num_examples-weighted over its reporters
+        self.metrics: dict[str, float] = {}
 
     async def run(
         self, r: int, state: GlobalState, evaluators: frozenset[str]
@@ -54,6 +56,7 @@ class FederatedEvaluation:
         result with examples came back before the timeout."""
         self._version, self._evaluators = state.version, evaluators
         self._results = {}
+        self.metrics = {}
         self._complete.clear()
         if not evaluators:
             log.warning("evaluation_skipped", reason="no_responsive_agent")
@@ -73,6 +76,7 @@ class FederatedEvaluation:
         if not results:
             return None, None, 0
         loss = weighted_mean([(x.loss, x.num_examples) for x in results])
+        self.metrics = weighted_metrics([(x.metrics, x.num_examples) for x in results])
         accuracy = weighted_mean(
             [
                 (float(x.metrics["accuracy"]), x.num_examples)

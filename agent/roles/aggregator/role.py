@@ -26,6 +26,7 @@ from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
 from agent.roles.aggregator.persistence import RunStore
+from agent.roles.aggregator.private_update import privacy_engine
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
 from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import federate
@@ -117,6 +118,8 @@ class Aggregator:
             strategy=strategy or build_strategy(schedule.strategy),
             alive=self.liveness.alive,
             metrics=self.metrics,
+            privacy=privacy_engine(schedule),
+            population=lambda: len(self.admission.agents),
         )
         self._evaluation = FederatedEvaluation(
             outbox, timeout=schedule.eval_timeout, config=schedule.eval_config, metrics=self.metrics

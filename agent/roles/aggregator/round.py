@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import structlog
 
@@ -100,12 +100,14 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     log.info("round_aggregated", survivors=len(outcome.survivors), dropouts=len(dropouts))
     loss = accuracy = None
     eval_examples = 0
+    eval_metrics: dict[str, float] = {}
     every = schedule.eval_every
     if (every and r % every == 0) or r == schedule.rounds:
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
         loss, accuracy, eval_examples = await parts.evaluation.run(
             r, now.model, parts.admission.evaluators()
         )
+        eval_metrics = dict(parts.evaluation.metrics)
     record = RoundRecord(
         round=r,
         cohort=cohort,
@@ -119,6 +121,9 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         seconds=time.perf_counter() - started,
         model_version=now.model.version,
         model_sha256=now.model.sha256,
+        metrics=outcome.metrics,
+        eval_metrics=eval_metrics,
+        privacy=None if outcome.privacy is None else asdict(outcome.privacy),
     )
     _count(parts, record, outcome)
     return record
