@@ -19,7 +19,7 @@ from agent.errors import NotConnectedError
 from agent.messages.bodies import ChunkAck
 
 #: Chunks a sender may have unacknowledged.
-WINDOW = 16
+WINDOW = 8
 #: The receiver acknowledges after every this many kept chunks (and the last).
 ACK_EVERY = WINDOW // 4
 
