@@ -31,6 +31,7 @@ from agent.messages.bodies import NAME_PATTERN, Scalar
 from agent.messages.chunks import ENVELOPE_MARGIN
 from agent.messages.transfer import TransferConfig
 from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
+from agent.robust.settings import RobustConfig
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -168,6 +169,7 @@ class AggregatorConfig(_Config, frozen=True):
             ``"none"``.
         secagg: the SecAgg+ settings.
         strategy: the server-side update rule (``[aggregator.strategy]``).
+        robust: bounds on one device's influence (``[aggregator.robust]``).
         privacy: differential privacy (``[aggregator.privacy]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
@@ -189,6 +191,7 @@ class AggregatorConfig(_Config, frozen=True):
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
     strategy: StrategyConfig = StrategyConfig()
+    robust: RobustConfig = RobustConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
@@ -207,6 +210,8 @@ class AggregatorConfig(_Config, frozen=True):
         secure = self.secure_aggregation is SecureAggregation.SECAGG_PLUS
         if self.privacy.mode is PrivacyMode.DISTRIBUTED and not secure:
             raise ValueError("privacy mode 'distributed' needs secure_aggregation = 'secagg+'")
+        if self.privacy.mode is not PrivacyMode.OFF and self.robust.aggregation != "mean":
+            raise ValueError("[aggregator.robust] aggregation other than 'mean' has no DP analysis")
         if secure:
             try:
                 self.secagg.params(self.min_fit_clients)
@@ -263,6 +268,11 @@ class IdentityConfig(_Config, frozen=True):
         ca_dir: aggregator only: the CA's directory, for enrollment and revocation.
         registry: aggregator only: the registry database (default ``ca_dir/registry.sqlite``).
         max_clock_skew: seconds a message's timestamp may differ from our clock.
+        renew_before_days, renew_check_every: trainer: renew the certificate over the bus
+            this many days before it expires (0: never), checking every so many seconds.
+        crl_refresh_before_days, crl_valid_days, broker_dir, broker_pid_file: aggregator:
+            re-sign the CRLs (``ca_dir``'s, ``broker_dir``'s, then SIGHUP that pid) this
+            close to nextUpdate (0: never), for so many days (``agent.runtime.crl_refresh``).
     """
 
     cert_file: Path | None = None
@@ -271,6 +281,12 @@ class IdentityConfig(_Config, frozen=True):
     ca_dir: Path | None = None
     registry: Path | None = None
     max_clock_skew: Positive = 300.0
+    renew_before_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    renew_check_every: Positive = 3600.0
+    crl_refresh_before_days: Annotated[float, msgspec.Meta(ge=0)] = 7.0
+    crl_valid_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+    broker_dir: Path | None = None
+    broker_pid_file: Path | None = None
 
     @property
     def enabled(self) -> bool:

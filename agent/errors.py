@@ -24,19 +24,24 @@
     │   ├── WrongRoleError          a sender whose role may not publish on that topic
     │   ├── RevokedSenderError      a revoked agent
     │   ├── SealError               a body that should be sealed and is not, or does not open
-    │   └── ChunkError              a chunked transfer refused (agent.runtime.reassembly)
-    │       ├── UnknownTransferError    a chunk of no transfer open on its topic
-    │       ├── ChunkMismatchError      a chunk that does not match its manifest
-    │       ├── OverBudgetError         a transfer larger than the receiver holds
-    │       ├── TransferTimeoutError    a transfer whose chunks did not all come in time
-    │       └── SupersededError         a transfer replaced by a newer one from its sender
+    │   ├── ChunkError              a chunked transfer refused (agent.runtime.reassembly)
+    │   │   ├── UnknownTransferError    a chunk of no transfer open on its topic
+    │   │   ├── ChunkMismatchError      a chunk that does not match its manifest
+    │   │   ├── OverBudgetError         a transfer larger than the receiver holds
+    │   │   ├── TransferTimeoutError    a transfer whose chunks did not all come in time
+    │   │   └── SupersededError         a transfer replaced by a newer one from its sender
+    │   ├── RefusedError            a well-formed update or metrics result out of bounds
+    │   └── LedgerError             a round-ledger record that does not verify or chain
+    │       ├── LedgerRecordError   unreadable, non-canonical, or badly signed
+    │       └── LedgerChainError    does not chain to the one before (dropped, reordered)
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
     │   ├── ShareError              a Shamir share or share ciphertext that does not check out
     │   └── IdentityError           a key, certificate, CSR or token that does not check out
     └── RoundError                  a round that cannot complete (e.g. no update arrived)
-        └── SecAggAbortError        SecAgg+ cannot unmask (too few shares or survivors)
+        ├── SecAggAbortError        SecAgg+ cannot unmask (too few shares or survivors)
+        └── ModelRejectedError      a new global model that fails the guard (not published)
 
 Adapters translate third-party exceptions into these at their boundary, always with
 ``raise ... from exc``. Every ``ProtocolError`` carries a short machine-readable ``reason``
@@ -212,6 +217,39 @@ class SupersededError(ChunkError):
     reason = "superseded"
 
 
+class RefusedError(ProtocolError):
+    """A well-formed update or evaluation result that the aggregator refuses because it is out
+    of the bounds one device may have (``agent.robust``). ``reason`` names the bound
+    (``not_finite``, ``weight_above_declared``, ``norm_above_bound``, ...)."""
+
+    reason = "refused"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class LedgerError(ProtocolError):
+    """A round-ledger record (``agent.ledger``) that cannot be trusted."""
+
+    reason = "ledger_invalid"
+
+
+class LedgerRecordError(LedgerError):
+    """A record that does not decode canonically, or whose aggregator signature or
+    certificate does not verify (a tampered byte)."""
+
+    reason = "ledger_bad_record"
+
+
+class LedgerChainError(LedgerError):
+    """A record whose index or previous-record hash does not follow the record before it
+    (a record dropped, reordered or forked), or a model with no record that reaches the
+    ledger head this agent holds."""
+
+    reason = "ledger_broken"
+
+
 class PluginError(FedbusError):
     """A plugin that cannot be found, loaded, or that returned something invalid."""
 
@@ -229,6 +267,16 @@ class SecAggAbortError(RoundError):
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"secure aggregation aborted ({reason}): {detail}")
+        self.reason = reason
+
+
+class ModelRejectedError(RoundError):
+    """A new global model that fails the model guard (``agent.robust.guard``): it is never
+    published and the model in force stays. ``reason``: ``not_finite`` or
+    ``change_above_bound``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"new model rejected ({reason}): {detail}")
         self.reason = reason
 
 

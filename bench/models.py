@@ -55,6 +55,7 @@ from agent.messages.chunks import chunking_plan
 from agent.node import bus_settings
 from agent.plugin.api import EvaluateResult, FitResult, Weights
 from agent.plugin.loader import CheckedPlugin
+from agent.robust.settings import RobustConfig
 from agent.role import Role
 
 LAYER = 1 << 22  # parameters per array: a model of d parameters is ⌈d / 4M⌉ arrays
@@ -109,6 +110,9 @@ def config_for(args: argparse.Namespace, role: Role, agent_id: str) -> AgentConf
             eval_timeout=120.0,
             secure_aggregation=SecureAggregation.SECAGG_PLUS if secure else SecureAggregation.NONE,
             secagg=SecAggConfig(stage_timeout=600.0),
+            # the plain mean without the round-relative norm bound (the streaming path), and
+            # no model-change guard (the constant toy models jump)
+            robust=RobustConfig(norm_factor=0.0, max_change_factor=0.0),
         ),
     )
 

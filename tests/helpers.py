@@ -24,10 +24,12 @@ from agent.config import (
     PluginConfig,
     TrainerConfig,
 )
+from agent.identity import ca, pem
 from agent.messages import Kind
 from agent.messages.envelope import Message
 from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
+from agent.robust.settings import RobustConfig
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RunSummary
@@ -208,6 +210,11 @@ def fedbus(
     )
 
 
+#: Robustness bounds off for toy models whose values jump (``SizedToy``): no round-relative
+#: norm bound (so plain rounds stream, ``roles/aggregator/fold.py``), no model-change guard.
+LOOSE = RobustConfig(norm_factor=0.0, max_change_factor=0.0)
+
+
 class SizedToy(ToyPlugin):
     """``ToyPlugin`` with a model of the given float32 ``shapes`` (a 3M-parameter one, say)."""
 
@@ -219,11 +226,11 @@ class SizedToy(ToyPlugin):
         return [np.zeros(s, np.float32) for s in self.shapes]
 
 
-def identity_config(authority: Any, agent_id: str, role: Role, where: Path) -> IdentityConfig:
-    """Issue ``agent_id`` a certificate of ``authority`` (an ``identity.ca`` CA) into
-    ``where`` and return the ``[identity]`` table that uses it."""
-    from agent.identity import ca, pem
-
+def identity_files(
+    authority: ca.CertificateAuthority, agent_id: str, role: Role, where: Path
+) -> IdentityConfig:
+    """A fresh key and certificate of ``authority`` for ``agent_id`` under ``where``, and
+    the ``[identity]`` table naming them (with ``where/ca.pem``)."""
     key, cert = ca.issue(authority, agent_id, role=role)
     pem.write_private_key(where / f"{agent_id}.key", key)
     pem.write_pem(where / f"{agent_id}.pem", cert)

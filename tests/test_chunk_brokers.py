@@ -28,6 +28,7 @@ from agent.plugin.loader import CheckedPlugin
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.reassembly import Limits
 from tests.helpers import (
+    LOOSE,
     Recorder,
     SizedToy,
     aggregator_config,
@@ -82,7 +83,9 @@ async def test_chunk_faults_end_as_drops_or_dropouts(
         for a, v in zip(faults, (1, 2, 3, 4), strict=True)
     }
     config = msgspec.structs.replace(
-        aggregator_config(broker.url, tmp_path, agents=4, rounds=1, round_timeout=5.0),
+        aggregator_config(
+            broker.url, tmp_path, agents=4, rounds=1, round_timeout=5.0, robust=LOOSE
+        ),
         transfer=CHUNKS,
     )
     with capture_logs() as logs:
@@ -203,7 +206,9 @@ async def test_a_late_joiner_gets_the_current_chunked_model(
     from agent.roles.trainer import Trainer
 
     config = msgspec.structs.replace(
-        aggregator_config(broker.url, tmp_path, agents=1, rounds=3, round_timeout=5.0),
+        aggregator_config(
+            broker.url, tmp_path, agents=1, rounds=3, round_timeout=5.0, robust=LOOSE
+        ),
         transfer=CHUNKS,
     )
 

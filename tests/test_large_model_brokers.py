@@ -17,10 +17,11 @@ from agent.plugin.loader import CheckedPlugin
 from agent.role import Role
 from agent.state import read_weights
 from tests.helpers import (
+    LOOSE,
     SizedToy,
     aggregator_config,
     federate_over,
-    identity_config,
+    identity_files,
     trainer_config,
 )
 
@@ -43,18 +44,19 @@ async def test_a_3m_parameter_model_trains_signed_sealed_and_secure(
         min_fit_clients=3,
         secure_aggregation=SecureAggregation.SECAGG_PLUS,
         eval_every=0,
+        robust=LOOSE,
         secagg=msgspec.structs.replace(base.aggregator.secagg, stage_timeout=30.0),
     )
     config = msgspec.structs.replace(
         base,
         aggregator=schedule,
-        identity=identity_config(authority, "aggregator", Role.AGGREGATOR, pki),
+        identity=identity_files(authority, "aggregator", Role.AGGREGATOR, pki),
     )
 
     def configure(agent_id: str) -> AgentConfig:
         return msgspec.structs.replace(
             trainer_config(agent_id, broker.url, tmp_path),
-            identity=identity_config(authority, agent_id, Role.TRAINER, pki),
+            identity=identity_files(authority, agent_id, Role.TRAINER, pki),
         )
 
     plugins = {f"a{i}": CheckedPlugin("toy", SizedToy(float(i), 1, SHAPES)) for i in (1, 2, 3)}

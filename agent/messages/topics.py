@@ -72,11 +72,12 @@ INBOX = TopicSpec(
             Kind.UNMASK_REQUEST,
             Kind.MANIFEST,
             Kind.CHUNK_ACK,
+            Kind.RENEW_REPLY,
         }
     ),
     False,
     "One agent's inbox: admission, round assignment, the current model for a new agent, "
-    "and the SecAgg+ messages relayed to it.",
+    "the SecAgg+ messages relayed to it, and the answer to its certificate renewal.",
 )
 GLOBAL_MODEL = TopicSpec(
     "global_model",
@@ -160,6 +161,14 @@ ENROLL_REPLY = TopicSpec(
     "The answer to one device's enrollment: its certificate and the CA, or why not.",
 )
 
+RENEW = TopicSpec(
+    "renew",
+    "fl/{federation}/renew/{agent_id}",
+    Role.TRAINER,
+    frozenset({Kind.RENEW}),
+    False,
+    "An enrolled agent's certificate renewal (a CSR), signed with the certificate it renews.",
+)
 STATUS = TopicSpec(
     "status",
     "fl/{federation}/status/{agent_id}",
@@ -191,6 +200,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     FINISH,
     ENROLL,
     ENROLL_REPLY,
+    RENEW,
     STATUS,
     FEDERATION_STATUS,
 )

@@ -56,6 +56,7 @@ class Seen:
     detail: str
     last_seen: float
     model_version: int | None = None
+    cert_expires: float | None = None
 
 
 class LivenessTracker:
@@ -75,7 +76,7 @@ class LivenessTracker:
         """Record a status; True when the agent's state (``Liveness``) changed."""
         before = self.agents.get(agent_id)
         self.agents[agent_id] = Seen(
-            status.state, status.detail, self._clock(), status.model_version
+            status.state, status.detail, self._clock(), status.model_version, status.cert_expires
         )
         return before is None or before.state != status.state
 
@@ -103,4 +104,5 @@ class LivenessTracker:
             detail=seen.detail if seen else "",
             last_seen=seen.last_seen if seen else None,
             admitted=admitted,
+            cert_expires=seen.cert_expires if seen else None,
         )

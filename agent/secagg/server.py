@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import SecAggAbortError, ShareError
+from agent.robust.secure import check_ring_sum
 from agent.secagg import keys, shamir
 from agent.secagg.graph import neighbours
 from agent.secagg.prg import MaskStream
@@ -242,9 +243,7 @@ def _unmask(state: ServerState) -> Aggregate:
     total = state.masked_sum
     if total is None:  # close_collect aborts first; kept for a state built by hand
         raise SecAggAbortError("too_few_survivors", "no masked input")
-    # Unmasked in place (the sum is spent: the round ends here, done or aborted), the masks
-    # expanded segment by segment: O(model) memory on top of the sum, whatever the cohort.
-    state.masked_sum = None
+    state.masked_sum = None  # unmasked in place (the round ends here), masks by segment
     stream = MaskStream(len(total), params.dtype)
     for seed in seeds.values():
         stream.subtract(total, seed)
@@ -264,13 +263,18 @@ def _unmask(state: ServerState) -> Aggregate:
                 stream.subtract(total, seed)
             else:
                 stream.add(total, seed)
-    weighted = np.asarray(
-        dequantize_sum(total[:-1], survivors=len(state.survivors), params=params), np.float64
+    # What honest, clipped, quantized, weight-capped inputs can add up to (agent.robust.secure).
+    check_ring_sum(
+        total,
+        survivors=len(state.survivors),
+        bits=params.quantization_bits,
+        max_weight=params.max_weight,
     )
-    weight = int(total[-1])
-    del total
-    weighted *= params.max_weight
-    return Aggregate(weighted, weight, tuple(sorted(state.survivors)))
+    weighted = dequantize_sum(total[:-1], survivors=len(state.survivors), params=params)
+    weighted *= params.max_weight  # in place: float64 already
+    return Aggregate(
+        weighted.astype(np.float64, copy=False), int(total[-1]), tuple(sorted(state.survivors))
+    )
 
 
 def _reconstruct(state: ServerState, owners: list[str], pick: Any, what: str) -> dict[str, bytes]:

@@ -23,8 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
+import msgspec
 import structlog
 
 from agent.config import AggregatorConfig, SecureAggregation
@@ -41,11 +43,13 @@ from agent.messages.envelope import Message
 from agent.plugin.api import Weights
 from agent.privacy.config import PrivacyConfig
 from agent.privacy.engine import PrivacyEngine, RingPlan, RoundPrivacy
+from agent.robust.settings import Aggregation
 from agent.roles.aggregator import private_update
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
+from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -64,6 +68,7 @@ class RoundFailure(StrEnum):
     NO_UPDATE = "no_update_arrived"  # plain: no valid update before the deadline
     SECAGG_PARAMETERS = "secagg_parameters"  # no SecAgg+ parameters fit the cohort size
     SECAGG_ABORTED = "secagg_aborted"  # the SecAgg+ protocol aborted (SecAggAbortError)
+    MODEL_REJECTED = "model_rejected"  # the new model failed the guard (agent.robust.guard)
     PRIVACY_BUDGET = "privacy_budget"  # the round would exceed target_epsilon: not run
 
 
@@ -119,6 +124,7 @@ class CohortFit:
         strategy: turns each round's ``AggregatedUpdate`` into the next model (both paths).
         alive: liveness (an offline member is not waited for).
         metrics: observes stage durations.
+        declared: an agent's num_examples declared at join (0: unknown), for the bounds.
         privacy: differential privacy of each round (``agent.privacy``; default: off).
         population: the number of admitted agents (the accountant's sampling rate).
     """
@@ -132,10 +138,12 @@ class CohortFit:
         strategy: Strategy,
         alive: Callable[[str], bool],
         metrics: Metrics,
+        declared: Callable[[str], int] = lambda _: 0,
         privacy: PrivacyEngine | None = None,
         population: Callable[[], int] = lambda: 0,
     ) -> None:
         self._outbox = outbox
+        self._declared = declared
         self._schedule = schedule
         self._fed = federation
         self._strategy = strategy
@@ -224,11 +232,17 @@ class CohortFit:
     async def _plain_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
         """Updates in the clear: wait for every member or the deadline, then the strategy."""
         started = time.monotonic()
+        robust = self._schedule.robust
+        # Streaming FedAvg (fold.py) unless DP, a robust rule or the relative bound needs all
+        mean = robust.aggregation is Aggregation.MEAN and robust.norm_factor == 0
+        streaming = mean and not self.privacy.on
         self._plain = plain = PlainRound(
             cohort=frozenset(cohort),
             model=before,
             alive=self._alive,
-            fold=None if self.privacy.on else RunningMean(before.weights),
+            robust=robust,
+            declared=self._declared,
+            fold=RunningMean(before.weights) if streaming else None,
         )
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
@@ -240,11 +254,17 @@ class CohortFit:
             return Outcome.failed(RoundFailure.NO_UPDATE)
         fold = plain.fold
         if fold is not None:  # streaming: the updates are already summed
-            update = fold.result(results)
-        else:  # DP clips each update first: it needs them all
+            update: AggregatedUpdate | None = fold.result(results)
+        else:
             update = await asyncio.to_thread(
-                private_update.plain_update, self.privacy, before.weights, results
+                robust_update,
+                before.weights,
+                results,
+                self._schedule.robust,
+                partial(private_update.plain_update, self.privacy),
             )
+        if update is None:
+            return Outcome.failed(RoundFailure.NO_UPDATE)
         return await self._step(before, update, len(cohort))
 
     async def _step(
@@ -255,7 +275,8 @@ class CohortFit:
         plan: RingPlan | None = None,
     ) -> Outcome:
         """The strategy's step from the model in force: the one seam of both paths (after
-        DP's noise and charge, ``private_update.release``)."""
+        DP's noise and charge, ``private_update.release``). The new model passes the guard
+        (``agent.robust.guard``) or is dropped, the strategy's state as before the step."""
         update, spent = await asyncio.to_thread(  # the accountant's RDP sums take ~0.1 s
             private_update.release,
             self.privacy,
@@ -264,7 +285,9 @@ class CohortFit:
             population=self._population(),
             plan=plan,
         )
-        weights = await asyncio.to_thread(self._strategy.step, before.weights, update)
+        weights = await guarded_step(self._strategy, before.weights, update, self._schedule.robust)
+        if weights is None:
+            return Outcome.failed(RoundFailure.MODEL_REJECTED)
         return Outcome.of(weights, update, spent)
 
     async def _secure_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
@@ -294,7 +317,10 @@ class CohortFit:
             model_version=before.version,
             metrics=self._metrics,
         )
-        body = setup_body(setup, stage_timeout=settings.stage_timeout, layout=layout)
+        body = msgspec.structs.replace(
+            setup_body(setup, stage_timeout=settings.stage_timeout, layout=layout),
+            norm_bound=self._schedule.robust.max_update_norm,
+        )
         ins = self._fit_ins(before, secagg=body)
         log.info(
             "secagg_round",
@@ -306,6 +332,13 @@ class CohortFit:
         try:
             await send_each(self._outbox, cohort, ins, round=r)
             aggregate = await self._secure.run()
+            check_secure(
+                aggregate,
+                params,
+                self._schedule.robust,
+                model_size=layout.model_size,
+                noisy=layout.plan.noise_stddev > 0,
+            )
         except SecAggAbortError as exc:
             log.error("secagg_aborted", reason=exc.reason, error=str(exc))  # noqa: TRY400
             return Outcome.failed(RoundFailure.SECAGG_ABORTED)

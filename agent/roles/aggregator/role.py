@@ -15,6 +15,7 @@ from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.errors import IdentityError
 from agent.identity.local import Credentials
+from agent.ledger.book import RoundLedger
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, ChunkAck, EvaluateRes, Liveness
 from agent.messages.envelope import Message
@@ -118,11 +119,17 @@ class Aggregator:
             strategy=strategy or build_strategy(schedule.strategy),
             alive=self.liveness.alive,
             metrics=self.metrics,
+            declared=self.admission.declared,
             privacy=privacy_engine(schedule),
             population=lambda: len(self.admission.agents),
         )
         self._evaluation = FederatedEvaluation(
-            outbox, timeout=schedule.eval_timeout, config=schedule.eval_config, metrics=self.metrics
+            outbox,
+            timeout=schedule.eval_timeout,
+            config=schedule.eval_config,
+            metrics=self.metrics,
+            robust=schedule.robust,
+            declared=self.admission.declared,
         )
         self._parts = RoundParts(
             schedule=schedule,
@@ -135,6 +142,9 @@ class Aggregator:
             board=self.board,
             metrics=self.metrics,
             observer=observer,
+            ledger=RoundLedger(config.state_dir, credentials.signer, schedule)
+            if credentials
+            else None,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()

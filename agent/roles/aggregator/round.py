@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 import structlog
 
 from agent.config import AggregatorConfig
+from agent.ledger.book import RoundLedger
 from agent.messages.bodies import Liveness, RoundPhase
 from agent.roles.aggregator.admission import Admission
-from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.broadcast import publish_model, recorded
 from agent.roles.aggregator.cohort import sample_cohort
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit, Outcome, RoundFailure
@@ -54,6 +55,8 @@ class RoundParts:
     board: StatusBoard
     metrics: Metrics
     observer: RoundObserver | None = None
+    #: the signed round ledger (None: identities off)
+    ledger: RoundLedger | None = None
 
 
 async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
@@ -92,6 +95,10 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     parts.admission.record_round(cohort, dropouts)
     if outcome.weights is not None:
         now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
+    now.model = await recorded(
+        parts.ledger, now.model, round=r, cohort=cohort, survivors=outcome.survivors
+    )
+    if outcome.weights is not None:
         await publish_model(parts.outbox, now.model, round=r)
     elif outcome.failure is RoundFailure.NO_COHORT:
         log.warning("round_skipped", reason="not_enough_agents", admitted=len(admitted))

@@ -29,6 +29,7 @@ run's aggregator finds it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from functools import partial
 
 import structlog
@@ -38,6 +39,7 @@ from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.identity.local import Credentials
+from agent.ledger.head import HEAD_FILE, LedgerHead
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
@@ -59,6 +61,7 @@ from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, S
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.reassembly import Limits
+from agent.runtime.renewer import renewer_for
 from agent.runtime.tasks import Worker, task_group
 
 log = structlog.get_logger(__name__)
@@ -74,6 +77,7 @@ class Trainer:
         bus: Bus,
         plugin: CheckedPlugin,
         metrics: Metrics | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
         self._bus = bus
@@ -100,8 +104,15 @@ class Trainer:
             progress=self._progress,
             wait=config.trainer.model_wait,
             path=config.state_dir / "global_model.npz",
+            ledger=LedgerHead(config.state_dir / HEAD_FILE, credentials.ca)
+            if credentials
+            else None,
         )
         self._work = Worker("trainer")
+        #: renews the certificate before it expires (identities on; reloads ``tls`` too)
+        self._renewer = (
+            renewer_for(config, self._outbox, credentials.ca, tls) if credentials else None
+        )
         self._fits = FitPath(
             config=config,
             plugin=plugin,
@@ -135,6 +146,8 @@ class Trainer:
         # chunked uploads wait for the aggregator's acknowledgements (runtime.credits)
         self._outbox.credits = credits = Credits(wait=config.transfer.timeout)
         registry.register(Kind.CHUNK_ACK, lambda m: credits.on_ack(m.body), rounds=RoundPolicy.ANY)
+        if self._renewer is not None:
+            registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
             federation=self._fed,
             registry=registry,
@@ -184,6 +197,8 @@ class Trainer:
                     tg.create_task(self._mark_ready(), name="trainer-ready")
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
+                    if self._renewer is not None:
+                        tg.create_task(self._renewer.run(), name="trainer-renew")
             finally:
                 await self._status.say_offline()
 
