@@ -61,6 +61,11 @@ class BusSettings:
             a silently dead connection is noticed after about two of them.
         will: optional last will, or a function returning it, called for each new
             connection (so a signed will carries a fresh message id and timestamp).
+        required_payload: the largest payload this agent will publish (its chunk size plus
+            framing, ``agent.messages.chunks``); a broker that announces a lower limit at
+            connect (NATS ``max_payload`` in INFO, MQTT 5 Maximum Packet Size in CONNACK)
+            fails the bus with a ``ConfigError`` naming ``required_by``, the setting to change.
+        required_by: the setting that decides ``required_payload`` (for that message).
     """
 
     client_id: str
@@ -72,6 +77,8 @@ class BusSettings:
     backoff_max: float = 5.0
     keepalive: int = 30
     will: LastWill | Callable[[], LastWill] | None = None
+    required_payload: int = 0
+    required_by: str = "max_payload"
 
     def current_will(self) -> LastWill | None:
         """The will for a connection being opened now."""
@@ -95,7 +102,14 @@ class Bus(Protocol):
 
         Raises:
             BusTimeoutError: not connected within ``timeout`` seconds.
+            ConfigError: the broker's limit is below ``BusSettings.required_payload``.
         """
+        ...
+
+    @property
+    def broker_limit(self) -> int | None:
+        """The largest payload the broker said it accepts on the last connect (None: not
+        connected yet, or the broker announces none)."""
         ...
 
     async def subscribe(self, topic_filter: str) -> None:
