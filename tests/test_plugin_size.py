@@ -1,5 +1,6 @@
 """`fedbus plugin check`'s model size line: values, bytes, traffic per round per agent, and
-a refusal when a message cannot travel with the configured max_payload."""
+chunked or
+whole, and a refusal when a message cannot travel with the configured max_payload."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ class Sized:
 
 
 def test_sizes_and_traffic_of_a_3m_parameter_model() -> None:
-    """3M float32 values (12 MB) exceed the default 8 MiB max_payload both ways; the int64
-    counter is carried, so the masked input has 3M + 1 uint32 words."""
+    """3M float32 values (12 MB) travel chunked both ways at the default 1 MB chunk size; the
+    int64 counter is carried, so the masked input has 3M + 1 uint32 words."""
     size = model_size(Sized(3_000_000).get_weights())
     assert size.parameters == 3_000_001
     assert size.averaged == 3_000_000
@@ -43,14 +44,23 @@ def test_sizes_and_traffic_of_a_3m_parameter_model() -> None:
     assert 12_000_008 < size.model_message < 12_000_008 + 1024
     assert 12_000_004 < size.masked_message < 12_000_004 + 1024
     assert DEFAULT_MAX_PAYLOAD == 8 * 1024 * 1024
-    assert size.plain.chunks == size.secure.chunks == 2
-    assert not size.plain.fits
+    assert size.plain.chunks == size.secure.chunks == 13
+    assert size.plain.chunked
+    assert size.plain.fits
+    assert size.secure.fits
+    assert size.plain.wire > size.model_message
+    assert "chunked: 13 chunks" in size.render()
     assert "1 in integer arrays, carried" in size.render()
 
 
 def test_transport_plan() -> None:
     assert transport_plan(100, 100).chunks == 1
-    assert transport_plan(101, 100).chunks == 2
+    assert not transport_plan(100, 100).chunked
+    two = transport_plan(101, 100)
+    assert two.chunked
+    assert two.chunks == 2
+    assert two.fits
+    assert not transport_plan(1000, 100, max_message=999).fits
 
 
 def test_the_check_fails_a_model_that_cannot_travel() -> None:

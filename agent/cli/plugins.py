@@ -135,7 +135,7 @@ def plugin_new(name: str, parent: Path) -> None:
     default=None,
     type=click.IntRange(min=1024),
     help="The agents' max_payload in bytes (default: a default config's, 8 MiB): the model "
-    "size check says which messages exceed it.",
+    "size check plans chunks that fit under it and fails when none can.",
 )
 def plugin_check(
     target: str, options: tuple[str, ...], fit_config: tuple[str, ...], max_payload: int | None

@@ -16,7 +16,8 @@ What is checked, each as one line of the report:
   ``to_tensors`` → ``codec.encode`` → ``codec.decode`` → ``to_arrays``;
 - ``model size``: values, bytes, and the bytes each agent receives and sends per round,
   plain and under SecAgg+, and whether those messages need chunking (``check_size``); it
-  fails when a message cannot travel with ``max_payload``;
+  fails when a message cannot travel (no room for a chunk under ``max_payload``, or above
+  ``[transfer] max_message``); a message above ``[transfer] chunk_size`` travels chunked;
 - ``fit``: returns ``(weights, num_examples, metrics)``, the weights finite and of the input's
   count, shapes and dtypes, ``num_examples`` an int >= 1, metrics a str → scalar dict;
 - ``fit does not mutate its input``, and ``fit accepts read-only weights`` (as the agent
@@ -44,7 +45,7 @@ import numpy as np
 from agent.plugin import check_values as rules
 from agent.plugin.api import PluginContext, PluginInfo, Scalar, Weights
 from agent.plugin.check_report import CheckReport, CheckResult, Status
-from agent.plugin.check_size import DEFAULT_MAX_PAYLOAD, model_size
+from agent.plugin.check_size import DEFAULT_MAX_PAYLOAD, chunk_size_for, model_size
 from agent.plugin.loader import Factory, find_factory, plugin_info
 from agent.plugin.source import factories_in_project
 
@@ -114,7 +115,8 @@ def check_factory(
             of 1 is used.
         fit_config: the config passed to ``fit`` (default ``{"round": 1}``).
         agent_id: the ``PluginContext.agent_id``.
-        max_payload: the per-message limit the ``model size`` check measures against.
+        max_payload: the agents' ``max_payload``: the ``model size`` check plans chunks of
+            ``check_size.chunk_size_for(max_payload)`` bytes.
 
     Returns:
         The report; ``report.passed`` is the verdict. Never raises for a plugin's fault.
@@ -178,11 +180,15 @@ def _initial(run: _Run) -> Weights:
 
 
 def _size(run: _Run) -> str:
-    size = model_size(_initial(run), max_payload=run.max_payload)
+    try:
+        chunk_size = chunk_size_for(run.max_payload)
+    except ValueError as exc:
+        raise rules.RuleBrokenError(f"{model_size(_initial(run)).render()}; {exc}") from exc
+    size = model_size(_initial(run), chunk_size=chunk_size)
     if not (size.plain.fits and size.secure.fits):
         raise rules.RuleBrokenError(
-            f"{size.render()}; a message above max_payload = {run.max_payload:,} bytes "
-            "cannot travel: raise max_payload (below the broker's own limit) or shrink the model"
+            f"{size.render()}; a receiver takes at most [transfer] max_message bytes: raise it "
+            "or shrink the model"
         )
     return size.render()
 

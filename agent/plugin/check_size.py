@@ -12,13 +12,13 @@ and per agent:
   parameters fit a 32-bit ring, else uint64; ``agent.secagg.params``) instead, plus the key
   stages' few kilobytes. Evaluation sends only scalars.
 
-A message above the transport's per-message limit needs chunking; ``transport_plan`` is the
-one function that says how it would travel.
+A message whose bulk exceeds ``[transfer] chunk_size`` travels chunked (a signed manifest and
+chunks, ``agent.messages.chunks``); ``transport_plan`` is the one function that says how a
+message would travel, through ``chunks.chunking_plan``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,35 +28,45 @@ import numpy as np
 from agent.config import AgentConfig, SecAggConfig
 from agent.messages import GlobalModel, encode
 from agent.messages.bodies import MaskedInput
+from agent.messages.chunks import ENVELOPE_MARGIN, chunking_plan
 from agent.messages.tensors import digest, to_tensor, to_tensors
+from agent.messages.transfer import TransferConfig
 from agent.plugin.api import Weights, is_averaged
 
 #: The per-message limit a default config gives (``AgentConfig.max_payload``).
 DEFAULT_MAX_PAYLOAD: int = next(
     f.default for f in msgspec.structs.fields(AgentConfig) if f.name == "max_payload"
 )
+#: The default ``[transfer]`` table: chunk size and the largest message a receiver takes.
+DEFAULT_TRANSFER = TransferConfig()
 #: The cohort size the SecAgg+ estimate assumes (the demo's).
 COHORT = 10
 
 
 @dataclass(frozen=True, slots=True)
 class TransportPlan:
-    """How one message of ``nbytes`` travels: ``chunks`` pieces (1: whole); ``fits`` is
-    False when it cannot travel with this build and config."""
+    """How one message of ``nbytes`` travels: whole (``chunks`` 1) or ``chunked`` in
+    ``chunks`` pieces, ``wire`` bytes in all (frames and envelope included); ``fits`` is False
+    when it cannot travel at all (above ``[transfer] max_message``, or too many chunks)."""
 
     nbytes: int
     chunks: int
+    chunked: bool
+    wire: int
     fits: bool
 
 
-def transport_plan(nbytes: int, max_payload: int) -> TransportPlan:
-    """The one seam with the transport: a message of ``nbytes`` against ``max_payload``.
-
-    This build has no chunked messages, so a message above ``max_payload`` cannot travel
-    (``fits`` False, ``chunks`` how many pieces of ``max_payload`` it would take).
-    """
-    chunks = max(1, math.ceil(nbytes / max_payload))
-    return TransportPlan(nbytes, chunks, chunks == 1)
+def transport_plan(
+    nbytes: int, chunk_size: int, max_message: int = DEFAULT_TRANSFER.max_message
+) -> TransportPlan:
+    """The one seam with the transport: a message of ``nbytes`` at ``chunk_size``
+    (``agent.messages.chunks.chunking_plan``), against a receiver's ``max_message``."""
+    try:
+        plan = chunking_plan(nbytes, chunk_size)
+    except ValueError:
+        return TransportPlan(nbytes, -(-nbytes // chunk_size), True, nbytes, False)
+    fits = nbytes <= max_message
+    return TransportPlan(nbytes, plan.chunks, plan.chunked, plan.wire_bytes, fits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +96,11 @@ class ModelSize:
         kept = f" ({carried:,} in integer arrays, carried)" if carried else ""
 
         def plan(p: TransportPlan) -> str:
-            if p.chunks == 1:
+            if not p.chunked:
                 return "one message each"
-            return f"needs {p.chunks} chunks: above max_payload" + ("" if p.fits else ", FAILS")
+            return f"chunked: {p.chunks} chunks, {p.wire:,} bytes on the wire" + (
+                "" if p.fits else ", above [transfer] max_message: FAILS"
+            )
 
         return (
             f"{self.parameters:,} values{kept} in {self.arrays} arrays, "
@@ -99,7 +111,7 @@ class ModelSize:
         )
 
 
-def model_size(weights: Weights, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> ModelSize:
+def model_size(weights: Weights, *, chunk_size: int = DEFAULT_TRANSFER.chunk_size) -> ModelSize:
     """Measure ``weights`` (see the module docstring).
 
     Raises:
@@ -120,6 +132,22 @@ def model_size(weights: Weights, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> M
         tensor_bytes=sum(len(t.data) for t in tensors),
         model_message=model_message,
         masked_message=masked_message,
-        plain=transport_plan(model_message, max_payload),
-        secure=transport_plan(max(model_message, masked_message), max_payload),
+        plain=transport_plan(model_message, chunk_size),
+        secure=transport_plan(max(model_message, masked_message), chunk_size),
     )
+
+
+def chunk_size_for(max_payload: int) -> int:
+    """The ``[transfer] chunk_size`` agents with this ``max_payload`` would use: the default,
+    or less so a chunk and its envelope fit (``AgentConfig`` refuses a larger one).
+
+    Raises:
+        ValueError: ``max_payload`` leaves no room for a chunk beside the envelope.
+    """
+    size = min(DEFAULT_TRANSFER.chunk_size, max_payload - ENVELOPE_MARGIN)
+    if size < 64 * 1024:
+        raise ValueError(
+            f"max_payload = {max_payload:,} bytes leaves no room for a chunk of 64 KiB beside "
+            f"an {ENVELOPE_MARGIN:,}-byte envelope: raise max_payload"
+        )
+    return size
