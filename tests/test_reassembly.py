@@ -221,3 +221,26 @@ def test_the_running_mean_is_fedavg() -> None:
     assert got.total_weight == want.total_weight == 12
     for a, b in zip(got.delta, want.delta, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_running_mean_carries_integer_arrays_and_keeps_every_metric() -> None:
+    """As ``mean_update``: an int64 counter (a BatchNorm's ``num_batches_tracked``) gets a zero
+    delta, and every numeric fit metric is weighted by num_examples, not only train_loss."""
+    current = [np.zeros(4, np.float32), np.array(7, np.int64)]
+    results = [
+        ClientResult(
+            f"a{i}",
+            [np.full(4, float(i), np.float32), np.array(100 + i, np.int64)],
+            n,
+            {"train_loss": float(i), "train_accuracy": 0.5 + i / 10},
+        )
+        for i, n in enumerate((1, 3))
+    ]
+    fold = RunningMean(current)
+    for r in results:
+        fold.add(r.weights, r.num_examples)
+    got, want = fold.result(results), mean_update(current, results)
+    assert not got.delta[1].any()
+    np.testing.assert_allclose(got.delta[0], want.delta[0])
+    assert got.metrics == pytest.approx(want.metrics)
+    assert set(got.metrics) == {"train_loss", "train_accuracy"}

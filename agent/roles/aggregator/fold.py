@@ -13,14 +13,13 @@ instead (``PlainRound(fold=None)``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from agent.errors import RoundError
-from agent.plugin.api import Weights
-from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, weighted_mean
+from agent.plugin.api import Weights, is_averaged
+from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, weighted_metrics
 
 #: Values folded per step: bounds the float64 temporaries to a few MiB whatever the layer size.
 STEP = 1 << 18
@@ -28,15 +27,18 @@ STEP = 1 << 18
 
 class RunningMean:
     """Σ n_k w_k over the updates added, and Σ n_k; the mean delta is Σ n_k w_k / Σ n_k
-    minus ``current``, the same as Σ n_k (w_k - current) / Σ n_k.
+    minus ``current``, the same as Σ n_k (w_k - current) / Σ n_k. Only the averaged
+    (floating-point) arrays are summed; the carried integer arrays get a zero delta, as in
+    ``strategy.update.model_delta``.
 
     Args:
-        current: the model in force (the deltas' base), float arrays of any dtype.
+        current: the model in force (the deltas' base), arrays of any dtype.
     """
 
     def __init__(self, current: Weights) -> None:
         self._current = current
         self._sum: Delta = [np.zeros(a.shape, np.float64) for a in current]
+        self._averaged = [is_averaged(a) for a in current]
         self._scratch = np.empty(STEP, np.float64)
         self.total = 0
 
@@ -44,7 +46,9 @@ class RunningMean:
         """Fold one verified update (shaped like ``current``) with weight ``num_examples``:
         two passes over it, in float64, with no temporary larger than ``STEP`` values."""
         n = float(num_examples)
-        for acc, w in zip(self._sum, weights, strict=True):
+        for acc, w, averaged in zip(self._sum, weights, self._averaged, strict=True):
+            if not averaged:
+                continue
             flat_acc, flat_w = acc.reshape(-1), w.reshape(-1)
             for start in range(0, flat_acc.size, STEP):
                 end = min(start + STEP, flat_acc.size)
@@ -54,26 +58,19 @@ class RunningMean:
         self.total += num_examples
 
     def result(self, results: Sequence[ClientResult]) -> AggregatedUpdate:
-        """The mean delta Σ n_k Δ_k / Σ n_k (in place: the sum is spent), with the weighted
-        ``train_loss`` of ``results`` (the survivors, whose weights may be empty).
+        """The mean delta Σ n_k Δ_k / Σ n_k (in place: the sum is spent), with every fit
+        metric's weighted mean over ``results`` (the survivors, whose weights may be empty).
 
         Raises:
             RoundError: nothing was added, or Σ num_examples ≤ 0.
         """
         if not results or self.total <= 0:
             raise RoundError("no update with num_examples > 0 to aggregate")
-        for acc, base in zip(self._sum, self._current, strict=True):
+        for acc, base, averaged in zip(self._sum, self._current, self._averaged, strict=True):
+            if not averaged:
+                continue
             np.divide(acc, self.total, out=acc)
             np.subtract(acc, base, out=acc, dtype=np.float64)
-        metrics: dict[str, float] = {}
-        loss = weighted_mean(
-            [
-                (float(v), r.num_examples)
-                for r in results
-                if isinstance(v := r.metrics.get("train_loss"), int | float)
-            ]
-        )
-        if not math.isnan(loss):
-            metrics["train_loss"] = loss
+        metrics = weighted_metrics([(r.metrics, r.num_examples) for r in results])
         survivors = tuple(sorted(r.agent_id for r in results))
         return AggregatedUpdate(self._sum, self.total, survivors, metrics)
