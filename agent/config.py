@@ -164,6 +164,12 @@ class AggregatorConfig(_Config, frozen=True):
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
+        over_selection: ask ``ceil((1 + over_selection) · cohort)`` agents and close the round
+            once the cohort size answered (Bonawitz et al. 2019, §2.2; 0: no over-selection).
+        sender_rate, sender_burst: per-sender token bucket (messages/s, burst) applied before
+            decode to each trainer's own topics; ``join_rate``/``join_burst`` to its joins.
+        rejoin_interval: seconds within which a repeated join of an admitted agent is not
+            answered again (a flood of joins gets one answer).
     """
 
     rounds: AtLeastOne = 10
@@ -183,6 +189,12 @@ class AggregatorConfig(_Config, frozen=True):
     strategy: StrategyConfig = StrategyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
+    over_selection: Annotated[float, msgspec.Meta(ge=0, le=4)] = 0.0
+    sender_rate: Positive = 200.0
+    sender_burst: AtLeastOne = 400
+    join_rate: Positive = 2.0
+    join_burst: AtLeastOne = 5
+    rejoin_interval: Annotated[float, msgspec.Meta(ge=0)] = 1.0
 
     def __post_init__(self) -> None:
         if self.min_fit_clients > self.max_fit_clients:

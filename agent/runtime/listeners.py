@@ -41,6 +41,7 @@ from agent.messages.signing import Signed
 from agent.messages.topics import TopicSpec, classify
 from agent.role import Identity, Role
 from agent.runtime.dedupe import SeenIds
+from agent.runtime.fairness import FairQueue
 from agent.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -144,6 +145,10 @@ class Dispatcher:
             enrollment service answers the device); it must not raise. None: drops are only
             logged.
         metrics: counts accepted and dropped messages (the role's; default: its own).
+        fairness: per-sender rate limits and queue shares applied in ``run`` before decode
+            (``agent.runtime.fairness``; the aggregator's); None: the bus's order.
+        seen: called with the sender of every message whose signature verified (with
+            identities off: of every accepted message), e.g. ``LivenessTracker.touch``.
     """
 
     def __init__(
@@ -157,8 +162,12 @@ class Dispatcher:
         security: Security | None = None,
         on_drop: DropHook | None = None,
         metrics: Metrics | None = None,
+        fairness: FairQueue | None = None,
+        seen: Callable[[str], None] | None = None,
     ) -> None:
         self._federation = federation
+        self.fairness = fairness
+        self._seen_sender = seen
         self._on_drop = on_drop
         self.metrics = Metrics() if metrics is None else metrics
         self.security = security
@@ -191,6 +200,8 @@ class Dispatcher:
         identity = None
         if security is not None:
             identity = verify_sender(security.verifier, signed, envelope, spec)
+            if self._seen_sender is not None:
+                self._seen_sender(envelope.sender)  # any signed message is a sign of life
         data = envelope.body
         unseal_key = security.unseal_key if security is not None else None
         if envelope.sealed:
@@ -216,6 +227,8 @@ class Dispatcher:
             raise StaleRoundError(f"round {envelope.round}, current round {current}")
         if envelope.kind not in TIMELESS_KINDS and not self._seen.add(envelope.message_id):
             raise DuplicateMessageError(f"message id {envelope.message_id.hex()}")
+        if security is None and self._seen_sender is not None:
+            self._seen_sender(envelope.sender)
         return listener, message
 
     async def dispatch(self, raw: BusMessage) -> bool:
@@ -266,5 +279,8 @@ class Dispatcher:
 
     async def run(self, bus: Bus) -> None:
         """The receive loop: dispatch every message from ``bus`` until it is closed."""
-        async for raw in bus.messages():
+        messages = bus.messages()
+        if self.fairness is not None:
+            messages = self.fairness.through(messages)
+        async for raw in messages:
             await self.dispatch(raw)

@@ -46,6 +46,8 @@ class FederatedEvaluation:
         self._evaluators: frozenset[str] = frozenset()
         self._results: dict[str, EvaluateRes] = {}
         self._complete = asyncio.Event()
+        #: evaluators of the last run still waited for when ``timeout`` passed
+        self.late: frozenset[str] = frozenset()
 
     async def run(
         self, r: int, state: GlobalState, evaluators: frozenset[str]
@@ -55,6 +57,7 @@ class FederatedEvaluation:
         self._version, self._evaluators = state.version, evaluators
         self._results = {}
         self._complete.clear()
+        self.late = frozenset()
         if not evaluators:
             log.warning("evaluation_skipped", reason="no_responsive_agent")
             return None, None, 0
@@ -68,6 +71,7 @@ class FederatedEvaluation:
                 await self._complete.wait()
         except TimeoutError:
             log.warning("evaluation_incomplete", answered=len(self._results))
+            self.late = self._evaluators - self._results.keys()
         self._metrics.stage_seconds.labels("evaluate").observe(time.monotonic() - started)
         results = [x for x in self._results.values() if x.num_examples > 0]
         if not results:
@@ -82,6 +86,13 @@ class FederatedEvaluation:
         )
         examples = sum(x.num_examples for x in results)
         return loss, (None if np.isnan(accuracy) else accuracy), examples
+
+    def forget(self, agent_id: str) -> None:
+        """An evaluator went offline: the evaluation stops waiting for it."""
+        if agent_id in self._evaluators:
+            self._evaluators = self._evaluators - {agent_id}
+            if self._evaluators <= self._results.keys():
+                self._complete.set()
 
     def on_metrics(self, sender: str, body: EvaluateRes) -> None:
         """A result: kept if it is for the model under evaluation."""

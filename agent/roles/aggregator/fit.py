@@ -125,18 +125,24 @@ class CohortFit:
         self._metrics = metrics
         #: the cohort of the round in progress (or the last one)
         self.cohort: frozenset[str] = frozenset()
+        #: members of the last round waited for until a deadline passed without an answer
+        self.late: frozenset[str] = frozenset()
         self._plain: PlainRound | None = None
         self._secure: SecureRound | None = None
 
-    async def run(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+    async def run(
+        self, r: int, cohort: Sequence[str], before: GlobalState, *, quorum: int | None = None
+    ) -> Outcome:
         """Ask ``cohort`` to train from ``before`` in round ``r``; the outcome once every
-        member delivered or the deadline (``round_timeout``) passed."""
+        member delivered, ``quorum`` members delivered (over-selection; None: all), or the
+        deadline (``round_timeout``) passed."""
         self.cohort = frozenset(cohort)
+        self.late = frozenset()
         if not cohort:
             return Outcome.failed(RoundFailure.NO_COHORT)
         if self._schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS:
-            return await self._secure_fit(r, cohort, before)
-        return await self._plain_fit(r, cohort, before)
+            return await self._secure_fit(r, cohort, before, quorum)
+        return await self._plain_fit(r, cohort, before, quorum)
 
     @property
     def strategy(self) -> Strategy:
@@ -195,15 +201,20 @@ class CohortFit:
             **secagg,
         )
 
-    async def _plain_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
-        """Updates in the clear: wait for every member or the deadline, then the strategy."""
+    async def _plain_fit(
+        self, r: int, cohort: Sequence[str], before: GlobalState, quorum: int | None
+    ) -> Outcome:
+        """Updates in the clear: wait for every member (or ``quorum``) or the deadline, then
+        the strategy."""
         started = time.monotonic()
-        self._plain = PlainRound(cohort=frozenset(cohort), model=before, alive=self._alive)
+        plain = PlainRound(cohort=frozenset(cohort), model=before, alive=self._alive, quorum=quorum)
+        self._plain = plain
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
-            results = await self._plain.wait(self._schedule.round_timeout)
+            results = await plain.wait(self._schedule.round_timeout)
         finally:
             self._plain = None
+            self.late = plain.late
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
@@ -215,7 +226,9 @@ class CohortFit:
         weights = await asyncio.to_thread(self._strategy.step, before.weights, update)
         return Outcome.of(weights, update)
 
-    async def _secure_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+    async def _secure_fit(
+        self, r: int, cohort: Sequence[str], before: GlobalState, quorum: int | None
+    ) -> Outcome:
         """SecAgg+: the aggregator learns only the survivors' weighted sum of model deltas;
         their weighted mean goes through the strategy."""
         settings = self._schedule.secagg
@@ -231,13 +244,14 @@ class CohortFit:
             os.urandom(32),
             size_of(before.weights),
         )
-        self._secure = SecureRound(
+        self._secure = secure = SecureRound(
             outbox=self._outbox,
             setup=setup,
             stage_timeout=settings.stage_timeout,
             input_deadline=time.monotonic() + self._schedule.round_timeout,
             model_version=before.version,
             metrics=self._metrics,
+            quorum=quorum,
         )
         ins = self._fit_ins(before, secagg=setup_body(setup, stage_timeout=settings.stage_timeout))
         log.info(
@@ -255,6 +269,7 @@ class CohortFit:
             return Outcome.failed(RoundFailure.SECAGG_ABORTED)
         finally:
             self._secure = None
+            self.late = frozenset(secure.late)
         update = AggregatedUpdate(
             delta=split(aggregate.mean, before.weights),
             total_weight=aggregate.total_weight,

@@ -25,15 +25,25 @@ class PlainRound:
         cohort: the members asked to train.
         model: the model they train from.
         alive: liveness (a member that went offline is not waited for).
+        quorum: complete once this many valid updates arrived (over-selection; None: every
+            member).
     """
 
     def __init__(
-        self, *, cohort: frozenset[str], model: GlobalState, alive: Callable[[str], bool]
+        self,
+        *,
+        cohort: frozenset[str],
+        model: GlobalState,
+        alive: Callable[[str], bool],
+        quorum: int | None = None,
     ) -> None:
         self.cohort = cohort
         self._model = model
         self._alive = alive
+        self._quorum = quorum
         self.results: dict[str, ClientResult] = {}
+        #: members still waited for when the deadline passed (set by ``wait``)
+        self.late: frozenset[str] = frozenset()
         self._complete = asyncio.Event()
 
     def on_update(self, sender: str, body: ModelUpdate) -> None:
@@ -65,9 +75,10 @@ class PlainRound:
         self.check_complete()
 
     def check_complete(self) -> None:
-        """Complete when every member delivered or went offline."""
+        """Complete when every member delivered or went offline, or ``quorum`` delivered."""
         waiting = {a for a in self.cohort - self.results.keys() if self._alive(a)}
-        if self.cohort and not waiting:
+        enough = self._quorum is not None and len(self.results) >= self._quorum
+        if self.cohort and (enough or not waiting):
             self._complete.set()
 
     async def wait(self, seconds: float) -> list[ClientResult]:
@@ -76,5 +87,5 @@ class PlainRound:
             async with asyncio.timeout(seconds):
                 await self._complete.wait()
         except TimeoutError:
-            pass
+            self.late = frozenset(a for a in self.cohort - self.results.keys() if self._alive(a))
         return [self.results[a] for a in sorted(self.results)]

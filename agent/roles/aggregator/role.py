@@ -30,6 +30,7 @@ from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import federate
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
+from agent.runtime.fairness import FairnessLimits, FairQueue
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -101,6 +102,7 @@ class Aggregator:
             if seal_key
             else None,
             current=lambda: (self._now.round, self._now.model),
+            rejoin_interval=schedule.rejoin_interval,
         )
         self.board = StatusBoard(
             liveness=self.liveness,
@@ -129,6 +131,7 @@ class Aggregator:
             board=self.board,
             metrics=self.metrics,
             observer=observer,
+            connected=bus.wait_connected,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
@@ -150,6 +153,17 @@ class Aggregator:
                 else None
             ),
             metrics=self.metrics,
+            fairness=FairQueue(
+                fed,
+                limits=FairnessLimits(
+                    rate=schedule.sender_rate,
+                    burst=schedule.sender_burst,
+                    join_rate=schedule.join_rate,
+                    join_burst=schedule.join_burst,
+                ),
+                metrics=self.metrics,
+            ),
+            seen=self.liveness.touch,
         )
 
     @property
@@ -221,4 +235,5 @@ class Aggregator:
         log.info("agent_status", agent=sender, state=str(body.state), detail=body.detail)
         if body.state is Liveness.OFFLINE:
             self.fit.on_offline(sender)
+            self._evaluation.forget(sender)
         self.board.changed()

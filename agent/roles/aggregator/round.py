@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -20,7 +21,7 @@ from agent.config import AggregatorConfig
 from agent.messages.bodies import Liveness, RoundPhase
 from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.broadcast import publish_model
-from agent.roles.aggregator.cohort import sample_cohort
+from agent.roles.aggregator.cohort import cohort_size, sample_cohort
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit, Outcome, RoundFailure
 from agent.roles.aggregator.records import GlobalState, RoundObserver, RoundRecord
@@ -54,6 +55,8 @@ class RoundParts:
     board: StatusBoard
     metrics: Metrics
     observer: RoundObserver | None = None
+    #: ``Bus.wait_connected(timeout)``: no round starts while the broker is down
+    connected: Callable[[float | None], Awaitable[None]] | None = None
 
 
 async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
@@ -76,6 +79,13 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         min_clients=schedule.min_fit_clients,
         max_clients=schedule.max_fit_clients,
         rng=parts.rng,
+        over_selection=schedule.over_selection,
+    )
+    needed = cohort_size(
+        len(alive),
+        fraction=schedule.fraction_fit,
+        min_clients=schedule.min_fit_clients,
+        max_clients=schedule.max_fit_clients,
     )
     log.info(
         "round_started",
@@ -87,9 +97,10 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         parts.observer.round_started(r, cohort)
     parts.board.enter(RoundPhase.TRAINING, f"training ({len(cohort)} agents)")
     parts.board.changed()
-    outcome = await parts.fit.run(r, cohort, before)
+    outcome = await parts.fit.run(r, cohort, before, quorum=needed)
     dropouts = sorted(set(cohort) - set(outcome.survivors))
     parts.admission.record_round(cohort, dropouts)
+    _missed(parts, parts.fit.late)
     if outcome.weights is not None:
         now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
         await publish_model(parts.outbox, now.model, round=r)
@@ -103,9 +114,9 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     every = schedule.eval_every
     if (every and r % every == 0) or r == schedule.rounds:
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
-        loss, accuracy, eval_examples = await parts.evaluation.run(
-            r, now.model, parts.admission.evaluators()
-        )
+        evaluators = frozenset(a for a in parts.admission.evaluators() if parts.liveness.alive(a))
+        loss, accuracy, eval_examples = await parts.evaluation.run(r, now.model, evaluators)
+        _missed(parts, parts.evaluation.late)
     record = RoundRecord(
         round=r,
         cohort=cohort,
@@ -122,6 +133,14 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     )
     _count(parts, record, outcome)
     return record
+
+
+def _missed(parts: RoundParts, late: frozenset[str]) -> None:
+    """Members waited for until a deadline passed: not waited for again until they show life."""
+    if late:
+        log.info("agents_missed_deadline", agents=sorted(late))
+    for agent_id in late:
+        parts.liveness.missed(agent_id)
 
 
 def _count(parts: RoundParts, record: RoundRecord, outcome: Outcome) -> None:

@@ -14,6 +14,18 @@ from agent.roles.aggregator.round import InForce, RoundParts, run_round
 log = structlog.get_logger(__name__)
 
 
+async def _wait_for_bus(parts: RoundParts) -> None:
+    """A round started while the broker is down would be spent on nothing: wait for it."""
+    if parts.connected is None:
+        return
+    try:
+        await parts.connected(0.1)
+    except TimeoutError:  # BusTimeoutError
+        log.warning("waiting_for_bus", reason="no broker session; the round waits")
+        await parts.connected(None)
+        log.info("bus_back")
+
+
 async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSummary:
     """Persist the initial model, wait for ``min_available_clients`` agents, publish the
     model, run ``rounds`` rounds (each persisted as it ends), then close admission and send
@@ -32,6 +44,7 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSumma
     records: list[RoundRecord] = []
     for r in range(1, schedule.rounds + 1):
         with structlog.contextvars.bound_contextvars(round=r):
+            await _wait_for_bus(parts)
             record = await run_round(parts, now, r)
             await store.save_round(record, now.model)
             await store.save_strategy(r, parts.fit.strategy.state())

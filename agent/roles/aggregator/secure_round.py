@@ -76,6 +76,8 @@ class SecureRound:
         input_deadline: ``time.monotonic()`` by which masked inputs must have arrived.
         model_version: the model the masked inputs must be trained from.
         metrics: observes each stage's duration (``stage_seconds``, by stage).
+        quorum: the advertise and collect stages close once this many answered (over-
+            selection, Bonawitz et al. 2019; None: every member or the deadline).
     """
 
     def __init__(
@@ -87,8 +89,12 @@ class SecureRound:
         input_deadline: float,
         model_version: int,
         metrics: Metrics,
+        quorum: int | None = None,
     ) -> None:
         self._outbox = outbox
+        self._quorum = quorum
+        #: members waited for until a stage deadline passed without their answer
+        self.late: set[str] = set()
         self._metrics = metrics
         self._round = setup.context.round
         self._stage_timeout = stage_timeout
@@ -198,7 +204,12 @@ class SecureRound:
             )
             return
         self._answered.add(sender)
-        if self._expected <= self._answered:
+        enough = (
+            self._quorum is not None
+            and stage in (Stage.ADVERTISE_KEYS, Stage.COLLECT_MASKED_INPUT)
+            and len(self._answered) >= self._quorum
+        )
+        if enough or self._expected <= self._answered:
             self._everyone.set()
 
     def _expect(self, who: Iterable[str]) -> None:
@@ -216,6 +227,7 @@ class SecureRound:
                 await self._everyone.wait()
         except TimeoutError:
             self._timed_out = True
+            self.late |= self._expected - self._answered
 
     async def _relay(self, per_agent: Mapping[str, Any], build: Callable[[Any], Body]) -> None:
         """Send each agent its relay body (concurrently; each QoS 1 publish is acknowledged)."""
