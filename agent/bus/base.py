@@ -61,6 +61,11 @@ class BusSettings:
             a silently dead connection is noticed after about two of them.
         will: optional last will, or a function returning it, called for each new
             connection (so a signed will carries a fresh message id and timestamp).
+        session_expiry: MQTT 5 Session Expiry Interval in seconds, with Clean Start off:
+            the broker keeps our subscriptions and queues QoS 1 messages for us while we are
+            away (and, with broker persistence, across its restart); 0: a clean session per
+            connection. NATS: seconds of our own publishes replayed after a reconnect
+            (``agent.bus.nats_bus``); 0: none.
     """
 
     client_id: str
@@ -72,6 +77,7 @@ class BusSettings:
     backoff_max: float = 5.0
     keepalive: int = 30
     will: LastWill | Callable[[], LastWill] | None = None
+    session_expiry: int = 300
 
     def current_will(self) -> LastWill | None:
         """The will for a connection being opened now."""

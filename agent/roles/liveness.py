@@ -99,11 +99,11 @@ class LivenessTracker:
         )
         return before is None or before.state != status.state
 
-    def alive(self, agent_id: str) -> bool:
+    def alive(self, agent_id: str, *, forgive_late: bool = False) -> bool:
         """False once the agent said offline, its heartbeats stopped, or it missed a deadline
-        and has sent nothing since; True when it never sent a status (an agent that does not
-        publish one is judged by its answers)."""
-        if agent_id in self.late:
+        and has sent nothing since (unless ``forgive_late``); True when it never sent a status
+        (an agent that does not publish one is judged by its answers)."""
+        if agent_id in self.late and not forgive_late:
             return False
         seen = self.agents.get(agent_id)
         if seen is None:

@@ -9,7 +9,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.base import Bus
-from agent.errors import SealError, TransportError
+from agent.errors import PublishRefusedError, SealError, TransportError
 from agent.messages.bodies import KIND_OF, Body
 from agent.messages.codec import encode
 from agent.messages.kinds import Kind
@@ -57,7 +57,8 @@ class Outbox:
         Returns the payload size in bytes.
 
         Raises:
-            TransportError: from the bus.
+            TransportError: from the bus; ``PublishRefusedError`` when the broker refused it
+                (logged as ``publish_refused`` and counted in ``publishes_refused``).
             SealError: a body that must be sealed while no sealing key is known.
         """
         topic = spec.format(self.federation, agent_id)
@@ -74,8 +75,14 @@ class Outbox:
         )
         # Encoding, sealing and signing a model hashes and encrypts megabytes: off the loop.
         payload = await asyncio.to_thread(build) if KIND_OF[type(body)] in BULKY else build()
-        await self._bus.publish(topic, payload, retain=spec.retained)
         kind = str(KIND_OF[type(body)])
+        try:
+            await self._bus.publish(topic, payload, retain=spec.retained)
+        except PublishRefusedError as exc:
+            # Not a flaky network: this agent's broker rights are wrong. Loud, and counted.
+            self.metrics.publishes_refused.labels(kind).inc()
+            log.error("publish_refused", topic=topic, kind=kind, code=exc.code)  # noqa: TRY400
+            raise
         self.metrics.messages_sent.labels(kind).inc()
         self.metrics.bytes_sent.labels(kind).inc(len(payload))
         log.debug("message_sent", topic=topic, kind=type(body).__name__, size=len(payload))

@@ -71,6 +71,13 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     now.round = r
     before = now.model
     alive = [a for a in admitted if parts.liveness.alive(a)]
+    if len(alive) < schedule.min_fit_clients:
+        # Too few agents showed life since their last deadline: rather than no round, the
+        # ones that missed it get another chance (each may cost this one deadline again).
+        late = sorted(
+            a for a in admitted if a not in alive and parts.liveness.alive(a, forgive_late=True)
+        )
+        alive += late[: schedule.min_fit_clients - len(alive)]
     if len(alive) < len(admitted):
         log.info("offline_agents_skipped", offline=sorted(set(admitted) - set(alive)))
     cohort = sample_cohort(
