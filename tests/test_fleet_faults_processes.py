@@ -22,7 +22,9 @@ async def test_killed_agents_cost_at_most_round_1(broker: EmbeddedBroker, tmp_pa
         broker, tmp_path, agents=5, fraction=0.3, rounds=3, round_timeout=6.0
     )
     assert result["killed"] == 2
-    assert all(r["survivors"] == 3 for r in result["rounds"])
+    survivors = [r["survivors"] for r in result["rounds"]]
+    assert survivors[0] >= 3, result  # a victim may have delivered before it died
+    assert survivors[1:] == [3, 3], result
     assert result["killed_in_cohort_after_round_1"] == []
     assert set(result["waited_full_deadline"]) <= {1}
     if broker.kind == "mqtt":
