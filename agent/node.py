@@ -117,6 +117,7 @@ async def run_node(
             config.federation,
             sender=config.agent_id,
             ca_dir=ca_dir,
+            signer=aggregator.signer,
         )
         async with asyncio.TaskGroup() as tg:
             enrolling = tg.create_task(service.run(), name="enrollment")

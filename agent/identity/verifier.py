@@ -92,6 +92,8 @@ class Verifier:
             public.verify(signed.signature, signed.envelope, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature as exc:
             raise BadSignatureError("the signature does not verify") from exc
+        except Exception as exc:
+            raise BadSignatureError(f"unusable signature: {type(exc).__name__}") from exc
         if not timeless and abs(time.time() - timestamp) > self._skew:
             raise StaleTimestampError(f"timestamp {timestamp:.0f} is outside the window")
         if identity.role is not publisher:
@@ -109,14 +111,17 @@ class Verifier:
         try:
             cert = x509.load_der_x509_certificate(der)
             identity = verify_issued(self._ca, cert)
-        except ValueError as exc:
-            raise UnknownSignerError(f"unreadable certificate: {exc}") from exc
+            public = cert.public_key()
+            expires = cert.not_valid_after_utc.timestamp()
         except IdentityError as exc:
             raise UnknownSignerError(f"certificate refused ({exc.reason}): {exc}") from exc
-        public = cert.public_key()
+        except Exception as exc:
+            # ValueError, x509.InvalidVersion (a flipped bit in the version), UnsupportedAlgorithm:
+            # whatever the parser raises on these bytes, the message is refused, no traceback.
+            raise UnknownSignerError(f"unreadable certificate: {type(exc).__name__}") from exc
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise UnknownSignerError("the certificate's key is not ECDSA")
-        self._cache[der] = (identity, public, cert.not_valid_after_utc.timestamp())
+        self._cache[der] = (identity, public, expires)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return identity, public

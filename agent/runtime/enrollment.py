@@ -33,6 +33,7 @@ from agent.messages.bodies import EnrollReply, EnrollRequest
 from agent.messages.codec import decode_envelope, encode
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
+from agent.messages.signing import Signer
 from agent.messages.topics import ENROLL, ENROLL_REPLY, classify
 from agent.role import Identity, Role
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
@@ -64,6 +65,9 @@ class EnrollmentService:
             nats-server authorization that lists agents, and reload it). If it raises, the
             error is logged (``enrollment_hook_failed``) and the device still gets its
             certificate.
+        signer: signs every reply (the aggregator's, or the CA's enroll identity): a device
+            that holds the CA certificate can tell a reply of ours from junk on its topic.
+            Every reply also names the request it answers (``EnrollReply.request``).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class EnrollmentService:
         valid_days: int = 365,
         ca_dir: Path | None = None,
         on_enrolled: EnrolledHook | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self._bus = bus
         self._ca = ca
@@ -86,6 +91,7 @@ class EnrollmentService:
         self._valid_days = valid_days
         self._ca_dir = ca_dir
         self._on_enrolled = on_enrolled
+        self._signer = signer
         self._ca_pem = ca.cert.public_bytes(_PEM)
         listeners = ListenerRegistry()
         listeners.register(Kind.ENROLL, self._on_request, rounds=RoundPolicy.ANY)
@@ -184,15 +190,17 @@ class EnrollmentService:
         wait for another writer). Returns the certificate and the serials it superseded."""
         try:
             csr = x509.load_pem_x509_csr(request.csr)
-        except ValueError as exc:
+        except Exception as exc:
             raise IdentityError("bad_csr", "the CSR is not a PEM PKCS#10 request") from exc
-        cert = sign_csr(
-            self._ca, csr, agent_id=request.agent_id, role=Role.TRAINER, valid_days=self._valid_days
-        )
         row = self._registry.agent(request.agent_id)
         if row is not None and row.role is not Role.TRAINER:
             raise IdentityError("role_conflict", f"{request.agent_id!r} is not a trainer's id")
+        # The token first: nothing is signed for a request whose token is not redeemed now
+        # (a refused CSR after this costs the token, never a certificate without one).
         self._registry.redeem_token(request.token, request.agent_id)
+        cert = sign_csr(
+            self._ca, csr, agent_id=request.agent_id, role=Role.TRAINER, valid_days=self._valid_days
+        )
         return cert, self._registry.record_enrollment(identity_of(cert), cert)
 
     def _refuse(
@@ -209,7 +217,9 @@ class EnrollmentService:
 
     async def _reply(self, reply: EnrollReply) -> None:
         topic = ENROLL_REPLY.format(self._federation, reply.agent_id)
-        payload = encode(reply, federation=self._federation, round=0, sender=self._sender)
+        payload = encode(
+            reply, federation=self._federation, round=0, sender=self._sender, signer=self._signer
+        )
         try:
             await self._bus.publish(topic, payload)
         except TransportError as exc:

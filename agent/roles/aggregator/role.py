@@ -19,6 +19,7 @@ from agent.messages import topics
 from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
+from agent.messages.signing import Signer
 from agent.plugin.api import Weights
 from agent.role import Identity, Role
 from agent.roles.aggregator.admission import Admission
@@ -165,6 +166,11 @@ class Aggregator:
             ),
             seen=self.liveness.touch,
         )
+
+    @property
+    def signer(self) -> Signer | None:
+        """The aggregator's signer (None with identities off); enrollment replies use it."""
+        return self._outbox.signer
 
     @property
     def round(self) -> int:
