@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -68,8 +69,15 @@ class Constant:
     """A plugin whose fit returns weights filled with ``value`` after ``fit_seconds`` (in the
     fit's worker thread): cheap, and FedAvg is exact."""
 
-    def __init__(self, value: float, n: int = 10, *, fit_seconds: float = 0.0) -> None:
-        self.value, self.n, self.fit_seconds = value, n, fit_seconds
+    def __init__(
+        self,
+        value: float,
+        n: int = 10,
+        *,
+        fit_seconds: float = 0.0,
+        gate: threading.Event | None = None,
+    ) -> None:
+        self.value, self.n, self.fit_seconds, self.gate = value, n, fit_seconds, gate
 
     def get_weights(self) -> Weights:
         return [np.zeros((16, 8), np.float32), np.zeros(8, np.float32)]
@@ -80,6 +88,8 @@ class Constant:
     def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
         del config
         time.sleep(self.fit_seconds)
+        if self.gate is not None:
+            self.gate.wait(60)  # e.g. until the flood is over: the round stays open meanwhile
         return FitResult([np.full_like(w, self.value) for w in weights], self.n, {})
 
     def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
@@ -151,6 +161,7 @@ async def federate(
     hooks: Hooks | None = None,
     extra: Callable[[], Awaitable[None]] | None = None,
     fit_seconds: float = 0.0,
+    gate: threading.Event | None = None,
 ) -> tuple[RunSummary, list[dict[str, Any]]]:
     """``honest`` in-process trainers (``Constant``) and the aggregator on ``broker``; ``extra``
     runs beside them (a silent agent, a flooder) and is cancelled at the end."""
@@ -166,7 +177,9 @@ async def federate(
                 trainer = Trainer(
                     config=agent_config(agent_id, broker.url, work),
                     bus=bus,
-                    plugin=CheckedPlugin("constant", Constant(float(i), fit_seconds=fit_seconds)),
+                    plugin=CheckedPlugin(
+                        "constant", Constant(float(i), fit_seconds=fit_seconds, gate=gate)
+                    ),
                 )
                 tasks.append(asyncio.create_task(trainer.run()))
             if extra is not None:
@@ -257,8 +270,10 @@ async def flood(
     broker: EmbeddedBroker, work: Path, *, honest: int = 4, messages: int = 2000, rounds: int = 2
 ) -> Json:
     """One admitted device ("mallory", also a trainer) sends ``messages`` joins as fast as the
-    broker takes them, starting as round 1 starts."""
+    broker takes them, starting as round 1 starts; the honest agents' round-1 fits finish only
+    once the flood is over, so their updates arrive behind it, in the same round."""
     sent: dict[str, float] = {}
+    over = threading.Event()
 
     async def flood_now(r: int) -> None:
         if r != 1:
@@ -272,6 +287,7 @@ async def flood(
                 payload = encode(body, federation=FED, round=0, sender="mallory")
                 await bus.publish(topics.JOIN.format(FED), payload)
             sent["seconds"] = time.monotonic() - started
+        over.set()
 
     async def mallory() -> None:
         settings = BusSettings(client_id="mallory", **FAST)  # type: ignore[arg-type]
@@ -285,7 +301,9 @@ async def flood(
 
     sched = schedule(rounds=rounds, min_available_clients=honest + 1)
     hooks = Hooks(flood_now)
-    summary, logs = await federate(broker, work, sched, honest=honest, hooks=hooks, extra=mallory)
+    summary, logs = await federate(
+        broker, work, sched, honest=honest, hooks=hooks, extra=mallory, gate=over
+    )
     first = summary.rounds[0]
     honest_ids = {f"agent-{i}" for i in range(honest)}
     shed: dict[str, int] = {}
@@ -296,6 +314,7 @@ async def flood(
         "broker": broker.kind,
         "flood_messages": messages,
         "flood_seconds": round(sent.get("seconds", float("nan")), 3),
+        "round_1_seconds": round(first.seconds, 3),
         "rounds": _rounds(summary),
         "honest_survivors_round_1": len(honest_ids & set(first.survivors)),
         "honest": honest,
@@ -460,7 +479,8 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Json]]] = {
         ("silent_agent", silent_agent, {"honest": 8, "rounds": 4}),
         ("sigkill_30pct", sigkill_fraction, {"agents": 10, "fraction": 0.3, "rounds": 4}),
         ("flood_2000", flood, {"honest": 8, "messages": 2000, "rounds": 3}),
-        ("restart_secagg", broker_restart, {"honest": 8, "rounds": 4, "kill": True}),
+        ("restart_secagg", broker_restart, {"honest": 8, "rounds": 4, "restart_round": 3}),
+        ("restart_term_r2", broker_restart, {"honest": 8, "rounds": 3, "kill": False}),
     )
 }
 
