@@ -30,6 +30,7 @@ async def test_a_flood_of_joins_drops_no_honest_message(
     """2,000 joins from one admitted device during round 1: shed before decode and only the
     flooder's; every honest member survives the round; the flood gets no second answer."""
     result = await flood(broker, tmp_path, honest=3, messages=2000, rounds=1)
+    assert result["ok"], result
     assert result["bus_queue_full"] == 0
     assert result["honest_survivors_round_1"] == 3
     assert set(result["shed_by_sender_at_least"]) == {"mallory"}

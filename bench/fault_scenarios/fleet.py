@@ -3,8 +3,8 @@
 Each scenario runs one federation against a fresh mosquitto or nats-server and returns a
 JSON-able dict of what it measured; ``SCENARIOS`` maps a name to a no-argument coroutine
 function (``bench/faults.py`` discovers this module). ``tests/test_fleet_faults.py`` runs the
-same scenarios, small. Run alone: ``python bench/fault_scenarios/fleet.py [NAME ...]`` prints
-one JSON line per scenario.
+same scenarios, small. Run alone: ``python -m bench.fault_scenarios.fleet [NAME ...]`` prints
+one JSON line per scenario; ``ok`` is the scenario's verdict.
 
 - ``silent_*``: an admitted agent that never sends another message; no round after the first
   waits a full deadline for it (it missed round 1's, and shows no life since).
@@ -30,204 +30,39 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from structlog.testing import capture_logs
 
 from agent.brokers import BrokerKind, EmbeddedBroker
-from agent.bus.base import Bus, BusSettings
+from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
-from agent.config import (
-    AgentConfig,
-    AggregatorConfig,
-    PluginConfig,
-    SecAggConfig,
-    SecureAggregation,
-    TrainerConfig,
-)
+from agent.config import SecAggConfig, SecureAggregation
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.messages import topics
 from agent.messages.bodies import JoinRequest
 from agent.messages.codec import encode
-from agent.plugin.api import EvaluateResult, FitResult, PluginContext, Scalar, Weights
+from agent.plugin.api import PluginContext
 from agent.plugin.loader import CheckedPlugin, load_plugin
-from agent.role import Role
 from agent.roles.aggregator import Aggregator
-from agent.roles.aggregator.records import RoundRecord, RunSummary
 from agent.roles.trainer import Trainer
-
-FED = "fleet"
-FAST = {"backoff_initial": 0.05, "backoff_max": 1.0, "publish_timeout": 10.0}
-Json = dict[str, Any]
-
-
-class Constant:
-    """A plugin whose fit returns weights filled with ``value`` after ``fit_seconds`` (in the
-    fit's worker thread): cheap, and FedAvg is exact."""
-
-    def __init__(
-        self,
-        value: float,
-        n: int = 10,
-        *,
-        fit_seconds: float = 0.0,
-        gate: threading.Event | None = None,
-    ) -> None:
-        self.value, self.n, self.fit_seconds, self.gate = value, n, fit_seconds, gate
-
-    def get_weights(self) -> Weights:
-        return [np.zeros((16, 8), np.float32), np.zeros(8, np.float32)]
-
-    def num_examples(self) -> int:
-        return self.n
-
-    def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
-        del config
-        time.sleep(self.fit_seconds)
-        if self.gate is not None:
-            self.gate.wait(60)  # e.g. until the flood is over: the round stays open meanwhile
-        return FitResult([np.full_like(w, self.value) for w in weights], self.n, {})
-
-    def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
-        del config
-        return EvaluateResult(float(np.mean(weights[0])), self.n, {"accuracy": 0.5})
-
-
-def schedule(**kw: Any) -> AggregatorConfig:
-    base: dict[str, Any] = {
-        "rounds": 3,
-        "min_fit_clients": 2,
-        "join_timeout": 30.0,
-        "round_timeout": 8.0,
-        "eval_timeout": 8.0,
-    }
-    return AggregatorConfig(**{**base, **kw})
-
-
-def agent_config(agent_id: str, url: str, work: Path, *, plugin: str = "constant") -> AgentConfig:
-    return AgentConfig(
-        role=Role.TRAINER,
-        agent_id=agent_id,
-        federation=FED,
-        bus_url=url,
-        state_dir=work / agent_id,
-        plugin=PluginConfig(name=plugin),
-        trainer=TrainerConfig(join_retry=0.3, model_wait=10.0, heartbeat=2.0),
-    )
-
-
-def aggregator(
-    url: str, work: Path, sched: AggregatorConfig, plugin: str = "constant"
-) -> AgentConfig:
-    return AgentConfig(
-        role=Role.AGGREGATOR,
-        agent_id="aggregator",
-        federation=FED,
-        bus_url=url,
-        state_dir=work / "aggregator",
-        plugin=PluginConfig(name=plugin),
-        aggregator=sched,
-    )
-
-
-class Hooks:
-    """A ``RoundObserver`` that runs ``on_start(round)`` as a task of the running loop."""
-
-    def __init__(self, on_start: Callable[[int], Awaitable[None]] | None = None) -> None:
-        self._on_start = on_start
-        self.tasks: list[asyncio.Task[None]] = []
-        self.started: dict[int, float] = {}
-
-    def round_started(self, round: int, cohort: Sequence[str]) -> None:
-        del cohort
-        self.started[round] = time.monotonic()
-        if self._on_start is not None:
-            self.tasks.append(asyncio.get_running_loop().create_task(self._on_start(round)))
-
-    def round_finished(self, record: RoundRecord) -> None:
-        del record
-
-
-async def federate(
-    broker: EmbeddedBroker,
-    work: Path,
-    sched: AggregatorConfig,
-    *,
-    honest: int,
-    hooks: Hooks | None = None,
-    extra: Callable[[], Awaitable[None]] | None = None,
-    fit_seconds: float = 0.0,
-    gate: threading.Event | None = None,
-) -> tuple[RunSummary, list[dict[str, Any]]]:
-    """``honest`` in-process trainers (``Constant``) and the aggregator on ``broker``; ``extra``
-    runs beside them (a silent agent, a flooder) and is cancelled at the end."""
-    buses: list[Bus] = []
-    tasks: list[asyncio.Task[Any]] = []
-    with capture_logs() as logs:
-        try:
-            for i in range(honest):
-                agent_id = f"agent-{i}"
-                bus = bus_from_url(broker.url, BusSettings(client_id=agent_id, **FAST))  # type: ignore[arg-type]
-                await bus.__aenter__()
-                buses.append(bus)
-                trainer = Trainer(
-                    config=agent_config(agent_id, broker.url, work),
-                    bus=bus,
-                    plugin=CheckedPlugin(
-                        "constant", Constant(float(i), fit_seconds=fit_seconds, gate=gate)
-                    ),
-                )
-                tasks.append(asyncio.create_task(trainer.run()))
-            if extra is not None:
-                tasks.append(asyncio.create_task(extra()))
-            agg_bus = bus_from_url(broker.url, BusSettings(client_id="aggregator", **FAST))  # type: ignore[arg-type]
-            await agg_bus.__aenter__()
-            buses.append(agg_bus)
-            summary = await Aggregator(
-                config=aggregator(broker.url, work, sched),
-                bus=agg_bus,
-                plugin_name="constant",
-                initial_weights=Constant(0).get_weights(),
-                observer=hooks,
-            ).run()
-        finally:
-            for task in [*tasks, *(hooks.tasks if hooks else [])]:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for bus in buses:
-                await bus.__aexit__(None, None, None)
-    return summary, list(logs)
-
-
-def waited_rounds(logs: list[dict[str, Any]]) -> list[int]:
-    """Rounds in which the aggregator waited until a deadline for someone (captured logs
-    carry no context variables: the round is counted from ``round_started`` lines)."""
-    events = ("agents_missed_deadline", "evaluation_incomplete")
-    current, waited = 0, set()
-    for e in logs:
-        if e["event"] == "round_started":
-            current += 1
-        elif e["event"] in events:
-            waited.add(current)
-    return sorted(waited)
-
-
-def _rounds(summary: RunSummary) -> list[Json]:
-    return [
-        {
-            "round": r.round,
-            "cohort": len(r.cohort),
-            "survivors": len(r.survivors),
-            "seconds": round(r.seconds, 3),
-            "model_version": r.model_version,
-        }
-        for r in summary.rounds
-    ]
-
+from bench.fault_scenarios._fleet import (
+    FAST,
+    FED,
+    Constant,
+    Hooks,
+    Json,
+    agent_config,
+    aggregator,
+    digits_config,
+    federate,
+    rounds_of,
+    schedule,
+    waited_rounds,
+)
 
 # -- scenarios -----------------------------------------------------------------------------
 
@@ -257,11 +92,16 @@ async def silent_agent(
 
     sched = schedule(rounds=rounds, min_available_clients=honest + 1, fraction_fit=1.0)
     summary, logs = await federate(broker, work, sched, honest=honest, extra=silent)
+    waited = waited_rounds(logs)
+    sampled = [r.round for r in summary.rounds if "silent" in r.cohort]
     return {
+        "ok": set(waited) <= {1}
+        and set(sampled) <= {1}
+        and all(len(r.survivors) == honest for r in summary.rounds),
         "broker": broker.kind,
-        "rounds": _rounds(summary),
-        "waited_full_deadline": waited_rounds(logs),
-        "silent_in_cohort": [r.round for r in summary.rounds if "silent" in r.cohort],
+        "rounds": rounds_of(summary),
+        "waited_full_deadline": waited,
+        "silent_in_cohort": sampled,
         "round_timeout": sched.round_timeout,
     }
 
@@ -310,23 +150,27 @@ async def flood(
     for e in logs:
         if e["event"] == "message_shed":
             shed[e["sender"]] = max(shed.get(e["sender"], 0), int(e["shed"]))
+    queue_full = sum(e["event"] == "bus_queue_full" for e in logs)
+    honest_dropped = sum(
+        e["event"] in ("message_dropped", "message_shed") and e.get("sender") in honest_ids
+        for e in logs
+    )
+    survivors = len(honest_ids & set(first.survivors))
     return {
+        "ok": queue_full == 0 and honest_dropped == 0 and survivors == honest,
         "broker": broker.kind,
         "flood_messages": messages,
         "flood_seconds": round(sent.get("seconds", float("nan")), 3),
         "round_1_seconds": round(first.seconds, 3),
-        "rounds": _rounds(summary),
-        "honest_survivors_round_1": len(honest_ids & set(first.survivors)),
+        "rounds": rounds_of(summary),
+        "honest_survivors_round_1": survivors,
         "honest": honest,
-        "bus_queue_full": sum(e["event"] == "bus_queue_full" for e in logs),
+        "bus_queue_full": queue_full,
         "shed_by_sender_at_least": shed,
         "joins_answered_mallory": sum(
             e["event"] == "agent_admitted" and e.get("agent") == "mallory" for e in logs
         ),
-        "honest_dropped": sum(
-            e["event"] in ("message_dropped", "message_shed") and e.get("sender") in honest_ids
-            for e in logs
-        ),
+        "honest_dropped": honest_dropped,
     }
 
 
@@ -372,14 +216,17 @@ async def broker_restart(
     summary, logs = await federate(
         broker, work, sched, honest=honest, hooks=Hooks(restart), fit_seconds=fit_seconds
     )
+    aborted = sum(e["event"] == "secagg_aborted" for e in logs)
+    survivors = len(summary.rounds[restart_round - 1].survivors)
     return {
+        "ok": aborted == 0 and survivors == honest,
         "broker": broker.kind,
         "signal": "SIGKILL" if kill else "SIGTERM",
         "down_seconds": round(restarted.get("down_seconds", float("nan")), 3),
-        "rounds": _rounds(summary),
-        "restart_round_survivors": len(summary.rounds[restart_round - 1].survivors),
+        "rounds": rounds_of(summary),
+        "restart_round_survivors": survivors,
         "honest": honest,
-        "secagg_aborted": sum(e["event"] == "secagg_aborted" for e in logs),
+        "secagg_aborted": aborted,
         "reconnects": sum(e["event"] == "bus_connected" and bool(e.get("reconnect")) for e in logs),
     }
 
@@ -399,7 +246,7 @@ async def sigkill_fraction(
     procs: list[AgentProcess] = []
     for i in range(agents):
         config = agent_config(f"agent-{i}", broker.url, work, plugin="digits-mlp")
-        config = _digits(config, i, agents)
+        config = digits_config(config, i, agents)
         path = work / f"agent-{i}.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(config.to_toml())
@@ -441,25 +288,21 @@ async def sigkill_fraction(
             task.cancel()
         stop_agents(procs)
     killed = {p.agent_id for p in procs[:victims]}
+    waited = waited_rounds(logs)
+    resampled = sorted({r.round for r in summary.rounds[1:] if killed & set(r.cohort)})
     return {
+        "ok": set(waited) <= {1}
+        and not resampled
+        and all(len(r.survivors) == agents - victims for r in summary.rounds[1:]),
         "broker": broker.kind,
         "agents": agents,
         "killed": len(killed),
-        "rounds": _rounds(summary),
-        "waited_full_deadline": waited_rounds(logs),
-        "killed_in_cohort_after_round_1": sorted(
-            {r.round for r in summary.rounds[1:] if killed & set(r.cohort)}
-        ),
+        "rounds": rounds_of(summary),
+        "waited_full_deadline": waited,
+        "killed_in_cohort_after_round_1": resampled,
         "final_accuracy": summary.rounds[-1].accuracy,
         "round_timeout": sched.round_timeout,
     }
-
-
-def _digits(config: AgentConfig, i: int, n: int) -> AgentConfig:
-    import msgspec
-
-    options = {"agent_index": i, "num_agents": n, "partition": "iid"}
-    return msgspec.structs.replace(config, plugin=PluginConfig(name="digits-mlp", options=options))
 
 
 # -- the registry bench/faults.py discovers ------------------------------------------------
