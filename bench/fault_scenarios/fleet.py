@@ -68,9 +68,16 @@ from bench.fault_scenarios._fleet import (
 
 
 async def silent_agent(
-    broker: EmbeddedBroker, work: Path, *, honest: int = 4, rounds: int = 3
+    broker: EmbeddedBroker,
+    work: Path,
+    *,
+    honest: int = 4,
+    rounds: int = 3,
+    over_selection: float = 0.0,
 ) -> Json:
-    """An agent joins (and is admitted) and then never sends anything again."""
+    """An agent joins (and is admitted) and then never sends anything again. With
+    ``over_selection`` > 0 the cohort needed is ``honest`` (``fraction_fit`` of the
+    admitted, over-selected back to all of them), so not even round 1 waits for it."""
 
     async def silent() -> None:
         settings = BusSettings(client_id="silent", **FAST)  # type: ignore[arg-type]
@@ -90,13 +97,19 @@ async def silent_agent(
                     continue
             await asyncio.Event().wait()  # connected, admitted, mute
 
-    sched = schedule(rounds=rounds, min_available_clients=honest + 1, fraction_fit=1.0)
+    fraction = honest / (honest + 1) if over_selection else 1.0
+    sched = schedule(
+        rounds=rounds,
+        min_available_clients=honest + 1,
+        fraction_fit=fraction,
+        over_selection=over_selection,
+    )
     summary, logs = await federate(broker, work, sched, honest=honest, extra=silent)
     waited = waited_rounds(logs)
     sampled = [r.round for r in summary.rounds if "silent" in r.cohort]
     return {
-        "ok": set(waited) <= {1}
-        and set(sampled) <= {1}
+        # over-selected, the silent agent is sampled (it never cost a deadline) but not awaited
+        "ok": (not waited if over_selection else set(waited) <= {1} and set(sampled) <= {1})
         and all(len(r.survivors) == honest for r in summary.rounds),
         "broker": broker.kind,
         "rounds": rounds_of(summary),
@@ -320,6 +333,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Json]]] = {
     for kind in ("mqtt", "nats")
     for name, scenario, kw in (
         ("silent_agent", silent_agent, {"honest": 8, "rounds": 4}),
+        ("silent_overselect", silent_agent, {"honest": 8, "rounds": 4, "over_selection": 0.3}),
         ("sigkill_30pct", sigkill_fraction, {"agents": 10, "fraction": 0.3, "rounds": 4}),
         ("flood_2000", flood, {"honest": 8, "messages": 2000, "rounds": 3}),
         ("restart_secagg", broker_restart, {"honest": 8, "rounds": 4, "restart_round": 3}),
