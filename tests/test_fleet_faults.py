@@ -48,3 +48,14 @@ async def test_a_broker_killed_mid_secure_round(broker: EmbeddedBroker, tmp_path
     assert result["secagg_aborted"] == 0
     assert result["restart_round_survivors"] == 4
     assert [r["model_version"] for r in result["rounds"]] == [1, 2, 3]
+
+
+async def test_over_selection_waits_for_no_silent_agent(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Over-selected (the cohort needs 3 of 4 admitted, all 4 are asked), the silent agent is
+    sampled every round but never waited for: every round closes once 3 answered."""
+    result = await silent_agent(broker, tmp_path, honest=3, rounds=2, over_selection=0.3)
+    assert result["ok"], result
+    assert result["waited_full_deadline"] == []
+    assert result["silent_in_cohort"] == [1, 2]
