@@ -71,6 +71,7 @@ bench: $(STAMP)
 	scripts/ensure-mosquitto
 	$(BIN)/python bench/demo.py
 	$(BIN)/python bench/secagg.py
+	$(BIN)/python bench/strategies.py
 
 clean:
 	rm -rf $(VENV) fedbus-report .pytest_cache .mypy_cache .ruff_cache .hypothesis

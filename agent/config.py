@@ -28,6 +28,7 @@ import msgspec
 
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
+from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -71,6 +72,9 @@ class SecAggConfig(_Config, frozen=True):
             in a 32-bit ring).
         max_weight: num_examples is capped at this for weighting.
         stage_timeout: seconds each key-exchange and unmask stage waits.
+        metrics: the secure fit metrics, name → [low, high]: each is clipped to its range and
+            masked with the update, so the aggregator learns only the cohort's weighted mean
+            (``agent.privacy.secure_metrics``); a metric not named here stays on the agent.
     """
 
     num_neighbours: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -79,6 +83,7 @@ class SecAggConfig(_Config, frozen=True):
     quantization_bits: Annotated[int, msgspec.Meta(ge=0, le=62)] = 0
     max_weight: AtLeastOne = 1000
     stage_timeout: Positive = 10.0
+    metrics: dict[str, tuple[float, float]] = msgspec.field(default_factory=secure_metrics)
 
     def params(self, cohort_size: int) -> SecAggParams:
         """The parameters for a cohort of ``cohort_size``.
@@ -161,15 +166,13 @@ class AggregatorConfig(_Config, frozen=True):
             ``"none"``.
         secagg: the SecAgg+ settings.
         strategy: the server-side update rule (``[aggregator.strategy]``).
+        privacy: differential privacy (``[aggregator.privacy]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
-        over_selection: ask ``ceil((1 + over_selection) · cohort)`` agents and close the round
-            once the cohort size answered (Bonawitz et al. 2019, §2.2; 0: no over-selection).
-        sender_rate, sender_burst: per-sender token bucket (messages/s, burst) applied before
-            decode to each trainer's own topics; ``join_rate``/``join_burst`` to its joins.
-        rejoin_interval: seconds within which a repeated join of an admitted agent is not
-            answered again (a flood of joins gets one answer).
+        over_selection: ask ceil((1 + x)·cohort) agents, close at the cohort (Bonawitz 2019).
+        sender_rate, join_rate: per-sender token buckets before decode, messages/s (burst: 2 s
+            of it), on a trainer's own topics and on the join topic (``runtime.fairness``).
     """
 
     rounds: AtLeastOne = 10
@@ -187,14 +190,12 @@ class AggregatorConfig(_Config, frozen=True):
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
     strategy: StrategyConfig = StrategyConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
     over_selection: Annotated[float, msgspec.Meta(ge=0, le=4)] = 0.0
     sender_rate: Positive = 200.0
-    sender_burst: AtLeastOne = 400
-    join_rate: Positive = 2.0
-    join_burst: AtLeastOne = 5
-    rejoin_interval: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    join_rate: Positive = 2.5
 
     def __post_init__(self) -> None:
         if self.min_fit_clients > self.max_fit_clients:
@@ -207,7 +208,10 @@ class AggregatorConfig(_Config, frozen=True):
                 f"min_fit_clients ({self.min_fit_clients}) > min_available_clients "
                 f"({self.min_available_clients}): round 1 could never fill its cohort"
             )
-        if self.secure_aggregation is SecureAggregation.SECAGG_PLUS:
+        secure = self.secure_aggregation is SecureAggregation.SECAGG_PLUS
+        if self.privacy.mode is PrivacyMode.DISTRIBUTED and not secure:
+            raise ValueError("privacy mode 'distributed' needs secure_aggregation = 'secagg+'")
+        if secure:
             try:
                 self.secagg.params(self.min_fit_clients)
             except ConfigError as exc:

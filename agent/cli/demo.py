@@ -9,6 +9,7 @@ import click
 
 from agent.config import StrategyName
 from agent.demo.options import DemoOptions
+from agent.privacy.config import PrivacyMode
 
 DEFAULTS = DemoOptions()
 
@@ -113,6 +114,34 @@ DEFAULTS = DemoOptions()
     "fedprox (FedAvg + proximal_mu in the fit config).",
 )
 @click.option(
+    "--dp",
+    default=DEFAULTS.dp,
+    show_default=True,
+    type=click.Choice([str(x) for x in PrivacyMode]),
+    help="Differential privacy: central (the aggregator adds Gaussian noise to the clipped "
+    "sum) or distributed (each agent adds discrete Gaussian noise before SecAgg+ masking).",
+)
+@click.option(
+    "--epsilon",
+    default=DEFAULTS.epsilon,
+    type=click.FloatRange(min=0),
+    help="With --dp: the privacy budget ε over all rounds (the noise is calibrated to it; the "
+    "run stops before a round that would exceed it).",
+)
+@click.option(
+    "--delta",
+    default=DEFAULTS.delta,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+)
+@click.option(
+    "--clip-norm",
+    default=DEFAULTS.clip_norm,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --dp: the L2 norm every agent's model delta is clipped to.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
@@ -134,6 +163,10 @@ def demo(
     plugin_options: tuple[str, ...],
     secure_aggregation: str,
     strategy: str,
+    dp: str,
+    epsilon: float,
+    delta: float,
+    clip_norm: float,
     insecure: bool,
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
@@ -148,6 +181,10 @@ def demo(
             "other); use --secure-aggregation none",
             param_hint="--agents",
         )
+    if dp != PrivacyMode.OFF and not epsilon:
+        raise click.BadParameter("--dp needs a budget, e.g. --epsilon 8", param_hint="--epsilon")
+    if dp == PrivacyMode.DISTRIBUTED and secure_aggregation != "secagg+":
+        raise click.BadParameter("--dp distributed needs --secure-aggregation secagg+")
     options = DemoOptions(
         agents=agents,
         rounds=rounds,
@@ -164,6 +201,10 @@ def demo(
         plugin_options=parse_options(plugin_options),
         secure_aggregation=secure_aggregation,
         strategy=strategy,
+        dp=dp,
+        epsilon=epsilon,
+        delta=delta,
+        clip_norm=clip_norm,
         insecure=insecure,
     )
     if run_demo(options) is None:

@@ -27,6 +27,7 @@ from agent.demo.options import DemoOptions
 from agent.demo.pki import AGGREGATOR_ID, DemoPki, tls_files
 from agent.plugin.api import PluginInfo
 from agent.plugin.loader import describe_plugin
+from agent.privacy.config import PrivacyConfig, PrivacyMode
 from agent.role import Role
 
 #: The demo's federation id.
@@ -131,5 +132,19 @@ def aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> Ag
             seed=options.seed,
             secure_aggregation=SecureAggregation(options.secure_aggregation),
             strategy=StrategyConfig(name=StrategyName(options.strategy)),
+            privacy=privacy_config(options),
         ),
+    )
+
+
+def privacy_config(options: DemoOptions) -> PrivacyConfig:
+    """``[aggregator.privacy]`` from ``--dp``, ``--epsilon``, ``--delta``, ``--clip-norm``."""
+    mode = PrivacyMode(options.dp)
+    if mode is PrivacyMode.OFF:
+        return PrivacyConfig()
+    return PrivacyConfig(
+        mode=mode,
+        target_epsilon=options.epsilon,
+        delta=options.delta,
+        clip_norm=options.clip_norm,
     )

@@ -27,6 +27,14 @@ class DemoOptions:
     secure_aggregation: str = "secagg+"
     #: the server-side strategy (``agent.config.StrategyName``), its parameters the defaults
     strategy: str = "fedavg"
+    #: differential privacy ([aggregator.privacy] mode): "off", "central" or "distributed"
+    dp: str = "off"
+    #: the DP budget ε (target_epsilon; the noise is calibrated to spend it over the rounds)
+    epsilon: float = 0.0
+    #: δ of the (ε, δ) guarantee
+    delta: float = 1e-5
+    #: the L2 clip norm C of every agent's model delta under DP
+    clip_norm: float = 1.0
     #: no identities: no CA, enrollment, TLS, ACLs, signatures or sealing (debugging only)
     insecure: bool = False
     plugin: str = "digits-mlp"

@@ -1,4 +1,9 @@
-"""The demo's report directory: ``metrics.json``, ``metrics.csv`` and ``accuracy.png``."""
+"""The demo's report directory: ``metrics.json``, ``metrics.csv`` and ``accuracy.png``.
+
+The plot shows the federated test accuracy per round for the chosen strategy against the
+centralized reference (the same model trained on all the data), the test loss, and, when
+differential privacy is on, the ε spent after each round (at the run's δ) in a panel below.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ CSV_COLUMNS = (
     "num_examples",
     "model_version",
     "model_sha256",
+    "epsilon",
 )
 
 
@@ -33,8 +39,10 @@ def write_report(
     centralized_accuracy: float | None,
     settings: dict[str, Any],
     wall_seconds: float,
+    stopped: str | None = None,
 ) -> list[Path]:
-    """Write the three report files; returns their paths."""
+    """Write the three report files; returns their paths. ``stopped``: why the run ended
+    before its last round (``"privacy_budget"``), None if it ran them all."""
     report_dir.mkdir(parents=True, exist_ok=True)
     metrics = {
         "settings": settings,
@@ -42,6 +50,7 @@ def write_report(
         "final_accuracy": final_accuracy,
         "centralized_accuracy": centralized_accuracy,
         "wall_seconds": wall_seconds,
+        "stopped": stopped,
     }
     json_path = report_dir / "metrics.json"
     write_json(json_path, metrics)
@@ -49,6 +58,8 @@ def write_report(
     write_atomic(csv_path, _csv(records).encode())
     png_path = report_dir / "accuracy.png"
     title = f"{settings.get('strategy', 'fedavg')}, plugin {settings.get('plugin', '')}"
+    if settings.get("dp", "off") != "off":
+        title += f", {settings['dp']} DP (target ε = {settings.get('epsilon')})"
     write_atomic(png_path, _plot(records, centralized_accuracy, title))
     return [json_path, csv_path, png_path]
 
@@ -71,6 +82,7 @@ def _csv(records: list[RoundRecord]) -> str:
                 r.num_examples,
                 r.model_version,
                 r.model_sha256,
+                r.epsilon,
             ]
         )
     return buf.getvalue()
@@ -85,7 +97,20 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float | None, title:
 
     evaluated = [r for r in records if r.accuracy is not None]
     rounds = [r.round for r in evaluated]
-    fig, acc_ax = plt.subplots(figsize=(7, 4), dpi=120)
+    charged = [r for r in records if r.epsilon is not None]
+    if charged:
+        fig, (acc_ax, eps_ax) = plt.subplots(
+            2, 1, figsize=(7, 6), dpi=120, sharex=True, height_ratios=(3, 1.4)
+        )
+        eps_ax.plot(
+            [r.round for r in charged], [r.epsilon for r in charged], "d-", color="tab:purple"
+        )
+        delta = charged[-1].privacy["delta"] if charged[-1].privacy else None
+        eps_ax.set_ylabel(f"ε spent (δ = {delta:g})" if delta else "ε spent")
+        eps_ax.set_xlabel("round")
+        eps_ax.grid(alpha=0.3)
+    else:
+        fig, acc_ax = plt.subplots(figsize=(7, 4), dpi=120)
     acc_ax.plot(
         rounds,
         [100 * (r.accuracy or 0.0) for r in evaluated],
@@ -100,7 +125,8 @@ def _plot(records: list[RoundRecord], centralized_accuracy: float | None, title:
             color="tab:gray",
             label="centralized reference",
         )
-    acc_ax.set_xlabel("round")
+    if not charged:
+        acc_ax.set_xlabel("round")
     acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.set_ylabel("accuracy (%)")
     loss_ax = acc_ax.twinx()

@@ -97,6 +97,9 @@ def export_final_model(options: DemoOptions) -> Path | None:
 class Progress:
     """Prints one line per round, and kills agents at the start of round 2 if asked."""
 
+    #: the table's header (``privacy``: with an ε column)
+    HEADER = "round  accuracy    loss  seconds  survivors"
+
     def __init__(self, out: TextIO, agents: list[AgentProcess], kill: int) -> None:
         self._out = out
         self._agents = agents
@@ -113,7 +116,8 @@ class Progress:
         acc = "      -" if record.accuracy is None else f"{100 * record.accuracy:6.2f}%"
         loss = "     -" if record.loss is None else f"{record.loss:6.4f}"
         survivors = f"{len(record.survivors)}/{len(record.cohort)}"
-        self._print(f"{record.round:5d}  {acc}  {loss}  {record.seconds:7.2f}  {survivors:>9}")
+        eps = "" if record.epsilon is None else f"  {record.epsilon:7.3f}"
+        self._print(f"{record.round:5d}  {acc}  {loss}  {record.seconds:7.2f}  {survivors:>9}{eps}")
 
     def _print(self, line: str) -> None:
         print(line, file=self._out, flush=True)
@@ -223,7 +227,8 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                 file=out,
                 flush=True,
             )
-        print("round  accuracy    loss  seconds  survivors", file=out, flush=True)
+        header = Progress.HEADER + ("  epsilon" if options.dp != "off" else "")
+        print(header, file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(aggregator, agents, progress))
         if summary is None:
@@ -239,6 +244,7 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             centralized_accuracy=reference,
             wall_seconds=wall,
             settings={**asdict(options), "report_dir": str(report_dir), "bus_url": url},
+            stopped=summary.stopped,
         )
         final = summary.final_accuracy
         final_text = "n/a" if final is None else f"{100 * final:.2f}%"
@@ -248,7 +254,22 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             file=out,
             flush=True,
         )
+        _say_stopped(out, options, summary)
         return DemoResult(summary, reference, wall, files)
+
+
+def _say_stopped(out: TextIO, options: DemoOptions, summary: RunSummary) -> None:
+    """A run that ended early by design (the privacy budget) says so, with what it spent."""
+    if summary.stopped is None:
+        return
+    last = summary.rounds[-1] if summary.rounds else None
+    spent = f"ε = {last.epsilon:.3f}" if last and last.epsilon is not None else "nothing"
+    print(
+        f"stopped by design after {len(summary.rounds)} of {options.rounds} rounds: "
+        f"{summary.stopped} (spent {spent}, target ε = {options.epsilon})",
+        file=out,
+        flush=True,
+    )
 
 
 async def _federate(

@@ -75,9 +75,27 @@ class GlobalModel(Body, frozen=True):
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
 
 
+class MetricRange(Body, frozen=True):
+    """One secure-metric slot of a SecAgg+ round: the fit metric ``name``, clipped to
+    [``low``, ``high``] before it is masked (``agent.privacy.secure_metrics``)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    low: float
+    high: float
+
+
 class SecAggSetup(Body, frozen=True):
     """The SecAgg+ parameters of a round (``agent.secagg.params.SecAggParams``), its sorted
-    ``cohort``, the 32-byte ``graph_seed`` and ``length`` d of the flattened model."""
+    ``cohort``, the 32-byte ``graph_seed`` and ``length`` d of the masked vector (the
+    flattened model, then two words per ``metrics`` slot).
+
+    ``metrics``: the secure-metric slots (their weighted means are all the aggregator learns
+    of the cohort's fit metrics); ``metric_scale``: the amplitude a each slot's word spans
+    in [0, a]; ``noise_stddev``: distributed DP, the standard deviation, in quantization
+    steps, of the discrete Gaussian each member adds before masking (0: none);
+    ``min_survivors``: distributed DP, a member reveals no share for an unmask with fewer
+    survivors (the noise was calibrated for at least that many).
+    """
 
     cohort: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
     num_neighbours: Count
@@ -89,6 +107,10 @@ class SecAggSetup(Body, frozen=True):
     graph_seed: Key32
     length: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
     stage_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)]
+    metrics: Annotated[list[MetricRange], msgspec.Meta(max_length=64)] = []
+    metric_scale: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    noise_stddev: Annotated[float, msgspec.Meta(ge=0, le=2**40)] = 0.0
+    min_survivors: Count = 0
 
 
 class FitIns(Body, frozen=True):

@@ -69,16 +69,26 @@ class _Bucket:
 
 @dataclass(frozen=True, slots=True)
 class FairnessLimits:
-    """The ``FairQueue`` settings (``[aggregator]`` sender_rate, sender_burst, join_rate,
-    join_burst). Rates in messages per second."""
+    """The ``FairQueue`` settings (``[aggregator]`` sender_rate, join_rate; the bursts
+    are two seconds' worth). Rates in messages per second."""
 
     rate: float = 200.0
     burst: int = 400
-    join_rate: float = 2.0
+    join_rate: float = 2.5
     join_burst: int = 5
     capacity: int = 4096
     min_share: int = 64
     max_labels: int = 1024
+
+    @classmethod
+    def of(cls, *, rate: float, join_rate: float) -> FairnessLimits:
+        """Limits with bursts of two seconds' worth of each rate (at least 1)."""
+        return cls(
+            rate=rate,
+            burst=max(1, round(2 * rate)),
+            join_rate=join_rate,
+            join_burst=max(1, round(2 * join_rate)),
+        )
 
 
 class FairQueue:

@@ -128,6 +128,7 @@ def collect_masked_input(
     update: npt.NDArray[np.floating[Any]],
     weight: int,
     rng: np.random.Generator | None = None,
+    noise: npt.NDArray[np.int64] | None = None,
 ) -> RingVector:
     """Stage ``collect_masked_input``: decrypt the shares others sent us, then mask.
 
@@ -135,6 +136,8 @@ def collect_masked_input(
         ciphertexts: sender id → ciphertext addressed to us (senders form N(u) ∩ U2).
         update: shape (d,), float: this client's model delta.
         weight: num_examples (capped at ``max_weight``).
+        noise: shape (d,), int64: distributed DP's integer noise share, added to the
+            quantized update in the ring before masking (``agent.privacy``); none by default.
 
     Returns:
         y_u, shape (d + 1,), the ring dtype: quantized update ‖ weight, masked.
@@ -158,6 +161,10 @@ def collect_masked_input(
     params = setup_.params
     y = np.empty(setup_.length + 1, dtype=params.dtype)
     y[:-1] = quantize(update, weight=weight, params=params, rng=rng)
+    if noise is not None:
+        if noise.shape != (setup_.length,):
+            raise ValueError(f"noise has shape {noise.shape}, expected ({setup_.length},)")
+        y[:-1] += noise.astype(params.dtype)  # two's complement: mod 2^m, as the masks
     y[-1] = weight_word(weight, params)
     stream = MaskStream(len(y), params.dtype)
     stream.add(y, state.self_seed)

@@ -120,6 +120,7 @@ class SecAggRound:
         plan: who never sends which stage's message.
         observer: timing and inspection hooks.
         rngs: agent id → the generator of its stochastic rounding (default: fresh).
+        noise: agent id → its distributed-DP integer noise share, shape (d,) (default: none).
         clients, server_state: the stage states, readable at any point.
     """
 
@@ -129,6 +130,7 @@ class SecAggRound:
     plan: Plan = field(default_factory=dict)
     observer: Observer = field(default_factory=Observer)
     rngs: Mapping[str, np.random.Generator] = field(default_factory=dict)
+    noise: Mapping[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     clients: dict[str, client.ClientState] = field(init=False, default_factory=dict)
     server_state: server.ServerState = field(init=False)
 
@@ -191,6 +193,7 @@ class SecAggRound:
                         update=self.updates[a],
                         weight=self.weights[a],
                         rng=self.rngs.get(a),
+                        noise=self.noise.get(a),
                     )
                 self.observer.sent(a, Stage.COLLECT_MASKED_INPUT, masked)
                 with self.observer.call(SERVER, "receive_masked_input"):

@@ -10,7 +10,7 @@ is ``model_delta`` on both paths (the trainer masks it, the aggregator averages 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +45,9 @@ class AggregatedUpdate:
             the negated pseudo-gradient).
         total_weight: Σ num_examples over the survivors (under SecAgg+ each counts ≥ 1).
         survivors: the agent ids whose results are in ``delta``, sorted.
-        metrics: num_examples-weighted means of the survivors' metrics where known
-            (``train_loss``; empty under SecAgg+, which hides each survivor's metrics).
+        metrics: num_examples-weighted means of the survivors' fit metrics, each over the
+            survivors that reported it as a finite number (under SecAgg+: the secure
+            metrics, learnt only as the cohort's sums, ``agent.privacy.secure_metrics``).
     """
 
     delta: Delta
@@ -91,16 +92,7 @@ def mean_update(current: Weights, results: Sequence[ClientResult]) -> Aggregated
     for r in results:
         for i, d in enumerate(model_delta(r.weights, current)):
             acc[i] += d * (r.num_examples / total)
-    metrics: dict[str, float] = {}
-    loss = weighted_mean(
-        [
-            (float(v), r.num_examples)
-            for r in results
-            if isinstance(v := r.metrics.get("train_loss"), int | float)
-        ]
-    )
-    if not math.isnan(loss):
-        metrics["train_loss"] = loss
+    metrics = weighted_metrics([(r.metrics, r.num_examples) for r in results])
     survivors = tuple(sorted(r.agent_id for r in results))
     return AggregatedUpdate(acc, total, survivors, metrics)
 
@@ -121,6 +113,19 @@ def split(flat: npt.NDArray[Any], like: Sequence[npt.NDArray[Any]]) -> Delta:
         out.append(np.asarray(flat[offset : offset + ref.size], np.float64).reshape(ref.shape))
         offset += ref.size
     return out
+
+
+def weighted_metrics(results: Sequence[tuple[Mapping[str, Scalar], int]]) -> dict[str, float]:
+    """Every metric of ``(metrics, num_examples)`` pairs as its num_examples-weighted mean
+    over the pairs that report it as a finite int or float (bools and strings are not
+    averaged); a metric nobody reported that way is absent, never NaN."""
+    values: dict[str, list[tuple[float, int]]] = {}
+    for metrics, n in results:
+        for name, v in metrics.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                values.setdefault(name, []).append((float(v), n))
+    means = {name: weighted_mean(pairs) for name, pairs in sorted(values.items())}
+    return {name: m for name, m in means.items() if not math.isnan(m)}
 
 
 def weighted_mean(values: Sequence[tuple[float, int]]) -> float:

@@ -4,7 +4,7 @@ An agent asks with ``join``; it is admitted when it speaks for itself (the body'
 the envelope's sender) and trains this federation's plugin. An admitted agent gets
 ``join_accepted`` (with the run's sealing key when identities are on) and the model in force
 in its inbox; a refused one ``join_rejected`` saying why. Joining again (after a reconnect)
-re-admits, but an admitted agent's repeated joins within ``rejoin_interval`` seconds of its
+re-admits, but an admitted agent's repeated joins within ``rejoin_interval`` (1 s) of its
 last answer are not answered again (``join_ignored reason=duplicate``, logged once per agent
 and window): a flood of joins costs one answer and one model. Once the run finished, joins
 are left for the next run's aggregator.

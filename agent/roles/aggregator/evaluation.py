@@ -15,7 +15,7 @@ from agent.messages.bodies import EvaluateIns, EvaluateRes, Scalar
 from agent.roles.aggregator.records import GlobalState
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
-from agent.strategy.update import weighted_mean
+from agent.strategy.update import weighted_mean, weighted_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,8 @@ class FederatedEvaluation:
         self._complete = asyncio.Event()
         #: evaluators of the last run still waited for when ``timeout`` passed
         self.late: frozenset[str] = frozenset()
+        #: the last evaluation's metrics, each num_examples-weighted over its reporters
+        self.metrics: dict[str, float] = {}
 
     async def run(
         self, r: int, state: GlobalState, evaluators: frozenset[str]
@@ -56,6 +58,7 @@ class FederatedEvaluation:
         result with examples came back before the timeout."""
         self._version, self._evaluators = state.version, evaluators
         self._results = {}
+        self.metrics = {}
         self._complete.clear()
         self.late = frozenset()
         if not evaluators:
@@ -77,6 +80,7 @@ class FederatedEvaluation:
         if not results:
             return None, None, 0
         loss = weighted_mean([(x.loss, x.num_examples) for x in results])
+        self.metrics = weighted_metrics([(x.metrics, x.num_examples) for x in results])
         accuracy = weighted_mean(
             [
                 (float(x.metrics["accuracy"]), x.num_examples)

@@ -8,8 +8,10 @@ Single-Server Aggregation with (Poly)Logarithmic Overhead"): the aggregator lear
 survivors' weighted sum of model deltas, hence their weighted mean. An aborted secure round
 keeps the model in force.
 
-Both paths end in one ``AggregatedUpdate`` that the strategy (``agent.strategy``: FedAvg by
-default, or FedAvgM, FedAdagrad, FedAdam, FedYogi) turns into the next model, identically.
+Both paths end in one ``AggregatedUpdate`` (with the cohort's fit metrics; under SecAgg+ the
+secure metrics) that DP releases (``private_update``: noise, the accountant) and the strategy
+(``agent.strategy``: FedAvg by default, or FedAvgM, FedAdagrad, FedAdam, FedYogi) turns into
+the next model, identically.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from agent.messages.bodies import (
 )
 from agent.messages.envelope import Message
 from agent.plugin.api import Weights
+from agent.privacy.config import PrivacyConfig
+from agent.privacy.engine import PrivacyEngine, RingPlan, RoundPrivacy
+from agent.roles.aggregator import private_update
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
@@ -45,9 +50,8 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.secagg.keys import RoundContext
 from agent.secagg.state import Setup
-from agent.secagg.vector import size_of
 from agent.strategy.base import Strategy
-from agent.strategy.update import AggregatedUpdate, mean_update, split
+from agent.strategy.update import AggregatedUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +63,7 @@ class RoundFailure(StrEnum):
     NO_UPDATE = "no_update_arrived"  # plain: no valid update before the deadline
     SECAGG_PARAMETERS = "secagg_parameters"  # no SecAgg+ parameters fit the cohort size
     SECAGG_ABORTED = "secagg_aborted"  # the SecAgg+ protocol aborted (SecAggAbortError)
+    PRIVACY_BUDGET = "privacy_budget"  # the round would exceed target_epsilon: not run
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,8 @@ class Outcome:
         num_examples: the survivors' total examples (their aggregation weight).
         train_loss: num_examples-weighted mean of the survivors' ``train_loss`` (NaN: none).
         failure: why there is no new model; None when the round succeeded.
+        metrics: the survivors' fit metrics, num_examples-weighted (``AggregatedUpdate``).
+        privacy: what the round cost under DP (None without).
     """
 
     weights: Weights | None = None
@@ -78,19 +85,25 @@ class Outcome:
     num_examples: int = 0
     train_loss: float = math.nan
     failure: RoundFailure | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    privacy: RoundPrivacy | None = None
 
     @classmethod
     def failed(cls, failure: RoundFailure) -> Outcome:
         return cls(failure=failure)
 
     @classmethod
-    def of(cls, weights: Weights, update: AggregatedUpdate) -> Outcome:
+    def of(
+        cls, weights: Weights, update: AggregatedUpdate, privacy: RoundPrivacy | None = None
+    ) -> Outcome:
         """The new model ``weights``, stepped from ``update``."""
         return cls(
             weights=weights,
             survivors=list(update.survivors),
             num_examples=update.total_weight,
             train_loss=update.train_loss,
+            metrics=dict(update.metrics),
+            privacy=privacy,
         )
 
 
@@ -105,6 +118,8 @@ class CohortFit:
         strategy: turns each round's ``AggregatedUpdate`` into the next model (both paths).
         alive: liveness (an offline member is not waited for).
         metrics: observes stage durations.
+        privacy: differential privacy of each round (``agent.privacy``; default: off).
+        population: the number of admitted agents (the accountant's sampling rate).
     """
 
     def __init__(
@@ -116,6 +131,8 @@ class CohortFit:
         strategy: Strategy,
         alive: Callable[[str], bool],
         metrics: Metrics,
+        privacy: PrivacyEngine | None = None,
+        population: Callable[[], int] = lambda: 0,
     ) -> None:
         self._outbox = outbox
         self._schedule = schedule
@@ -123,6 +140,10 @@ class CohortFit:
         self._strategy = strategy
         self._alive = alive
         self._metrics = metrics
+        self.privacy = privacy or PrivacyEngine(
+            PrivacyConfig(), rounds=1, sampling_rate=1.0, expected_cohort=1
+        )
+        self._population = population
         #: the cohort of the round in progress (or the last one)
         self.cohort: frozenset[str] = frozenset()
         #: members of the last round waited for until a deadline passed without an answer
@@ -197,7 +218,11 @@ class CohortFit:
             model_version=before.version,
             model_sha256=before.sha256,
             deadline=self._schedule.round_timeout,
-            config={**self._schedule.fit_config, **self._schedule.strategy.fit_config()},
+            config={
+                **self._schedule.fit_config,
+                **self._schedule.strategy.fit_config(),
+                **self.privacy.fit_config(),
+            },
             **secagg,
         )
 
@@ -218,13 +243,30 @@ class CohortFit:
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        update = await asyncio.to_thread(mean_update, before.weights, results)
-        return await self._step(before, update)
+        update = await asyncio.to_thread(
+            private_update.plain_update, self.privacy, before.weights, results
+        )
+        return await self._step(before, update, len(cohort))
 
-    async def _step(self, before: GlobalState, update: AggregatedUpdate) -> Outcome:
-        """The strategy's step from the model in force: the one seam of both paths."""
+    async def _step(
+        self,
+        before: GlobalState,
+        update: AggregatedUpdate,
+        cohort_size: int,
+        plan: RingPlan | None = None,
+    ) -> Outcome:
+        """The strategy's step from the model in force: the one seam of both paths (after
+        DP's noise and charge, ``private_update.release``)."""
+        update, spent = await asyncio.to_thread(  # the accountant's RDP sums take ~0.1 s
+            private_update.release,
+            self.privacy,
+            update,
+            cohort_size=cohort_size,
+            population=self._population(),
+            plan=plan,
+        )
         weights = await asyncio.to_thread(self._strategy.step, before.weights, update)
-        return Outcome.of(weights, update)
+        return Outcome.of(weights, update, spent)
 
     async def _secure_fit(
         self, r: int, cohort: Sequence[str], before: GlobalState, quorum: int | None
@@ -233,17 +275,20 @@ class CohortFit:
         their weighted mean goes through the strategy."""
         settings = self._schedule.secagg
         try:
-            params = settings.params(len(cohort))
+            layout = private_update.secure_setup(
+                self.privacy, settings, len(cohort), before.weights
+            )
         except ConfigError as exc:
             log.error("secagg_not_possible", error=str(exc))  # noqa: TRY400 - expected, no traceback
             return Outcome.failed(RoundFailure.SECAGG_PARAMETERS)
         setup = Setup(
             RoundContext(self._fed, r),
-            params,
+            layout.plan.params,
             tuple(sorted(cohort)),
             os.urandom(32),
-            size_of(before.weights),
+            layout.length,
         )
+        params = setup.params
         self._secure = secure = SecureRound(
             outbox=self._outbox,
             setup=setup,
@@ -253,7 +298,8 @@ class CohortFit:
             metrics=self._metrics,
             quorum=quorum,
         )
-        ins = self._fit_ins(before, secagg=setup_body(setup, stage_timeout=settings.stage_timeout))
+        body = setup_body(setup, stage_timeout=settings.stage_timeout, layout=layout)
+        ins = self._fit_ins(before, secagg=body)
         log.info(
             "secagg_round",
             neighbours=params.num_neighbours,
@@ -270,9 +316,5 @@ class CohortFit:
         finally:
             self._secure = None
             self.late = frozenset(secure.late)
-        update = AggregatedUpdate(
-            delta=split(aggregate.mean, before.weights),
-            total_weight=aggregate.total_weight,
-            survivors=tuple(aggregate.survivors),
-        )
-        return await self._step(before, update)
+        update = private_update.secure_update(aggregate, before.weights, layout)
+        return await self._step(before, update, len(cohort), layout.plan)

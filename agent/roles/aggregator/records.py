@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from agent.messages.tensors import Tensor, digest, to_tensors
@@ -25,6 +26,11 @@ class RoundRecord:
         eval_examples: examples the evaluation covered.
         seconds: wall time of the round, evaluation included.
         model_version, model_sha256: the global model after the round.
+        metrics: every fit metric, num_examples-weighted over the survivors that reported
+            it (under SecAgg+ the secure metrics, learnt only as the cohort's sums).
+        eval_metrics: every evaluation metric, num_examples-weighted (empty: no evaluation).
+        privacy: with DP on, the round's (ε, δ) so far, noise multiplier, clip norm and
+            sampling rate (``agent.privacy.engine.RoundPrivacy``); None otherwise.
     """
 
     round: int
@@ -39,9 +45,29 @@ class RoundRecord:
     seconds: float
     model_version: int
     model_sha256: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None
+
+    @property
+    def epsilon(self) -> float | None:
+        """ε spent after this round (None without DP)."""
+        return None if self.privacy is None else float(self.privacy["epsilon"])
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as JSON-ready data: an unknown number is null, never a bare NaN."""
+        out: dict[str, Any] = _no_nan(asdict(self))
+        return out
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 class RoundObserver(Protocol):
@@ -60,6 +86,8 @@ class RunSummary:
     rounds: list[RoundRecord]
     final_version: int
     final_sha256: str
+    #: why the run ended before its last round (``"privacy_budget"``), None if it did not
+    stopped: str | None = None
 
     @property
     def final_accuracy(self) -> float | None:

@@ -26,6 +26,7 @@ from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
 from agent.roles.aggregator.persistence import RunStore
+from agent.roles.aggregator.private_update import privacy_engine
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
 from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import federate
@@ -103,7 +104,6 @@ class Aggregator:
             if seal_key
             else None,
             current=lambda: (self._now.round, self._now.model),
-            rejoin_interval=schedule.rejoin_interval,
         )
         self.board = StatusBoard(
             liveness=self.liveness,
@@ -117,6 +117,8 @@ class Aggregator:
             strategy=strategy or build_strategy(schedule.strategy),
             alive=self.liveness.alive,
             metrics=self.metrics,
+            privacy=privacy_engine(schedule),
+            population=lambda: len(self.admission.agents),
         )
         self._evaluation = FederatedEvaluation(
             outbox, timeout=schedule.eval_timeout, config=schedule.eval_config, metrics=self.metrics
@@ -156,12 +158,7 @@ class Aggregator:
             metrics=self.metrics,
             fairness=FairQueue(
                 fed,
-                limits=FairnessLimits(
-                    rate=schedule.sender_rate,
-                    burst=schedule.sender_burst,
-                    join_rate=schedule.join_rate,
-                    join_burst=schedule.join_burst,
-                ),
+                limits=FairnessLimits.of(rate=schedule.sender_rate, join_rate=schedule.join_rate),
                 metrics=self.metrics,
             ),
             seen=self.liveness.touch,

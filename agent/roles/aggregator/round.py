@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import structlog
 
@@ -118,12 +118,14 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     log.info("round_aggregated", survivors=len(outcome.survivors), dropouts=len(dropouts))
     loss = accuracy = None
     eval_examples = 0
+    eval_metrics: dict[str, float] = {}
     every = schedule.eval_every
     if (every and r % every == 0) or r == schedule.rounds:
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
         evaluators = frozenset(a for a in parts.admission.evaluators() if parts.liveness.alive(a))
         loss, accuracy, eval_examples = await parts.evaluation.run(r, now.model, evaluators)
         _missed(parts, parts.evaluation.late)
+        eval_metrics = dict(parts.evaluation.metrics)
     record = RoundRecord(
         round=r,
         cohort=cohort,
@@ -137,6 +139,9 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         seconds=time.perf_counter() - started,
         model_version=now.model.version,
         model_sha256=now.model.sha256,
+        metrics=outcome.metrics,
+        eval_metrics=eval_metrics,
+        privacy=None if outcome.privacy is None else asdict(outcome.privacy),
     )
     _count(parts, record, outcome)
     return record

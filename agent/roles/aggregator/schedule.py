@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from agent.messages import topics
 from agent.messages.bodies import Finish, RoundPhase
 from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.fit import RoundFailure
 from agent.roles.aggregator.persistence import RunStore
+from agent.roles.aggregator.private_update import budget_allows
 from agent.roles.aggregator.records import RoundRecord, RunSummary
 from agent.roles.aggregator.round import InForce, RoundParts, run_round
 
@@ -42,7 +46,24 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSumma
     await admission.wait(seconds=schedule.join_timeout, at_least=schedule.min_fit_clients)
     await publish_model(parts.outbox, now.model, round=now.round)
     records: list[RoundRecord] = []
+    stopped: str | None = None
     for r in range(1, schedule.rounds + 1):
+        privacy = parts.fit.privacy
+        allowed, projected = await asyncio.to_thread(
+            budget_allows, privacy, schedule, len(parts.admission.agents)
+        )
+        if not allowed:
+            stopped = str(RoundFailure.PRIVACY_BUDGET)
+            log.warning(
+                "privacy_budget_reached",
+                round=r,
+                epsilon=privacy.epsilon,
+                epsilon_if_run=projected,
+                target_epsilon=schedule.privacy.target_epsilon,
+                detail=f"stopping before round {r}: it would spend ε = {projected:.3f} > "
+                f"target {schedule.privacy.target_epsilon}",
+            )
+            break
         with structlog.contextvars.bound_contextvars(round=r):
             await _wait_for_bus(parts)
             record = await run_round(parts, now, r)
@@ -64,9 +85,16 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSumma
     state = now.model
     await parts.outbox.try_send(
         topics.FINISH,
-        Finish(reason="completed", final_version=state.version, model_sha256=state.sha256),
+        Finish(
+            reason=stopped or "completed", final_version=state.version, model_sha256=state.sha256
+        ),
         round=now.round,
     )
-    board.enter(RoundPhase.FINISHED, f"finished after {len(records)} rounds")
-    log.info("federation_finished", rounds=len(records), final_version=state.version)
-    return RunSummary(records, state.version, state.sha256)
+    board.enter(
+        RoundPhase.FINISHED,
+        f"finished after {len(records)} rounds" + (f" ({stopped})" if stopped else ""),
+    )
+    log.info(
+        "federation_finished", rounds=len(records), final_version=state.version, stopped=stopped
+    )
+    return RunSummary(records, state.version, state.sha256, stopped)

@@ -40,6 +40,7 @@ from agent.messages.bodies import (
     UnmaskRequest,
 )
 from agent.messages.tensors import to_array
+from agent.roles.aggregator.private_update import SecureLayout
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
@@ -49,9 +50,13 @@ from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage
 log = structlog.get_logger(__name__)
 
 
-def setup_body(setup: Setup, *, stage_timeout: float) -> SecAggSetup:
-    """The ``secagg`` field of a ``fit_ins``: what every cohort member needs to take part."""
+def setup_body(
+    setup: Setup, *, stage_timeout: float, layout: SecureLayout | None = None
+) -> SecAggSetup:
+    """The ``secagg`` field of a ``fit_ins``: what every cohort member needs to take part
+    (with ``layout``: the secure-metric slots and distributed DP's noise settings)."""
     p = setup.params
+    plan = layout.plan if layout is not None else None
     return SecAggSetup(
         cohort=list(setup.cohort),
         num_neighbours=p.num_neighbours,
@@ -63,6 +68,10 @@ def setup_body(setup: Setup, *, stage_timeout: float) -> SecAggSetup:
         graph_seed=setup.graph_seed,
         length=setup.length,
         stage_timeout=stage_timeout,
+        metrics=list(layout.slots) if layout is not None else [],
+        metric_scale=plan.metric_scale if plan is not None else 0.0,
+        noise_stddev=plan.noise_stddev if plan is not None else 0.0,
+        min_survivors=plan.min_survivors if plan is not None else 0,
     )
 
 

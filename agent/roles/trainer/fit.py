@@ -24,6 +24,7 @@ from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.messages.tensors import to_tensors
 from agent.plugin.loader import CheckedPlugin
+from agent.privacy.local import clip_result
 from agent.roles.trainer.model import ModelStore
 from agent.roles.trainer.secure_fit import REFUSED, SecureFit
 from agent.roles.trainer.status import Progress, TrainerState
@@ -114,6 +115,7 @@ class FitPath:
                 self._progress.enter(TrainerState.FIT_FAILED, round_=round_, error=str(exc))
                 return
             seconds = time.perf_counter() - started
+            result = clip_result(result, model.weights, ins.config)  # DP: Δ clipped to C
             if secure is None:
                 update: ModelUpdate | MaskedInput = ModelUpdate(
                     model_version=model.version,
@@ -123,7 +125,9 @@ class FitPath:
                 )
             else:
                 self._progress.enter(TrainerState.MASKING, round_=round_)
-                masked = await secure.masked_input(base=model, result=result, deadline=deadline)
+                masked = await secure.masked_input(
+                    base=model, result=result, deadline=deadline, config=ins.config
+                )
                 if masked is None:
                     self._progress.enter(TrainerState.IDLE)
                     return

@@ -30,7 +30,8 @@ from agent.messages.bodies import (
 )
 from agent.messages.envelope import Message
 from agent.messages.tensors import to_tensor
-from agent.plugin.api import FitResult
+from agent.plugin.api import FitResult, Scalar
+from agent.privacy import local
 from agent.roles.trainer.model import HeldModel
 from agent.runtime.outbox import Outbox
 from agent.secagg import client
@@ -64,6 +65,10 @@ def parse_setup(body: SecAggSetup, *, federation: str, round_: int) -> Setup:
     )
     if sorted(set(body.cohort)) != body.cohort:
         raise ConfigError("the announced cohort is not a sorted list of distinct ids")
+    if body.metrics and not 0 < body.metric_scale <= body.clipping_range:
+        raise ConfigError("secure metrics need 0 < metric_scale <= clipping_range")
+    if len({m.name for m in body.metrics}) != len(body.metrics):
+        raise ConfigError("the announced secure metrics repeat a name")
     return Setup(
         RoundContext(federation, round_), params, tuple(body.cohort), body.graph_seed, body.length
     )
@@ -79,8 +84,12 @@ class SecureFit:
         ConfigError: unacceptable parameters.  CryptoError: we are not in the cohort.
     """
 
-    def __init__(self, *, setup: Setup, outbox: Outbox, agent_id: str) -> None:
+    def __init__(
+        self, *, setup: Setup, outbox: Outbox, agent_id: str, body: SecAggSetup | None = None
+    ) -> None:
         self.round = setup.context.round
+        #: the announcement's secure-metric slots and distributed-DP settings
+        self.announced_body = body
         self.state = client.setup(agent_id, setup)
         self.closed = False
         self._outbox = outbox
@@ -100,7 +109,7 @@ class SecureFit:
             ConfigError, CryptoError, ValueError (all in ``REFUSED``): a round not to join.
         """
         setup = parse_setup(body, federation=federation, round_=round_)
-        return cls(setup=setup, outbox=outbox, agent_id=agent_id)
+        return cls(setup=setup, outbox=outbox, agent_id=agent_id, body=body)
 
     def close(self) -> None:
         """Stop: later stage messages are ignored, a waiting ``masked_input`` gives None."""
@@ -128,18 +137,37 @@ class SecureFit:
                 raise TypeError(f"not a SecAgg+ stage message: {type(body).__name__}")
 
     async def masked_input(
-        self, *, base: HeldModel, result: FitResult, deadline: float
+        self,
+        *,
+        base: HeldModel,
+        result: FitResult,
+        deadline: float,
+        config: dict[str, Scalar] | None = None,
     ) -> MaskedInput | None:
         """Stage collect_masked_input: the trained delta (``result.weights`` minus ``base``,
-        flattened to shape (d,)), weighted by ``result.num_examples`` (at least 1) and masked
-        once our shares are in; waits until ``deadline`` (``time.monotonic()`` seconds).
+        flattened to shape (d,), clipped to the fit ``config``'s ``dp_clip_norm`` if any)
+        followed by the announced secure-metric words (``agent.privacy.secure_metrics``),
+        weighted by ``result.num_examples`` (at least 1), plus distributed DP's noise
+        share if announced, and masked once our shares are in; waits until ``deadline``
+        (``time.monotonic()`` seconds).
 
         Returns:
             the masked input, ``vector`` of shape (d + 1,) in the ring dtype; or None, logged
             as ``secagg_abandoned``, when the shares did not come, did not authenticate, or
             the round was closed: the round goes on without us.
         """
-        delta = flatten(model_delta(result.weights, base.weights))
+        body = self.announced_body
+        delta = local.secure_vector(
+            flatten(model_delta(result.weights, base.weights)),
+            result.metrics,
+            clip_norm=local.clip_norm_of(config or {}),
+            slots=body.metrics if body is not None else [],
+            metric_scale=body.metric_scale if body is not None else 0.0,
+        )
+        share = local.noise_share(len(delta), body.noise_stddev if body is not None else 0.0)
+        unlisted = sorted(set(result.metrics) - {m.name for m in (body.metrics if body else [])})
+        if unlisted:  # the aggregator cannot learn them without seeing ours alone
+            log.info("metrics_not_aggregated", names=unlisted, reason="not_announced")
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._wake.wait()
@@ -156,6 +184,7 @@ class SecureFit:
                 self._ciphertexts,
                 update=delta,
                 weight=max(1, result.num_examples),
+                noise=share,
             )
         except REFUSED as exc:
             log.warning("secagg_abandoned", reason="bad_shares", error=str(exc))
@@ -179,7 +208,19 @@ class SecureFit:
             self._wake.set()
 
     async def _unmask(self, request: UnmaskRequest) -> None:
-        """Stage unmask: reveal the shares the aggregator needs; then the round is over."""
+        """Stage unmask: reveal the shares the aggregator needs; then the round is over.
+        Under distributed DP no share is revealed for fewer survivors than the noise was
+        sized for (``min_survivors``): the sum would carry less noise than announced."""
+        floor = self.announced_body.min_survivors if self.announced_body is not None else 0
+        if len(request.survivors) < floor:
+            log.warning(
+                "secagg_refused",
+                stage="unmask",
+                reason="dp_too_few_survivors",
+                survivors=len(request.survivors),
+                min_survivors=floor,
+            )
+            return
         try:
             revealed = await asyncio.to_thread(
                 client.unmask, self.state, survivors=request.survivors, dropped=request.dropped
