@@ -135,9 +135,12 @@ class Aggregator:
             metrics=self.metrics,
             observer=observer,
             connected=bus.wait_connected,
+            reconnects=lambda: self._reconnects,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
+        self._reconnects = 0
+        bus.on_connect(self._on_connect)
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self.admission.on_join, rounds=RoundPolicy.ANY)
         registry.register(Kind.MODEL_UPDATE, self.fit.on_update, rounds=RoundPolicy.CURRENT)
@@ -218,6 +221,9 @@ class Aggregator:
                 finally:
                     for task in tasks:
                         task.cancel()
+
+    async def _on_connect(self, reconnect: bool) -> None:
+        self._reconnects += reconnect
 
     async def _mark_ready(self) -> None:
         await self._bus.wait_connected()

@@ -57,6 +57,9 @@ class RoundParts:
     observer: RoundObserver | None = None
     #: ``Bus.wait_connected(timeout)``: no round starts while the broker is down
     connected: Callable[[float | None], Awaitable[None]] | None = None
+    #: how many times the bus reconnected so far: a deadline missed across a reconnect is
+    #: the broker's doing, not the members', and marks no one late
+    reconnects: Callable[[], int] = lambda: 0
 
 
 async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
@@ -67,6 +70,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     record with no survivors, not an exception.
     """
     started = time.perf_counter()
+    epoch = parts.reconnects()
     schedule, admitted = parts.schedule, parts.admission.agents
     now.round = r
     before = now.model
@@ -107,7 +111,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     outcome = await parts.fit.run(r, cohort, before, quorum=needed)
     dropouts = sorted(set(cohort) - set(outcome.survivors))
     parts.admission.record_round(cohort, dropouts)
-    _missed(parts, parts.fit.late)
+    _missed(parts, parts.fit.late, epoch)
     if outcome.weights is not None:
         now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
         await publish_model(parts.outbox, now.model, round=r)
@@ -124,7 +128,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
         evaluators = frozenset(a for a in parts.admission.evaluators() if parts.liveness.alive(a))
         loss, accuracy, eval_examples = await parts.evaluation.run(r, now.model, evaluators)
-        _missed(parts, parts.evaluation.late)
+        _missed(parts, parts.evaluation.late, epoch)
         eval_metrics = dict(parts.evaluation.metrics)
     record = RoundRecord(
         round=r,
@@ -147,8 +151,12 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     return record
 
 
-def _missed(parts: RoundParts, late: frozenset[str]) -> None:
-    """Members waited for until a deadline passed: not waited for again until they show life."""
+def _missed(parts: RoundParts, late: frozenset[str], epoch: int) -> None:
+    """Members waited for until a deadline passed: not waited for again until they show life
+    (unless the bus reconnected since ``epoch``: then the broker lost their answers)."""
+    if late and parts.reconnects() != epoch:
+        log.info("deadline_misses_forgiven", agents=sorted(late), reason="bus_reconnected")
+        return
     if late:
         log.info("agents_missed_deadline", agents=sorted(late))
     for agent_id in late:
