@@ -10,9 +10,7 @@ Example (trainer)::
 
     [plugin]
     name = "digits-mlp"
-    [plugin.options]
-    agent_index = 0
-    num_agents = 10
+    options = { agent_index = 0, num_agents = 10 }
 
 An aggregator has ``role = "aggregator"`` and an ``[aggregator]`` table (``AggregatorConfig``).
 Unknown keys are errors, so a typo never silently falls back to a default.
@@ -29,6 +27,7 @@ import msgspec
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
 from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
+from agent.robust.settings import RobustConfig
 from agent.role import RUNTIME_ROLES, Role
 from agent.secagg.params import SecAggParams, resolve
 
@@ -166,13 +165,13 @@ class AggregatorConfig(_Config, frozen=True):
             ``"none"``.
         secagg: the SecAgg+ settings.
         strategy: the server-side update rule (``[aggregator.strategy]``).
+        robust: bounds on one device's influence (``[aggregator.robust]``).
         privacy: differential privacy (``[aggregator.privacy]``).
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
         over_selection: ask ceil((1 + x)·cohort) agents, close at the cohort (Bonawitz 2019).
-        sender_rate, join_rate: per-sender token buckets before decode, messages/s (burst: 2 s
-            of it), on a trainer's own topics and on the join topic (``runtime.fairness``).
+        sender_rate: a trainer's messages/s before decode, bursts of 2 s (``runtime.fairness``).
     """
 
     rounds: AtLeastOne = 10
@@ -190,12 +189,12 @@ class AggregatorConfig(_Config, frozen=True):
     secure_aggregation: SecureAggregation = SecureAggregation.NONE
     secagg: SecAggConfig = SecAggConfig()
     strategy: StrategyConfig = StrategyConfig()
+    robust: RobustConfig = RobustConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
     over_selection: Annotated[float, msgspec.Meta(ge=0, le=4)] = 0.0
     sender_rate: Positive = 200.0
-    join_rate: Positive = 2.5
 
     def __post_init__(self) -> None:
         if self.min_fit_clients > self.max_fit_clients:
@@ -211,6 +210,8 @@ class AggregatorConfig(_Config, frozen=True):
         secure = self.secure_aggregation is SecureAggregation.SECAGG_PLUS
         if self.privacy.mode is PrivacyMode.DISTRIBUTED and not secure:
             raise ValueError("privacy mode 'distributed' needs secure_aggregation = 'secagg+'")
+        if self.privacy.mode is not PrivacyMode.OFF and self.robust.aggregation != "mean":
+            raise ValueError("[aggregator.robust] aggregation other than 'mean' has no DP analysis")
         if secure:
             try:
                 self.secagg.params(self.min_fit_clients)

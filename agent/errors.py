@@ -25,14 +25,16 @@
     │   ├── StaleTimestampError     a timestamp outside the clock-skew window (a replay)
     │   ├── WrongRoleError          a sender whose role may not publish on that topic
     │   ├── RevokedSenderError      a revoked agent
-    │   └── SealError               a body that should be sealed and is not, or does not open
+    │   ├── SealError               a body that should be sealed and is not, or does not open
+    │   └── RefusedError            a well-formed update or metrics result out of bounds
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
     │   ├── ShareError              a Shamir share or share ciphertext that does not check out
     │   └── IdentityError           a key, certificate, CSR or token that does not check out
     └── RoundError                  a round that cannot complete (e.g. no update arrived)
-        └── SecAggAbortError        SecAgg+ cannot unmask (too few shares or survivors)
+        ├── SecAggAbortError        SecAgg+ cannot unmask (too few shares or survivors)
+        └── ModelRejectedError      a new global model that fails the guard (not published)
 
 Adapters translate third-party exceptions into these at their boundary, always with
 ``raise ... from exc``. Every ``ProtocolError`` carries a short machine-readable ``reason``
@@ -184,6 +186,18 @@ class SealError(ProtocolError):
     reason = "unsealable"
 
 
+class RefusedError(ProtocolError):
+    """A well-formed update or evaluation result that the aggregator refuses because it is out
+    of the bounds one device may have (``agent.robust``). ``reason`` names the bound
+    (``not_finite``, ``weight_above_declared``, ``norm_above_bound``, ...)."""
+
+    reason = "refused"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class PluginError(FedbusError):
     """A plugin that cannot be found, loaded, or that returned something invalid."""
 
@@ -201,6 +215,16 @@ class SecAggAbortError(RoundError):
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"secure aggregation aborted ({reason}): {detail}")
+        self.reason = reason
+
+
+class ModelRejectedError(RoundError):
+    """A new global model that fails the model guard (``agent.robust.guard``): it is never
+    published and the model in force stays. ``reason``: ``not_finite`` or
+    ``change_above_bound``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"new model rejected ({reason}): {detail}")
         self.reason = reason
 
 

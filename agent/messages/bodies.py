@@ -94,7 +94,9 @@ class SecAggSetup(Body, frozen=True):
     in [0, a]; ``noise_stddev``: distributed DP, the standard deviation, in quantization
     steps, of the discrete Gaussian each member adds before masking (0: none);
     ``min_survivors``: distributed DP, a member reveals no share for an unmask with fewer
-    survivors (the noise was calibrated for at least that many).
+    survivors (the noise was calibrated for at least that many); ``norm_bound``: the L2
+    norm each trainer clips its model delta to before quantizing (0: none), which the
+    aggregator checks the unmasked mean against (``agent.robust.secure``).
     """
 
     cohort: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
@@ -111,6 +113,7 @@ class SecAggSetup(Body, frozen=True):
     metric_scale: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     noise_stddev: Annotated[float, msgspec.Meta(ge=0, le=2**40)] = 0.0
     min_survivors: Count = 0
+    norm_bound: Annotated[float, msgspec.Meta(ge=0, le=1e30)] = 0.0
 
 
 class FitIns(Body, frozen=True):

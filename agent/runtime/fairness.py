@@ -69,8 +69,8 @@ class _Bucket:
 
 @dataclass(frozen=True, slots=True)
 class FairnessLimits:
-    """The ``FairQueue`` settings (``[aggregator]`` sender_rate, join_rate; the bursts
-    are two seconds' worth). Rates in messages per second."""
+    """The ``FairQueue`` settings (``[aggregator] sender_rate``; the bursts are two
+    seconds' worth; joins: 2.5/s). Rates in messages per second."""
 
     rate: float = 200.0
     burst: int = 400
@@ -81,7 +81,7 @@ class FairnessLimits:
     max_labels: int = 1024
 
     @classmethod
-    def of(cls, *, rate: float, join_rate: float) -> FairnessLimits:
+    def of(cls, *, rate: float, join_rate: float = 2.5) -> FairnessLimits:
         """Limits with bursts of two seconds' worth of each rate (at least 1)."""
         return cls(
             rate=rate,

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import SecAggAbortError, ShareError
+from agent.robust.secure import check_ring_sum
 from agent.secagg import keys, shamir
 from agent.secagg.graph import neighbours
 from agent.secagg.prg import MaskStream
@@ -262,6 +263,13 @@ def _unmask(state: ServerState) -> Aggregate:
                 stream.subtract(total, seed)
             else:
                 stream.add(total, seed)
+    # What honest, clipped, quantized, weight-capped inputs can add up to (agent.robust.secure).
+    check_ring_sum(
+        total,
+        survivors=len(state.survivors),
+        bits=params.quantization_bits,
+        max_weight=params.max_weight,
+    )
     weighted = dequantize_sum(total[:-1], survivors=len(state.survivors), params=params)
     weighted = weighted.astype(np.float64, copy=False) * params.max_weight
     return Aggregate(weighted, int(total[-1]), tuple(sorted(state.survivors)))

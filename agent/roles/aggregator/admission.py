@@ -98,6 +98,11 @@ class Admission:
             if agent_id in self.agents:
                 self.agents[agent_id].missed_last_round = agent_id in missed
 
+    def declared(self, agent_id: str) -> int:
+        """The num_examples ``agent_id`` declared when it joined (0: unknown or not admitted)."""
+        record = self.agents.get(agent_id)
+        return record.num_examples if record is not None else 0
+
     def evaluators(self) -> frozenset[str]:
         """The admitted agents that answered in their last round."""
         return frozenset(a for a, rec in self.agents.items() if not rec.missed_last_round)

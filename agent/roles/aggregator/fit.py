@@ -23,8 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
+import msgspec
 import structlog
 
 from agent.config import AggregatorConfig, SecureAggregation
@@ -45,6 +47,7 @@ from agent.roles.aggregator import private_update
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
+from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -63,6 +66,7 @@ class RoundFailure(StrEnum):
     NO_UPDATE = "no_update_arrived"  # plain: no valid update before the deadline
     SECAGG_PARAMETERS = "secagg_parameters"  # no SecAgg+ parameters fit the cohort size
     SECAGG_ABORTED = "secagg_aborted"  # the SecAgg+ protocol aborted (SecAggAbortError)
+    MODEL_REJECTED = "model_rejected"  # the new model failed the guard (agent.robust.guard)
     PRIVACY_BUDGET = "privacy_budget"  # the round would exceed target_epsilon: not run
 
 
@@ -118,6 +122,7 @@ class CohortFit:
         strategy: turns each round's ``AggregatedUpdate`` into the next model (both paths).
         alive: liveness (an offline member is not waited for).
         metrics: observes stage durations.
+        declared: an agent's num_examples declared at join (0: unknown), for the bounds.
         privacy: differential privacy of each round (``agent.privacy``; default: off).
         population: the number of admitted agents (the accountant's sampling rate).
     """
@@ -131,10 +136,12 @@ class CohortFit:
         strategy: Strategy,
         alive: Callable[[str], bool],
         metrics: Metrics,
+        declared: Callable[[str], int] = lambda _: 0,
         privacy: PrivacyEngine | None = None,
         population: Callable[[], int] = lambda: 0,
     ) -> None:
         self._outbox = outbox
+        self._declared = declared
         self._schedule = schedule
         self._fed = federation
         self._strategy = strategy
@@ -155,8 +162,7 @@ class CohortFit:
         self, r: int, cohort: Sequence[str], before: GlobalState, *, quorum: int | None = None
     ) -> Outcome:
         """Ask ``cohort`` to train from ``before`` in round ``r``; the outcome once every
-        member delivered, ``quorum`` members delivered (over-selection; None: all), or the
-        deadline (``round_timeout``) passed."""
+        member (or ``quorum``: over-selection) delivered, or ``round_timeout`` passed."""
         self.cohort = frozenset(cohort)
         self.late = frozenset()
         if not cohort:
@@ -229,11 +235,16 @@ class CohortFit:
     async def _plain_fit(
         self, r: int, cohort: Sequence[str], before: GlobalState, quorum: int | None
     ) -> Outcome:
-        """Updates in the clear: wait for every member (or ``quorum``) or the deadline, then
-        the strategy."""
+        """Updates in the clear: every member (or ``quorum``) or the deadline; the strategy."""
         started = time.monotonic()
-        plain = PlainRound(cohort=frozenset(cohort), model=before, alive=self._alive, quorum=quorum)
-        self._plain = plain
+        self._plain = plain = PlainRound(
+            cohort=frozenset(cohort),
+            model=before,
+            alive=self._alive,
+            robust=self._schedule.robust,
+            declared=self._declared,
+            quorum=quorum,
+        )
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
             results = await plain.wait(self._schedule.round_timeout)
@@ -244,8 +255,14 @@ class CohortFit:
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
         update = await asyncio.to_thread(
-            private_update.plain_update, self.privacy, before.weights, results
+            robust_update,
+            before.weights,
+            results,
+            self._schedule.robust,
+            partial(private_update.plain_update, self.privacy),
         )
+        if update is None:
+            return Outcome.failed(RoundFailure.NO_UPDATE)
         return await self._step(before, update, len(cohort))
 
     async def _step(
@@ -256,7 +273,8 @@ class CohortFit:
         plan: RingPlan | None = None,
     ) -> Outcome:
         """The strategy's step from the model in force: the one seam of both paths (after
-        DP's noise and charge, ``private_update.release``)."""
+        DP's noise and charge, ``private_update.release``). The new model passes the guard
+        (``agent.robust.guard``) or is dropped, the strategy's state as before the step."""
         update, spent = await asyncio.to_thread(  # the accountant's RDP sums take ~0.1 s
             private_update.release,
             self.privacy,
@@ -265,7 +283,9 @@ class CohortFit:
             population=self._population(),
             plan=plan,
         )
-        weights = await asyncio.to_thread(self._strategy.step, before.weights, update)
+        weights = await guarded_step(self._strategy, before.weights, update, self._schedule.robust)
+        if weights is None:
+            return Outcome.failed(RoundFailure.MODEL_REJECTED)
         return Outcome.of(weights, update, spent)
 
     async def _secure_fit(
@@ -298,7 +318,10 @@ class CohortFit:
             metrics=self._metrics,
             quorum=quorum,
         )
-        body = setup_body(setup, stage_timeout=settings.stage_timeout, layout=layout)
+        body = msgspec.structs.replace(
+            setup_body(setup, stage_timeout=settings.stage_timeout, layout=layout),
+            norm_bound=self._schedule.robust.max_update_norm,
+        )
         ins = self._fit_ins(before, secagg=body)
         log.info(
             "secagg_round",
@@ -310,6 +333,13 @@ class CohortFit:
         try:
             await send_each(self._outbox, cohort, ins, round=r)
             aggregate = await self._secure.run()
+            check_secure(
+                aggregate,
+                params,
+                self._schedule.robust,
+                model_size=layout.model_size,
+                noisy=layout.plan.noise_stddev > 0,
+            )
         except SecAggAbortError as exc:
             log.error("secagg_aborted", reason=exc.reason, error=str(exc))  # noqa: TRY400
             return Outcome.failed(RoundFailure.SECAGG_ABORTED)

@@ -117,11 +117,17 @@ class Aggregator:
             strategy=strategy or build_strategy(schedule.strategy),
             alive=self.liveness.alive,
             metrics=self.metrics,
+            declared=self.admission.declared,
             privacy=privacy_engine(schedule),
             population=lambda: len(self.admission.agents),
         )
         self._evaluation = FederatedEvaluation(
-            outbox, timeout=schedule.eval_timeout, config=schedule.eval_config, metrics=self.metrics
+            outbox,
+            timeout=schedule.eval_timeout,
+            config=schedule.eval_config,
+            metrics=self.metrics,
+            robust=schedule.robust,
+            declared=self.admission.declared,
         )
         self._parts = RoundParts(
             schedule=schedule,
@@ -161,7 +167,7 @@ class Aggregator:
             metrics=self.metrics,
             fairness=FairQueue(
                 fed,
-                limits=FairnessLimits.of(rate=schedule.sender_rate, join_rate=schedule.join_rate),
+                limits=FairnessLimits.of(rate=schedule.sender_rate),
                 metrics=self.metrics,
             ),
             seen=self.liveness.touch,

@@ -32,6 +32,7 @@ from agent.messages.envelope import Message
 from agent.messages.tensors import to_tensor
 from agent.plugin.api import FitResult, Scalar
 from agent.privacy import local
+from agent.robust.bounds import clip_norm
 from agent.roles.trainer.model import HeldModel
 from agent.runtime.outbox import Outbox
 from agent.secagg import client
@@ -157,8 +158,11 @@ class SecureFit:
             the round was closed: the round goes on without us.
         """
         body = self.announced_body
+        model = flatten(model_delta(result.weights, base.weights))
+        if body is not None:  # the announced L2 bound (agent.robust.secure checks the sum)
+            model = clip_norm(model, body.norm_bound)
         delta = local.secure_vector(
-            flatten(model_delta(result.weights, base.weights)),
+            model,
             result.metrics,
             clip_norm=local.clip_norm_of(config or {}),
             slots=body.metrics if body is not None else [],
