@@ -268,6 +268,11 @@ class IdentityConfig(_Config, frozen=True):
         ca_dir: aggregator only: the CA's directory, for enrollment and revocation.
         registry: aggregator only: the registry database (default ``ca_dir/registry.sqlite``).
         max_clock_skew: seconds a message's timestamp may differ from our clock.
+        renew_before_days, renew_check_every: trainer: renew the certificate over the bus
+            this many days before it expires (0: never), checking every so many seconds.
+        crl_refresh_before_days, crl_valid_days, broker_dir, broker_pid_file: aggregator:
+            re-sign the CRLs (``ca_dir``'s, ``broker_dir``'s, then SIGHUP that pid) this
+            close to nextUpdate (0: never), for so many days (``agent.runtime.crl_refresh``).
     """
 
     cert_file: Path | None = None
@@ -276,6 +281,12 @@ class IdentityConfig(_Config, frozen=True):
     ca_dir: Path | None = None
     registry: Path | None = None
     max_clock_skew: Positive = 300.0
+    renew_before_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    renew_check_every: Positive = 3600.0
+    crl_refresh_before_days: Annotated[float, msgspec.Meta(ge=0)] = 7.0
+    crl_valid_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+    broker_dir: Path | None = None
+    broker_pid_file: Path | None = None
 
     @property
     def enabled(self) -> bool:

@@ -26,7 +26,10 @@
     │   ├── WrongRoleError          a sender whose role may not publish on that topic
     │   ├── RevokedSenderError      a revoked agent
     │   ├── SealError               a body that should be sealed and is not, or does not open
-    │   └── RefusedError            a well-formed update or metrics result out of bounds
+    │   ├── RefusedError            a well-formed update or metrics result out of bounds
+    │   └── LedgerError             a round-ledger record that does not verify or chain
+    │       ├── LedgerRecordError   unreadable, non-canonical, or badly signed
+    │       └── LedgerChainError    does not chain to the one before (dropped, reordered)
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
@@ -196,6 +199,27 @@ class RefusedError(ProtocolError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
+
+
+class LedgerError(ProtocolError):
+    """A round-ledger record (``agent.ledger``) that cannot be trusted."""
+
+    reason = "ledger_invalid"
+
+
+class LedgerRecordError(LedgerError):
+    """A record that does not decode canonically, or whose aggregator signature or
+    certificate does not verify (a tampered byte)."""
+
+    reason = "ledger_bad_record"
+
+
+class LedgerChainError(LedgerError):
+    """A record whose index or previous-record hash does not follow the record before it
+    (a record dropped, reordered or forked), or a model with no record that reaches the
+    ledger head this agent holds."""
+
+    reason = "ledger_broken"
 
 
 class PluginError(FedbusError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 
 from agent.bus.base import Bus, BusSettings, LastWill
-from agent.bus.url import TlsFiles, bus_from_url
+from agent.bus.url import TlsFiles, bus_from_url, parse_broker_url
 from agent.config import AgentConfig
 from agent.errors import PluginError
 from agent.identity.ca import load_ca
@@ -30,8 +31,11 @@ from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
 from agent.roles.liveness import status_will
 from agent.roles.trainer import Trainer
+from agent.runtime.auth_callout import callout_for, serve_callout
+from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService
 from agent.runtime.metrics import Metrics, serve
+from agent.runtime.renewal import renewal_for
 from agent.runtime.sdnotify import process_notifier, serve_role
 
 log = structlog.get_logger(__name__)
@@ -48,10 +52,20 @@ def bus_settings(
     return BusSettings(client_id=client_id, max_payload=config.max_payload, will=will)
 
 
-def open_bus(config: AgentConfig, settings: BusSettings) -> Bus:
-    """The bus adapter for ``config.bus_url`` with its ``[tls]`` files (not yet entered)."""
+def open_bus(
+    config: AgentConfig, settings: BusSettings, context: ssl.SSLContext | None = None
+) -> Bus:
+    """The bus adapter for ``config.bus_url`` with its ``[tls]`` files (not yet entered),
+    connecting with ``context`` when given (``tls_context``)."""
     tls = TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file)
-    return bus_from_url(config.bus_url, settings, tls=tls)
+    return bus_from_url(config.bus_url, settings, tls=tls, context=context)
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``[tls]`` for a TLS bus URL (None for plaintext)."""
+    if not parse_broker_url(config.bus_url).tls:
+        return None
+    return TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file).ssl_context()
 
 
 async def run_node(
@@ -72,7 +86,8 @@ async def run_node(
     context = PluginContext(config.agent_id, config.plugin.options, config.state_dir)
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
     will = status_will(config) if config.role is Role.TRAINER else None
-    bus = open_bus(config, bus_settings(config, will=will))
+    tls = tls_context(config)  # a trainer reloads a renewed certificate into it
+    bus = open_bus(config, bus_settings(config, will=will), tls)
     log.info(
         "agent_starting",
         role=str(config.role),
@@ -83,7 +98,7 @@ async def run_node(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
         if config.role is Role.TRAINER:
-            trainer = Trainer(config=config, bus=bus, plugin=plugin, metrics=metrics)
+            trainer = Trainer(config=config, bus=bus, plugin=plugin, metrics=metrics, tls=tls)
             await serve_role(trainer, trainer.run())  # READY=1, STATUS= (systemd)
             return None
         weights = await asyncio.to_thread(plugin.get_weights)
@@ -110,21 +125,31 @@ async def run_node(
         enroll_bus = await stack.enter_async_context(
             open_bus(config, bus_settings(config, suffix="enroll"))
         )
+        authority = load_ca(ca_dir)
         service = EnrollmentService(
             enroll_bus,
-            load_ca(ca_dir),
+            authority,
             registry,
             config.federation,
             sender=config.agent_id,
             ca_dir=ca_dir,
             signer=aggregator.signer,
+            renewal=renewal_for(config, enroll_bus, authority, registry, metrics=metrics),
         )
+        crl = crl_refresher_for(config, authority, registry, metrics.registry)
+        callout = callout_for(config, authority.cert, registry)
         async with asyncio.TaskGroup() as tg:
-            enrolling = tg.create_task(service.run(), name="enrollment")
+            services = [tg.create_task(service.run(), name="enrollment")]
+            if crl is not None:
+                services.append(tg.create_task(crl.run(), name="crl-refresh"))
+            if callout is not None and tls is not None:  # NATS: admits enrolled devices
+                serving = serve_callout(callout, config.bus_url, tls=tls)
+                services.append(tg.create_task(serving, name="nats-auth-callout"))
             try:
                 summary = await serve_role(aggregator, aggregator.run())
             finally:
-                enrolling.cancel()
+                for task in services:
+                    task.cancel()
         await export_final_model(plugin, aggregator.global_state.weights, config)
         return summary
 

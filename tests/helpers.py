@@ -17,7 +17,14 @@ import numpy as np
 
 from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
-from agent.config import AgentConfig, AggregatorConfig, PluginConfig, TrainerConfig
+from agent.config import (
+    AgentConfig,
+    AggregatorConfig,
+    IdentityConfig,
+    PluginConfig,
+    TrainerConfig,
+)
+from agent.identity import ca, pem
 from agent.messages import Kind
 from agent.messages.envelope import Message
 from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
@@ -199,4 +206,20 @@ def fedbus(
         timeout=timeout,
         check=False,
         env=env,
+    )
+
+
+def identity_files(
+    authority: ca.CertificateAuthority, agent_id: str, role: Role, where: Path
+) -> IdentityConfig:
+    """A fresh key and certificate of ``authority`` for ``agent_id`` under ``where``, and
+    the ``[identity]`` table naming them (with ``where/ca.pem``)."""
+    key, cert = ca.issue(authority, agent_id, role=role)
+    pem.write_private_key(where / f"{agent_id}.key", key)
+    pem.write_pem(where / f"{agent_id}.pem", cert)
+    pem.write_pem(where / "ca.pem", authority.cert)
+    return IdentityConfig(
+        cert_file=where / f"{agent_id}.pem",
+        key_file=where / f"{agent_id}.key",
+        ca_file=where / "ca.pem",
     )

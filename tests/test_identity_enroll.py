@@ -120,7 +120,7 @@ async def test_a_device_enrolls_end_to_end_and_its_key_never_leaves(
     (payload,) = captured
     request = decode(payload).body
     assert isinstance(request, EnrollRequest)
-    assert set(request.__struct_fields__) == {"agent_id", "csr", "token"}
+    assert set(request.__struct_fields__) == {"agent_id", "csr", "token", "ca_fingerprint"}
     csr = x509.load_pem_x509_csr(request.csr)
     assert csr.public_key() == key.public_key()
     secret = key.private_numbers().private_value.to_bytes(32, "big")

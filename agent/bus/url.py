@@ -98,12 +98,21 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(transport, parts.hostname, port or default_port, tls)
 
 
-def bus_from_url(url: str, settings: BusSettings, *, tls: TlsFiles | None = None) -> Bus:
-    """The ``Bus`` adapter for ``url`` (not yet connected: enter it with ``async with``)."""
+def bus_from_url(
+    url: str,
+    settings: BusSettings,
+    *,
+    tls: TlsFiles | None = None,
+    context: ssl.SSLContext | None = None,
+) -> Bus:
+    """The ``Bus`` adapter for ``url`` (not yet connected: enter it with ``async with``).
+
+    ``context``: a TLS context built by the caller from ``tls`` (``TlsFiles.ssl_context``),
+    which the adapter then connects with every time: reloading a certificate into it (a
+    renewal) changes what the next session presents."""
     address = parse_broker_url(url)
-    context: ssl.SSLContext | None = None
     if address.tls:
-        context = (tls or TlsFiles()).ssl_context()
+        context = context or (tls or TlsFiles()).ssl_context()
     elif tls is not None and tls != TlsFiles():
         raise ConfigError(
             f"TLS files given but {redact_url(url)!r} is plaintext; use mqtts:// or tls://"

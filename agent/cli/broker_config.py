@@ -3,7 +3,9 @@
 The enrolled agents come from ``--agent`` and, when the CA directory has one, from its
 registry (``registry.sqlite``: enrolled and revoked agents, revoked serials). Run it again
 after every enrollment (nats-server lists each agent) and revocation, then reload the broker
-(``--reload-pid``, or SIGHUP yourself).
+(``--reload-pid``, or SIGHUP yourself) -- except for nats with ``--auth-callout``: the broker
+then asks the aggregator about every client (``agent.runtime.auth_callout``), so enrollment
+and revocation take effect with no rerun and no reload.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ _RUN: dict[str, str] = {"mosquitto": "mosquitto -c {config}", "nats": "nats-serv
     metavar="PID",
     help="Then make this running broker reread its files (SIGHUP).",
 )
+@click.option(
+    "--auth-callout",
+    is_flag=True,
+    help="nats: admit every client but the aggregator through the aggregator's auth "
+    "callout (its key: CA_DIR/nats-callout.seed, created if missing); no rerun or reload "
+    "per enrollment.",
+)
 def broker_config(
     broker: str,
     ca_dir: Path,
@@ -86,6 +95,7 @@ def broker_config(
     server_names: tuple[str, ...],
     mosquitto_user: str | None,
     reload_pid: int | None,
+    auth_callout: bool,
 ) -> None:
     """Write a locked-down BROKER config: TLS with client certificates of the federation's
     CA, per-agent access rules, an enroll-only identity, and revocation."""
@@ -93,8 +103,12 @@ def broker_config(
     from agent.identity.registry import REGISTRY_FILE
     from agent.lockdown import Members, members_from_registry, reload, write_broker_config
     from agent.lockdown.members import DEFAULT_AGGREGATOR
+    from agent.lockdown.nats_jwt import CALLOUT_SEED, load_or_create_issuer, public_key
 
+    if auth_callout and broker != "nats":
+        raise click.UsageError("--auth-callout is for nats only")
     ca = load_ca(ca_dir)
+    issuer = public_key(load_or_create_issuer(ca_dir / CALLOUT_SEED)) if auth_callout else None
     registry = ca_dir / REGISTRY_FILE
     if registry.is_file():
         members = members_from_registry(registry, aggregator=aggregator, agents=agents)
@@ -109,6 +123,7 @@ def broker_config(
         host=host,
         server_names=server_names,
         mosquitto_user=mosquitto_user,
+        callout_issuer=issuer,
     )
     click.echo(f"wrote {files.directory} for federation {ca.federation} ({files.url})")
     click.echo(
@@ -116,6 +131,11 @@ def broker_config(
         f"{len(members.trainers)} trainers; {len(members.revoked_ids)} revoked; "
         f"{len(members.revoked_serials)} revoked certificates"
     )
+    if issuer is not None:
+        click.echo(
+            f"  auth callout: issuer {issuer}; the aggregator with --ca-dir {ca_dir} serves it "
+            "(enrollments and revocations need no rerun)"
+        )
     if reload_pid is not None:
         reload(reload_pid)
         click.echo(f"  sent SIGHUP to {reload_pid}")

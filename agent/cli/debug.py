@@ -267,7 +267,14 @@ def status_lines(federation: str, summary: FederationStatus) -> list[str]:
         )
         admitted = "admitted" if agent.admitted else "-"
         state = str(agent.state or "unknown")
-        lines.append(f"  {agent_id:<16} {state:<8} {admitted:<9} last seen {seen}  {agent.detail}")
+        expires = (
+            ""
+            if agent.cert_expires is None
+            else time.strftime("  cert expires %Y-%m-%d", time.gmtime(agent.cert_expires))
+        )
+        lines.append(
+            f"  {agent_id:<16} {state:<8} {admitted:<9} last seen {seen}  {agent.detail}{expires}"
+        )
     last = summary.last_round
     if last is not None:
         accuracy = "-" if last.accuracy is None else f"{100 * last.accuracy:.2f}%"

@@ -186,7 +186,8 @@ def agents_group() -> None:
 @ca_dir_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON array (serials as strings).")
 def agents_list(ca_dir: Path, as_json: bool) -> None:
-    """List every identity: id, role, status, enrolled at, last seen, revoked at."""
+    """List every identity: id, role, status, enrolled at, last seen, revoked at, and when
+    its certificate expires."""
     from agent.identity.ca_dir import registry_path
     from agent.identity.registry import Registry
 
@@ -202,14 +203,15 @@ def agents_list(ca_dir: Path, as_json: bool) -> None:
             "enrolled_at": _when(r.enrolled_at),
             "last_seen": _when(r.last_seen),
             "revoked_at": _when(r.revoked_at),
+            "expires_at": _when(r.expires_at),
         }
         for r in rows
     ]
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
-    header = ("AGENT", "ROLE", "STATUS", "ENROLLED AT", "LAST SEEN", "REVOKED AT")
-    keys = ("agent_id", "role", "status", "enrolled_at", "last_seen", "revoked_at")
+    header = ("AGENT", "ROLE", "STATUS", "ENROLLED AT", "LAST SEEN", "REVOKED AT", "EXPIRES AT")
+    keys = ("agent_id", "role", "status", "enrolled_at", "last_seen", "revoked_at", "expires_at")
     table = [header, *[tuple(r[k] or "-" for k in keys) for r in records]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

@@ -46,6 +46,7 @@ def _register_demo() -> None:
     from agent.cli.debug import listen, publish, status
     from agent.cli.demo import demo
     from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
+    from agent.cli.ledger import ledger
     from agent.cli.plugins import plugin
     from agent.cli.predict import predict
     from agent.cli.service import service
@@ -60,6 +61,7 @@ def _register_demo() -> None:
     cli.add_command(status)
     cli.add_command(broker_config)
     cli.add_command(service)
+    cli.add_command(ledger)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

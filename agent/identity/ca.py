@@ -227,9 +227,14 @@ def _issue(
 
 
 def build_crl(
-    ca: CertificateAuthority, revoked: Iterable[tuple[int, dt.datetime]], *, valid_days: int = 30
+    ca: CertificateAuthority,
+    revoked: Iterable[tuple[int, dt.datetime]],
+    *,
+    valid_days: float = 30,
 ) -> x509.CertificateRevocationList:
-    """A CRL (RFC 5280 §5) listing ``(serial, revoked_at)`` pairs, signed by the CA."""
+    """A CRL (RFC 5280 §5) listing ``(serial, revoked_at)`` pairs, signed by the CA, with
+    nextUpdate ``valid_days`` from now: after that mosquitto refuses every handshake, so a
+    long-lived aggregator re-signs it well before (``agent.runtime.crl_refresh``)."""
     now = _utcnow()
     builder = (
         x509.CertificateRevocationListBuilder()

@@ -154,7 +154,9 @@ async def enroll(
         raise ValueError("attempts must be >= 1 and timeout > 0")
     key = key if key is not None else new_key()
     csr = build_csr(key, agent_id=agent_id, federation=federation)
-    request = EnrollRequest(agent_id=agent_id, csr=csr.public_bytes(_PEM), token=token)
+    request = EnrollRequest(  # the pin goes along: a wrong one is refused before the token
+        agent_id=agent_id, csr=csr.public_bytes(_PEM), token=token, ca_fingerprint=pinned
+    )
     payload = encode(request, federation=federation, round=0, sender=agent_id)
     reply_topic = ENROLL_REPLY.format(federation, agent_id)
     deadline = time.monotonic() + timeout

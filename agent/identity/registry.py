@@ -75,6 +75,7 @@ class AgentRow:
     enrolled_at: dt.datetime
     last_seen: dt.datetime | None
     revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None = None  # notAfter of the current certificate
 
 
 class Registry:
@@ -175,6 +176,7 @@ class Registry:
             raise ValueError("the identity's serial is not the certificate's")
         when = to_unix(now)
         serial, fp = str(cert.serial_number), fingerprint(cert)
+        exp = cert.not_valid_after_utc.timestamp()
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             known = self._db.execute(
@@ -213,9 +215,9 @@ class Registry:
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO agents (agent_id, role, status, serial, fingerprint,"
-                " enrolled_at, last_seen, revoked_at) VALUES (?, ?, 'enrolled', ?, ?, ?,"
-                " (SELECT last_seen FROM agents WHERE agent_id = ?), NULL)",
-                (identity.agent_id, str(identity.role), serial, fp, when, identity.agent_id),
+                " enrolled_at, last_seen, revoked_at, expires_at) VALUES (?, ?, 'enrolled', ?,"
+                " ?, ?, (SELECT last_seen FROM agents WHERE agent_id = ?), NULL, ?)",
+                (identity.agent_id, str(identity.role), serial, fp, when, identity.agent_id, exp),
             )
         return superseded
 
@@ -320,11 +322,14 @@ class Registry:
         return cursor.rowcount == 1
 
 
-_COLUMNS = "agent_id, role, status, serial, fingerprint, enrolled_at, last_seen, revoked_at"
+_COLUMNS = (
+    "agent_id, role, status, serial, fingerprint, enrolled_at, last_seen, revoked_at, expires_at"
+)
+_Row = tuple[str, str, str, str, str, float, float | None, float | None, float | None]
 
 
-def _row(row: tuple[str, str, str, str, str, float, float | None, float | None]) -> AgentRow:
-    agent_id, role, status, serial, fp, enrolled_at, last_seen, revoked_at = row
+def _row(row: _Row) -> AgentRow:
+    agent_id, role, status, serial, fp, enrolled_at, last_seen, revoked_at, expires_at = row
     return AgentRow(
         agent_id=agent_id,
         role=Role(role),
@@ -334,4 +339,5 @@ def _row(row: tuple[str, str, str, str, str, float, float | None, float | None])
         enrolled_at=dt.datetime.fromtimestamp(enrolled_at, dt.UTC),
         last_seen=from_unix(last_seen),
         revoked_at=from_unix(revoked_at),
+        expires_at=from_unix(expires_at),
     )

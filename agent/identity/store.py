@@ -4,7 +4,8 @@ time format it stores.
 One file (stdlib ``sqlite3``, WAL journal, ``synchronous=FULL``), three tables:
 
 - ``agents``: one row per agent id: role, status (``enrolled`` | ``revoked``), the serial
-  and SHA-256 fingerprint of its *current* certificate, enrolled at, last seen, revoked at.
+  and SHA-256 fingerprint of its *current* certificate, enrolled at, last seen, revoked at,
+  and when that certificate expires (``expires_at``, a column added to older files on open).
 - ``certificates``: every certificate ever recorded (serial, agent id, fingerprint, issued
   at, revoked at): the history that ``agents`` overwrites.
 - ``tokens``: one-time enrollment tokens, by SHA-256 only (``agent.identity.tokens``).
@@ -88,6 +89,9 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
             "unreadable", f"registry {path} has schema {version}, not {SCHEMA_VERSION}"
         )
     db.executescript(_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(agents)")}
+    if "expires_at" not in columns:  # nullable and additive: older registries gain it
+        db.execute("ALTER TABLE agents ADD COLUMN expires_at REAL")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 

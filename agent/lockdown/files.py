@@ -52,6 +52,7 @@ class BrokerFiles:
     port: int
     server_names: tuple[str, ...] = ()
     mosquitto_user: str | None = None
+    callout_issuer: str | None = None
 
     @property
     def config(self) -> Path:
@@ -89,6 +90,7 @@ def write_broker_config(
     server_names: Sequence[str] = (),
     mosquitto_user: str | None = None,
     crl_valid_days: int = 30,
+    callout_issuer: str | None = None,
 ) -> BrokerFiles:
     """Write everything ``kind``'s broker needs to admit ``members`` of ``ca``'s federation.
 
@@ -101,7 +103,10 @@ def write_broker_config(
             able to read the files (``chown`` the key). :func:`local_mosquitto_user` for a
             broker this process starts.
         crl_valid_days: the CRL's lifetime: regenerate and reload before it ends, or
-            mosquitto refuses every client.
+            mosquitto refuses every client (the aggregator re-signs it:
+            ``agent.runtime.crl_refresh``).
+        callout_issuer: nats only: the account NKey of the aggregator's auth callout, which
+            then admits every client but the aggregator (``agent.lockdown.nats``).
 
     Raises:
         ConfigError: an unknown kind, a bad port, or a directory the configs cannot name.
@@ -117,7 +122,9 @@ def write_broker_config(
             f"or any of {_UNQUOTABLE}"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    files = BrokerFiles(kind, directory, host, port, tuple(server_names), mosquitto_user)
+    files = BrokerFiles(
+        kind, directory, host, port, tuple(server_names), mosquitto_user, callout_issuer
+    )
     write_pem(files.ca_file, ca.cert)
     _ensure_server_certificate(ca, files, _san_hosts(host, server_names))
     fed = ca.federation
@@ -141,6 +148,7 @@ def write_broker_config(
             agents=members.trainers,
             revoked=members.revoked_ids,
             enroll=members.enroll,
+            callout_issuer=callout_issuer,
         )
     write_text(files.config, text)
     return files
@@ -158,6 +166,7 @@ def regenerate(files: BrokerFiles, ca: CertificateAuthority, members: Members) -
         host=files.host,
         server_names=files.server_names,
         mosquitto_user=files.mosquitto_user,
+        callout_issuer=files.callout_issuer,
     )
 
 

@@ -68,11 +68,14 @@ class JoinRejected(Body, frozen=True):
 
 
 class GlobalModel(Body, frozen=True):
-    """aggregator → all (and a new agent's inbox): model ``version`` (rounds aggregated)."""
+    """aggregator → all (and a new agent's inbox): model ``version`` (rounds aggregated),
+    with its signed, hash-chained round-ledger records (``ledger``)."""
 
     version: Version
     sha256: Sha256
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
+    #: its round-ledger records, oldest first (``agent.ledger``; empty: identities off)
+    ledger: Annotated[list[bytes], msgspec.Meta(max_length=64)] = []
 
 
 class MetricRange(Body, frozen=True):
@@ -231,11 +234,13 @@ Reason = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{0,64}$")]
 
 class EnrollRequest(Body, frozen=True):
     """device → aggregator on ``enroll/{agent_id}``: a CSR (RFC 2986, PEM) for ``agent_id``
-    and the one-time token that authorises it. The private key never travels."""
+    and the one-time token that authorises it (the private key never travels), and the CA
+    SHA-256 the device pinned: a wrong pin is refused before the token is redeemed."""
 
     agent_id: Name
     csr: Pem
     token: Token
+    ca_fingerprint: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
 
 
 class EnrollReply(Body, frozen=True):
@@ -253,6 +258,27 @@ class EnrollReply(Body, frozen=True):
     cert: Pem | None = None
     ca: Pem | None = None
     request: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+
+
+class RenewRequest(Body, frozen=True):
+    """trainer → aggregator on ``renew/{agent_id}``, signed with the certificate it renews
+    (no token): a CSR (PEM) for ``agent_id``; ``nonce`` comes back in the reply."""
+
+    agent_id: Name
+    csr: Pem
+    nonce: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+
+
+class RenewReply(Body, frozen=True):
+    """aggregator → the trainer's inbox: the new certificate (PEM) when ``status`` is
+    ``"ok"`` (the old one is superseded), else why not; ``nonce`` is the request's."""
+
+    agent_id: Name
+    status: Literal["ok", "error"]
+    nonce: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    reason: Reason = ""
+    detail: Text = ""
+    cert: Pem | None = None
 
 
 class Liveness(StrEnum):
@@ -275,11 +301,12 @@ class RoundPhase(StrEnum):
 class AgentStatus(Body, frozen=True):
     """agent → all on ``status/{agent_id}`` (retained): ``online`` on every connect and as a
     heartbeat, ``offline`` as the last will (MQTT) or on a clean stop; ``detail`` is what
-    the agent is doing (``idle``, ``round 3: training``, ...)."""
+    the agent is doing (``idle``, ...); ``cert_expires``: its certificate's notAfter (s)."""
 
     state: Liveness
     detail: Text = ""
     model_version: Version | None = None
+    cert_expires: float | None = None
 
 
 class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -290,6 +317,7 @@ class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     detail: Text = ""
     last_seen: float | None = None
     admitted: bool = False
+    cert_expires: float | None = None
 
 
 class RoundSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -334,6 +362,8 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.UNMASK_REQUEST: UnmaskRequest,
     Kind.ENROLL: EnrollRequest,
     Kind.ENROLL_REPLY: EnrollReply,
+    Kind.RENEW: RenewRequest,
+    Kind.RENEW_REPLY: RenewReply,
     Kind.STATUS: AgentStatus,
     Kind.FEDERATION_STATUS: FederationStatus,
 }

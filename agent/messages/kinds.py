@@ -29,6 +29,9 @@ class Kind(StrEnum):
     # Enrollment (unsigned: the device has no identity yet; see agent.identity.enrollment)
     ENROLL = "enroll"
     ENROLL_REPLY = "enroll_reply"
+    # Renewal (signed with the certificate being renewed; the answer comes to the inbox)
+    RENEW = "renew"
+    RENEW_REPLY = "renew_reply"
     # Liveness: each agent's retained online/offline, and the aggregator's summary
     STATUS = "status"
     FEDERATION_STATUS = "federation_status"

@@ -70,11 +70,12 @@ INBOX = TopicSpec(
             Kind.RELAY_KEYS,
             Kind.RELAY_SHARES,
             Kind.UNMASK_REQUEST,
+            Kind.RENEW_REPLY,
         }
     ),
     False,
     "One agent's inbox: admission, round assignment, the current model for a new agent, "
-    "and the SecAgg+ messages relayed to it.",
+    "the SecAgg+ messages relayed to it, and the answer to its certificate renewal.",
 )
 GLOBAL_MODEL = TopicSpec(
     "global_model",
@@ -158,6 +159,14 @@ ENROLL_REPLY = TopicSpec(
     "The answer to one device's enrollment: its certificate and the CA, or why not.",
 )
 
+RENEW = TopicSpec(
+    "renew",
+    "fl/{federation}/renew/{agent_id}",
+    Role.TRAINER,
+    frozenset({Kind.RENEW}),
+    False,
+    "An enrolled agent's certificate renewal (a CSR), signed with the certificate it renews.",
+)
 STATUS = TopicSpec(
     "status",
     "fl/{federation}/status/{agent_id}",
@@ -189,6 +198,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     FINISH,
     ENROLL,
     ENROLL_REPLY,
+    RENEW,
     STATUS,
     FEDERATION_STATUS,
 )

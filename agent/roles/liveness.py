@@ -60,6 +60,7 @@ class Seen:
     detail: str
     last_seen: float
     model_version: int | None = None
+    cert_expires: float | None = None
 
 
 class LivenessTracker:
@@ -95,7 +96,7 @@ class LivenessTracker:
         self.late.discard(agent_id)
         before = self.agents.get(agent_id)
         self.agents[agent_id] = Seen(
-            status.state, status.detail, self._clock(), status.model_version
+            status.state, status.detail, self._clock(), status.model_version, status.cert_expires
         )
         return before is None or before.state != status.state
 
@@ -126,4 +127,5 @@ class LivenessTracker:
             detail=seen.detail if seen else "",
             last_seen=seen.last_seen if seen else None,
             admitted=admitted,
+            cert_expires=seen.cert_expires if seen else None,
         )

@@ -37,6 +37,7 @@ from agent.messages.signing import Signer
 from agent.messages.topics import ENROLL, ENROLL_REPLY, classify
 from agent.role import Identity, Role
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from agent.runtime.renewal import RenewalService
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +69,8 @@ class EnrollmentService:
         signer: signs every reply (the aggregator's, or the CA's enroll identity): a device
             that holds the CA certificate can tell a reply of ours from junk on its topic.
             Every reply also names the request it answers (``EnrollReply.request``).
+        renewal: when given, this service's connection also carries certificate renewals
+            (``renew/+``), which it hands to ``renewal`` (``agent.runtime.renewal``).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class EnrollmentService:
         ca_dir: Path | None = None,
         on_enrolled: EnrolledHook | None = None,
         signer: Signer | None = None,
+        renewal: RenewalService | None = None,
     ) -> None:
         self._bus = bus
         self._ca = ca
@@ -92,6 +96,7 @@ class EnrollmentService:
         self._ca_dir = ca_dir
         self._on_enrolled = on_enrolled
         self._signer = signer
+        self._renewal = renewal
         self._ca_pem = ca.cert.public_bytes(_PEM)
         listeners = ListenerRegistry()
         listeners.register(Kind.ENROLL, self._on_request, rounds=RoundPolicy.ANY)
@@ -109,10 +114,17 @@ class EnrollmentService:
         """Subscribe and answer every request until the bus closes or the task is cancelled.
         A bad request is answered (when its topic names an agent) and logged, never fatal."""
         await self._bus.subscribe(ENROLL.filter(self._federation))
+        renewal = self._renewal
+        if renewal is not None:
+            await self._bus.subscribe(renewal.filter)
         await self._bus.wait_connected()
         self.ready.set()
         log.info("enrollment_service_started", federation=self._federation)
-        await self._dispatcher.run(self._bus)
+        async for raw in self._bus.messages():
+            if renewal is not None and renewal.serves(raw.topic):
+                await renewal.dispatcher.dispatch(raw)
+            else:
+                await self._dispatcher.dispatch(raw)
 
     async def _on_request(self, message: Message[Any]) -> None:
         """The ``Kind.ENROLL`` listener: the Dispatcher checked that the envelope's sender is
@@ -159,6 +171,13 @@ class EnrollmentService:
                 agent_id,
                 "sender_mismatch",
                 f"a request for {request.agent_id!r} on {agent_id!r}'s topic",
+            )
+        if request.ca_fingerprint and request.ca_fingerprint != self._ca.fingerprint:
+            return self._refuse(  # before the token is redeemed or anything signed
+                agent_id,
+                "fingerprint_mismatch",
+                "the CA fingerprint the device pinned is not this federation's CA: check "
+                "--ca-fingerprint (the token was not used)",
             )
         try:
             cert, superseded = await asyncio.to_thread(self._enroll, request)

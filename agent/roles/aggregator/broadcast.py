@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 
 import structlog
 
+from agent.ledger.book import RoundLedger
 from agent.messages import topics
 from agent.messages.bodies import Body, GlobalModel
 from agent.roles.aggregator.records import GlobalState
@@ -20,7 +22,9 @@ async def publish_model(
 ) -> None:
     """``model_para`` for ``state``: to everyone (retained on MQTT), or to ``agent_id``'s
     inbox. An unsent model is logged by the outbox, not raised (the agent is a dropout)."""
-    body = GlobalModel(version=state.version, sha256=state.sha256, tensors=state.tensors)
+    body = GlobalModel(
+        version=state.version, sha256=state.sha256, tensors=state.tensors, ledger=[*state.ledger]
+    )
     spec = topics.GLOBAL_MODEL if agent_id is None else topics.INBOX
     size = await outbox.try_send(spec, body, round=round, agent_id=agent_id)
     if size is not None:
@@ -33,3 +37,31 @@ async def send_each(outbox: Outbox, agents: Iterable[str], body: Body, *, round:
     async with task_group() as tg:
         for agent_id in agents:
             tg.create_task(outbox.try_send(topics.INBOX, body, round=round, agent_id=agent_id))
+
+
+async def recorded(
+    ledger: RoundLedger | None,
+    state: GlobalState,
+    *,
+    round: int,
+    cohort: Sequence[str] = (),
+    survivors: Sequence[str] = (),
+) -> GlobalState:
+    """``state`` with round ``round``'s record appended to the ledger (and its tail, which
+    ``publish_model`` sends along); ``state`` itself when there is no ledger (identities
+    off). Dropouts are the cohort members that did not survive.
+
+    Raises:
+        OSError: the record cannot be written.
+    """
+    if ledger is None:
+        return state
+    tail = await ledger.append(
+        round=round,
+        cohort=cohort,
+        survivors=survivors,
+        dropouts=sorted(set(cohort) - set(survivors)),
+        model_version=state.version,
+        model_sha256=state.sha256,
+    )
+    return dataclasses.replace(state, ledger=tail)

@@ -106,12 +106,14 @@ class AgentRecord:
 
 @dataclass(frozen=True, slots=True)
 class GlobalState:
-    """The global model in force: weights, their wire form and digest."""
+    """The global model in force: weights, their wire form, digest and ledger records."""
 
     version: int
     weights: Weights
     tensors: list[Tensor]
     sha256: str
+    #: the round-ledger records ending with this model's (``agent.ledger.book``)
+    ledger: tuple[bytes, ...] = ()
 
     @classmethod
     def of(cls, version: int, weights: Weights) -> GlobalState:

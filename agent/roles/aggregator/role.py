@@ -15,6 +15,7 @@ from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.errors import IdentityError
 from agent.identity.local import Credentials
+from agent.ledger.book import RoundLedger
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness
 from agent.messages.envelope import Message
@@ -142,6 +143,9 @@ class Aggregator:
             observer=observer,
             connected=bus.wait_connected,
             reconnects=lambda: self._reconnects,
+            ledger=RoundLedger(config.state_dir, credentials.signer, schedule)
+            if credentials
+            else None,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 import structlog
 
 from agent.config import AggregatorConfig
+from agent.ledger.book import RoundLedger
 from agent.messages.bodies import Liveness, RoundPhase
 from agent.roles.aggregator.admission import Admission
-from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.broadcast import publish_model, recorded
 from agent.roles.aggregator.cohort import cohort_size, sample_cohort
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit, Outcome, RoundFailure
@@ -60,6 +61,8 @@ class RoundParts:
     #: how many times the bus reconnected so far: a deadline missed across a reconnect is
     #: the broker's doing, not the members', and marks no one late
     reconnects: Callable[[], int] = lambda: 0
+    #: the signed round ledger (None: identities off)
+    ledger: RoundLedger | None = None
 
 
 async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
@@ -114,6 +117,10 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     _missed(parts, parts.fit.late, epoch)
     if outcome.weights is not None:
         now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
+    now.model = await recorded(
+        parts.ledger, now.model, round=r, cohort=cohort, survivors=outcome.survivors
+    )
+    if outcome.weights is not None:
         await publish_model(parts.outbox, now.model, round=r)
     elif outcome.failure is RoundFailure.NO_COHORT:
         log.warning("round_skipped", reason="not_enough_agents", admitted=len(admitted))

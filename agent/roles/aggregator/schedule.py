@@ -8,7 +8,7 @@ import structlog
 
 from agent.messages import topics
 from agent.messages.bodies import Finish, RoundPhase
-from agent.roles.aggregator.broadcast import publish_model
+from agent.roles.aggregator.broadcast import publish_model, recorded
 from agent.roles.aggregator.fit import RoundFailure
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.private_update import budget_allows
@@ -41,6 +41,7 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore) -> RunSumma
     """
     schedule, board, admission = parts.schedule, parts.board, parts.admission
     await store.save_model(0, now.model)
+    now.model = await recorded(parts.ledger, now.model, round=0)
     wanted = schedule.min_available_clients
     board.enter(RoundPhase.WAITING_FOR_AGENTS, f"waiting for {wanted} agents")
     await admission.wait(seconds=schedule.join_timeout, at_least=schedule.min_fit_clients)

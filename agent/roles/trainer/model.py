@@ -8,6 +8,8 @@ from pathlib import Path
 
 import structlog
 
+from agent.errors import LedgerError
+from agent.ledger.head import LedgerHead
 from agent.messages.bodies import GlobalModel
 from agent.messages.envelope import Message
 from agent.messages.tensors import digest, to_arrays
@@ -30,11 +32,17 @@ class HeldModel:
 class ModelStore:
     """The newest global model whose sha256 matched, kept in memory and in ``path`` (npz).
 
+    With ``ledger`` (identities on) a model is kept only if its round-ledger records verify
+    and chain to the head held (``agent.ledger.head``); the head then moves to its record.
+
     A model follows the round it came in (``progress.round`` never goes back).
     """
 
-    def __init__(self, *, progress: Progress, wait: float, path: Path) -> None:
+    def __init__(
+        self, *, progress: Progress, wait: float, path: Path, ledger: LedgerHead | None = None
+    ) -> None:
         self.held: HeldModel | None = None
+        self._ledger = ledger
         self._progress = progress
         self._wait = wait
         self._path = path
@@ -56,12 +64,25 @@ class ModelStore:
             return
         if self.held is not None and body.version <= self.held.version:
             return  # a newer one arrived while this one was checked
+        record = None
+        if self._ledger is not None:
+            try:  # before it is held, so before anything trains on it
+                record = await asyncio.to_thread(
+                    self._ledger.check, body.ledger, version=body.version, sha256=body.sha256
+                )
+            except LedgerError as exc:
+                log.warning(
+                    "model_rejected", reason=exc.reason, version=body.version, detail=str(exc)
+                )
+                return
         self.held = HeldModel(body.version, body.sha256, weights)
         self._progress.round = max(self._progress.round, message.round)
         log.info("model_accepted", version=body.version, sha256=body.sha256[:12])
         async with self._arrived:
             self._arrived.notify_all()
         await asyncio.to_thread(write_weights, self._path, weights)
+        if self._ledger is not None and record is not None:
+            await asyncio.to_thread(self._ledger.advance, record)
 
     async def wait_for(self, version: int, sha256: str) -> HeldModel | None:
         """The model ``version`` with ``sha256``, waiting up to ``wait`` s; None if it did not

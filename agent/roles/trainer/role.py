@@ -29,6 +29,7 @@ run's aggregator finds it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from functools import partial
 
 import structlog
@@ -38,6 +39,7 @@ from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
 from agent.identity.local import Credentials
+from agent.ledger.head import HEAD_FILE, LedgerHead
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
@@ -57,6 +59,7 @@ from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
+from agent.runtime.renewer import renewer_for
 from agent.runtime.tasks import Worker, task_group
 
 log = structlog.get_logger(__name__)
@@ -72,6 +75,7 @@ class Trainer:
         bus: Bus,
         plugin: CheckedPlugin,
         metrics: Metrics | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
         self._bus = bus
@@ -97,8 +101,15 @@ class Trainer:
             progress=self._progress,
             wait=config.trainer.model_wait,
             path=config.state_dir / "global_model.npz",
+            ledger=LedgerHead(config.state_dir / HEAD_FILE, credentials.ca)
+            if credentials
+            else None,
         )
         self._work = Worker("trainer")
+        #: renews the certificate before it expires (identities on; reloads ``tls`` too)
+        self._renewer = (
+            renewer_for(config, self._outbox, credentials.ca, tls) if credentials else None
+        )
         self._fits = FitPath(
             config=config,
             plugin=plugin,
@@ -129,6 +140,8 @@ class Trainer:
         registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
+        if self._renewer is not None:
+            registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
             federation=self._fed,
             registry=registry,
@@ -177,6 +190,8 @@ class Trainer:
                     tg.create_task(self._mark_ready(), name="trainer-ready")
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
+                    if self._renewer is not None:
+                        tg.create_task(self._renewer.run(), name="trainer-renew")
             finally:
                 await self._status.say_offline()
 

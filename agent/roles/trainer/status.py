@@ -92,6 +92,9 @@ class StatusPublisher:
             state=liveness,
             detail=self._progress.detail[:MAX_DETAIL],
             model_version=self._model_version(),
+            cert_expires=None
+            if self._outbox.signer is None
+            else self._outbox.signer.cert.not_valid_after_utc.timestamp(),
         )
         await self._outbox.try_send(
             topics.STATUS, body, round=self._progress.round, agent_id=self._id
