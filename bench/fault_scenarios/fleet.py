@@ -152,7 +152,8 @@ async def flood(
             )
             await trainer.run()
 
-    sched = schedule(rounds=rounds, min_available_clients=honest + 1)
+    # The honest fits wait for the flood: a deadline long enough for a slow (loaded) machine.
+    sched = schedule(rounds=rounds, min_available_clients=honest + 1, round_timeout=30.0)
     hooks = Hooks(flood_now)
     summary, logs = await federate(
         broker, work, sched, honest=honest, hooks=hooks, extra=mallory, gate=over
