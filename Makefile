@@ -17,22 +17,33 @@ LOCK   := requirements.lock
 
 install: $(STAMP)
 
-PLUGINS := plugins/fedbus-digits plugins/fedbus-cancer plugins/fedbus-onnx
+PLUGINS := plugins/fedbus-digits plugins/fedbus-cancer plugins/fedbus-onnx plugins/fedbus-flower
+# torch is installed by a pinned step of its own, never from the hashed lock: resolved from
+# PyPI (by uv, a hashed lock entry, a range) it is the multi-GB CUDA build, while
+# `pip install torch==2.13.0` takes the CPU build in this machine's wheel directory. Its
+# dependencies are in the lock (requirements.in), so the step installs torch alone; the
+# plugins that need torch are installed after it, without deps, and kept out of the lock.
+# A GPU: see README.md "PyTorch". scripts/check-lock accepts exactly this pin beside the lock.
+TORCH := torch==2.13.0
+TORCH_PLUGINS := plugins/fedbus-torch
 
 # A fresh venv every time the lock or a pyproject changes, so nothing stale survives in it.
-$(STAMP): $(LOCK) pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+$(STAMP): $(LOCK) pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS) $(TORCH_PLUGINS))
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . $(addprefix -e ,$(PLUGINS))
-	$(BIN)/python scripts/check-lock $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps $(TORCH)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . \
+	  $(addprefix -e ,$(PLUGINS) $(TORCH_PLUGINS))
+	$(BIN)/python scripts/check-lock $(LOCK) --outside-lock $(TORCH)
 	touch $(STAMP)
 
 # Re-resolve requirements.in into the lock after a dependency change, keeping every pin that
 # still fits; `make lock-upgrade` moves everything to the newest releases the ranges admit.
 # Both need an installed venv (for uv) and reinstall .venv from the new lock.
 UV_COMPILE = $(BIN)/uv pip compile requirements.in --quiet --generate-hashes \
-  --python-version 3.11 --no-emit-package fedbus $(addprefix --no-emit-package ,$(notdir $(PLUGINS))) \
+  --python-version 3.11 --no-emit-package fedbus \
+  $(addprefix --no-emit-package ,$(notdir $(PLUGINS) $(TORCH_PLUGINS))) \
   --custom-compile-command 'make lock' -o $(LOCK)
 
 lock: $(STAMP)
@@ -55,7 +66,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 check-lock: $(STAMP)
-	$(BIN)/python scripts/check-lock $(LOCK)
+	$(BIN)/python scripts/check-lock $(LOCK) --outside-lock $(TORCH)
 
 # The AsyncAPI document must not depend on the msgspec release: regenerate it under the oldest
 # msgspec the pyproject admits (0.19, from its own hashed lock) and compare with the committed one.

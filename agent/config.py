@@ -145,11 +145,22 @@ class StrategyConfig(_Config, frozen=True):
         return {}
 
 
+class AfterRun(StrEnum):
+    """What a long-lived aggregator does when a run ends (``[aggregator] after_run``)."""
+
+    EXIT = "exit"  #: the process exits (its status says how the run went)
+    SERVE = "serve"  #: stay up serving enrollment, status and revocation, training nothing
+    NEXT = "next"  #: start the next run (from this one's model when ``continue_from = "last"``)
+
+
 class AggregatorConfig(_Config, frozen=True):
     """``[aggregator]``: the round schedule.
 
     Attributes:
-        rounds: number of training rounds.
+        rounds: number of training rounds (0: train until stopped).
+        continue_from: a new run starts from the plugin's initial model (``""``), from the
+            newest finished run's final model (``"last"``), or from run ``run-NNNN``'s.
+        after_run: what the process does when a run ends (``AfterRun``).
         fraction_fit: fraction of admitted agents sampled into each round's cohort.
         min_fit_clients, max_fit_clients: bounds on the cohort size.
         min_available_clients: admitted agents needed before round 1 starts.
@@ -174,7 +185,9 @@ class AggregatorConfig(_Config, frozen=True):
         sender_rate: a trainer's messages/s before decode, bursts of 2 s (``runtime.fairness``).
     """
 
-    rounds: AtLeastOne = 10
+    rounds: Annotated[int, msgspec.Meta(ge=0)] = 10
+    continue_from: Annotated[str, msgspec.Meta(pattern=r"^(|last|run-[0-9]{4,})$")] = ""
+    after_run: AfterRun = AfterRun.EXIT
     fraction_fit: Fraction = 1.0
     min_fit_clients: AtLeastOne = 2
     max_fit_clients: AtLeastOne = 1000

@@ -31,6 +31,7 @@
     │       ├── LedgerRecordError   unreadable, non-canonical, or badly signed
     │       └── LedgerChainError    does not chain to the one before (dropped, reordered)
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
+    ├── AgentRevokedError           the aggregator says this agent is revoked: it stops
     ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
     │   ├── ShareError              a Shamir share or share ciphertext that does not check out
@@ -240,6 +241,13 @@ class SecAggAbortError(RoundError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"secure aggregation aborted ({reason}): {detail}")
         self.reason = reason
+
+
+class AgentRevokedError(FedbusError):
+    """The aggregator says this agent is revoked: it stops (exit status ``exit_code``, which
+    systemd units list in ``RestartPreventExitStatus=``)."""
+
+    exit_code = 78  # EX_CONFIG (sysexits.h): retrying cannot help
 
 
 class ModelRejectedError(RoundError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import ssl
 import time
@@ -23,12 +24,15 @@ from agent.bus.url import TlsFiles, bus_from_url, parse_broker_url
 from agent.config import AgentConfig
 from agent.errors import PluginError
 from agent.identity.ca import load_ca
+from agent.identity.local import Credentials
 from agent.identity.registry import CertStatus, Registry
+from agent.messages.signing import Signer
 from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
+from agent.roles.aggregator.service import serve as serve_aggregator
 from agent.roles.liveness import status_will
 from agent.roles.trainer import Trainer
 from agent.runtime.auth_callout import callout_for, serve_callout
@@ -104,54 +108,68 @@ async def run_node(
         weights = await asyncio.to_thread(plugin.get_weights)
         ca_dir = config.identity.ca_dir
         registry = None
+        enrollment = None
+        services: list[Coroutine[Any, Any, None]] = []  # for the process's lifetime
         if ca_dir is not None:
             registry = stack.enter_context(
                 Registry.open(config.identity.registry or ca_dir / "registry.sqlite")
             )
-        aggregator = Aggregator(
-            config=config,
-            bus=bus,
-            plugin_name=plugin.name,
-            initial_weights=weights,
-            observer=observer,
-            revoked=enrolled_check(registry) if registry else None,
-            metrics=metrics,
-        )
-        if registry is None or ca_dir is None:
-            summary = await serve_role(aggregator, aggregator.run())
-            await export_final_model(plugin, aggregator.global_state.weights, config)
-            return summary
-        # Enrollment is answered on a second connection while the rounds run.
-        enroll_bus = await stack.enter_async_context(
-            open_bus(config, bus_settings(config, suffix="enroll"))
-        )
-        authority = load_ca(ca_dir)
-        service = EnrollmentService(
-            enroll_bus,
-            authority,
-            registry,
-            config.federation,
-            sender=config.agent_id,
-            ca_dir=ca_dir,
-            signer=aggregator.signer,
-            renewal=renewal_for(config, enroll_bus, authority, registry, metrics=metrics),
-        )
-        crl = crl_refresher_for(config, authority, registry, metrics.registry)
-        callout = callout_for(config, authority.cert, registry)
-        async with asyncio.TaskGroup() as tg:
-            services = [tg.create_task(service.run(), name="enrollment")]
+            # Enrollment is answered on a second connection, for the whole process.
+            enroll_bus = await stack.enter_async_context(
+                open_bus(config, bus_settings(config, suffix="enroll"))
+            )
+            authority = load_ca(ca_dir)
+            enrollment = EnrollmentService(
+                enroll_bus,
+                authority,
+                registry,
+                config.federation,
+                sender=config.agent_id,
+                ca_dir=ca_dir,
+                signer=_signer(config),
+                renewal=renewal_for(config, enroll_bus, authority, registry, metrics=metrics),
+            )
+            crl = crl_refresher_for(config, authority, registry, metrics.registry)
             if crl is not None:
-                services.append(tg.create_task(crl.run(), name="crl-refresh"))
+                services.append(crl.run())
+            callout = callout_for(config, authority.cert, registry)
             if callout is not None and tls is not None:  # NATS: admits enrolled devices
-                serving = serve_callout(callout, config.bus_url, tls=tls)
-                services.append(tg.create_task(serving, name="nats-auth-callout"))
-            try:
-                summary = await serve_role(aggregator, aggregator.run())
-            finally:
-                for task in services:
-                    task.cancel()
-        await export_final_model(plugin, aggregator.global_state.weights, config)
-        return summary
+                services.append(serve_callout(callout, config.bus_url, tls=tls))
+        incarnation = secrets.token_hex(8)
+        log.info("aggregator_incarnation", incarnation=incarnation)
+
+        def build() -> Aggregator:
+            return Aggregator(
+                config=config,
+                bus=bus,
+                plugin_name=plugin.name,
+                initial_weights=weights,
+                observer=observer,
+                revoked=enrolled_check(registry) if registry else None,
+                metrics=metrics,
+                incarnation=incarnation,
+            )
+
+        async def finished(aggregator: Aggregator) -> None:
+            await export_final_model(plugin, aggregator.global_state.weights, config)
+
+        return await serve_aggregator(
+            build,
+            after_run=config.aggregator.after_run,
+            play=serve_role,
+            finished=finished,
+            registry=registry,
+            enrollment=enrollment,
+            services=services,
+        )
+
+
+def _signer(config: AgentConfig) -> Signer | None:
+    """The aggregator's signer (enrollment replies are signed with it); None without identities."""
+    if not config.identity.enabled:
+        return None
+    ids = config.identity
+    return Credentials.load(ids, agent_id=config.agent_id, federation=config.federation).signer
 
 
 async def export_final_model(plugin: CheckedPlugin, weights: Weights, config: AgentConfig) -> None:

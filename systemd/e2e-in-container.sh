@@ -8,7 +8,10 @@
 # Checked: `fedbus service install` for the aggregator (CA in its state directory) and for a
 # trainer enrolled over the bus through the running aggregator; both start under the full
 # sandbox (DynamicUser, credentials, seccomp, MemoryDenyWriteExecute, PrivateUsers); READY=1
-# arrives; three rounds finish; the aggregator exits 0 (inactive, not failed); a trainer
+# arrives; `systemctl restart` of the aggregator in the middle of its run costs at most one
+# round: the new process resumes the run (same run id, a second incarnation), the trainer
+# rejoins it without a restart, and all the rounds finish; the aggregator exits 0 (inactive,
+# not failed); `fedbus runs list` shows the run completed; a trainer
 # stopped with SIGSTOP is killed by the watchdog and restarted; `systemctl stop` ends it with
 # exit status 0. Needs root, unshare(1), overlayfs, a cgroup2 mount, systemd and the system
 # Python of the same minor version as VENV's (the service runs /opt/fedbus/venv, a venv of
@@ -82,6 +85,7 @@ wait_for() {  # PROPERTY UNIT VALUE SECONDS
 F=/opt/fedbus/venv/bin/fedbus
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 STATE=/var/lib/fedbus/e2e
+ROUNDS=12
 inside /usr/bin/python3 -m venv --without-pip /opt/fedbus/venv
 inside sh -c "echo 'import site; site.addsitedir(\"$SITE\")' > \$(echo /opt/fedbus/venv/lib/python3.*/site-packages)/fedbus-e2e.pth"
 inside sh -c "printf '#!/opt/fedbus/venv/bin/python\nimport sys\nfrom agent.cli.main import main\nsys.exit(main())\n' > $F && chmod 755 $F"
@@ -101,7 +105,8 @@ name = "digits-mlp"
 agent_index = 0
 num_agents = 1
 [aggregator]
-rounds = 3
+rounds = $ROUNDS
+status_every = 1
 min_fit_clients = 1
 min_available_clients = 1
 join_timeout = 120
@@ -123,10 +128,30 @@ inside env FEDBUS_ENROLL_TOKEN="$TOKEN" $F enroll --federation e2e --agent-id de
 inside $F service install --federation e2e
 inside test ! -e $STATE/agent/identity/key.pem || fail "the key is still in the state directory"
 
-echo "== three rounds"
-wait_for ActiveState fedbus-aggregator@e2e.service inactive 90
+echo "== systemctl restart of the aggregator in the middle of the run"
+RUN=$STATE/aggregator/runs/run-0001
+for _ in $(seq 300); do inside test -d $RUN/rounds/0003 && break; sleep 0.2; done
+inside test -d $RUN/rounds/0003 || fail "round 3 never committed"
+TRAINER_PID=$(show MainPID fedbus-agent@e2e.service)
+inside systemctl restart fedbus-aggregator@e2e.service
+echo "== $ROUNDS rounds"
+wait_for ActiveState fedbus-aggregator@e2e.service inactive 180
 [[ $(show Result fedbus-aggregator@e2e.service) == success ]] || fail "aggregator did not exit 0"
 [[ $(show StatusText fedbus-agent@e2e.service) == finished ]] || fail "trainer not finished"
+[[ $(show MainPID fedbus-agent@e2e.service) == "$TRAINER_PID" ]] || fail "the trainer was restarted"
+inside /usr/bin/python3 - "$RUN" "$ROUNDS" <<'PY' || fail "the restart cost more than one round"
+import json, pathlib, sys
+run, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+records = json.loads((run / "metrics.json").read_text())
+assert [r["round"] for r in records] == list(range(1, rounds + 1)), records
+lost = [r["round"] for r in records if r["survivors"] != ["dev-1"]]
+assert len(lost) <= 1, f"rounds without the trainer: {lost}"
+assert len(list((run / "incarnations").glob("*.json"))) == 2
+assert json.loads((run / "result.json").read_text())["outcome"] == "completed"
+print(f"   {rounds} rounds, {len(lost)} without the trainer, 2 incarnations")
+PY
+inside $F runs list --state-dir $STATE/aggregator | grep -q "run-0001.*$ROUNDS/$ROUNDS.*completed" \
+    || fail "fedbus runs list does not show the run completed"
 
 echo "== the watchdog restarts a trainer whose event loop stops"
 inside kill -STOP "$(show MainPID fedbus-agent@e2e.service)"

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,24 @@ from agent.runtime.metrics import Metrics
 
 class ToyPlugin:
     """fit() returns weights filled with ``value`` (so FedAvg of a round is the
-    num_examples-weighted mean of the values); evaluate() reports the mean weight as loss."""
+    num_examples-weighted mean of the values), or with ``step`` the weights plus ``value``
+    (so the model after r rounds is r times that mean: a round applied twice shows);
+    ``delay`` s of sleep make a round last; evaluate() reports the mean weight as loss."""
 
-    def __init__(self, value: float, n: int, *, block: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        value: float,
+        n: int,
+        *,
+        block: threading.Event | None = None,
+        step: bool = False,
+        delay: float = 0.0,
+    ) -> None:
         self.value = value
         self.n = n
         self.block = block
+        self.step = step
+        self.delay = delay
         self.fits: list[Mapping[str, Scalar]] = []
 
     def get_weights(self) -> Weights:
@@ -56,8 +69,13 @@ class ToyPlugin:
     def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
         if self.block is not None:
             self.block.wait(10)
+        if self.delay:
+            time.sleep(self.delay)
         self.fits.append(dict(config))
-        new = [np.full_like(w, self.value) for w in weights]
+        if self.step:
+            new = [(w + self.value).astype(w.dtype) for w in weights]
+        else:
+            new = [np.full_like(w, self.value) for w in weights]
         return FitResult(new, self.n, {"train_loss": self.value})
 
     def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
@@ -118,10 +136,12 @@ async def federate_in_memory(
     broker: MemoryBroker | None = None,
     revoked: Callable[[Identity], bool] | None = None,
     aggregator_metrics: Metrics | None = None,
+    initial_weights: Weights | None = None,
 ) -> tuple[RunSummary, dict[str, Trainer]]:
     """Run the aggregator ``config`` with one in-process trainer per plugin on an in-memory
     broker until the schedule ends; the trainers are then stopped. Each trainer counts into
-    its own ``Trainer.metrics``; the aggregator into ``aggregator_metrics`` if given."""
+    its own ``Trainer.metrics``; the aggregator into ``aggregator_metrics`` if given. The
+    initial model is ``initial_weights`` (default: the toy plugin's)."""
     broker = broker or MemoryBroker()
     trainers: dict[str, Trainer] = {}
     buses: list[MemoryBus] = []
@@ -141,7 +161,7 @@ async def federate_in_memory(
                     config=config,
                     bus=bus,
                     plugin_name="toy",
-                    initial_weights=toy(0, 1).get_weights(),
+                    initial_weights=initial_weights or toy(0, 1).get_weights(),
                     revoked=revoked,
                     metrics=aggregator_metrics,
                 )
@@ -207,6 +227,50 @@ def fedbus(
         check=False,
         env=env,
     )
+
+
+def aggregator_process(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    """An aggregator OS process (``aggregator_main``) over ``config_path``: the toy plugin's
+    initial weights, the config's bus; its JSON log lines (and stderr) go to ``log``."""
+    code = "import sys; from tests.helpers import aggregator_main; aggregator_main(sys.argv[1])"
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(config_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def aggregator_main(config_path: str) -> None:
+    """The body of ``aggregator_process``: run the aggregator's runs like ``fedbus run``
+    (``agent.roles.aggregator.service``), with the toy plugin; exit 0 when the run trained."""
+    from agent.logs import configure_logging
+    from agent.node import bus_settings, open_bus, run_until_signal
+    from agent.roles.aggregator.service import serve
+
+    config = AgentConfig.load(Path(config_path))
+    configure_logging(level="info", fmt="json")
+
+    async def main() -> None:
+        async with open_bus(config, bus_settings(config)) as bus:
+
+            def build() -> Aggregator:
+                weights = toy(0, 1).get_weights()
+                return Aggregator(
+                    config=config, bus=bus, plugin_name="toy", initial_weights=weights
+                )
+
+            async def play(_: Aggregator, work: Any) -> Any:
+                return await work
+
+            async def done(_: Aggregator) -> None:
+                return None
+
+            await serve(build, after_run=config.aggregator.after_run, play=play, finished=done)
+
+    run_until_signal(main())
 
 
 def identity_files(

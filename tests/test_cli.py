@@ -95,7 +95,7 @@ def test_aggregator_and_trainers_as_separate_processes(
         assert aggregator.returncode == 0, out + err
         rounds = json.loads((tmp_path / "agg" / "metrics.json").read_text())
         assert [r["survivors"] for r in rounds] == [["dev-0", "dev-1"]] * 2
-        assert (tmp_path / "agg" / "rounds" / "0002" / "model.npz").is_file()
+        assert (tmp_path / "agg" / "runs" / "run-0001" / "rounds" / "0002" / "model.npz").is_file()
         assert (tmp_path / "agg" / "model.onnx").is_file()  # the plugin's export of the result
         time.sleep(1.0)
         assert [t.poll() for t in trainers] == [None, None]  # still up after finish

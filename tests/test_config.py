@@ -50,7 +50,7 @@ def test_good_config_loads_and_round_trips(tmp_path: Path) -> None:
     [
         (('role = "trainer"', 'role = "boss"'), "role"),
         (('agent_id = "agent-1"', 'agent_id = "agent/1"'), "agent_id"),
-        (("rounds = 5", "rounds = 0"), "rounds"),
+        (("rounds = 5", "rounds = -1"), "rounds"),  # 0 is continuous training
         (("rounds = 5", "rouns = 5"), "rouns"),
         (
             ("rounds = 5", "rounds = 5\nmin_fit_clients = 9\nmin_available_clients = 3"),

@@ -31,7 +31,9 @@ async def test_rounds_average_by_num_examples(tmp_path: Path) -> None:
     assert summary.rounds[-1].loss == pytest.approx(2.75)
     assert summary.rounds[-1].accuracy == pytest.approx(0.275)
     assert summary.rounds[0].train_loss == pytest.approx(2.75)
-    model = read_weights(tmp_path / "aggregator" / "rounds" / "0002" / "model.npz")
+    model = read_weights(
+        tmp_path / "aggregator" / "runs" / "run-0001" / "rounds" / "0002" / "model.npz"
+    )
     np.testing.assert_allclose(model[0], 2.75)
     stored = json.loads((tmp_path / "aggregator" / "metrics.json").read_text())
     assert [r["round"] for r in stored] == [1, 2]

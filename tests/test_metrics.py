@@ -82,3 +82,32 @@ def test_the_endpoint_serves_the_metrics() -> None:
         stop()
     assert "# TYPE fedbus_rounds_total counter" in text
     assert "fedbus_messages_dropped_total" in text
+
+
+def test_the_monitoring_files_name_only_series_that_exist() -> None:
+    """monitoring/alerts.yml parses, every rule has an expr and a severity, the dashboard is
+    JSON, and every fedbus_* series either names is one the agents serve (the two expiry
+    gauges come with certificate renewal and CRL re-signing)."""
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from agent.runtime.metrics import Metrics
+
+    root = Path(__file__).resolve().parent.parent / "monitoring"
+    alerts = yaml.safe_load((root / "alerts.yml").read_text())
+    rules = [rule for group in alerts["groups"] for rule in group["rules"]]
+    assert rules
+    assert all(rule["expr"] and rule["labels"]["severity"] for rule in rules)
+    dashboard = json.loads((root / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    served = {m.name for m in Metrics().registry.collect()}
+    later = {
+        "fedbus_certificate_expiry_timestamp_seconds",
+        "fedbus_crl_next_update_timestamp_seconds",
+    }
+    named = set(re.findall(r"fedbus_[a-z_]+", " ".join([*exprs, *(r["expr"] for r in rules)])))
+    bases = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in named}
+    assert bases - later <= served, bases - later - served

@@ -231,7 +231,7 @@ def test_cli_check_exits_nonzero_for_a_broken_project(tmp_path: Path) -> None:
         check=False,
     )
     assert good.returncode == 0, good.stdout + good.stderr
-    assert "conforms: 13 checks passed, 0 failed" in good.stdout
+    assert "conforms: 14 checks passed, 0 failed" in good.stdout
 
 
 def test_plugin_list_shows_version_entry_point_and_options() -> None:

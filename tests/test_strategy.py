@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from agent.config import AgentConfig, SecAggConfig, SecureAggregation, StrategyConfig, StrategyName
 from agent.errors import ConfigError, RoundError
 from agent.roles.aggregator.cohort import cohort_size, sample_cohort
-from agent.roles.aggregator.persistence import RunStore
+from agent.roles.aggregator.persistence import Checkpoint, RunStore
+from agent.roles.aggregator.records import GlobalState
 from agent.state import read_weights
 from agent.strategy import (
     AggregatedUpdate,
@@ -183,7 +184,8 @@ async def test_state_round_trips_through_the_run_store(tmp_path: Path, name: Str
     for d in (1.0, -0.5):
         x = whole.step(x, update(d))
     store = RunStore(tmp_path)
-    await store.save_strategy(2, whole.state())
+    ckpt = Checkpoint("run-0001", 2, 2, GlobalState.of(2, x).sha256, [])
+    await store.commit(ckpt, GlobalState.of(2, x), strategy=whole.state())
     assert (tmp_path / "rounds" / "0002" / "strategy.npz").is_file()
     resumed.load_state(store.load_strategy(2))
     for a, b in zip(whole.step(x, update(0.25)), resumed.step(x, update(0.25)), strict=True):
@@ -264,7 +266,9 @@ async def fedadam_model(tmp_path: Path, secure: SecureAggregation) -> list[np.nd
     )
     assert [len(r.survivors) for r in summary.rounds] == [4, 4, 4]
     state_dir = tmp_path / "aggregator"
-    assert {"m_0", "m_1", "v_0", "v_1"} <= set(RunStore(state_dir).load_strategy(3))
+    assert {"m_0", "m_1", "v_0", "v_1"} <= set(
+        RunStore(state_dir / "runs" / "run-0001").load_strategy(3)
+    )
     return read_weights(state_dir / "global_model.npz")
 
 

@@ -322,3 +322,23 @@ def test_install_refuses_the_wrong_role_and_an_interpreter_under_root(tmp_path: 
             fedbus=fake_fedbus(tmp_path / "x", "/root/.pyenv/bin/python3"),
             **args,
         )
+
+
+def test_install_refuses_an_agent_package_the_sandbox_hides(tmp_path: Path) -> None:
+    """A venv outside /root and /home whose interpreter imports ``agent`` from a checkout
+    under /home (an editable install) is refused: the unit would die on ModuleNotFoundError."""
+    enrolled(tmp_path)
+    python = tmp_path / "venv" / "python3"
+    python.parent.mkdir()
+    python.write_text("#!/bin/sh\necho /home/dev/fedbus/agent\n")
+    python.chmod(0o755)
+    with pytest.raises(ConfigError, match="imports it from /home/dev/fedbus/agent"):
+        install(
+            Layout(Role.TRAINER, FED, tmp_path / "etc"),
+            fedbus=fake_fedbus(tmp_path / "x", str(python)),
+            unit_dir=tmp_path / "units",
+            dry_run=False,
+            enable=True,
+            run=lambda _: 0,
+            echo=lambda _: None,
+        )

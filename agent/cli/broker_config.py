@@ -131,6 +131,8 @@ def broker_config(
         f"{len(members.trainers)} trainers; {len(members.revoked_ids)} revoked; "
         f"{len(members.revoked_serials)} revoked certificates"
     )
+    if broker == "mosquitto":
+        _give_key_to_mosquitto(files.key_file, mosquitto_user)
     if issuer is not None:
         click.echo(
             f"  auth callout: issuer {issuer}; the aggregator with --ca-dir {ca_dir} serves it "
@@ -141,3 +143,21 @@ def broker_config(
         click.echo(f"  sent SIGHUP to {reload_pid}")
     else:
         click.echo(f"  run: {_RUN[broker].format(config=files.config)}")
+
+
+def _give_key_to_mosquitto(key_file: Path, user: str | None) -> None:
+    """As root, ``chown`` the server key to the account mosquitto drops to before it reads
+    its files (``user``, default ``mosquitto``), so the printed command runs as written."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0 or user == "root":
+        return
+    name = user or "mosquitto"
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        click.echo(f"  note: no user {name!r}: mosquitto started as root cannot read {key_file}")
+        return
+    os.chown(key_file, account.pw_uid, account.pw_gid)
+    click.echo(f"  {key_file.name} belongs to {name} (mosquitto drops root before reading it)")

@@ -14,6 +14,23 @@ from agent.privacy.config import PrivacyMode
 DEFAULTS = DemoOptions()
 
 
+def installed_plugin(name: str) -> str:
+    """``name`` when a plugin of that name is installed.
+
+    Raises:
+        click.BadParameter: it is not; the message lists the installed plugins.
+    """
+    from agent.plugin.loader import available_plugins
+
+    found = available_plugins()
+    if name not in found:
+        raise click.BadParameter(
+            f"no plugin {name!r} installed; installed: {', '.join(sorted(found)) or 'none'}",
+            param_hint="--plugin",
+        )
+    return name
+
+
 @click.command()
 @click.option(
     "--agents",
@@ -87,7 +104,9 @@ DEFAULTS = DemoOptions()
     "plugin_name",
     default=DEFAULTS.plugin,
     show_default=True,
-    help="The plugin every agent trains with (see `fedbus plugin list`).",
+    callback=lambda ctx, param, value: installed_plugin(value),
+    help="The plugin every agent trains with: an installed one (see `fedbus plugin list`; "
+    "digits-cnn comes with plugins/fedbus-torch).",
 )
 @click.option(
     "--plugin-option",
@@ -95,6 +114,14 @@ DEFAULTS = DemoOptions()
     multiple=True,
     metavar="KEY=VALUE",
     help="An extra [plugin.options] entry for every agent (VALUE read as JSON); repeatable.",
+)
+@click.option(
+    "--fit-config",
+    "fit_config",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A fit config entry sent with every fit (e.g. lr=0.1, epochs=2; VALUE read as JSON), "
+    "over the plugin's defaults; repeatable.",
 )
 @click.option(
     "--secure-aggregation",
@@ -161,6 +188,7 @@ def demo(
     kill_agents: int,
     plugin_name: str,
     plugin_options: tuple[str, ...],
+    fit_config: tuple[str, ...],
     secure_aggregation: str,
     strategy: str,
     dp: str,
@@ -172,7 +200,7 @@ def demo(
     """Run a federation: an embedded broker, an aggregator and N agent processes
     training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
     and writes a report."""
-    from agent.cli.plugins import parse_options
+    from agent.cli.plugins import parse_fit_config, parse_options
     from agent.demo.runner import run_demo
 
     if secure_aggregation == "secagg+" and agents < 3:
@@ -199,6 +227,7 @@ def demo(
         kill_agents=kill_agents,
         plugin=plugin_name,
         plugin_options=parse_options(plugin_options),
+        fit_config=parse_fit_config(fit_config),
         secure_aggregation=secure_aggregation,
         strategy=strategy,
         dp=dp,

@@ -49,6 +49,7 @@ def _register_demo() -> None:
     from agent.cli.ledger import ledger
     from agent.cli.plugins import plugin
     from agent.cli.predict import predict
+    from agent.cli.runs import runs_group
     from agent.cli.service import service
 
     cli.add_command(demo)
@@ -61,6 +62,7 @@ def _register_demo() -> None:
     cli.add_command(status)
     cli.add_command(broker_config)
     cli.add_command(service)
+    cli.add_command(runs_group)
     cli.add_command(ledger)
 
 
@@ -84,12 +86,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except FedbusError as exc:
         click.echo(f"fedbus: error: {redact(str(exc))}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except BaseExceptionGroup as group:
         fedbus_errors, rest = group.split(FedbusError)
         if fedbus_errors is None or rest is not None:
             raise
-        for error in _leaves(fedbus_errors):
+        leaves = _leaves(fedbus_errors)
+        for error in leaves:
             click.echo(f"fedbus: error: {redact(str(error))}", err=True)
-        sys.exit(2)
+        sys.exit(max(getattr(e, "exit_code", 2) for e in leaves))
     sys.exit(code if isinstance(code, int) else 0)

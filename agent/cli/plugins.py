@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from agent.plugin.api import Scalar
+
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as a dict; a VALUE that parses as JSON is taken as JSON.
@@ -26,6 +28,20 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def parse_fit_config(pairs: tuple[str, ...]) -> dict[str, Scalar]:
+    """``KEY=VALUE`` pairs as a fit config: like ``parse_options``, each value a scalar.
+
+    Raises:
+        click.BadParameter: a pair without ``=``, or a value that is not a bool, int, float
+            or string (a list, an object, null).
+    """
+    config = parse_options(pairs)
+    for key, value in config.items():
+        if not isinstance(value, bool | int | float | str):
+            raise click.BadParameter(f"fit config {key}={value!r} is not a scalar")
+    return config
 
 
 option_flag = click.option(
@@ -114,17 +130,29 @@ def plugin_new(name: str, parent: Path) -> None:
     metavar="KEY=VALUE",
     help="A fit config entry (e.g. epochs=1); repeatable.",
 )
-def plugin_check(target: str, options: tuple[str, ...], fit_config: tuple[str, ...]) -> None:
+@click.option(
+    "--max-payload",
+    default=None,
+    type=click.IntRange(min=1024),
+    help="The agents' max_payload in bytes (default: a default config's, 8 MiB): the model "
+    "size check says which messages exceed it.",
+)
+def plugin_check(
+    target: str, options: tuple[str, ...], fit_config: tuple[str, ...], max_payload: int | None
+) -> None:
     """Run the conformance suite on installed plugin TARGET, or on the plugin project in
-    folder TARGET. Prints a report; exits 1 when a check fails."""
+    folder TARGET: what it returns, and the model's size and traffic per round per agent.
+    Prints a report; exits 1 when a check fails."""
     from agent.logs import configure_logging
     from agent.plugin.check import check_path, check_plugin
     from agent.plugin.loader import available_plugins
 
     configure_logging(level="warning", fmt="console", stream=sys.stderr)
     kwargs: dict[str, Any] = {"options": parse_options(options)}
+    if max_payload is not None:
+        kwargs["max_payload"] = max_payload
     if fit_config:
-        kwargs["fit_config"] = parse_options(fit_config)
+        kwargs["fit_config"] = parse_fit_config(fit_config)
     path = Path(target)
     if target in available_plugins() or not path.is_dir():
         reports = [check_plugin(target, **kwargs)]

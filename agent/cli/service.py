@@ -72,7 +72,7 @@ def install(
         ConfigError: a config that cannot run as this service, a file that cannot be
             written, or a failed systemctl.
     """
-    for problem in _executable_problems(fedbus):
+    for problem in _executable_problems(fedbus, echo=echo):
         if not dry_run:
             raise ConfigError(problem)
         echo(f"warning: {problem}")
@@ -95,23 +95,57 @@ def install(
         echo(f"start it: systemctl enable --now {name}")
 
 
-def _executable_problems(fedbus: Path) -> list[str]:
-    """Why the service could not run ``fedbus``: missing, or it or its interpreter (the #!
-    line, symlinks followed) in a directory that ProtectHome=yes hides."""
+def _executable_problems(fedbus: Path, *, echo: Echo) -> list[str]:
+    """Why the service could not run ``fedbus``: missing, or it, its interpreter (the #!
+    line, symlinks followed) or the ``agent`` package that interpreter imports (an editable
+    install of a checkout, say) in a directory that ProtectHome=yes hides."""
     if not fedbus.is_file():
         return [f"{fedbus} does not exist (--prefix: the venv fedbus is installed in)"]
     with fedbus.open("rb") as script:
         first = script.readline(4096)
     paths = [fedbus]
+    interpreter = None
     if first.startswith(b"#!") and first[2:].split():
-        paths.append(Path(os.fsdecode(first[2:].split()[0])).resolve())
-    return [
+        interpreter = Path(os.fsdecode(first[2:].split()[0])).resolve()
+        paths.append(interpreter)
+    problems = [
         f"the service cannot run {path}: ProtectHome=yes hides {home}; install fedbus in a "
         "venv of the system Python, e.g. /usr/bin/python3 -m venv /opt/fedbus/venv"
         for path in paths
         for home in HOME_DIRS
         if path.is_relative_to(home)
     ]
+    if interpreter is None or problems:
+        return problems
+    package = _package_dir(interpreter)
+    if package is None:
+        echo(f"warning: {interpreter} cannot import the agent package: the service would fail")
+        return problems
+    return [
+        f"the service cannot import fedbus: {interpreter} imports it from {package}, which "
+        f"ProtectHome=yes hides ({home}); an editable install of a checkout there? Install "
+        "fedbus non-editable (pip install .) or from a checkout outside /root and /home"
+        for home in HOME_DIRS
+        if package.is_relative_to(home)
+    ]
+
+
+def _package_dir(interpreter: Path) -> Path | None:
+    """Where ``interpreter`` imports the ``agent`` package from (its .pth files, editable
+    installs included), or None when it cannot (or does not answer within 30 s)."""
+    code = "import agent, os; print(os.path.dirname(os.path.realpath(agent.__file__)))"
+    try:
+        done = subprocess.run(
+            [str(interpreter), "-I", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    where = done.stdout.strip()
+    return Path(where) if done.returncode == 0 and where else None
 
 
 def _prepare_config(layout: Layout, *, dry_run: bool, echo: Echo) -> bool:

@@ -1,7 +1,9 @@
 """The demo's configs: one per agent process and the in-process aggregator's.
 
 Every agent gets the plugin options the plugin takes (``agent_index``, ``num_agents``,
-``partition``, ``alpha``, ``seed``: see ``agent.plugin.api``), so each holds its own shard.
+``partition``, ``alpha``, ``seed``: see ``agent.plugin.api``), so each holds its own shard,
+and ``local_agents`` (every demo agent runs on this machine) so a plugin can share the
+cores. ``--fit-config`` goes to the aggregator's ``fit_config``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def plugin_options(
         "partition": partition,
         "alpha": options.alpha,
         "seed": options.seed,
+        "local_agents": options.agents,
     }
     return {**{k: v for k, v in candidates.items() if info.takes(k)}, **options.plugin_options}
 
@@ -131,6 +134,7 @@ def aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> Ag
             eval_timeout=options.round_timeout,
             seed=options.seed,
             secure_aggregation=SecureAggregation(options.secure_aggregation),
+            fit_config=dict(options.fit_config),
             strategy=StrategyConfig(name=StrategyName(options.strategy)),
             privacy=privacy_config(options),
         ),

@@ -40,3 +40,5 @@ class DemoOptions:
     plugin: str = "digits-mlp"
     #: extra ``[plugin.options]`` for every agent (``--plugin-option KEY=VALUE``)
     plugin_options: Mapping[str, Any] = field(default_factory=dict)
+    #: the aggregator's ``fit_config`` (``--fit-config KEY=VALUE``), over the plugin's defaults
+    fit_config: Mapping[str, Any] = field(default_factory=dict)

@@ -67,7 +67,8 @@ class DemoResult:
 
 def centralized_accuracy(options: DemoOptions) -> float | None:
     """The reference: the same model trained on all the training data, one ``fit`` per round
-    (so the same number of passes as each agent makes), evaluated on the whole test split.
+    with the run's fit config (so the same number of passes as each agent makes), evaluated
+    on the whole test split.
 
     Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
     for others, and when the plugin reports no ``accuracy``."""
@@ -77,7 +78,7 @@ def centralized_accuracy(options: DemoOptions) -> float | None:
     plugin = load_plugin(options.plugin, context)
     weights = plugin.get_weights()
     for r in range(1, options.rounds + 1):
-        weights = plugin.fit(weights, {"round": r}).weights
+        weights = plugin.fit(weights, {**options.fit_config, "round": r}).weights
     accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
     return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
 

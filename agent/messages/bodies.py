@@ -31,6 +31,8 @@ Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Ciphertext = Annotated[bytes, msgspec.Meta(min_length=28, max_length=1024)]
 #: One revealed Shamir share (16 field elements, little-endian uint32).
 ShareBytes = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+#: An aggregator incarnation or run id (empty: not said).
+Incarnation = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
 #: The most members a SecAgg+ cohort, and so any relay map, may have.
 MAX_COHORT = 100_000
 
@@ -58,13 +60,24 @@ class JoinAccepted(Body, frozen=True):
     agent_id: Name
     round: Count
     seal_key: Key32 | None = None
+    #: the aggregator process that admitted the agent (``FederationStatus.incarnation``)
+    incarnation: Incarnation = ""
+    run_id: Incarnation = ""
+
+
+class RejectCode(StrEnum):
+    """Why a join was refused, for the agent's control flow (``JoinRejected.code``)."""
+
+    PLUGIN_MISMATCH = "plugin_mismatch"  #: the federation trains another plugin
+    REVOKED = "revoked"  #: the agent's certificate is revoked: it must stop retrying
 
 
 class JoinRejected(Body, frozen=True):
-    """aggregator → agent inbox: not admitted, and why."""
+    """aggregator → agent inbox: not admitted, and why (``reason`` for humans)."""
 
     agent_id: Name
     reason: Text
+    code: RejectCode | None = None
 
 
 class GlobalModel(Body, frozen=True):
@@ -296,6 +309,7 @@ class RoundPhase(StrEnum):
     TRAINING = "training"  # the cohort trains (plain or SecAgg+ fit)
     EVALUATING = "evaluating"  # federated evaluation of the new model
     FINISHED = "finished"  # the schedule ran out; ``finish`` was sent
+    IDLE = "idle"  # a long-lived aggregator between runs: enrollment and status only
 
 
 class AgentStatus(Body, frozen=True):
@@ -317,6 +331,7 @@ class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     detail: Text = ""
     last_seen: float | None = None
     admitted: bool = False
+    revoked: bool = False
     cert_expires: float | None = None
 
 
@@ -341,6 +356,9 @@ class FederationStatus(Body, frozen=True):
     detail: Text
     agents: Annotated[dict[Name, AgentSummary], msgspec.Meta(max_length=MAX_COHORT)]
     last_round: RoundSummary | None = None
+    #: this aggregator process (new on every start): agents admitted by another rejoin
+    incarnation: Incarnation = ""
+    run_id: Incarnation = ""
 
 
 BODY_TYPES: dict[Kind, type[Body]] = {

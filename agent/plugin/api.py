@@ -29,7 +29,9 @@ Conventions ``fedbus demo`` relies on, for plugins whose ``PluginInfo.options`` 
 ``agent_index`` (0-based) and ``num_agents`` pick this agent's shard of a data set that every
 agent can load, and ``num_agents = 1`` means one agent holding all the training data and the
 whole test set (the centralized reference); ``partition`` (``"iid"``/``"dirichlet"``),
-``alpha`` and ``seed`` shape the split.
+``alpha`` and ``seed`` shape the split; ``local_agents`` is how many agents share this
+machine (every one of them in the demo), so that a plugin can take only its share of the
+cores.
 """
 
 from __future__ import annotations
@@ -167,6 +169,13 @@ def weights_like(reference: Weights, arrays: Weights) -> bool:
     return len(reference) == len(arrays) and all(
         a.shape == b.shape and a.dtype == b.dtype for a, b in zip(reference, arrays, strict=True)
     )
+
+
+def is_averaged(array: npt.NDArray[Any]) -> bool:
+    """True for the arrays a round averages: floating-point dtypes. Integer and boolean
+    arrays (a BatchNorm's int64 ``num_batches_tracked``, a mask) are carried from the model
+    in force, never averaged or masked (``agent.strategy.update``)."""
+    return array.dtype.kind == "f"
 
 
 def all_finite(arrays: Weights) -> bool:

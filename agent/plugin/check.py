@@ -14,6 +14,9 @@ What is checked, each as one line of the report:
 - ``get_weights``: a non-empty list of finite numeric arrays that can travel as tensors;
 - ``weights round trip``: those weights come back bit-identical (dtype, shape, bytes) from
   ``to_tensors`` → ``codec.encode`` → ``codec.decode`` → ``to_arrays``;
+- ``model size``: values, bytes, and the bytes each agent receives and sends per round,
+  plain and under SecAgg+, and whether those messages need chunking (``check_size``); it
+  fails when a message cannot travel with ``max_payload``;
 - ``fit``: returns ``(weights, num_examples, metrics)``, the weights finite and of the input's
   count, shapes and dtypes, ``num_examples`` an int >= 1, metrics a str → scalar dict;
 - ``fit does not mutate its input``, and ``fit accepts read-only weights`` (as the agent
@@ -41,6 +44,7 @@ import numpy as np
 from agent.plugin import check_values as rules
 from agent.plugin.api import PluginContext, PluginInfo, Scalar, Weights
 from agent.plugin.check_report import CheckReport, CheckResult, Status
+from agent.plugin.check_size import DEFAULT_MAX_PAYLOAD, model_size
 from agent.plugin.loader import Factory, find_factory, plugin_info
 from agent.plugin.source import factories_in_project
 
@@ -60,6 +64,7 @@ class _Run:
     info: PluginInfo | None = None
     weights: Weights | None = None
     trained: Weights | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD
 
     def check(self, title: str, needs: tuple[str, ...], body: Callable[[], str]) -> bool:
         """Run one check unless a check it ``needs`` did not pass; record it."""
@@ -97,6 +102,7 @@ def check_factory(
     options: Mapping[str, Any] | None = None,
     fit_config: Mapping[str, Scalar] | None = None,
     agent_id: str = "check-agent",
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> CheckReport:
     """Run the conformance suite on the plugin ``factory`` builds.
 
@@ -108,6 +114,7 @@ def check_factory(
             of 1 is used.
         fit_config: the config passed to ``fit`` (default ``{"round": 1}``).
         agent_id: the ``PluginContext.agent_id``.
+        max_payload: the per-message limit the ``model size`` check measures against.
 
     Returns:
         The report; ``report.passed`` is the verdict. Never raises for a plugin's fault.
@@ -116,6 +123,7 @@ def check_factory(
         (Path(tmp) / "state").mkdir()
         context = PluginContext(agent_id, dict(options or {}), Path(tmp) / "state")
         run = _Run(factory, name, context, dict(fit_config or {"round": 1}))
+        run.max_payload = max_payload
         _suite(run, Path(tmp))
     return CheckReport(name, run.results)
 
@@ -147,6 +155,7 @@ def _suite(run: _Run, tmp: Path) -> None:
     run.check("create", (), lambda: _create(run))
     run.check("get_weights", ("create",), lambda: _get_weights(run))
     run.check("weights round trip", ("get_weights",), lambda: rules.round_trip(_initial(run)))
+    run.check("model size", ("weights round trip",), lambda: _size(run))
     run.check("fit", ("get_weights",), lambda: _fit(run))
     run.check("fit does not mutate its input", ("fit",), lambda: _no_mutation(run, "fit"))
     run.check("fit accepts read-only weights", ("fit",), lambda: _read_only_fit(run))
@@ -166,6 +175,16 @@ def _initial(run: _Run) -> Weights:
     """The initial weights (only called once ``get_weights`` passed)."""
     assert run.weights is not None
     return run.weights
+
+
+def _size(run: _Run) -> str:
+    size = model_size(_initial(run), max_payload=run.max_payload)
+    if not (size.plain.fits and size.secure.fits):
+        raise rules.RuleBrokenError(
+            f"{size.render()}; a message above max_payload = {run.max_payload:,} bytes "
+            "cannot travel: raise max_payload (below the broker's own limit) or shrink the model"
+        )
+    return size.render()
 
 
 def _describe(run: _Run) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.plugin.api import Weights
+from agent.plugin.api import Weights, is_averaged
 from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, mean_update
 
 #: A strategy's state: named float64 arrays (0-d for scalars), as saved in an ``.npz``.
@@ -53,9 +53,11 @@ class ServerOptimizer:
 
 
 def moved(current: Weights, step: Delta) -> Weights:
-    """current + step, computed in float64, returned in the dtypes of ``current``."""
+    """current + step, computed in float64, returned in the dtypes of ``current``; carried
+    (non-float) arrays are returned unchanged, bit-exact (``agent.strategy.update``)."""
     return [
-        (np.asarray(x, np.float64) + s).astype(x.dtype) for x, s in zip(current, step, strict=True)
+        (np.asarray(x, np.float64) + s).astype(x.dtype) if is_averaged(x) else np.array(x)
+        for x, s in zip(current, step, strict=True)
     ]
 
 

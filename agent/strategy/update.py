@@ -5,6 +5,14 @@ computes the num_examples-weighted mean of their deltas (``mean_update``); under
 learns only that mean, unmasked (``agent.secagg.server``), and cuts it back into arrays
 (``split``). Either way the strategy gets one ``AggregatedUpdate``. The delta of one trainer
 is ``model_delta`` on both paths (the trainer masks it, the aggregator averages it).
+
+Only floating-point arrays are averaged (``is_averaged``). Integer and boolean arrays (a
+BatchNorm's int64 ``num_batches_tracked``, a token count, a mask) are *carried*: their delta
+is zero on both paths, they are left out of the SecAgg+ vector (``masked_values``: d counts
+only float values, so they are never clipped, quantized or masked), and the model in force
+keeps them bit-exact in their own dtype (``agent.strategy.base.moved``). Averaging a counter
+as a float and truncating it back would be meaningless; masking it would clip it to the
+clipping range.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import RoundError
-from agent.plugin.api import Scalar, Weights
+from agent.plugin.api import Scalar, Weights, is_averaged
 
 #: A model delta: float64 arrays shaped like the model's arrays, in the model's order.
 Delta = list[npt.NDArray[np.float64]]
@@ -61,8 +69,21 @@ class AggregatedUpdate:
         return self.metrics.get("train_loss", math.nan)
 
 
+def averaged_size(like: Sequence[npt.NDArray[Any]]) -> int:
+    """d: the number of values SecAgg+ masks, the sizes of the averaged arrays summed."""
+    return sum(int(a.size) for a in like if is_averaged(a))
+
+
+def masked_values(delta: Delta, like: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+    """The averaged arrays of ``delta`` (``like`` says which) concatenated in order, C order
+    within each array: shape (``averaged_size(like)``,), float64, what SecAgg+ masks."""
+    parts = [d.ravel() for d, ref in zip(delta, like, strict=True) if is_averaged(ref)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
 def model_delta(trained: Sequence[npt.NDArray[Any]], base: Sequence[npt.NDArray[Any]]) -> Delta:
-    """trained - base, array by array, in float64 (shapes of ``base``).
+    """trained - base, array by array, in float64 (shapes of ``base``); zeros for the
+    carried (non-float) arrays of ``base``.
 
     Raises:
         ValueError: the two models have different numbers of arrays or shapes.
@@ -73,7 +94,10 @@ def model_delta(trained: Sequence[npt.NDArray[Any]], base: Sequence[npt.NDArray[
     for t, b in zip(trained, base, strict=True):
         if t.shape != b.shape:
             raise ValueError(f"shape {t.shape} against {b.shape}")
-        out.append(np.asarray(t, np.float64) - np.asarray(b, np.float64))
+        if is_averaged(b):
+            out.append(np.asarray(t, np.float64) - np.asarray(b, np.float64))
+        else:
+            out.append(np.zeros(b.shape, np.float64))
     return out
 
 
@@ -98,18 +122,22 @@ def mean_update(current: Weights, results: Sequence[ClientResult]) -> Aggregated
 
 
 def split(flat: npt.NDArray[Any], like: Sequence[npt.NDArray[Any]]) -> Delta:
-    """A flat vector of shape (d,) (d = Σ sizes of ``like``) as float64 arrays shaped like
-    ``like``, in order (C order within each array): the SecAgg+ mean back as a ``Delta``.
+    """A flat vector of shape (d,) (d = ``averaged_size(like)``) as float64 arrays shaped
+    like ``like``, in order (C order within each array), zeros for the carried arrays: the
+    SecAgg+ mean back as a ``Delta`` (the inverse of ``masked_values``).
 
     Raises:
         ValueError: ``flat`` does not have exactly d values.
     """
-    d = sum(int(a.size) for a in like)
+    d = averaged_size(like)
     if flat.shape != (d,):
         raise ValueError(f"a vector of {flat.shape} values cannot fill a model of {d}")
     out: Delta = []
     offset = 0
     for ref in like:
+        if not is_averaged(ref):
+            out.append(np.zeros(ref.shape, np.float64))
+            continue
         out.append(np.asarray(flat[offset : offset + ref.size], np.float64).reshape(ref.shape))
         offset += ref.size
     return out

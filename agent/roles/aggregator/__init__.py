@@ -23,7 +23,9 @@ The parts, one module each:
   ``cohort``, fit via ``fit`` over ``plain_round`` / ``secure_round``, dropouts,
   ``evaluation``), and ``schedule``: the whole run;
 - ``status``: the ``RoundPhase`` and what is published as ``FederationStatus``;
-- ``persistence``: ``rounds/NNNN/``, ``global_model.npz``, ``metrics.json``;
+- ``persistence``: each round committed under ``runs/<run_id>/rounds/NNNN/``; ``resume``:
+  reading a run back after a restart; ``runs``: run ids and directories; ``service``: the
+  long-lived process (successive runs, enrollment, the revocation watch);
 - ``records``: what is recorded about rounds and agents;
 - ``role``: the ``Aggregator``, which builds the parts and holds the listener table.
 """

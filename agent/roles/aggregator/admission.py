@@ -20,7 +20,7 @@ import structlog
 
 from agent.errors import RoundError
 from agent.messages import topics
-from agent.messages.bodies import JoinAccepted, JoinRejected, JoinRequest
+from agent.messages.bodies import JoinAccepted, JoinRejected, JoinRequest, RejectCode
 from agent.messages.envelope import Message
 from agent.roles.aggregator.broadcast import publish_model
 from agent.roles.aggregator.records import AgentRecord, GlobalState
@@ -41,6 +41,7 @@ class Admission:
         current: the round and the model in force, read at each join.
         rejoin_interval: seconds after answering an agent during which its joins are
             duplicates (the device's join loop re-sends after ``trainer.join_retry``).
+        incarnation, run_id: said in every ``join_accepted`` (trainers follow a new one).
     """
 
     def __init__(
@@ -52,14 +53,19 @@ class Admission:
         seal_key: bytes | None,
         current: Callable[[], tuple[int, GlobalState]],
         rejoin_interval: float = 1.0,
+        incarnation: str = "",
+        run_id: str = "",
     ) -> None:
         self._outbox = outbox
         self._plugin_name = plugin_name
         self._wanted = wanted
         self._seal_key = seal_key
         self._current = current
+        self.incarnation, self.run_id = incarnation, run_id
         #: the admitted agents, by agent id
         self.agents: dict[str, AgentRecord] = {}
+        #: agents revoked while this aggregator ran: never admitted again, out of cohorts
+        self.revoked: set[str] = set()
         self._enough = asyncio.Event()
         self._closed = False
         self._rejoin_interval = rejoin_interval
@@ -90,6 +96,24 @@ class Admission:
             log.warning(
                 "starting_with_fewer_agents", admitted=len(self.agents), wanted=self._wanted
             )
+
+    async def revoke(self, agent_id: str) -> None:
+        """``agent_id`` was revoked: out of the admitted set at once, and told so
+        (``join_rejected`` with ``RejectCode.REVOKED``: it stops retrying)."""
+        self.revoked.add(agent_id)
+        self.agents.pop(agent_id, None)
+        round_, _ = self._current()
+        await self._outbox.try_send(
+            topics.INBOX,
+            JoinRejected(
+                agent_id=agent_id,
+                reason="this agent's certificate is revoked",
+                code=RejectCode.REVOKED,
+            ),
+            round=round_,
+            agent_id=agent_id,
+        )
+        log.warning("agent_revoked", agent=agent_id, admitted=len(self.agents))
 
     def record_round(self, cohort: Iterable[str], dropouts: Iterable[str]) -> None:
         """Remember which cohort members missed the round (they do not evaluate next)."""
@@ -129,12 +153,17 @@ class Admission:
         if body.agent_id != message.sender:
             log.warning("join_refused", reason="sender_mismatch", sender=message.sender)
             return
+        if body.agent_id in self.revoked:
+            await self.revoke(body.agent_id)  # tell it again: it should have stopped
+            return
         round_, model = self._current()
         if body.plugin != self._plugin_name:
             reason = f"this federation trains plugin {self._plugin_name!r}, not {body.plugin!r}"
             await self._outbox.try_send(
                 topics.INBOX,
-                JoinRejected(agent_id=body.agent_id, reason=reason),
+                JoinRejected(
+                    agent_id=body.agent_id, reason=reason, code=RejectCode.PLUGIN_MISMATCH
+                ),
                 round=round_,
                 agent_id=body.agent_id,
             )
@@ -147,7 +176,13 @@ class Admission:
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
         await self._outbox.try_send(
             topics.INBOX,
-            JoinAccepted(agent_id=body.agent_id, round=round_, seal_key=self._seal_key),
+            JoinAccepted(
+                agent_id=body.agent_id,
+                round=round_,
+                seal_key=self._seal_key,
+                incarnation=self.incarnation,
+                run_id=self.run_id,
+            ),
             round=round_,
             agent_id=body.agent_id,
         )

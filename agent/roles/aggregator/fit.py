@@ -157,6 +157,8 @@ class CohortFit:
         self.late: frozenset[str] = frozenset()
         self._plain: PlainRound | None = None
         self._secure: SecureRound | None = None
+        #: called with (round, stage) as each SecAgg+ stage closes (persisted, for a restart)
+        self.on_stage: Callable[[int, str], None] | None = None
 
     async def run(
         self, r: int, cohort: Sequence[str], before: GlobalState, *, quorum: int | None = None
@@ -216,6 +218,16 @@ class CohortFit:
             self._secure.on_offline(agent_id)
         elif self._plain is not None:
             self._plain.check_complete()
+
+    def on_revoked(self, agent_id: str) -> None:
+        """A cohort member was revoked: out of the round at once (a plain update it sent
+        is discarded; under SecAgg+ it is not waited for and its masks are removed as a
+        dropout's, unless its masked input is already in)."""
+        if agent_id not in self.cohort:
+            return
+        if self._plain is not None:
+            self._plain.results.pop(agent_id, None)
+        self.on_offline(agent_id)
 
     # -- the two kinds of fit -----------------------------------------------------------
 
@@ -317,6 +329,7 @@ class CohortFit:
             model_version=before.version,
             metrics=self._metrics,
             quorum=quorum,
+            on_stage=None if self.on_stage is None else partial(self.on_stage, r),
         )
         body = msgspec.structs.replace(
             setup_body(setup, stage_timeout=settings.stage_timeout, layout=layout),

@@ -25,13 +25,20 @@ from agent.privacy import secure_metrics
 from agent.privacy.engine import PrivacyEngine, RingPlan, RoundPrivacy
 from agent.roles.aggregator.cohort import cohort_size
 from agent.secagg.server import Aggregate
-from agent.secagg.vector import size_of
-from agent.strategy.update import AggregatedUpdate, ClientResult, mean_update, model_delta, split
+from agent.strategy.update import (
+    AggregatedUpdate,
+    ClientResult,
+    averaged_size,
+    mean_update,
+    model_delta,
+    split,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class SecureLayout:
-    """What a SecAgg+ round masks: ``model_size`` delta words, then the ``slots``' words."""
+    """What a SecAgg+ round masks: ``model_size`` delta words (the float arrays' values:
+    integer arrays are carried, ``agent.strategy.update``), then the ``slots``' words."""
 
     model_size: int
     slots: list[MetricRange]
@@ -79,7 +86,7 @@ def secure_setup(
     slots = secure_metrics.slots(settings.metrics)
     if engine.on and engine.config.metric_share == 0:
         slots = []  # the metrics would add sensitivity the budget does not cover
-    model_size = size_of(model)
+    model_size = averaged_size(model)
     length = model_size + secure_metrics.width(slots)
     plan = engine.ring(settings.params(cohort_size), slots=len(slots), length=length)
     return SecureLayout(model_size, slots, plan)

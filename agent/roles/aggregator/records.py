@@ -31,6 +31,7 @@ class RoundRecord:
         eval_metrics: every evaluation metric, num_examples-weighted (empty: no evaluation).
         privacy: with DP on, the round's (ε, δ) so far, noise multiplier, clip norm and
             sampling rate (``agent.privacy.engine.RoundPrivacy``); None otherwise.
+        revoked: cohort members revoked during the round (left out, not dropouts).
     """
 
     round: int
@@ -45,6 +46,7 @@ class RoundRecord:
     seconds: float
     model_version: int
     model_sha256: str
+    revoked: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None
@@ -88,6 +90,13 @@ class RunSummary:
     final_sha256: str
     #: why the run ended before its last round (``"privacy_budget"``), None if it did not
     stopped: str | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run did not do its job (None: it trained): no round had a survivor."""
+        if any(r.survivors for r in self.rounds):
+            return None
+        return f"the run trained nothing: none of its {len(self.rounds)} round(s) had a survivor"
 
     @property
     def final_accuracy(self) -> float | None:

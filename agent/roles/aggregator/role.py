@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections.abc import Callable
 
 import structlog
@@ -17,7 +18,7 @@ from agent.errors import IdentityError
 from agent.identity.local import Credentials
 from agent.ledger.book import RoundLedger
 from agent.messages import topics
-from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness
+from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness, RoundPhase
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.messages.signing import Signer
@@ -29,8 +30,9 @@ from agent.roles.aggregator.fit import CohortFit
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.private_update import privacy_engine
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
+from agent.roles.aggregator.resume import open_run
 from agent.roles.aggregator.round import InForce, RoundParts
-from agent.roles.aggregator.schedule import federate
+from agent.roles.aggregator.schedule import RunPlan, run_recorded
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
 from agent.runtime.fairness import FairnessLimits, FairQueue
@@ -58,9 +60,16 @@ class Aggregator:
         revoked: with identities on, called for every verified sender; True refuses its
             messages (``agent.node.enrolled_check`` asks the registry).
         metrics: where the role counts (default: a registry of its own).
+        incarnation: this aggregator process's id (default: a fresh random one), said in
+            ``federation_status`` and ``join_accepted``; trainers rejoin a new one.
+
+    The run is the newest unfinished one under ``state_dir/runs`` (resumed after its last
+    committed round) or a new one (``agent.roles.aggregator.resume.open_run``).
 
     Raises:
         IdentityError: identities on, but the certificate is not an aggregator's.
+        ConfigError: ``continue_from`` names no run with a model, or the run to resume is
+            unreadable.
     """
 
     def __init__(
@@ -74,8 +83,16 @@ class Aggregator:
         observer: RoundObserver | None = None,
         revoked: Callable[[Identity], bool] | None = None,
         metrics: Metrics | None = None,
+        incarnation: str | None = None,
     ) -> None:
         schedule, fed = config.aggregator, config.federation
+        self.incarnation = incarnation or secrets.token_hex(8)
+        self.opened = opened = open_run(
+            config.state_dir,
+            rounds=schedule.rounds,
+            continue_from=schedule.continue_from,
+            initial=initial_weights,
+        )
         self._bus, self._fed, self._schedule = bus, fed, schedule
         self.metrics = Metrics() if metrics is None else metrics
         credentials = (
@@ -94,8 +111,11 @@ class Aggregator:
         )
         # A fresh sealing key per run: agents seal their updates to it (HPKE).
         seal_key = X25519PrivateKey.generate() if credentials else None
-        self._now = InForce(0, GlobalState.of(0, initial_weights))
-        self._store = RunStore(config.state_dir)
+        self._now = InForce(0, GlobalState.of(0, opened.initial))
+        #: the run's files; ``store.on_round_persisted`` is the per-round hook (ledger)
+        self.store = RunStore(opened.run_dir, incarnation=self.incarnation, mirror=config.state_dir)
+        #: agent ids found revoked (by the node's registry watch), handled in ``run``
+        self.revocations: asyncio.Queue[str] = asyncio.Queue()
         self.liveness = LivenessTracker(timeout=schedule.liveness_timeout)
         self.admission = Admission(
             outbox=outbox,
@@ -105,23 +125,29 @@ class Aggregator:
             if seal_key
             else None,
             current=lambda: (self._now.round, self._now.model),
+            incarnation=self.incarnation,
+            run_id=opened.run_id,
         )
         self.board = StatusBoard(
             liveness=self.liveness,
             admitted=self.admission.agents,
             current_round=lambda: self._now.round,
+            revoked=self.admission.revoked,
+            incarnation=self.incarnation,
+            run_id=opened.run_id,
         )
         self.fit = CohortFit(
             outbox=outbox,
             schedule=schedule,
             federation=fed,
             strategy=strategy or build_strategy(schedule.strategy),
-            alive=self.liveness.alive,
+            alive=lambda a: self.liveness.alive(a) and a not in self.admission.revoked,
             metrics=self.metrics,
             declared=self.admission.declared,
             privacy=privacy_engine(schedule),
             population=lambda: len(self.admission.agents),
         )
+        self.fit.on_stage = lambda r, stage: self.store.open_round(r, stage=str(stage))
         self._evaluation = FederatedEvaluation(
             outbox,
             timeout=schedule.eval_timeout,
@@ -143,7 +169,7 @@ class Aggregator:
             observer=observer,
             connected=bus.wait_connected,
             reconnects=lambda: self._reconnects,
-            ledger=RoundLedger(config.state_dir, credentials.signer, schedule)
+            ledger=RoundLedger(config.state_dir, credentials.signer, schedule, run_id=opened.run_id)
             if credentials
             else None,
         )
@@ -203,10 +229,13 @@ class Aggregator:
         return self.board.text
 
     async def run(self) -> RunSummary:
-        """Run the whole schedule and send ``finish``. Returns the run's records.
+        """Run (or resume) the run to its end and send ``finish``; ``rounds = 0``: until
+        cancelled. Returns the run's records (``RunSummary.failure``: it trained nothing).
+        Cancelled, the run stays unfinished and the next aggregator resumes it.
 
         Raises:
             RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
+            RunFailedError: the fleet vanished (no cohort within ``join_timeout``).
         """
         for spec in (
             topics.JOIN,
@@ -225,15 +254,50 @@ class Aggregator:
                         self.board.report(self._outbox, every=self._schedule.status_every),
                         name="aggregator-status",
                     ),
+                    tg.create_task(self._handle_revocations(), name="aggregator-revocations"),
                 ]
                 try:
-                    return await federate(self._parts, self._now, self._store)
+                    return await self._federate()
                 finally:
                     for task in tasks:
                         task.cancel()
 
     async def _on_connect(self, reconnect: bool) -> None:
         self._reconnects += reconnect
+
+    async def idle(self) -> RunSummary | None:
+        """Between runs (``after_run = "serve"``): keep receiving (liveness) and publishing
+        ``federation_status`` (phase ``idle``), training nothing, until cancelled."""
+        self.board.enter(RoundPhase.IDLE, f"idle: {self.opened.run_id} ended; enrollment open")
+        self.board.changed()
+        with structlog.contextvars.bound_contextvars(federation=self._fed, role="aggregator"):
+            async with task_group() as tg:
+                tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive")
+                tg.create_task(self._mark_ready(), name="aggregator-ready")
+                tg.create_task(
+                    self.board.report(self._outbox, every=self._schedule.status_every),
+                    name="aggregator-status",
+                )
+                tg.create_task(self._handle_revocations(), name="aggregator-revocations")
+        return None
+
+    async def _federate(self) -> RunSummary:
+        opened = self.opened
+        plan = RunPlan(opened.run_id, self.incarnation, opened.resumed)
+        return await run_recorded(self._parts, self._now, self.store, plan, opened.run_dir)
+
+    def note_revoked(self, agent_id: str) -> None:
+        """``agent_id`` is revoked (the registry says so): it leaves at once (``run``)."""
+        if agent_id not in self.admission.revoked:
+            self.admission.revoked.add(agent_id)  # out of cohorts and liveness at once
+            self.revocations.put_nowait(agent_id)
+
+    async def _handle_revocations(self) -> None:
+        while True:
+            agent_id = await self.revocations.get()
+            self.fit.on_revoked(agent_id)
+            await self.admission.revoke(agent_id)
+            self.board.changed()
 
     async def _mark_ready(self) -> None:
         await self._bus.wait_connected()

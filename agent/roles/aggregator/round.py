@@ -77,12 +77,16 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     schedule, admitted = parts.schedule, parts.admission.agents
     now.round = r
     before = now.model
-    alive = [a for a in admitted if parts.liveness.alive(a)]
+    alive = [a for a in admitted if parts.liveness.alive(a) and a not in parts.admission.revoked]
     if len(alive) < schedule.min_fit_clients:
         # Too few agents showed life since their last deadline: rather than no round, the
         # ones that missed it get another chance (each may cost this one deadline again).
         late = sorted(
-            a for a in admitted if a not in alive and parts.liveness.alive(a, forgive_late=True)
+            a
+            for a in admitted
+            if a not in alive
+            and a not in parts.admission.revoked
+            and parts.liveness.alive(a, forgive_late=True)
         )
         alive += late[: schedule.min_fit_clients - len(alive)]
     if len(alive) < len(admitted):
@@ -112,7 +116,8 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     parts.board.enter(RoundPhase.TRAINING, f"training ({len(cohort)} agents)")
     parts.board.changed()
     outcome = await parts.fit.run(r, cohort, before, quorum=needed)
-    dropouts = sorted(set(cohort) - set(outcome.survivors))
+    revoked = sorted(set(cohort) & parts.admission.revoked)
+    dropouts = sorted(set(cohort) - set(outcome.survivors) - set(revoked))
     parts.admission.record_round(cohort, dropouts)
     _missed(parts, parts.fit.late, epoch)
     if outcome.weights is not None:
@@ -131,7 +136,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     eval_examples = 0
     eval_metrics: dict[str, float] = {}
     every = schedule.eval_every
-    if (every and r % every == 0) or r == schedule.rounds:
+    if (every and r % every == 0) or r == schedule.rounds:  # rounds = 0: every k only
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
         evaluators = frozenset(a for a in parts.admission.evaluators() if parts.liveness.alive(a))
         loss, accuracy, eval_examples = await parts.evaluation.run(r, now.model, evaluators)
@@ -150,6 +155,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         seconds=time.perf_counter() - started,
         model_version=now.model.version,
         model_sha256=now.model.sha256,
+        revoked=revoked,
         metrics=outcome.metrics,
         eval_metrics=eval_metrics,
         privacy=None if outcome.privacy is None else asdict(outcome.privacy),

@@ -87,6 +87,7 @@ class SecureRound:
         metrics: observes each stage's duration (``stage_seconds``, by stage).
         quorum: the advertise and collect stages close once this many answered (over-
             selection, Bonawitz et al. 2019; None: every member or the deadline).
+        on_stage: called with each stage's name as it closes (the aggregator persists it).
     """
 
     def __init__(
@@ -99,11 +100,13 @@ class SecureRound:
         model_version: int,
         metrics: Metrics,
         quorum: int | None = None,
+        on_stage: Callable[[str], None] | None = None,
     ) -> None:
         self._outbox = outbox
         self._quorum = quorum
         #: members waited for until a stage deadline passed without their answer
         self.late: set[str] = set()
+        self._on_stage = on_stage
         self._metrics = metrics
         self._round = setup.context.round
         self._stage_timeout = stage_timeout
@@ -251,6 +254,8 @@ class SecureRound:
         now = time.monotonic()
         self._metrics.stage_seconds.labels(str(stage)).observe(now - self._stage_started)
         self._stage_started = now
+        if self._on_stage is not None:
+            self._on_stage(str(stage))
         lost = self.state.dropouts.get(stage, frozenset())
         log.info(
             "secagg_stage_closed",

@@ -5,10 +5,16 @@ the one-line text systemd shows (``STATUS=``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from agent.messages import topics
-from agent.messages.bodies import FederationStatus, RoundPhase, RoundSummary
+from agent.messages.bodies import (
+    AgentSummary,
+    FederationStatus,
+    Liveness,
+    RoundPhase,
+    RoundSummary,
+)
 from agent.roles.aggregator.records import AgentRecord, RoundRecord
 from agent.roles.liveness import LivenessTracker
 from agent.runtime.outbox import Outbox
@@ -24,6 +30,8 @@ class StatusBoard:
         liveness: what the agents said of themselves.
         admitted: the admitted agents (read at each report).
         current_round: the aggregator's current round (read at each report).
+        revoked: agents revoked while the aggregator runs (shown revoked, never online).
+        incarnation, run_id: this aggregator process and its run, said in every report.
     """
 
     def __init__(
@@ -32,7 +40,12 @@ class StatusBoard:
         liveness: LivenessTracker,
         admitted: Mapping[str, AgentRecord],
         current_round: Callable[[], int],
+        revoked: Collection[str] = (),
+        incarnation: str = "",
+        run_id: str = "",
     ) -> None:
+        self._revoked = revoked
+        self.incarnation, self.run_id = incarnation, run_id
         self._liveness = liveness
         self._admitted = admitted
         self._round = current_round
@@ -65,13 +78,19 @@ class StatusBoard:
     def federation_status(self) -> FederationStatus:
         """The summary ``fedbus status`` shows."""
         admitted, live = self._admitted, self._liveness
-        known = sorted(set(admitted) | set(live.agents))
+        known = sorted(set(admitted) | set(live.agents) | set(self._revoked))
         last = self.last_round
+        gone = AgentSummary(state=Liveness.OFFLINE, detail="revoked", revoked=True)
         return FederationStatus(
             round=self._round(),
             phase=self.phase,
             detail=self.detail,
-            agents={a: live.summary(a, admitted=a in admitted) for a in known},
+            agents={
+                a: gone if a in self._revoked else live.summary(a, admitted=a in admitted)
+                for a in known
+            },
+            incarnation=self.incarnation,
+            run_id=self.run_id,
             last_round=None
             if last is None
             else RoundSummary(

@@ -15,6 +15,7 @@ relay_shares       inbox                current     —  (lets the masking proce
 unmask_request     inbox                current     unmask
 evaluate           evaluate             not stale   metrics
 finish             finish               any         join (again, for the next run)
+federation_status  federation_status    any         join (again: a new aggregator incarnation)
 =================  ===================  ==========  ======================================
 
 The parts: ``ModelStore`` (model_para), ``FitPath`` (fit_ins, and the SecAgg+ stages, which it
@@ -23,7 +24,11 @@ hands to the round's ``SecureFit``), ``evaluate``, ``StatusPublisher`` (status h
 role's ``Worker`` (one of each at a time, a newer round's superseding an older one's).
 
 After ``finish`` the agent stays up, idle, and re-joins with a capped backoff so that the next
-run's aggregator finds it.
+run's aggregator finds it. It follows the aggregator: a ``federation_status`` from an
+incarnation other than the one that admitted it (the aggregator restarted, crashed, failed
+over) makes it join again at once and take the new sealing key. A ``join_rejected`` saying
+the agent is revoked (identities on: signed by the aggregator) stops it:
+``run`` raises ``AgentRevokedError`` and the process exits with its status.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from agent.ledger.head import HEAD_FILE, LedgerHead
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
+    FederationStatus,
     Finish,
     JoinAccepted,
     JoinRejected,
@@ -54,6 +60,7 @@ from agent.messages.kinds import Kind
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.trainer.evaluate import evaluate
 from agent.roles.trainer.fit import FitPath
+from agent.roles.trainer.follow import Follower
 from agent.roles.trainer.model import HeldModel, ModelStore
 from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
@@ -128,6 +135,8 @@ class Trainer:
         )
         self._admitted = asyncio.Event()
         self._rejoin = asyncio.Event()
+        #: the aggregator incarnation we follow
+        self.follow = Follower(self._id, signed=credentials is not None)
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
         registry = ListenerRegistry()
@@ -140,6 +149,9 @@ class Trainer:
         registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
+        registry.register(
+            Kind.FEDERATION_STATUS, self._on_federation_status, rounds=RoundPolicy.ANY
+        )
         if self._renewer is not None:
             registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
@@ -179,7 +191,12 @@ class Trainer:
 
     async def run(self) -> None:
         """Subscribe, join, and serve until cancelled."""
-        for spec in (topics.GLOBAL_MODEL, topics.EVALUATE, topics.FINISH):
+        for spec in (
+            topics.GLOBAL_MODEL,
+            topics.EVALUATE,
+            topics.FINISH,
+            topics.FEDERATION_STATUS,
+        ):
             await self._bus.subscribe(spec.format(self._fed))
         await self._bus.subscribe(topics.INBOX.format(self._fed, self._id))
         self._bus.on_connect(self._on_connect)
@@ -190,6 +207,7 @@ class Trainer:
                     tg.create_task(self._mark_ready(), name="trainer-ready")
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
+                    tg.create_task(self.follow.stop_when_revoked(), name="trainer-revoked")
                     if self._renewer is not None:
                         tg.create_task(self._renewer.run(), name="trainer-renew")
             finally:
@@ -239,6 +257,7 @@ class Trainer:
         self._progress.round = message.body.round
         seal_key = message.body.seal_key
         self._outbox.seal_to = X25519PublicKey.from_public_bytes(seal_key) if seal_key else None
+        self.follow.admitted_by(message.body.incarnation)
         if self._outbox.signer is not None and seal_key is None:
             log.error(
                 "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
@@ -250,7 +269,21 @@ class Trainer:
 
     async def _on_join_rejected(self, message: Message[JoinRejected]) -> None:
         self._progress.enter(TrainerState.REJECTED)
-        log.error("join_rejected", aggregator=message.sender, reason=message.body.reason)
+        body = message.body
+        log.error(
+            "join_rejected", aggregator=message.sender, reason=body.reason, code=str(body.code)
+        )
+        self.follow.rejected(body, aggregator=message.sender)
+
+    async def _on_federation_status(self, message: Message[FederationStatus]) -> None:
+        """A new aggregator incarnation: join it at once (it has a new sealing key)."""
+        if not self.follow.is_new(message.body.incarnation):
+            return
+        if not self._admitted.is_set():
+            await self._send_join()  # do not wait for the join backoff
+            return
+        log.info("aggregator_restarted", incarnation=message.body.incarnation)
+        self._rejoin.set()
 
     # -- evaluating and finishing -------------------------------------------------------
 

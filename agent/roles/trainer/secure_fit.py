@@ -39,8 +39,7 @@ from agent.secagg import client
 from agent.secagg.keys import RoundContext
 from agent.secagg.params import SecAggParams
 from agent.secagg.state import PublicKeys, Setup
-from agent.secagg.vector import flatten
-from agent.strategy.update import model_delta
+from agent.strategy.update import masked_values, model_delta
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +145,8 @@ class SecureFit:
         config: dict[str, Scalar] | None = None,
     ) -> MaskedInput | None:
         """Stage collect_masked_input: the trained delta (``result.weights`` minus ``base``,
-        flattened to shape (d,), clipped to the fit ``config``'s ``dp_clip_norm`` if any)
+        its float arrays flattened to shape (d,): integer arrays are carried, not masked;
+        clipped to the fit ``config``'s ``dp_clip_norm`` if any)
         followed by the announced secure-metric words (``agent.privacy.secure_metrics``),
         weighted by ``result.num_examples`` (at least 1), plus distributed DP's noise
         share if announced, and masked once our shares are in; waits until ``deadline``
@@ -158,7 +158,7 @@ class SecureFit:
             the round was closed: the round goes on without us.
         """
         body = self.announced_body
-        model = flatten(model_delta(result.weights, base.weights))
+        model = masked_values(model_delta(result.weights, base.weights), base.weights)
         if body is not None:  # the announced L2 bound (agent.robust.secure checks the sum)
             model = clip_norm(model, body.norm_bound)
         delta = local.secure_vector(

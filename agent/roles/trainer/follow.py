@@ -1,0 +1,67 @@
+"""How a trainer follows its aggregator: which incarnation (aggregator process) admitted it,
+which ones it left behind, and whether the aggregator said it is revoked.
+
+A ``federation_status`` from an incarnation that is neither the one that admitted the trainer
+nor one it left behind means the aggregator restarted (crashed, failed over): the trainer
+joins again at once. A signed ``join_rejected`` with ``RejectCode.REVOKED`` stops it with
+``AgentRevokedError`` (exit status 78: a service manager must not restart it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from agent.errors import AgentRevokedError
+from agent.messages.bodies import JoinRejected, RejectCode
+
+log = structlog.get_logger(__name__)
+
+
+class Follower:
+    """The aggregator incarnation a trainer follows.
+
+    Args:
+        agent_id: the trainer (named in the error when revoked).
+        signed: identities are on, so a refusal is the aggregator's own (only then may a
+            ``revoked`` refusal stop the trainer: anyone can publish on an open broker).
+    """
+
+    def __init__(self, agent_id: str, *, signed: bool) -> None:
+        self._id = agent_id
+        self._signed = signed
+        #: the incarnation that admitted us ("" before any, or when it does not say)
+        self.incarnation = ""
+        self._left: set[str] = set()
+        self._revoked = asyncio.Event()
+
+    def admitted_by(self, incarnation: str) -> None:
+        """``join_accepted`` from ``incarnation``."""
+        if self.incarnation and incarnation != self.incarnation:
+            self._left.add(self.incarnation)
+        self.incarnation = incarnation
+
+    def is_new(self, incarnation: str) -> bool:
+        """Whether a ``federation_status`` from ``incarnation`` is a new aggregator's; from
+        then on the admitting one counts as left behind."""
+        if not incarnation or incarnation == self.incarnation or incarnation in self._left:
+            return False
+        log.info("aggregator_incarnation_seen", previous=self.incarnation, incarnation=incarnation)
+        if self.incarnation:
+            self._left.add(self.incarnation)
+        return True
+
+    def rejected(self, body: JoinRejected, *, aggregator: str) -> None:
+        """A ``join_rejected``: a signed ``revoked`` one stops the trainer."""
+        if body.code is RejectCode.REVOKED and self._signed:
+            log.error("agent_revoked", aggregator=aggregator, consequence="stopping")
+            self._revoked.set()
+
+    async def stop_when_revoked(self) -> None:
+        """Raises ``AgentRevokedError`` once the aggregator said we are revoked."""
+        await self._revoked.wait()
+        raise AgentRevokedError(
+            f"agent {self._id!r} is revoked by the federation's aggregator: stopping; "
+            "re-enroll (a new token from the operator) to take part again"
+        )
