@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import time
 from collections.abc import Callable
 
 import structlog
@@ -168,14 +169,14 @@ class Aggregator:
             metrics=self.metrics,
             observer=observer,
             connected=bus.wait_connected,
-            reconnects=lambda: self._reconnects,
+            reconnected_at=lambda: self._reconnected_at,
             ledger=RoundLedger(config.state_dir, credentials.signer, schedule, run_id=opened.run_id)
             if credentials
             else None,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
-        self._reconnects = 0
+        self._reconnected_at = float("-inf")
         bus.on_connect(self._on_connect)
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self.admission.on_join, rounds=RoundPolicy.ANY)
@@ -263,7 +264,8 @@ class Aggregator:
                         task.cancel()
 
     async def _on_connect(self, reconnect: bool) -> None:
-        self._reconnects += reconnect
+        if reconnect:
+            self._reconnected_at = time.monotonic()
 
     async def idle(self) -> RunSummary | None:
         """Between runs (``after_run = "serve"``): keep receiving (liveness) and publishing

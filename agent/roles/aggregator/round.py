@@ -58,9 +58,10 @@ class RoundParts:
     observer: RoundObserver | None = None
     #: ``Bus.wait_connected(timeout)``: no round starts while the broker is down
     connected: Callable[[float | None], Awaitable[None]] | None = None
-    #: how many times the bus reconnected so far: a deadline missed across a reconnect is
-    #: the broker's doing, not the members', and marks no one late
-    reconnects: Callable[[], int] = lambda: 0
+    #: ``time.monotonic()`` of the bus's last reconnect (-inf: none): a deadline missed during
+    #: a round that began less than a ``round_timeout`` after it, or while the bus is down, is
+    #: the broker's doing (the members' peers were still reconnecting) and marks no one late
+    reconnected_at: Callable[[], float] = lambda: float("-inf")
     #: the signed round ledger (None: identities off)
     ledger: RoundLedger | None = None
 
@@ -73,7 +74,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     record with no survivors, not an exception.
     """
     started = time.perf_counter()
-    epoch = parts.reconnects()
+    epoch = time.monotonic() - parts.schedule.round_timeout
     schedule, admitted = parts.schedule, parts.admission.agents
     now.round = r
     before = now.model
@@ -119,7 +120,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     revoked = sorted(set(cohort) & parts.admission.revoked)
     dropouts = sorted(set(cohort) - set(outcome.survivors) - set(revoked))
     parts.admission.record_round(cohort, dropouts)
-    _missed(parts, parts.fit.late, epoch)
+    await _missed(parts, parts.fit.late, epoch)
     if outcome.weights is not None:
         now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
     now.model = await recorded(
@@ -140,7 +141,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
         evaluators = frozenset(a for a in parts.admission.evaluators() if parts.liveness.alive(a))
         loss, accuracy, eval_examples = await parts.evaluation.run(r, now.model, evaluators)
-        _missed(parts, parts.evaluation.late, epoch)
+        await _missed(parts, parts.evaluation.late, epoch)
         eval_metrics = dict(parts.evaluation.metrics)
     record = RoundRecord(
         round=r,
@@ -164,16 +165,26 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     return record
 
 
-def _missed(parts: RoundParts, late: frozenset[str], epoch: int) -> None:
+async def _missed(parts: RoundParts, late: frozenset[str], epoch: float) -> None:
     """Members waited for until a deadline passed: not waited for again until they show life
-    (unless the bus reconnected since ``epoch``: then the broker lost their answers)."""
-    if late and parts.reconnects() != epoch:
+    (unless the bus reconnected after ``epoch`` or is down now: the broker lost messages)."""
+    if late and (parts.reconnected_at() >= epoch or not await _connected(parts)):
         log.info("deadline_misses_forgiven", agents=sorted(late), reason="bus_reconnected")
         return
     if late:
         log.info("agents_missed_deadline", agents=sorted(late))
     for agent_id in late:
         parts.liveness.missed(agent_id)
+
+
+async def _connected(parts: RoundParts) -> bool:
+    if parts.connected is None:
+        return True
+    try:
+        await parts.connected(0)  # returns at once while connected
+    except TimeoutError:  # BusTimeoutError
+        return False
+    return True
 
 
 def _count(parts: RoundParts, record: RoundRecord, outcome: Outcome) -> None:

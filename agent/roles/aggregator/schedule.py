@@ -246,9 +246,11 @@ async def wait_for_rejoins(parts: RoundParts, expected: set[str]) -> None:
 
 
 def live(parts: RoundParts) -> list[str]:
-    """The admitted, unrevoked agents believed alive."""
+    """The admitted, unrevoked agents believed alive (one that only missed a deadline counts:
+    ``run_round`` samples it when too few others are left)."""
     revoked = parts.admission.revoked
-    return [a for a in parts.admission.agents if a not in revoked and parts.liveness.alive(a)]
+    alive = parts.liveness.alive
+    return [a for a in parts.admission.agents if a not in revoked and alive(a, forgive_late=True)]
 
 
 async def wait_for_cohort(parts: RoundParts, records: list[RoundRecord]) -> None:
