@@ -26,7 +26,7 @@ PRIVATE = 0o600
 PUBLIC = 0o644
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = PUBLIC) -> None:
+def write_atomic(path: Path, data: bytes | memoryview, *, mode: int = PUBLIC) -> None:
     """Replace ``path`` with ``data`` atomically, ending with permission bits ``mode``.
 
     Creates missing parent directories (mode 0755 less the umask). The temporary file is

@@ -26,6 +26,8 @@ import msgspec
 
 from agent.errors import ConfigError
 from agent.messages.bodies import NAME_PATTERN, Scalar
+from agent.messages.chunks import ENVELOPE_MARGIN
+from agent.messages.transfer import TransferConfig
 from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
 from agent.robust.settings import RobustConfig
 from agent.role import RUNTIME_ROLES, Role
@@ -329,12 +331,17 @@ class AgentConfig(_Config, frozen=True):
     tls: TlsConfig = TlsConfig()
     identity: IdentityConfig = IdentityConfig()
     metrics: MetricsConfig = MetricsConfig()
+    transfer: TransferConfig = TransferConfig()
 
     def __post_init__(self) -> None:
         if self.role not in RUNTIME_ROLES:
             # msgspec checks the value is a Role; only the runtime roles make a config
             role = str(self.role)
             raise ValueError(f"Invalid role {role!r}, not trainer or aggregator - at `$.role`")
+        if (need := self.transfer.chunk_size + ENVELOPE_MARGIN) > self.max_payload:
+            size = self.transfer.chunk_size
+            msg = f"[transfer] chunk_size = {size} needs max_payload >= {need}: lower one"
+            raise ValueError(f"{msg} or raise the other ({self.max_payload})")
         ident = self.identity
         if ident.enabled and (ident.key_file is None or ident.ca_file is None):
             raise ValueError("[identity] needs key_file and ca_file with cert_file")

@@ -26,6 +26,12 @@
     │   ├── WrongRoleError          a sender whose role may not publish on that topic
     │   ├── RevokedSenderError      a revoked agent
     │   ├── SealError               a body that should be sealed and is not, or does not open
+    │   ├── ChunkError              a chunked transfer refused (agent.runtime.reassembly)
+    │   │   ├── UnknownTransferError    a chunk of no transfer open on its topic
+    │   │   ├── ChunkMismatchError      a chunk that does not match its manifest
+    │   │   ├── OverBudgetError         a transfer larger than the receiver holds
+    │   │   ├── TransferTimeoutError    a transfer whose chunks did not all come in time
+    │   │   └── SupersededError         a transfer replaced by a newer one from its sender
     │   ├── RefusedError            a well-formed update or metrics result out of bounds
     │   └── LedgerError             a round-ledger record that does not verify or chain
     │       ├── LedgerRecordError   unreadable, non-canonical, or badly signed
@@ -188,6 +194,43 @@ class SealError(ProtocolError):
     """A body that must be sealed to the aggregator and is not, or that does not open."""
 
     reason = "unsealable"
+
+
+class ChunkError(ProtocolError):
+    """A chunk or manifest refused by the reassembly (``agent.runtime.reassembly``)."""
+
+    reason = "bad_chunk"
+
+
+class UnknownTransferError(ChunkError):
+    """A chunk whose transfer id names no transfer open on the topic it came on (its
+    manifest never came, was refused, or came on another sender's topic)."""
+
+    reason = "unknown_transfer"
+
+
+class ChunkMismatchError(ChunkError):
+    """A chunk whose index or hash does not match its manifest (tampered or forged)."""
+
+    reason = "chunk_mismatch"
+
+
+class OverBudgetError(ChunkError):
+    """A manifest announcing more bytes than the receiver's reassembly budget has left."""
+
+    reason = "over_budget"
+
+
+class TransferTimeoutError(ChunkError):
+    """A transfer whose chunks did not all arrive before its deadline."""
+
+    reason = "transfer_timeout"
+
+
+class SupersededError(ChunkError):
+    """A transfer dropped because its sender began another on the same topic."""
+
+    reason = "superseded"
 
 
 class RefusedError(ProtocolError):

@@ -26,6 +26,7 @@ from agent.errors import PluginError
 from agent.identity.ca import load_ca
 from agent.identity.local import Credentials
 from agent.identity.registry import CertStatus, Registry
+from agent.messages.chunks import ENVELOPE_MARGIN
 from agent.messages.signing import Signer
 from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
@@ -53,7 +54,14 @@ def bus_settings(
     """Transport settings for ``config``'s agent (``suffix`` keeps the client id of a tool
     acting as the agent, e.g. ``fedbus listen``, from displacing the agent's own session)."""
     client_id = f"{config.federation}-{config.agent_id}" + (f"-{suffix}" if suffix else "")
-    return BusSettings(client_id=client_id, max_payload=config.max_payload, will=will)
+    chunk_size = config.transfer.chunk_size
+    return BusSettings(
+        client_id=client_id,
+        max_payload=config.max_payload,
+        will=will,
+        required_payload=chunk_size + ENVELOPE_MARGIN,
+        required_by=f"[transfer] chunk_size = {chunk_size}",
+    )
 
 
 def open_bus(

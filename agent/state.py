@@ -22,7 +22,7 @@ def write_weights(path: Path, weights: Weights) -> None:
     """``write_atomic`` of weights as an ``.npz`` (arrays ``arr_0``, ``arr_1``, ... in order)."""
     buf = io.BytesIO()
     np.savez(buf, *weights)
-    write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getbuffer())  # a view: a model is not copied once more
 
 
 def read_weights(path: Path) -> Weights:

@@ -30,6 +30,7 @@ from agent.messages import Kind
 from agent.messages.envelope import Message
 from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
+from agent.robust.settings import RobustConfig
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RunSummary
@@ -273,6 +274,22 @@ def aggregator_main(config_path: str) -> None:
     run_until_signal(main())
 
 
+#: Robustness bounds off for toy models whose values jump (``SizedToy``): no round-relative
+#: norm bound (so plain rounds stream, ``roles/aggregator/fold.py``), no model-change guard.
+LOOSE = RobustConfig(norm_factor=0.0, max_change_factor=0.0)
+
+
+class SizedToy(ToyPlugin):
+    """``ToyPlugin`` with a model of the given float32 ``shapes`` (a 3M-parameter one, say)."""
+
+    def __init__(self, value: float, n: int, shapes: list[tuple[int, ...]]) -> None:
+        super().__init__(value, n)
+        self.shapes = shapes
+
+    def get_weights(self) -> Weights:
+        return [np.zeros(s, np.float32) for s in self.shapes]
+
+
 def identity_files(
     authority: ca.CertificateAuthority, agent_id: str, role: Role, where: Path
 ) -> IdentityConfig:
@@ -287,3 +304,92 @@ def identity_files(
         key_file=where / f"{agent_id}.key",
         ca_file=where / "ca.pem",
     )
+
+
+#: What ``ChunkFaults`` does to a trainer's chunk frames.
+Fault = Callable[[str, bytes], list[tuple[str, bytes, float]]]
+
+
+class ChunkFaults:
+    """A ``Bus`` that passes everything through but hands each chunk frame (topic, payload)
+    to ``fault``, which returns what to publish instead: (topic, payload, delay) triples
+    (none: the chunk is lost; two: duplicated; a delay reorders; another topic: a chunk of
+    this sender's transfer on someone else's topic)."""
+
+    def __init__(self, inner: Any, fault: Fault) -> None:
+        self._inner = inner
+        self._fault = fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def __aenter__(self) -> ChunkFaults:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._inner.__aexit__(*exc)
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        from agent.messages.chunks import is_chunk
+
+        if not is_chunk(payload):
+            await self._inner.publish(topic, payload, retain=retain)
+            return
+        for where, data, delay in self._fault(topic, payload):
+            if delay:
+                await asyncio.sleep(delay)
+            await self._inner.publish(where, data, retain=retain)
+
+
+def chunk_index(payload: bytes) -> int:
+    """The index of a chunk frame."""
+    from agent.messages.chunks import parse_frame
+
+    return parse_frame(payload)[1]
+
+
+async def federate_over(
+    url: str,
+    plugins: Mapping[str, CheckedPlugin],
+    config: AgentConfig,
+    trainer_configs: Callable[[str], AgentConfig],
+    *,
+    wrap: Mapping[str, Fault] | None = None,
+) -> tuple[RunSummary, dict[str, Trainer]]:
+    """``federate_in_memory`` over a real broker at ``url``: each party on its own
+    connection with the settings ``fedbus run`` uses (``node.bus_settings``); ``wrap`` puts
+    a trainer's bus behind ``ChunkFaults``."""
+    from agent.bus.url import bus_from_url
+    from agent.node import bus_settings
+
+    wrap = wrap or {}
+    trainers: dict[str, Trainer] = {}
+    buses: list[Any] = []
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = []
+            for agent_id, plugin in plugins.items():
+                tconfig = trainer_configs(agent_id)
+                bus: Any = bus_from_url(url, bus_settings(tconfig))
+                if agent_id in wrap:
+                    bus = ChunkFaults(bus, wrap[agent_id])
+                await bus.__aenter__()
+                buses.append(bus)
+                trainers[agent_id] = Trainer(config=tconfig, bus=bus, plugin=plugin)
+                tasks.append(tg.create_task(trainers[agent_id].run()))
+            async with bus_from_url(url, bus_settings(config)) as agg_bus:
+                aggregator = Aggregator(
+                    config=config,
+                    bus=agg_bus,
+                    plugin_name="toy",
+                    initial_weights=next(iter(plugins.values())).get_weights(),
+                )
+                summary = await aggregator.run()
+            await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()
+    finally:
+        for bus in buses:
+            await bus.__aexit__(None, None, None)
+    return summary, trainers

@@ -66,6 +66,11 @@ class BusSettings:
             away (and, with broker persistence, across its restart); 0: a clean session per
             connection. NATS: seconds of our own publishes replayed after a reconnect
             (``agent.bus.nats_bus``); 0: none.
+        required_payload: the largest payload this agent will publish (its chunk size plus
+            framing, ``agent.messages.chunks``); a broker that announces a lower limit at
+            connect (NATS ``max_payload`` in INFO, MQTT 5 Maximum Packet Size in CONNACK)
+            fails the bus with a ``ConfigError`` naming ``required_by``, the setting to change.
+        required_by: the setting that decides ``required_payload`` (for that message).
     """
 
     client_id: str
@@ -78,6 +83,8 @@ class BusSettings:
     keepalive: int = 30
     will: LastWill | Callable[[], LastWill] | None = None
     session_expiry: int = 300
+    required_payload: int = 0
+    required_by: str = "max_payload"
 
     def current_will(self) -> LastWill | None:
         """The will for a connection being opened now."""
@@ -101,7 +108,14 @@ class Bus(Protocol):
 
         Raises:
             BusTimeoutError: not connected within ``timeout`` seconds.
+            ConfigError: the broker's limit is below ``BusSettings.required_payload``.
         """
+        ...
+
+    @property
+    def broker_limit(self) -> int | None:
+        """The largest payload the broker said it accepts on the last connect (None: not
+        connected yet, or the broker announces none)."""
         ...
 
     async def subscribe(self, topic_filter: str) -> None:

@@ -44,6 +44,10 @@ class MemoryConnection:
     def alive(self) -> bool:
         return not self._lost.is_set()
 
+    @property
+    def max_payload(self) -> int | None:
+        return self._broker.max_payload
+
     def wants(self, topic: str) -> bool:
         return any(topic_matches(topic_filter, topic) for topic_filter in self._filters)
 
@@ -96,6 +100,7 @@ class MemoryBroker:
         self._running = True
         self.published: list[tuple[str, bytes, bool]] = []  # every publish, for assertions
         self.denied: set[str] = set()  # filters whose subscription is refused (an ACL)
+        self.max_payload: int | None = None  # the limit it announces at connect, like NATS
 
     @property
     def running(self) -> bool:

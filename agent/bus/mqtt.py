@@ -26,6 +26,7 @@ import functools
 import math
 import socket
 import ssl
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -41,6 +42,9 @@ from agent.errors import PublishRefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
+#: What an MQTT PUBLISH packet adds to its payload, topic included (fedbus topics are short):
+#: a broker's Maximum Packet Size less this is the largest payload it takes.
+PACKET_OVERHEAD = 1024
 #: aiomqtt's per-operation timeout when the bus already bounds the operation itself.
 _UNBOUNDED = math.inf
 _QOS = 1
@@ -53,7 +57,9 @@ _orphans: set[asyncio.Task[None]] = set()
 class MqttSession:
     """One aiomqtt connection, as a ``Session``."""
 
-    def __init__(self, client: aiomqtt.Client, deliver: Deliver) -> None:
+    def __init__(
+        self, client: aiomqtt.Client, deliver: Deliver, *, max_packet: int | None = None
+    ) -> None:
         self._client = client
         self._deliver = deliver
         # PUBACK reason codes by message id (aiomqtt's own on_publish ignores them).
@@ -70,6 +76,7 @@ class MqttSession:
             aiomqtt_on_publish(c, userdata, mid, code, props)
 
         paho_client.on_publish = on_publish
+        self.max_payload = None if max_packet is None else max_packet - PACKET_OVERHEAD
 
     async def subscribe(self, topic_filter: str) -> None:
         try:
@@ -160,6 +167,7 @@ class MqttBus(SupervisedBus):
 
     async def _open_session(self, deliver: Deliver) -> Session:
         client = self._client()
+        connack = _watch_connack(client)
         connecting = asyncio.ensure_future(client.__aenter__())
         try:
             await asyncio.shield(connecting)
@@ -170,11 +178,30 @@ class MqttBus(SupervisedBus):
             connecting.add_done_callback(functools.partial(_disconnect_orphan, client))
             raise
         _no_delay(client)
-        return MqttSession(client, deliver)
+        return MqttSession(client, deliver, max_packet=connack.get("MaximumPacketSize"))
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def _watch_connack(client: aiomqtt.Client) -> dict[str, int]:
+    """The CONNACK properties we need (MQTT 5 §3.2.2.3.6 Maximum Packet Size), filled in when
+    it arrives. aiomqtt drops CONNACK's properties, so paho's callback is wrapped (private)."""
+    seen: dict[str, int] = {}
+    paho = client._client
+    inner = paho.on_connect
+
+    def on_connect(*args: Any) -> None:
+        properties = args[4] if len(args) > 4 else None
+        size = getattr(properties, "MaximumPacketSize", None)
+        if isinstance(size, int):
+            seen["MaximumPacketSize"] = size
+        if inner is not None:
+            inner(*args)
+
+    paho.on_connect = on_connect
+    return seen
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

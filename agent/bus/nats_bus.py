@@ -83,6 +83,8 @@ class NatsSession:
         self._will = will
         self._flush_timeout = _seconds(flush_timeout)
         self._background: set[asyncio.Future[None]] = set()
+        #: the server's max_payload from its INFO at connect
+        self.max_payload: int | None = nc.max_payload or None
 
     async def subscribe(self, topic_filter: str) -> None:
         try:
@@ -181,6 +183,10 @@ class NatsBus(SupervisedBus):
         scheme = "tls" if tls is not None else "nats"
         netloc = f"[{host}]" if ":" in host else host
         self.server_url = f"{scheme}://{netloc}:{port}"
+
+    @property
+    def where(self) -> str:
+        return self.server_url
 
     async def _open_session(self, deliver: Deliver) -> Session:
         settings = self.settings

@@ -30,7 +30,13 @@ class Session(Protocol):
     Operations may raise :class:`SessionLostError` when the connection is gone and
     :class:`~agent.errors.TransportError` when the broker refuses them; they may also simply
     hang on a dead connection, which the bus handles by racing them against ``run``.
+
+    ``max_payload`` is the largest payload the broker announced it accepts on this
+    connection (None: it announces no limit).
     """
+
+    @property
+    def max_payload(self) -> int | None: ...
 
     async def subscribe(self, topic_filter: str) -> None: ...
 

@@ -77,6 +77,10 @@ class SupervisedBus(abc.ABC):
             if self.replay_window > 0 and settings.session_expiry > 0
             else None
         )
+        self._broker_limit: int | None = None
+        #: set when the broker cannot carry what this agent sends; the bus stops connecting
+        self._unusable: ConfigError | None = None
+        self._failed = asyncio.Event()
 
     @abc.abstractmethod
     async def _open_session(self, deliver: Deliver) -> Session:
@@ -113,6 +117,10 @@ class SupervisedBus(abc.ABC):
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def broker_limit(self) -> int | None:
+        return self._broker_limit
+
     # -- the Bus protocol --------------------------------------------------------------
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
@@ -120,9 +128,17 @@ class SupervisedBus(abc.ABC):
             raise NotConnectedError("the bus is not open; use `async with bus:`")
         try:
             async with asyncio.timeout(timeout):
-                await self._connected.wait()
+                connected = asyncio.ensure_future(self._connected.wait())
+                failed = asyncio.ensure_future(self._failed.wait())
+                try:
+                    await asyncio.wait({connected, failed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    connected.cancel()
+                    failed.cancel()
         except TimeoutError as exc:
             raise BusTimeoutError(f"no broker session within {timeout} s") from exc
+        if self._unusable is not None and not self._connected.is_set():
+            raise self._unusable
 
     def on_connect(self, callback: ConnectCallback) -> None:
         self._callbacks.append(callback)
@@ -147,6 +163,9 @@ class SupervisedBus(abc.ABC):
         validate_topic(topic)
         if len(payload) > self.settings.max_payload:
             raise OversizedError(len(payload), self.settings.max_payload)
+        if self._broker_limit is not None and len(payload) > self._broker_limit:
+            # mosquitto would cut the connection over it: refuse before sending
+            raise OversizedError(len(payload), self._broker_limit)
         if self._supervisor is None:
             raise NotConnectedError("the bus is not open; use `async with bus:`")
         timeout = self.settings.publish_timeout
@@ -212,6 +231,9 @@ class SupervisedBus(abc.ABC):
                 self._log.exception("bus_connect_failed", attempt=attempt, reason="bug")
                 attempt += 1
                 continue
+            if self._refuse(session):
+                await self._close(session, reason="broker limit too low", connected=False)
+                return
             try:
                 connected = await self._serve(session, reconnect=reconnect)
             except Exception:  # noqa: BLE001 - a bug in one session must not end reconnecting
@@ -221,6 +243,26 @@ class SupervisedBus(abc.ABC):
                 reconnect, attempt = True, 1
             else:
                 attempt += 1
+
+    def _refuse(self, session: Session) -> bool:
+        """Learn the broker's limit; True (and the bus fails) when it is below what we send."""
+        limit = self._broker_limit = session.max_payload
+        need = self.settings.required_payload
+        if limit is None or need <= limit:
+            return False
+        self._unusable = ConfigError(
+            f"the broker at {self.where} accepts payloads of at most {limit} bytes, but "
+            f"{self.settings.required_by} needs {need}: lower that setting or raise the "
+            "broker's limit (NATS max_payload, mosquitto max_packet_size)"
+        )
+        self._log.error("bus_broker_limit_too_low", limit=limit, needed=need)
+        self._failed.set()
+        return True
+
+    @property
+    def where(self) -> str:
+        """Where the broker is, for messages (adapters say host:port)."""
+        return self.transport
 
     async def _serve(self, session: Session, *, reconnect: bool) -> bool:
         """Run one session to its end; True if it got as far as connected."""

@@ -70,7 +70,8 @@ tls {{
 # Largest message payload in bytes (the default is 1 MiB), above fedbus's max_payload; nats-server
 # logs a warning for limits above 8 MB, which is expected here.
 max_payload: {max_payload}
-# Per-connection buffer before a slow consumer is cut off; must exceed max_payload.
+# Per-connection buffer before a slow consumer is cut off; must exceed max_payload, and the
+# chunked updates a cohort sends the aggregator at once (core NATS has no flow control).
 max_pending: {max_pending}
 # Notice a dead client within about two minutes.
 ping_interval: "30s"
@@ -245,6 +246,6 @@ def render_conf(
         cert=CERT_FILE,
         key=KEY_FILE,
         max_payload=MAX_PAYLOAD,
-        max_pending=4 * MAX_PAYLOAD,
+        max_pending=1 << 30,
         authorization=authorization,
     )

@@ -13,20 +13,24 @@ from typing import Annotated, Literal
 
 import msgspec
 
+# Re-exported: bodies is where every body type is found.
+from agent.messages.base import Body as Body
+from agent.messages.base import Key32 as Key32
+from agent.messages.base import Sha256 as Sha256
+from agent.messages.chunk_bodies import MAX_CHUNKS as MAX_CHUNKS
+from agent.messages.chunk_bodies import ChunkAck as ChunkAck
+from agent.messages.chunk_bodies import Manifest as Manifest
 from agent.messages.kinds import Kind
 from agent.messages.tensors import Tensor
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 #: An agent id, federation id or plugin name: 1-64 of [A-Za-z0-9_-], starting alphanumeric.
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Scalar = bool | int | float | str
 Params = Annotated[dict[str, Scalar], msgspec.Meta(max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
-#: A raw X25519 public key, or a 256-bit seed.
-Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 #: A share ciphertext: nonce ‖ ChaCha20-Poly1305(two 64-byte Shamir shares) ‖ tag.
 Ciphertext = Annotated[bytes, msgspec.Meta(min_length=28, max_length=1024)]
 #: One revealed Shamir share (16 field elements, little-endian uint32).
@@ -35,10 +39,6 @@ ShareBytes = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 Incarnation = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
 #: The most members a SecAgg+ cohort, and so any relay map, may have.
 MAX_COHORT = 100_000
-
-
-class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every body."""
 
 
 class JoinRequest(Body, frozen=True):
@@ -384,5 +384,7 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.RENEW_REPLY: RenewReply,
     Kind.STATUS: AgentStatus,
     Kind.FEDERATION_STATUS: FederationStatus,
+    Kind.MANIFEST: Manifest,
+    Kind.CHUNK_ACK: ChunkAck,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

@@ -13,7 +13,15 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.errors import DecodeError, OversizedError
-from agent.messages.bodies import BODY_TYPES, KIND_OF, Body, GlobalModel, MaskedInput, ModelUpdate
+from agent.messages.bodies import (
+    BODY_TYPES,
+    KIND_OF,
+    Body,
+    GlobalModel,
+    Manifest,
+    MaskedInput,
+    ModelUpdate,
+)
 from agent.messages.envelope import Envelope, Message, new_envelope
 from agent.messages.kinds import Kind
 from agent.messages.sealing import SEALED_KINDS, seal, seal_info
@@ -43,7 +51,7 @@ def encode(
     kind = KIND_OF[type(body)]
     data = _encoder.encode(body)
     sealed = False
-    if seal_to is not None and kind in SEALED_KINDS:
+    if seal_to is not None and sealed_kind(body) in SEALED_KINDS:
         info = seal_info(federation=federation, round=round, sender=sender, kind=kind)
         data, sealed = seal(data, seal_to, info), True
     envelope = encode_envelope(
@@ -52,6 +60,11 @@ def encode(
         )
     )
     return envelope if signer is None else signer.sign(envelope)
+
+
+def sealed_kind(body: Body) -> Kind:
+    """The kind whose sealing rule ``body`` follows: a manifest's, the kind it carries."""
+    return body.kind if isinstance(body, Manifest) else KIND_OF[type(body)]
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
@@ -93,6 +106,15 @@ def decode_body(kind: Kind, data: bytes) -> Body:
         body = _body_decoders[kind].decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"bad {kind} body: {exc}") from exc
+    return validate_body(body)
+
+
+def validate_body(body: Body) -> Body:
+    """Check the tensors of a decoded (or reassembled) body; return it.
+
+    Raises:
+        DecodeError: a tensor of a bad dtype or length, or a malformed masked vector.
+    """
     if isinstance(body, GlobalModel | ModelUpdate):
         for tensor in body.tensors:
             to_array(tensor)  # validates dtype and byte length

@@ -35,6 +35,11 @@ class Kind(StrEnum):
     # Liveness: each agent's retained online/offline, and the aggregator's summary
     STATUS = "status"
     FEDERATION_STATUS = "federation_status"
+    # A body larger than the chunk size travels as a signed manifest plus unsigned chunks
+    # (``agent.messages.chunks``); the manifest names the kind it carries.
+    MANIFEST = "manifest"
+    # ... and the receiver's flow control: how many chunks of a transfer it has kept
+    CHUNK_ACK = "chunk_ack"
 
 
 #: Kinds exempt from the timestamp window and the duplicate check: idempotent state

@@ -70,6 +70,8 @@ INBOX = TopicSpec(
             Kind.RELAY_KEYS,
             Kind.RELAY_SHARES,
             Kind.UNMASK_REQUEST,
+            Kind.MANIFEST,
+            Kind.CHUNK_ACK,
             Kind.RENEW_REPLY,
         }
     ),
@@ -81,7 +83,7 @@ GLOBAL_MODEL = TopicSpec(
     "global_model",
     "fl/{federation}/model_para/global",
     Role.AGGREGATOR,
-    frozenset({Kind.MODEL_PARA}),
+    frozenset({Kind.MODEL_PARA, Kind.MANIFEST}),
     True,
     "The current global model; retained on MQTT so a late joiner gets it.",
 )
@@ -89,7 +91,7 @@ UPDATE = TopicSpec(
     "update",
     "fl/{federation}/model_para/update/{agent_id}",
     Role.TRAINER,
-    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT}),
+    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.MANIFEST}),
     False,
     "One agent's trained update for the current round (masked under SecAgg+).",
 )

@@ -7,6 +7,12 @@ role and revocation → (aggregator) open the sealed body → decode the body �
 duplicate check → the handler. A message failing any check is dropped with one
 ``message_dropped`` log line naming the reason; a handler that raises is logged as
 ``handler_failed``. Neither stops the receive loop.
+
+A chunked message (``agent.messages.chunks``) is a manifest, which goes through every check
+above (the kind it carries stands in for its own kind at the topic, sealing, listener and
+round checks) and opens a transfer in ``reassembly``, and chunk frames, which the reassembly
+checks against it; once complete, the rebuilt body is validated, the round checked again, and
+its listener called with the manifest's envelope (carrying the inner kind).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from agent.errors import (
     WrongTopicError,
 )
 from agent.identity.verifier import Verifier
+from agent.messages import chunks
+from agent.messages.bodies import Manifest
 from agent.messages.codec import decode_body, decode_envelope
 from agent.messages.envelope import Envelope, Message
 from agent.messages.kinds import TIMELESS_KINDS, Kind
@@ -40,13 +48,18 @@ from agent.messages.sealing import SEALED_KINDS, open_sealed, seal_info
 from agent.messages.signing import Signed
 from agent.messages.topics import TopicSpec, classify
 from agent.role import Identity, Role
+from agent.runtime.credits import ACK_EVERY
 from agent.runtime.dedupe import SeenIds
 from agent.runtime.fairness import FairQueue
 from agent.runtime.metrics import Metrics
+from agent.runtime.reassembly import Limits, Reassembly, Transfer, rebuild
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Message[Any]], Awaitable[None]]
+#: Awaited when a transfer kept chunks (its new count is a multiple of ``ACK_EVERY``, or it
+#: completed): the aggregator acknowledges them to the sender (``runtime.credits``).
+ChunkHook = Callable[[Transfer, int], Awaitable[None]]
 #: Awaited for each dropped message: the raw message, the drop reason and its detail.
 DropHook = Callable[[BusMessage, str, str], Awaitable[None]]
 #: Payloads at least this large are checked and decoded in a worker thread.
@@ -131,6 +144,10 @@ class ListenerRegistry:
         return frozenset(self._listeners)
 
 
+def _nobody(sender: str) -> None:
+    del sender
+
+
 class Dispatcher:
     """Validates incoming messages and hands them to their listener.
 
@@ -147,8 +164,10 @@ class Dispatcher:
         metrics: counts accepted and dropped messages (the role's; default: its own).
         fairness: per-sender rate limits and queue shares applied in ``run`` before decode
             (``agent.runtime.fairness``; the aggregator's); None: the bus's order.
-        seen: called with the sender of every message whose signature verified (with
-            identities off: of every accepted message), e.g. ``LivenessTracker.touch``.
+        seen: called with the sender of every message whose signature verified (identities
+            on), e.g. ``LivenessTracker.touch``.
+        transfer: the reassembly bounds for chunked messages (default: ``Limits()``).
+        on_chunk: awaited as chunks are kept (see ``ChunkHook``); None: no acknowledgements.
     """
 
     def __init__(
@@ -164,10 +183,14 @@ class Dispatcher:
         metrics: Metrics | None = None,
         fairness: FairQueue | None = None,
         seen: Callable[[str], None] | None = None,
+        transfer: Limits | None = None,
+        on_chunk: ChunkHook | None = None,
     ) -> None:
+        self._on_chunk = on_chunk
         self._federation = federation
         self.fairness = fairness
-        self._seen_sender = seen
+        self._seen_sender = seen or _nobody
+        self.reassembly = Reassembly(transfer, on_drop=self._count_drop)
         self._on_drop = on_drop
         self.metrics = Metrics() if metrics is None else metrics
         self.security = security
@@ -200,8 +223,7 @@ class Dispatcher:
         identity = None
         if security is not None:
             identity = verify_sender(security.verifier, signed, envelope, spec)
-            if self._seen_sender is not None:
-                self._seen_sender(envelope.sender)  # any signed message is a sign of life
+            self._seen_sender(envelope.sender)  # any signed message is a sign of life
         data = envelope.body
         unseal_key = security.unseal_key if security is not None else None
         if envelope.sealed:
@@ -216,23 +238,34 @@ class Dispatcher:
             data = open_sealed(data, unseal_key, info)
         elif unseal_key is not None and envelope.kind in SEALED_KINDS:
             raise SealError(f"a {envelope.kind} body must be sealed")
-        message: Message[Any] = Message(
-            envelope, decode_body(envelope.kind, data), raw.topic, identity
-        )
-        listener = self._registry.get(envelope.kind)
-        current = self._current_round()
-        if (listener.rounds is RoundPolicy.CURRENT and envelope.round != current) or (
-            listener.rounds is RoundPolicy.NOT_STALE and envelope.round < current
-        ):
-            raise StaleRoundError(f"round {envelope.round}, current round {current}")
+        body = decode_body(envelope.kind, data)
+        kind = envelope.kind
+        if isinstance(body, Manifest):
+            kind = body.kind
+            if kind is Kind.MANIFEST or kind not in spec.kinds:
+                raise WrongTopicError(f"a manifest of {kind!s} does not travel on {raw.topic}")
+            if unseal_key is not None and kind in SEALED_KINDS and not envelope.sealed:
+                raise SealError(f"the manifest of a {kind} must be sealed")
+        message: Message[Any] = Message(envelope, body, raw.topic, identity)
+        listener = self._registry.get(kind)
+        self._check_round(listener, envelope.round)
         if envelope.kind not in TIMELESS_KINDS and not self._seen.add(envelope.message_id):
             raise DuplicateMessageError(f"message id {envelope.message_id.hex()}")
-        if security is None and self._seen_sender is not None:
-            self._seen_sender(envelope.sender)
         return listener, message
 
+    def _check_round(self, listener: Listener, round_: int) -> None:
+        current = self._current_round()
+        if (listener.rounds is RoundPolicy.CURRENT and round_ != current) or (
+            listener.rounds is RoundPolicy.NOT_STALE and round_ < current
+        ):
+            raise StaleRoundError(f"round {round_}, current round {current}")
+
     async def dispatch(self, raw: BusMessage) -> bool:
-        """Check ``raw`` and run its handler. Returns True when a handler ran cleanly."""
+        """Check ``raw`` and run its handler. Returns True when a handler ran cleanly (for a
+        manifest or a chunk: when it was kept)."""
+        self.reassembly.expire()
+        if chunks.is_chunk(raw.payload):
+            return await self._chunk(raw)
         try:
             if len(raw.payload) >= OFFLOAD_BYTES:
                 # Verifying, opening and decoding a model-sized payload hashes and decrypts
@@ -251,8 +284,48 @@ class Dispatcher:
             if self._on_drop is not None:
                 await self._on_drop(raw, DecodeError.reason, "the message could not be decoded")
             return False
+        if isinstance(message.body, Manifest):
+            try:
+                self.reassembly.begin(raw.topic, message.envelope, message.body, message.identity)
+            except ProtocolError as exc:
+                self._drop(raw, exc.reason, str(exc))
+                return False
+            self.metrics.bytes_received.labels(str(Kind.MANIFEST)).inc(len(raw.payload))
+            return True
         self.metrics.messages_received.labels(str(message.kind)).inc()
         self.metrics.bytes_received.labels(str(message.kind)).inc(len(raw.payload))
+        return await self._handle(listener, message)
+
+    async def _chunk(self, raw: BusMessage) -> bool:
+        """Keep one chunk; when its transfer is complete, rebuild the message and handle it."""
+        try:
+            transfer = await asyncio.to_thread(self.reassembly.add, raw.topic, raw.payload)
+            self.metrics.bytes_received.labels("chunk").inc(len(raw.payload))
+            if self._on_chunk is not None and transfer is not None:
+                kept = len(transfer.received) - transfer.missing
+                if kept % ACK_EVERY == 0 or not transfer.missing:
+                    await self._on_chunk(transfer, kept)
+            if transfer is None or transfer.missing:
+                return True
+            listener, message = await asyncio.to_thread(self._complete, transfer)
+        except ProtocolError as exc:
+            self._drop(raw, exc.reason, str(exc))
+            return False
+        except Exception as exc:  # a decoder bug must not end the receive loop either
+            log.exception("decode_failed_unexpectedly", topic=raw.topic)
+            self._drop(raw, DecodeError.reason, repr(exc))
+            return False
+        self.metrics.messages_received.labels(str(message.kind)).inc()
+        return await self._handle(listener, message)
+
+    def _complete(self, transfer: Transfer) -> tuple[Listener, Message[Any]]:
+        """The message a complete transfer carries, validated, for its listener."""
+        message = rebuild(transfer)
+        listener = self._registry.get(message.kind)
+        self._check_round(listener, message.round)
+        return listener, message
+
+    async def _handle(self, listener: Listener, message: Message[Any]) -> bool:
         # Every line a handler logs (and every task it starts) carries the message's context.
         with structlog.contextvars.bound_contextvars(
             round=message.round, msg_kind=str(message.kind), peer=message.sender
@@ -266,9 +339,13 @@ class Dispatcher:
                 return False
         return True
 
-    def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
+    def _count_drop(self, topic: str, reason: str, detail: str) -> None:
+        del topic, detail  # the reassembly logged it
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.metrics.messages_dropped.labels(reason).inc()
+
+    def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
+        self._count_drop(raw.topic, reason, detail)
         log.warning(
             "message_dropped",
             reason=reason,
@@ -282,5 +359,8 @@ class Dispatcher:
         messages = bus.messages()
         if self.fairness is not None:
             messages = self.fairness.through(messages)
-        async for raw in messages:
-            await self.dispatch(raw)
+        try:
+            async for raw in messages:
+                await self.dispatch(raw)
+        finally:
+            self.reassembly.close()

@@ -25,43 +25,68 @@ _ZERO_COUNTER = bytes(16)
 RingVector = npt.NDArray[np.unsignedinteger[Any]]
 
 
+#: Words expanded per step by ``MaskStream.add``/``subtract``: the keystream of a segment at
+#: word offset o starts at counter block o·itemsize/16 (a multiple of 16 bytes), so masking
+#: in segments gives exactly the one-shot stream while holding only one segment.
+SEGMENT_WORDS = 1 << 16
+
+
 class MaskStream:
     """Expands seeds to masks of one length and word size, reusing its buffers.
 
+    ``add`` and ``subtract`` work segment by segment (``SEGMENT_WORDS``), so they need
+    O(segment) memory whatever the length; ``expand`` builds the whole mask.
     Not thread-safe: give each thread its own.
     """
 
     def __init__(self, length: int, dtype: np.dtype[Any]) -> None:
         self.length = length
         self.dtype = np.dtype(dtype)
-        nbytes = length * self.dtype.itemsize
+        words = min(length, SEGMENT_WORDS)
+        nbytes = words * self.dtype.itemsize
         self._zeros = bytes(nbytes)
         # update_into needs len(out) ≥ len(data) + block size − 1.
         self._out = bytearray(nbytes + 15)
-        self._words = np.frombuffer(self._out, dtype=self.dtype, count=length)
+        self._words = np.frombuffer(self._out, dtype=self.dtype, count=words)
 
     def expand(self, seed: bytes) -> RingVector:
-        """PRG(seed): shape (length,), ``dtype``. The array is a view of an internal buffer,
-        valid until the next call.
+        """PRG(seed): a fresh array of shape (length,), ``dtype``.
 
         Raises:
             ValueError: ``seed`` is not 32 bytes.
         """
-        if len(seed) != SEED_BYTES:
-            raise ValueError(f"a PRG seed is {SEED_BYTES} bytes, got {len(seed)}")
+        _check(seed)
+        nbytes = self.length * self.dtype.itemsize
+        out = bytearray(nbytes + 15)
         encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
-        encryptor.update_into(self._zeros, self._out)
-        return self._words
+        encryptor.update_into(bytes(nbytes), out)
+        return np.frombuffer(out, dtype=self.dtype, count=self.length)
 
     def add(self, target: RingVector, seed: bytes) -> None:
         """target += PRG(seed) in Z_2^m, in place."""
-        np.add(target, self.expand(seed), out=target)
+        self._apply(target, seed, np.add)
 
     def subtract(self, target: RingVector, seed: bytes) -> None:
         """target −= PRG(seed) in Z_2^m, in place."""
-        np.subtract(target, self.expand(seed), out=target)
+        self._apply(target, seed, np.subtract)
+
+    def _apply(self, target: RingVector, seed: bytes, op: Any) -> None:
+        _check(seed)
+        itemsize = self.dtype.itemsize
+        for start in range(0, self.length, SEGMENT_WORDS):
+            words = min(SEGMENT_WORDS, self.length - start)
+            counter = (start * itemsize // 16).to_bytes(16, "big")
+            encryptor = Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor()
+            encryptor.update_into(self._zeros[: words * itemsize], self._out)
+            piece = target[start : start + words]
+            op(piece, self._words[:words], out=piece)
+
+
+def _check(seed: bytes) -> None:
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a PRG seed is {SEED_BYTES} bytes, got {len(seed)}")
 
 
 def expand(seed: bytes, length: int, dtype: np.dtype[Any]) -> RingVector:
     """PRG(seed) as a fresh array of ``length`` words (see ``MaskStream.expand``)."""
-    return MaskStream(length, dtype).expand(seed).copy()
+    return MaskStream(length, dtype).expand(seed)

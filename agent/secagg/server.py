@@ -243,7 +243,7 @@ def _unmask(state: ServerState) -> Aggregate:
     total = state.masked_sum
     if total is None:  # close_collect aborts first; kept for a state built by hand
         raise SecAggAbortError("too_few_survivors", "no masked input")
-    total = total.copy()
+    state.masked_sum = None  # unmasked in place (the round ends here), masks by segment
     stream = MaskStream(len(total), params.dtype)
     for seed in seeds.values():
         stream.subtract(total, seed)
@@ -271,8 +271,10 @@ def _unmask(state: ServerState) -> Aggregate:
         max_weight=params.max_weight,
     )
     weighted = dequantize_sum(total[:-1], survivors=len(state.survivors), params=params)
-    weighted = weighted.astype(np.float64, copy=False) * params.max_weight
-    return Aggregate(weighted, int(total[-1]), tuple(sorted(state.survivors)))
+    weighted *= params.max_weight  # in place: float64 already
+    return Aggregate(
+        weighted.astype(np.float64, copy=False), int(total[-1]), tuple(sorted(state.survivors))
+    )
 
 
 def _reconstruct(state: ServerState, owners: list[str], pick: Any, what: str) -> dict[str, bytes]:

@@ -43,8 +43,10 @@ from agent.messages.envelope import Message
 from agent.plugin.api import Weights
 from agent.privacy.config import PrivacyConfig
 from agent.privacy.engine import PrivacyEngine, RingPlan, RoundPrivacy
+from agent.robust.settings import Aggregation
 from agent.roles.aggregator import private_update
 from agent.roles.aggregator.broadcast import send_each
+from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
@@ -249,13 +251,18 @@ class CohortFit:
     ) -> Outcome:
         """Updates in the clear: every member (or ``quorum``) or the deadline; the strategy."""
         started = time.monotonic()
+        robust = self._schedule.robust
+        # Streaming FedAvg (fold.py) unless DP, a robust rule or the relative bound needs all
+        mean = robust.aggregation is Aggregation.MEAN and robust.norm_factor == 0
+        streaming = mean and not self.privacy.on
         self._plain = plain = PlainRound(
             cohort=frozenset(cohort),
             model=before,
             alive=self._alive,
-            robust=self._schedule.robust,
+            robust=robust,
             declared=self._declared,
             quorum=quorum,
+            fold=RunningMean(before.weights) if streaming else None,
         )
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
@@ -266,13 +273,17 @@ class CohortFit:
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        update = await asyncio.to_thread(
-            robust_update,
-            before.weights,
-            results,
-            self._schedule.robust,
-            partial(private_update.plain_update, self.privacy),
-        )
+        fold = plain.fold
+        if fold is not None:  # streaming: the updates are already summed
+            update: AggregatedUpdate | None = fold.result(results)
+        else:
+            update = await asyncio.to_thread(
+                robust_update,
+                before.weights,
+                results,
+                self._schedule.robust,
+                partial(private_update.plain_update, self.privacy),
+            )
         if update is None:
             return Outcome.failed(RoundFailure.NO_UPDATE)
         return await self._step(before, update, len(cohort))

@@ -15,6 +15,7 @@ from agent.messages.tensors import to_arrays
 from agent.plugin.api import Weights, all_finite, weights_like
 from agent.robust.bounds import Admitted, bound_update
 from agent.robust.settings import RobustConfig
+from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.records import GlobalState
 from agent.strategy.fedavg import ClientResult
 
@@ -32,6 +33,9 @@ class PlainRound:
             member).
         robust: the bounds each update must respect (``agent.robust.bounds``).
         declared: an agent's num_examples declared at join (0: unknown).
+        fold: fold each valid update into this running sum on arrival and keep only its
+            num_examples and metrics (``results`` then hold empty weights); None keeps every
+            survivor's weights (for aggregators that need them all).
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class PlainRound:
         quorum: int | None = None,
         robust: RobustConfig | None = None,
         declared: Callable[[str], int] = lambda _: 0,
+        fold: RunningMean | None = None,
     ) -> None:
         self.cohort = cohort
         self._model = model
@@ -50,6 +55,7 @@ class PlainRound:
         self._quorum = quorum
         self._robust = robust or RobustConfig()
         self._declared = declared
+        self.fold = fold
         self.results: dict[str, ClientResult] = {}
         #: members whose update was refused (they answered: not waited for)
         self.refused: dict[str, str] = {}
@@ -87,6 +93,9 @@ class PlainRound:
                 weight=weight,
                 num_examples=body.num_examples,
             )
+        if self.fold is not None:
+            self.fold.add(weights, weight)
+            weights = []
         self.results[sender] = ClientResult(sender, weights, weight, body.metrics)
         log.info(
             "update_received",

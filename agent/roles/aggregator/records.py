@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from agent.messages.tensors import Tensor, digest, to_tensors
+from agent.messages.tensors import Tensor, digest, to_arrays, to_tensors
 from agent.plugin.api import Weights
 
 
@@ -126,5 +126,7 @@ class GlobalState:
 
     @classmethod
     def of(cls, version: int, weights: Weights) -> GlobalState:
+        """The state of ``weights``; its ``weights`` are read-only views of the wire form,
+        so a model is held once, not twice."""
         tensors = to_tensors(weights)
-        return cls(version, weights, tensors, digest(tensors))
+        return cls(version, to_arrays(tensors), tensors, digest(tensors))

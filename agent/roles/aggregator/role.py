@@ -19,10 +19,11 @@ from agent.errors import IdentityError
 from agent.identity.local import Credentials
 from agent.ledger.book import RoundLedger
 from agent.messages import topics
-from agent.messages.bodies import AgentStatus, EvaluateRes, Liveness, RoundPhase
+from agent.messages.bodies import AgentStatus, ChunkAck, EvaluateRes, Liveness, RoundPhase
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.messages.signing import Signer
+from agent.messages.topics import classify
 from agent.plugin.api import Weights
 from agent.role import Identity, Role
 from agent.roles.aggregator.admission import Admission
@@ -40,6 +41,7 @@ from agent.runtime.fairness import FairnessLimits, FairQueue
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
+from agent.runtime.reassembly import Limits, Transfer
 from agent.runtime.tasks import task_group
 from agent.strategy.base import Strategy
 from agent.strategy.factory import build_strategy
@@ -109,6 +111,7 @@ class Aggregator:
             sender=config.agent_id,
             signer=credentials.signer if credentials else None,
             metrics=self.metrics,
+            chunk_size=config.transfer.chunk_size,
         )
         # A fresh sealing key per run: agents seal their updates to it (HPKE).
         seal_key = X25519PrivateKey.generate() if credentials else None
@@ -202,6 +205,8 @@ class Aggregator:
                 metrics=self.metrics,
             ),
             seen=self.liveness.touch,
+            transfer=Limits.of(config.transfer),
+            on_chunk=self._ack_chunks,
         )
 
     @property
@@ -312,6 +317,16 @@ class Aggregator:
             log.warning("metrics_rejected", agent=message.sender, reason="not_admitted")
             return
         self._evaluation.on_metrics(message.sender, message.body)
+
+    async def _ack_chunks(self, transfer: Transfer, kept: int) -> None:
+        """Grant a trainer's chunked upload more window (``runtime.credits``)."""
+        where = classify(transfer.topic, self._fed)
+        if where is None or where[0].publisher is not Role.TRAINER:
+            return
+        ack = ChunkAck(transfer=transfer.manifest.transfer, received=kept)
+        await self._outbox.try_send(
+            topics.INBOX, ack, round=transfer.envelope.round, agent_id=transfer.sender
+        )
 
     async def _on_status(self, message: Message[AgentStatus]) -> None:
         sender, body = message.sender, message.body

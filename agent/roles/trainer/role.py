@@ -63,9 +63,11 @@ from agent.roles.trainer.fit import FitPath
 from agent.roles.trainer.follow import Follower
 from agent.roles.trainer.model import HeldModel, ModelStore
 from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
+from agent.runtime.credits import Credits
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
+from agent.runtime.reassembly import Limits
 from agent.runtime.renewer import renewer_for
 from agent.runtime.tasks import Worker, task_group
 
@@ -100,6 +102,7 @@ class Trainer:
             sender=self._id,
             signer=credentials.signer if credentials else None,
             metrics=metrics,
+            chunk_size=config.transfer.chunk_size,
         )
         #: this trainer's Prometheus series (its own registry unless one was injected)
         self.metrics = self._outbox.metrics
@@ -152,6 +155,9 @@ class Trainer:
         registry.register(
             Kind.FEDERATION_STATUS, self._on_federation_status, rounds=RoundPolicy.ANY
         )
+        # chunked uploads wait for the aggregator's acknowledgements (runtime.credits)
+        self._outbox.credits = credits = Credits(wait=config.transfer.timeout)
+        registry.register(Kind.CHUNK_ACK, lambda m: credits.on_ack(m.body), rounds=RoundPolicy.ANY)
         if self._renewer is not None:
             registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
@@ -161,6 +167,7 @@ class Trainer:
             max_payload=config.max_payload,
             security=Security(credentials.verifier()) if credentials else None,
             metrics=self.metrics,
+            transfer=Limits.of(config.transfer),
         )
 
     @property
