@@ -181,7 +181,7 @@ async def _connected(parts: RoundParts) -> bool:
     if parts.connected is None:
         return True
     try:
-        await parts.connected(0)  # returns at once while connected
+        await parts.connected(0.05)  # returns at once while connected
     except TimeoutError:  # BusTimeoutError
         return False
     return True
