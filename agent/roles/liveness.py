@@ -77,12 +77,20 @@ class LivenessTracker:
         self.agents: dict[str, Seen] = {}
         #: agents that let a deadline pass since they last showed life
         self.late: set[str] = set()
+        #: when each agent last showed life (any verified message or status), clock seconds
+        self.seen_at: dict[str, float] = {}
+        #: when the current round started (set by the round), clock seconds
+        self.round_started = float("-inf")
+
+    def now(self) -> float:
+        return self._clock()
 
     def touch(self, agent_id: str) -> None:
         """A verified message from ``agent_id`` arrived: it is alive (a missed deadline is
         forgiven, the heartbeat timeout starts again). Its stated ``Liveness`` is kept: only
         a status message changes it."""
         self.late.discard(agent_id)
+        self.seen_at[agent_id] = self._clock()
         seen = self.agents.get(agent_id)
         if seen is not None:
             seen.last_seen = self._clock()
@@ -94,6 +102,7 @@ class LivenessTracker:
     def update(self, agent_id: str, status: AgentStatus) -> bool:
         """Record a status; True when the agent's state (``Liveness``) changed."""
         self.late.discard(agent_id)
+        self.seen_at[agent_id] = self._clock()
         before = self.agents.get(agent_id)
         self.agents[agent_id] = Seen(
             status.state, status.detail, self._clock(), status.model_version, status.cert_expires

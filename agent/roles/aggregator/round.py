@@ -75,6 +75,7 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     """
     started = time.perf_counter()
     epoch = time.monotonic() - parts.schedule.round_timeout
+    parts.liveness.round_started = parts.liveness.now()
     schedule, admitted = parts.schedule, parts.admission.agents
     now.round = r
     before = now.model
@@ -174,7 +175,8 @@ async def _missed(parts: RoundParts, late: frozenset[str], epoch: float) -> None
     if late:
         log.info("agents_missed_deadline", agents=sorted(late))
     for agent_id in late:
-        parts.liveness.missed(agent_id)
+        if parts.liveness.seen_at.get(agent_id, float("-inf")) < parts.liveness.round_started:
+            parts.liveness.missed(agent_id)  # no sign of life all round (a status would do)
 
 
 async def _connected(parts: RoundParts) -> bool:
