@@ -10,9 +10,7 @@ Example (trainer)::
 
     [plugin]
     name = "digits-mlp"
-    [plugin.options]
-    agent_index = 0
-    num_agents = 10
+    options = { agent_index = 0, num_agents = 10 }
 
 An aggregator has ``role = "aggregator"`` and an ``[aggregator]`` table (``AggregatorConfig``).
 Unknown keys are errors, so a typo never silently falls back to a default.
@@ -185,6 +183,8 @@ class AggregatorConfig(_Config, frozen=True):
         liveness_timeout: seconds without a status message after which an agent counts as
             offline (NATS has no last will; MQTT's will is faster).
         status_every: seconds between ``federation_status`` re-sends (NATS has no retain).
+        over_selection: ask ceil((1 + x)·cohort) agents, close at the cohort (Bonawitz 2019).
+        sender_rate: a trainer's messages/s before decode, bursts of 2 s (``runtime.fairness``).
     """
 
     rounds: Annotated[int, msgspec.Meta(ge=0)] = 10
@@ -208,6 +208,8 @@ class AggregatorConfig(_Config, frozen=True):
     privacy: PrivacyConfig = PrivacyConfig()
     liveness_timeout: Positive = 60.0
     status_every: Positive = 5.0
+    over_selection: Annotated[float, msgspec.Meta(ge=0, le=4)] = 0.0
+    sender_rate: Positive = 200.0
 
     def __post_init__(self) -> None:
         if self.min_fit_clients > self.max_fit_clients:

@@ -6,6 +6,8 @@
     ├── ConfigError                 a config file or value that cannot work
     ├── TransportError              the bus: connection, publish, subscribe
     │   ├── NotConnectedError       publish while no broker session is up
+    │   ├── PublishRefusedError     the broker refused a publish (MQTT PUBACK >= 0x80, NATS
+    │   │                           permissions violation): it was not sent
     │   └── BusTimeoutError         also an asyncio.TimeoutError
     ├── ProtocolError               a message that must be dropped
     │   ├── DecodeError             malformed bytes, wrong types, bad tensor
@@ -68,6 +70,19 @@ class TransportError(FedbusError):
 
 class NotConnectedError(TransportError):
     """A publish was attempted while no broker session was up (and none came in time)."""
+
+
+class PublishRefusedError(TransportError):
+    """The broker refused a publish (its ACL, a quota): the message was not delivered.
+
+    MQTT 5: a PUBACK reason code >= 0x80 (0x87 "Not authorized"); NATS: a ``-ERR
+    'Permissions Violation for Publish to …'`` before the flush's PONG.
+    """
+
+    def __init__(self, topic: str, code: str) -> None:
+        super().__init__(f"the broker refused the publish to {topic!r}: {code}")
+        self.topic = topic
+        self.code = code
 
 
 class BusTimeoutError(TransportError, asyncio.TimeoutError):

@@ -9,7 +9,9 @@ Every string value passes ``agent.redact`` last, so a URL's credentials never re
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import structlog
@@ -62,3 +64,18 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` (and missing parents) as a directory; the last one, if new, is created 0700
+    (the mode given at creation: never readable by others, not even for an instant)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def open_log_file(path: Path) -> TextIO:
+    """Open ``path`` for writing log lines, truncated; a new file is created 0600 (logs name
+    agents, rounds and peers)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")

@@ -24,8 +24,10 @@ from agent.bus.url import TlsFiles, bus_from_url, parse_broker_url
 from agent.config import AgentConfig
 from agent.errors import PluginError
 from agent.identity.ca import load_ca
+from agent.identity.local import Credentials
 from agent.identity.registry import CertStatus, Registry
 from agent.messages.chunks import ENVELOPE_MARGIN
+from agent.messages.signing import Signer
 from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
 from agent.role import Identity, Role
@@ -132,6 +134,7 @@ async def run_node(
                 config.federation,
                 sender=config.agent_id,
                 ca_dir=ca_dir,
+                signer=_signer(config),
                 renewal=renewal_for(config, enroll_bus, authority, registry, metrics=metrics),
             )
             crl = crl_refresher_for(config, authority, registry, metrics.registry)
@@ -167,6 +170,14 @@ async def run_node(
             enrollment=enrollment,
             services=services,
         )
+
+
+def _signer(config: AgentConfig) -> Signer | None:
+    """The aggregator's signer (enrollment replies are signed with it); None without identities."""
+    if not config.identity.enabled:
+        return None
+    ids = config.identity
+    return Credentials.load(ids, agent_id=config.agent_id, federation=config.federation).signer
 
 
 async def export_final_model(plugin: CheckedPlugin, weights: Weights, config: AgentConfig) -> None:

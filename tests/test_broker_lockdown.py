@@ -31,7 +31,7 @@ from agent.brokers import BrokerKind, EmbeddedBroker, free_port
 from agent.bus import Bus, BusMessage, BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.cli.broker_config import broker_config
-from agent.errors import BusTimeoutError, ConfigError, IdentityError
+from agent.errors import BusTimeoutError, ConfigError, IdentityError, PublishRefusedError
 from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
 from agent.identity.certificates import identity_of
 from agent.identity.pem import load_certificate, write_pem, write_private_key
@@ -223,7 +223,8 @@ async def test_enroll_identity_reaches_only_the_enroll_topics(fed: Federation) -
             await enroll.subscribe(topics.INBOX.format(FED, "enroll"))
             await agg.wait_connected(WAIT)
             await enroll.wait_connected(WAIT)
-            await enroll.publish(topics.JOIN.format(FED), b"join")
+            with pytest.raises(PublishRefusedError):  # the broker's refusal reaches us
+                await enroll.publish(topics.JOIN.format(FED), b"join")
             await enroll.publish(request, b"csr")
             assert await receive(agg.messages()) == BusMessage(request, b"csr")
             await agg.publish(topics.GLOBAL_MODEL.format(FED), b"model")
@@ -253,7 +254,8 @@ async def test_trainer_cannot_publish_another_agents_update(fed: Federation) -> 
             await agg.subscribe(topics.UPDATE.filter(FED))
             await agg.wait_connected(WAIT)
             await trainer.wait_connected(WAIT)
-            await trainer.publish(forged, b"forged")
+            with pytest.raises(PublishRefusedError):
+                await trainer.publish(forged, b"forged")
             await trainer.publish(own, b"own")
             assert await receive(agg.messages()) == BusMessage(own, b"own")
             if fed.broker and fed.broker.kind == "nats":
@@ -306,7 +308,8 @@ async def test_revoked_agent_is_refused_after_the_reload(
             fed.broker.reload()
 
             if fed.broker.kind == "mqtt":
-                await revoked.publish(update_2, b"after")  # PUBACK "not authorized"
+                with pytest.raises(PublishRefusedError):  # PUBACK "not authorized"
+                    await revoked.publish(update_2, b"after")
             else:
                 await _disconnected(revoked)
             why = await refused(fed, "agent-2-again", revoked_tls, logs, caplog)

@@ -61,6 +61,11 @@ class BusSettings:
             a silently dead connection is noticed after about two of them.
         will: optional last will, or a function returning it, called for each new
             connection (so a signed will carries a fresh message id and timestamp).
+        session_expiry: MQTT 5 Session Expiry Interval in seconds, with Clean Start off:
+            the broker keeps our subscriptions and queues QoS 1 messages for us while we are
+            away (and, with broker persistence, across its restart); 0: a clean session per
+            connection. NATS: seconds of our own publishes replayed after a reconnect
+            (``agent.bus.nats_bus``); 0: none.
         required_payload: the largest payload this agent will publish (its chunk size plus
             framing, ``agent.messages.chunks``); a broker that announces a lower limit at
             connect (NATS ``max_payload`` in INFO, MQTT 5 Maximum Packet Size in CONNACK)
@@ -77,6 +82,7 @@ class BusSettings:
     backoff_max: float = 5.0
     keepalive: int = 30
     will: LastWill | Callable[[], LastWill] | None = None
+    session_expiry: int = 300
     required_payload: int = 0
     required_by: str = "max_payload"
 

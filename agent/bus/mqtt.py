@@ -5,8 +5,18 @@ attempt of the supervisor (see :mod:`agent.bus.supervisor`) builds a fresh clien
 state leaks between connections. Subscriptions and publishes use QoS 1; the last will
 (QoS 1) is registered on every connection; a clean exit sends DISCONNECT, so the broker
 publishes the will only when the connection dies (crash, SIGKILL, network loss, keepalive
-timeout). Each connection starts a clean session, so messages published while we were
-offline are not queued for us (re-announce on reconnect; retained messages cover state).
+timeout).
+
+Sessions are persistent (MQTT 5 §3.1.2.4 and §3.1.2.11.2): every connection sets Clean Start
+off and a Session Expiry Interval of ``BusSettings.session_expiry`` seconds, so the broker
+keeps our subscriptions and queues the QoS 1 messages published to us while we reconnect; with
+mosquitto's ``persistence true`` (``agent.lockdown.mosquitto``, ``broker_config/``) they also
+survive a broker restart. ``session_expiry = 0`` is a clean session, as before.
+
+A publish returns once the broker's PUBACK arrived, and a PUBACK reason code >= 0x80
+(MQTT 5 §3.4.2.1: 0x87 Not authorized, 0x97 Quota exceeded, …) raises
+``PublishRefusedError``: aiomqtt drops the reason code, so the session reads it in paho's
+``on_publish`` callback, by message id.
 """
 
 from __future__ import annotations
@@ -19,13 +29,16 @@ import ssl
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.bus.base import BusSettings
 from agent.bus.session import Deliver, Session, SessionLostError
 from agent.bus.supervisor import SupervisedBus
-from agent.errors import TransportError
+from agent.errors import PublishRefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +62,20 @@ class MqttSession:
     ) -> None:
         self._client = client
         self._deliver = deliver
+        # PUBACK reason codes by message id (aiomqtt's own on_publish ignores them).
+        self._acks: dict[int, asyncio.Future[ReasonCode | int]] = {}
+        paho_client = client._client
+        aiomqtt_on_publish = client._on_publish
+
+        def on_publish(
+            c: paho.Client, userdata: object, mid: int, code: ReasonCode, props: Properties
+        ) -> None:
+            ack = self._acks.pop(mid, None)
+            if ack is not None and not ack.done():
+                ack.set_result(code)
+            aiomqtt_on_publish(c, userdata, mid, code, props)
+
+        paho_client.on_publish = on_publish
         self.max_payload = None if max_packet is None else max_packet - PACKET_OVERHEAD
 
     async def subscribe(self, topic_filter: str) -> None:
@@ -62,10 +89,20 @@ class MqttSession:
                 raise TransportError(f"broker refused the subscription {topic_filter!r}: {code}")
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        # aiomqtt's publish() minus its wait, so the PUBACK's reason code is ours to read; the
+        # callback runs on this loop, after this synchronous part, so no ack is missed.
+        info = self._client._client.publish(topic, payload, qos=_QOS, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise SessionLostError(f"publish failed: {paho.error_string(info.rc)}")
+        ack: asyncio.Future[ReasonCode | int] = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = ack
         try:
-            await self._client.publish(topic, payload, qos=_QOS, retain=retain, timeout=_UNBOUNDED)
-        except aiomqtt.MqttError as exc:
-            raise SessionLostError(f"publish failed: {exc}") from exc
+            code = await ack
+        finally:
+            self._acks.pop(info.mid, None)
+        failed = code.is_failure if isinstance(code, ReasonCode) else code >= 0x80
+        if failed:
+            raise PublishRefusedError(topic, str(code))
 
     async def run(self) -> str:
         try:
@@ -110,11 +147,17 @@ class MqttBus(SupervisedBus):
             will = aiomqtt.Will(
                 last_will.topic, last_will.payload, qos=_QOS, retain=last_will.retain
             )
+        properties = None
+        if settings.session_expiry > 0:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.session_expiry
         return aiomqtt.Client(
             self.host,
             self.port,
             identifier=settings.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=settings.session_expiry == 0,
+            properties=properties,
             will=will,
             tls_context=self._tls,
             timeout=settings.connect_timeout,

@@ -14,6 +14,11 @@ for MQTT. Differences from MQTT, by necessity:
   re-publish (or a JetStream KV later).
 - NATS has no last will. On a clean ``__aexit__`` the adapter publishes the will itself
   before closing; after a crash nobody does, so consumers also need a liveness timeout.
+- No sessions survive a reconnect or a server restart: what a peer published before we
+  resubscribed is lost. The supervisor re-publishes our own last ``replay_window`` seconds of
+  publishes after each reconnect (``agent.bus.replay``; off with ``session_expiry = 0``).
+- A publish the server's authorization refuses (``-ERR 'Permissions Violation for Publish
+  to …'``, which arrives before the flush's PONG) raises ``PublishRefusedError``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import ssl
 
 import nats.errors
@@ -37,7 +43,7 @@ from agent.bus.topics import (
     nats_subjects_for_filter,
     to_nats_subject,
 )
-from agent.errors import TransportError
+from agent.errors import PublishRefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +73,11 @@ class NatsSession:
         ended: asyncio.Event,
         will: LastWill | None,
         flush_timeout: float,
+        refused: dict[str, int] | None = None,
     ) -> None:
         self._nc = nc
+        #: permission violations reported by the server, by lower-case subject
+        self._refused = {} if refused is None else refused
         self._deliver = deliver
         self._ended = ended
         self._will = will
@@ -87,14 +96,18 @@ class NatsSession:
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         del retain  # core NATS has no retained messages
+        subject = to_nats_subject(topic)
+        refusals = self._refused.get(subject.lower(), 0)
         try:
-            await self._nc.publish(to_nats_subject(topic), payload)
+            await self._nc.publish(subject, payload)
         except nats.errors.MaxPayloadError as exc:
             limit = self._nc.max_payload
             raise TransportError(f"server max_payload {limit} refuses {len(payload)} B") from exc
         except nats.errors.Error as exc:
             raise SessionLostError(f"publish failed: {exc!r}") from exc
         await self._flush()
+        if self._refused.get(subject.lower(), 0) > refusals:
+            raise PublishRefusedError(topic, "permissions violation")
 
     async def run(self) -> str:
         await self._ended.wait()
@@ -153,6 +166,7 @@ class NatsBus(SupervisedBus):
     """``Bus`` over NATS (``nats://`` plain, ``tls://`` with ``tls``)."""
 
     transport = "nats"
+    replay_window = 30.0
 
     def __init__(
         self,
@@ -183,12 +197,16 @@ class NatsBus(SupervisedBus):
             ended.set()
 
         connect_errors: list[Exception] = []  # nats-py reports why only through error_cb
+        refused: dict[str, int] = {}
 
         async def on_error(exc: Exception) -> None:
             # Connect failures and lost connections are logged by the supervisor; what is
             # left (slow consumer, permissions violation, …) arrives only here.
             if not nc.is_connected:
                 connect_errors.append(exc)
+            elif (subject := _refused_subject(exc)) is not None:
+                refused[subject] = refused.get(subject, 0) + 1
+                log.warning("bus_publish_refused", transport="nats", reason=repr(exc))
             elif not isinstance(exc, OSError | nats.errors.StaleConnectionError):
                 log.warning("bus_transport_error", transport="nats", reason=repr(exc))
 
@@ -223,4 +241,14 @@ class NatsBus(SupervisedBus):
             ended=ended,
             will=settings.current_will(),
             flush_timeout=settings.publish_timeout,
+            refused=refused,
         )
+
+
+_REFUSED = re.compile(r'permissions violation for publish to "?([^"\s]+)"?')
+
+
+def _refused_subject(exc: Exception) -> str | None:
+    """The subject of a publish permissions violation (nats-py lower-cases the -ERR text)."""
+    match = _REFUSED.search(str(exc).lower())
+    return match.group(1) if match else None

@@ -9,7 +9,9 @@ connection that never reconnects by itself). :class:`SupervisedBus` owns everyth
   a capped, jittered exponential backoff (reset after every successful connect);
 - ``publish`` waiting for a live session up to ``publish_timeout`` and retrying on the next
   session when the connection is lost mid-publish (at least once);
-- the bounded inbox: oversized incoming messages and overflow are dropped and logged.
+- the bounded inbox: oversized incoming messages and overflow are dropped and logged;
+- for an adapter whose broker keeps nothing for us (``replay_window`` > 0: NATS), our
+  publishes of the last seconds re-published after each reconnect (``agent.bus.replay``).
 
 Log events: ``bus_connected``, ``bus_disconnected`` (reason), ``bus_reconnecting`` (attempt,
 delay), ``bus_connect_failed``, ``bus_closed``, ``bus_message_dropped``, ``bus_queue_full``.
@@ -28,6 +30,7 @@ import structlog
 from agent.bus.backoff import Backoff
 from agent.bus.base import BusMessage, BusSettings, ConnectCallback
 from agent.bus.inbox import Inbox
+from agent.bus.replay import REPLAY_DELAYS, ReplayLog
 from agent.bus.session import (
     Deliver,
     LiveSession,
@@ -53,6 +56,8 @@ class SupervisedBus(abc.ABC):
 
     #: Adapter name bound into every log line.
     transport: ClassVar[str] = "bus"
+    #: Seconds of our publishes re-published after a reconnect (0: the broker keeps sessions).
+    replay_window: ClassVar[float] = 0.0
 
     def __init__(self, settings: BusSettings) -> None:
         if settings.max_payload < 1 or settings.queue_size < 1:
@@ -67,6 +72,11 @@ class SupervisedBus(abc.ABC):
         self._live: LiveSession | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._replay_log = (
+            ReplayLog(self.replay_window)
+            if self.replay_window > 0 and settings.session_expiry > 0
+            else None
+        )
         self._broker_limit: int | None = None
         #: set when the broker cannot carry what this agent sends; the bus stops connecting
         self._unusable: ConfigError | None = None
@@ -171,6 +181,8 @@ class SupervisedBus(abc.ABC):
                     except SessionLostError as exc:
                         self._end(live, f"publish failed: {exc}")
                         continue
+                    if self._replay_log is not None:
+                        self._replay_log.record(topic, payload, retain=retain)
                     return
         except TimeoutError as exc:
             raise NotConnectedError(
@@ -267,7 +279,9 @@ class SupervisedBus(abc.ABC):
             self._log.info(
                 "bus_connected", reconnect=reconnect, subscriptions=len(self._subscriptions)
             )
-            callbacks = asyncio.create_task(self._run_callbacks(reconnect), name="bus-on-connect")
+            callbacks = asyncio.create_task(
+                self._run_callbacks(reconnect, live), name="bus-on-connect"
+            )
             self._end(live, await race(live, session.run()))
         except SessionEndedError:
             pass
@@ -306,9 +320,31 @@ class SupervisedBus(abc.ABC):
             done += 1
         return done
 
-    async def _run_callbacks(self, reconnect: bool) -> None:
+    async def _run_callbacks(self, reconnect: bool, live: LiveSession) -> None:
         for callback in list(self._callbacks):
             try:
                 await callback(reconnect)
             except Exception:  # noqa: BLE001 - one bad callback must not stop the others
                 self._log.exception("bus_connect_callback_failed", callback=repr(callback))
+        if reconnect and self._replay_log is not None:
+            await self._republish(live, self._replay_log)
+
+    async def _republish(self, live: LiveSession, replay_log: ReplayLog) -> None:
+        """Re-publish our recent publishes at ``REPLAY_DELAYS`` after a reconnect (receivers
+        drop the copies they already have by message id)."""
+        waited = 0.0
+        for delay in REPLAY_DELAYS:
+            await asyncio.sleep(delay - waited)
+            waited = delay
+            sent = list(replay_log.recent())
+            try:
+                for message in sent:
+                    await race(
+                        live, live.session.publish(message.topic, message.payload, retain=False)
+                    )
+            except (SessionEndedError, SessionLostError):
+                return  # the next session replays
+            except TransportError as exc:
+                self._log.warning("bus_replay_failed", reason=str(exc))
+                return
+            self._log.info("bus_replayed", messages=len(sent), after=delay)

@@ -32,6 +32,13 @@ config_option = click.option(
 )
 
 
+def _clean(settings: Any) -> Any:
+    """A one-shot tool's session: clean (nothing queued for it, nothing left behind)."""
+    import dataclasses
+
+    return dataclasses.replace(settings, session_expiry=0)
+
+
 @click.command()
 @click.argument("kind")
 @config_option
@@ -44,7 +51,9 @@ config_option = click.option(
 )
 @click.option("--to", "to", default=None, help="The agent whose inbox gets it (inbox kinds).")
 def publish(kind: str, config_path: Path, round_: int, body: str, to: str | None) -> None:
-    """Publish one message of KIND, built and signed as the config's identity."""
+    """Publish one message of KIND, built and signed as the config's identity. Fails (exit
+    status 1) when the broker refuses the publish (its ACL): MQTT 5 PUBACK >= 0x80, NATS
+    permissions violation."""
     from agent.config import AgentConfig
     from agent.messages.bodies import BODY_TYPES
     from agent.messages.kinds import Kind
@@ -100,7 +109,7 @@ async def _publish(config: Any, body: Any, round_: int, to: str | None) -> tuple
         signer=credentials.signer if credentials else None,
     )
     topic = spec.format(config.federation, agent_id)
-    async with open_bus(config, bus_settings(config, suffix="publish")) as bus:
+    async with open_bus(config, _clean(bus_settings(config, suffix="publish"))) as bus:
         await bus.wait_connected(timeout=10)
         await bus.publish(topic, payload, retain=spec.retained)
     return topic, len(payload)
@@ -140,7 +149,7 @@ async def _listen(config: Any, topic_filter: str, count: int, as_json: bool) -> 
     )
     verifier = credentials.verifier() if credentials else None
     seen = 0
-    async with open_bus(config, bus_settings(config, suffix="listen")) as bus:
+    async with open_bus(config, _clean(bus_settings(config, suffix="listen"))) as bus:
         await bus.subscribe(topic_filter)
         await bus.wait_connected(timeout=10)
         click.echo(f"listening on {topic_filter} as {config.agent_id}", err=True)
@@ -290,7 +299,7 @@ async def _status(config: Any, seconds: float) -> Any:
     from agent.messages.codec import decode
     from agent.node import bus_settings, open_bus
 
-    async with open_bus(config, bus_settings(config, suffix="status")) as bus:
+    async with open_bus(config, _clean(bus_settings(config, suffix="status"))) as bus:
         await bus.subscribe(topics.FEDERATION_STATUS.format(config.federation))
         try:
             async with asyncio.timeout(seconds):

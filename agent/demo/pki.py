@@ -23,11 +23,12 @@ from agent.bus.url import TlsFiles, bus_from_url
 from agent.errors import FedbusError
 from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
 from agent.identity.ca_dir import write_crl
-from agent.identity.pem import write_pem
+from agent.identity.pem import load_certificate, load_private_key, write_pem
 from agent.identity.pem import write_private_key as write_key
 from agent.identity.registry import Registry
 from agent.lockdown import Members, local_mosquitto_user, write_broker_config
 from agent.lockdown.files import BrokerFiles
+from agent.messages.signing import Signer
 from agent.role import Role
 from agent.runtime.enrollment import EnrollmentService
 
@@ -116,8 +117,17 @@ async def enroll_agents(
         tokens = {a: registry.create_token(a, ttl_seconds=600) for a in options}
         settings = BusSettings(client_id=f"{federation}-demo-enroll")
         async with bus_from_url(url, settings, tls=tls_files(pki, AGGREGATOR_ID, url)) as bus:
+            signer = Signer(
+                load_private_key(pki.key(AGGREGATOR_ID)), load_certificate(pki.cert(AGGREGATOR_ID))
+            )
             service = EnrollmentService(
-                bus, pki.ca, registry, federation, sender=AGGREGATOR_ID, ca_dir=pki.directory
+                bus,
+                pki.ca,
+                registry,
+                federation,
+                sender=AGGREGATOR_ID,
+                ca_dir=pki.directory,
+                signer=signer,
             )
             serving = asyncio.create_task(service.run(), name="demo-enrollment")
             try:

@@ -7,9 +7,9 @@ agents get SIGTERM (SIGKILL after a grace period), then the broker is stopped.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -40,7 +40,7 @@ from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.lockdown import embedded_broker
-from agent.logs import configure_logging
+from agent.logs import configure_logging, open_log_file, private_dir
 from agent.node import run_node, run_until_signal
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import describe_plugin, load_plugin
@@ -141,13 +141,26 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+#: Under the report dir: the agents' configs, keys and state while the demo runs.
+WORK_DIR = "agents"
+
+
+def _work_dir(report_dir: Path, stack: ExitStack) -> Path:
+    """``REPORT/agents``, 0700, emptied first (a SIGKILLed demo leaves its agents' private
+    keys there; this run removes them) and removed when the demo ends."""
+    work = report_dir / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    stack.callback(shutil.rmtree, work, ignore_errors=True)
+    return private_dir(work)
+
+
 def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
-    report_dir = options.report_dir
-    (report_dir / "logs").mkdir(parents=True, exist_ok=True)
+    report_dir = private_dir(options.report_dir)  # logs, keys, models: ours only
+    private_dir(report_dir / "logs")
     started = time.perf_counter()
     with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedbus-demo-")))
-        log_file = stack.enter_context((report_dir / "logs" / "aggregator.log").open("w"))
+        work = _work_dir(report_dir, stack)
+        log_file = stack.enter_context(open_log_file(report_dir / "logs" / "aggregator.log"))
         configure_logging(level="info", fmt="json", stream=log_file)
         agent_ids = [f"agent-{i:02d}" for i in range(options.agents)]
         pki = None if options.insecure else create_pki(report_dir / "pki", FEDERATION)

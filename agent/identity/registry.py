@@ -21,6 +21,7 @@ to ``agent.identity.store.BUSY_TIMEOUT`` seconds).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -88,11 +89,19 @@ class Registry:
 
     @classmethod
     def open(cls, path: Path) -> Self:
-        """Open (creating it and its tables if needed) the registry at ``path``.
+        """Open (creating it and its tables if needed) the registry at ``path``. A new file
+        is created 0600 before SQLite opens it (its ``-wal`` and ``-shm`` files take the
+        database's mode): it names every enrolled agent and the token hashes.
 
         Raises:
             IdentityError: reason ``unreadable``: not a registry or not openable.
         """
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise IdentityError("unreadable", f"cannot create registry {path}: {exc}") from exc
         return cls(store.connect(path), path)
 
     def close(self) -> None:

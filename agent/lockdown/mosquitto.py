@@ -62,8 +62,16 @@ crlfile {directory}/{crl}
 # Who may publish and subscribe where (reread on SIGHUP).
 acl_file {directory}/{acl}
 
-# Keep nothing on disk: retained messages and sessions live only as long as the process.
-persistence false
+# Persistent sessions (fedbus connects with Clean Start off and a session expiry) and
+# retained messages are saved to {directory}/mosquitto.db on shutdown and every
+# autosave_interval seconds, so a broker restart loses neither the subscriptions nor the
+# QoS 1 messages queued for a client that is reconnecting (a SecAgg+ round in flight).
+persistence true
+persistence_location {directory}/
+autosave_interval 5
+# QoS 1 messages queued per client (in flight or while it is away) before mosquitto drops
+# them; above a burst of the whole federation's messages (the default is 1000).
+max_queued_messages 10000
 
 # Largest MQTT packet in bytes, above fedbus's max_payload (8 MiB by default); a client that
 # sends a bigger packet is disconnected.

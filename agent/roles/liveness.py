@@ -9,7 +9,11 @@ is taken for offline after ``aggregator.liveness_timeout`` seconds. A clean stop
 
 The aggregator's ``LivenessTracker`` keeps the latest status of each agent; cohorts are sampled only
 from agents it believes alive, and a cohort member that goes offline mid-round stops being
-waited for.
+waited for. Any verified message of an agent counts as a sign of life (``touch``, called by
+the receive pipeline), not only its status; an agent that let a deadline pass without
+answering (``missed``) is not alive until it shows life again, so a straggler or a silent
+agent costs at most one deadline (Bonawitz et al., "Towards Federated Learning at Scale",
+SysML 2019, §4: devices that do not report in time are dropped from the round).
 """
 
 from __future__ import annotations
@@ -71,18 +75,46 @@ class LivenessTracker:
         self.timeout = timeout
         self._clock = clock
         self.agents: dict[str, Seen] = {}
+        #: agents that let a deadline pass since they last showed life
+        self.late: set[str] = set()
+        #: when each agent last showed life (any verified message or status), clock seconds
+        self.seen_at: dict[str, float] = {}
+        #: when the current round started (set by the round), clock seconds
+        self.round_started = float("-inf")
+
+    def now(self) -> float:
+        return self._clock()
+
+    def touch(self, agent_id: str) -> None:
+        """A verified message from ``agent_id`` arrived: it is alive (a missed deadline is
+        forgiven, the heartbeat timeout starts again). Its stated ``Liveness`` is kept: only
+        a status message changes it."""
+        self.late.discard(agent_id)
+        self.seen_at[agent_id] = self._clock()
+        seen = self.agents.get(agent_id)
+        if seen is not None:
+            seen.last_seen = self._clock()
+
+    def missed(self, agent_id: str) -> None:
+        """``agent_id`` did not answer before a deadline: not alive until it shows life."""
+        self.late.add(agent_id)
 
     def update(self, agent_id: str, status: AgentStatus) -> bool:
         """Record a status; True when the agent's state (``Liveness``) changed."""
+        self.late.discard(agent_id)
+        self.seen_at[agent_id] = self._clock()
         before = self.agents.get(agent_id)
         self.agents[agent_id] = Seen(
             status.state, status.detail, self._clock(), status.model_version, status.cert_expires
         )
         return before is None or before.state != status.state
 
-    def alive(self, agent_id: str) -> bool:
-        """False once the agent said offline or its heartbeats stopped; True when it never
-        sent a status (an agent that does not publish one is judged by its answers)."""
+    def alive(self, agent_id: str, *, forgive_late: bool = False) -> bool:
+        """False once the agent said offline, its heartbeats stopped, or it missed a deadline
+        and has sent nothing since (unless ``forgive_late``); True when it never sent a status
+        (an agent that does not publish one is judged by its answers)."""
+        if agent_id in self.late and not forgive_late:
+            return False
         seen = self.agents.get(agent_id)
         if seen is None:
             return True

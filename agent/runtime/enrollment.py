@@ -33,6 +33,7 @@ from agent.messages.bodies import EnrollReply, EnrollRequest
 from agent.messages.codec import decode_envelope, encode
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
+from agent.messages.signing import Signer
 from agent.messages.topics import ENROLL, ENROLL_REPLY, classify
 from agent.role import Identity, Role
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
@@ -65,6 +66,9 @@ class EnrollmentService:
             nats-server authorization that lists agents, and reload it). If it raises, the
             error is logged (``enrollment_hook_failed``) and the device still gets its
             certificate.
+        signer: signs every reply (the aggregator's, or the CA's enroll identity): a device
+            that holds the CA certificate can tell a reply of ours from junk on its topic.
+            Every reply also names the request it answers (``EnrollReply.request``).
         renewal: when given, this service's connection also carries certificate renewals
             (``renew/+``), which it hands to ``renewal`` (``agent.runtime.renewal``).
     """
@@ -80,6 +84,7 @@ class EnrollmentService:
         valid_days: int = 365,
         ca_dir: Path | None = None,
         on_enrolled: EnrolledHook | None = None,
+        signer: Signer | None = None,
         renewal: RenewalService | None = None,
     ) -> None:
         self._bus = bus
@@ -90,6 +95,7 @@ class EnrollmentService:
         self._valid_days = valid_days
         self._ca_dir = ca_dir
         self._on_enrolled = on_enrolled
+        self._signer = signer
         self._renewal = renewal
         self._ca_pem = ca.cert.public_bytes(_PEM)
         listeners = ListenerRegistry()
@@ -203,15 +209,17 @@ class EnrollmentService:
         wait for another writer). Returns the certificate and the serials it superseded."""
         try:
             csr = x509.load_pem_x509_csr(request.csr)
-        except ValueError as exc:
+        except Exception as exc:
             raise IdentityError("bad_csr", "the CSR is not a PEM PKCS#10 request") from exc
-        cert = sign_csr(
-            self._ca, csr, agent_id=request.agent_id, role=Role.TRAINER, valid_days=self._valid_days
-        )
         row = self._registry.agent(request.agent_id)
         if row is not None and row.role is not Role.TRAINER:
             raise IdentityError("role_conflict", f"{request.agent_id!r} is not a trainer's id")
+        # The token first: nothing is signed for a request whose token is not redeemed now
+        # (a refused CSR after this costs the token, never a certificate without one).
         self._registry.redeem_token(request.token, request.agent_id)
+        cert = sign_csr(
+            self._ca, csr, agent_id=request.agent_id, role=Role.TRAINER, valid_days=self._valid_days
+        )
         return cert, self._registry.record_enrollment(identity_of(cert), cert)
 
     def _refuse(
@@ -228,7 +236,9 @@ class EnrollmentService:
 
     async def _reply(self, reply: EnrollReply) -> None:
         topic = ENROLL_REPLY.format(self._federation, reply.agent_id)
-        payload = encode(reply, federation=self._federation, round=0, sender=self._sender)
+        payload = encode(
+            reply, federation=self._federation, round=0, sender=self._sender, signer=self._signer
+        )
         try:
             await self._bus.publish(topic, payload)
         except TransportError as exc:

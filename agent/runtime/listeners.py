@@ -50,6 +50,7 @@ from agent.messages.topics import TopicSpec, classify
 from agent.role import Identity, Role
 from agent.runtime.credits import ACK_EVERY
 from agent.runtime.dedupe import SeenIds
+from agent.runtime.fairness import FairQueue
 from agent.runtime.metrics import Metrics
 from agent.runtime.reassembly import Limits, Reassembly, Transfer, rebuild
 
@@ -143,6 +144,10 @@ class ListenerRegistry:
         return frozenset(self._listeners)
 
 
+def _nobody(sender: str) -> None:
+    del sender
+
+
 class Dispatcher:
     """Validates incoming messages and hands them to their listener.
 
@@ -157,6 +162,10 @@ class Dispatcher:
             enrollment service answers the device); it must not raise. None: drops are only
             logged.
         metrics: counts accepted and dropped messages (the role's; default: its own).
+        fairness: per-sender rate limits and queue shares applied in ``run`` before decode
+            (``agent.runtime.fairness``; the aggregator's); None: the bus's order.
+        seen: called with the sender of every message whose signature verified (identities
+            on), e.g. ``LivenessTracker.touch``.
         transfer: the reassembly bounds for chunked messages (default: ``Limits()``).
         on_chunk: awaited as chunks are kept (see ``ChunkHook``); None: no acknowledgements.
     """
@@ -172,11 +181,15 @@ class Dispatcher:
         security: Security | None = None,
         on_drop: DropHook | None = None,
         metrics: Metrics | None = None,
+        fairness: FairQueue | None = None,
+        seen: Callable[[str], None] | None = None,
         transfer: Limits | None = None,
         on_chunk: ChunkHook | None = None,
     ) -> None:
         self._on_chunk = on_chunk
         self._federation = federation
+        self.fairness = fairness
+        self._seen_sender = seen or _nobody
         self.reassembly = Reassembly(transfer, on_drop=self._count_drop)
         self._on_drop = on_drop
         self.metrics = Metrics() if metrics is None else metrics
@@ -210,6 +223,7 @@ class Dispatcher:
         identity = None
         if security is not None:
             identity = verify_sender(security.verifier, signed, envelope, spec)
+            self._seen_sender(envelope.sender)  # any signed message is a sign of life
         data = envelope.body
         unseal_key = security.unseal_key if security is not None else None
         if envelope.sealed:
@@ -342,8 +356,11 @@ class Dispatcher:
 
     async def run(self, bus: Bus) -> None:
         """The receive loop: dispatch every message from ``bus`` until it is closed."""
+        messages = bus.messages()
+        if self.fairness is not None:
+            messages = self.fairness.through(messages)
         try:
-            async for raw in bus.messages():
+            async for raw in messages:
                 await self.dispatch(raw)
         finally:
             self.reassembly.close()

@@ -26,6 +26,8 @@ class Metrics:
         messages_sent, bytes_sent: published messages and payload bytes, by ``kind``.
         messages_received, bytes_received: accepted by the receive loop, by ``kind``.
         messages_dropped: refused by the receive loop, by ``reason``.
+        messages_shed: shed before decode by ``runtime.fairness``, by ``sender`` and ``reason``.
+        publishes_refused: publishes the broker refused (ACL), by ``kind``.
         rounds: rounds run by the aggregator, by ``outcome`` (completed, failed).
         dropouts: cohort members that did not deliver.
         round_seconds: wall time of a round (s), evaluation included.
@@ -61,6 +63,18 @@ class Metrics:
             "fedbus_messages_dropped",
             "Messages the receive loop refused, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.messages_shed = Counter(
+            "fedbus_messages_shed",
+            "Messages shed before decode by the per-sender fairness, by sender and reason.",
+            ["sender", "reason"],
+            registry=r,
+        )
+        self.publishes_refused = Counter(
+            "fedbus_publishes_refused",
+            "Publishes the broker refused (MQTT PUBACK >= 0x80, NATS permissions), by kind.",
+            ["kind"],
             registry=r,
         )
         self.rounds = Counter(

@@ -15,7 +15,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.base import Bus
-from agent.errors import SealError, TransportError
+from agent.errors import PublishRefusedError, SealError, TransportError
 from agent.messages import chunks
 from agent.messages.bodies import KIND_OF, Body
 from agent.messages.codec import encode, sealed_kind
@@ -74,7 +74,8 @@ class Outbox:
         Returns the payload size in bytes.
 
         Raises:
-            TransportError: from the bus.
+            TransportError: from the bus; ``PublishRefusedError`` when the broker refused it
+                (logged as ``publish_refused`` and counted in ``publishes_refused``).
             SealError: a body that must be sealed while no sealing key is known.
         """
         topic = spec.format(self.federation, agent_id)
@@ -98,7 +99,13 @@ class Outbox:
         if limit is not None and len(payload) > limit + chunks.ENVELOPE_MARGIN:
             # a relay map or share list of a huge cohort: chunked as a whole msgpack body
             return await self._send_chunked(topic, body, round=round, chunk_size=limit)
-        await self._bus.publish(topic, payload, retain=spec.retained)
+        try:
+            await self._bus.publish(topic, payload, retain=spec.retained)
+        except PublishRefusedError as exc:
+            # Not a flaky network: this agent's broker rights are wrong. Loud, and counted.
+            self.metrics.publishes_refused.labels(kind).inc()
+            log.error("publish_refused", topic=topic, kind=kind, code=exc.code)  # noqa: TRY400
+            raise
         self._count(kind, len(payload))
         log.debug("message_sent", topic=topic, kind=type(body).__name__, size=len(payload))
         return len(payload)

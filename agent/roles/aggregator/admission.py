@@ -4,7 +4,10 @@ An agent asks with ``join``; it is admitted when it speaks for itself (the body'
 the envelope's sender) and trains this federation's plugin. An admitted agent gets
 ``join_accepted`` (with the run's sealing key when identities are on) and the model in force
 in its inbox; a refused one ``join_rejected`` saying why. Joining again (after a reconnect)
-re-admits. Once the run finished, joins are left for the next run's aggregator.
+re-admits, but an admitted agent's repeated joins within ``rejoin_interval`` (1 s) of its
+last answer are not answered again (``join_ignored reason=duplicate``, logged once per agent
+and window): a flood of joins costs one answer and one model. Once the run finished, joins
+are left for the next run's aggregator.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Admission:
         seal_key: the aggregator's raw X25519 public key for this run (identities on), sent
             with every ``join_accepted``.
         current: the round and the model in force, read at each join.
+        rejoin_interval: seconds after answering an agent during which its joins are
+            duplicates (the device's join loop re-sends after ``trainer.join_retry``).
         incarnation, run_id: said in every ``join_accepted`` (trainers follow a new one).
     """
 
@@ -47,6 +52,7 @@ class Admission:
         wanted: int,
         seal_key: bytes | None,
         current: Callable[[], tuple[int, GlobalState]],
+        rejoin_interval: float = 1.0,
         incarnation: str = "",
         run_id: str = "",
     ) -> None:
@@ -62,6 +68,10 @@ class Admission:
         self.revoked: set[str] = set()
         self._enough = asyncio.Event()
         self._closed = False
+        self._rejoin_interval = rejoin_interval
+        self._answered: dict[str, float] = {}  # agent id -> time.monotonic() of its answer
+        #: joins not answered because they repeated an answered one, by agent id
+        self.duplicates: dict[str, int] = {}
 
     def close(self) -> None:
         """The run is over: joins from now on belong to the next run's aggregator."""
@@ -121,6 +131,17 @@ class Admission:
         """The admitted agents that answered in their last round."""
         return frozenset(a for a, rec in self.agents.items() if not rec.missed_last_round)
 
+    def _duplicate(self, agent_id: str) -> bool:
+        """True (and counted) when ``agent_id`` was answered less than ``rejoin_interval``
+        ago."""
+        answered = self._answered.get(agent_id)
+        if answered is None or time.monotonic() - answered >= self._rejoin_interval:
+            return False
+        count = self.duplicates[agent_id] = self.duplicates.get(agent_id, 0) + 1
+        if count == 1 or count % 100 == 0:
+            log.info("join_ignored", agent=agent_id, reason="duplicate", duplicates=count)
+        return True
+
     async def on_join(self, message: Message[JoinRequest]) -> None:
         """The ``join`` listener: admit, refuse, or (run over) ignore."""
         body = message.body
@@ -149,6 +170,9 @@ class Admission:
             log.warning("join_refused", agent=body.agent_id, reason="plugin_mismatch")
             return
         known = body.agent_id in self.agents
+        if known and self._duplicate(body.agent_id):
+            return
+        self._answered[body.agent_id] = time.monotonic()
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
         await self._outbox.try_send(
             topics.INBOX,

@@ -57,6 +57,8 @@ class FederatedEvaluation:
         #: each kept result's weight: min(num_examples, max_weight)
         self._weights: dict[str, int] = {}
         self._complete = asyncio.Event()
+        #: evaluators of the last run still waited for when ``timeout`` passed
+        self.late: frozenset[str] = frozenset()
         #: the last evaluation's metrics, each num_examples-weighted over its reporters
         self.metrics: dict[str, float] = {}
 
@@ -69,6 +71,7 @@ class FederatedEvaluation:
         self._results, self._weights = {}, {}
         self.metrics = {}
         self._complete.clear()
+        self.late = frozenset()
         if not evaluators:
             log.warning("evaluation_skipped", reason="no_responsive_agent")
             return None, None, 0
@@ -82,6 +85,7 @@ class FederatedEvaluation:
                 await self._complete.wait()
         except TimeoutError:
             log.warning("evaluation_incomplete", answered=len(self._results))
+            self.late = self._evaluators - self._results.keys()
         self._metrics.stage_seconds.labels("evaluate").observe(time.monotonic() - started)
         results = [(x, self._weights[a]) for a, x in self._results.items() if x.num_examples > 0]
         if not results:
@@ -97,6 +101,13 @@ class FederatedEvaluation:
         )
         examples = sum(x.num_examples for x, _ in results)
         return loss, (None if np.isnan(accuracy) else accuracy), examples
+
+    def forget(self, agent_id: str) -> None:
+        """An evaluator went offline: the evaluation stops waiting for it."""
+        if agent_id in self._evaluators:
+            self._evaluators = self._evaluators - {agent_id}
+            if self._evaluators <= self._results.keys():
+                self._complete.set()
 
     def on_metrics(self, sender: str, body: EvaluateRes) -> None:
         """A result: kept if it is for the model under evaluation, from an agent asked, and

@@ -155,20 +155,25 @@ class CohortFit:
         self._population = population
         #: the cohort of the round in progress (or the last one)
         self.cohort: frozenset[str] = frozenset()
+        #: members of the last round waited for until a deadline passed without an answer
+        self.late: frozenset[str] = frozenset()
         self._plain: PlainRound | None = None
         self._secure: SecureRound | None = None
         #: called with (round, stage) as each SecAgg+ stage closes (persisted, for a restart)
         self.on_stage: Callable[[int, str], None] | None = None
 
-    async def run(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+    async def run(
+        self, r: int, cohort: Sequence[str], before: GlobalState, *, quorum: int | None = None
+    ) -> Outcome:
         """Ask ``cohort`` to train from ``before`` in round ``r``; the outcome once every
-        member delivered or the deadline (``round_timeout``) passed."""
+        member (or ``quorum``: over-selection) delivered, or ``round_timeout`` passed."""
         self.cohort = frozenset(cohort)
+        self.late = frozenset()
         if not cohort:
             return Outcome.failed(RoundFailure.NO_COHORT)
         if self._schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS:
-            return await self._secure_fit(r, cohort, before)
-        return await self._plain_fit(r, cohort, before)
+            return await self._secure_fit(r, cohort, before, quorum)
+        return await self._plain_fit(r, cohort, before, quorum)
 
     @property
     def strategy(self) -> Strategy:
@@ -241,8 +246,10 @@ class CohortFit:
             **secagg,
         )
 
-    async def _plain_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
-        """Updates in the clear: wait for every member or the deadline, then the strategy."""
+    async def _plain_fit(
+        self, r: int, cohort: Sequence[str], before: GlobalState, quorum: int | None
+    ) -> Outcome:
+        """Updates in the clear: every member (or ``quorum``) or the deadline; the strategy."""
         started = time.monotonic()
         robust = self._schedule.robust
         # Streaming FedAvg (fold.py) unless DP, a robust rule or the relative bound needs all
@@ -254,13 +261,15 @@ class CohortFit:
             alive=self._alive,
             robust=robust,
             declared=self._declared,
+            quorum=quorum,
             fold=RunningMean(before.weights) if streaming else None,
         )
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
-            results = await self._plain.wait(self._schedule.round_timeout)
+            results = await plain.wait(self._schedule.round_timeout)
         finally:
             self._plain = None
+            self.late = plain.late
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
@@ -302,7 +311,9 @@ class CohortFit:
             return Outcome.failed(RoundFailure.MODEL_REJECTED)
         return Outcome.of(weights, update, spent)
 
-    async def _secure_fit(self, r: int, cohort: Sequence[str], before: GlobalState) -> Outcome:
+    async def _secure_fit(
+        self, r: int, cohort: Sequence[str], before: GlobalState, quorum: int | None
+    ) -> Outcome:
         """SecAgg+: the aggregator learns only the survivors' weighted sum of model deltas;
         their weighted mean goes through the strategy."""
         settings = self._schedule.secagg
@@ -321,13 +332,14 @@ class CohortFit:
             layout.length,
         )
         params = setup.params
-        self._secure = SecureRound(
+        self._secure = secure = SecureRound(
             outbox=self._outbox,
             setup=setup,
             stage_timeout=settings.stage_timeout,
             input_deadline=time.monotonic() + self._schedule.round_timeout,
             model_version=before.version,
             metrics=self._metrics,
+            quorum=quorum,
             on_stage=None if self.on_stage is None else partial(self.on_stage, r),
         )
         body = msgspec.structs.replace(
@@ -357,5 +369,6 @@ class CohortFit:
             return Outcome.failed(RoundFailure.SECAGG_ABORTED)
         finally:
             self._secure = None
+            self.late = frozenset(secure.late)
         update = private_update.secure_update(aggregate, before.weights, layout)
         return await self._step(before, update, len(cohort), layout.plan)

@@ -29,6 +29,8 @@ class PlainRound:
         cohort: the members asked to train.
         model: the model they train from.
         alive: liveness (a member that went offline is not waited for).
+        quorum: complete once this many valid updates arrived (over-selection; None: every
+            member).
         robust: the bounds each update must respect (``agent.robust.bounds``).
         declared: an agent's num_examples declared at join (0: unknown).
         fold: fold each valid update into this running sum on arrival and keep only its
@@ -42,6 +44,7 @@ class PlainRound:
         cohort: frozenset[str],
         model: GlobalState,
         alive: Callable[[str], bool],
+        quorum: int | None = None,
         robust: RobustConfig | None = None,
         declared: Callable[[str], int] = lambda _: 0,
         fold: RunningMean | None = None,
@@ -49,12 +52,15 @@ class PlainRound:
         self.cohort = cohort
         self._model = model
         self._alive = alive
+        self._quorum = quorum
         self._robust = robust or RobustConfig()
         self._declared = declared
         self.fold = fold
         self.results: dict[str, ClientResult] = {}
         #: members whose update was refused (they answered: not waited for)
         self.refused: dict[str, str] = {}
+        #: members still waited for when the deadline passed (set by ``wait``)
+        self.late: frozenset[str] = frozenset()
         self._complete = asyncio.Event()
 
     def on_update(self, sender: str, body: ModelUpdate) -> None:
@@ -120,10 +126,12 @@ class PlainRound:
         )
 
     def check_complete(self) -> None:
-        """Complete when every member delivered or went offline."""
+        """Complete when every member delivered (or was refused) or went offline, or
+        ``quorum`` delivered."""
         answered = self.results.keys() | self.refused.keys()
         waiting = {a for a in self.cohort - answered if self._alive(a)}
-        if self.cohort and not waiting:
+        enough = self._quorum is not None and len(self.results) >= self._quorum
+        if self.cohort and (enough or not waiting):
             self._complete.set()
 
     async def wait(self, seconds: float) -> list[ClientResult]:
@@ -132,5 +140,6 @@ class PlainRound:
             async with asyncio.timeout(seconds):
                 await self._complete.wait()
         except TimeoutError:
-            pass
+            answered = self.results.keys() | self.refused.keys()
+            self.late = frozenset(a for a in self.cohort - answered if self._alive(a))
         return [self.results[a] for a in sorted(self.results)]

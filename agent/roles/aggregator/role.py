@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import time
 from collections.abc import Callable
 
 import structlog
@@ -21,6 +22,7 @@ from agent.messages import topics
 from agent.messages.bodies import AgentStatus, ChunkAck, EvaluateRes, Liveness, RoundPhase
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
+from agent.messages.signing import Signer
 from agent.messages.topics import classify
 from agent.plugin.api import Weights
 from agent.role import Identity, Role
@@ -35,6 +37,7 @@ from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import RunPlan, run_recorded
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
+from agent.runtime.fairness import FairnessLimits, FairQueue
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -168,12 +171,16 @@ class Aggregator:
             board=self.board,
             metrics=self.metrics,
             observer=observer,
+            connected=bus.wait_connected,
+            reconnected_at=lambda: self._reconnected_at,
             ledger=RoundLedger(config.state_dir, credentials.signer, schedule, run_id=opened.run_id)
             if credentials
             else None,
         )
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
+        self._reconnected_at = float("-inf")
+        bus.on_connect(self._on_connect)
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self.admission.on_join, rounds=RoundPolicy.ANY)
         registry.register(Kind.MODEL_UPDATE, self.fit.on_update, rounds=RoundPolicy.CURRENT)
@@ -192,9 +199,20 @@ class Aggregator:
                 else None
             ),
             metrics=self.metrics,
+            fairness=FairQueue(
+                fed,
+                limits=FairnessLimits.of(rate=schedule.sender_rate),
+                metrics=self.metrics,
+            ),
+            seen=self.liveness.touch,
             transfer=Limits.of(config.transfer),
             on_chunk=self._ack_chunks,
         )
+
+    @property
+    def signer(self) -> Signer | None:
+        """The aggregator's signer (None with identities off); enrollment replies use it."""
+        return self._outbox.signer
 
     @property
     def round(self) -> int:
@@ -249,6 +267,10 @@ class Aggregator:
                 finally:
                     for task in tasks:
                         task.cancel()
+
+    async def _on_connect(self, reconnect: bool) -> None:
+        if reconnect:
+            self._reconnected_at = time.monotonic()
 
     async def idle(self) -> RunSummary | None:
         """Between runs (``after_run = "serve"``): keep receiving (liveness) and publishing
@@ -313,4 +335,5 @@ class Aggregator:
         log.info("agent_status", agent=sender, state=str(body.state), detail=body.detail)
         if body.state is Liveness.OFFLINE:
             self.fit.on_offline(sender)
+            self._evaluation.forget(sender)
         self.board.changed()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 import structlog
@@ -21,7 +22,7 @@ from agent.ledger.book import RoundLedger
 from agent.messages.bodies import Liveness, RoundPhase
 from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.broadcast import publish_model, recorded
-from agent.roles.aggregator.cohort import sample_cohort
+from agent.roles.aggregator.cohort import cohort_size, sample_cohort
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit, Outcome, RoundFailure
 from agent.roles.aggregator.records import GlobalState, RoundObserver, RoundRecord
@@ -55,6 +56,12 @@ class RoundParts:
     board: StatusBoard
     metrics: Metrics
     observer: RoundObserver | None = None
+    #: ``Bus.wait_connected(timeout)``: no round starts while the broker is down
+    connected: Callable[[float | None], Awaitable[None]] | None = None
+    #: ``time.monotonic()`` of the bus's last reconnect (-inf: none): a deadline missed during
+    #: a round that began less than a ``round_timeout`` after it, or while the bus is down, is
+    #: the broker's doing (the members' peers were still reconnecting) and marks no one late
+    reconnected_at: Callable[[], float] = lambda: float("-inf")
     #: the signed round ledger (None: identities off)
     ledger: RoundLedger | None = None
 
@@ -67,10 +74,23 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     record with no survivors, not an exception.
     """
     started = time.perf_counter()
+    epoch = time.monotonic() - parts.schedule.round_timeout
+    parts.liveness.round_started = parts.liveness.now()
     schedule, admitted = parts.schedule, parts.admission.agents
     now.round = r
     before = now.model
     alive = [a for a in admitted if parts.liveness.alive(a) and a not in parts.admission.revoked]
+    if len(alive) < schedule.min_fit_clients:
+        # Too few agents showed life since their last deadline: rather than no round, the
+        # ones that missed it get another chance (each may cost this one deadline again).
+        late = sorted(
+            a
+            for a in admitted
+            if a not in alive
+            and a not in parts.admission.revoked
+            and parts.liveness.alive(a, forgive_late=True)
+        )
+        alive += late[: schedule.min_fit_clients - len(alive)]
     if len(alive) < len(admitted):
         log.info("offline_agents_skipped", offline=sorted(set(admitted) - set(alive)))
     cohort = sample_cohort(
@@ -79,6 +99,13 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         min_clients=schedule.min_fit_clients,
         max_clients=schedule.max_fit_clients,
         rng=parts.rng,
+        over_selection=schedule.over_selection,
+    )
+    needed = cohort_size(
+        len(alive),
+        fraction=schedule.fraction_fit,
+        min_clients=schedule.min_fit_clients,
+        max_clients=schedule.max_fit_clients,
     )
     log.info(
         "round_started",
@@ -90,10 +117,11 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
         parts.observer.round_started(r, cohort)
     parts.board.enter(RoundPhase.TRAINING, f"training ({len(cohort)} agents)")
     parts.board.changed()
-    outcome = await parts.fit.run(r, cohort, before)
+    outcome = await parts.fit.run(r, cohort, before, quorum=needed)
     revoked = sorted(set(cohort) & parts.admission.revoked)
     dropouts = sorted(set(cohort) - set(outcome.survivors) - set(revoked))
     parts.admission.record_round(cohort, dropouts)
+    await _missed(parts, parts.fit.late, epoch)
     if outcome.weights is not None:
         now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
     now.model = await recorded(
@@ -112,9 +140,9 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     every = schedule.eval_every
     if (every and r % every == 0) or r == schedule.rounds:  # rounds = 0: every k only
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
-        loss, accuracy, eval_examples = await parts.evaluation.run(
-            r, now.model, parts.admission.evaluators()
-        )
+        evaluators = frozenset(a for a in parts.admission.evaluators() if parts.liveness.alive(a))
+        loss, accuracy, eval_examples = await parts.evaluation.run(r, now.model, evaluators)
+        await _missed(parts, parts.evaluation.late, epoch)
         eval_metrics = dict(parts.evaluation.metrics)
     record = RoundRecord(
         round=r,
@@ -136,6 +164,29 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     )
     _count(parts, record, outcome)
     return record
+
+
+async def _missed(parts: RoundParts, late: frozenset[str], epoch: float) -> None:
+    """Members waited for until a deadline passed: not waited for again until they show life
+    (unless the bus reconnected after ``epoch`` or is down now: the broker lost messages)."""
+    if late and (parts.reconnected_at() >= epoch or not await _connected(parts)):
+        log.info("deadline_misses_forgiven", agents=sorted(late), reason="bus_reconnected")
+        return
+    if late:
+        log.info("agents_missed_deadline", agents=sorted(late))
+    for agent_id in late:
+        if parts.liveness.seen_at.get(agent_id, float("-inf")) < parts.liveness.round_started:
+            parts.liveness.missed(agent_id)  # no sign of life all round (a status would do)
+
+
+async def _connected(parts: RoundParts) -> bool:
+    if parts.connected is None:
+        return True
+    try:
+        await parts.connected(0.05)  # returns at once while connected
+    except TimeoutError:  # BusTimeoutError
+        return False
+    return True
 
 
 def _count(parts: RoundParts, record: RoundRecord, outcome: Outcome) -> None:

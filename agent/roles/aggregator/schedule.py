@@ -36,6 +36,18 @@ WAIT_LOG_EVERY = 5.0
 WAIT_POLL = 0.2
 
 
+async def _wait_for_bus(parts: RoundParts) -> None:
+    """A round started while the broker is down would be spent on nothing: wait for it."""
+    if parts.connected is None:
+        return
+    try:
+        await parts.connected(0.1)
+    except TimeoutError:  # BusTimeoutError
+        log.warning("waiting_for_bus", reason="no broker session; the round waits")
+        await parts.connected(None)
+        log.info("bus_back")
+
+
 class RunFailedError(RoundError):
     """The run did not do its job (trained nothing, or the fleet vanished)."""
 
@@ -132,6 +144,7 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
             )
             break
         with structlog.contextvars.bound_contextvars(round=r):
+            await _wait_for_bus(parts)
             await wait_for_cohort(parts, records)
             await asyncio.to_thread(store.open_round, r, stage="fit")
             record = await run_round(parts, now, r)
@@ -233,9 +246,11 @@ async def wait_for_rejoins(parts: RoundParts, expected: set[str]) -> None:
 
 
 def live(parts: RoundParts) -> list[str]:
-    """The admitted, unrevoked agents believed alive."""
+    """The admitted, unrevoked agents believed alive (one that only missed a deadline counts:
+    ``run_round`` samples it when too few others are left)."""
     revoked = parts.admission.revoked
-    return [a for a in parts.admission.agents if a not in revoked and parts.liveness.alive(a)]
+    alive = parts.liveness.alive
+    return [a for a in parts.admission.agents if a not in revoked and alive(a, forgive_late=True)]
 
 
 async def wait_for_cohort(parts: RoundParts, records: list[RoundRecord]) -> None:

@@ -85,6 +85,8 @@ class SecureRound:
         input_deadline: ``time.monotonic()`` by which masked inputs must have arrived.
         model_version: the model the masked inputs must be trained from.
         metrics: observes each stage's duration (``stage_seconds``, by stage).
+        quorum: the advertise and collect stages close once this many answered (over-
+            selection, Bonawitz et al. 2019; None: every member or the deadline).
         on_stage: called with each stage's name as it closes (the aggregator persists it).
     """
 
@@ -97,9 +99,13 @@ class SecureRound:
         input_deadline: float,
         model_version: int,
         metrics: Metrics,
+        quorum: int | None = None,
         on_stage: Callable[[str], None] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._quorum = quorum
+        #: members waited for until a stage deadline passed without their answer
+        self.late: set[str] = set()
         self._on_stage = on_stage
         self._metrics = metrics
         self._round = setup.context.round
@@ -210,7 +216,12 @@ class SecureRound:
             )
             return
         self._answered.add(sender)
-        if self._expected <= self._answered:
+        enough = (
+            self._quorum is not None
+            and stage in (Stage.ADVERTISE_KEYS, Stage.COLLECT_MASKED_INPUT)
+            and len(self._answered) >= self._quorum
+        )
+        if enough or self._expected <= self._answered:
             self._everyone.set()
 
     def _expect(self, who: Iterable[str]) -> None:
@@ -228,6 +239,7 @@ class SecureRound:
                 await self._everyone.wait()
         except TimeoutError:
             self._timed_out = True
+            self.late |= self._expected - self._answered
 
     async def _relay(self, per_agent: Mapping[str, Any], build: Callable[[Any], Body]) -> None:
         """Send each agent its relay body (concurrently; each QoS 1 publish is acknowledged)."""
