@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -57,6 +58,9 @@ class FitPath:
         self._id = config.agent_id
         #: the SecAgg+ side of the newest secure round (None: none, or a plain round since)
         self._secure: SecureFit | None = None
+        #: awaited after a failed fit (the role sends its status: the aggregator sees this
+        #: agent alive, and why it did not answer, so it is sampled again next round)
+        self.on_failed: Callable[[], Awaitable[None]] | None = None
 
     async def on_fit_ins(self, message: Message[FitIns]) -> None:
         """``fit_ins``: start training for ``message.round``; a secure round advertises its
@@ -113,6 +117,8 @@ class FitPath:
                 # The round goes on without us; we stay up and say what happened.
                 log.exception("fit_failed", error=str(exc))
                 self._progress.enter(TrainerState.FIT_FAILED, round_=round_, error=str(exc))
+                if self.on_failed is not None:
+                    await self.on_failed()
                 return
             seconds = time.perf_counter() - started
             result = clip_result(result, model.weights, ins.config)  # DP: Δ clipped to C

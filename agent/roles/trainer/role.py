@@ -136,6 +136,7 @@ class Trainer:
             model_version=lambda: self.model.version if self.model else None,
             heartbeat=config.trainer.heartbeat,
         )
+        self._fits.on_failed = partial(self._status.send, Liveness.ONLINE)
         self._admitted = asyncio.Event()
         self._rejoin = asyncio.Event()
         #: the aggregator incarnation we follow
