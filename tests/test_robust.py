@@ -20,7 +20,8 @@ from agent.robust.evaluation import check_result
 from agent.robust.guard import check_model
 from agent.robust.secure import check_mean, check_ring_sum
 from agent.robust.settings import Aggregation, OnViolation, RobustConfig
-from agent.roles.aggregator.fit import CohortFit, RoundFailure
+from agent.roles.aggregator.fit import CohortFit
+from agent.roles.aggregator.outcome import RoundFailure
 from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.robust_fit import robust_update
 from agent.runtime.metrics import Metrics

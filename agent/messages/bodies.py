@@ -9,28 +9,32 @@ belong to the role that handles the message.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
+
+from agent.messages.base import NAME_PATTERN as NAME_PATTERN
 
 # Re-exported: bodies is where every body type is found.
 from agent.messages.base import Body as Body
 from agent.messages.base import Key32 as Key32
+from agent.messages.base import Name as Name
 from agent.messages.base import Sha256 as Sha256
+from agent.messages.base import Text as Text
 from agent.messages.chunk_bodies import MAX_CHUNKS as MAX_CHUNKS
 from agent.messages.chunk_bodies import ChunkAck as ChunkAck
 from agent.messages.chunk_bodies import Manifest as Manifest
+from agent.messages.enroll_bodies import EnrollReply as EnrollReply
+from agent.messages.enroll_bodies import EnrollRequest as EnrollRequest
+from agent.messages.enroll_bodies import RenewReply as RenewReply
+from agent.messages.enroll_bodies import RenewRequest as RenewRequest
 from agent.messages.kinds import Kind
 from agent.messages.tensors import Tensor
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-#: An agent id, federation id or plugin name: 1-64 of [A-Za-z0-9_-], starting alphanumeric.
-Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Scalar = bool | int | float | str
 Params = Annotated[dict[str, Scalar], msgspec.Meta(max_length=256)]
-Text = Annotated[str, msgspec.Meta(max_length=1024)]
 #: A share ciphertext: nonce ‖ ChaCha20-Poly1305(two 64-byte Shamir shares) ‖ tag.
 Ciphertext = Annotated[bytes, msgspec.Meta(min_length=28, max_length=1024)]
 #: One revealed Shamir share (16 field elements, little-endian uint32).
@@ -235,63 +239,6 @@ class Unmask(Body, frozen=True):
 
     self_seed: Annotated[dict[Name, ShareBytes], msgspec.Meta(max_length=MAX_COHORT)]
     mask_key: Annotated[dict[Name, ShareBytes], msgspec.Meta(max_length=MAX_COHORT)]
-
-
-#: A PEM CSR or certificate (a P-256 one is under 1 KiB; the bound keeps junk out).
-Pem = Annotated[bytes, msgspec.Meta(max_length=8192)]
-#: A one-time enrollment token (``secrets.token_urlsafe(32)`` is 43 characters).
-Token = Annotated[str, msgspec.Meta(max_length=256)]
-#: A snake_case refusal reason (``bad_token``, ``expired_token``, ...), empty when ok.
-Reason = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{0,64}$")]
-
-
-class EnrollRequest(Body, frozen=True):
-    """device → aggregator on ``enroll/{agent_id}``: a CSR (RFC 2986, PEM) for ``agent_id``
-    and the one-time token that authorises it (the private key never travels), and the CA
-    SHA-256 the device pinned: a wrong pin is refused before the token is redeemed."""
-
-    agent_id: Name
-    csr: Pem
-    token: Token
-    ca_fingerprint: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
-
-
-class EnrollReply(Body, frozen=True):
-    """aggregator → device on ``enroll_reply/{agent_id}``: the certificate and the CA
-    certificate (PEM) when ``status`` is ``"ok"``, else the refusal ``reason`` and ``detail``.
-
-    ``request`` is the message id of the request it answers (empty when the request could not
-    be read): a device takes only the answer to its own request, so junk that someone else
-    sends on its enroll topic cannot end its enrollment with a refusal."""
-
-    agent_id: Name
-    status: Literal["ok", "error"]
-    reason: Reason = ""
-    detail: Text = ""
-    cert: Pem | None = None
-    ca: Pem | None = None
-    request: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-
-
-class RenewRequest(Body, frozen=True):
-    """trainer → aggregator on ``renew/{agent_id}``, signed with the certificate it renews
-    (no token): a CSR (PEM) for ``agent_id``; ``nonce`` comes back in the reply."""
-
-    agent_id: Name
-    csr: Pem
-    nonce: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
-
-
-class RenewReply(Body, frozen=True):
-    """aggregator → the trainer's inbox: the new certificate (PEM) when ``status`` is
-    ``"ok"`` (the old one is superseded), else why not; ``nonce`` is the request's."""
-
-    agent_id: Name
-    status: Literal["ok", "error"]
-    nonce: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
-    reason: Reason = ""
-    detail: Text = ""
-    cert: Pem | None = None
 
 
 class Liveness(StrEnum):

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.bus.base import Bus, BusMessage
 from agent.errors import (
@@ -34,7 +31,6 @@ from agent.errors import (
     SealError,
     SenderMismatchError,
     StaleRoundError,
-    UnexpectedKindError,
     WrongFederationError,
     WrongTopicError,
 )
@@ -51,12 +47,16 @@ from agent.role import Identity, Role
 from agent.runtime.credits import ACK_EVERY
 from agent.runtime.dedupe import SeenIds
 from agent.runtime.fairness import FairQueue
+from agent.runtime.handlers import Handler as Handler
+from agent.runtime.handlers import Listener as Listener
+from agent.runtime.handlers import ListenerRegistry as ListenerRegistry
+from agent.runtime.handlers import RoundPolicy as RoundPolicy
+from agent.runtime.handlers import Security as Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.reassembly import Limits, Reassembly, Transfer, rebuild
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[Message[Any]], Awaitable[None]]
 #: Awaited when a transfer kept chunks (its new count is a multiple of ``ACK_EVERY``, or it
 #: completed): the aggregator acknowledges them to the sender (``runtime.credits``).
 ChunkHook = Callable[[Transfer, int], Awaitable[None]]
@@ -64,36 +64,6 @@ ChunkHook = Callable[[Transfer, int], Awaitable[None]]
 DropHook = Callable[[BusMessage, str, str], Awaitable[None]]
 #: Payloads at least this large are checked and decoded in a worker thread.
 OFFLOAD_BYTES = 64 * 1024
-
-
-class RoundPolicy(StrEnum):
-    """Which rounds a listener accepts, relative to the role's current round."""
-
-    ANY = "any"  # e.g. join: not tied to a round
-    CURRENT = "current"  # exactly the current round (updates, metrics)
-    NOT_STALE = "not_stale"  # the current round or a later one (instructions from above)
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    kind: Kind
-    handler: Handler
-    rounds: RoundPolicy
-
-
-@dataclass(frozen=True, slots=True)
-class Security:
-    """What the receive loop enforces when identities are on (``agent.identity.verifier``,
-    ``agent.messages.sealing``).
-
-    Attributes:
-        verifier: checks every message's signature, certificate, timestamp and role.
-        unseal_key: the aggregator's per-run key; with it, bodies of ``SEALED_KINDS`` must
-            arrive sealed to it.
-    """
-
-    verifier: Verifier
-    unseal_key: X25519PrivateKey | None = None
 
 
 def verify_sender(
@@ -110,38 +80,6 @@ def verify_sender(
         publisher=Role.AGGREGATOR if aggregator else Role.TRAINER,
         timeless=envelope.kind in TIMELESS_KINDS,
     )
-
-
-class ListenerRegistry:
-    """One handler per kind. Registering a kind twice is a programming error."""
-
-    def __init__(self) -> None:
-        self._listeners: dict[Kind, Listener] = {}
-
-    def register(self, kind: Kind, handler: Handler, *, rounds: RoundPolicy) -> None:
-        """Add the handler for ``kind``.
-
-        Raises:
-            ValueError: ``kind`` already has a handler.
-        """
-        if kind in self._listeners:
-            raise ValueError(f"a listener for {kind!s} is already registered")
-        self._listeners[kind] = Listener(kind, handler, rounds)
-
-    def get(self, kind: Kind) -> Listener:
-        """The listener for ``kind``.
-
-        Raises:
-            UnexpectedKindError: nothing is registered for ``kind``.
-        """
-        try:
-            return self._listeners[kind]
-        except KeyError:
-            raise UnexpectedKindError(f"no listener for {kind!s}") from None
-
-    @property
-    def kinds(self) -> frozenset[Kind]:
-        return frozenset(self._listeners)
 
 
 def _nobody(sender: str) -> None:

@@ -17,12 +17,9 @@ the next model, identically.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
 from typing import Any
 
@@ -40,13 +37,13 @@ from agent.messages.bodies import (
     Unmask,
 )
 from agent.messages.envelope import Message
-from agent.plugin.api import Weights
 from agent.privacy.config import PrivacyConfig
-from agent.privacy.engine import PrivacyEngine, RingPlan, RoundPrivacy
+from agent.privacy.engine import PrivacyEngine, RingPlan
 from agent.robust.settings import Aggregation
 from agent.roles.aggregator import private_update
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.fold import RunningMean
+from agent.roles.aggregator.outcome import Outcome, RoundFailure
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
@@ -59,58 +56,6 @@ from agent.strategy.base import Strategy
 from agent.strategy.update import AggregatedUpdate
 
 log = structlog.get_logger(__name__)
-
-
-class RoundFailure(StrEnum):
-    """Why a round produced no new model (the model in force is kept)."""
-
-    NO_COHORT = "no_cohort"  # fewer than min_fit_clients alive: the round did not run
-    NO_UPDATE = "no_update_arrived"  # plain: no valid update before the deadline
-    SECAGG_PARAMETERS = "secagg_parameters"  # no SecAgg+ parameters fit the cohort size
-    SECAGG_ABORTED = "secagg_aborted"  # the SecAgg+ protocol aborted (SecAggAbortError)
-    MODEL_REJECTED = "model_rejected"  # the new model failed the guard (agent.robust.guard)
-    PRIVACY_BUDGET = "privacy_budget"  # the round would exceed target_epsilon: not run
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the fit part of a round produced.
-
-    Attributes:
-        weights: the new model; None exactly when ``failure`` is set.
-        survivors: the cohort members whose result went into ``weights``.
-        num_examples: the survivors' total examples (their aggregation weight).
-        train_loss: num_examples-weighted mean of the survivors' ``train_loss`` (NaN: none).
-        failure: why there is no new model; None when the round succeeded.
-        metrics: the survivors' fit metrics, num_examples-weighted (``AggregatedUpdate``).
-        privacy: what the round cost under DP (None without).
-    """
-
-    weights: Weights | None = None
-    survivors: list[str] = field(default_factory=list)
-    num_examples: int = 0
-    train_loss: float = math.nan
-    failure: RoundFailure | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    privacy: RoundPrivacy | None = None
-
-    @classmethod
-    def failed(cls, failure: RoundFailure) -> Outcome:
-        return cls(failure=failure)
-
-    @classmethod
-    def of(
-        cls, weights: Weights, update: AggregatedUpdate, privacy: RoundPrivacy | None = None
-    ) -> Outcome:
-        """The new model ``weights``, stepped from ``update``."""
-        return cls(
-            weights=weights,
-            survivors=list(update.survivors),
-            num_examples=update.total_weight,
-            train_loss=update.train_loss,
-            metrics=dict(update.metrics),
-            privacy=privacy,
-        )
 
 
 class CohortFit:

@@ -24,7 +24,8 @@ from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.broadcast import publish_model, recorded
 from agent.roles.aggregator.cohort import cohort_size, sample_cohort
 from agent.roles.aggregator.evaluation import FederatedEvaluation
-from agent.roles.aggregator.fit import CohortFit, Outcome, RoundFailure
+from agent.roles.aggregator.fit import CohortFit
+from agent.roles.aggregator.outcome import Outcome, RoundFailure
 from agent.roles.aggregator.records import GlobalState, RoundObserver, RoundRecord
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker

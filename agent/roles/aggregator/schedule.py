@@ -20,7 +20,7 @@ from agent.errors import RoundError
 from agent.messages import topics
 from agent.messages.bodies import Finish, Liveness, RoundPhase
 from agent.roles.aggregator.broadcast import publish_model, recorded
-from agent.roles.aggregator.fit import RoundFailure
+from agent.roles.aggregator.outcome import RoundFailure
 from agent.roles.aggregator.persistence import Checkpoint, RunStore, rng_state, rng_tuple
 from agent.roles.aggregator.private_update import budget_allows
 from agent.roles.aggregator.records import RoundRecord, RunSummary

@@ -1,0 +1,81 @@
+"""What a role registers with its ``Dispatcher`` (``agent.runtime.listeners``): one handler
+per kind, the rounds it accepts (``RoundPolicy``), and what the receive loop enforces when
+identities are on (``Security``). Re-exported by ``agent.runtime.listeners``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from agent.errors import UnexpectedKindError
+from agent.identity.verifier import Verifier
+from agent.messages.envelope import Message
+from agent.messages.kinds import Kind
+
+Handler = Callable[[Message[Any]], Awaitable[None]]
+
+
+class RoundPolicy(StrEnum):
+    """Which rounds a listener accepts, relative to the role's current round."""
+
+    ANY = "any"  # e.g. join: not tied to a round
+    CURRENT = "current"  # exactly the current round (updates, metrics)
+    NOT_STALE = "not_stale"  # the current round or a later one (instructions from above)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    kind: Kind
+    handler: Handler
+    rounds: RoundPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """What the receive loop enforces when identities are on (``agent.identity.verifier``,
+    ``agent.messages.sealing``).
+
+    Attributes:
+        verifier: checks every message's signature, certificate, timestamp and role.
+        unseal_key: the aggregator's per-run key; with it, bodies of ``SEALED_KINDS`` must
+            arrive sealed to it.
+    """
+
+    verifier: Verifier
+    unseal_key: X25519PrivateKey | None = None
+
+
+class ListenerRegistry:
+    """One handler per kind. Registering a kind twice is a programming error."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[Kind, Listener] = {}
+
+    def register(self, kind: Kind, handler: Handler, *, rounds: RoundPolicy) -> None:
+        """Add the handler for ``kind``.
+
+        Raises:
+            ValueError: ``kind`` already has a handler.
+        """
+        if kind in self._listeners:
+            raise ValueError(f"a listener for {kind!s} is already registered")
+        self._listeners[kind] = Listener(kind, handler, rounds)
+
+    def get(self, kind: Kind) -> Listener:
+        """The listener for ``kind``.
+
+        Raises:
+            UnexpectedKindError: nothing is registered for ``kind``.
+        """
+        try:
+            return self._listeners[kind]
+        except KeyError:
+            raise UnexpectedKindError(f"no listener for {kind!s}") from None
+
+    @property
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset(self._listeners)
