@@ -13,29 +13,16 @@ from structlog.testing import capture_logs
 
 from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
-from agent.config import AgentConfig, IdentityConfig, SecureAggregation
-from agent.identity import ca, pem
+from agent.config import AgentConfig, SecureAggregation
+from agent.identity import ca
 from agent.messages.envelope import Envelope
 from agent.messages.sealing import SEALED_KINDS
 from agent.messages.signing import is_signed, unwrap
 from agent.role import Role
 from tests.helpers import aggregator_config, federate_in_memory, toy, trainer_config
+from tests.helpers import identity_files as credentials
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def credentials(
-    authority: ca.CertificateAuthority, agent_id: str, role: Role, where: Path
-) -> IdentityConfig:
-    key, cert = ca.issue(authority, agent_id, role=role)
-    pem.write_private_key(where / f"{agent_id}.key", key)
-    pem.write_pem(where / f"{agent_id}.pem", cert)
-    pem.write_pem(where / "ca.pem", authority.cert)
-    return IdentityConfig(
-        cert_file=where / f"{agent_id}.pem",
-        key_file=where / f"{agent_id}.key",
-        ca_file=where / "ca.pem",
-    )
 
 
 async def federate(

@@ -25,7 +25,7 @@ from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RunSummary
 from agent.roles.aggregator.service import serve
 from agent.roles.trainer import Trainer
-from tests.helpers import aggregator_config, toy, trainer_config
+from tests.helpers import aggregator_config, identity_files, toy, trainer_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -37,16 +37,12 @@ REVOKE_IN = 2
 def identity(
     authority: ca.CertificateAuthority, registry: Registry, agent_id: str, role: Role, where: Path
 ) -> IdentityConfig:
-    key, cert = ca.issue(authority, agent_id, role=role)
+    """``identity_files`` for ``agent_id``, recorded as enrolled in ``registry``."""
+    config = identity_files(authority, agent_id, role, where)
+    assert config.cert_file is not None
+    cert = pem.load_certificate(config.cert_file)
     registry.record_enrollment(identity_of(cert), cert)
-    pem.write_private_key(where / f"{agent_id}.key", key)
-    pem.write_pem(where / f"{agent_id}.pem", cert)
-    pem.write_pem(where / "ca.pem", authority.cert)
-    return IdentityConfig(
-        cert_file=where / f"{agent_id}.pem",
-        key_file=where / f"{agent_id}.key",
-        ca_file=where / "ca.pem",
-    )
+    return config
 
 
 async def test_revoking_one_of_four_mid_round_under_secagg(
