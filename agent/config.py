@@ -157,10 +157,24 @@ class AfterRun(StrEnum):
     NEXT = "next"  #: start the next run (from this one's model when ``continue_from = "last"``)
 
 
+class TrainingMode(StrEnum):
+    """How the federation trains (``[aggregator] mode``).
+
+    ``sync``: synchronous rounds (a cohort, a deadline, one aggregate per round).
+    ``async``: buffered asynchronous aggregation (FedBuff, Nguyen et al., AISTATS 2022).
+    ``p2p``: serverless gossip averaging between neighbours (Lian et al., NeurIPS 2017).
+    """
+
+    SYNC = "sync"
+    ASYNC = "async"
+    P2P = "p2p"
+
+
 class AggregatorConfig(_Config, frozen=True):
     """``[aggregator]``: the round schedule.
 
     Attributes:
+        mode: synchronous rounds, buffered asynchronous or P2P (``TrainingMode``).
         rounds: number of training rounds (0: train until stopped).
         continue_from: a new run starts from the plugin's initial model (``""``), from the
             newest finished run's final model (``"last"``), or from run ``run-NNNN``'s.
@@ -189,6 +203,7 @@ class AggregatorConfig(_Config, frozen=True):
         sender_rate: a trainer's messages/s before decode, bursts of 2 s (``runtime.fairness``).
     """
 
+    mode: TrainingMode = TrainingMode.SYNC
     rounds: Annotated[int, msgspec.Meta(ge=0)] = 10
     continue_from: Annotated[str, msgspec.Meta(pattern=r"^(|last|run-[0-9]{4,})$")] = ""
     after_run: AfterRun = AfterRun.EXIT
