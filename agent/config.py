@@ -30,6 +30,8 @@ from agent.identity_settings import TlsConfig as TlsConfig
 from agent.messages.bodies import NAME_PATTERN, Scalar
 from agent.messages.chunks import ENVELOPE_MARGIN
 from agent.messages.transfer import TransferConfig
+from agent.p2p_settings import P2PConfig as P2PConfig
+from agent.p2p_settings import SimulateConfig as SimulateConfig
 from agent.privacy.config import PrivacyConfig, PrivacyMode, secure_metrics
 from agent.robust.settings import RobustConfig
 from agent.role import RUNTIME_ROLES, Role
@@ -286,7 +288,7 @@ class MetricsConfig(_Config, frozen=True):
 
 
 class AgentConfig(_Config, frozen=True):
-    """The whole file."""
+    """The whole file (``[p2p]``, ``[simulate]``: ``agent.p2p_settings``)."""
 
     role: Role
     agent_id: Name
@@ -302,6 +304,8 @@ class AgentConfig(_Config, frozen=True):
     identity: IdentityConfig = IdentityConfig()
     metrics: MetricsConfig = MetricsConfig()
     transfer: TransferConfig = TransferConfig()
+    p2p: P2PConfig = P2PConfig()
+    simulate: SimulateConfig = SimulateConfig()
 
     def __post_init__(self) -> None:
         if self.role not in RUNTIME_ROLES:

@@ -15,13 +15,14 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
 
 from agent.bus.base import Bus, BusSettings, LastWill
 from agent.bus.url import TlsFiles, bus_from_url, parse_broker_url
-from agent.config import AgentConfig
+from agent.config import AgentConfig, TrainingMode
 from agent.errors import PluginError
 from agent.identity.ca import load_ca
 from agent.identity.local import Credentials
@@ -30,14 +31,17 @@ from agent.messages.chunks import ENVELOPE_MARGIN
 from agent.messages.signing import Signer
 from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
+from agent.plugin.slowed import slowed
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
 from agent.roles.aggregator.service import serve as serve_aggregator
 from agent.roles.liveness import status_will
+from agent.roles.peer import Peer
 from agent.roles.trainer import Trainer
 from agent.runtime.auth_callout import callout_for, serve_callout
 from agent.runtime.crl_refresh import crl_refresher_for
+from agent.runtime.duty import duty_cycled
 from agent.runtime.enrollment import EnrollmentService
 from agent.runtime.metrics import Metrics, serve
 from agent.runtime.renewal import renewal_for
@@ -97,9 +101,14 @@ async def run_node(
         log.info("metrics_serving", host=config.metrics.host, port=config.metrics.port)
     context = PluginContext(config.agent_id, config.plugin.options, config.state_dir)
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
-    will = status_will(config) if config.role is Role.TRAINER else None
     tls = tls_context(config)  # a trainer reloads a renewed certificate into it
-    bus = open_bus(config, bus_settings(config, will=will), tls)
+    if config.role is Role.TRAINER:
+        await duty_cycled(
+            partial(_run_trainer, config, slowed(plugin, config.simulate.slowdown), metrics, tls),
+            config.simulate,
+        )
+        return None
+    bus = open_bus(config, bus_settings(config), tls)
     log.info(
         "agent_starting",
         role=str(config.role),
@@ -109,10 +118,6 @@ async def run_node(
     )
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
-        if config.role is Role.TRAINER:
-            trainer = Trainer(config=config, bus=bus, plugin=plugin, metrics=metrics, tls=tls)
-            await serve_role(trainer, trainer.run())  # READY=1, STATUS= (systemd)
-            return None
         weights = await asyncio.to_thread(plugin.get_weights)
         ca_dir = config.identity.ca_dir
         registry = None
@@ -170,6 +175,20 @@ async def run_node(
             enrollment=enrollment,
             services=services,
         )
+
+
+async def _run_trainer(
+    config: AgentConfig, plugin: CheckedPlugin, metrics: Metrics, tls: ssl.SSLContext | None
+) -> None:
+    """A trainer over its own bus connection: a P2P ``Peer`` under ``[aggregator] mode =
+    "p2p"``, else a ``Trainer``; returns when the role does (a peer's ``[p2p] steps``)."""
+    async with open_bus(config, bus_settings(config, will=status_will(config)), tls) as bus:
+        role: Trainer | Peer
+        if config.aggregator.mode is TrainingMode.P2P:
+            role = Peer(config=config, bus=bus, plugin=plugin, metrics=metrics, tls=tls)
+        else:
+            role = Trainer(config=config, bus=bus, plugin=plugin, metrics=metrics, tls=tls)
+        await serve_role(role, role.run())  # READY=1, STATUS= (systemd)
 
 
 def _signer(config: AgentConfig) -> Signer | None:

@@ -393,3 +393,42 @@ async def federate_over(
         for bus in buses:
             await bus.__aexit__(None, None, None)
     return summary, trainers
+
+
+class GossipPlugin:
+    """P2P: starts from weights filled with ``value`` and ``fit`` returns them unchanged, so
+    gossip alone moves the model: every peer must end at the mean of the starting values
+    (Metropolis-Hastings weights keep the sum). ``evaluate`` reports the mean weight."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.fits = 0
+
+    def get_weights(self) -> Weights:
+        return [np.full((4, 3), self.value, np.float64), np.full(3, self.value, np.float64)]
+
+    def num_examples(self) -> int:
+        return 10
+
+    def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
+        self.fits += 1
+        return FitResult([w.copy() for w in weights], 10, {})
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
+        return EvaluateResult(float(np.mean(weights[0])), 10, {"accuracy": 0.5})
+
+
+def peer_config(agent_id: str, url: str, state: Path, peers: list[str], **p2p: Any) -> AgentConfig:
+    """A P2P peer's config (``[aggregator] mode = "p2p"``) over ``peers``."""
+    from agent.config import P2PConfig, TrainingMode
+
+    return AgentConfig(
+        role=Role.TRAINER,
+        agent_id=agent_id,
+        federation="fed",
+        bus_url=url,
+        state_dir=state / agent_id,
+        plugin=PluginConfig(name="gossip"),
+        aggregator=AggregatorConfig(mode=TrainingMode.P2P),
+        p2p=P2PConfig(peers=peers, **p2p),
+    )

@@ -236,13 +236,22 @@ def _format(line: dict[str, Any]) -> str:
     help="Seconds to wait for the aggregator's summary.",
 )
 @click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")
-def status(config_path: Path, timeout: float, as_json: bool) -> None:
+@click.option(
+    "--peers",
+    is_flag=True,
+    help="P2P: every peer's version, accuracy and distance from the mean, from the peers' "
+    'statuses over --timeout s (the default with [aggregator] mode = "p2p").',
+)
+def status(config_path: Path, timeout: float, as_json: bool, peers: bool) -> None:
     """Show the federation as its aggregator sees it: round and stage, every agent online or
     offline with what it is doing, and the last round's survivors and metrics."""
-    from agent.config import AgentConfig
+    from agent.config import AgentConfig, TrainingMode
 
     config = AgentConfig.load(config_path)
     _quiet_logs()
+    if peers or config.aggregator.mode is TrainingMode.P2P:
+        _peer_status(config, timeout, as_json)
+        return
     summary = asyncio.run(_status(config, timeout))
     if as_json:
         click.echo(json.dumps(msgspec.to_builtins(summary)))
@@ -284,6 +293,22 @@ def status_lines(federation: str, summary: FederationStatus) -> list[str]:
             f"{last.seconds:.2f} s"
         )
     return lines
+
+
+def _peer_status(config: Any, seconds: float, as_json: bool) -> None:
+    from agent.node import bus_settings, open_bus
+    from agent.roles.peer.view import collect, peer_lines
+
+    async def gather() -> Any:
+        async with open_bus(config, _clean(bus_settings(config, suffix="status"))) as bus:
+            return await collect(bus, config.federation, seconds)
+
+    found = asyncio.run(gather())
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(found)))
+        return
+    for line in peer_lines(config.federation, found):
+        click.echo(line)
 
 
 async def _status(config: Any, seconds: float) -> Any:

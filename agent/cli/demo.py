@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import StrategyName
+from agent.config import StrategyName, TrainingMode
 from agent.demo.options import DemoOptions
 from agent.privacy.config import PrivacyMode
 
@@ -174,6 +174,47 @@ def installed_plugin(name: str) -> str:
     help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
     "For debugging only.",
 )
+@click.option(
+    "--mode",
+    default=DEFAULTS.mode,
+    show_default=True,
+    type=click.Choice([str(m) for m in TrainingMode]),
+    help="sync: rounds; async: buffered asynchronous aggregation (FedBuff); p2p: no "
+    "aggregator, gossip averaging between neighbours.",
+)
+@click.option(
+    "--slow-agents",
+    default=DEFAULTS.slow_agents,
+    type=click.IntRange(min=0),
+    help="Make the first K agents slow (see --slowdown).",
+)
+@click.option(
+    "--slowdown",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="How many times slower a slow agent's fit is.",
+)
+@click.option(
+    "--duty-agents",
+    default=DEFAULTS.duty_agents,
+    type=click.IntRange(min=0),
+    help="Make the M agents after the slow ones intermittent (see --duty-cycle).",
+)
+@click.option(
+    "--duty-cycle",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="The fraction of every --duty-period an intermittent agent is connected.",
+)
+@click.option(
+    "--duty-period",
+    default=DEFAULTS.duty_period,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of one on/off cycle of an intermittent agent.",
+)
 def demo(
     agents: int,
     rounds: int,
@@ -196,6 +237,12 @@ def demo(
     delta: float,
     clip_norm: float,
     insecure: bool,
+    mode: str,
+    slow_agents: int,
+    slowdown: float,
+    duty_agents: int,
+    duty_cycle: float,
+    duty_period: float,
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
     training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
@@ -235,6 +282,12 @@ def demo(
         delta=delta,
         clip_norm=clip_norm,
         insecure=insecure,
+        mode=mode,
+        slow_agents=slow_agents,
+        slowdown=slowdown if slow_agents else 1.0,
+        duty_agents=duty_agents,
+        duty_cycle=duty_cycle if duty_agents else 1.0,
+        duty_period=duty_period,
     )
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

@@ -42,3 +42,12 @@ class DemoOptions:
     plugin_options: Mapping[str, Any] = field(default_factory=dict)
     #: the aggregator's ``fit_config`` (``--fit-config KEY=VALUE``), over the plugin's defaults
     fit_config: Mapping[str, Any] = field(default_factory=dict)
+    #: how the federation trains (``agent.config.TrainingMode``; ``agent.demo.fleet``)
+    mode: str = "sync"
+    #: the first ``slow_agents`` agents fit ``slowdown`` times slower ([simulate] slowdown)
+    slow_agents: int = 0
+    slowdown: float = 1.0
+    #: the next ``duty_agents`` agents are connected ``duty_cycle`` of every ``duty_period`` s
+    duty_agents: int = 0
+    duty_cycle: float = 1.0
+    duty_period: float = 10.0

@@ -22,9 +22,8 @@ import structlog
 from agent.brokers import BrokerKind, EmbeddedBroker
 from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
-from agent.config import (
-    AgentConfig,
-)
+from agent.config import AgentConfig, TrainingMode
+from agent.demo import fleet
 from agent.demo.configs import (
     FEDERATION,
     aggregator_config,
@@ -35,7 +34,8 @@ from agent.demo.configs import (
     write_config,
 )
 from agent.demo.options import DemoOptions
-from agent.demo.pki import create_pki, enroll_agents, lock_down
+from agent.demo.p2p import P2PResult, run_p2p
+from agent.demo.pki import AGGREGATOR_ID, DemoPki, create_pki, enroll_agents, lock_down, tls_files
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
@@ -63,6 +63,8 @@ class DemoResult:
     centralized_accuracy: float | None
     wall_seconds: float
     report_files: list[Path]
+    #: ``--mode p2p``: the peers' timeline (``summary`` then has no rounds)
+    p2p: P2PResult | None = None
 
 
 def centralized_accuracy(options: DemoOptions) -> float | None:
@@ -125,7 +127,12 @@ class Progress:
 
 
 def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> DemoResult | None:
-    """Run the demo; returns None when interrupted (Ctrl-C / SIGTERM)."""
+    """Run the demo; returns None when interrupted (Ctrl-C / SIGTERM).
+
+    Raises:
+        ConfigError: a ``--mode`` this install lacks, or a fleet larger than ``--agents``.
+    """
+    fleet.check_mode(options)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run_demo(options, out)
@@ -179,14 +186,17 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         print(
             f"fedbus demo: plugin {options.plugin}, {options.agents} agents, "
             f"{options.rounds} rounds, {partition_label(options, info)}, bus {url}, "
-            f"secure aggregation {options.secure_aggregation}",
+            f"secure aggregation {options.secure_aggregation}{fleet.describe(options)}",
             file=out,
             flush=True,
         )
         if pki is None:
             print(INSECURE_WARNING, file=out, flush=True)
             configs = {
-                a: write_config(work / f"{a}.toml", trainer_config(options, i, url, work))
+                a: write_config(
+                    work / f"{a}.toml",
+                    fleet.shape_agent(options, i, trainer_config(options, i, url, work)),
+                )
                 for i, a in enumerate(agent_ids)
             }
         else:
@@ -211,10 +221,13 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                 )
             )
             configs = {
-                a: write_config(path, enrolled_config(options, path))
+                a: write_config(
+                    path,
+                    fleet.shape_agent(options, agent_ids.index(a), enrolled_config(options, path)),
+                )
                 for a, path in enrolled.items()
             }
-        aggregator = aggregator_config(options, url, pki)
+        aggregator = fleet.shape_aggregator(options, aggregator_config(options, url, pki))
         # The aggregator's config, for `fedbus listen/publish --as` while the demo runs.
         write_config(report_dir / "aggregator.toml", aggregator)
         agents: list[AgentProcess] = []
@@ -228,6 +241,8 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                 file=out,
                 flush=True,
             )
+        if options.mode == TrainingMode.P2P:  # no aggregator: watch the peers' statuses
+            return _p2p(options, url, agent_ids, out, pki, started=started, reference=reference)
         header = Progress.HEADER + ("  epsilon" if options.dp != "off" else "")
         print(header, file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
@@ -257,6 +272,24 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         )
         _say_stopped(out, options, summary)
         return DemoResult(summary, reference, wall, files)
+
+
+def _p2p(
+    options: DemoOptions,
+    url: str,
+    agent_ids: list[str],
+    out: TextIO,
+    pki: DemoPki | None,
+    *,
+    started: float,
+    reference: float | None,
+) -> DemoResult:
+    """``--mode p2p``: watch the peers to the end; no rounds, ``p2p`` the peers' timeline."""
+    tls = None if pki is None else tls_files(pki, AGGREGATOR_ID, url)
+    peers = run_p2p(url, agent_ids, options.rounds, out, report_dir=options.report_dir, tls=tls)
+    wall = time.perf_counter() - started
+    summary = RunSummary(rounds=[], final_version=options.rounds, final_sha256="")
+    return DemoResult(summary, reference, wall, [options.report_dir / "p2p.json"], p2p=peers)
 
 
 def _say_stopped(out: TextIO, options: DemoOptions, summary: RunSummary) -> None:

@@ -66,6 +66,15 @@ class Rule:
         return self.template.format(federation=federation, agent_id=agent_id)
 
 
+#: P2P (``topics.PEER``): a peer writes to any neighbour as itself and reads what is for it.
+PEER_RULES = (
+    Rule(Access.WRITE, topics.PEER.template.replace("{peer}", "+")),
+    Rule(
+        Access.READ, topics.PEER.template.replace("{peer}", "{agent_id}").rsplit("/", 1)[0] + "/+"
+    ),
+)
+
+
 def _trainer_rule(spec: TopicSpec) -> Rule:
     if spec.publisher is Role.TRAINER:
         return Rule(Access.WRITE, spec.template)
@@ -74,7 +83,8 @@ def _trainer_rule(spec: TopicSpec) -> Rule:
 
 def trainer_rules() -> tuple[Rule, ...]:
     """Every right of a trainer, writes first, in table order (per-agent ones name itself)."""
-    rules = [_trainer_rule(spec) for spec in topics.TOPICS if spec not in ENROLL_TOPICS]
+    rules = [_trainer_rule(s) for s in topics.TOPICS if s not in (*ENROLL_TOPICS, topics.PEER)]
+    rules += PEER_RULES
     return tuple(sorted(rules, key=lambda rule: rule.access is not Access.WRITE))
 
 

@@ -27,6 +27,7 @@ REF = "#/components/schemas/{name}"
 PARAMETERS = {
     "federation": "The federation id (1-64 of [A-Za-z0-9_-]).",
     "agent_id": "The agent id (1-64 of [A-Za-z0-9_-]).",
+    "peer": "The recipient peer's agent id (1-64 of [A-Za-z0-9_-]).",
 }
 
 

@@ -29,6 +29,8 @@ from agent.messages.enroll_bodies import EnrollRequest as EnrollRequest
 from agent.messages.enroll_bodies import RenewReply as RenewReply
 from agent.messages.enroll_bodies import RenewRequest as RenewRequest
 from agent.messages.kinds import Kind
+from agent.messages.peer_bodies import PeerHello as PeerHello
+from agent.messages.peer_bodies import PeerModel as PeerModel
 from agent.messages.tensors import Tensor
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
@@ -268,6 +270,9 @@ class AgentStatus(Body, frozen=True):
     detail: Text = ""
     model_version: Version | None = None
     cert_expires: float | None = None
+    #: P2P: a random projection of the model (``agent.roles.peer.sketch``) and its accuracy
+    sketch: Annotated[list[float], msgspec.Meta(max_length=64)] = []
+    accuracy: float | None = None
 
 
 class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -333,5 +338,7 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.FEDERATION_STATUS: FederationStatus,
     Kind.MANIFEST: Manifest,
     Kind.CHUNK_ACK: ChunkAck,
+    Kind.PEER_HELLO: PeerHello,
+    Kind.PEER_MODEL: PeerModel,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

@@ -40,6 +40,9 @@ class Kind(StrEnum):
     MANIFEST = "manifest"
     # ... and the receiver's flow control: how many chunks of a transfer it has kept
     CHUNK_ACK = "chunk_ack"
+    # Serverless P2P averaging (``agent.messages.peer_bodies``): peer → one neighbour
+    PEER_HELLO = "peer_hello"
+    PEER_MODEL = "peer_model"
 
 
 #: Kinds exempt from the timestamp window and the duplicate check: idempotent state

@@ -18,6 +18,7 @@ from agent.messages.kinds import Kind
 #: Kinds whose bodies are sealed to the aggregator.
 SEALED_KINDS = frozenset(
     {Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.SHARE_KEYS, Kind.UNMASK, Kind.METRICS}
+    | {Kind.PEER_MODEL}  # sealed to the recipient peer's key, not the aggregator's
 )
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 

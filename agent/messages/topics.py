@@ -38,15 +38,16 @@ class TopicSpec:
         """True when the last level is an agent id (its inbox, or its own publications)."""
         return self.template.endswith("/{agent_id}")
 
-    def format(self, federation: str, agent_id: str | None = None) -> str:
-        """The concrete topic. ``agent_id`` is required for per-agent topics."""
+    def format(self, federation: str, agent_id: str | None = None, *, peer: str = "+") -> str:
+        """The concrete topic. ``agent_id`` is required for per-agent topics; ``peer`` fills
+        a ``{peer}`` level (the recipient of ``PEER``; ``+`` in a filter)."""
         if self.per_agent and agent_id is None:
             raise ValueError(f"topic {self.name} needs an agent_id")
-        return self.template.format(federation=federation, agent_id=agent_id)
+        return self.template.format(federation=federation, agent_id=agent_id, peer=peer)
 
     def filter(self, federation: str) -> str:
         """A subscription filter matching this topic for every agent (``+`` for the id)."""
-        return self.template.format(federation=federation, agent_id="+")
+        return self.template.format(federation=federation, agent_id="+", peer="+")
 
 
 JOIN = TopicSpec(
@@ -185,6 +186,15 @@ FEDERATION_STATUS = TopicSpec(
     True,
     "The aggregator's summary: round, stage, agents online/offline, the last round.",
 )
+PEER = TopicSpec(
+    "peer",
+    "fl/{federation}/peer/{peer}/{agent_id}",
+    Role.TRAINER,
+    frozenset({Kind.PEER_HELLO, Kind.PEER_MODEL, Kind.MANIFEST}),
+    False,
+    "P2P averaging: one peer's key and models for one neighbour ({peer}, the recipient; "
+    "{agent_id}, the sender).",
+)
 
 SECAGG_TOPICS: tuple[TopicSpec, ...] = (SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK)
 TOPICS: tuple[TopicSpec, ...] = (
@@ -203,6 +213,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     RENEW,
     STATUS,
     FEDERATION_STATUS,
+    PEER,
 )
 
 
@@ -223,6 +234,8 @@ def classify(topic: str, federation: str) -> tuple[TopicSpec, str | None] | None
                     break
             elif want == "{agent_id}":
                 agent_id = got
+            elif want == "{peer}":
+                continue
             elif want != got:
                 break
         else:

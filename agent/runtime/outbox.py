@@ -28,7 +28,7 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.tasks import task_group
 
 #: Kinds that carry a model-sized tensor.
-BULKY = frozenset({Kind.MODEL_PARA, Kind.MODEL_UPDATE, Kind.MASKED_INPUT})
+BULKY = frozenset({Kind.MODEL_PARA, Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.PEER_MODEL})
 #: Chunk publishes in flight per chunked message.
 WINDOW = 8
 
@@ -67,7 +67,13 @@ class Outbox:
         self.seal_to: X25519PublicKey | None = None
 
     async def send(
-        self, spec: TopicSpec, body: Body, *, round: int, agent_id: str | None = None
+        self,
+        spec: TopicSpec,
+        body: Body,
+        *,
+        round: int,
+        agent_id: str | None = None,
+        peer: str = "+",
     ) -> int:
         """Encode ``body`` and publish it on ``spec`` (retained if the spec says so).
 
@@ -78,7 +84,7 @@ class Outbox:
                 (logged as ``publish_refused`` and counted in ``publishes_refused``).
             SealError: a body that must be sealed while no sealing key is known.
         """
-        topic = spec.format(self.federation, agent_id)
+        topic = spec.format(self.federation, agent_id, peer=peer)  # peer: topics.PEER's level
         kind = KIND_OF[type(body)]
         if self.signer is not None and self.seal_to is None and kind in SEALED_KINDS:
             raise SealError(f"no sealing key for a {kind} yet; not sent")
@@ -155,13 +161,19 @@ class Outbox:
         self.metrics.bytes_sent.labels(str(kind)).inc(size)
 
     async def try_send(
-        self, spec: TopicSpec, body: Body, *, round: int, agent_id: str | None = None
+        self,
+        spec: TopicSpec,
+        body: Body,
+        *,
+        round: int,
+        agent_id: str | None = None,
+        peer: str = "+",
     ) -> int | None:
         """``send``, but a ``TransportError`` (the broker unreachable for longer than the
         publish timeout) is logged as ``message_not_sent`` and returns None: for the rounds,
         an unsent message is a dropout, not a reason to stop."""
         try:
-            return await self.send(spec, body, round=round, agent_id=agent_id)
+            return await self.send(spec, body, round=round, agent_id=agent_id, peer=peer)
         except (TransportError, SealError) as exc:
             log.warning(
                 "message_not_sent",

@@ -1,0 +1,117 @@
+"""The demo's training mode and heterogeneous fleet (``fedbus demo --mode``,
+``--slow-agents/--slowdown``, ``--duty-agents/--duty-cycle/--duty-period``).
+
+Agents ``agent-00`` … ``agent-(K-1)`` are the slow ones (``[simulate] slowdown``), the next
+M the intermittent ones (``[simulate] duty_cycle``, their off windows spread evenly over the
+period by ``phase``). ``--mode p2p`` gives every agent ``[aggregator] mode = "p2p"`` and the
+same ``[p2p]`` graph, and the demo runs no aggregator (``agent.demo.p2p``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import msgspec
+
+from agent.config import AgentConfig, P2PConfig, SimulateConfig, TrainingMode
+from agent.demo.options import DemoOptions
+from agent.errors import ConfigError
+
+#: The module the async mode's trainer side lives in; ``--mode async`` needs it.
+ASYNC_MODULE = "agent.roles.trainer.async_fit"
+#: The P2P graph's degree in the demo (lowered for small fleets: n·k must be even).
+P2P_DEGREE = 4
+#: Seconds a P2P step waits for a neighbour's model in the demo.
+P2P_WAIT = 2.0
+
+
+def check_mode(options: DemoOptions) -> TrainingMode:
+    """The demo's ``TrainingMode``.
+
+    Raises:
+        ConfigError: ``async`` while this install has no async mode, or a fleet that does
+            not fit in ``--agents``.
+    """
+    mode = TrainingMode(options.mode)
+    if mode is TrainingMode.ASYNC and importlib.util.find_spec(ASYNC_MODULE) is None:
+        raise ConfigError(
+            "--mode async: buffered asynchronous aggregation is not available in this "
+            f"install ({ASYNC_MODULE} is missing); use --mode sync or --mode p2p"
+        )
+    if options.slow_agents + options.duty_agents > options.agents:
+        raise ConfigError(
+            f"--slow-agents {options.slow_agents} + --duty-agents {options.duty_agents} "
+            f"> --agents {options.agents}"
+        )
+    return mode
+
+
+def degree(agents: int) -> int:
+    """The P2P degree for ``agents`` peers: ``P2P_DEGREE`` or less, with n·k even."""
+    k = min(P2P_DEGREE, agents - 1)
+    return k - 1 if (agents * k) % 2 else k
+
+
+def simulate(options: DemoOptions, index: int) -> SimulateConfig:
+    """Agent ``index``'s ``[simulate]``: slow, intermittent or neither."""
+    if index < options.slow_agents:
+        return SimulateConfig(slowdown=options.slowdown)
+    duty = index - options.slow_agents
+    if duty < options.duty_agents and options.duty_cycle < 1:
+        phase = options.duty_period * duty / options.duty_agents
+        return SimulateConfig(
+            duty_cycle=options.duty_cycle, period=options.duty_period, phase=phase
+        )
+    return SimulateConfig()
+
+
+def p2p_config(options: DemoOptions, agent_ids: list[str]) -> P2PConfig:
+    """The ``[p2p]`` every demo peer gets: ``--rounds`` gossip steps over the demo's graph."""
+    return P2PConfig(
+        peers=agent_ids,
+        degree=degree(len(agent_ids)),
+        seed=f"demo-{options.seed}",
+        steps=options.rounds,
+        wait=P2P_WAIT,
+        fit_config=dict(options.fit_config),
+    )
+
+
+def shape_agent(options: DemoOptions, index: int, config: AgentConfig) -> AgentConfig:
+    """Agent ``index``'s config with the demo's mode and fleet settings (unchanged with the
+    defaults: the demo without these flags writes the configs it always wrote)."""
+    mode = TrainingMode(options.mode)
+    changes: dict[str, object] = {}
+    if (sim := simulate(options, index)) != SimulateConfig():
+        changes["simulate"] = sim
+    if mode is not TrainingMode.SYNC:
+        changes["aggregator"] = msgspec.structs.replace(config.aggregator, mode=mode)
+    if mode is TrainingMode.P2P:
+        ids = [f"agent-{i:02d}" for i in range(options.agents)]
+        changes["p2p"] = p2p_config(options, ids)
+    return msgspec.structs.replace(config, **changes) if changes else config
+
+
+def shape_aggregator(options: DemoOptions, config: AgentConfig) -> AgentConfig:
+    """The aggregator's config in ``--mode`` (sync: unchanged)."""
+    mode = TrainingMode(options.mode)
+    if mode is TrainingMode.SYNC:
+        return config
+    return msgspec.structs.replace(
+        config, aggregator=msgspec.structs.replace(config.aggregator, mode=mode)
+    )
+
+
+def describe(options: DemoOptions) -> str:
+    """The demo's fleet line, after a newline ("" without the flags)."""
+    parts = []
+    if options.mode != TrainingMode.SYNC:
+        parts.append(f"mode {options.mode}")
+    if options.slow_agents and options.slowdown > 1:
+        parts.append(f"{options.slow_agents} agents {options.slowdown:g}x slower")
+    if options.duty_agents and options.duty_cycle < 1:
+        parts.append(
+            f"{options.duty_agents} agents online {100 * options.duty_cycle:.0f}% of every "
+            f"{options.duty_period:g} s"
+        )
+    return f"\nfleet: {', '.join(parts)}" if parts else ""

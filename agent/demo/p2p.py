@@ -1,0 +1,164 @@
+"""``fedbus demo --mode p2p``: no aggregator; the demo only watches the peers' statuses
+(version, accuracy, model sketch: ``agent.roles.peer``) and prints the fleet's progress until
+every peer has taken ``--rounds`` gossip steps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+from agent.atomic import write_atomic
+from agent.bus.base import Bus, BusSettings
+from agent.bus.url import TlsFiles, bus_from_url
+from agent.errors import ProtocolError, RoundError
+from agent.messages import topics
+from agent.messages.bodies import AgentStatus, Liveness
+from agent.messages.codec import decode
+from agent.roles.peer.sketch import distances
+from agent.runtime.tasks import task_group
+
+HEADER = "seconds  steps (min-max)  accuracy  from mean  online"
+#: Seconds without any peer's version moving before the demo gives up.
+STALL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The fleet at one moment: mean/min/max version, mean accuracy of the peers' own
+    evaluations, the largest distance from the mean (``sketch.distances``), peers online."""
+
+    seconds: float
+    mean_version: float
+    min_version: int
+    max_version: int
+    accuracy: float | None
+    max_distance: float | None
+    online: int
+
+
+@dataclass(frozen=True, slots=True)
+class P2PResult:
+    timeline: list[Sample]
+    final_accuracy: float | None
+    wall_seconds: float
+
+
+def sample(statuses: dict[str, AgentStatus], peers: Sequence[str], seconds: float) -> Sample:
+    """The ``Sample`` of the newest status of each of ``peers`` (missing ones at version 0)."""
+    versions = [statuses[a].model_version or 0 if a in statuses else 0 for a in peers]
+    accuracies = [s.accuracy for s in statuses.values() if s.accuracy is not None]
+    gaps = distances({a: s.sketch for a, s in statuses.items() if s.sketch})
+    return Sample(
+        seconds=round(seconds, 3),
+        mean_version=sum(versions) / len(versions),
+        min_version=min(versions),
+        max_version=max(versions),
+        accuracy=sum(accuracies) / len(accuracies) if accuracies else None,
+        max_distance=max(gaps.values()) if gaps else None,
+        online=sum(1 for s in statuses.values() if s.state is Liveness.ONLINE),
+    )
+
+
+def line(s: Sample) -> str:
+    acc = "      -" if s.accuracy is None else f"{100 * s.accuracy:6.2f}%"
+    gap = "        -" if s.max_distance is None else f"{s.max_distance:9.4f}"
+    steps = f"{s.mean_version:5.1f} ({s.min_version}-{s.max_version})"
+    return f"{s.seconds:7.1f}  {steps:<15}  {acc:>8}  {gap}  {s.online:6d}"
+
+
+async def _read(bus: Bus, statuses: dict[str, AgentStatus]) -> None:
+    async for raw in bus.messages():
+        try:
+            message = decode(raw.payload)
+        except ProtocolError:
+            continue
+        if isinstance(message.body, AgentStatus):
+            statuses[message.envelope.sender] = message.body
+
+
+async def watch_peers(
+    url: str,
+    peers: Sequence[str],
+    steps: int,
+    out: TextIO,
+    *,
+    federation: str,
+    tls: TlsFiles | None = None,
+    every: float = 1.0,
+) -> P2PResult:
+    """Print the fleet every ``every`` s until each of ``peers`` reported ``steps`` steps.
+
+    Raises:
+        RoundError: no peer's version moved for ``STALL`` s.
+    """
+    statuses: dict[str, AgentStatus] = {}
+    timeline: list[Sample] = []
+    started = time.monotonic()
+    settings = BusSettings(client_id=f"{federation}-demo-p2p-watch")
+    async with bus_from_url(url, settings, tls=tls) as bus, task_group() as tg:
+        await bus.subscribe(topics.STATUS.filter(federation))
+        reader = tg.create_task(_read(bus, statuses), name="demo-p2p-status")
+        print(HEADER, file=out, flush=True)
+        moved, last = started, -1.0
+        try:
+            while True:
+                await asyncio.sleep(every)
+                now = time.monotonic()
+                s = sample(statuses, peers, now - started)
+                timeline.append(s)
+                print(line(s), file=out, flush=True)
+                if s.mean_version != last:
+                    moved, last = now, s.mean_version
+                if s.min_version >= steps:
+                    break
+                if now - moved > STALL:
+                    raise RoundError(f"no peer took a step for {STALL:.0f} s")
+        finally:
+            reader.cancel()
+    final = timeline[-1].accuracy if timeline else None
+    return P2PResult(timeline, final, time.monotonic() - started)
+
+
+def write_timeline(report_dir: Path, result: P2PResult) -> Path:
+    """``report_dir/p2p.json``: the fleet's timeline and final accuracy."""
+    path = report_dir / "p2p.json"
+    data = {
+        "final_accuracy": result.final_accuracy,
+        "wall_seconds": round(result.wall_seconds, 3),
+        "timeline": [asdict(s) for s in result.timeline],
+    }
+    write_atomic(path, json.dumps(data, indent=2).encode())
+    return path
+
+
+def run_p2p(
+    url: str,
+    peers: Sequence[str],
+    steps: int,
+    out: TextIO,
+    *,
+    report_dir: Path,
+    tls: TlsFiles | None,
+) -> P2PResult:
+    """Watch the peers to the end (``watch_peers``), print the final line's accuracy and
+    write ``p2p.json``; None-free: raises ``RoundError`` on a stall, ``KeyboardInterrupt``
+    on a signal."""
+    from agent.node import run_until_signal
+
+    result = run_until_signal(watch_peers(url, peers, steps, out, federation="demo", tls=tls))
+    if result is None:
+        raise KeyboardInterrupt
+    path = write_timeline(report_dir, result)
+    final = result.final_accuracy
+    print(
+        f"final accuracy {'n/a' if final is None else f'{100 * final:.2f}%'} (mean of the "
+        f"peers' own evaluations) after {result.wall_seconds:.1f} s of training; timeline: {path}",
+        file=out,
+        flush=True,
+    )
+    return result

@@ -1,0 +1,131 @@
+"""What a peer knows of its neighbours: their sealing keys, their newest models, who is
+present, and the bounded wait of one gossip step (ARCHITECTURE.md §13)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent.messages.peer_bodies import PeerHello, PeerModel
+from agent.messages.tensors import to_arrays
+from agent.roles.peer.mixing import Neighbour
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Seen:
+    key: bytes | None = None
+    hello: bool = False
+    version: int = -1
+    model: Neighbour | None = None
+    fresh: bool = False  # a model arrived since the last mix
+    present: bool = True  # waited for; False once it missed a wait, until it sends again
+    skipped: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class NeighbourBook:
+    """The neighbours of one peer (fixed by the graph) and what each last sent.
+
+    A neighbour starts *present*: a step waits for its model. One that misses a step's wait
+    is skipped (logged ``neighbour_skipped``) and marked absent, so the following steps do
+    not wait for it; any message from it makes it present again (``neighbour_back``).
+    """
+
+    def __init__(self, neighbours: Iterable[str]) -> None:
+        self._seen = {a: _Seen() for a in sorted(neighbours)}
+        self._arrived = asyncio.Event()
+
+    @property
+    def ids(self) -> list[str]:
+        """The neighbours' agent ids, sorted."""
+        return list(self._seen)
+
+    def key(self, agent_id: str) -> bytes | None:
+        """The neighbour's sealing key (None: not heard yet, or identities off)."""
+        return self._seen[agent_id].key
+
+    def heard(self, agent_id: str) -> bool:
+        """Whether a ``peer_hello`` from the neighbour arrived."""
+        return self._seen[agent_id].hello
+
+    async def greeted(self, wait: float) -> list[str]:
+        """Wait up to ``wait`` s for a hello from every neighbour (their keys, before the
+        first step); returns those still silent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (silent := [a for a, s in self._seen.items() if not s.hello]) and (
+            left := deadline - loop.time()
+        ) > 0:
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._arrived.wait()
+            except TimeoutError:
+                break
+        return silent
+
+    def present(self) -> list[str]:
+        """The neighbours a step waits for."""
+        return [a for a, s in self._seen.items() if s.present]
+
+    def on_hello(self, sender: str, body: PeerHello) -> bool:
+        """Keep ``sender``'s key. Returns True when it is new or changed (the neighbour
+        (re)started: it needs our hello again)."""
+        seen = self._seen[sender]
+        new = not seen.hello or seen.key != body.seal_key
+        seen.key, seen.hello = body.seal_key, True
+        self._back(sender, seen)
+        self._arrived.set()
+        return new
+
+    def on_model(self, sender: str, body: PeerModel) -> bool:
+        """Keep ``sender``'s model unless an older version than the one held (a restarted
+        neighbour counts again from its saved version). Returns whether it was kept."""
+        seen = self._seen[sender]
+        self._back(sender, seen)
+        if body.version < seen.version:
+            return False
+        seen.version = body.version
+        seen.model = Neighbour(to_arrays(body.tensors), body.degree)
+        seen.fresh = True
+        self._arrived.set()
+        return True
+
+    def _back(self, sender: str, seen: _Seen) -> None:
+        seen.last_seen = time.monotonic()
+        if not seen.present:
+            seen.present = True
+            log.info("neighbour_back", neighbour=sender, skipped_steps=seen.skipped)
+            seen.skipped = 0
+
+    async def collect(self, wait: float, *, step: int) -> dict[str, Neighbour]:
+        """Wait up to ``wait`` s for a fresh model from every present neighbour; return the
+        fresh ones (and mark them used). The present ones still missing are skipped."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while missing := [a for a in self.present() if not self._seen[a].fresh]:
+            self._arrived.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                for a in missing:
+                    seen = self._seen[a]
+                    seen.present = False
+                    seen.skipped += 1
+                    log.warning("neighbour_skipped", neighbour=a, step=step, waited=wait)
+                break
+            try:
+                async with asyncio.timeout(left):
+                    await self._arrived.wait()
+            except TimeoutError:
+                continue
+        fresh: dict[str, Neighbour] = {}
+        for agent_id, seen in self._seen.items():
+            if seen.fresh and seen.model is not None:
+                fresh[agent_id] = seen.model
+                seen.fresh = False
+        return fresh
