@@ -40,7 +40,8 @@ def test_metropolis_mix_keeps_the_sum_and_integer_arrays() -> None:
         "c": Neighbour([np.array([0.0]), np.array([1])], 2),
     }
     mixed = mix(own, 2, others)
-    assert mixed[0][0] == pytest.approx(3.0) and mixed[1][0] == 7
+    assert mixed[0][0] == pytest.approx(3.0)
+    assert mixed[1][0] == 7
     assert mix(own, 2, {"b": others["b"]})[0][0] == pytest.approx(2 / 3 * 3 + 6 / 3)
 
 
@@ -77,7 +78,8 @@ def test_peer_topic_and_acl() -> None:
     assert topic == "fl/fed/peer/p2/p1"
     assert topics.classify(topic, "fed") == (topics.PEER, "p1")
     filters = {(str(r.access), r.filter("fed", "%u")) for r in trainer_rules()}
-    assert ("write", "fl/fed/peer/+/%u") in filters and ("read", "fl/fed/peer/%u/+") in filters
+    assert ("write", "fl/fed/peer/+/%u") in filters
+    assert ("read", "fl/fed/peer/%u/+") in filters
 
 
 async def _peers(
@@ -144,7 +146,7 @@ def test_peers_converge_and_skip_a_killed_neighbour(broker: EmbeddedBroker, tmp_
     skipped = [(e["neighbour"], e["step"]) for e in logs if e["event"] == "neighbour_skipped"]
     assert "p5" in {a for a, _ in skipped}
     back = {e["neighbour"] for e in logs if e["event"] == "neighbour_back"}
-    assert {a for a, step in skipped if a != "p5" and step < 12} <= back
+    assert {a for a, step in skipped if a != "p5" and step < 11} <= back
     assert not [e for e in logs if e["event"] == "message_dropped"]
 
 
@@ -153,8 +155,9 @@ def test_peers_converge_and_skip_a_killed_neighbour(broker: EmbeddedBroker, tmp_
 def test_a_restarted_peer_goes_on_from_its_saved_step(
     mosquitto: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    """A peer stopped mid-run and started again (a new process: a new sealing key) goes on
-    from its saved version; its neighbours take its hello and models again."""
+    """A peer stopped mid-run and started again goes on
+    from its saved version and its saved sealing key (the models its persistent MQTT session
+    queued while it was down still open); its neighbours take its models again."""
     url = mosquitto.url
     configs = _configs(url, tmp_path, steps=10, wait=1.0, eval_every=0)
     plugins = {a: CheckedPlugin("gossip", GossipPlugin(float(i))) for i, a in enumerate(IDS)}

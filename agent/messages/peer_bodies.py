@@ -18,8 +18,8 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
 class PeerHello(Body, frozen=True):
-    """peer → one neighbour: the X25519 key to seal ``peer_model`` bodies to (new on every
-    start of the peer; None with identities off), the sender's degree and model version."""
+    """peer → one neighbour: the X25519 key to seal ``peer_model`` bodies to (kept in the
+    peer's state directory; None with identities off), the sender's degree and version."""
 
     degree: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
     version: Count

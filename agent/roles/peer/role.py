@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.base import Bus
 from agent.config import AgentConfig
@@ -118,7 +118,7 @@ class Peer:
             )
             for a in self.book.ids
         }
-        self._key = X25519PrivateKey.generate() if credentials else None
+        self._key = state.seal_key(config.state_dir) if credentials else None
         self._renewer = (
             renewer_for(config, self._outbox, credentials.ca, tls) if credentials else None
         )
