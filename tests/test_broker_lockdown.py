@@ -346,6 +346,8 @@ def test_trainer_rights_follow_the_topic_table() -> None:
         Rule(Access.READ, "fl/{federation}/evaluate"),
         Rule(Access.READ, "fl/{federation}/finish"),
         Rule(Access.READ, "fl/{federation}/federation_status"),
+        Rule(Access.WRITE, "fl/{federation}/peer/+/{agent_id}"),  # P2P: to any neighbour
+        Rule(Access.READ, "fl/{federation}/peer/{agent_id}/+"),  # ... what is for us
     }
 
 
@@ -355,8 +357,14 @@ def test_every_table_topic_is_in_the_acl_for_its_publisher() -> None:
     the aggregator for everything."""
     acl = render_acl(FED, aggregator=AGG).splitlines()
     users = render_users(FED, aggregator=AGG, agents=["a1"])
+    assert "pattern write fl/fed1/peer/+/%u" in acl
+    assert "pattern read fl/fed1/peer/%u/+" in acl
+    assert '"fl.fed1.peer.*.a1",' in users
+    assert '"fl.fed1.peer.a1.*",' in users
     for spec in topics.TOPICS:
         writer = spec.publisher is Role.TRAINER
+        if spec is topics.PEER:
+            continue  # its two rules, above
         if spec in ENROLL_TOPICS:
             line = f"topic {'write' if writer else 'read'} {spec.filter(FED)}"
             assert acl[acl.index("user enroll") :].count(line) == 1, spec.name
