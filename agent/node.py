@@ -15,7 +15,6 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -103,8 +102,16 @@ async def run_node(
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
     tls = tls_context(config)  # a trainer reloads a renewed certificate into it
     if config.role is Role.TRAINER:
+        # a duty-cycled agent's roles come and go: each gets its own series (a role
+        # registers its gauges once per registry)
+        cycled = config.simulate.duty_cycle < 1
         await duty_cycled(
-            partial(_run_trainer, config, slowed(plugin, config.simulate.slowdown), metrics, tls),
+            lambda: _run_trainer(
+                config,
+                slowed(plugin, config.simulate.slowdown),
+                Metrics() if cycled else metrics,
+                tls,
+            ),
             config.simulate,
         )
         return None

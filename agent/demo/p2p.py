@@ -20,6 +20,7 @@ from agent.messages import topics
 from agent.messages.bodies import AgentStatus, Liveness
 from agent.messages.codec import decode
 from agent.roles.peer.sketch import distances
+from agent.roles.peer.view import merge
 from agent.runtime.tasks import task_group
 
 HEADER = "seconds  steps (min-max)  accuracy  from mean  online"
@@ -78,7 +79,8 @@ async def _read(bus: Bus, statuses: dict[str, AgentStatus]) -> None:
         except ProtocolError:
             continue
         if isinstance(message.body, AgentStatus):
-            statuses[message.envelope.sender] = message.body
+            sender = message.envelope.sender
+            statuses[sender] = merge(statuses.get(sender), message.body)
 
 
 async def watch_peers(

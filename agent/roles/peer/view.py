@@ -11,12 +11,24 @@ import asyncio
 import time
 from collections.abc import Mapping
 
+import msgspec
+
 from agent.bus.base import Bus
 from agent.errors import ProtocolError
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, Liveness
 from agent.messages.codec import decode
 from agent.roles.peer.sketch import distances
+
+
+def merge(old: AgentStatus | None, new: AgentStatus) -> AgentStatus:
+    """``new``, keeping ``old``'s version, sketch and accuracy when ``new`` has none (the
+    last will, signed at connect, says only ``offline``)."""
+    if old is None or new.model_version is not None:
+        return new
+    return msgspec.structs.replace(
+        new, model_version=old.model_version, sketch=old.sketch, accuracy=old.accuracy
+    )
 
 
 async def collect(bus: Bus, federation: str, seconds: float) -> dict[str, AgentStatus]:
@@ -32,7 +44,8 @@ async def collect(bus: Bus, federation: str, seconds: float) -> dict[str, AgentS
                 except ProtocolError:
                     continue
                 if isinstance(message.body, AgentStatus):
-                    found[message.envelope.sender] = message.body
+                    sender = message.envelope.sender
+                    found[sender] = merge(found.get(sender), message.body)
     except TimeoutError:
         pass
     return found

@@ -1,0 +1,139 @@
+"""Benchmark: sync rounds, buffered async (plain and SecAgg+) and serverless P2P on one
+heterogeneous fleet (issue 17): the digits MLP, 20 agent processes of which 5 fit 5x slower
+and 5 are connected half of every ``--duty-period`` seconds, fixed seeds, one run each.
+
+Prints JSON: per mode the accuracy against training time (``curve``: [seconds, accuracy]),
+``seconds_to_target`` (first time the accuracy reached ``--target``), ``final_accuracy``,
+``wall_seconds`` (the whole ``fedbus demo``, process starts and enrollment included) and
+whether an aggregator process was in the training loop. Training time starts at round 1
+(sync/async: the rounds' own ``seconds``, summed) or one status interval (1 s) before the
+first step any peer reported (p2p); the accuracy is the federated evaluation of the global
+model (sync, async) or the mean of the peers' own evaluations of their models (p2p), both
+over the agents'
+test slices. A mode this install lacks (async before its branch is merged) is an entry with
+``"available": false`` and the reason.
+
+    .venv/bin/python bench/modes.py [--agents 20] [--rounds 20] [--p2p-steps 40] [--bus nats]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.demo.options import DemoOptions
+from agent.demo.runner import DemoResult, run_demo
+from agent.errors import ConfigError
+
+#: (entry name, --mode, --secure-aggregation)
+MODES = (
+    ("sync", "sync", "none"),
+    ("async", "async", "none"),
+    ("async_secagg", "async", "secagg+"),
+    ("p2p", "p2p", "none"),
+)
+
+
+def curve(result: DemoResult) -> list[tuple[float, float]]:
+    """[training seconds, accuracy] of one run (see the module docstring)."""
+    if result.p2p is not None:
+        timeline = result.p2p.timeline
+        # training starts with the first step any peer took (sync: round 1's start)
+        first = next((s.seconds for s in timeline if s.max_version >= 1), 0.0) - 1.0
+        return [
+            (round(s.seconds - first, 2), round(s.accuracy, 4))
+            for s in timeline
+            if s.accuracy is not None
+        ]
+    points, clock = [], 0.0
+    for record in result.summary.rounds:
+        clock += record.seconds
+        if record.accuracy is not None:
+            points.append((round(clock, 2), round(record.accuracy, 4)))
+    return points
+
+
+def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        result = run_demo(options, out=io.StringIO())
+    except ConfigError as exc:
+        return {"available": False, "reason": str(exc)}
+    if result is None:
+        sys.exit("interrupted")
+    points = curve(result)
+    reached = next((t for t, acc in points if acc >= target), None)
+    return {
+        "available": True,
+        "aggregator_in_loop": options.mode != "p2p",
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "training_seconds": points[-1][0] if points else None,
+        "seconds_to_target": reached,
+        "final_accuracy": points[-1][1] if points else None,
+        "centralized_accuracy": result.centralized_accuracy,
+        "curve": points,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=20, help="sync/async rounds (versions)")
+    parser.add_argument("--p2p-steps", type=int, default=40)
+    parser.add_argument("--bus", default="nats", choices=["nats", "mqtt"])
+    parser.add_argument("--round-timeout", type=float, default=5.0)
+    parser.add_argument("--duty-period", type=float, default=10.0)
+    parser.add_argument("--target", type=float, default=0.93)
+    parser.add_argument("--modes", nargs="+", default=[m[0] for m in MODES])
+    args = parser.parse_args()
+    quarter = args.agents // 4  # 5 of 20 slow, 5 intermittent
+    fleet = {"slow_agents": quarter, "slowdown": 5.0, "duty_agents": quarter, "duty_cycle": 0.5}
+    results: dict[str, Any] = {
+        "agents": args.agents,
+        "fleet": {**fleet, "duty_period": args.duty_period},
+        "bus": args.bus,
+        "target": args.target,
+        "seed": 0,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, mode, secure in MODES:
+            if name not in args.modes:
+                continue
+            options = DemoOptions(
+                agents=args.agents,
+                rounds=args.p2p_steps if mode == "p2p" else args.rounds,
+                bus=args.bus,
+                report_dir=Path(tmp) / name,
+                round_timeout=args.round_timeout,
+                secure_aggregation=secure,
+                mode=mode,
+                duty_period=args.duty_period,
+                **fleet,
+            )
+            results[name] = one(name, options, args.target)
+            print(
+                json.dumps({name: {k: v for k, v in results[name].items() if k != "curve"}}),
+                file=sys.stderr,
+                flush=True,
+            )
+    sync = results.get("sync", {})
+    for name in ("async", "async_secagg", "p2p"):
+        entry = results.get(name, {})
+        if entry.get("available") and sync.get("final_accuracy") is not None:
+            gap = entry["final_accuracy"] - sync["final_accuracy"]
+            entry["final_minus_sync_points"] = round(100 * gap, 2)
+            if entry["seconds_to_target"] and sync.get("seconds_to_target"):
+                entry["time_to_target_over_sync"] = round(
+                    entry["seconds_to_target"] / sync["seconds_to_target"], 3
+                )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
