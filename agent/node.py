@@ -181,6 +181,7 @@ async def run_node(
             registry=registry,
             enrollment=enrollment,
             services=services,
+            train=config.aggregator.mode is not TrainingMode.P2P,
         )
 
 

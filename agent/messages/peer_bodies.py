@@ -19,11 +19,15 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 class PeerHello(Body, frozen=True):
     """peer → one neighbour: the X25519 key to seal ``peer_model`` bodies to (kept in the
-    peer's state directory; None with identities off), the sender's degree and version."""
+    peer's state directory; None with identities off), the sender's degree and version;
+    ``reply``: answer with your own hello (sent on connect); ``done``: the sender took all its
+    steps and sends no more models (do not wait for it)."""
 
     degree: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
     version: Count
     seal_key: Key32 | None = None
+    reply: bool = False
+    done: bool = False
 
 
 class PeerModel(Body, frozen=True):

@@ -58,13 +58,15 @@ async def serve(
     registry: Registry | None = None,
     enrollment: EnrollmentService | None = None,
     services: Sequence[Coroutine[Any, Any, None]] = (),
+    train: bool = True,
 ) -> RunSummary | None:
     """Run runs as ``after_run`` says, with ``enrollment`` and the revocation watch up for
     the whole process. ``build`` makes each run's ``Aggregator``; ``play`` awaits its work
     (e.g. under systemd notification); ``finished`` is awaited after each completed run
     (e.g. the model export); ``services`` run for the whole process too (CRL re-signing,
     the NATS auth callout). Returns the last run's summary (``exit``); otherwise runs until
-    cancelled.
+    cancelled. ``train=False`` (``[aggregator] mode = "p2p"``): no run at all, only the
+    services, until cancelled.
 
     Raises:
         RunFailedError, RoundError: a run failed; the process exits non-zero.
@@ -80,6 +82,9 @@ async def serve(
             watch = watch_revocations(registry, lambda: holder[0])
             helpers.append(tg.create_task(watch, name="revocations"))
         try:
+            while not train:
+                log.info("aggregator_not_training", reason="mode p2p: the peers train alone")
+                await asyncio.Event().wait()
             while True:
                 aggregator = holder[0] = build()
                 summary = await play(aggregator, aggregator.run())

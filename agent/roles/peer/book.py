@@ -25,6 +25,7 @@ class _Seen:
     model: Neighbour | None = None
     fresh: bool = False  # a model arrived since the last mix
     present: bool = True  # waited for; False once it missed a wait, until it sends again
+    done: bool = False  # took all its steps: never waited for again
     skipped: int = 0
     last_seen: float = field(default_factory=time.monotonic)
 
@@ -72,14 +73,14 @@ class NeighbourBook:
 
     def present(self) -> list[str]:
         """The neighbours a step waits for."""
-        return [a for a, s in self._seen.items() if s.present]
+        return [a for a, s in self._seen.items() if s.present and not s.done]
 
     def on_hello(self, sender: str, body: PeerHello) -> bool:
-        """Keep ``sender``'s key. Returns True when it is new or changed (the neighbour
-        (re)started: it needs our hello again)."""
+        """Keep ``sender``'s key. Returns True when it wants our hello (it asked, or its key
+        is new: it (re)started)."""
         seen = self._seen[sender]
-        new = not seen.hello or seen.key != body.seal_key
-        seen.key, seen.hello = body.seal_key, True
+        new = body.reply or not seen.hello or seen.key != body.seal_key
+        seen.key, seen.hello, seen.done = body.seal_key, True, body.done
         self._back(sender, seen)
         self._arrived.set()
         return new

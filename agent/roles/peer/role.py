@@ -143,6 +143,8 @@ class Peer:
         #: gossip steps taken (continues from the saved model after a restart)
         self.version = saved[1] if saved else 0
         self.accuracy: float | None = None
+        #: all ``[p2p] steps`` taken (said in our hellos)
+        self.done = bool(config.p2p.steps) and self.version >= config.p2p.steps
         self.ready = asyncio.Event()
         self._status_at = 0.0
         self.status = "starting"
@@ -167,6 +169,7 @@ class Peer:
                         tg.create_task(self._renewer.run(), name="peer-renew")
                     await self._bus.wait_connected()
                     self.ready.set()
+                    await self._on_connect(False)  # the callback fires on later connects
                     await self.steps()
             finally:
                 await self._say(Liveness.OFFLINE, bounded=True)
@@ -174,7 +177,8 @@ class Peer:
     async def steps(self) -> None:
         """The D-PSGD loop (Lian et al. 2017, Algorithm 1), ``[p2p] steps`` of it."""
         p2p = self._config.p2p
-        if silent := await self.book.greeted(p2p.wait):
+        # a fresh peer waits for its neighbours' keys; a restarted one (a duty cycle) goes on
+        if self.version == 0 and (silent := await self.book.greeted(p2p.wait)):
             log.warning("neighbours_silent", neighbours=silent, waited=p2p.wait)
         while not p2p.steps or self.version < p2p.steps:
             step = self.version + 1
@@ -195,6 +199,9 @@ class Peer:
             if time.monotonic() - self._status_at >= STATUS_EVERY:
                 await self._say(Liveness.ONLINE)
         self.status = f"done after {self.version} steps"
+        self.done = True
+        for agent_id in self.book.ids:
+            await self._hello(agent_id)  # done: do not wait for us
         await self._say(Liveness.ONLINE)
         log.info("p2p_finished", version=self.version, accuracy=self.accuracy)
 
@@ -223,8 +230,14 @@ class Peer:
             box.seal_to = None if key is None else X25519PublicKey.from_public_bytes(key)
             await box.try_send(topics.PEER, body, round=version, agent_id=self._id, peer=agent_id)
 
-    async def _hello(self, agent_id: str) -> None:
-        body = PeerHello(seal_key=self.seal_key, degree=self._degree, version=self.version)
+    async def _hello(self, agent_id: str, *, reply: bool = False) -> None:
+        body = PeerHello(
+            seal_key=self.seal_key,
+            degree=self._degree,
+            version=self.version,
+            reply=reply,
+            done=self.done,
+        )
         await self._outbox.try_send(
             topics.PEER, body, round=self.version, agent_id=self._id, peer=agent_id
         )
@@ -233,7 +246,7 @@ class Peer:
         del reconnect
         await self._say(Liveness.ONLINE)
         for agent_id in self.book.ids:
-            await self._hello(agent_id)
+            await self._hello(agent_id, reply=True)
 
     def _neighbour(self, message: Message[Any]) -> str | None:
         sender = message.sender
