@@ -40,6 +40,8 @@ class Sample:
     accuracy: float | None
     max_distance: float | None
     online: int
+    #: peers that stopped training (their steps taken, or no neighbour left)
+    done: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ def sample(statuses: dict[str, AgentStatus], peers: Sequence[str], seconds: floa
         accuracy=sum(accuracies) / len(accuracies) if accuracies else None,
         max_distance=max(gaps.values()) if gaps else None,
         online=sum(1 for s in statuses.values() if s.state is Liveness.ONLINE),
+        done=sum(1 for a in peers if a in statuses and statuses[a].done),
     )
 
 
@@ -93,7 +96,8 @@ async def watch_peers(
     tls: TlsFiles | None = None,
     every: float = 1.0,
 ) -> P2PResult:
-    """Print the fleet every ``every`` s until each of ``peers`` reported ``steps`` steps.
+    """Print the fleet every ``every`` s until each of ``peers`` reported ``steps`` steps
+    or that it is done.
 
     Raises:
         RoundError: no peer's version moved for ``STALL`` s.
@@ -116,7 +120,7 @@ async def watch_peers(
                 print(line(s), file=out, flush=True)
                 if s.mean_version != last:
                     moved, last = now, s.mean_version
-                if s.min_version >= steps:
+                if s.min_version >= steps or s.done == len(peers):
                     break
                 if now - moved > STALL:
                     raise RoundError(f"no peer took a step for {STALL:.0f} s")

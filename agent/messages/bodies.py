@@ -273,6 +273,8 @@ class AgentStatus(Body, frozen=True):
     #: P2P: a random projection of the model (``agent.roles.peer.sketch``) and its accuracy
     sketch: Annotated[list[float], msgspec.Meta(max_length=64)] = []
     accuracy: float | None = None
+    #: P2P: the peer stopped training (its steps taken, or every neighbour done)
+    done: bool = False
 
 
 class AgentSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -71,6 +71,10 @@ class NeighbourBook:
                 break
         return silent
 
+    def all_done(self) -> bool:
+        """Every neighbour took all its steps (nothing is left to average with)."""
+        return all(s.done for s in self._seen.values())
+
     def present(self) -> list[str]:
         """The neighbours a step waits for."""
         return [a for a, s in self._seen.items() if s.present and not s.done]

@@ -181,6 +181,9 @@ class Peer:
         if self.version == 0 and (silent := await self.book.greeted(p2p.wait)):
             log.warning("neighbours_silent", neighbours=silent, waited=p2p.wait)
         while not p2p.steps or self.version < p2p.steps:
+            if self.book.all_done():  # training alone would only drift to our own data
+                log.info("p2p_neighbours_done", version=self.version)
+                break
             step = self.version + 1
             self.status = f"step {step}: training"
             for _ in range(p2p.local_steps):
@@ -286,6 +289,7 @@ class Peer:
             cert_expires=None if signer is None else signer.cert.not_valid_after_utc.timestamp(),
             sketch=await asyncio.to_thread(sketch, self.weights),
             accuracy=self.accuracy,
+            done=self.done,
         )
         send = self._outbox.try_send(topics.STATUS, body, round=self.version, agent_id=self._id)
         if not bounded:

@@ -27,7 +27,11 @@ def merge(old: AgentStatus | None, new: AgentStatus) -> AgentStatus:
     if old is None or new.model_version is not None:
         return new
     return msgspec.structs.replace(
-        new, model_version=old.model_version, sketch=old.sketch, accuracy=old.accuracy
+        new,
+        model_version=old.model_version,
+        sketch=old.sketch,
+        accuracy=old.accuracy,
+        done=old.done,
     )
 
 
