@@ -155,14 +155,14 @@ def test_peers_converge_and_skip_a_killed_neighbour(broker: EmbeddedBroker, tmp_
 def test_a_restarted_peer_goes_on_from_its_saved_step(
     mosquitto: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    """A peer stopped mid-run and started again goes on
-    from its saved version and its saved sealing key (the models its persistent MQTT session
-    queued while it was down still open); its neighbours take its models again."""
+    """A peer stopped mid-run and started again goes on from its saved version and its saved
+    sealing key (the models its persistent MQTT session queued while it was down still
+    open), takes further steps with its neighbours, and they all end done and agreeing."""
     url = mosquitto.url
-    configs = _configs(url, tmp_path, steps=10, wait=1.0, eval_every=0)
+    configs = _configs(url, tmp_path, steps=30, wait=1.0, eval_every=0)
     plugins = {a: CheckedPlugin("gossip", GossipPlugin(float(i))) for i, a in enumerate(IDS)}
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         peers, tasks, buses = await _peers(url, tmp_path, configs, plugins)
         try:
             await _until(lambda: peers["p0"].version >= 3, 20)
@@ -173,7 +173,7 @@ def test_a_restarted_peer_goes_on_from_its_saved_step(
             buses += more_buses
             tasks["p0"], peers["p0"] = more["p0"], again["p0"]
             resumed = again["p0"].version
-            await _until(lambda: all(peers[a].version >= 10 for a in IDS), 30)
+            await _until(lambda: all(peers[a].done for a in IDS), 40)
         finally:
             for task in tasks.values():
                 task.cancel()
@@ -182,9 +182,10 @@ def test_a_restarted_peer_goes_on_from_its_saved_step(
                 await bus.__aexit__(None, None, None)
         values = [float(np.mean(peers[a].weights[0])) for a in IDS]
         assert max(values) - min(values) < 0.3
-        return resumed
+        return resumed, peers["p0"].version
 
     with capture_logs() as logs:
-        resumed = asyncio.run(main())
+        resumed, final = asyncio.run(main())
     assert resumed >= 3
+    assert final > resumed
     assert not [e for e in logs if e["event"] == "message_dropped"]

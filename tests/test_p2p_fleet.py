@@ -121,7 +121,7 @@ def test_demo_p2p_with_a_slow_and_an_intermittent_agent(
         "--duty-cycle",
         "0.5",
         "--duty-period",
-        "3",
+        "4",
         "--report-dir",
         str(report),
     )
