@@ -37,6 +37,7 @@ from agent.demo.configs import (
 from agent.demo.options import DemoOptions
 from agent.demo.pki import create_pki, enroll_agents, lock_down
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
+from agent.demo.reference import Reference
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.lockdown import embedded_broker
@@ -219,21 +220,23 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         write_config(report_dir / "aggregator.toml", aggregator)
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
+        # Trained beside the federation, at the lowest priority: round 1 starts at once.
+        centralized = stack.enter_context(Reference(options))
         for agent_id, path in configs.items():
             agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
-        reference = centralized_accuracy(options)
-        if reference is not None:
-            print(
-                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
-                file=out,
-                flush=True,
-            )
         header = Progress.HEADER + ("  epsilon" if options.dp != "off" else "")
         print(header, file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(aggregator, agents, progress))
         if summary is None:
             raise KeyboardInterrupt
+        reference = centralized.result()
+        if reference is not None:
+            print(
+                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
+                file=out,
+                flush=True,
+            )
         exported = export_final_model(options)
         if exported is not None:
             print(f"final model exported: {exported}", file=out, flush=True)
