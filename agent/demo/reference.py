@@ -1,6 +1,6 @@
 """The demo's centralized reference, trained beside the federation instead of before it.
 
-``runner.centralized_accuracy`` fits the same model on all the training data once per round;
+``centralized_accuracy`` fits the same model on all the training data once per round;
 run first, it kept every agent idle for as long (minutes with ``--rounds 3000``). Here it
 runs in a child process of its own (``spawn``: a fresh interpreter, none of the demo's
 threads or broker handles) at the lowest CPU priority (``nice 19``), so round 1 starts at
@@ -19,11 +19,32 @@ from multiprocessing.connection import Connection
 from typing import Self
 
 from agent.children import die_with_parent
+from agent.demo.configs import plugin_options
 from agent.demo.options import DemoOptions
 from agent.errors import FedbusError, PluginError
+from agent.plugin.api import PluginContext
+from agent.plugin.loader import describe_plugin, load_plugin
 
 #: ``os.nice`` increment of the reference's process: the lowest priority.
 NICENESS = 19
+
+
+def centralized_accuracy(options: DemoOptions) -> float | None:
+    """The reference: the same model trained on all the training data, one ``fit`` per round
+    with the run's fit config (so the same number of passes as each agent makes), evaluated
+    on the whole test split.
+
+    Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
+    for others, and when the plugin reports no ``accuracy``."""
+    if not describe_plugin(options.plugin).info.takes("num_agents"):
+        return None
+    context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
+    plugin = load_plugin(options.plugin, context)
+    weights = plugin.get_weights()
+    for r in range(1, options.rounds + 1):
+        weights = plugin.fit(weights, {**options.fit_config, "round": r}).weights
+    accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
+    return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
 
 
 class Reference:
@@ -81,8 +102,6 @@ def _compute(options: DemoOptions, send: Connection) -> None:
     ``(False, message)``."""
     die_with_parent()
     os.nice(NICENESS)
-    from agent.demo.runner import centralized_accuracy
-
     try:
         answer: tuple[bool, float | str | None] = (True, centralized_accuracy(options))
     except FedbusError as exc:  # the plugin's (CheckedPlugin wraps what it raises)

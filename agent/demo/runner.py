@@ -66,24 +66,6 @@ class DemoResult:
     report_files: list[Path]
 
 
-def centralized_accuracy(options: DemoOptions) -> float | None:
-    """The reference: the same model trained on all the training data, one ``fit`` per round
-    with the run's fit config (so the same number of passes as each agent makes), evaluated
-    on the whole test split.
-
-    Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
-    for others, and when the plugin reports no ``accuracy``."""
-    if not describe_plugin(options.plugin).info.takes("num_agents"):
-        return None
-    context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
-    plugin = load_plugin(options.plugin, context)
-    weights = plugin.get_weights()
-    for r in range(1, options.rounds + 1):
-        weights = plugin.fit(weights, {**options.fit_config, "round": r}).weights
-    accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
-    return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
-
-
 def export_final_model(options: DemoOptions) -> Path | None:
     """The plugin's ``export`` hook on the run's final global model (the aggregator's
     ``global_model.npz``), written as ``model.<format>`` in the report directory; None when
