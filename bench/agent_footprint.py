@@ -24,6 +24,7 @@ Targets (issue 15): idle minimal trainer ≤ 60 MB RSS and ≤ 0.1 % CPU; ``fedb
 ≤ 0.3 s with digits-mlp. On a loaded machine the wall times grow; the CPU seconds less so.
 
     .venv/bin/python bench/agent_footprint.py [--bus mqtt|nats] [--idle 30] [--starts 3]
+        [--status-every 5] [--without rich]
 """
 
 from __future__ import annotations
@@ -185,10 +186,19 @@ def imports(stderr: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(write_minimal_plugin(tmp / "plugins")), env.get("PYTHONPATH", "")]
-    )
-    out: dict[str, Any] = {"bus": args.bus, "idle_window_seconds": args.idle}
+    plugins = write_minimal_plugin(tmp / "plugins")
+    if args.without:  # as on a device where these are not installed
+        (plugins / "sitecustomize.py").write_text(
+            "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in args.without),
+            encoding="utf-8",
+        )
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
+    out: dict[str, Any] = {
+        "bus": args.bus,
+        "idle_window_seconds": args.idle,
+        "aggregator_status_every": args.status_every,
+        "hidden_modules": args.without,
+    }
     with EmbeddedBroker(args.bus) as broker:
         agg = config(
             Role.AGGREGATOR,
@@ -197,7 +207,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             tmp / "aggregator",
             "minimal",
             aggregator=AggregatorConfig(
-                rounds=1, min_fit_clients=2, min_available_clients=2, join_timeout=3600.0
+                rounds=1,
+                min_fit_clients=2,
+                min_available_clients=2,
+                join_timeout=3600.0,
+                status_every=args.status_every,
             ),
         )
         (tmp / "aggregator.toml").write_bytes(agg.to_toml())
@@ -288,6 +302,19 @@ def main() -> None:
     parser.add_argument("--bus", choices=["mqtt", "nats"], default="mqtt")
     parser.add_argument("--idle", type=float, default=30.0, help="idle window, s")
     parser.add_argument("--starts", type=int, default=3, help="warm starts per plugin")
+    parser.add_argument(
+        "--status-every",
+        type=float,
+        default=5.0,
+        help="the aggregator's federation_status re-send interval, s (the default: 5)",
+    )
+    parser.add_argument(
+        "--without",
+        nargs="*",
+        default=[],
+        help="modules the agents must not find, as on a device that lacks them (e.g. rich: "
+        "structlog imports it when installed; fedbus does not depend on it)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedbus-footprint-") as tmp:
         results = run(args, Path(tmp))
