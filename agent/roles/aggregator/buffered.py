@@ -255,6 +255,7 @@ class Buffered:
         self.history = {now.model.version: now.model}
         self.buffer, self.full = self._fresh(), []
         self._start, self._filled_count = now.round, 0
+        self._last_version_at = time.perf_counter()  # version 1's time starts with training
         rounds = parts.schedule.rounds
         async with task_group() as tg:
             dispatcher = tg.create_task(self._dispatcher(), name="aggregator-dispatch")
