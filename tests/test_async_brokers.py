@@ -274,3 +274,44 @@ async def test_async_survives_a_restart_of_the_aggregator_and_of_an_agent(
     assert summary.failure is None
     runs = config.state_dir / "runs" / "run-0001"
     assert len(msgspec.json.decode((runs / "metrics.json").read_bytes())) == 8
+
+
+async def test_under_secagg_each_agent_weighs_its_own_stale_update(
+    mosquitto: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """K = 4: f1-f4 make version 1 while "slow" trains from version 0; its update fills
+    version 2's secure round with three of them, τ = 1 old: the unmasked mean moves the
+    model by s(1)·6/4 (s = 1/√2, the default), the weight the agent applied itself."""
+    fast, slow = threading.Semaphore(4), threading.Semaphore(0)
+    plugins = {f"f{i}": CheckedPlugin("toy", Gated(2.0, 1, fast)) for i in range(1, 5)}
+    plugins["slow"] = CheckedPlugin("toy", Gated(6.0, 1, slow))
+    config = async_config(
+        mosquitto.url,
+        tmp_path,
+        agents=5,
+        rounds=2,
+        async_=AsyncConfig(concurrency=5, buffer_size=4),
+        secure_aggregation=SecureAggregation.SECAGG_PLUS,
+        secagg=SecAggConfig(stage_timeout=3.0),
+    )
+    started: asyncio.Queue[Aggregator] = asyncio.Queue()
+    try:
+        async with Fleet(mosquitto.url, tmp_path, plugins):
+            task = asyncio.create_task(run_aggregator(config, started))
+            aggregator = await started.get()
+            await until(lambda: aggregator.global_state.version == 1)
+            fast.release(3)
+            slow.release()
+            summary = await task
+    finally:
+        fast.release(8)
+        slow.release(4)
+    first, second = summary.rounds
+    assert first.survivors == ["f1", "f2", "f3", "f4"]
+    assert "slow" in second.survivors
+    assert len(second.survivors) == 4
+    assert second.metrics["staleness_max"] == 1
+    # x1 = 2; x2 = x1 + (s(1)·(6 - 0) + 3·(2 - 2)) / 4
+    expected = 2.0 + 6.0 / (4 * np.sqrt(2.0))
+    for array in aggregator.global_state.weights:
+        np.testing.assert_allclose(array, expected, atol=1e-3)
