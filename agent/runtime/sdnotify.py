@@ -62,7 +62,7 @@ ENV_WATCHDOG_PID = "WATCHDOG_PID"
 #: STATUS= is "a single-line status string" (sd_notify(3)); longer ones are cut here.
 MAX_STATUS = 400
 #: How often :func:`serve_role` looks at the role's ``status`` (a string compare).
-STATUS_POLL = 1.0
+STATUS_POLL = 0.25
 
 
 class ServiceRole(Protocol):
