@@ -169,18 +169,31 @@ def installed_plugin(name: str) -> str:
     help="With --dp: the L2 norm every agent's model delta is clipped to.",
 )
 @click.option(
+    "--mode",
+    type=click.Choice([str(m) for m in TrainingMode]),
+    default=DEFAULTS.mode,
+    show_default=True,
+    help="sync: rounds of a cohort; async: buffered asynchronous aggregation (FedBuff), "
+    "--rounds counting model versions; p2p: no aggregator, gossip averaging between "
+    "neighbours, --rounds counting gossip steps.",
+)
+@click.option(
+    "--buffer-size",
+    default=DEFAULTS.buffer_size,
+    type=click.IntRange(min=0),
+    help="With --mode async: updates per version (0: half the agents, at least 4 with SecAgg+).",
+)
+@click.option(
+    "--concurrency",
+    default=DEFAULTS.concurrency,
+    type=click.IntRange(min=0),
+    help="With --mode async: agents training at once (0: all).",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
     "For debugging only.",
-)
-@click.option(
-    "--mode",
-    default=DEFAULTS.mode,
-    show_default=True,
-    type=click.Choice([str(m) for m in TrainingMode]),
-    help="sync: rounds; async: buffered asynchronous aggregation (FedBuff); p2p: no "
-    "aggregator, gossip averaging between neighbours.",
 )
 @click.option(
     "--slow-agents",
@@ -236,8 +249,10 @@ def demo(
     epsilon: float,
     delta: float,
     clip_norm: float,
-    insecure: bool,
     mode: str,
+    buffer_size: int,
+    concurrency: int,
+    insecure: bool,
     slow_agents: int,
     slowdown: float,
     duty_agents: int,
@@ -283,6 +298,8 @@ def demo(
         clip_norm=clip_norm,
         insecure=insecure,
         mode=mode,
+        buffer_size=buffer_size,
+        concurrency=concurrency,
         slow_agents=slow_agents,
         slowdown=slowdown if slow_agents else 1.0,
         duty_agents=duty_agents,

@@ -84,22 +84,11 @@ def shape_agent(options: DemoOptions, index: int, config: AgentConfig) -> AgentC
     changes: dict[str, object] = {}
     if (sim := simulate(options, index)) != SimulateConfig():
         changes["simulate"] = sim
-    if mode is not TrainingMode.SYNC:
+    if mode is TrainingMode.P2P:  # the trainer side of async needs no setting
         changes["aggregator"] = msgspec.structs.replace(config.aggregator, mode=mode)
-    if mode is TrainingMode.P2P:
         ids = [f"agent-{i:02d}" for i in range(options.agents)]
         changes["p2p"] = p2p_config(options, ids)
     return msgspec.structs.replace(config, **changes) if changes else config
-
-
-def shape_aggregator(options: DemoOptions, config: AgentConfig) -> AgentConfig:
-    """The aggregator's config in ``--mode`` (sync: unchanged)."""
-    mode = TrainingMode(options.mode)
-    if mode is TrainingMode.SYNC:
-        return config
-    return msgspec.structs.replace(
-        config, aggregator=msgspec.structs.replace(config.aggregator, mode=mode)
-    )
 
 
 def describe(options: DemoOptions) -> str:

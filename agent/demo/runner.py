@@ -37,6 +37,7 @@ from agent.demo.options import DemoOptions
 from agent.demo.p2p import P2PResult, run_p2p
 from agent.demo.pki import AGGREGATOR_ID, DemoPki, create_pki, enroll_agents, lock_down, tls_files
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
+from agent.demo.reference import Reference
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.lockdown import embedded_broker
@@ -65,24 +66,6 @@ class DemoResult:
     report_files: list[Path]
     #: ``--mode p2p``: the peers' timeline (``summary`` then has no rounds)
     p2p: P2PResult | None = None
-
-
-def centralized_accuracy(options: DemoOptions) -> float | None:
-    """The reference: the same model trained on all the training data, one ``fit`` per round
-    with the run's fit config (so the same number of passes as each agent makes), evaluated
-    on the whole test split.
-
-    Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
-    for others, and when the plugin reports no ``accuracy``."""
-    if not describe_plugin(options.plugin).info.takes("num_agents"):
-        return None
-    context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
-    plugin = load_plugin(options.plugin, context)
-    weights = plugin.get_weights()
-    for r in range(1, options.rounds + 1):
-        weights = plugin.fit(weights, {**options.fit_config, "round": r}).weights
-    accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
-    return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
 
 
 def export_final_model(options: DemoOptions) -> Path | None:
@@ -227,28 +210,29 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
                 )
                 for a, path in enrolled.items()
             }
-        aggregator = fleet.shape_aggregator(options, aggregator_config(options, url, pki))
+        aggregator = aggregator_config(options, url, pki)
         # The aggregator's config, for `fedbus listen/publish --as` while the demo runs.
         write_config(report_dir / "aggregator.toml", aggregator)
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
+        # Trained beside the federation, at the lowest priority: round 1 starts at once.
+        centralized = stack.enter_context(Reference(options))
         for agent_id, path in configs.items():
             agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
-        reference = centralized_accuracy(options)
+        if options.mode == TrainingMode.P2P:  # no aggregator: watch the peers' statuses
+            return _p2p(options, url, agent_ids, out, pki, started=started, centralized=centralized)
+        print(Progress.HEADER + ("  epsilon" if options.dp != "off" else ""), file=out, flush=True)
+        progress = Progress(out, agents, options.kill_agents)
+        summary = run_until_signal(_federate(aggregator, agents, progress))
+        if summary is None:
+            raise KeyboardInterrupt
+        reference = centralized.result()
         if reference is not None:
             print(
                 f"centralized reference (same model, all training data): {100 * reference:.2f}%",
                 file=out,
                 flush=True,
             )
-        if options.mode == TrainingMode.P2P:  # no aggregator: watch the peers' statuses
-            return _p2p(options, url, agent_ids, out, pki, started=started, reference=reference)
-        header = Progress.HEADER + ("  epsilon" if options.dp != "off" else "")
-        print(header, file=out, flush=True)
-        progress = Progress(out, agents, options.kill_agents)
-        summary = run_until_signal(_federate(aggregator, agents, progress))
-        if summary is None:
-            raise KeyboardInterrupt
         exported = export_final_model(options)
         if exported is not None:
             print(f"final model exported: {exported}", file=out, flush=True)
@@ -282,12 +266,13 @@ def _p2p(
     pki: DemoPki | None,
     *,
     started: float,
-    reference: float | None,
+    centralized: Reference,
 ) -> DemoResult:
     """``--mode p2p``: watch the peers to the end; no rounds, ``p2p`` the peers' timeline."""
     tls = None if pki is None else tls_files(pki, AGGREGATOR_ID, url)
     peers = run_p2p(url, agent_ids, options.rounds, out, report_dir=options.report_dir, tls=tls)
     wall = time.perf_counter() - started
+    reference = centralized.result()
     summary = RunSummary(rounds=[], final_version=options.rounds, final_sha256="")
     return DemoResult(summary, reference, wall, [options.report_dir / "p2p.json"], p2p=peers)
 
