@@ -45,6 +45,7 @@ def _register_demo() -> None:
     from agent.cli.broker_config import broker_config
     from agent.cli.debug import listen, publish, status
     from agent.cli.demo import demo
+    from agent.cli.fleet import fleet
     from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
     from agent.cli.ledger import ledger
     from agent.cli.plugins import plugin
@@ -64,6 +65,7 @@ def _register_demo() -> None:
     cli.add_command(service)
     cli.add_command(runs_group)
     cli.add_command(ledger)
+    cli.add_command(fleet)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
