@@ -8,6 +8,7 @@ broker (``agent.fleet``). Thin commands: the work is in ``agent.fleet``.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -179,8 +180,10 @@ def fleet_run(
     """Run the trainers of CONFIGS (trainer TOML files, or directories of them) until
     SIGTERM: each the same trainer as `fedbus run` would play, with its own connection,
     identity and plugin instance, many to a process. Exits 1 when a trainer failed."""
+    from agent.fleet.processes import default_processes, single_threaded_blas
+
+    single_threaded_blas(os.environ)  # before anything imports numpy
     from agent.fleet.members import config_files, load_configs
-    from agent.fleet.processes import default_processes
 
     files = config_files(configs)
     loaded = load_configs(files)  # every config checked before anything starts

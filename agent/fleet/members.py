@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,18 +76,26 @@ class Fleet:
         configs: one trainer config per member.
         ramp: seconds over which the members start, evenly spread (0: all at once), so a
             large fleet does not open every TLS connection in the same instant.
+        threads: worker threads of the event loop's default executor.
         failed: agent id → why that member stopped (filled while ``run`` runs; read it
             after ``run`` returned or was cancelled).
     """
 
     configs: Sequence[AgentConfig]
     ramp: float = 0.0
+    threads: int = 16
     failed: dict[str, str] = field(default_factory=dict)
 
     async def run(self) -> None:
         """Run every member until cancelled; returns early only when every member stopped."""
         step = self.ramp / len(self.configs) if self.configs else 0.0
         log.info("fleet_starting", members=len(self.configs), ramp=self.ramp)
+        # Each member hands its plugin calls, codec work and fsynced writes to the loop's
+        # default executor; its usual min(32, cpus + 4) threads would make one member's
+        # SecAgg+ stage wait behind every other member's writes.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(self.threads, thread_name_prefix="fleet")
+        )
         async with asyncio.TaskGroup() as tg:
             for i, config in enumerate(self.configs):
                 tg.create_task(self._member(config, delay=i * step), name=config.agent_id)
