@@ -76,7 +76,7 @@ def trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> Ag
             options=plugin_options(options, index, options.agents, options.partition),
         ),
         trainer=TrainerConfig(
-            join_retry=0.5,
+            join_retry=max(0.5, options.agents / 200),  # a large fleet: fewer joins in flight
             require_secure_aggregation=(
                 options.secure_aggregation == SecureAggregation.SECAGG_PLUS
             ),
@@ -128,7 +128,7 @@ def aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> Ag
             fraction_fit=options.fraction_fit,
             min_fit_clients=3 if secure else 1,
             min_available_clients=options.agents,
-            join_timeout=60.0,
+            join_timeout=max(60.0, options.agents * 0.12),  # a fleet takes a while to start
             round_timeout=options.round_timeout,
             eval_every=1,
             eval_timeout=options.round_timeout,
