@@ -230,6 +230,7 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             report_dir / "logs",
             # --kill-agents SIGKILLs single agents: then each agent is a fleet of one
             processes=len(configs) if options.kill_agents else default_processes(),
+            ramp=options.agents / 100,  # TLS handshakes spread: nats-server allows each 2 s
         )
         reference = centralized_accuracy(options)
         if reference is not None:
