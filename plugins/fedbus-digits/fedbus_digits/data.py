@@ -19,6 +19,7 @@ one step (say, the partition) never changes another (the train/test split).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -286,8 +287,26 @@ def agent_data(
     )
 
 
-@cache
+#: One computation of a layout at a time: a fleet loads its plugins from many threads at
+#: once, and ``functools.cache`` alone would let each of them compute the same layout.
+_LAYOUT_LOCK = threading.Lock()
+
+
 def _federation_layout(
+    num_agents: int,
+    partition: Partition,
+    alpha: float,
+    seed: int,
+    test_fraction: float,
+    min_examples: int,
+) -> tuple[Dataset, IndexArray, Dataset, IndexArray]:
+    """``_computed_layout``, computed once per process even when many threads ask at once."""
+    with _LAYOUT_LOCK:
+        return _computed_layout(num_agents, partition, alpha, seed, test_fraction, min_examples)
+
+
+@cache
+def _computed_layout(
     num_agents: int,
     partition: Partition,
     alpha: float,
