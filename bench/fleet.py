@@ -6,8 +6,7 @@ For each (bus, N) it prints, as JSON: seconds until round 1 starts (from the dem
 CA, broker, concurrent enrollment, fleet start-up, joins), seconds per round (median of
 rounds 2..), peak total RSS and PSS of the demo's process tree (aggregator, broker, fleet
 processes), and the survivors of every round. Each case runs in a fresh interpreter. The
-demo's centralized reference is switched off: it is no part of the fleet (and today it trains
-before round 1).
+demo's centralized reference trains beside the federation, at nice 19 (``demo/reference.py``).
 
     .venv/bin/python bench/fleet.py [--agents 100 300 1000] [--buses nats mqtt] [--rounds 4]
 
@@ -94,10 +93,6 @@ class Stamped(io.StringIO):
 def one(bus: str, agents: int, rounds: int, report: Path) -> dict[str, Any]:
     from agent.demo import runner
     from agent.demo.options import DemoOptions
-
-    # Not the fleet's cost: the demo's centralized reference (the same model trained on all
-    # the data, today before round 1; issue 15 item 2 moves it beside the federation).
-    runner.centralized_accuracy = lambda options: None
 
     options = DemoOptions(
         agents=agents,

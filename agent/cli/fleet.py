@@ -199,7 +199,7 @@ def _run_here(configs: list[AgentConfig], ramp: float) -> None:
     """One fleet process: every trainer in this event loop."""
     from agent.fleet.members import Fleet, raise_open_files
     from agent.logs import configure_logging
-    from agent.node import run_until_signal
+    from agent.node_base import run_until_signal
 
     first = configs[0].logging
     configure_logging(level=first.level, fmt=first.format)

@@ -37,6 +37,7 @@ from agent.demo.configs import (
 )
 from agent.demo.options import DemoOptions
 from agent.demo.pki import create_pki, enroll_agents, lock_down
+from agent.demo.reference import Reference
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.fleet.members import raise_open_files
@@ -65,24 +66,6 @@ class DemoResult:
     centralized_accuracy: float | None
     wall_seconds: float
     report_files: list[Path]
-
-
-def centralized_accuracy(options: DemoOptions) -> float | None:
-    """The reference: the same model trained on all the training data, one ``fit`` per round
-    with the run's fit config (so the same number of passes as each agent makes), evaluated
-    on the whole test split.
-
-    Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
-    for others, and when the plugin reports no ``accuracy``."""
-    if not describe_plugin(options.plugin).info.takes("num_agents"):
-        return None
-    context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
-    plugin = load_plugin(options.plugin, context)
-    weights = plugin.get_weights()
-    for r in range(1, options.rounds + 1):
-        weights = plugin.fit(weights, {**options.fit_config, "round": r}).weights
-    accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
-    return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
 
 
 def export_final_model(options: DemoOptions) -> Path | None:
@@ -131,6 +114,7 @@ class Progress:
 
 def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> DemoResult | None:
     """Run the demo; returns None when interrupted (Ctrl-C / SIGTERM)."""
+    raise_open_files()  # the broker and the fleet processes inherit it
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run_demo(options, out)
@@ -160,7 +144,6 @@ def _work_dir(report_dir: Path, stack: ExitStack) -> Path:
 
 
 def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
-    raise_open_files()  # the broker and the fleet processes inherit it
     report_dir = private_dir(options.report_dir)  # logs, keys, models: ours only
     private_dir(report_dir / "logs")
     started = time.perf_counter()
@@ -225,6 +208,8 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         write_config(report_dir / "aggregator.toml", aggregator)
         agents: list[FleetProcess] = []
         stack.callback(stop_fleets, agents)
+        # Trained beside the federation, at the lowest priority: round 1 starts at once.
+        centralized = stack.enter_context(Reference(options))
         agents += start_fleets(
             list(configs.items()),
             report_dir / "logs",
@@ -232,19 +217,19 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             processes=len(configs) if options.kill_agents else default_processes(),
             ramp=options.agents / 100,  # TLS handshakes spread: nats-server allows each 2 s
         )
-        reference = centralized_accuracy(options)
-        if reference is not None:
-            print(
-                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
-                file=out,
-                flush=True,
-            )
         header = Progress.HEADER + ("  epsilon" if options.dp != "off" else "")
         print(header, file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(aggregator, agents, progress))
         if summary is None:
             raise KeyboardInterrupt
+        reference = centralized.result()
+        if reference is not None:
+            print(
+                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
+                file=out,
+                flush=True,
+            )
         exported = export_final_model(options)
         if exported is not None:
             print(f"final model exported: {exported}", file=out, flush=True)

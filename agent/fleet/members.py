@@ -1,7 +1,7 @@
 """Many trainers in one asyncio process: the members of one fleet process.
 
-Each member is a whole device as ``fedbus run`` plays it: ``agent.node.run_node`` over its
-own ``AgentConfig`` (its own bus connection and client id, its identity files, its plugin
+Each member is a whole device as ``fedbus run`` plays it: ``agent.node_trainer.run_trainer``
+over its own ``AgentConfig`` (its own bus connection and client id, its identity files, its plugin
 instance and state directory). They share the event loop, the default thread pool (plugin
 ``fit``/``evaluate``, encoding and sealing run there) and whatever the plugin shares between
 its instances (e.g. read-only data loaded once per process). One member failing (a plugin
@@ -21,7 +21,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.errors import ConfigError, FedbusError
-from agent.node import run_node
+from agent.node_trainer import run_trainer
 from agent.role import Role
 
 log = structlog.get_logger(__name__)
@@ -104,7 +104,7 @@ class Fleet:
         structlog.contextvars.bind_contextvars(agent_id=config.agent_id)  # this task's own
         await asyncio.sleep(delay)
         try:
-            await run_node(config)
+            await run_trainer(config)
         except FedbusError as exc:  # one device's end, not the fleet's
             self.failed[config.agent_id] = f"{type(exc).__name__}: {exc}"
             log.warning("fleet_member_failed", error=type(exc).__name__, detail=str(exc))
