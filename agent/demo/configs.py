@@ -19,6 +19,7 @@ from agent.config import (
     IdentityConfig,
     LoggingConfig,
     PluginConfig,
+    SecAggConfig,
     SecureAggregation,
     StrategyConfig,
     StrategyName,
@@ -135,6 +136,8 @@ def aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> Ag
             eval_timeout=options.round_timeout,
             seed=options.seed,
             secure_aggregation=SecureAggregation(options.secure_aggregation),
+            # a large fleet on one machine answers each SecAgg+ stage more slowly
+            secagg=SecAggConfig(stage_timeout=max(10.0, options.agents / 30)),
             fit_config=dict(options.fit_config),
             strategy=StrategyConfig(name=StrategyName(options.strategy)),
             privacy=privacy_config(options),
