@@ -118,6 +118,8 @@ class SecureRound:
         server.open_advertise(self.state)
         self._expected: frozenset[str] = frozenset(setup.cohort)
         self._answered: set[str] = set()
+        #: expected members not yet answered (so a stage's completion check is O(1))
+        self._waiting: set[str] = set(self._expected)
         self._everyone = asyncio.Event()
         self._timed_out = False
         self._closed = False
@@ -205,9 +207,10 @@ class SecureRound:
 
     def on_offline(self, agent_id: str) -> None:
         """An agent said it went offline: stop waiting for its answer in this stage."""
-        if agent_id in self._expected and agent_id not in self._answered:
+        if agent_id in self._waiting:
             self._expected = self._expected - {agent_id}
-            if self._expected <= self._answered:
+            self._waiting.discard(agent_id)
+            if not self._waiting:
                 self._everyone.set()
 
     # -- internals ------------------------------------------------------------------------
@@ -225,30 +228,32 @@ class SecureRound:
             )
             return
         self._answered.add(sender)
+        self._waiting.discard(sender)
         enough = (
             self._quorum is not None
             and stage in (Stage.ADVERTISE_KEYS, Stage.COLLECT_MASKED_INPUT)
             and len(self._answered) >= self._quorum
         )
-        if enough or self._expected <= self._answered:
+        if enough or not self._waiting:
             self._everyone.set()
 
     def _expect(self, who: Iterable[str]) -> None:
         self._expected = frozenset(who)
         self._answered = set()
+        self._waiting = set(self._expected)
         self._everyone.clear()
 
     async def _collect(self, seconds: float) -> None:
         """Wait until every expected client answered, or ``seconds``."""
         self._timed_out = False
-        if self._expected <= self._answered:
+        if not self._waiting:
             return
         try:
             async with asyncio.timeout(seconds):
                 await self._everyone.wait()
         except TimeoutError:
             self._timed_out = True
-            self.late |= self._expected - self._answered
+            self.late |= self._waiting
 
     def _close(self, stage: Stage, close: Callable[[server.ServerState], _T]) -> _T:
         """End ``stage`` with the server's ``close`` function (its time counted apart)."""
