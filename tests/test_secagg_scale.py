@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from agent.bus.memory import MemoryBroker
 from agent.config import AgentConfig, SecAggConfig, SecureAggregation
 from agent.secagg import client, server
 from agent.secagg.graph import neighbours, neighbours_of
@@ -112,3 +113,44 @@ async def test_each_stage_logs_its_seconds_and_counts(tmp_path: Path) -> None:
         assert 0 <= parts <= e["seconds"] + 1e-6
     assert [e["relayed"] for e in lines] == [6, 6, 6, 0]
     assert all(e["relay_bytes"] > 0 for e in lines[:3])
+
+
+class Vanishing(MemoryBroker):
+    """Loses the publishes on the given topics: their senders vanish mid-stage, after the
+    previous stage's per-recipient relay reached them."""
+
+    def __init__(self, lost: set[str]) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        if topic not in self.lost:
+            super().publish(topic, payload, retain=retain)
+
+
+async def test_a_dropout_mid_stage_leaves_the_others_batches_whole(tmp_path: Path) -> None:
+    """Of seven agents, z1 vanishes in share_keys (after its relay_keys batch came) and z2 in
+    unmask: share_keys closes at its deadline without z1, each live member gets one
+    relay_shares batch holding only live senders' ciphertexts, and the round sums the six
+    masked inputs (z2's is in the sum; its self-mask is rebuilt from its neighbours)."""
+    broker = Vanishing({"fl/fed/secagg/share_keys/z1", "fl/fed/secagg/unmask/z2"})
+    plugins = {f"a{i}": toy(float(i), 1) for i in range(1, 6)}
+    plugins |= {"z1": toy(100.0, 1), "z2": toy(6.0, 1)}
+    with capture_logs() as logs:
+        summary, _ = await federate_in_memory(
+            plugins,
+            _secure(tmp_path, 7),
+            lambda agent_id: trainer_config(agent_id, "mem://", tmp_path),
+            broker=broker,
+        )
+    record = summary.rounds[0]
+    assert record.survivors == ["a1", "a2", "a3", "a4", "a5", "z2"]
+    assert "z1" in record.dropouts
+    assert record.loss == pytest.approx(21 / 6, abs=1e-3)
+    lines = {e["stage"]: e for e in logs if e["event"] == "secagg_stage_closed"}
+    share = lines["share_keys"]
+    assert (share["expected"], share["answered"], share["timed_out"]) == (7, 6, True)
+    assert share["dropouts"] == ["z1"]
+    assert share["relayed"] == 6
+    unmask = lines["unmask"]
+    assert (unmask["expected"], unmask["answered"], unmask["timed_out"]) == (6, 5, True)
