@@ -343,6 +343,7 @@ def test_trainer_rights_follow_the_topic_table() -> None:
         Rule(Access.WRITE, "fl/{federation}/renew/{agent_id}"),
         Rule(Access.READ, "fl/{federation}/agent/{agent_id}"),
         Rule(Access.READ, "fl/{federation}/model_para/global"),
+        Rule(Access.READ, "fl/{federation}/secagg/unmask_request"),
         Rule(Access.READ, "fl/{federation}/evaluate"),
         Rule(Access.READ, "fl/{federation}/finish"),
         Rule(Access.READ, "fl/{federation}/federation_status"),

@@ -90,7 +90,8 @@ def _secure(tmp_path: Path, agents: int) -> AgentConfig:
 
 async def test_each_stage_logs_its_seconds_and_counts(tmp_path: Path) -> None:
     """One ``secagg_stage_closed`` line per stage: its seconds split into collecting, closing
-    and relaying, who was expected and answered, and one relay message per recipient."""
+    and relaying, who was expected and answered, one relay message per recipient for keys and
+    shares and a single broadcast for the unmask request."""
     plugins = {f"a{i}": toy(float(i), i) for i in range(1, 7)}
     with capture_logs() as logs:
         summary, _ = await federate_in_memory(
@@ -111,7 +112,8 @@ async def test_each_stage_logs_its_seconds_and_counts(tmp_path: Path) -> None:
         assert e["dropout_count"] == 0
         parts = e["collect_seconds"] + e["close_seconds"] + e["relay_seconds"]
         assert 0 <= parts <= e["seconds"] + 1e-6
-    assert [e["relayed"] for e in lines] == [6, 6, 6, 0]
+    # relay_keys and relay_shares: one per member; unmask_request: one broadcast
+    assert [e["relayed"] for e in lines] == [6, 6, 1, 0]
     assert all(e["relay_bytes"] > 0 for e in lines[:3])
 
 

@@ -69,7 +69,6 @@ INBOX = TopicSpec(
             Kind.MODEL_PARA,
             Kind.RELAY_KEYS,
             Kind.RELAY_SHARES,
-            Kind.UNMASK_REQUEST,
             Kind.MANIFEST,
             Kind.CHUNK_ACK,
             Kind.RENEW_REPLY,
@@ -118,6 +117,15 @@ SECAGG_UNMASK = TopicSpec(
     frozenset({Kind.UNMASK}),
     False,
     "SecAgg+: the shares one survivor reveals so the aggregator can unmask the sum.",
+)
+SECAGG_UNMASK_REQUEST = TopicSpec(
+    "secagg_unmask_request",
+    "fl/{federation}/secagg/unmask_request",
+    Role.AGGREGATOR,
+    frozenset({Kind.UNMASK_REQUEST}),
+    False,
+    "SecAgg+: who sent a masked input and who shared keys but did not, one broadcast to the "
+    "whole cohort (the same body for every survivor; federation_status names them anyway).",
 )
 EVALUATE = TopicSpec(
     "evaluate",
@@ -195,6 +203,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     SECAGG_ADVERTISE,
     SECAGG_SHARE,
     SECAGG_UNMASK,
+    SECAGG_UNMASK_REQUEST,
     EVALUATE,
     METRICS,
     FINISH,

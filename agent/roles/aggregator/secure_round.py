@@ -2,18 +2,20 @@
 
 ``SecureRound.run`` walks the server stages of ``agent.secagg.server``: it collects each
 stage's messages until every expected client answered or the stage deadline passed, then
-relays what the next stage needs to each client's inbox, so every client sees the view the
-aggregator holds. The masked inputs are summed as they arrive; the unmask (Shamir
-reconstruction and mask removal) runs in a worker thread.
+relays what the next stage needs to each client's inbox (one message per recipient, however
+many peers' keys or shares it carries; the unmask request, the same for everyone, as one
+broadcast), so every client sees the view the aggregator holds. The masked inputs are summed
+as they arrive; the unmask (Shamir reconstruction and mask removal) runs in a worker thread.
 
-=================  =============================  =====================================
-stage              clients send (topic)           aggregator relays (inbox)
-=================  =============================  =====================================
+=================  =============================  ======================================
+stage              clients send (topic)           aggregator relays (inbox, or broadcast)
+=================  =============================  ======================================
 advertise_keys     advertise_keys (secagg/…)      relay_keys: neighbours' public keys
 share_keys         share_keys (secagg/…)          relay_shares: ciphertexts for the agent
 collect            masked_input (update/{id})     unmask_request: survivors, dropouts
+                                                  (one broadcast, secagg/unmask_request)
 unmask             unmask (secagg/…)              —
-=================  =============================  =====================================
+=================  =============================  ======================================
 """
 
 from __future__ import annotations
@@ -156,9 +158,8 @@ class SecureRound:
             self._log_stage()
             await self._collect(max(0.0, self._input_deadline - time.monotonic()))
             survivors, dropped = self._close(Stage.COLLECT_MASKED_INPUT, server.close_collect)
-            request = UnmaskRequest(survivors=survivors, dropped=dropped)
             self._expect(survivors)
-            await self._relay({a: request for a in survivors}, lambda r: r)
+            await self._broadcast(UnmaskRequest(survivors=survivors, dropped=dropped))
             self._log_stage()
             await self._collect(self._stage_timeout)
         finally:
@@ -295,6 +296,16 @@ class SecureRound:
             self._stage.relay_seconds = time.monotonic() - started
             self._stage.relayed = sum(1 for size in sizes if size is not None)
             self._stage.relay_bytes = sum(size for size in sizes if size is not None)
+
+    async def _broadcast(self, body: Body) -> None:
+        """Send one body the whole cohort reads (``unmask_request``: the same for every
+        survivor), as one publish instead of one per member."""
+        started = time.monotonic()
+        size = await self._outbox.try_send(topics.SECAGG_UNMASK_REQUEST, body, round=self._round)
+        if self._stage is not None:
+            self._stage.relay_seconds = time.monotonic() - started
+            self._stage.relayed = 0 if size is None else 1
+            self._stage.relay_bytes = size or 0
 
     def _log_stage(self) -> None:
         record, self._stage = self._stage, None

@@ -12,7 +12,7 @@ fit_ins            inbox                not stale   model_update, or advertise_k
                                                     later masked_input (SecAgg+)
 relay_keys         inbox                current     share_keys
 relay_shares       inbox                current     —  (lets the masking proceed)
-unmask_request     inbox                current     unmask
+unmask_request     secagg broadcast     not stale   unmask  (only a survivor of its round)
 evaluate           evaluate             not stale   metrics
 finish             finish               any         join (again, for the next run)
 federation_status  federation_status    any         join (again: a new aggregator incarnation)
@@ -150,7 +150,8 @@ class Trainer:
         registry.register(Kind.FIT_INS, self._fits.on_fit_ins, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.RELAY_KEYS, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.RELAY_SHARES, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
-        registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
+        # A broadcast: agents outside the round read it too (their round may be older).
+        registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
         registry.register(
@@ -204,6 +205,7 @@ class Trainer:
             topics.EVALUATE,
             topics.FINISH,
             topics.FEDERATION_STATUS,
+            topics.SECAGG_UNMASK_REQUEST,
         ):
             await self._bus.subscribe(spec.format(self._fed))
         await self._bus.subscribe(topics.INBOX.format(self._fed, self._id))
