@@ -10,7 +10,8 @@ share_keys, the case where the server rebuilds mask keys. Per stage:
   device's) wall time; ``server_s``: the server's receive and close calls of the stage, wall
   (``server_finish_cpu_s``: one more ``finish`` on a copy of the state, CPU).
 - ``messages``: what crosses the bus in the stage, each way (``to_aggregator``, ``relayed``:
-  the aggregator's publishes, one per recipient), and their bytes as the agent encodes them
+  the aggregator's publishes, one per recipient, one broadcast for the unmask request, with
+  the per-survivor count it replaced beside it), and their bytes as the agent encodes them
   (``agent.messages.codec``, no signature or sealing, which add a constant per message).
 
 ``old_path`` measures, in the same process and round, the code this change replaced: each
@@ -205,6 +206,10 @@ def messages(
             "relayed": len(bodies),
             "relayed_bytes": sum(wire.size("aggregator", b) for b in bodies.values()),
         }
+    # Before the unmask request became a broadcast it went to each survivor's inbox.
+    one = out["collect_masked_input"]
+    one["relayed_before_broadcast"] = len(recorder.masked_senders())
+    one["relayed_bytes_before_broadcast"] = one["relayed_bytes"] * len(recorder.masked_senders())
     out["total"] = {
         "messages": sum(s.get("to_aggregator", 0) + s["relayed"] for s in out.values()),
         "bytes": sum(s.get("to_aggregator_bytes", 0) + s["relayed_bytes"] for s in out.values()),
@@ -248,7 +253,7 @@ def measure(n: int, d: int, *, dropout: float, sample: int, seed: int) -> Json:
             for u, peers in keys.items()
         },
         "share_keys": {u: RelayShares(ciphertexts=dict(c)) for u, c in shares.items()},
-        "collect_masked_input": dict.fromkeys(survivors, request),
+        "collect_masked_input": {"broadcast": request},  # one publish for every survivor
     }
     return {
         "n": n,
