@@ -39,6 +39,7 @@ from agent.roles.trainer import Trainer
 from agent.runtime.auth_callout import callout_for, serve_callout
 from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService
+from agent.runtime.evict import evictor_for, on_revoked
 from agent.runtime.metrics import Metrics, serve
 from agent.runtime.renewal import renewal_for
 from agent.runtime.sdnotify import process_notifier, serve_role
@@ -117,6 +118,7 @@ async def run_node(
         ca_dir = config.identity.ca_dir
         registry = None
         enrollment = None
+        revoked = None
         services: list[Coroutine[Any, Any, None]] = []  # for the process's lifetime
         if ca_dir is not None:
             registry = stack.enter_context(
@@ -143,6 +145,8 @@ async def run_node(
             callout = callout_for(config, authority.cert, registry)
             if callout is not None and tls is not None:  # NATS: admits enrolled devices
                 services.append(serve_callout(callout, config.bus_url, tls=tls))
+            # a revoked agent's open connection is closed, after the broker's CRL reload
+            revoked = on_revoked(evictor_for(config, tls), crl.refresh if crl else None)
         incarnation = secrets.token_hex(8)
         log.info("aggregator_incarnation", incarnation=incarnation)
 
@@ -169,6 +173,7 @@ async def run_node(
             registry=registry,
             enrollment=enrollment,
             services=services,
+            on_revoked=revoked,
         )
 
 
