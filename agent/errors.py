@@ -38,6 +38,7 @@
     │   └── LedgerError             a round-ledger record that does not verify or chain
     │       ├── LedgerRecordError   unreadable, non-canonical, or badly signed
     │       └── LedgerChainError    does not chain to the one before (dropped, reordered)
+    │           └── LedgerBehindError   begins after the head held: fetch the records between
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     ├── AgentRevokedError           the aggregator says this agent is revoked: it stops
     │   └── BrokerRefusedError      the broker refuses this agent for good: the bus stops
@@ -280,6 +281,14 @@ class LedgerChainError(LedgerError):
     ledger head this agent holds."""
 
     reason = "ledger_broken"
+
+
+class LedgerBehindError(LedgerChainError):
+    """A model whose records begin after the ledger head this agent holds: it missed more
+    records than a model message carries, and asks the aggregator for the ones between
+    (``roles.trainer.catchup``) before it takes the model."""
+
+    reason = "ledger_behind"
 
 
 class PluginError(FedbusError):

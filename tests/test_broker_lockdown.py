@@ -348,6 +348,7 @@ def test_trainer_rights_follow_the_topic_table() -> None:
         Rule(Access.WRITE, "fl/{federation}/metrics/{agent_id}"),
         Rule(Access.WRITE, "fl/{federation}/status/{agent_id}"),
         Rule(Access.WRITE, "fl/{federation}/renew/{agent_id}"),
+        Rule(Access.WRITE, "fl/{federation}/ledger/{agent_id}"),
         Rule(Access.READ, "fl/{federation}/agent/{agent_id}"),
         Rule(Access.READ, "fl/{federation}/model_para/global"),
         Rule(Access.READ, "fl/{federation}/evaluate"),

@@ -155,3 +155,17 @@ class RoundLedger:
             hash=self._prev.hex()[:12],
         )
         return self.tail
+
+    def records_after(self, index: int, *, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
+        """The stored records after ``index``, oldest first: at most ``limit`` and about
+        ``max_bytes`` (always one, if any); and whether more follow. Raises: OSError."""
+        files = [(i, p) for i, p in self._store.files() if i > index]
+        records: list[bytes] = []
+        size = 0
+        for _, path in files[:limit]:
+            raw = self._store.read(path)
+            if records and size + len(raw) > max_bytes:
+                break
+            records.append(raw)
+            size += len(raw)
+        return records, len(records) < len(files)

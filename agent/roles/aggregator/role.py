@@ -29,6 +29,7 @@ from agent.role import Identity, Role
 from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
+from agent.roles.aggregator.ledger_replies import LedgerReplies
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.private_update import privacy_engine
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
@@ -188,6 +189,9 @@ class Aggregator:
         registry.register(Kind.STATUS, self._on_status, rounds=RoundPolicy.ANY)
         for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
             registry.register(kind, self.fit.on_secagg, rounds=RoundPolicy.CURRENT)
+        if self._parts.ledger is not None:  # trainers that missed records fetch them
+            replies = LedgerReplies(self._parts.ledger, outbox).on_request
+            registry.register(Kind.LEDGER_REQUEST, replies, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
             federation=fed,
             registry=registry,
@@ -248,6 +252,7 @@ class Aggregator:
             topics.UPDATE,
             topics.METRICS,
             topics.STATUS,
+            topics.LEDGER,
             *topics.SECAGG_TOPICS,
         ):
             await self._bus.subscribe(spec.filter(self._fed))
