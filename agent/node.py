@@ -23,7 +23,7 @@ from agent.bus.base import Bus, BusSettings, LastWill
 from agent.bus.url import TlsFiles, bus_from_url, parse_broker_url
 from agent.config import AgentConfig
 from agent.errors import PluginError
-from agent.identity.ca import load_ca
+from agent.identity.ca import CertificateAuthority, load_ca
 from agent.identity.keypair import distinct, recover_pair
 from agent.identity.local import Credentials
 from agent.identity.registry import CertStatus, Registry
@@ -42,6 +42,7 @@ from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService
 from agent.runtime.evict import evictor_for, on_revoked
 from agent.runtime.metrics import Metrics, serve
+from agent.runtime.own_renewal import OwnRenewer
 from agent.runtime.renewal import renewal_for
 from agent.runtime.sdnotify import process_notifier, serve_role
 
@@ -123,6 +124,7 @@ async def run_node(
         registry = None
         enrollment = None
         revoked = None
+        built: list[Aggregator] = []  # the current run's (its signer follows a renewal)
         services: list[Coroutine[Any, Any, None]] = []  # for the process's lifetime
         if ca_dir is not None:
             registry = stack.enter_context(
@@ -130,7 +132,7 @@ async def run_node(
             )
             # Enrollment is answered on a second connection, for the whole process.
             enroll_bus = await stack.enter_async_context(
-                open_bus(config, bus_settings(config, suffix="enroll"))
+                open_bus(config, bus_settings(config, suffix="enroll"), tls)
             )
             authority = load_ca(ca_dir)
             enrollment = EnrollmentService(
@@ -151,20 +153,25 @@ async def run_node(
                 services.append(serve_callout(callout, config.bus_url, tls=tls))
             # a revoked agent's open connection is closed, after the broker's CRL reload
             revoked = on_revoked(evictor_for(config, tls), crl.refresh if crl else None)
+            if config.identity.enabled:  # its own certificate, renewed from its own CA
+                services.append(_own_renewer(config, authority, registry, tls, built, enrollment))
         incarnation = secrets.token_hex(8)
         log.info("aggregator_incarnation", incarnation=incarnation)
 
         def build() -> Aggregator:
-            return Aggregator(
-                config=config,
-                bus=bus,
-                plugin_name=plugin.name,
-                initial_weights=weights,
-                observer=observer,
-                revoked=enrolled_check(registry) if registry else None,
-                metrics=metrics,
-                incarnation=incarnation,
-            )
+            built[:] = [
+                Aggregator(
+                    config=config,
+                    bus=bus,
+                    plugin_name=plugin.name,
+                    initial_weights=weights,
+                    observer=observer,
+                    revoked=enrolled_check(registry) if registry else None,
+                    metrics=metrics,
+                    incarnation=incarnation,
+                )
+            ]
+            return built[0]
 
         async def finished(aggregator: Aggregator) -> None:
             await export_final_model(plugin, aggregator.global_state.weights, config)
@@ -179,6 +186,27 @@ async def run_node(
             services=services,
             on_revoked=revoked,
         )
+
+
+def _own_renewer(
+    config: AgentConfig,
+    authority: CertificateAuthority,
+    registry: Registry,
+    tls: ssl.SSLContext | None,
+    built: list[Aggregator],
+    enrollment: EnrollmentService,
+) -> Coroutine[Any, Any, None]:
+    """The aggregator's own renewal (``runtime.own_renewal``): a new signer goes to the
+    current run's aggregator (``built``) and to the enrollment service."""
+
+    def adopt(signer: Signer) -> None:
+        if built:
+            built[-1].signer = signer
+        enrollment.sign_with(signer)
+
+    own = OwnRenewer(authority, registry, config, adopt, tls)
+    own.renew_before = config.identity.renew_before_days * 86400.0
+    return own.run()
 
 
 def _signer(config: AgentConfig) -> Signer | None:

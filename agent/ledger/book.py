@@ -70,7 +70,8 @@ class RoundLedger:
         run_id: str | None = None,
     ) -> None:
         self._store = LedgerStore(ledger_dir(state_dir))
-        self._signer = signer
+        #: signs the records from now on (a renewed certificate replaces it)
+        self.signer = signer
         self._strategy = canonical_json(config.strategy)
         secagg = {"mode": str(config.secure_aggregation), **msgspec.to_builtins(config.secagg)}
         self._secagg = canonical_json(secagg)
@@ -141,7 +142,7 @@ class RoundLedger:
             config_sha256=self._config_sha256,
             attempt=self._attempts.get(round, 0) + 1,
         )
-        raw = await asyncio.to_thread(sign_entry, self._signer, entry)
+        raw = await asyncio.to_thread(sign_entry, self.signer, entry)
         await asyncio.to_thread(self._store.write, entry.index, raw)
         self._tail = [*self._tail[-(TAIL - 1) :], raw]
         self._next += 1

@@ -13,7 +13,9 @@ import structlog
 from agent.ledger.book import RoundLedger
 from agent.messages import topics
 from agent.messages.envelope import Message
+from agent.messages.kinds import Kind
 from agent.messages.ledger_bodies import PAGE, LedgerRecords, LedgerRequest
+from agent.runtime.listeners import ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
 
 log = structlog.get_logger(__name__)
@@ -28,6 +30,10 @@ class LedgerReplies:
     def __init__(self, ledger: RoundLedger, outbox: Outbox) -> None:
         self._ledger = ledger
         self._outbox = outbox
+
+    def register(self, registry: ListenerRegistry) -> None:
+        """Answer ``ledger_request`` in any round."""
+        registry.register(Kind.LEDGER_REQUEST, self.on_request, rounds=RoundPolicy.ANY)
 
     async def on_request(self, message: Message[LedgerRequest]) -> None:
         body = message.body

@@ -189,9 +189,8 @@ class Aggregator:
         registry.register(Kind.STATUS, self._on_status, rounds=RoundPolicy.ANY)
         for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
             registry.register(kind, self.fit.on_secagg, rounds=RoundPolicy.CURRENT)
-        if self._parts.ledger is not None:  # trainers that missed records fetch them
-            replies = LedgerReplies(self._parts.ledger, outbox).on_request
-            registry.register(Kind.LEDGER_REQUEST, replies, rounds=RoundPolicy.ANY)
+        if self._parts.ledger is not None:  # trainers behind fetch records
+            LedgerReplies(self._parts.ledger, outbox).register(registry)
         self.dispatcher = Dispatcher(
             federation=fed,
             registry=registry,
@@ -215,8 +214,14 @@ class Aggregator:
 
     @property
     def signer(self) -> Signer | None:
-        """The aggregator's signer (None with identities off); enrollment replies use it."""
+        """Its signer (None: identities off); settable (``runtime.own_renewal``)."""
         return self._outbox.signer
+
+    @signer.setter
+    def signer(self, signer: Signer) -> None:
+        self._outbox.signer = signer
+        if self._parts.ledger is not None:
+            self._parts.ledger.signer = signer
 
     @property
     def round(self) -> int:
