@@ -79,8 +79,7 @@ class NotConnectedError(TransportError):
 class ConnectRefusedError(TransportError):
     """The broker refused a connection on purpose. ``reason`` (``agent.bus.refusal.Refusal``)
     is ``certificate_revoked`` (mosquitto's CRL lists our certificate: the TLS alert
-    ``certificate revoked``; final), ``certificate_expired`` (our certificate, or the
-    broker's CRL past its nextUpdate; retried) or ``not_authorized``
+    ``certificate revoked``; final) or ``not_authorized``
     (NATS ``Authorization Violation``, MQTT CONNACK 0x86 / 0x87: revoked, superseded, or an
     enrollment the broker does not know yet; retried for ``BusSettings.refusal_grace``)."""
 

@@ -13,7 +13,8 @@ What a refusal looks like, per broker (measured against mosquitto 2.0 and nats-s
   CONNACK that never comes (a connect timeout). The MQTT adapter therefore gives paho its
   own logger and reads the error from it (``TlsAlertWatch``). Final: only a re-enrollment
   helps. An expired CRL gets the alert ``certificate_expired`` instead, whatever our
-  certificate: retried (the aggregator re-signs the CRL).
+  certificate: not a refusal, retried for as long as it takes (the aggregator re-signs the
+  CRL; giving up would stop a whole fleet for good while the aggregator is down).
 - **mosquitto, ACL**: the CONNACK is accepted (the ACL denies publishes, 0x87 PUBACKs).
 - **nats-server, auth callout or a static user list**: ``-ERR 'Authorization Violation'``
   (``nats.errors.AuthorizationError``) whatever the callout's ``error`` said: the server
@@ -42,22 +43,17 @@ class Refusal(StrEnum):
     """Why a broker refused a connection (``ConnectRefusedError.reason``)."""
 
     CERTIFICATE_REVOKED = "certificate_revoked"
-    CERTIFICATE_EXPIRED = "certificate_expired"
     NOT_AUTHORIZED = "not_authorized"
 
     @property
     def final(self) -> bool:
-        """Whether retrying cannot help: only ``certificate_revoked``. mosquitto also sends
-        ``certificate_expired`` when its *CRL* is past nextUpdate (OpenSSL's
-        ``X509_V_ERR_CRL_HAS_EXPIRED``), which the aggregator's re-signing fixes
-        (``runtime.crl_refresh``), so that one is retried like ``not_authorized``."""
+        """Whether retrying cannot help: ``certificate_revoked``."""
         return self is Refusal.CERTIFICATE_REVOKED
 
 
 #: OpenSSL's reasons for the TLS alerts a broker sends about our certificate
 _TLS_ALERTS = {
     "SSLV3_ALERT_CERTIFICATE_REVOKED": Refusal.CERTIFICATE_REVOKED,
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": Refusal.CERTIFICATE_EXPIRED,
 }
 
 
