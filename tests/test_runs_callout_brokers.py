@@ -83,7 +83,7 @@ async def test_an_agent_enrolled_between_runs_joins_the_next_run_on_nats_with_no
     built: list[Aggregator] = []
     with embedded_broker(files) as broker:
         url = broker.url
-        base = aggregator_config(url, tmp_path, agents=2, rounds=1)
+        base = aggregator_config(url, tmp_path, agents=2, rounds=1, round_timeout=3.0)
         schedule = msgspec.structs.replace(
             base.aggregator, status_every=0.3, after_run=AfterRun.SERVE
         )
