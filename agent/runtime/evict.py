@@ -30,7 +30,7 @@ import asyncio
 import json
 import sqlite3
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -179,7 +179,7 @@ def evictor_for(config: AgentConfig, tls: ssl.SSLContext | None) -> Evictor | No
 
 def on_revoked(
     evictor: Evictor | None, refresh_crl: Callable[[], object] | None = None
-) -> Callable[[Sequence[str]], Awaitable[None]]:
+) -> Callable[[Sequence[str]], Coroutine[Any, Any, None]]:
     """What the aggregator does for agents it sees revoked (``watch_revocations``): the CRL
     re-signed and the broker reloaded at once (``refresh_crl``: ``CrlRefresher.refresh``,
     so that the evicted agent's reconnect meets the new CRL), then their connections

@@ -40,25 +40,26 @@ async def watch_revocations(
     current: Callable[[], Aggregator | None],
     *,
     every: float = REVOKE_POLL,
-    on_revoked: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+    on_revoked: Callable[[Sequence[str]], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Tell the current run's aggregator of every revoked agent; until cancelled.
     ``on_revoked`` is awaited once with the agents revoked since the last look (at the
     first look: every revoked agent), e.g. to close their broker connections
     (``runtime.evict``)."""
     seen: set[str] = set()
-    while True:
-        rows = await asyncio.to_thread(registry.agents)
-        revoked = [row.agent_id for row in rows if row.status is AgentStatus.REVOKED]
-        aggregator = current()
-        if aggregator is not None:
-            for agent_id in revoked:
-                aggregator.note_revoked(agent_id)
-        new = [agent_id for agent_id in revoked if agent_id not in seen]
-        seen.update(new)
-        if new and on_revoked is not None:
-            await on_revoked(new)
-        await asyncio.sleep(every)
+    async with task_group() as tg:  # the hook runs beside the watch (a broker may be slow)
+        while True:
+            rows = await asyncio.to_thread(registry.agents)
+            revoked = [row.agent_id for row in rows if row.status is AgentStatus.REVOKED]
+            aggregator = current()
+            if aggregator is not None:
+                for agent_id in revoked:
+                    aggregator.note_revoked(agent_id)
+            new = [agent_id for agent_id in revoked if agent_id not in seen]
+            seen.update(new)
+            if new and on_revoked is not None:
+                tg.create_task(on_revoked(new), name="revoked-hook")
+            await asyncio.sleep(every)
 
 
 async def serve(
@@ -70,7 +71,7 @@ async def serve(
     registry: Registry | None = None,
     enrollment: EnrollmentService | None = None,
     services: Sequence[Coroutine[Any, Any, None]] = (),
-    on_revoked: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+    on_revoked: Callable[[Sequence[str]], Coroutine[Any, Any, None]] | None = None,
 ) -> RunSummary | None:
     """Run runs as ``after_run`` says, with ``enrollment`` and the revocation watch up for
     the whole process. ``build`` makes each run's ``Aggregator``; ``play`` awaits its work
