@@ -170,8 +170,8 @@ class SupervisedBus(abc.ABC):
         if self._broker_limit is not None and len(payload) > self._broker_limit:
             # mosquitto would cut the connection over it: refuse before sending
             raise OversizedError(len(payload), self._broker_limit)
-        if self._supervisor is None:
-            raise NotConnectedError("the bus is not open; use `async with bus:`")
+        if self._supervisor is None or isinstance(self._unusable, BrokerRefusedError):
+            raise NotConnectedError(f"no bus: {self._unusable or 'use `async with bus:`'}")
         timeout = self.settings.publish_timeout
         try:
             async with asyncio.timeout(timeout):
