@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from agent.config import AggregatorConfig, SecureAggregation
+from agent.config import AggregatorConfig, SecureAggregation, TrainingMode
 from agent.errors import ConfigError, SecAggAbortError
 from agent.messages.bodies import (
     AdvertiseKeys,
@@ -98,6 +98,8 @@ class CohortFit:
             PrivacyConfig(), rounds=1, sampling_rate=1.0, expected_cohort=1
         )
         self._population = population
+        #: async SecAgg+ (FedBuff): each agent weighs its held update by s(τ) (fit config)
+        self._async = schedule.mode is TrainingMode.ASYNC
         #: the cohort of the round in progress (or the last one)
         self.cohort: frozenset[str] = frozenset()
         #: members of the last round waited for until a deadline passed without an answer
@@ -187,6 +189,7 @@ class CohortFit:
                 **self._schedule.fit_config,
                 **self._schedule.strategy.fit_config(),
                 **self.privacy.fit_config(),
+                **(self._schedule.async_.fit_config() if self._async else {}),
             },
             **secagg,
         )
