@@ -201,7 +201,7 @@ def _own_renewer(
 
     def adopt(signer: Signer) -> None:
         if built:
-            built[-1].signer = signer
+            built[-1].sign_with(signer)
         enrollment.sign_with(signer)
 
     own = OwnRenewer(authority, registry, config, adopt, tls)

@@ -30,7 +30,6 @@ from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.buffered import buffered
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
-from agent.roles.aggregator.ledger_replies import LedgerReplies
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.private_update import privacy_engine
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
@@ -179,6 +178,7 @@ class Aggregator:
             if credentials
             else None,
         )
+        self.sign_with = self._parts.sign_with  # a renewed certificate (runtime.own_renewal)
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
         self._reconnected_at = float("-inf")
@@ -194,8 +194,7 @@ class Aggregator:
         registry.register(Kind.STATUS, self._on_status, rounds=RoundPolicy.ANY)
         for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
             registry.register(kind, self.fit.on_secagg, rounds=RoundPolicy.CURRENT)
-        if self._parts.ledger is not None:  # trainers behind fetch records
-            LedgerReplies(self._parts.ledger, outbox).register(registry)
+        self._parts.serve_ledger(registry)  # trainers that missed records fetch them
         self.dispatcher = Dispatcher(
             federation=fed,
             registry=registry,
@@ -219,14 +218,8 @@ class Aggregator:
 
     @property
     def signer(self) -> Signer | None:
-        """Its signer (None: identities off); settable (``runtime.own_renewal``)."""
+        """The aggregator's signer (None with identities off); enrollment replies use it."""
         return self._outbox.signer
-
-    @signer.setter
-    def signer(self, signer: Signer) -> None:
-        self._outbox.signer = signer
-        if self._parts.ledger is not None:
-            self._parts.ledger.signer = signer
 
     @property
     def round(self) -> int:
