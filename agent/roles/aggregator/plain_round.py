@@ -17,6 +17,7 @@ from agent.robust.bounds import Admitted, bound_update
 from agent.robust.settings import RobustConfig
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.records import GlobalState
+from agent.strategy.carried import CarriedValues
 from agent.strategy.fedavg import ClientResult
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,8 @@ class PlainRound:
         self._robust = robust or RobustConfig()
         self._declared = declared
         self.fold = fold
+        #: the valid updates' integer arrays, for the new model's (``strategy.carried``)
+        self.carried = CarriedValues(model.weights)
         self.results: dict[str, ClientResult] = {}
         #: members whose update was refused (they answered: not waited for)
         self.refused: dict[str, str] = {}
@@ -93,6 +96,7 @@ class PlainRound:
                 weight=weight,
                 num_examples=body.num_examples,
             )
+        self.carried.add(sender, weights)
         if self.fold is not None:
             self.fold.add(weights, weight)
             weights = []
