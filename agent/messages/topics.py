@@ -72,6 +72,7 @@ INBOX = TopicSpec(
             Kind.MANIFEST,
             Kind.CHUNK_ACK,
             Kind.RENEW_REPLY,
+            Kind.LEDGER_RECORDS,
         }
     ),
     False,
@@ -178,6 +179,14 @@ RENEW = TopicSpec(
     False,
     "An enrolled agent's certificate renewal (a CSR), signed with the certificate it renews.",
 )
+LEDGER = TopicSpec(
+    "ledger",
+    "fl/{federation}/ledger/{agent_id}",
+    Role.TRAINER,
+    frozenset({Kind.LEDGER_REQUEST}),
+    False,
+    "A trainer that missed ledger records asks for the ones after its head (signed).",
+)
 STATUS = TopicSpec(
     "status",
     "fl/{federation}/status/{agent_id}",
@@ -211,6 +220,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     ENROLL,
     ENROLL_REPLY,
     RENEW,
+    LEDGER,
     STATUS,
     FEDERATION_STATUS,
 )
