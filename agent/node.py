@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -21,7 +22,7 @@ import structlog
 
 from agent.config import AgentConfig, TrainingMode
 from agent.errors import PluginError
-from agent.identity.ca import load_ca
+from agent.identity.ca import CertificateAuthority, load_ca
 from agent.identity.local import Credentials
 from agent.identity.registry import CertStatus, Registry
 from agent.messages.signing import Signer
@@ -43,6 +44,8 @@ from agent.roles.aggregator.service import serve as serve_aggregator
 from agent.runtime.auth_callout import callout_for, serve_callout
 from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService
+from agent.runtime.evict import evictor_for, on_revoked
+from agent.runtime.own_renewal import OwnRenewer
 from agent.runtime.renewal import renewal_for
 from agent.runtime.sdnotify import serve_role
 
@@ -92,6 +95,8 @@ async def run_node(
         ca_dir = config.identity.ca_dir
         registry = None
         enrollment = None
+        revoked = None
+        built: list[Aggregator] = []  # the current run's (its signer follows a renewal)
         services: list[Coroutine[Any, Any, None]] = []  # for the process's lifetime
         if ca_dir is not None:
             registry = stack.enter_context(
@@ -99,7 +104,7 @@ async def run_node(
             )
             # Enrollment is answered on a second connection, for the whole process.
             enroll_bus = await stack.enter_async_context(
-                open_bus(config, bus_settings(config, suffix="enroll"))
+                open_bus(config, bus_settings(config, suffix="enroll"), tls)
             )
             authority = load_ca(ca_dir)
             enrollment = EnrollmentService(
@@ -118,20 +123,27 @@ async def run_node(
             callout = callout_for(config, authority.cert, registry)
             if callout is not None and tls is not None:  # NATS: admits enrolled devices
                 services.append(serve_callout(callout, config.bus_url, tls=tls))
+            # a revoked agent's open connection is closed, after the broker's CRL reload
+            revoked = on_revoked(evictor_for(config, tls), crl.refresh if crl else None)
+            if config.identity.enabled:  # its own certificate, renewed from its own CA
+                services.append(_own_renewer(config, authority, registry, tls, built, enrollment))
         incarnation = secrets.token_hex(8)
         log.info("aggregator_incarnation", incarnation=incarnation)
 
         def build() -> Aggregator:
-            return Aggregator(
-                config=config,
-                bus=bus,
-                plugin_name=plugin.name,
-                initial_weights=weights,
-                observer=observer,
-                revoked=enrolled_check(registry) if registry else None,
-                metrics=metrics,
-                incarnation=incarnation,
-            )
+            built[:] = [
+                Aggregator(
+                    config=config,
+                    bus=bus,
+                    plugin_name=plugin.name,
+                    initial_weights=weights,
+                    observer=observer,
+                    revoked=enrolled_check(registry) if registry else None,
+                    metrics=metrics,
+                    incarnation=incarnation,
+                )
+            ]
+            return built[0]
 
         async def finished(aggregator: Aggregator) -> None:
             await export_final_model(plugin, aggregator.global_state.weights, config)
@@ -144,8 +156,30 @@ async def run_node(
             registry=registry,
             enrollment=enrollment,
             services=services,
+            on_revoked=revoked,
             train=config.aggregator.mode is not TrainingMode.P2P,
         )
+
+
+def _own_renewer(
+    config: AgentConfig,
+    authority: CertificateAuthority,
+    registry: Registry,
+    tls: ssl.SSLContext | None,
+    built: list[Aggregator],
+    enrollment: EnrollmentService,
+) -> Coroutine[Any, Any, None]:
+    """The aggregator's own renewal (``runtime.own_renewal``): a new signer goes to the
+    current run's aggregator (``built``) and to the enrollment service."""
+
+    def adopt(signer: Signer) -> None:
+        if built:
+            built[-1].sign_with(signer)
+        enrollment.sign_with(signer)
+
+    own = OwnRenewer(authority, registry, config, adopt, tls)
+    own.renew_before = config.identity.renew_before_days * 86400.0
+    return own.run()
 
 
 def _signer(config: AgentConfig) -> Signer | None:

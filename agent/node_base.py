@@ -18,6 +18,7 @@ import structlog
 from agent.bus.base import Bus, BusSettings, LastWill
 from agent.bus.url import TlsFiles, bus_from_url, parse_broker_url
 from agent.config import AgentConfig
+from agent.identity.keypair import distinct, recover_pair
 from agent.messages.chunks import ENVELOPE_MARGIN
 from agent.runtime.metrics import Metrics
 from agent.runtime.sdnotify import process_notifier
@@ -53,7 +54,10 @@ def open_bus(
 
 
 def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
-    """The TLS context of ``[tls]`` for a TLS bus URL (None for plaintext)."""
+    """The TLS context of ``[tls]`` for a TLS bus URL (None for plaintext), after finishing
+    a key rotation a crash interrupted (``identity.keypair``)."""
+    ident, tls = config.identity, config.tls
+    recover_pair(distinct(ident.cert_file, tls.cert_file), distinct(ident.key_file, tls.key_file))
     if not parse_broker_url(config.bus_url).tls:
         return None
     return TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file).ssl_context()

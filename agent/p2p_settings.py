@@ -1,4 +1,4 @@
-"""``[p2p]`` and ``[simulate]``: a trainer's serverless gossip settings (ARCHITECTURE.md §13)
+"""``[p2p]`` and ``[simulate]``: a trainer's serverless gossip settings (ARCHITECTURE.md §14)
 and the demo's heterogeneous-fleet knobs. A leaf module, re-exported by ``agent.config``.
 
 An agent is a P2P peer when its config says ``[aggregator] mode = "p2p"``; ``[p2p]`` then

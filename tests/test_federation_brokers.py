@@ -266,7 +266,8 @@ def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_pa
         running = subprocess.run(
             ["pgrep", "-af", str(tmp_path)], capture_output=True, text=True, check=False
         ).stdout
-        assert running.count("agent run") == 3, running
+        fleets = [line for line in running.splitlines() if "agent fleet run" in line]
+        assert sum(line.count(".toml") for line in fleets) == 3, running  # each agent once
         assert "nats-server" in running, running
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)

@@ -1,4 +1,4 @@
-"""Serverless P2P averaging (``agent.roles.peer``, ARCHITECTURE.md §13): the mixing step,
+"""Serverless P2P averaging (``agent.roles.peer``, ARCHITECTURE.md §14): the mixing step,
 the sketch, the graph, and peers over real brokers (identities on: every model signed and
 sealed to its recipient), through a killed and a restarted neighbour."""
 

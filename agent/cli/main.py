@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "service": "agent.cli.service:service",
     "runs": "agent.cli.runs:runs_group",
     "ledger": "agent.cli.ledger:ledger",
+    "fleet": "agent.cli.fleet:fleet",
 }
 
 

@@ -53,6 +53,8 @@ class BrokerFiles:
     server_names: tuple[str, ...] = ()
     mosquitto_user: str | None = None
     callout_issuer: str | None = None
+    #: nats with the callout: the system account's NKey user (``agent.runtime.evict``)
+    system_user: str | None = None
 
     @property
     def config(self) -> Path:
@@ -91,6 +93,7 @@ def write_broker_config(
     mosquitto_user: str | None = None,
     crl_valid_days: int = 30,
     callout_issuer: str | None = None,
+    system_user: str | None = None,
 ) -> BrokerFiles:
     """Write everything ``kind``'s broker needs to admit ``members`` of ``ca``'s federation.
 
@@ -107,6 +110,8 @@ def write_broker_config(
             ``agent.runtime.crl_refresh``).
         callout_issuer: nats only: the account NKey of the aggregator's auth callout, which
             then admits every client but the aggregator (``agent.lockdown.nats``).
+        system_user: nats with ``callout_issuer`` only: the user NKey of the system account,
+            with which the aggregator closes revoked agents' connections (``runtime.evict``).
 
     Raises:
         ConfigError: an unknown kind, a bad port, or a directory the configs cannot name.
@@ -123,7 +128,14 @@ def write_broker_config(
         )
     directory.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
-        kind, directory, host, port, tuple(server_names), mosquitto_user, callout_issuer
+        kind,
+        directory,
+        host,
+        port,
+        tuple(server_names),
+        mosquitto_user,
+        callout_issuer,
+        system_user,
     )
     write_pem(files.ca_file, ca.cert)
     _ensure_server_certificate(ca, files, _san_hosts(host, server_names))
@@ -149,6 +161,7 @@ def write_broker_config(
             revoked=members.revoked_ids,
             enroll=members.enroll,
             callout_issuer=callout_issuer,
+            system_user=system_user,
         )
     write_text(files.config, text)
     return files
@@ -167,6 +180,7 @@ def regenerate(files: BrokerFiles, ca: CertificateAuthority, members: Members) -
         server_names=files.server_names,
         mosquitto_user=files.mosquitto_user,
         callout_issuer=files.callout_issuer,
+        system_user=files.system_user,
     )
 
 

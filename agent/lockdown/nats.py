@@ -106,6 +106,17 @@ authorization {{
 }}"""
 
 
+_SYSTEM = """
+
+# The system account, for one NKey user that skips the callout: the aggregator closing a
+# revoked agent's open connection (agent.runtime.evict: $SYS.REQ.SERVER.PING.CONNZ, then
+# $SYS.REQ.SERVER.<id>.KICK). Its seed is CA_DIR/nats-system.seed.
+accounts {{
+  SYS: {{ users: [ {{ nkey: {user} }} ] }}
+}}
+system_account: SYS"""
+
+
 def subject_name(agent_id: str, federation: str, role: Role) -> str:
     """The user name ``verify_and_map`` maps a fedbus certificate to."""
     return f"CN={agent_id},OU={role},O={federation}"
@@ -223,16 +234,23 @@ def render_conf(
     revoked: Sequence[str] = (),
     enroll: str = ENROLL_IDENTITY,
     callout_issuer: str | None = None,
+    system_user: str | None = None,
 ) -> str:
     """The whole config file's text (``directory`` as in ``layout``, absolute). With
     ``callout_issuer`` (an account public NKey) the agents are not listed: the auth callout
-    (``agent.runtime.auth_callout``) admits them."""
+    (``agent.runtime.auth_callout``) admits them; ``system_user`` (a user public NKey) is
+    then the system account's one user (``agent.runtime.evict``)."""
     if callout_issuer is not None:
+        auth_users = [json.dumps(subject_name(aggregator, federation, Role.AGGREGATOR))]
+        if system_user is not None:
+            auth_users.append(json.dumps(system_user))
         authorization = _CALLOUT.format(
             users=render_callout_user(federation, aggregator),
             issuer=callout_issuer,
-            auth_user=json.dumps(subject_name(aggregator, federation, Role.AGGREGATOR)),
+            auth_user=", ".join(auth_users),
         )
+        if system_user is not None:
+            authorization += _SYSTEM.format(user=json.dumps(system_user))
     else:
         users = render_users(
             federation, aggregator=aggregator, agents=agents, revoked=revoked, enroll=enroll

@@ -29,6 +29,8 @@ from agent.messages.enroll_bodies import EnrollRequest as EnrollRequest
 from agent.messages.enroll_bodies import RenewReply as RenewReply
 from agent.messages.enroll_bodies import RenewRequest as RenewRequest
 from agent.messages.kinds import Kind
+from agent.messages.ledger_bodies import LedgerRecords as LedgerRecords
+from agent.messages.ledger_bodies import LedgerRequest as LedgerRequest
 from agent.messages.peer_bodies import PeerHello as PeerHello
 from agent.messages.peer_bodies import PeerModel as PeerModel
 from agent.messages.tensors import Tensor
@@ -351,6 +353,8 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.ENROLL_REPLY: EnrollReply,
     Kind.RENEW: RenewRequest,
     Kind.RENEW_REPLY: RenewReply,
+    Kind.LEDGER_REQUEST: LedgerRequest,
+    Kind.LEDGER_RECORDS: LedgerRecords,
     Kind.STATUS: AgentStatus,
     Kind.FEDERATION_STATUS: FederationStatus,
     Kind.MANIFEST: Manifest,

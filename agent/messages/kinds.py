@@ -34,6 +34,9 @@ class Kind(StrEnum):
     # Renewal (signed with the certificate being renewed; the answer comes to the inbox)
     RENEW = "renew"
     RENEW_REPLY = "renew_reply"
+    # Ledger catch-up (a trainer that missed more records than a model message carries)
+    LEDGER_REQUEST = "ledger_request"
+    LEDGER_RECORDS = "ledger_records"
     # Liveness: each agent's retained online/offline, and the aggregator's summary
     STATUS = "status"
     FEDERATION_STATUS = "federation_status"

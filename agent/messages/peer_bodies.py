@@ -1,4 +1,4 @@
-"""The bodies of serverless P2P averaging (``[aggregator] mode = "p2p"``, ARCHITECTURE.md §13).
+"""The bodies of serverless P2P averaging (``[aggregator] mode = "p2p"``, ARCHITECTURE.md §14).
 
 Both travel peer to peer on ``fl/{federation}/peer/{peer}/{agent_id}`` (``{peer}`` the
 recipient, ``{agent_id}`` the sender), signed like every message; a ``peer_model`` body is

@@ -70,10 +70,10 @@ INBOX = TopicSpec(
             Kind.MODEL_PARA,
             Kind.RELAY_KEYS,
             Kind.RELAY_SHARES,
-            Kind.UNMASK_REQUEST,
             Kind.MANIFEST,
             Kind.CHUNK_ACK,
             Kind.RENEW_REPLY,
+            Kind.LEDGER_RECORDS,
         }
     ),
     False,
@@ -120,6 +120,15 @@ SECAGG_UNMASK = TopicSpec(
     frozenset({Kind.UNMASK}),
     False,
     "SecAgg+: the shares one survivor reveals so the aggregator can unmask the sum.",
+)
+SECAGG_UNMASK_REQUEST = TopicSpec(
+    "secagg_unmask_request",
+    "fl/{federation}/secagg/unmask_request",
+    Role.AGGREGATOR,
+    frozenset({Kind.UNMASK_REQUEST}),
+    False,
+    "SecAgg+: who sent a masked input and who shared keys but did not, one broadcast to the "
+    "whole cohort (the same body for every survivor; federation_status names them anyway).",
 )
 EVALUATE = TopicSpec(
     "evaluate",
@@ -171,6 +180,14 @@ RENEW = TopicSpec(
     False,
     "An enrolled agent's certificate renewal (a CSR), signed with the certificate it renews.",
 )
+LEDGER = TopicSpec(
+    "ledger",
+    "fl/{federation}/ledger/{agent_id}",
+    Role.TRAINER,
+    frozenset({Kind.LEDGER_REQUEST}),
+    False,
+    "A trainer that missed ledger records asks for the ones after its head (signed).",
+)
 STATUS = TopicSpec(
     "status",
     "fl/{federation}/status/{agent_id}",
@@ -206,12 +223,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     SECAGG_ADVERTISE,
     SECAGG_SHARE,
     SECAGG_UNMASK,
+    SECAGG_UNMASK_REQUEST,
     EVALUATE,
     METRICS,
     FINISH,
     ENROLL,
     ENROLL_REPLY,
     RENEW,
+    LEDGER,
     STATUS,
     FEDERATION_STATUS,
     PEER,

@@ -178,6 +178,7 @@ class Aggregator:
             if credentials
             else None,
         )
+        self.sign_with = self._parts.sign_with  # a renewed certificate (runtime.own_renewal)
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
         self._reconnected_at = float("-inf")
@@ -193,6 +194,7 @@ class Aggregator:
         registry.register(Kind.STATUS, self._on_status, rounds=RoundPolicy.ANY)
         for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
             registry.register(kind, self.fit.on_secagg, rounds=RoundPolicy.CURRENT)
+        self._parts.serve_ledger(registry)  # trainers that missed records fetch them
         self.dispatcher = Dispatcher(
             federation=fed,
             registry=registry,
@@ -253,6 +255,7 @@ class Aggregator:
             topics.UPDATE,
             topics.METRICS,
             topics.STATUS,
+            topics.LEDGER,
             *topics.SECAGG_TOPICS,
         ):
             await self._bus.subscribe(spec.filter(self._fed))

@@ -1,5 +1,5 @@
 """What a peer knows of its neighbours: their sealing keys, their newest models, who is
-present, and the bounded wait of one gossip step (ARCHITECTURE.md §13)."""
+present, and the bounded wait of one gossip step (ARCHITECTURE.md §14)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One gossip average: a peer's model mixed with its neighbours' (ARCHITECTURE.md §13).
+"""One gossip average: a peer's model mixed with its neighbours' (ARCHITECTURE.md §14).
 
 Decentralized parallel SGD (D-PSGD; Lian et al., "Can Decentralized Algorithms Outperform
 Centralized Algorithms? A Case Study for Decentralized Parallel Stochastic Gradient

@@ -1,5 +1,5 @@
 """The P2P peer: a trainer with no aggregator in its loop (``[aggregator] mode = "p2p"``,
-ARCHITECTURE.md §13).
+ARCHITECTURE.md §14).
 
 Listeners (all on ``fl/{federation}/peer/{self}/{sender}``, any round):
 

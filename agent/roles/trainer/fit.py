@@ -99,9 +99,12 @@ class FitPath:
 
     async def on_secagg(self, message: Message[Any]) -> None:
         """``relay_keys``, ``relay_shares``, ``unmask_request``: to this round's SecureFit
-        (ignored, as ``secagg_message_ignored``, when there is none open for the round)."""
+        (ignored, as ``secagg_message_ignored``, when there is none open for the round; the
+        ``unmask_request`` broadcast silently: every agent outside the round reads it)."""
         secure = self._secure
         if secure is None or secure.closed or secure.round != message.round:
+            if message.kind is Kind.UNMASK_REQUEST:
+                return  # a broadcast to the round's cohort, which we are not (or no more) in
             log.warning("secagg_message_ignored", kind=str(message.kind), reason="no_secure_round")
             return
         await secure.handle(message)
