@@ -53,7 +53,7 @@ _CONF = """\
 # reload nats-server (SIGHUP, or nats-server --signal reload=PID).
 # Run: nats-server -c {directory}/nats-server.conf
 
-# One client listener. No cluster, gateway, leaf or monitoring ports, and no JetStream.
+{listeners}
 host: "{host}"
 port: {port}
 
@@ -78,7 +78,9 @@ ping_interval: "30s"
 ping_max: 4
 
 {authorization}
-"""
+{topology}"""
+
+_SINGLE = "# One client listener. No cluster, gateway, leaf or monitoring ports, and no JetStream."
 
 _STATIC = """\
 # One user per identity; a client may publish and subscribe only where its user allows.
@@ -101,7 +103,7 @@ authorization {{
   ]
   auth_callout {{
     issuer: "{issuer}"
-    auth_users: [ {auth_user} ]
+    auth_users: [ {auth_users} ]
   }}
 }}"""
 
@@ -223,21 +225,32 @@ def render_conf(
     revoked: Sequence[str] = (),
     enroll: str = ENROLL_IDENTITY,
     callout_issuer: str | None = None,
+    topology: Sequence[str] = (),
+    extra_users: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole config file's text (``directory`` as in ``layout``, absolute). With
     ``callout_issuer`` (an account public NKey) the agents are not listed: the auth callout
-    (``agent.runtime.auth_callout``) admits them."""
+    (``agent.runtime.auth_callout``) admits them.
+
+    ``topology``: blocks appended for a cluster node or a leaf node (routes, leaf nodes:
+    ``agent.lockdown.nats_cluster``); ``extra_users``: (user name, rendered entry) of users
+    listed besides the identities (a site's leaf connection), under the callout also in
+    ``auth_users``."""
     if callout_issuer is not None:
+        auth_users = [subject_name(aggregator, federation, Role.AGGREGATOR)]
+        auth_users += [name for name, _ in extra_users]
         authorization = _CALLOUT.format(
-            users=render_callout_user(federation, aggregator),
+            users="\n".join(
+                [render_callout_user(federation, aggregator)] + [e for _, e in extra_users]
+            ),
             issuer=callout_issuer,
-            auth_user=json.dumps(subject_name(aggregator, federation, Role.AGGREGATOR)),
+            auth_users=", ".join(json.dumps(name) for name in auth_users),
         )
     else:
         users = render_users(
             federation, aggregator=aggregator, agents=agents, revoked=revoked, enroll=enroll
         )
-        authorization = _STATIC.format(users=users)
+        authorization = _STATIC.format(users="\n".join([users] + [e for _, e in extra_users]))
     return _CONF.format(
         host=host,
         port=port,
@@ -248,4 +261,6 @@ def render_conf(
         max_payload=MAX_PAYLOAD,
         max_pending=1 << 30,
         authorization=authorization,
+        listeners="# The client listener." if topology else _SINGLE,
+        topology="".join(f"\n{block}\n" for block in topology),
     )
