@@ -128,10 +128,10 @@ async def _federate(
 async def test_a_secagg_round_survives_the_death_of_a_node(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """Six trainers, two per node, the aggregator on n0; in round 1, once every share_keys
-    was relayed and while the plugins train, n2 is SIGKILLed. Its two trainers reconnect to
-    another node (their bus_url lists all three), and the round ends with all six survivors,
-    as does round 2."""
+    """Six trainers, two per node, the aggregator on n0; in round 1, as the advertised keys
+    are relayed and while the plugins train, n2 is SIGKILLed. Its two trainers reconnect to
+    another node (their bus_url lists all three) and rejoin, the aggregator sends their inbox
+    again, and the round ends with all six survivors, as does round 2."""
     home = {agent_id: i % 3 for i, agent_id in enumerate(TRAINERS)}
     urls = {"aggregator": cluster.url(0)} | {a: cluster.url(n) for a, n in home.items()}
     config, trainers, tls = _configs(
@@ -153,14 +153,14 @@ async def test_a_secagg_round_survives_the_death_of_a_node(
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))
 
     async def kill_mid_round(logs: list[dict[str, Any]]) -> None:
-        def shared() -> bool:
+        def relaying() -> bool:
             return any(
-                e["event"] == "secagg_stage_closed" and e.get("stage") == "share_keys" for e in logs
+                e["event"] == "secagg_stage_closed" and e.get("stage") == "advertise_keys"
+                for e in logs
             )
 
-        while not shared():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # the relayed shares reach the trainers
+        while not relaying():  # the keys are being relayed: some never reach n2's trainers
+            await asyncio.sleep(0.005)
         victim = cluster.brokers[2]
         assert victim.pid is not None
         os.kill(victim.pid, signal.SIGKILL)
@@ -193,6 +193,7 @@ async def test_a_secagg_round_survives_the_death_of_a_node(
         if e["event"] == "bus_connected" and e.get("reconnect")
     }
     assert reconnected == set(moved)  # only the dead node's trainers had to move
+    assert {e["agent"] for e in logs if e["event"] == "inbox_resent"} == set(moved)
     events = [e["event"] for e in logs]
     assert events.index("bus_disconnected") < events.index("round_finished")  # mid-round 1
 

@@ -196,6 +196,13 @@ class NatsBus(SupervisedBus):
     def where(self) -> str:
         return ",".join(self.server_urls)
 
+    def recent_publishes(self, topic: str) -> list[bytes]:
+        """Our distinct payloads on ``topic`` within ``replay_window``, oldest first: what a
+        peer whose node died may have missed (``roles.aggregator.rejoin``); none with replay
+        off."""
+        recent = self._replay_log.recent() if self._replay_log is not None else ()
+        return list(dict.fromkeys(sent.payload for sent in recent if sent.topic == topic))
+
     def _rotation(self) -> list[str]:
         """The servers for the next connection: from ``_start`` on, wrapping around."""
         start, self._start = self._start, (self._start + 1) % len(self.server_urls)
