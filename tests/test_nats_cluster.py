@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,12 +21,19 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.brokers import HOST, EmbeddedBroker, free_port
+from agent.bus.base import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.config import AgentConfig, SecureAggregation
+from agent.errors import BusTimeoutError
 from agent.identity import ca
+from agent.identity.ca_dir import init_ca_dir
+from agent.identity.certificates import identity_of
+from agent.identity.pem import load_certificate
+from agent.identity.registry import Registry
 from agent.lockdown import Members, embedded_broker
 from agent.lockdown.files import BrokerFiles
 from agent.lockdown.nats_cluster import ClusterNode
+from agent.lockdown.nats_jwt import CALLOUT_SEED, load_or_create_issuer, public_key
 from agent.lockdown.topology import write_cluster, write_leaf
 from agent.node import bus_settings
 from agent.plugin.loader import CheckedPlugin
@@ -33,6 +41,7 @@ from agent.role import Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RunSummary
 from agent.roles.trainer import Trainer
+from agent.runtime.auth_callout import CalloutAuthority, serve_callout
 from tests.helpers import ToyPlugin, aggregator_config, identity_files, trainer_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
@@ -55,17 +64,31 @@ class Cluster:
         return ",".join(urls[first:] + urls[:first])
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running_cluster(
+    authority: ca.CertificateAuthority,
+    members: Members,
+    where: Path,
+    *,
+    callout_issuer: str | None = None,
+) -> Iterator[Cluster]:
     """Three nodes on loopback ports picked free here, routes between them, a leaf-node
     listener for ``SITE``; every node stopped (and reaped) afterwards."""
-    authority = ca.init_ca("fed")
-    members = Members("aggregator", tuple(TRAINERS))
     nodes = [ClusterNode(f"n{i}", HOST, free_port(), free_port(), free_port()) for i in range(3)]
-    files = write_cluster(authority, tmp_path / "core", members, nodes, sites=[SITE])
+    files = write_cluster(
+        authority, where, members, nodes, sites=[SITE], callout_issuer=callout_issuer
+    )
     with contextlib.ExitStack() as stack:
         brokers = [stack.enter_context(embedded_broker(f)) for f in files]
         yield Cluster(authority, members, nodes, brokers)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A running 3-node cluster (``running_cluster``) admitting ``TRAINERS``."""
+    members = Members("aggregator", tuple(TRAINERS))
+    with running_cluster(ca.init_ca("fed"), members, tmp_path / "core") as started:
+        yield started
 
 
 def _configs(
@@ -230,3 +253,80 @@ async def test_agents_at_a_leaf_node_join_a_federation_on_the_hub(
         summary, _ = await _federate(config, trainers, tls, plugins)
     assert [r.survivors for r in summary.rounds] == [["t1", "t3", "t4"]] * 2
     assert summary.rounds[-1].loss == pytest.approx(2.0, abs=1e-3)
+
+
+def test_a_trainer_certificate_opens_no_route_and_an_unlisted_site_no_leaf(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A server dialling n0's route port with a trainer's certificate, and one dialling its
+    leaf port with the certificate of a site the cluster does not list, are refused."""
+    where = tmp_path / "rogue"
+    identity_files(cluster.authority, "t0", Role.TRAINER, where)
+    identity_files(cluster.authority, "site-b", Role.BROKER, where)
+
+    def tls(name: str) -> str:
+        return (
+            f'tls {{ cert_file: "{where}/{name}.pem", key_file: "{where}/{name}.key", '
+            f'ca_file: "{where}/ca.pem" }}'
+        )
+
+    node = cluster.nodes[0]
+    blocks = {
+        "route": f'cluster {{ name: "fedbus-fed", port: {free_port()}, '
+        f'routes = ["{node.route_url}"]\n {tls("t0")} }}',
+        "leaf": f'leafnodes {{ remotes = [ {{ urls: ["{node.leaf_url}"], {tls("site-b")} }} ] }}',
+    }
+    for name, block in blocks.items():
+        port = free_port()
+        conf = where / f"{name}.conf"
+        conf.write_text(f'host: "{HOST}"\nport: {port}\n{block}\n', encoding="utf-8")
+        with EmbeddedBroker("nats", port=port, config_file=conf) as rogue:
+            deadline = time.monotonic() + WAIT
+            while "Authorization Violation" not in rogue.log_tail(50):
+                assert time.monotonic() < deadline, rogue.log_tail(50)
+                time.sleep(0.05)
+            assert "connection created" not in rogue.log_tail(50).split("Violation")[-1]
+
+
+async def test_the_auth_callout_admits_agents_on_every_node(tmp_path: Path) -> None:
+    """Under ``--auth-callout`` the aggregator, on n0, serves the callout for the cluster: an
+    enrolled trainer dialling n2 is admitted (the request and its answer crossed the
+    routes), a certificate the registry does not know is refused on n1."""
+    ca_dir = tmp_path / "ca"
+    authority = init_ca_dir(ca_dir, "fed", aggregator_id="aggregator")
+    registry = Registry.open(ca_dir / "registry.sqlite")
+    issuer = load_or_create_issuer(ca_dir / CALLOUT_SEED)
+    pki = tmp_path / "pki"
+    enrolled = identity_files(authority, "t1", Role.TRAINER, pki)
+    registry.record_enrollment(
+        identity_of(load_certificate(enrolled.cert_file)), load_certificate(enrolled.cert_file)
+    )
+    unknown = identity_files(authority, "t2", Role.TRAINER, pki)
+    agg = TlsFiles(pki / "ca.pem", ca_dir / "aggregator.pem", ca_dir / "aggregator.key")
+    callout = CalloutAuthority(authority.cert, registry, issuer, ttl=3600)
+    members = Members("aggregator")
+    with running_cluster(
+        authority, members, tmp_path / "core", callout_issuer=public_key(issuer)
+    ) as started:
+        ready = asyncio.Event()
+        service = asyncio.create_task(
+            serve_callout(callout, started.url(0), tls=agg.ssl_context(), ready=ready)
+        )
+        try:
+            await asyncio.wait_for(ready.wait(), WAIT)
+
+            async def connects(url: str, files: Any, within: float) -> bool:
+                tls = TlsFiles(files.ca_file, files.cert_file, files.key_file)
+                async with bus_from_url(url, BusSettings("probe"), tls=tls) as bus:
+                    try:
+                        await bus.wait_connected(timeout=within)
+                    except BusTimeoutError:
+                        return False
+                return True
+
+            assert await connects(started.nodes[2].client_url, enrolled, WAIT)
+            assert not await connects(started.nodes[1].client_url, unknown, 2.0)
+        finally:
+            service.cancel()
+            await asyncio.gather(service, return_exceptions=True)
+            registry.close()
