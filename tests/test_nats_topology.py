@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,20 @@ def test_the_cli_writes_a_leaf_node_and_refuses_the_callout_there(tmp_path: Path
     assert "CN=t1," not in conf  # the callout admits the trainers
     misuse = runner.invoke(broker_config, ["nats", "--ca-dir", ca_dir, "--out", out, *hub])
     assert misuse.exit_code == 2
+
+
+async def test_enrollment_probes_every_server_of_a_cluster() -> None:
+    """``fedbus enroll``'s reachability probe passes when any server of the list listens,
+    and names the last one tried when none does."""
+    from agent.brokers import free_port
+    from agent.errors import IdentityError
+    from agent.identity.device import _probe
+
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    listening = server.sockets[0].getsockname()[1]
+    closed = free_port()
+    async with server:
+        await _probe(f"tls://127.0.0.1:{closed},tls://127.0.0.1:{listening}", within=2.0)
+    with pytest.raises(IdentityError, match=f"127.0.0.1:{listening}") as raised:
+        await _probe(f"tls://127.0.0.1:{closed},tls://127.0.0.1:{listening}", within=2.0)
+    assert raised.value.reason == "broker_unreachable"
