@@ -20,6 +20,9 @@ listed, and every other client goes through nats-server's auth callout, served b
 aggregator (``agent.runtime.auth_callout``): enrollment and revocation then take effect at
 the next connection, with no regeneration and no reload.
 
+A cluster node or a site's leaf node is this file plus its ``topology`` blocks (routes, the
+leaf-node listener or remote) and its site users: ``agent.lockdown.nats_cluster``.
+
 Permissions mirror the mosquitto ACL with subjects mapped as the bus maps topics
 (:mod:`agent.bus.topics`: ``/``→``.``, ``+``→``*``, ``#``→``>`` plus the parent subject).
 A refused publish or subscribe is answered with ``-ERR 'Permissions Violation ...'``, which
