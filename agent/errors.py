@@ -8,6 +8,8 @@
     │   ├── NotConnectedError       publish while no broker session is up
     │   ├── PublishRefusedError     the broker refused a publish (MQTT PUBACK >= 0x80, NATS
     │   │                           permissions violation): it was not sent
+    │   ├── ConnectRefusedError     the broker refused our connection on purpose (revoked
+    │   │                           certificate, not authorized)
     │   └── BusTimeoutError         also an asyncio.TimeoutError
     ├── ProtocolError               a message that must be dropped
     │   ├── DecodeError             malformed bytes, wrong types, bad tensor
@@ -36,8 +38,10 @@
     │   └── LedgerError             a round-ledger record that does not verify or chain
     │       ├── LedgerRecordError   unreadable, non-canonical, or badly signed
     │       └── LedgerChainError    does not chain to the one before (dropped, reordered)
+    │           └── LedgerBehindError   begins after the head held: fetch the records between
     ├── PluginError                 a plugin that cannot be loaded or misbehaves
     ├── AgentRevokedError           the aggregator says this agent is revoked: it stops
+    │   └── BrokerRefusedError      the broker refuses this agent for good: the bus stops
     ├── CryptoError                 secure aggregation or identity: a check that failed
     │   ├── StageError              a SecAgg+ stage run out of order
     │   ├── ShareError              a Shamir share or share ciphertext that does not check out
@@ -70,6 +74,18 @@ class TransportError(FedbusError):
 
 class NotConnectedError(TransportError):
     """A publish was attempted while no broker session was up (and none came in time)."""
+
+
+class ConnectRefusedError(TransportError):
+    """The broker refused a connection on purpose. ``reason`` (``agent.bus.refusal.Refusal``)
+    is ``certificate_revoked`` (mosquitto's CRL lists our certificate: the TLS alert
+    ``certificate revoked``; final) or ``not_authorized``
+    (NATS ``Authorization Violation``, MQTT CONNACK 0x86 / 0x87: revoked, superseded, or an
+    enrollment the broker does not know yet; retried for ``BusSettings.refusal_grace``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class PublishRefusedError(TransportError):
@@ -266,6 +282,14 @@ class LedgerChainError(LedgerError):
     reason = "ledger_broken"
 
 
+class LedgerBehindError(LedgerChainError):
+    """A model whose records begin after the ledger head this agent holds: it missed more
+    records than a model message carries, and asks the aggregator for the ones between
+    (``roles.trainer.catchup``) before it takes the model."""
+
+    reason = "ledger_behind"
+
+
 class PluginError(FedbusError):
     """A plugin that cannot be found, loaded, or that returned something invalid."""
 
@@ -291,6 +315,17 @@ class AgentRevokedError(FedbusError):
     systemd units list in ``RestartPreventExitStatus=``)."""
 
     exit_code = 78  # EX_CONFIG (sysexits.h): retrying cannot help
+
+
+class BrokerRefusedError(AgentRevokedError):
+    """The broker refuses this agent for good (a revoked certificate, or ``not_authorized``
+    for longer than ``BusSettings.refusal_grace``): the bus stops reconnecting and its
+    ``messages()`` raises this, so the role stops with exit status 78. ``reason`` as
+    ``ConnectRefusedError``'s."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class ModelRejectedError(RoundError):

@@ -31,7 +31,13 @@ from agent.brokers import BrokerKind, EmbeddedBroker, free_port
 from agent.bus import Bus, BusMessage, BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.cli.broker_config import broker_config
-from agent.errors import BusTimeoutError, ConfigError, IdentityError, PublishRefusedError
+from agent.errors import (
+    BrokerRefusedError,
+    BusTimeoutError,
+    ConfigError,
+    IdentityError,
+    PublishRefusedError,
+)
 from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
 from agent.identity.certificates import identity_of
 from agent.identity.pem import load_certificate, write_pem, write_private_key
@@ -165,9 +171,10 @@ async def refused(
 ) -> str:
     """A bus with ``tls`` never gets a session. Returns why, as the client saw it: the bus's
     ``bus_connect_failed`` reasons, and what paho logged (aiomqtt reports a handshake the
-    broker aborted only as a connect timeout; paho logs the TLS alert)."""
+    broker aborted only as a connect timeout; paho logs the TLS alert, which the bus reads:
+    a revoked certificate stops it at once, ``agent.bus.refusal``)."""
     async with fed.bus(name, tls, connect_timeout=0.5) as bus:
-        with pytest.raises(BusTimeoutError):
+        with pytest.raises((BusTimeoutError, BrokerRefusedError)):
             await bus.wait_connected(REFUSED_WAIT)
     failures = [e for e in logs if e["event"] == "bus_connect_failed" and e["client_id"] == name]
     assert failures
@@ -341,8 +348,10 @@ def test_trainer_rights_follow_the_topic_table() -> None:
         Rule(Access.WRITE, "fl/{federation}/metrics/{agent_id}"),
         Rule(Access.WRITE, "fl/{federation}/status/{agent_id}"),
         Rule(Access.WRITE, "fl/{federation}/renew/{agent_id}"),
+        Rule(Access.WRITE, "fl/{federation}/ledger/{agent_id}"),
         Rule(Access.READ, "fl/{federation}/agent/{agent_id}"),
         Rule(Access.READ, "fl/{federation}/model_para/global"),
+        Rule(Access.READ, "fl/{federation}/secagg/unmask_request"),
         Rule(Access.READ, "fl/{federation}/evaluate"),
         Rule(Access.READ, "fl/{federation}/finish"),
         Rule(Access.READ, "fl/{federation}/federation_status"),

@@ -118,6 +118,37 @@ async def test_another_ca_or_a_trainer_signature_is_refused(tmp_path: Path) -> N
     assert verify_ledger(other, authority.cert).reason == "ledger_bad_record"
 
 
+async def test_a_round_rerun_after_a_crash_supersedes_its_first_record(tmp_path: Path) -> None:
+    """An aggregator killed after round 2's record but before its commit resumes the run:
+    the resumed incarnation restates round 1 and re-runs round 2, each as the next attempt
+    of its round; the ledger verifies and counts the two superseded records. A record that
+    claims a first attempt for a round its run already recorded is named."""
+    authority = ca.init_ca("fed")
+    signer = _signer(authority, tmp_path / "pki").signer
+
+    async def append(book: RoundLedger, r: int) -> None:
+        await book.append(
+            round=r, cohort=[], survivors=[], dropouts=[], model_version=r, model_sha256="0" * 64
+        )
+
+    first = RoundLedger(tmp_path, signer, AggregatorConfig(), run_id="run1")
+    for r in (0, 1, 2):  # 2: recorded, then the process dies before the round commits
+        await append(first, r)
+    resumed = RoundLedger(tmp_path, signer, AggregatorConfig(), run_id="run1")
+    await append(resumed, 1)  # the model this incarnation starts from
+    await append(resumed, 2)  # the re-run round
+    verdict = verify_ledger(tmp_path, authority.cert)
+    assert verdict.ok, verdict.detail
+    assert verdict.head is not None
+    assert (verdict.head.entry.round, verdict.head.entry.attempt) == (2, 2)
+    assert verdict.superseded == 2
+    forged = RoundLedger(tmp_path, signer, AggregatorConfig(), run_id="run1")
+    forged._attempts.clear()  # an aggregator that does not say it re-ran round 2
+    await append(forged, 2)
+    verdict = verify_ledger(tmp_path, authority.cert)
+    assert (verdict.bad, verdict.reason) == (ledger_dir(tmp_path) / "00000005.rec", "ledger_broken")
+
+
 def test_the_cli_names_the_bad_record(tmp_path: Path) -> None:
     """``fedbus ledger verify`` exits 0 on a good ledger and 1 naming the bad file."""
     _authority, _ = asyncio.run(_ledger(tmp_path, 2))

@@ -22,11 +22,12 @@ from agent.bus import Bus, BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.cli.debug import status_lines
-from agent.errors import IdentityError
-from agent.identity.ca import CertificateAuthority, issue
+from agent.errors import BrokerRefusedError, IdentityError
+from agent.identity.ca import CertificateAuthority, build_csr, issue, sign_csr
 from agent.identity.ca_dir import init_ca_dir
 from agent.identity.certificates import identity_of
 from agent.identity.device import enroll
+from agent.identity.keypair import certifies, commit_pair, recover_pair, stage_key, staged
 from agent.identity.pem import load_certificate, load_private_key, write_pem, write_private_key
 from agent.identity.registry import CertStatus, Registry
 from agent.identity.verifier import Verifier
@@ -99,6 +100,7 @@ async def _trainer(
         s.cert_file,
         None if tls_files is None else tls_files.cert_file,
         None if tls_files is None else tls_files.key_file,
+        key_file=s.key_file,
     )
     renewer = CertificateRenewer(
         outbox=outbox,
@@ -129,10 +131,12 @@ async def _trainer(
 
 async def test_a_certificate_near_expiry_is_renewed_without_a_token(tmp_path: Path) -> None:
     """A certificate expiring in a day (renew_before 30 days) is due; one renewal replaces
-    it on disk and as the signer, the registry calls the old one superseded, and a renewal
+    it and its key (rotated: a new key made here, the request signed with the old pair) on
+    disk and as the signer, the registry calls the old one superseded, and a renewal
     signed with the old certificate gets no answer (its messages are refused)."""
     s = _setup(tmp_path)
     old = load_certificate(s.cert_file)
+    old_key = load_private_key(s.key_file)
     broker = MemoryBroker()
     async with (
         MemoryBus(broker, BusSettings(client_id="agg-enroll")) as agg_bus,
@@ -146,6 +150,11 @@ async def test_a_certificate_near_expiry_is_renewed_without_a_token(tmp_path: Pa
         assert new.serial_number != old.serial_number
         assert renewer.outbox.signer is not None
         assert renewer.outbox.signer.cert == new
+        new_key = load_private_key(s.key_file)
+        assert certifies(new, new_key)
+        assert not certifies(new, old_key)
+        assert renewer.outbox.signer.key.private_numbers() == new_key.private_numbers()
+        assert not staged(s.key_file).exists()
         assert new.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=300)
         assert not renewer.due()
         assert s.registry.cert_status("agent-1", old.serial_number) is CertStatus.SUPERSEDED
@@ -156,7 +165,7 @@ async def test_a_certificate_near_expiry_is_renewed_without_a_token(tmp_path: Pa
         crl = x509.load_pem_x509_crl((s.ca_dir / "crl.pem").read_bytes())
         assert old.serial_number in [r.serial_number for r in crl]
         # the superseded certificate cannot renew again
-        renewer.outbox.signer = Signer(load_private_key(s.key_file), old)
+        renewer.outbox.signer = Signer(old_key, old)
         renewer.reply_timeout = 0.5
         assert not await renewer.renew()
 
@@ -169,8 +178,9 @@ async def test_a_renewed_agent_reconnects_to_mosquitto_once_the_old_certificate_
     lists the old serial and is reloaded, and agent-1's next session (the same TLS context,
     reloaded by the renewer) is accepted, while a client presenting the old one is not."""
     s = _setup(tmp_path)
-    old_tls = TlsFiles(s.ca_dir / "ca.pem", tmp_path / "old.pem", s.key_file)
+    old_tls = TlsFiles(s.ca_dir / "ca.pem", tmp_path / "old.pem", tmp_path / "old.key")
     write_pem(old_tls.cert_file, load_certificate(s.cert_file))  # type: ignore[arg-type]
+    write_private_key(tmp_path / "old.key", load_private_key(s.key_file))
     files = write_broker_config(
         "mqtt",
         s.ca,
@@ -208,7 +218,7 @@ async def test_a_renewed_agent_reconnects_to_mosquitto_once_the_old_certificate_
         async with bus_from_url(broker.url, settings("agent-1"), context=context) as again:
             await again.wait_connected(timeout=10)
         async with bus_from_url(broker.url, settings("agent-1-old"), tls=old_tls) as stale:
-            with pytest.raises(TimeoutError):
+            with pytest.raises((TimeoutError, BrokerRefusedError)):
                 await stale.wait_connected(timeout=2.0)
 
 
@@ -274,3 +284,32 @@ def test_expiry_shows_in_status_and_metrics(tmp_path: Path) -> None:
     )
     gauge = metrics.get_sample_value("fedbus_certificate_expiry_timestamp_seconds")
     assert gauge == signer.cert.not_valid_after_utc.timestamp()
+
+
+def test_a_rotation_interrupted_at_any_step_leaves_a_matching_pair(tmp_path: Path) -> None:
+    """A crash after the new key was staged (before the answer) keeps the old pair; a crash
+    after the new certificate was written but before its key is finished by the loader
+    (``recover_pair``), in both copies ``[identity]`` and ``[tls]`` may name."""
+    s = _setup(tmp_path)
+    copy_cert, copy_key = tmp_path / "tls.pem", tmp_path / "tls.key"
+    old, old_key = load_certificate(s.cert_file), load_private_key(s.key_file)
+    write_pem(copy_cert, old)
+    write_private_key(copy_key, old_key)
+    certs, keys = [s.cert_file, copy_cert], [s.key_file, copy_key]
+    stage_key(keys)  # crash: no answer yet
+    recover_pair(certs, keys)
+    assert load_certificate(s.cert_file) == old
+    assert certifies(old, load_private_key(s.key_file))
+    assert not staged(s.key_file).exists()
+    new_key = stage_key(keys)
+    csr = build_csr(new_key, agent_id="agent-1", federation=FED)
+    new = sign_csr(s.ca, csr, agent_id="agent-1", role=Role.TRAINER, valid_days=30)
+    write_pem(copy_cert, new)  # crash: one certificate copy written, no key yet
+    recover_pair(certs, keys)
+    for cert_file, key_file in zip(certs, keys, strict=True):
+        assert load_certificate(cert_file) == new
+        assert certifies(new, load_private_key(key_file))
+    assert not any(staged(k).exists() for k in keys)
+    commit_pair(certs, keys, new, new_key)  # a finished commit recovers to itself
+    recover_pair(certs, keys)
+    assert certifies(load_certificate(s.cert_file), load_private_key(s.key_file))

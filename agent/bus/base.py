@@ -71,6 +71,11 @@ class BusSettings:
             connect (NATS ``max_payload`` in INFO, MQTT 5 Maximum Packet Size in CONNACK)
             fails the bus with a ``ConfigError`` naming ``required_by``, the setting to change.
         required_by: the setting that decides ``required_payload`` (for that message).
+        refusal_grace: seconds the bus keeps retrying a broker that refuses us as not
+            authorized (NATS ``Authorization Violation``, MQTT CONNACK 0x86/0x87), which
+            may be an enrollment the broker does not know yet, before it stops with
+            ``BrokerRefusedError`` (``agent.bus.refusal``); a revoked certificate (TLS alert)
+            stops it at once.
     """
 
     client_id: str
@@ -85,6 +90,7 @@ class BusSettings:
     session_expiry: int = 300
     required_payload: int = 0
     required_by: str = "max_payload"
+    refusal_grace: float = 600.0
 
     def current_will(self) -> LastWill | None:
         """The will for a connection being opened now."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import socket
 import ssl
@@ -31,14 +32,16 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.bus.base import BusSettings
+from agent.bus.refusal import Refusal, TlsAlertWatch
 from agent.bus.session import Deliver, Session, SessionLostError
 from agent.bus.supervisor import SupervisedBus
-from agent.errors import PublishRefusedError, TransportError
+from agent.errors import ConnectRefusedError, PublishRefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +51,9 @@ PACKET_OVERHEAD = 1024
 #: aiomqtt's per-operation timeout when the bus already bounds the operation itself.
 _UNBOUNDED = math.inf
 _QOS = 1
+#: CONNACK reason codes (MQTT 5 §3.2.2.2) that refuse this identity: bad user name or
+#: password, not authorized, banned
+_NOT_AUTHORIZED = frozenset({0x86, 0x87, 0x8A})
 
 # A connect that is cancelled (timeout, bus exit) may still complete in aiomqtt's executor
 # thread; those clients are disconnected in the background and kept here until then.
@@ -139,7 +145,7 @@ class MqttBus(SupervisedBus):
         self.port = port
         self._tls = tls
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, logger: logging.Logger | None = None) -> aiomqtt.Client:
         settings = self.settings
         will = None
         last_will = settings.current_will()
@@ -163,18 +169,25 @@ class MqttBus(SupervisedBus):
             timeout=settings.connect_timeout,
             keepalive=settings.keepalive,
             max_queued_incoming_messages=settings.queue_size,
+            logger=logger,
         )
 
     async def _open_session(self, deliver: Deliver) -> Session:
-        client = self._client()
+        alerts = TlsAlertWatch()  # a TLS alert refusing us, which aiomqtt does not report
+        client = self._client(alerts.logger)
         connack = _watch_connack(client)
         connecting = asyncio.ensure_future(client.__aenter__())
         try:
-            await asyncio.shield(connecting)
+            waits: set[asyncio.Future[Any]] = {connecting, alerts.refused}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if alerts.refused.done():
+                connecting.cancel()  # aiomqtt would wait for a CONNACK that never comes
+                raise alerts.refused.result()
+            connecting.result()
         except aiomqtt.MqttError as exc:
             _close_sockets(client)
-            raise TransportError(f"cannot connect to mqtt broker {self.where}: {exc}") from exc
-        except asyncio.CancelledError:
+            raise _connect_error(self.where, exc) from exc
+        except (asyncio.CancelledError, ConnectRefusedError):
             connecting.add_done_callback(functools.partial(_disconnect_orphan, client))
             raise
         _no_delay(client)
@@ -183,6 +196,16 @@ class MqttBus(SupervisedBus):
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def _connect_error(where: str, exc: aiomqtt.MqttError) -> TransportError:
+    """``exc`` as ours: a CONNACK refusing this identity is a ``ConnectRefusedError``."""
+    detail = f"cannot connect to mqtt broker {where}: {exc}"
+    rc = exc.rc if isinstance(exc, MqttConnectError) else None
+    code = rc.value if isinstance(rc, ReasonCode) else rc
+    if isinstance(code, int) and code in _NOT_AUTHORIZED:
+        return ConnectRefusedError(str(Refusal.NOT_AUTHORIZED), detail)
+    return TransportError(detail)
 
 
 def _watch_connack(client: aiomqtt.Client) -> dict[str, int]:

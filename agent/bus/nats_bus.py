@@ -22,6 +22,8 @@ for MQTT. Differences from MQTT, by necessity:
   attempt started with (the first one first), in that order (``dont_randomize``); nats-py
   falls through to the next one when a TCP connect fails. So a reconnect after a node died
   lands on another node, and clients spread over the list by where it starts.
+- A connect the server's authorization refuses (``Authorization Violation``) raises
+  ``ConnectRefusedError`` (``agent.bus.refusal``: not final, nats-server does not say why).
 - A publish the server's authorization refuses (``-ERR 'Permissions Violation for Publish
   to …'``, which arrives before the flush's PONG) raises ``PublishRefusedError``.
 """
@@ -41,6 +43,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from agent.bus.base import BusSettings, LastWill
+from agent.bus.refusal import Refusal
 from agent.bus.session import Deliver, Session, SessionLostError
 from agent.bus.supervisor import SupervisedBus
 from agent.bus.topics import (
@@ -49,7 +52,7 @@ from agent.bus.topics import (
     nats_subjects_for_filter,
     to_nats_subject,
 )
-from agent.errors import PublishRefusedError, TransportError
+from agent.errors import ConnectRefusedError, PublishRefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -253,7 +256,11 @@ class NatsBus(SupervisedBus):
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             await nc.close()
             cause = connect_errors[-1] if connect_errors else exc
-            raise TransportError(f"cannot connect to {','.join(servers)}: {cause!r}") from exc
+            detail = f"cannot connect to {','.join(servers)}: {cause!r}"
+            if any(map(_authorization_refused, (*connect_errors, exc))):
+                # revoked, superseded or not enrolled yet: nats-server does not say which
+                raise ConnectRefusedError(str(Refusal.NOT_AUTHORIZED), detail) from exc
+            raise TransportError(detail) from exc
         except asyncio.CancelledError:
             await nc.close()
             raise
@@ -270,6 +277,14 @@ class NatsBus(SupervisedBus):
 def _url(scheme: str, host: str, port: int) -> str:
     netloc = f"[{host}]" if ":" in host else host
     return f"{scheme}://{netloc}:{port}"
+
+
+def _authorization_refused(exc: BaseException) -> bool:
+    """nats-py reports the server's ``-ERR 'Authorization Violation'`` at connect as a plain
+    ``nats.errors.Error`` naming it (an ``AuthorizationError`` elsewhere)."""
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(exc).lower()
+    )
 
 
 _REFUSED = re.compile(r'permissions violation for publish to "?([^"\s]+)"?')

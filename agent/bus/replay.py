@@ -18,10 +18,15 @@ not used here (ARCHITECTURE.md §8).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from agent.bus.session import LiveSession, SessionEndedError, SessionLostError, race
+from agent.errors import TransportError
 
 #: Seconds after a reconnect at which the log is re-published.
 REPLAY_DELAYS = (0.0, 2.0, 6.0)
@@ -96,3 +101,23 @@ class ReplayLog:
         self._bytes -= len(sent.payload)
         if sent.retain and self._retained.get(sent.topic) == key:
             del self._retained[sent.topic]
+
+
+async def republish(live: LiveSession, replay_log: ReplayLog, log: Any) -> None:
+    """Re-publish our recent publishes on ``live`` at ``REPLAY_DELAYS`` after a reconnect
+    (receivers drop the copies they already have by message id); ``log`` is the bus's
+    bound logger (``bus_replayed``, ``bus_replay_failed``)."""
+    waited = 0.0
+    for delay in REPLAY_DELAYS:
+        await asyncio.sleep(delay - waited)
+        waited = delay
+        sent = list(replay_log.recent())
+        try:
+            for message in sent:
+                await race(live, live.session.publish(message.topic, message.payload, retain=False))
+        except (SessionEndedError, SessionLostError):
+            return  # the next session replays
+        except TransportError as exc:
+            log.warning("bus_replay_failed", reason=str(exc))
+            return
+        log.info("bus_replayed", messages=len(sent), after=delay)

@@ -30,7 +30,8 @@ import structlog
 from agent.bus.backoff import Backoff
 from agent.bus.base import BusMessage, BusSettings, ConnectCallback
 from agent.bus.inbox import Inbox
-from agent.bus.replay import REPLAY_DELAYS, ReplayLog
+from agent.bus.refusal import RefusalWatch
+from agent.bus.replay import ReplayLog, republish
 from agent.bus.session import (
     Deliver,
     LiveSession,
@@ -41,8 +42,10 @@ from agent.bus.session import (
 )
 from agent.bus.topics import validate_filter, validate_topic
 from agent.errors import (
+    BrokerRefusedError,
     BusTimeoutError,
     ConfigError,
+    ConnectRefusedError,
     NotConnectedError,
     OversizedError,
     TransportError,
@@ -79,8 +82,9 @@ class SupervisedBus(abc.ABC):
         )
         self._broker_limit: int | None = None
         #: set when the broker cannot carry what this agent sends; the bus stops connecting
-        self._unusable: ConfigError | None = None
+        self._unusable: ConfigError | BrokerRefusedError | None = None
         self._failed = asyncio.Event()
+        self._refusals = RefusalWatch(settings.refusal_grace)
 
     @abc.abstractmethod
     async def _open_session(self, deliver: Deliver) -> Session:
@@ -166,8 +170,8 @@ class SupervisedBus(abc.ABC):
         if self._broker_limit is not None and len(payload) > self._broker_limit:
             # mosquitto would cut the connection over it: refuse before sending
             raise OversizedError(len(payload), self._broker_limit)
-        if self._supervisor is None:
-            raise NotConnectedError("the bus is not open; use `async with bus:`")
+        if self._supervisor is None or isinstance(self._unusable, BrokerRefusedError):
+            raise NotConnectedError(f"no bus: {self._unusable or 'use `async with bus:`'}")
         timeout = self.settings.publish_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -191,8 +195,11 @@ class SupervisedBus(abc.ABC):
             ) from exc
 
     async def messages(self) -> AsyncIterator[BusMessage]:
+        """Raises BrokerRefusedError once the broker refused us for good (agent.bus.refusal)."""
         while (message := await self._inbox.get()) is not None:
             yield message
+        if isinstance(self._unusable, BrokerRefusedError):
+            raise self._unusable
 
     # -- supervision -------------------------------------------------------------------
 
@@ -225,6 +232,8 @@ class SupervisedBus(abc.ABC):
             except (TransportError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
                 self._log.warning("bus_connect_failed", attempt=attempt, reason=reason)
+                if isinstance(exc, ConnectRefusedError) and self._stop_refused(exc):
+                    return
                 attempt += 1
                 continue
             except Exception:  # noqa: BLE001 - an adapter bug must not end reconnecting
@@ -240,6 +249,7 @@ class SupervisedBus(abc.ABC):
                 self._log.exception("bus_session_failed")
                 connected = False
             if connected:
+                self._refusals.connected()
                 reconnect, attempt = True, 1
             else:
                 attempt += 1
@@ -258,6 +268,16 @@ class SupervisedBus(abc.ABC):
         self._log.error("bus_broker_limit_too_low", limit=limit, needed=need)
         self._failed.set()
         return True
+
+    def _stop_refused(self, exc: ConnectRefusedError) -> bool:
+        """True (the bus fails, its messages() raises) when the broker refuses us for good."""
+        stop = self._refusals.refused(exc, self.where)
+        if stop is not None:
+            self._log.error("bus_refused_by_broker", reason=stop.reason, consequence="stopping")
+            self._unusable = stop
+            self._failed.set()
+            self._inbox.close()
+        return stop is not None
 
     @property
     def where(self) -> str:
@@ -327,24 +347,4 @@ class SupervisedBus(abc.ABC):
             except Exception:  # noqa: BLE001 - one bad callback must not stop the others
                 self._log.exception("bus_connect_callback_failed", callback=repr(callback))
         if reconnect and self._replay_log is not None:
-            await self._republish(live, self._replay_log)
-
-    async def _republish(self, live: LiveSession, replay_log: ReplayLog) -> None:
-        """Re-publish our recent publishes at ``REPLAY_DELAYS`` after a reconnect (receivers
-        drop the copies they already have by message id)."""
-        waited = 0.0
-        for delay in REPLAY_DELAYS:
-            await asyncio.sleep(delay - waited)
-            waited = delay
-            sent = list(replay_log.recent())
-            try:
-                for message in sent:
-                    await race(
-                        live, live.session.publish(message.topic, message.payload, retain=False)
-                    )
-            except (SessionEndedError, SessionLostError):
-                return  # the next session replays
-            except TransportError as exc:
-                self._log.warning("bus_replay_failed", reason=str(exc))
-                return
-            self._log.info("bus_replayed", messages=len(sent), after=delay)
+            await republish(live, self._replay_log, self._log)

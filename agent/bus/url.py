@@ -27,8 +27,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.bus.base import Bus, BusSettings
-from agent.bus.mqtt import MqttBus
-from agent.bus.nats_bus import NatsBus
 from agent.errors import ConfigError
 from agent.redact import redact_url
 
@@ -158,7 +156,12 @@ def bus_from_url(
         raise ConfigError(
             f"TLS files given but {redact_url(url)!r} is plaintext; use mqtts:// or tls://"
         )
+    # Only the adapter in use is imported: a device loads one client library, not both.
     if address.transport == "mqtt":
+        from agent.bus.mqtt import MqttBus
+
         return MqttBus(address.host, address.port, settings, tls=context)
+    from agent.bus.nats_bus import NatsBus
+
     others = [(a.host, a.port) for a in addresses[1:]]
     return NatsBus(address.host, address.port, settings, tls=context, fallbacks=others)

@@ -140,12 +140,19 @@ def broker_config(
     from agent.identity.registry import REGISTRY_FILE
     from agent.lockdown import Members, members_from_registry, reload, write_broker_config
     from agent.lockdown.members import DEFAULT_AGGREGATOR
-    from agent.lockdown.nats_jwt import CALLOUT_SEED, load_or_create_issuer, public_key
+    from agent.lockdown.nats_jwt import (
+        CALLOUT_SEED,
+        SYSTEM_SEED,
+        load_or_create_issuer,
+        load_or_create_system_user,
+        public_key,
+    )
 
     if auth_callout and broker != "nats":
         raise click.UsageError("--auth-callout is for nats only")
     ca = load_ca(ca_dir)
     issuer = public_key(load_or_create_issuer(ca_dir / CALLOUT_SEED)) if auth_callout else None
+    system = public_key(load_or_create_system_user(ca_dir / SYSTEM_SEED)) if auth_callout else None
     registry = ca_dir / REGISTRY_FILE
     if registry.is_file():
         members = members_from_registry(registry, aggregator=aggregator, agents=agents)
@@ -187,6 +194,7 @@ def broker_config(
         server_names=server_names,
         mosquitto_user=mosquitto_user,
         callout_issuer=issuer,
+        system_user=system,
     )
     click.echo(f"wrote {files.directory} for federation {ca.federation} ({files.url})")
     click.echo(

@@ -36,8 +36,9 @@ def installed_plugin(name: str) -> str:
     "--agents",
     default=DEFAULTS.agents,
     show_default=True,
-    type=click.IntRange(2, 100),
-    help="Agent OS processes to start.",
+    type=click.IntRange(min=2),
+    help="Agents to simulate: real trainers, many per process, one process per CPU "
+    "(with --kill-agents, one process per agent).",
 )
 @click.option(
     "--rounds", default=DEFAULTS.rounds, show_default=True, type=click.IntRange(1, 10_000)
@@ -169,6 +170,26 @@ def installed_plugin(name: str) -> str:
     help="With --dp: the L2 norm every agent's model delta is clipped to.",
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["sync", "async"]),
+    default=DEFAULTS.mode,
+    show_default=True,
+    help="sync: rounds of a cohort; async: buffered asynchronous aggregation (FedBuff), "
+    "--rounds counting model versions.",
+)
+@click.option(
+    "--buffer-size",
+    default=DEFAULTS.buffer_size,
+    type=click.IntRange(min=0),
+    help="With --mode async: updates per version (0: half the agents, at least 4 with SecAgg+).",
+)
+@click.option(
+    "--concurrency",
+    default=DEFAULTS.concurrency,
+    type=click.IntRange(min=0),
+    help="With --mode async: agents training at once (0: all).",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
@@ -195,9 +216,12 @@ def demo(
     epsilon: float,
     delta: float,
     clip_norm: float,
+    mode: str,
+    buffer_size: int,
+    concurrency: int,
     insecure: bool,
 ) -> None:
-    """Run a federation: an embedded broker, an aggregator and N agent processes
+    """Run a federation: an embedded broker, an aggregator and N agents
     training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
     and writes a report."""
     from agent.cli.plugins import parse_fit_config, parse_options
@@ -235,6 +259,9 @@ def demo(
         delta=delta,
         clip_norm=clip_norm,
         insecure=insecure,
+        mode=mode,
+        buffer_size=buffer_size,
+        concurrency=concurrency,
     )
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

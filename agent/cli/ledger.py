@@ -36,6 +36,7 @@ def verify(state_dir: Path, ca_file: Path, as_json: bool) -> None:
     report = {
         "ok": verdict.ok,
         "records": verdict.records,
+        "superseded": verdict.superseded,
         "head": None
         if head is None
         else {
@@ -53,7 +54,10 @@ def verify(state_dir: Path, ca_file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report))
     elif verdict.ok:
-        click.echo(f"ledger ok: {verdict.records} records, head {report['head']}")
+        click.echo(
+            f"ledger ok: {verdict.records} records ({verdict.superseded} superseded by a "
+            f"re-run), head {report['head']}"
+        )
     else:
         click.echo(
             f"ledger BAD at {verdict.bad} ({verdict.reason}): {verdict.detail}; "

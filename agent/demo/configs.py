@@ -19,12 +19,14 @@ from agent.config import (
     IdentityConfig,
     LoggingConfig,
     PluginConfig,
+    SecAggConfig,
     SecureAggregation,
     StrategyConfig,
     StrategyName,
     TlsConfig,
     TrainerConfig,
 )
+from agent.demo.async_mode import mode_fields
 from agent.demo.options import DemoOptions
 from agent.demo.pki import AGGREGATOR_ID, DemoPki, tls_files
 from agent.plugin.api import PluginInfo
@@ -76,7 +78,7 @@ def trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> Ag
             options=plugin_options(options, index, options.agents, options.partition),
         ),
         trainer=TrainerConfig(
-            join_retry=0.5,
+            join_retry=max(0.5, options.agents / 200),  # a large fleet: fewer joins in flight
             require_secure_aggregation=(
                 options.secure_aggregation == SecureAggregation.SECAGG_PLUS
             ),
@@ -128,15 +130,18 @@ def aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> Ag
             fraction_fit=options.fraction_fit,
             min_fit_clients=3 if secure else 1,
             min_available_clients=options.agents,
-            join_timeout=60.0,
+            join_timeout=max(60.0, options.agents * 0.12),  # a fleet takes a while to start
             round_timeout=options.round_timeout,
             eval_every=1,
             eval_timeout=options.round_timeout,
             seed=options.seed,
             secure_aggregation=SecureAggregation(options.secure_aggregation),
+            # a large fleet on one machine answers each SecAgg+ stage more slowly
+            secagg=SecAggConfig(stage_timeout=max(10.0, options.agents / 30)),
             fit_config=dict(options.fit_config),
             strategy=StrategyConfig(name=StrategyName(options.strategy)),
             privacy=privacy_config(options),
+            **mode_fields(options),  # --mode async: [aggregator.async]
         ),
     )
 

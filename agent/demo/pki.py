@@ -1,16 +1,14 @@
 """The demo's identity stack: a fresh federation CA, a locked-down broker, one-time tokens,
-and every agent enrolled over the bus by its own ``fedbus enroll`` process (its key is made
-there and never leaves it) before it starts (ARCHITECTURE.md §6).
+and every agent enrolled over the bus before it starts (ARCHITECTURE.md §6), all from this
+process as a fleet (``agent.fleet.enroll``), each with its own key and token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import shutil
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,10 @@ from agent.brokers import BrokerKind, free_port
 from agent.bus.base import BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
 from agent.errors import FedbusError
+from agent.fleet.enroll import FleetDevice, enroll_fleet
 from agent.identity.ca import CertificateAuthority, init_ca, issue, save_ca
 from agent.identity.ca_dir import write_crl
+from agent.identity.install import DeviceSetup
 from agent.identity.pem import load_certificate, load_private_key, write_pem
 from agent.identity.pem import write_private_key as write_key
 from agent.identity.registry import Registry
@@ -95,6 +95,56 @@ def tls_files(pki: DemoPki, name: str, url: str) -> TlsFiles:
     return TlsFiles(pki.ca_file, pki.cert(name), pki.key(name))
 
 
+@asynccontextmanager
+async def enrollment_service(
+    pki: DemoPki, registry: Registry, *, url: str, federation: str, seconds: float = 60.0
+) -> AsyncIterator[EnrollmentService]:
+    """The CA's enrollment service on its own connection (as the aggregator's), answering
+    while the block runs; entered once it listens on a live broker session."""
+    settings = BusSettings(client_id=f"{federation}-demo-enroll")
+    async with bus_from_url(url, settings, tls=tls_files(pki, AGGREGATOR_ID, url)) as bus:
+        signer = Signer(
+            load_private_key(pki.key(AGGREGATOR_ID)), load_certificate(pki.cert(AGGREGATOR_ID))
+        )
+        service = EnrollmentService(
+            bus,
+            pki.ca,
+            registry,
+            federation,
+            sender=AGGREGATOR_ID,
+            ca_dir=pki.directory,
+            signer=signer,
+        )
+        serving = asyncio.create_task(service.run(), name="demo-enrollment")
+        try:
+            async with asyncio.timeout(seconds):
+                await service.ready.wait()
+            yield service
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+
+
+def fleet_devices(
+    pki: DemoPki,
+    tokens: Mapping[str, str],
+    *,
+    url: str,
+    work: Path,
+    plugin: str,
+    options: Mapping[str, Mapping[str, Any]],
+) -> list[FleetDevice]:
+    """One ``FleetDevice`` per agent of ``tokens``: config ``work/AGENT.toml``, state
+    ``work/AGENT/``, its plugin options from ``options``."""
+    ca_file = tls_files(pki, ENROLL_ID, url).ca_file
+    return [
+        FleetDevice(
+            a, token, DeviceSetup(url, work / a, work / f"{a}.toml", plugin, options[a], ca_file)
+        )
+        for a, token in tokens.items()
+    ]
+
+
 async def enroll_agents(
     pki: DemoPki,
     *,
@@ -105,114 +155,30 @@ async def enroll_agents(
     options: Mapping[str, Mapping[str, Any]],
     seconds: float = 60.0,
 ) -> dict[str, Path]:
-    """Enroll every agent of ``options`` (agent id → plugin options) through its own
-    ``fedbus enroll`` process, while an enrollment service answers on the bus.
+    """Enroll every agent of ``options`` (agent id → plugin options) over the bus from this
+    process (``agent.fleet.enroll.enroll_fleet``: per agent a key made for it, a CSR, its own
+    one-time token, as ``fedbus enroll`` does), while an enrollment service answers.
 
     Returns agent id → the config file its enrollment wrote.
 
     Raises:
-        FedbusError: an enrollment failed (the message quotes its error line).
+        FedbusError: an enrollment failed (the message quotes the first failure).
     """
+    tls = tls_files(pki, ENROLL_ID, url)
     with Registry.open(pki.registry) as registry:
         tokens = {a: registry.create_token(a, ttl_seconds=600) for a in options}
-        settings = BusSettings(client_id=f"{federation}-demo-enroll")
-        async with bus_from_url(url, settings, tls=tls_files(pki, AGGREGATOR_ID, url)) as bus:
-            signer = Signer(
-                load_private_key(pki.key(AGGREGATOR_ID)), load_certificate(pki.cert(AGGREGATOR_ID))
+        devices = fleet_devices(pki, tokens, url=url, work=work, plugin=plugin, options=options)
+        async with enrollment_service(pki, registry, url=url, federation=federation):
+            result = await enroll_fleet(
+                devices,
+                federation=federation,
+                ca_fingerprint=pki.ca.fingerprint,
+                tls_cert=tls.cert_file,
+                tls_key=tls.key_file,
+                timeout=seconds,
             )
-            service = EnrollmentService(
-                bus,
-                pki.ca,
-                registry,
-                federation,
-                sender=AGGREGATOR_ID,
-                ca_dir=pki.directory,
-                signer=signer,
-            )
-            serving = asyncio.create_task(service.run(), name="demo-enrollment")
-            try:
-                async with asyncio.timeout(seconds):
-                    await service.ready.wait()
-                results = await asyncio.gather(
-                    *(
-                        _enroll_one(
-                            pki,
-                            a,
-                            token=tokens[a],
-                            url=url,
-                            federation=federation,
-                            work=work,
-                            plugin=plugin,
-                            options=options[a],
-                            seconds=seconds,
-                        )
-                        for a in options
-                    )
-                )
-            finally:
-                serving.cancel()
-                await asyncio.gather(serving, return_exceptions=True)
-    return dict(zip(options, results, strict=True))
-
-
-async def _enroll_one(
-    pki: DemoPki,
-    agent_id: str,
-    *,
-    token: str,
-    url: str,
-    federation: str,
-    work: Path,
-    plugin: str,
-    options: Mapping[str, Any],
-    seconds: float,
-) -> Path:
-    config = work / f"{agent_id}.toml"
-    args = [
-        "-m",
-        "agent",
-        "enroll",
-        "--federation",
-        federation,
-        "--agent-id",
-        agent_id,
-        "--ca-fingerprint",
-        pki.ca.fingerprint,
-        "--bus-url",
-        url,
-        "--state-dir",
-        str(work / agent_id),
-        "--config",
-        str(config),
-        "--plugin",
-        plugin,
-        "--timeout",
-        str(seconds),
-    ]
-    for key, value in options.items():
-        args += ["-o", f"{key}={json.dumps(value)}"]
-    tls = tls_files(pki, ENROLL_ID, url)
-    if tls.cert_file is not None:
-        args += [
-            "--tls-ca",
-            str(pki.ca_file),
-            "--tls-cert",
-            str(pki.cert(ENROLL_ID)),
-            "--tls-key",
-            str(pki.key(ENROLL_ID)),
-        ]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "FEDBUS_ENROLL_TOKEN": token},  # a secret: never on the command line
-    )
-    _, err = await process.communicate()
-    if process.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise FedbusError(
-            f"enrolling {agent_id} failed: {lines[-1] if lines else process.returncode}"
-        )
-    log.info("demo_agent_enrolled", agent=agent_id)
-    return config
+    if result.failed:
+        agent_id, exc = min(result.failed.items())
+        raise FedbusError(f"enrolling {agent_id} failed: {exc}")
+    log.info("demo_agents_enrolled", agents=len(result.installed))
+    return {a: result.installed[a].config_path for a in options}

@@ -1,7 +1,8 @@
-"""The demo federation: embedded broker, N agent processes, an in-process aggregator.
+"""The demo federation: embedded broker, N agents in fleet processes (``agent.fleet``: many
+trainers per process, one process per CPU), an in-process aggregator.
 
 Everything started here is stopped when ``run_demo`` returns or raises (Ctrl-C included):
-agents get SIGTERM (SIGKILL after a grace period), then the broker is stopped.
+the fleet processes get SIGTERM (SIGKILL after a grace period), then the broker is stopped.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from agent.demo.configs import (
 )
 from agent.demo.options import DemoOptions
 from agent.demo.pki import create_pki, enroll_agents, lock_down
-from agent.demo.processes import AgentProcess, start_agent, stop_agents
+from agent.demo.reference import Reference
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
+from agent.fleet.members import raise_open_files
+from agent.fleet.processes import FleetProcess, default_processes, start_fleets, stop_fleets
 from agent.lockdown import embedded_broker
 from agent.logs import configure_logging, open_log_file, private_dir
 from agent.node import run_node, run_until_signal
@@ -65,24 +68,6 @@ class DemoResult:
     report_files: list[Path]
 
 
-def centralized_accuracy(options: DemoOptions) -> float | None:
-    """The reference: the same model trained on all the training data, one ``fit`` per round
-    with the run's fit config (so the same number of passes as each agent makes), evaluated
-    on the whole test split.
-
-    Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
-    for others, and when the plugin reports no ``accuracy``."""
-    if not describe_plugin(options.plugin).info.takes("num_agents"):
-        return None
-    context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
-    plugin = load_plugin(options.plugin, context)
-    weights = plugin.get_weights()
-    for r in range(1, options.rounds + 1):
-        weights = plugin.fit(weights, {**options.fit_config, "round": r}).weights
-    accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
-    return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
-
-
 def export_final_model(options: DemoOptions) -> Path | None:
     """The plugin's ``export`` hook on the run's final global model (the aggregator's
     ``global_model.npz``), written as ``model.<format>`` in the report directory; None when
@@ -101,17 +86,20 @@ class Progress:
     #: the table's header (``privacy``: with an ε column)
     HEADER = "round  accuracy    loss  seconds  survivors"
 
-    def __init__(self, out: TextIO, agents: list[AgentProcess], kill: int) -> None:
+    def __init__(self, out: TextIO, agents: list[FleetProcess], kill: int) -> None:
         self._out = out
         self._agents = agents
         self._kill = kill
 
     def round_started(self, round: int, cohort: Sequence[str]) -> None:
         if round == 2 and self._kill:
-            victims = [a for a in self._agents if a.agent_id in cohort][: self._kill]
+            members = set(cohort)
+            victims = [a for a in self._agents if members.intersection(a.agent_ids)]
+            victims = victims[: self._kill]
             for a in victims:
                 a.kill()
-            self._print(f"  (killed {', '.join(a.agent_id for a in victims)} mid-round)")
+            killed = ", ".join(", ".join(a.agent_ids) for a in victims)
+            self._print(f"  (killed {killed} mid-round)")
 
     def round_finished(self, record: RoundRecord) -> None:
         acc = "      -" if record.accuracy is None else f"{100 * record.accuracy:6.2f}%"
@@ -126,6 +114,7 @@ class Progress:
 
 def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> DemoResult | None:
     """Run the demo; returns None when interrupted (Ctrl-C / SIGTERM)."""
+    raise_open_files()  # the broker and the fleet processes inherit it
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run_demo(options, out)
@@ -217,23 +206,30 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         aggregator = aggregator_config(options, url, pki)
         # The aggregator's config, for `fedbus listen/publish --as` while the demo runs.
         write_config(report_dir / "aggregator.toml", aggregator)
-        agents: list[AgentProcess] = []
-        stack.callback(stop_agents, agents)
-        for agent_id, path in configs.items():
-            agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
-        reference = centralized_accuracy(options)
-        if reference is not None:
-            print(
-                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
-                file=out,
-                flush=True,
-            )
+        agents: list[FleetProcess] = []
+        stack.callback(stop_fleets, agents)
+        # Trained beside the federation, at the lowest priority: round 1 starts at once.
+        centralized = stack.enter_context(Reference(options))
+        agents += start_fleets(
+            list(configs.items()),
+            report_dir / "logs",
+            # --kill-agents SIGKILLs single agents: then each agent is a fleet of one
+            processes=len(configs) if options.kill_agents else default_processes(),
+            ramp=options.agents / 100,  # TLS handshakes spread: nats-server allows each 2 s
+        )
         header = Progress.HEADER + ("  epsilon" if options.dp != "off" else "")
         print(header, file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(aggregator, agents, progress))
         if summary is None:
             raise KeyboardInterrupt
+        reference = centralized.result()
+        if reference is not None:
+            print(
+                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
+                file=out,
+                flush=True,
+            )
         exported = export_final_model(options)
         if exported is not None:
             print(f"final model exported: {exported}", file=out, flush=True)
@@ -274,7 +270,7 @@ def _say_stopped(out: TextIO, options: DemoOptions, summary: RunSummary) -> None
 
 
 async def _federate(
-    config: AgentConfig, agents: list[AgentProcess], progress: Progress
+    config: AgentConfig, agents: list[FleetProcess], progress: Progress
 ) -> RunSummary:
     async with task_group() as tg:
         watcher = tg.create_task(_watch(agents), name="demo-watch-agents")
@@ -297,17 +293,18 @@ async def _probe(url: str) -> None:
             raise TransportError(f"cannot reach the broker at {url} within {timeout} s") from None
 
 
-async def _watch(agents: list[AgentProcess]) -> None:
+async def _watch(agents: list[FleetProcess]) -> None:
     """Fail fast when every agent process died on its own (e.g. a broken install)."""
     reported: set[str] = set()
     while True:
         await asyncio.sleep(0.5)
         for a in agents:
             code = a.process.poll()
-            if code is not None and not a.killed_on_purpose and a.agent_id not in reported:
-                reported.add(a.agent_id)
-                log.error("agent_exited", agent=a.agent_id, code=code, log=str(a.log_path))
+            if code is not None and not a.killed_on_purpose and a.name not in reported:
+                reported.add(a.name)
+                log.error("agent_exited", agent=a.name, code=code, log=str(a.log_path))
         if agents and all(a.process.poll() is not None for a in agents):
+            where = agents[0].log_path
             raise FedbusError(
-                f"all agent processes exited; see {agents[0].log_path.parent}/agent-*.log"
+                f"all agent processes exited; see {where and where.parent}/fleet-*.log"
             )

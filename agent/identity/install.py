@@ -19,6 +19,7 @@ for a TLS broker URL, ``[tls]`` presenting the same certificate).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,11 @@ async def enroll_online(
         tls=None if files == TlsFiles() else files,
         timeout=timeout,
     )
-    return _install(setup, key=result.key, cert=result.cert, ca_cert=result.ca_cert)
+    # in a worker thread: each file is fsynced (agent.atomic), and a fleet enrolls many
+    # devices in one event loop (agent.fleet.enroll)
+    return await asyncio.to_thread(
+        _install, setup, key=result.key, cert=result.cert, ca_cert=result.ca_cert
+    )
 
 
 def write_offline_csr(out: Path, *, federation: str, agent_id: str, state_dir: Path) -> OfflineCsr:

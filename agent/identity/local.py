@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from agent.config import IdentityConfig
 from agent.errors import IdentityError
 from agent.identity.certificates import verify_issued
+from agent.identity.keypair import recover_pair
 from agent.identity.pem import load_certificate, load_private_key
 from agent.identity.verifier import Verifier
 from agent.messages.signing import Signer
@@ -37,6 +38,7 @@ class Credentials:
         """
         if config.cert_file is None or config.key_file is None or config.ca_file is None:
             raise IdentityError("unreadable", "[identity] needs cert_file, key_file, ca_file")
+        recover_pair([config.cert_file], [config.key_file])  # an interrupted key rotation
         key = load_private_key(config.key_file)
         cert = load_certificate(config.cert_file)
         ca = load_certificate(config.ca_file)

@@ -70,7 +70,8 @@ class RoundLedger:
         run_id: str | None = None,
     ) -> None:
         self._store = LedgerStore(ledger_dir(state_dir))
-        self._signer = signer
+        #: signs the records from now on (a renewed certificate replaces it)
+        self.signer = signer
         self._strategy = canonical_json(config.strategy)
         secagg = {"mode": str(config.secure_aggregation), **msgspec.to_builtins(config.secagg)}
         self._secagg = canonical_json(secagg)
@@ -81,6 +82,19 @@ class RoundLedger:
         self._next = 0 if last is None else last.index + 1
         self._prev = GENESIS if last is None else record_hash(decode_record(self._tail[-1]).entry)
         self.run_id = run_id or uuid.uuid4().hex
+        #: records of this run so far, by round (a resumed run's earlier attempts)
+        self._attempts = self._count_attempts(files) if run_id else {}
+
+    def _count_attempts(self, files: list[tuple[int, Path]]) -> dict[int, int]:
+        """How many records each round of this run has, read from the newest back while
+        the records are this run's (its records are contiguous: one run at a time)."""
+        counts: dict[int, int] = {}
+        for _, path in reversed(files):
+            entry = decode_entry(decode_record(self._store.read(path)).entry)
+            if entry.run_id != self.run_id:
+                break
+            counts[entry.round] = max(counts.get(entry.round, 0), entry.attempt)
+        return counts
 
     @property
     def tail(self) -> tuple[bytes, ...]:
@@ -104,7 +118,9 @@ class RoundLedger:
         model_version: int,
         model_sha256: str,
     ) -> tuple[bytes, ...]:
-        """Sign and store the record of ``round``; returns the new tail.
+        """Sign and store the record of ``round``; returns the new tail. A round this run
+        already recorded (re-run after a crash, or restated on resume) gets the next
+        ``Entry.attempt``, which supersedes the earlier record.
 
         Raises:
             OSError: the record cannot be written (the round must not be published).
@@ -124,11 +140,33 @@ class RoundLedger:
             model_version=model_version,
             model_sha256=model_sha256,
             config_sha256=self._config_sha256,
+            attempt=self._attempts.get(round, 0) + 1,
         )
-        raw = await asyncio.to_thread(sign_entry, self._signer, entry)
+        raw = await asyncio.to_thread(sign_entry, self.signer, entry)
         await asyncio.to_thread(self._store.write, entry.index, raw)
         self._tail = [*self._tail[-(TAIL - 1) :], raw]
         self._next += 1
+        self._attempts[round] = entry.attempt
         self._prev = record_hash(decode_record(raw).entry)
-        log.info("ledger_appended", index=entry.index, round=round, hash=self._prev.hex()[:12])
+        log.info(
+            "ledger_appended",
+            index=entry.index,
+            round=round,
+            attempt=entry.attempt,
+            hash=self._prev.hex()[:12],
+        )
         return self.tail
+
+    def records_after(self, index: int, *, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
+        """The stored records after ``index``, oldest first: at most ``limit`` and about
+        ``max_bytes`` (always one, if any); and whether more follow. Raises: OSError."""
+        files = [(i, p) for i, p in self._store.files() if i > index]
+        records: list[bytes] = []
+        size = 0
+        for _, path in files[:limit]:
+            raw = self._store.read(path)
+            if records and size + len(raw) > max_bytes:
+                break
+            records.append(raw)
+            size += len(raw)
+        return records, len(records) < len(files)

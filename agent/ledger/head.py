@@ -9,8 +9,11 @@ it, or its first record names it as ``prev``. The first model an agent ever sees
 its signature alone (trust on first use). A tail whose newest record is of *another run* and
 newer than the head starts over from it (an aggregator that began a new run or a new ledger;
 an older run's models, replayed, are older than the head). Any other model whose records do not
-chain is refused (``LedgerChainError``, logged as ``ledger_broken``): within a run, an agent
-that missed more than the tail's length of records waits for the next run.
+chain is refused (``LedgerChainError``, logged as ``ledger_broken``). A tail that begins
+after the head held (the agent missed more than the tail's length of records) raises
+``LedgerBehindError``: the trainer asks the aggregator for the records between
+(``roles.trainer.catchup``) and checks again with them in front (``before``), so the
+whole stretch from its head to the new model is verified and chained.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import msgspec
 from cryptography import x509
 
 from agent.atomic import write_atomic
-from agent.errors import LedgerChainError, LedgerError
+from agent.errors import LedgerBehindError, LedgerChainError, LedgerError
 from agent.ledger.chain import Checked, check_segment
+from agent.ledger.record import decode_entry, decode_record
 
 HEAD_FILE = "ledger_head.json"
 
@@ -53,16 +57,27 @@ class LedgerHead:
         except (OSError, msgspec.DecodeError):
             self.head = None
 
-    def check(self, tail: Sequence[bytes], *, version: int, sha256: str) -> Checked:
-        """The newest record of ``tail`` once it is checked (see the module docstring).
+    def check(
+        self, tail: Sequence[bytes], *, version: int, sha256: str, before: Sequence[bytes] = ()
+    ) -> Checked:
+        """The newest record of ``tail`` once it is checked (see the module docstring);
+        ``before``: records fetched from the aggregator that come before the tail (those the
+        tail repeats are left out).
 
         Raises:
             LedgerRecordError: a record that does not verify.
+            LedgerBehindError: a tail that begins after the head held.
             LedgerChainError: no records, records that do not chain, a newest record naming
                 another model, or a tail that does not reach the head held.
         """
         if not tail:
             raise LedgerChainError("the model carries no ledger record")
+        if before:
+            first = decode_entry(decode_record(tail[0]).entry).index
+            tail = [
+                *(r for r in before if decode_entry(decode_record(r).entry).index < first),
+                *tail,
+            ]
         checked = check_segment(tail, self.ca)
         newest = checked[-1].entry
         if newest.model_version != version or newest.model_sha256 != sha256:
@@ -77,6 +92,11 @@ class LedgerHead:
             return checked[-1]
         if newest.run_id != head.run_id and newest.time > head.time:
             return checked[-1]  # a newer run: it starts over from here
+        if checked[0].entry.index > head.index + 1:
+            raise LedgerBehindError(
+                f"the records begin at {checked[0].entry.index}, after the ledger head "
+                f"{head.index} held"
+            )
         raise LedgerChainError(
             f"the records {checked[0].entry.index}..{newest.index} do not reach the ledger "
             f"head {head.index} held"

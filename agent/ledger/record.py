@@ -34,7 +34,9 @@ Digest32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Agents = Annotated[list[str], msgspec.Meta(max_length=100_000)]
 
 
-class Entry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+class Entry(
+    msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """What one round did, as the aggregator signs it.
 
     Attributes:
@@ -50,6 +52,13 @@ class Entry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=
         model_version, model_sha256: the global model in force after the round (the tensor
             digest of ``agent.messages.tensors.digest``).
         config_sha256: SHA-256 of the canonical JSON of the whole ``[aggregator]`` table.
+        attempt: which record of this run and round this is, 1 for the first. A round
+            re-run after a crash (its first record was appended, then the aggregator died
+            before the round committed) gets the next attempt, and so does the record a
+            resumed incarnation makes of the model it starts from: a later attempt
+            supersedes the earlier records of its round, which were never committed. Left
+            out of the encoding when 1 (``omit_defaults``), so records written before the
+            field existed keep their one canonical encoding.
     """
 
     version: int
@@ -66,6 +75,7 @@ class Entry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=
     model_version: Annotated[int, msgspec.Meta(ge=0)]
     model_sha256: str
     config_sha256: str
+    attempt: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):

@@ -4,7 +4,10 @@ Every record file under ``state_dir/ledger`` is read in index order and checked
 (``agent.ledger.chain``): the file names must run 0, 1, 2, … with no gap (a dropped record),
 each record must verify against the CA and be canonical (a tampered byte), and must carry
 the index its file name gives and the hash of the record before it (reordered or dropped
-records). The first record that fails is named, with the reason.
+records), and each record's ``attempt`` must be one more than the records of its run and
+round before it (a round re-run after a crash says so, ``Entry.attempt``; ``superseded``
+counts the records a later attempt replaced). The first record that fails is named, with
+the reason.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Verdict:
         head: the last good record (None: none).
         bad: the first bad record's file (None: the whole ledger checked out).
         reason, detail: why it is bad (``LedgerError.reason`` and its message).
+        superseded: good records a later attempt of their run and round replaced.
     """
 
     records: int
@@ -35,6 +39,7 @@ class Verdict:
     bad: Path | None = None
     reason: str = ""
     detail: str = ""
+    superseded: int = 0
 
     @property
     def ok(self) -> bool:
@@ -54,6 +59,8 @@ def verify_ledger(state_dir: Path, ca: x509.Certificate) -> Verdict:
     if not files:
         return Verdict(0, None, directory, "ledger_missing", f"no records in {directory}")
     before: Checked | None = None
+    attempts: dict[tuple[str, int], int] = {}
+    superseded = 0
     for count, (index, path) in enumerate(files):
         try:
             if index != count:
@@ -62,7 +69,16 @@ def verify_ledger(state_dir: Path, ca: x509.Certificate) -> Verdict:
             if record.entry.index != index:
                 raise LedgerChainError(f"{path.name} holds record {record.entry.index}")
             check_link(before, record)
+            entry = record.entry
+            seen = attempts.get((entry.run_id, entry.round), 0)
+            if entry.attempt != seen + 1:
+                raise LedgerChainError(
+                    f"{path.name} is attempt {entry.attempt} of round {entry.round}, "
+                    f"which has {seen} record(s) before it in this run"
+                )
+            attempts[(entry.run_id, entry.round)] = entry.attempt
+            superseded += seen > 0
         except LedgerError as exc:
-            return Verdict(count, before, path, exc.reason, str(exc))
+            return Verdict(count, before, path, exc.reason, str(exc), superseded)
         before = record
-    return Verdict(len(files), before)
+    return Verdict(len(files), before, superseded=superseded)

@@ -54,6 +54,8 @@ class BrokerFiles:
     server_names: tuple[str, ...] = ()
     mosquitto_user: str | None = None
     callout_issuer: str | None = None
+    #: nats with the callout: the system account's NKey user (``agent.runtime.evict``)
+    system_user: str | None = None
     #: nats: the blocks of a cluster node or leaf node, and the users listed besides the
     #: identities (``agent.lockdown.nats_cluster``, ``agent.lockdown.topology``)
     topology: tuple[str, ...] = ()
@@ -98,6 +100,7 @@ def write_broker_config(
     mosquitto_user: str | None = None,
     crl_valid_days: int = 30,
     callout_issuer: str | None = None,
+    system_user: str | None = None,
     topology: Sequence[str] = (),
     extra_users: Sequence[tuple[str, str]] = (),
     cert_name: str = "broker",
@@ -117,6 +120,8 @@ def write_broker_config(
             ``agent.runtime.crl_refresh``).
         callout_issuer: nats only: the account NKey of the aggregator's auth callout, which
             then admits every client but the aggregator (``agent.lockdown.nats``).
+        system_user: nats with ``callout_issuer`` only: the user NKey of the system account,
+            with which the aggregator closes revoked agents' connections (``runtime.evict``).
         topology, extra_users, cert_name: nats only: a cluster node's or leaf node's blocks,
             its site users, and its certificate's CN (``agent.lockdown.topology``).
 
@@ -142,6 +147,7 @@ def write_broker_config(
         tuple(server_names),
         mosquitto_user,
         callout_issuer,
+        system_user,
         tuple(topology),
         tuple(extra_users),
         cert_name,
@@ -170,6 +176,7 @@ def write_broker_config(
             revoked=members.revoked_ids,
             enroll=members.enroll,
             callout_issuer=callout_issuer,
+            system_user=system_user,
             topology=topology,
             extra_users=extra_users,
         )
@@ -190,6 +197,7 @@ def regenerate(files: BrokerFiles, ca: CertificateAuthority, members: Members) -
         server_names=files.server_names,
         mosquitto_user=files.mosquitto_user,
         callout_issuer=files.callout_issuer,
+        system_user=files.system_user,
         topology=files.topology,
         extra_users=files.extra_users,
         cert_name=files.cert_name,

@@ -111,6 +111,17 @@ authorization {{
 }}"""
 
 
+_SYSTEM = """
+
+# The system account, for one NKey user that skips the callout: the aggregator closing a
+# revoked agent's open connection (agent.runtime.evict: $SYS.REQ.SERVER.PING.CONNZ, then
+# $SYS.REQ.SERVER.<id>.KICK). Its seed is CA_DIR/nats-system.seed.
+accounts {{
+  SYS: {{ users: [ {{ nkey: {user} }} ] }}
+}}
+system_account: SYS"""
+
+
 def subject_name(agent_id: str, federation: str, role: Role) -> str:
     """The user name ``verify_and_map`` maps a fedbus certificate to."""
     return f"CN={agent_id},OU={role},O={federation}"
@@ -228,27 +239,33 @@ def render_conf(
     revoked: Sequence[str] = (),
     enroll: str = ENROLL_IDENTITY,
     callout_issuer: str | None = None,
+    system_user: str | None = None,
     topology: Sequence[str] = (),
     extra_users: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole config file's text (``directory`` as in ``layout``, absolute). With
     ``callout_issuer`` (an account public NKey) the agents are not listed: the auth callout
-    (``agent.runtime.auth_callout``) admits them.
+    (``agent.runtime.auth_callout``) admits them; ``system_user`` (a user public NKey) is
+    then the system account's one user (``agent.runtime.evict``).
 
     ``topology``: blocks appended for a cluster node or a leaf node (routes, leaf nodes:
     ``agent.lockdown.nats_cluster``); ``extra_users``: (user name, rendered entry) of users
     listed besides the identities (a site's leaf connection), under the callout also in
     ``auth_users``."""
     if callout_issuer is not None:
-        auth_users = [subject_name(aggregator, federation, Role.AGGREGATOR)]
-        auth_users += [name for name, _ in extra_users]
+        auth_users = [json.dumps(subject_name(aggregator, federation, Role.AGGREGATOR))]
+        auth_users += [json.dumps(name) for name, _ in extra_users]
+        if system_user is not None:
+            auth_users.append(json.dumps(system_user))
         authorization = _CALLOUT.format(
             users="\n".join(
                 [render_callout_user(federation, aggregator)] + [e for _, e in extra_users]
             ),
             issuer=callout_issuer,
-            auth_users=", ".join(json.dumps(name) for name in auth_users),
+            auth_users=", ".join(auth_users),
         )
+        if system_user is not None:
+            authorization += _SYSTEM.format(user=json.dumps(system_user))
     else:
         users = render_users(
             federation, aggregator=aggregator, agents=agents, revoked=revoked, enroll=enroll

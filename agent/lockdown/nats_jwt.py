@@ -32,6 +32,9 @@ _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 #: The callout's account NKey seed, in the CA directory (``fedbus broker-config nats
 #: --auth-callout`` creates it; the aggregator serves the callout when it is there).
 CALLOUT_SEED = "nats-callout.seed"
+#: The system account's user NKey seed, in the CA directory (created with the callout's):
+#: the aggregator closes revoked agents' connections with it (``agent.runtime.evict``).
+SYSTEM_SEED = "nats-system.seed"
 
 
 def _b64(data: bytes) -> str:
@@ -50,15 +53,24 @@ def load_or_create_issuer(path: Path) -> nkeys.KeyPair:
         IdentityError: reason ``unreadable``: a file that is not an account seed.
         OSError: it cannot be written.
     """
+    return _load_or_create(path, nkeys.PREFIX_BYTE_ACCOUNT, b"A", "an account")
+
+
+def load_or_create_system_user(path: Path) -> nkeys.KeyPair:
+    """The system account's user NKey (``SYSTEM_SEED``), as ``load_or_create_issuer``."""
+    return _load_or_create(path, nkeys.PREFIX_BYTE_USER, b"U", "a user")
+
+
+def _load_or_create(path: Path, prefix: int, public: bytes, what: str) -> nkeys.KeyPair:
     if not path.exists():
-        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
+        seed = nkeys.encode_seed(os.urandom(32), prefix)
         write_atomic(path, seed + b"\n", mode=PRIVATE)
     try:
         pair = nkeys.from_seed(bytearray(path.read_bytes().strip()))
     except (OSError, nkeys.NkeysError) as exc:
         raise IdentityError("unreadable", f"{path} is not an NKey seed: {exc}") from exc
-    if not pair.public_key.startswith(b"A"):
-        raise IdentityError("unreadable", f"{path} is not an account NKey seed")
+    if not pair.public_key.startswith(public):
+        raise IdentityError("unreadable", f"{path} is not {what} NKey seed")
     return pair
 
 

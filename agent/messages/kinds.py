@@ -14,6 +14,8 @@ class Kind(StrEnum):
     MODEL_PARA = "model_para"
     FIT_INS = "fit_ins"
     MODEL_UPDATE = "model_update"
+    # Buffered async SecAgg+ (FedBuff): trained, holding the update for a buffer's round
+    UPDATE_READY = "update_ready"
     EVALUATE = "evaluate"
     METRICS = "metrics"
     FINISH = "finish"
@@ -32,6 +34,9 @@ class Kind(StrEnum):
     # Renewal (signed with the certificate being renewed; the answer comes to the inbox)
     RENEW = "renew"
     RENEW_REPLY = "renew_reply"
+    # Ledger catch-up (a trainer that missed more records than a model message carries)
+    LEDGER_REQUEST = "ledger_request"
+    LEDGER_RECORDS = "ledger_records"
     # Liveness: each agent's retained online/offline, and the aggregator's summary
     STATUS = "status"
     FEDERATION_STATUS = "federation_status"

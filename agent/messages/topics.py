@@ -69,10 +69,10 @@ INBOX = TopicSpec(
             Kind.MODEL_PARA,
             Kind.RELAY_KEYS,
             Kind.RELAY_SHARES,
-            Kind.UNMASK_REQUEST,
             Kind.MANIFEST,
             Kind.CHUNK_ACK,
             Kind.RENEW_REPLY,
+            Kind.LEDGER_RECORDS,
         }
     ),
     False,
@@ -91,9 +91,10 @@ UPDATE = TopicSpec(
     "update",
     "fl/{federation}/model_para/update/{agent_id}",
     Role.TRAINER,
-    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.MANIFEST}),
+    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.UPDATE_READY, Kind.MANIFEST}),
     False,
-    "One agent's trained update for the current round (masked under SecAgg+).",
+    "One agent's trained update for the current round (masked under SecAgg+; in async "
+    "SecAgg+ first its update_ready).",
 )
 SECAGG_ADVERTISE = TopicSpec(
     "secagg_advertise_keys",
@@ -118,6 +119,15 @@ SECAGG_UNMASK = TopicSpec(
     frozenset({Kind.UNMASK}),
     False,
     "SecAgg+: the shares one survivor reveals so the aggregator can unmask the sum.",
+)
+SECAGG_UNMASK_REQUEST = TopicSpec(
+    "secagg_unmask_request",
+    "fl/{federation}/secagg/unmask_request",
+    Role.AGGREGATOR,
+    frozenset({Kind.UNMASK_REQUEST}),
+    False,
+    "SecAgg+: who sent a masked input and who shared keys but did not, one broadcast to the "
+    "whole cohort (the same body for every survivor; federation_status names them anyway).",
 )
 EVALUATE = TopicSpec(
     "evaluate",
@@ -169,6 +179,14 @@ RENEW = TopicSpec(
     False,
     "An enrolled agent's certificate renewal (a CSR), signed with the certificate it renews.",
 )
+LEDGER = TopicSpec(
+    "ledger",
+    "fl/{federation}/ledger/{agent_id}",
+    Role.TRAINER,
+    frozenset({Kind.LEDGER_REQUEST}),
+    False,
+    "A trainer that missed ledger records asks for the ones after its head (signed).",
+)
 STATUS = TopicSpec(
     "status",
     "fl/{federation}/status/{agent_id}",
@@ -195,12 +213,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     SECAGG_ADVERTISE,
     SECAGG_SHARE,
     SECAGG_UNMASK,
+    SECAGG_UNMASK_REQUEST,
     EVALUATE,
     METRICS,
     FINISH,
     ENROLL,
     ENROLL_REPLY,
     RENEW,
+    LEDGER,
     STATUS,
     FEDERATION_STATUS,
 )

@@ -110,6 +110,13 @@ class EnrollmentService:
         #: Set once the request filter is subscribed on a live broker session.
         self.ready = asyncio.Event()
 
+    def sign_with(self, signer: Signer) -> None:
+        """Sign replies (and renewal replies) with ``signer`` from now on (a renewed
+        aggregator certificate, ``runtime.own_renewal``)."""
+        self._signer = signer
+        if self._renewal is not None:
+            self._renewal.sign_with(signer)
+
     async def run(self) -> None:
         """Subscribe and answer every request until the bus closes or the task is cancelled.
         A bad request is answered (when its topic names an agent) and logged, never fatal."""

@@ -35,6 +35,7 @@ from agent.identity.verifier import Verifier
 from agent.messages.bodies import RenewReply, RenewRequest
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
+from agent.messages.signing import Signer
 from agent.messages.topics import INBOX, RENEW, classify
 from agent.role import Identity, Role
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
@@ -95,6 +96,10 @@ class RenewalService:
             security=Security(verifier),
             metrics=outbox.metrics,
         )
+
+    def sign_with(self, signer: Signer) -> None:
+        """Sign replies with ``signer`` from now on (a renewed aggregator certificate)."""
+        self._outbox.signer = signer
 
     @property
     def filter(self) -> str:

@@ -2,13 +2,17 @@
 token, signed with the certificate in use (``agent.runtime.renewal`` answers).
 
 Every ``check_every`` seconds the renewer looks at the certificate it signs with; once less
-than ``renew_before`` seconds of it are left it sends a ``renew`` request (a CSR for the same
-key) on ``renew/{agent_id}`` and waits for the ``renew_reply`` on its inbox. A certificate
-that the federation CA issued for this agent and this key is then written over the old one
-(``agent.identity.pem``, atomic), becomes the signer of every later message at once (the
+than ``renew_before`` seconds of it are left it sends a ``renew`` request on
+``renew/{agent_id}`` and waits for the ``renew_reply`` on its inbox. With ``rotate`` (the
+default, when it knows its key file) the key rotates: a new key is generated on the device
+and staged beside the old one (``agent.identity.keypair``), and the CSR is for it; the
+request itself is signed with the certificate being renewed, which is what the CA checks.
+A certificate that the federation CA issued for this agent and the CSR's key is then
+installed with its key as a pair (``keypair.commit_pair``: a crash at any point leaves a
+matching pair, ``recover_pair``), becomes the signer of every later message at once (the
 aggregator refuses the superseded one from then on), and is loaded into the TLS context the
 bus connects with, so the next broker session presents it too. A refusal or no answer is
-logged and retried at the next check; the old certificate stays in use meanwhile.
+logged and retried at the next check; the old pair stays in use meanwhile.
 """
 
 from __future__ import annotations
@@ -20,23 +24,26 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from prometheus_client import Gauge
 
 from agent.config import AgentConfig
 from agent.errors import IdentityError, TransportError
 from agent.identity.ca import build_csr
 from agent.identity.certificates import verify_issued
-from agent.identity.pem import write_pem
+from agent.identity.keypair import certifies, commit_pair, distinct, stage_key
+from agent.identity.pem import PrivateKey, write_pem
 from agent.messages.bodies import RenewReply, RenewRequest
 from agent.messages.envelope import Message
 from agent.messages.signing import Signer
 from agent.messages.topics import RENEW
 from agent.runtime.outbox import Outbox
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +52,18 @@ _DAY = 86400.0
 
 @dataclass(frozen=True, slots=True)
 class RenewalFiles:
-    """Where the renewed certificate goes: ``cert_file`` (``[identity]``) and, when the
-    bus presents another copy (``[tls] cert_file``), that one too, with its ``tls_key``."""
+    """Where the renewed certificate goes: ``cert_file`` (``[identity]``, with its
+    ``key_file``: None keeps the key) and, when the bus presents another copy (``[tls]
+    cert_file``), that one too, with its ``tls_key``."""
 
     cert_file: Path
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    key_file: Path | None = None
+
+    def copies(self) -> tuple[list[Path], list[Path]]:
+        """(certificate files, key files) a rotated pair is installed in, each once."""
+        return distinct(self.cert_file, self.tls_cert), distinct(self.key_file, self.tls_key)
 
 
 @dataclass(slots=True)
@@ -66,6 +79,7 @@ class CertificateRenewer:
         reply_timeout: seconds to wait for the answer.
         tls: the bus's TLS context, reloaded with the new certificate (None: plaintext).
         metrics_registry: where ``fedbus_certificate_expiry_timestamp_seconds`` goes.
+        rotate: a new key with every renewal (needs ``files.key_file``).
     """
 
     outbox: Outbox
@@ -76,12 +90,15 @@ class CertificateRenewer:
     reply_timeout: float = 30.0
     tls: ssl.SSLContext | None = None
     metrics_registry: Any = None
+    rotate: bool = True
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     _waiting: dict[bytes, asyncio.Future[RenewReply]] = field(default_factory=dict)
     _expiry: Gauge | None = None
 
     def __post_init__(self) -> None:
         if self.metrics_registry is not None:
+            from prometheus_client import Gauge  # only where metrics are served (light agent)
+
             self._expiry = Gauge(
                 "fedbus_certificate_expiry_timestamp_seconds",
                 "notAfter of the certificate this agent signs with (Unix seconds).",
@@ -126,7 +143,10 @@ class CertificateRenewer:
         """One renewal. Returns True when the new certificate is in use."""
         signer = self._signer
         identity = verify_issued(self.ca, signer.cert)
-        csr = build_csr(signer.key, agent_id=identity.agent_id, federation=identity.federation)
+        key = signer.key
+        if self.rotate and self.files.key_file is not None:
+            key = await asyncio.to_thread(stage_key, self.files.copies()[1])
+        csr = build_csr(key, agent_id=identity.agent_id, federation=identity.federation)
         nonce = os.urandom(16)
         waiter: asyncio.Future[RenewReply] = asyncio.get_running_loop().create_future()
         self._waiting[nonce] = waiter
@@ -150,39 +170,39 @@ class CertificateRenewer:
             log.warning("certificate_renewal_failed", reason=reply.reason, detail=reply.detail)
             return False
         try:
-            return await asyncio.to_thread(self._install, reply.cert)
+            return await asyncio.to_thread(self._install, reply.cert, key)
         except (IdentityError, ValueError, OSError, ssl.SSLError) as exc:
             log.warning("certificate_renewal_failed", reason="bad_certificate", detail=str(exc))
             return False
 
-    def _install(self, pem: bytes) -> bool:
+    def _install(self, pem: bytes, key: PrivateKey) -> bool:
         signer = self._signer
         cert = x509.load_pem_x509_certificate(pem)
         identity = verify_issued(self.ca, cert)
         old = verify_issued(self.ca, signer.cert, at=cert.not_valid_before_utc)
-        public = serialization.PublicFormat.SubjectPublicKeyInfo
-        if (
-            identity.agent_id != old.agent_id
-            or identity.role is not old.role
-            or cert.public_key().public_bytes(serialization.Encoding.DER, public)
-            != signer.key.public_key().public_bytes(serialization.Encoding.DER, public)
-        ):
+        if identity.agent_id != old.agent_id or identity.role is not old.role:
             raise IdentityError("wrong_identity", "the renewed certificate is not ours")
-        write_pem(self.files.cert_file, cert)
+        if not certifies(cert, key):
+            raise IdentityError("wrong_identity", "the renewed certificate is for another key")
         tls_cert = self.files.tls_cert
-        if tls_cert is not None and tls_cert.resolve() != self.files.cert_file.resolve():
-            write_pem(tls_cert, cert)
-        self.outbox.signer = Signer(signer.key, cert)
+        if key is signer.key:  # the same key: only the certificates change
+            write_pem(self.files.cert_file, cert)
+            if tls_cert is not None and tls_cert.resolve() != self.files.cert_file.resolve():
+                write_pem(tls_cert, cert)
+        else:
+            commit_pair(*self.files.copies(), cert, key)
+        self.outbox.signer = Signer(key, cert)
         if self.tls is not None:
             chain = tls_cert or self.files.cert_file
-            key = str(self.files.tls_key) if self.files.tls_key is not None else None
-            self.tls.load_cert_chain(str(chain), key)
+            key_path = self.files.tls_key or self.files.key_file
+            self.tls.load_cert_chain(str(chain), None if key_path is None else str(key_path))
         if self._expiry is not None:
             self._expiry.set(cert.not_valid_after_utc.timestamp())
         log.info(
             "certificate_renewed",
             serial=cert.serial_number,
             superseded=old.serial,
+            key_rotated=key is not signer.key,
             not_after=cert.not_valid_after_utc.isoformat(),
         )
         return True
@@ -198,7 +218,9 @@ def renewer_for(
     return CertificateRenewer(
         outbox=outbox,
         ca=ca,
-        files=RenewalFiles(ident.cert_file, config.tls.cert_file, config.tls.key_file),
+        files=RenewalFiles(
+            ident.cert_file, config.tls.cert_file, config.tls.key_file, key_file=ident.key_file
+        ),
         renew_before=ident.renew_before_days * _DAY,
         check_every=ident.renew_check_every,
         tls=tls,

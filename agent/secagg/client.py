@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import SecAggAbortError, ShareError
 from agent.secagg import keys, shamir
-from agent.secagg.graph import neighbours
+from agent.secagg.graph import neighbours_of
 from agent.secagg.prg import MaskStream
 from agent.secagg.quantize import quantize, weight_word
 from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage, move, sign
@@ -61,17 +61,18 @@ class ClientState:
 
 
 def setup(agent_id: str, announced: Setup) -> ClientState:
-    """Stage ``setup``: derive this client's neighbours from the announced graph.
+    """Stage ``setup``: derive this client's neighbours from the announced graph (its own
+    row only, ``graph.neighbours_of``: the server's row for it, without the other n − 1).
 
     Raises:
         ShareError: this client is not in the cohort.
     """
     if agent_id not in announced.cohort:
         raise ShareError(f"{agent_id} is not in the announced cohort")
-    graph = neighbours(
-        announced.cohort, k=announced.params.num_neighbours, seed=announced.graph_seed
+    near = neighbours_of(
+        announced.cohort, agent_id, k=announced.params.num_neighbours, seed=announced.graph_seed
     )
-    return ClientState(agent_id, announced, graph[agent_id])
+    return ClientState(agent_id, announced, near)
 
 
 def advertise_keys(state: ClientState) -> PublicKeys:

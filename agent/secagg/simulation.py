@@ -220,7 +220,12 @@ class SecAggRound:
         copies the masked sum and only records dropouts and moves the stage)."""
         state = self.server_state
         if keep_state:
-            state = replace(state, dropouts=dict(state.dropouts))
+            total = state.masked_sum  # finish unmasks it in place: give it a copy
+            state = replace(
+                state,
+                dropouts=dict(state.dropouts),
+                masked_sum=None if total is None else total.copy(),
+            )
         with self.observer.call(SERVER, "finish"):
             return server.finish(state)
 

@@ -11,7 +11,7 @@ any stage that is not final. Everything else raises ``StageError``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -86,9 +86,21 @@ class Setup:
     graph_seed: bytes
     length: int
 
+    _x: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_x", {a: i + 1 for i, a in enumerate(self.cohort)})
+
     def x_of(self, agent_id: str) -> int:
-        """The Shamir x-coordinate of a cohort member (1-based index)."""
-        return self.cohort.index(agent_id) + 1
+        """The Shamir x-coordinate of a cohort member (1-based index), in O(1).
+
+        Raises:
+            ValueError: not a member (as ``tuple.index``).
+        """
+        x = self._x.get(agent_id)
+        if x is None:
+            raise ValueError(f"{agent_id!r} is not in the cohort")
+        return x
 
 
 @dataclass(frozen=True, slots=True)

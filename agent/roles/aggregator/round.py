@@ -20,15 +20,18 @@ import structlog
 from agent.config import AggregatorConfig
 from agent.ledger.book import RoundLedger
 from agent.messages.bodies import Liveness, RoundPhase
+from agent.messages.signing import Signer
 from agent.roles.aggregator.admission import Admission
 from agent.roles.aggregator.broadcast import publish_model, recorded
 from agent.roles.aggregator.cohort import cohort_size, sample_cohort
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
+from agent.roles.aggregator.ledger_replies import LedgerReplies
 from agent.roles.aggregator.outcome import Outcome, RoundFailure
 from agent.roles.aggregator.records import GlobalState, RoundObserver, RoundRecord
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
+from agent.runtime.listeners import ListenerRegistry
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 
@@ -65,6 +68,18 @@ class RoundParts:
     reconnected_at: Callable[[], float] = lambda: float("-inf")
     #: the signed round ledger (None: identities off)
     ledger: RoundLedger | None = None
+
+    def sign_with(self, signer: Signer) -> None:
+        """Sign messages and ledger records with ``signer`` from now on (a renewed
+        aggregator certificate, ``runtime.own_renewal``)."""
+        self.outbox.signer = signer
+        if self.ledger is not None:
+            self.ledger.signer = signer
+
+    def serve_ledger(self, registry: ListenerRegistry) -> None:
+        """Answer trainers that missed ledger records (``ledger_replies``)."""
+        if self.ledger is not None:
+            LedgerReplies(self.ledger, self.outbox).register(registry)
 
 
 async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:

@@ -2,18 +2,20 @@
 
 ``SecureRound.run`` walks the server stages of ``agent.secagg.server``: it collects each
 stage's messages until every expected client answered or the stage deadline passed, then
-relays what the next stage needs to each client's inbox, so every client sees the view the
-aggregator holds. The masked inputs are summed as they arrive; the unmask (Shamir
-reconstruction and mask removal) runs in a worker thread.
+relays what the next stage needs to each client's inbox (one message per recipient, however
+many peers' keys or shares it carries; the unmask request, the same for everyone, as one
+broadcast), so every client sees the view the aggregator holds. The masked inputs are summed
+as they arrive; the unmask (Shamir reconstruction and mask removal) runs in a worker thread.
 
-=================  =============================  =====================================
-stage              clients send (topic)           aggregator relays (inbox)
-=================  =============================  =====================================
+=================  =============================  ======================================
+stage              clients send (topic)           aggregator relays (inbox, or broadcast)
+=================  =============================  ======================================
 advertise_keys     advertise_keys (secagg/…)      relay_keys: neighbours' public keys
 share_keys         share_keys (secagg/…)          relay_shares: ciphertexts for the agent
 collect            masked_input (update/{id})     unmask_request: survivors, dropouts
+                                                  (one broadcast, secagg/unmask_request)
 unmask             unmask (secagg/…)              —
-=================  =============================  =====================================
+=================  =============================  ======================================
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
@@ -48,6 +51,7 @@ from agent.secagg import server
 from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 
 def setup_body(
@@ -116,13 +120,20 @@ class SecureRound:
         server.open_advertise(self.state)
         self._expected: frozenset[str] = frozenset(setup.cohort)
         self._answered: set[str] = set()
+        #: expected members not yet answered (so a stage's completion check is O(1))
+        self._waiting: set[str] = set(self._expected)
         self._everyone = asyncio.Event()
         self._timed_out = False
         self._closed = False
         self._stage_started = time.monotonic()
+        self._stage: StageLog | None = None
 
     async def run(self) -> server.Aggregate:
         """Run the stages after the cohort got its ``fit_ins``.
+
+        Each stage ends in one ``secagg_stage_closed`` log line (``StageLog``): its seconds
+        (collecting, closing, relaying), who was expected and answered, the relay messages
+        and bytes sent, and the dropouts.
 
         Raises:
             SecAggAbortError: too few clients at some stage, or too few / bad shares.
@@ -130,8 +141,7 @@ class SecureRound:
         state = self.state
         try:
             await self._collect(self._stage_timeout)
-            keys = server.close_advertise(state)
-            self._log_stage(Stage.ADVERTISE_KEYS)
+            keys = self._close(Stage.ADVERTISE_KEYS, server.close_advertise)
             # Expect the answers before relaying: the first may come back at once.
             self._expect(keys)
             await self._relay(
@@ -140,22 +150,24 @@ class SecureRound:
                     keys={v: PeerKeys(k.enc, k.mask) for v, k in peers.items()}
                 ),
             )
+            self._log_stage()
             await self._collect(self._stage_timeout)
-            shares = server.close_share_keys(state)
-            self._log_stage(Stage.SHARE_KEYS)
+            shares = self._close(Stage.SHARE_KEYS, server.close_share_keys)
             self._expect(shares)
             await self._relay(shares, lambda cts: RelayShares(ciphertexts=cts))
+            self._log_stage()
             await self._collect(max(0.0, self._input_deadline - time.monotonic()))
-            survivors, dropped = server.close_collect(state)
-            self._log_stage(Stage.COLLECT_MASKED_INPUT)
-            request = UnmaskRequest(survivors=survivors, dropped=dropped)
+            survivors, dropped = self._close(Stage.COLLECT_MASKED_INPUT, server.close_collect)
             self._expect(survivors)
-            await self._relay({a: request for a in survivors}, lambda r: r)
+            await self._broadcast(UnmaskRequest(survivors=survivors, dropped=dropped))
+            self._log_stage()
             await self._collect(self._stage_timeout)
         finally:
             self._closed = True
+        record = self._closing(Stage.UNMASK)
         result = await asyncio.to_thread(server.finish, state)
-        self._log_stage(Stage.UNMASK)
+        self._closed_stage(record)
+        self._log_stage()
         return result
 
     # -- handlers (called by the aggregator's listeners) ----------------------------------
@@ -196,9 +208,10 @@ class SecureRound:
 
     def on_offline(self, agent_id: str) -> None:
         """An agent said it went offline: stop waiting for its answer in this stage."""
-        if agent_id in self._expected and agent_id not in self._answered:
+        if agent_id in self._waiting:
             self._expected = self._expected - {agent_id}
-            if self._expected <= self._answered:
+            self._waiting.discard(agent_id)
+            if not self._waiting:
                 self._everyone.set()
 
     # -- internals ------------------------------------------------------------------------
@@ -216,51 +229,128 @@ class SecureRound:
             )
             return
         self._answered.add(sender)
+        self._waiting.discard(sender)
         enough = (
             self._quorum is not None
             and stage in (Stage.ADVERTISE_KEYS, Stage.COLLECT_MASKED_INPUT)
             and len(self._answered) >= self._quorum
         )
-        if enough or self._expected <= self._answered:
+        if enough or not self._waiting:
             self._everyone.set()
 
     def _expect(self, who: Iterable[str]) -> None:
         self._expected = frozenset(who)
         self._answered = set()
+        self._waiting = set(self._expected)
         self._everyone.clear()
 
     async def _collect(self, seconds: float) -> None:
         """Wait until every expected client answered, or ``seconds``."""
         self._timed_out = False
-        if self._expected <= self._answered:
+        if not self._waiting:
             return
         try:
             async with asyncio.timeout(seconds):
                 await self._everyone.wait()
         except TimeoutError:
             self._timed_out = True
-            self.late |= self._expected - self._answered
+            self.late |= self._waiting
 
-    async def _relay(self, per_agent: Mapping[str, Any], build: Callable[[Any], Body]) -> None:
-        """Send each agent its relay body (concurrently; each QoS 1 publish is acknowledged)."""
-        async with task_group() as tg:
-            for agent_id, value in per_agent.items():
-                body: Body = build(value)
-                tg.create_task(
-                    self._outbox.try_send(topics.INBOX, body, round=self._round, agent_id=agent_id)
-                )
+    def _close(self, stage: Stage, close: Callable[[server.ServerState], _T]) -> _T:
+        """End ``stage`` with the server's ``close`` function (its time counted apart)."""
+        record = self._closing(stage)
+        out = close(self.state)
+        self._closed_stage(record)
+        return out
 
-    def _log_stage(self, stage: Stage) -> None:
+    def _closing(self, stage: Stage) -> StageLog:
+        """The stage's collecting is over: observe it, and open its log record."""
         now = time.monotonic()
         self._metrics.stage_seconds.labels(str(stage)).observe(now - self._stage_started)
-        self._stage_started = now
+        self._stage = record = StageLog(stage, self._stage_started, len(self._expected))
+        record.collect_seconds = now - self._stage_started
+        record.answered, record.timed_out = len(self._answered), self._timed_out
+        return record
+
+    def _closed_stage(self, record: StageLog) -> None:
+        record.close_seconds = time.monotonic() - record.started - record.collect_seconds
         if self._on_stage is not None:
-            self._on_stage(str(stage))
-        lost = self.state.dropouts.get(stage, frozenset())
+            self._on_stage(str(record.stage))
+
+    async def _relay(self, per_agent: Mapping[str, Any], build: Callable[[Any], Body]) -> None:
+        """Send each agent its relay body (concurrently; each QoS 1 publish is acknowledged):
+        one message per recipient, however many peers' keys or shares it carries."""
+        started = time.monotonic()
+        sizes: list[int | None] = []
+
+        async def one(agent_id: str, body: Body) -> None:
+            size = await self._outbox.try_send(
+                topics.INBOX, body, round=self._round, agent_id=agent_id
+            )
+            sizes.append(size)
+
+        async with task_group() as tg:
+            for agent_id, value in per_agent.items():
+                tg.create_task(one(agent_id, build(value)))
+        if self._stage is not None:
+            self._stage.relay_seconds = time.monotonic() - started
+            self._stage.relayed = sum(1 for size in sizes if size is not None)
+            self._stage.relay_bytes = sum(size for size in sizes if size is not None)
+
+    async def _broadcast(self, body: Body) -> None:
+        """Send one body the whole cohort reads (``unmask_request``: the same for every
+        survivor), as one publish instead of one per member."""
+        started = time.monotonic()
+        size = await self._outbox.try_send(topics.SECAGG_UNMASK_REQUEST, body, round=self._round)
+        if self._stage is not None:
+            self._stage.relay_seconds = time.monotonic() - started
+            self._stage.relayed = 0 if size is None else 1
+            self._stage.relay_bytes = size or 0
+
+    def _log_stage(self) -> None:
+        record, self._stage = self._stage, None
+        now = time.monotonic()
+        self._stage_started = now
+        if record is None:
+            return
+        lost = self.state.dropouts.get(record.stage, frozenset())
         log.info(
             "secagg_stage_closed",
-            stage=str(stage),
-            answered=len(self._answered),
-            timed_out=self._timed_out,
+            stage=str(record.stage),
+            seconds=round(now - record.started, 6),
+            collect_seconds=round(record.collect_seconds, 6),
+            close_seconds=round(record.close_seconds, 6),
+            relay_seconds=round(record.relay_seconds, 6),
+            expected=record.expected,
+            answered=record.answered,
+            relayed=record.relayed,
+            relay_bytes=record.relay_bytes,
+            timed_out=record.timed_out,
+            dropout_count=len(lost),
             dropouts=sorted(lost),
         )
+
+
+@dataclass(slots=True)
+class StageLog:
+    """What one stage's ``secagg_stage_closed`` line reports (seconds: ``time.monotonic``).
+
+    Attributes:
+        stage: the stage.  started: when its collecting began.
+        expected: the members whose message it waited for.  answered: those whose came.
+        collect_seconds: waiting for the messages; close_seconds: the server's ``close_*``
+            (``finish`` for unmask: reconstruction and mask removal); relay_seconds: sending
+            the next stage's relays, ``relayed`` messages of ``relay_bytes`` in all.
+        timed_out: the deadline passed before every expected member answered.
+    """
+
+    stage: Stage
+    started: float
+    expected: int
+    answered: int = 0
+    collect_seconds: float = 0.0
+    close_seconds: float = 0.0
+    relay_seconds: float = 0.0
+    relayed: int = 0
+    relay_bytes: int = 0
+    timed_out: bool = False

@@ -36,17 +36,30 @@ REVOKE_POLL = 1.0
 
 
 async def watch_revocations(
-    registry: Registry, current: Callable[[], Aggregator | None], *, every: float = REVOKE_POLL
+    registry: Registry,
+    current: Callable[[], Aggregator | None],
+    *,
+    every: float = REVOKE_POLL,
+    on_revoked: Callable[[Sequence[str]], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Tell the current run's aggregator of every revoked agent; until cancelled."""
-    while True:
-        rows = await asyncio.to_thread(registry.agents)
-        aggregator = current()
-        if aggregator is not None:
-            for row in rows:
-                if row.status is AgentStatus.REVOKED:
-                    aggregator.note_revoked(row.agent_id)
-        await asyncio.sleep(every)
+    """Tell the current run's aggregator of every revoked agent; until cancelled.
+    ``on_revoked`` is awaited once with the agents revoked since the last look (at the
+    first look: every revoked agent), e.g. to close their broker connections
+    (``runtime.evict``)."""
+    seen: set[str] = set()
+    async with task_group() as tg:  # the hook runs beside the watch (a broker may be slow)
+        while True:
+            rows = await asyncio.to_thread(registry.agents)
+            revoked = [row.agent_id for row in rows if row.status is AgentStatus.REVOKED]
+            aggregator = current()
+            if aggregator is not None:
+                for agent_id in revoked:
+                    aggregator.note_revoked(agent_id)
+            new = [agent_id for agent_id in revoked if agent_id not in seen]
+            seen.update(new)
+            if new and on_revoked is not None:
+                tg.create_task(on_revoked(new), name="revoked-hook")
+            await asyncio.sleep(every)
 
 
 async def serve(
@@ -58,13 +71,14 @@ async def serve(
     registry: Registry | None = None,
     enrollment: EnrollmentService | None = None,
     services: Sequence[Coroutine[Any, Any, None]] = (),
+    on_revoked: Callable[[Sequence[str]], Coroutine[Any, Any, None]] | None = None,
 ) -> RunSummary | None:
     """Run runs as ``after_run`` says, with ``enrollment`` and the revocation watch up for
     the whole process. ``build`` makes each run's ``Aggregator``; ``play`` awaits its work
     (e.g. under systemd notification); ``finished`` is awaited after each completed run
     (e.g. the model export); ``services`` run for the whole process too (CRL re-signing,
-    the NATS auth callout). Returns the last run's summary (``exit``); otherwise runs until
-    cancelled.
+    the NATS auth callout); ``on_revoked`` as for ``watch_revocations``. Returns the last
+    run's summary (``exit``); otherwise runs until cancelled.
 
     Raises:
         RunFailedError, RoundError: a run failed; the process exits non-zero.
@@ -77,7 +91,7 @@ async def serve(
         for service in services:
             helpers.append(tg.create_task(service, name="aggregator-service"))
         if registry is not None:
-            watch = watch_revocations(registry, lambda: holder[0])
+            watch = watch_revocations(registry, lambda: holder[0], on_revoked=on_revoked)
             helpers.append(tg.create_task(watch, name="revocations"))
         try:
             while True:

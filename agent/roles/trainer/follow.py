@@ -34,6 +34,10 @@ class Follower:
         #: the incarnation that admitted us ("" before any, or when it does not say)
         self.incarnation = ""
         self._left: set[str] = set()
+        #: the last incarnation ``is_new`` answered True for: joined at once once; until it
+        #: admits us the join loop's backoff re-sends (else every status it publishes while
+        #: a fleet joins would make every waiting trainer join again: O(n²) joins)
+        self._announced = ""
         self._revoked = asyncio.Event()
 
     def admitted_by(self, incarnation: str) -> None:
@@ -45,8 +49,11 @@ class Follower:
     def is_new(self, incarnation: str) -> bool:
         """Whether a ``federation_status`` from ``incarnation`` is a new aggregator's; from
         then on the admitting one counts as left behind."""
-        if not incarnation or incarnation == self.incarnation or incarnation in self._left:
+        if not incarnation or incarnation in (self.incarnation, self._announced):
             return False
+        if incarnation in self._left:
+            return False
+        self._announced = incarnation
         log.info("aggregator_incarnation_seen", previous=self.incarnation, incarnation=incarnation)
         if self.incarnation:
             self._left.add(self.incarnation)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import structlog
 
-from agent.errors import LedgerError
+from agent.errors import LedgerBehindError, LedgerError
 from agent.ledger.head import LedgerHead
 from agent.messages.bodies import GlobalModel
 from agent.messages.envelope import Message
@@ -47,13 +49,23 @@ class ModelStore:
         self._wait = wait
         self._path = path
         self._arrived = asyncio.Condition()
+        #: called with a model whose records begin after the head held (the trainer fetches
+        #: the records between and offers it again, ``on_model(message, before=…)``)
+        self.on_behind: Callable[[Message[GlobalModel]], None] | None = None
 
     def forget(self) -> None:
         """Drop the held model (a new admission may belong to a new run)."""
         self.held = None
 
-    async def on_model(self, message: Message[GlobalModel]) -> None:
-        """``model_para``: keep it if newer than the held one and its digest matches."""
+    @property
+    def ledger_head(self) -> int | None:
+        """The index of the ledger record held (None: none, or no ledger)."""
+        head = None if self._ledger is None else self._ledger.head
+        return None if head is None else head.index
+
+    async def on_model(self, message: Message[GlobalModel], before: Sequence[bytes] = ()) -> None:
+        """``model_para``: keep it if newer than the held one and its digest matches;
+        ``before``: ledger records fetched to bridge the head held and the model's tail."""
         body = message.body
         if self.held is not None and body.version <= self.held.version:
             return
@@ -68,8 +80,18 @@ class ModelStore:
         if self._ledger is not None:
             try:  # before it is held, so before anything trains on it
                 record = await asyncio.to_thread(
-                    self._ledger.check, body.ledger, version=body.version, sha256=body.sha256
+                    partial(self._ledger.check, before=before),
+                    body.ledger,
+                    version=body.version,
+                    sha256=body.sha256,
                 )
+            except LedgerBehindError as exc:
+                if self.on_behind is None or before:
+                    log.warning("model_rejected", reason=exc.reason, detail=str(exc))
+                    return
+                log.info("ledger_behind", version=body.version, detail=str(exc))
+                self.on_behind(message)
+                return
             except LedgerError as exc:
                 log.warning(
                     "model_rejected", reason=exc.reason, version=body.version, detail=str(exc)

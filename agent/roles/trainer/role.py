@@ -12,7 +12,7 @@ fit_ins            inbox                not stale   model_update, or advertise_k
                                                     later masked_input (SecAgg+)
 relay_keys         inbox                current     share_keys
 relay_shares       inbox                current     —  (lets the masking proceed)
-unmask_request     inbox                current     unmask
+unmask_request     secagg broadcast     not stale   unmask  (only a survivor of its round)
 evaluate           evaluate             not stale   metrics
 finish             finish               any         join (again, for the next run)
 federation_status  federation_status    any         join (again: a new aggregator incarnation)
@@ -50,6 +50,7 @@ from agent.messages.bodies import (
     EvaluateIns,
     FederationStatus,
     Finish,
+    GlobalModel,
     JoinAccepted,
     JoinRejected,
     JoinRequest,
@@ -58,6 +59,7 @@ from agent.messages.bodies import (
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.plugin.loader import CheckedPlugin
+from agent.roles.trainer.catchup import LedgerCatchUp
 from agent.roles.trainer.evaluate import evaluate
 from agent.roles.trainer.fit import FitPath
 from agent.roles.trainer.follow import Follower
@@ -150,7 +152,8 @@ class Trainer:
         registry.register(Kind.FIT_INS, self._fits.on_fit_ins, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.RELAY_KEYS, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.RELAY_SHARES, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
-        registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.CURRENT)
+        # A broadcast: agents outside the round read it too (their round may be older).
+        registry.register(Kind.UNMASK_REQUEST, self._fits.on_secagg, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.EVALUATE, self._on_evaluate, rounds=RoundPolicy.NOT_STALE)
         registry.register(Kind.FINISH, self._on_finish, rounds=RoundPolicy.ANY)
         registry.register(
@@ -161,6 +164,12 @@ class Trainer:
         registry.register(Kind.CHUNK_ACK, lambda m: credits.on_ack(m.body), rounds=RoundPolicy.ANY)
         if self._renewer is not None:
             registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
+        if credentials is not None:  # more records missed than a model carries: fetch them
+            self._catch_up = LedgerCatchUp(self._outbox, self._id)
+            self._models.on_behind = self._on_ledger_behind
+            registry.register(
+                Kind.LEDGER_RECORDS, self._catch_up.on_records, rounds=RoundPolicy.ANY
+            )
         self.dispatcher = Dispatcher(
             federation=self._fed,
             registry=registry,
@@ -204,6 +213,7 @@ class Trainer:
             topics.EVALUATE,
             topics.FINISH,
             topics.FEDERATION_STATUS,
+            topics.SECAGG_UNMASK_REQUEST,
         ):
             await self._bus.subscribe(spec.format(self._fed))
         await self._bus.subscribe(topics.INBOX.format(self._fed, self._id))
@@ -292,6 +302,12 @@ class Trainer:
             return
         log.info("aggregator_restarted", incarnation=message.body.incarnation)
         self._rejoin.set()
+
+    def _on_ledger_behind(self, message: Message[GlobalModel]) -> None:
+        """Fetch the records between (in the worker: the answers come through the receive
+        loop), then offer the model again (``catchup.LedgerCatchUp.bridge``)."""
+        bridge = partial(self._catch_up.bridge, self._models, message, self._progress.round)
+        self._work.start(Kind.LEDGER_REQUEST, bridge)
 
     # -- evaluating and finishing -------------------------------------------------------
 

@@ -215,6 +215,9 @@ class SecureFit:
         """Stage unmask: reveal the shares the aggregator needs; then the round is over.
         Under distributed DP no share is revealed for fewer survivors than the noise was
         sized for (``min_survivors``): the sum would carry less noise than announced."""
+        if self._id not in request.survivors:  # the broadcast reaches dropouts too
+            log.info("unmask_not_ours", survivors=len(request.survivors))
+            return
         floor = self.announced_body.min_survivors if self.announced_body is not None else 0
         if len(request.survivors) < floor:
             log.warning(

@@ -19,6 +19,7 @@ one step (say, the partition) never changes another (the train/test split).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -278,17 +279,76 @@ def agent_data(
     """
     if not 0 <= agent_index < num_agents:
         raise ValueError(f"agent_index must be in [0, {num_agents}), got {agent_index}")
+    train, train_bounds, test, test_bounds = _federation_layout(
+        num_agents, partition, alpha, seed, test_fraction, min_examples
+    )
+    return AgentData(
+        train=_view(train, train_bounds, agent_index), test=_view(test, test_bounds, agent_index)
+    )
+
+
+#: One computation of a layout at a time: a fleet loads its plugins from many threads at
+#: once, and ``functools.cache`` alone would let each of them compute the same layout.
+_LAYOUT_LOCK = threading.Lock()
+
+
+def _federation_layout(
+    num_agents: int,
+    partition: Partition,
+    alpha: float,
+    seed: int,
+    test_fraction: float,
+    min_examples: int,
+) -> tuple[Dataset, IndexArray, Dataset, IndexArray]:
+    """``_computed_layout``, computed once per process even when many threads ask at once."""
+    with _LAYOUT_LOCK:
+        return _computed_layout(num_agents, partition, alpha, seed, test_fraction, min_examples)
+
+
+@cache
+def _computed_layout(
+    num_agents: int,
+    partition: Partition,
+    alpha: float,
+    seed: int,
+    test_fraction: float,
+    min_examples: int,
+) -> tuple[Dataset, IndexArray, Dataset, IndexArray]:
+    """Every agent's train shard and test slice, once per process and federation: the train
+    examples arranged shard after shard (agent k's are rows ``bounds[k]:bounds[k + 1]``, in
+    the order ``shard_indices`` gives), the test examples slice after slice; read-only, so
+    the many agents of one process (``fedbus fleet``) hold views of one array."""
     full = load_digits()
     train_idx, test_idx = stratified_split(full.y, test_fraction=test_fraction, seed=seed)
-    train = full.subset(train_idx)
-    test = full.subset(test_idx)
+    train_y = full.y[train_idx]
     shards = shard_indices(
-        train.y,
+        train_y,
         num_agents,
         partition=partition,
         alpha=alpha,
         seed=seed,
         min_examples=min_examples,
     )
-    mine = test_slice(len(test), agent_index, num_agents, seed=seed)
-    return AgentData(train=train.subset(shards[agent_index]), test=test.subset(mine))
+    slices = [test_slice(len(test_idx), k, num_agents, seed=seed) for k in range(num_agents)]
+    train, train_bounds = _arranged(full, train_idx, shards)
+    test, test_bounds = _arranged(full, test_idx, slices)
+    return train, train_bounds, test, test_bounds
+
+
+def _arranged(
+    full: Dataset, part: IndexArray, pieces: list[IndexArray]
+) -> tuple[Dataset, IndexArray]:
+    """``full``'s rows ``part[piece]`` for each piece in turn, read-only, and the pieces'
+    bounds (``len(pieces) + 1`` offsets)."""
+    order = part[np.concatenate(pieces)] if pieces else part[:0]
+    arranged = full.subset(order)
+    arranged.x.flags.writeable = False
+    arranged.y.flags.writeable = False
+    bounds = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
+    return arranged, bounds
+
+
+def _view(data: Dataset, bounds: IndexArray, k: int) -> Dataset:
+    """Rows ``bounds[k]:bounds[k + 1]`` of ``data``, as views."""
+    lo, hi = int(bounds[k]), int(bounds[k + 1])
+    return Dataset(x=data.x[lo:hi], y=data.y[lo:hi])
