@@ -82,9 +82,25 @@ def dequantize_sum(total: RingVector, *, survivors: int, params: SecAggParams) -
     Returns:
         shape (d,), float64.
     """
-    out = total.astype(np.float64)
-    out *= params.step
-    out -= survivors * params.clipping_range
+    return dequantize_into(np.empty(total.shape, np.float64), total, survivors, params)
+
+
+#: Words converted per step by ``dequantize_into``.
+STEP = 1 << 18
+
+
+def dequantize_into(
+    out: FloatVector, total: RingVector, survivors: int, params: SecAggParams, scale: float = 1.0
+) -> FloatVector:
+    """``dequantize_sum`` times ``scale`` written into ``out`` (shape (d,), float64), ``STEP``
+    words at a time: no temporary beyond ``out`` itself. Returns ``out``."""
+    shift = survivors * params.clipping_range
+    for start in range(0, total.shape[0], STEP):
+        piece = out[start : start + STEP]
+        np.multiply(total[start : start + STEP], params.step, out=piece, dtype=np.float64)
+        piece -= shift
+        if scale != 1.0:
+            piece *= scale
     return out
 
 
