@@ -21,7 +21,8 @@ run, per case:
         [--modes plain secagg+] [--agents 3] [--wide 10] [--rounds 2]
 
 ``--wide N`` adds a plain case with N agents at 10M (the aggregator's RSS whatever the cohort).
-With ``FEDBUS_BENCH_PROFILE=DIR`` each child process writes its cProfile stats to DIR.
+With ``FEDBUS_BENCH_PROFILE=DIR`` each child process writes its cProfile stats to DIR;
+``FEDBUS_BENCH_LOGS=DIR`` keeps the children's logs there.
 """
 
 from __future__ import annotations
@@ -337,6 +338,9 @@ def run_case(
         p.send_signal(signal.SIGTERM)
     for p in trainers:
         p.wait(60)
+    if keep := os.environ.get("FEDBUS_BENCH_LOGS"):  # a directory: keep the children's logs
+        for log in tmp.glob("*.log"):
+            (Path(keep) / f"{mode}-{d}-{agents}-{log.name}").write_bytes(log.read_bytes())
     if code != 0:
         return {"failed": f"aggregator exit {code}", "log": str(tmp / "agg.log")}
     result = json.loads((tmp / "agg.json").read_text())
