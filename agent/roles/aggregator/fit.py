@@ -209,16 +209,18 @@ class CohortFit:
             quorum=quorum,
             fold=RunningMean(before.weights, robust=robust) if streaming else None,
         )
+        fold = plain.fold
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
             results = await plain.wait(self._schedule.round_timeout)
         finally:
             self._plain = None
             self.late = plain.late
+            if fold is not None and not plain.results:
+                fold.close()  # its spool; with results, fold.result() closes it
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        fold = plain.fold
         if fold is not None:  # streaming: the updates are already summed
             update: AggregatedUpdate | None = fold.result(results)
         else:

@@ -127,8 +127,7 @@ class RunningMean:
         try:
             results = self._within_relative_bound(results)
         finally:
-            if self._spool is not None:
-                self._spool.close()
+            self.close()
         if not results:
             return None
         if self.total <= 0:
@@ -141,6 +140,11 @@ class RunningMean:
         metrics = weighted_metrics([(r.metrics, r.num_examples) for r in results])
         survivors = tuple(sorted(r.agent_id for r in results))
         return AggregatedUpdate(self._sum, self.total, survivors, metrics)
+
+    def close(self) -> None:
+        """Close the spool (``result`` does; a round that ends without one must)."""
+        if self._spool is not None:
+            self._spool.close()
 
     def _within_relative_bound(self, results: Sequence[ClientResult]) -> list[ClientResult]:
         """``results`` less the updates the relative bound dropped; the clipped ones
