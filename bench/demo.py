@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from agent.demo.options import DemoOptions
-from agent.demo.runner import centralized_accuracy, run_demo
+from agent.demo.reference import centralized_accuracy
+from agent.demo.runner import run_demo
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from strategies_round import RunSpec, run
 
 from agent.demo.options import DemoOptions
-from agent.demo.runner import centralized_accuracy
+from agent.demo.reference import centralized_accuracy
 from agent.privacy.config import PrivacyConfig, PrivacyMode
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox")

@@ -120,6 +120,18 @@ def test_client_fn_gets_a_flower_context_like_the_simulation_sets() -> None:
     assert [s["offset"] for s in seen() if s["verb"] == "fit"] == [2.0]
 
 
+def test_num_examples_from_the_option_or_the_last_fit() -> None:
+    """Joining reports option ``num_examples`` when set, else the last FitRes.num_examples
+    (0, unknown, before the first fit)."""
+    plugin = _plugin(NUMPY_CLIENT)
+    assert plugin.num_examples() == 0
+    plugin.fit(plugin.get_weights(), {"lr": 0.5})
+    assert plugin.num_examples() == 2  # LinearClient.fit's num_examples
+    assert _plugin({**NUMPY_CLIENT, "num_examples": 40}).num_examples() == 40
+    with pytest.raises(PluginError, match="num_examples"):
+        _plugin({**NUMPY_CLIENT, "num_examples": -1})
+
+
 def test_bad_targets_are_plugin_errors() -> None:
     with pytest.raises(PluginError, match="required"):
         _plugin({})

@@ -108,7 +108,9 @@ async def test_a_vanished_fleet_fails_the_run_after_a_bounded_wait(tmp_path: Pat
                 tg.create_task(stop_trainers())
                 with pytest.raises(RunFailedError, match="the fleet vanished"):
                     await aggregator.run()
-    assert not any(e["event"] == "round_skipped" for e in logs)
+    # No hot loop of skipped rounds: round 2 may already have sampled the two agents when
+    # they stop (a loaded machine), and that one round is skipped; every later one waits.
+    assert sum(e["event"] == "round_skipped" for e in logs) <= 1
     assert any(e["event"] == "round_waiting" for e in logs)
     result = json.loads((config.state_dir / "runs" / "run-0001" / "result.json").read_text())
     assert result["outcome"] == "failed"

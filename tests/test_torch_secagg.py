@@ -1,6 +1,7 @@
 """Integer arrays (BatchNorm's int64 ``num_batches_tracked``) are carried, not averaged and
 not masked: the seam in ``agent.strategy.update``, then a torch model with BatchNorm through
-SecAgg+ rounds on the in-memory bus, its dtypes and its counters intact."""
+SecAgg+ rounds on the in-memory bus, its dtypes and its counters intact; in the clear the new
+model takes the survivors' median counter (``agent.strategy.carried``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from agent.config import SecAggConfig, SecureAggregation
 from agent.plugin.api import PluginContext
 from agent.plugin.loader import CheckedPlugin
+from agent.robust.settings import RobustConfig
 from agent.strategy.adaptive import FedAdam
+from agent.strategy.carried import CarriedValues
 from agent.strategy.fedavg import FedAvg
 from agent.strategy.update import (
     AggregatedUpdate,
@@ -64,6 +67,18 @@ def test_a_secure_update_of_a_model_with_integer_arrays_splits_back() -> None:
     new = FedAvg().step(MODEL, update)
     assert [a.dtype for a in new] == [np.float32, np.int64, np.float64]
     assert int(new[1]) == 5
+
+
+def test_carried_arrays_take_the_survivors_lower_median_in_their_dtype() -> None:
+    carried = CarriedValues(MODEL)
+    for agent, count in [("a", 7), ("b", 9), ("c", 2**62), ("d", 8)]:
+        carried.add(agent, [MODEL[0], np.array(count, np.int64), MODEL[2]])
+    new = carried.apply(list(MODEL), ["a", "b", "c", "d"])
+    assert new[1].dtype == np.int64
+    assert int(new[1]) == 8  # one device's 2**62 moves it one rank, no further
+    assert new[0] is MODEL[0]  # float arrays are the strategy's
+    assert int(carried.apply(list(MODEL), ["a", "b"])[1]) == 7  # the survivors only
+    assert int(carried.apply(list(MODEL), [])[1]) == 5  # nobody: the model in force's
 
 
 def _bn_task(seed: int) -> TorchTask:
@@ -119,3 +134,32 @@ async def test_batchnorm_model_through_secagg_rounds_keeps_dtypes(tmp_path: Path
     # The trained counters were 3 (48 examples / 16 a batch): proof the agents did train it.
     trained = plugins["a0"].fit(final, {"round": 3})
     assert int(trained.weights[counter]) == 3
+
+
+@pytest.mark.parametrize("norm_factor", [0.0, 10.0])  # streamed (fold.py), and kept whole
+async def test_batchnorm_counters_advance_in_the_clear(tmp_path: Path, norm_factor: float) -> None:
+    """Three torch agents in the clear, two rounds of 3 batches each: the global model's
+    int64 counter is the survivors' median, 3 then 6, not the initial 0."""
+    plugins = {
+        f"a{i}": CheckedPlugin(
+            "toy", torch_plugin(_bn_task(i))(PluginContext(f"a{i}", {"threads": 1}))
+        )
+        for i in range(3)
+    }
+    initial = plugins["a0"].get_weights()
+    counter = plugins["a0"].plugin.layout.names.index("1.num_batches_tracked")  # type: ignore[attr-defined]
+    config = aggregator_config("mem://", tmp_path, agents=3, round_timeout=10.0)
+    schedule = msgspec.structs.replace(
+        config.aggregator, min_fit_clients=3, robust=RobustConfig(norm_factor=norm_factor)
+    )
+    summary, trainers = await federate_in_memory(
+        plugins,
+        msgspec.structs.replace(config, aggregator=schedule),
+        lambda agent_id: trainer_config(agent_id, "mem://", tmp_path),
+        initial_weights=initial,
+    )
+    assert [r.survivors for r in summary.rounds] == [sorted(plugins)] * 2
+    model = trainers["a0"].model
+    assert model is not None
+    assert model.weights[counter].dtype == np.int64
+    assert int(model.weights[counter]) == 6

@@ -21,8 +21,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.bus.base import Bus, BusSettings
-from agent.bus.mqtt import MqttBus
-from agent.bus.nats_bus import NatsBus
 from agent.errors import ConfigError
 from agent.redact import redact_url
 
@@ -117,6 +115,11 @@ def bus_from_url(
         raise ConfigError(
             f"TLS files given but {redact_url(url)!r} is plaintext; use mqtts:// or tls://"
         )
+    # Only the adapter in use is imported: a device loads one client library, not both.
     if address.transport == "mqtt":
+        from agent.bus.mqtt import MqttBus
+
         return MqttBus(address.host, address.port, settings, tls=context)
+    from agent.bus.nats_bus import NatsBus
+
     return NatsBus(address.host, address.port, settings, tls=context)

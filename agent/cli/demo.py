@@ -169,6 +169,26 @@ def installed_plugin(name: str) -> str:
     help="With --dp: the L2 norm every agent's model delta is clipped to.",
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["sync", "async"]),
+    default=DEFAULTS.mode,
+    show_default=True,
+    help="sync: rounds of a cohort; async: buffered asynchronous aggregation (FedBuff), "
+    "--rounds counting model versions.",
+)
+@click.option(
+    "--buffer-size",
+    default=DEFAULTS.buffer_size,
+    type=click.IntRange(min=0),
+    help="With --mode async: updates per version (0: half the agents, at least 4 with SecAgg+).",
+)
+@click.option(
+    "--concurrency",
+    default=DEFAULTS.concurrency,
+    type=click.IntRange(min=0),
+    help="With --mode async: agents training at once (0: all).",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
@@ -195,6 +215,9 @@ def demo(
     epsilon: float,
     delta: float,
     clip_norm: float,
+    mode: str,
+    buffer_size: int,
+    concurrency: int,
     insecure: bool,
 ) -> None:
     """Run a federation: an embedded broker, an aggregator and N agent processes
@@ -235,6 +258,9 @@ def demo(
         delta=delta,
         clip_norm=clip_norm,
         insecure=insecure,
+        mode=mode,
+        buffer_size=buffer_size,
+        concurrency=concurrency,
     )
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

@@ -6,6 +6,7 @@ prints a traceback for them.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -15,8 +16,45 @@ from agent import __version__
 from agent.errors import FedbusError
 from agent.redact import redact
 
+#: Every command but ``run``, as ``module:attribute``, imported only when it is asked for:
+#: ``fedbus run`` on a device loads none of them (the demo alone would load the aggregator).
+LAZY_COMMANDS = {
+    "demo": "agent.cli.demo:demo",
+    "plugin": "agent.cli.plugins:plugin",
+    "predict": "agent.cli.predict:predict",
+    "ca": "agent.cli.identity:ca_group",
+    "token": "agent.cli.identity:token_group",
+    "agents": "agent.cli.identity:agents_group",
+    "revoke": "agent.cli.identity:revoke",
+    "enroll": "agent.cli.enroll:enroll",
+    "publish": "agent.cli.debug:publish",
+    "listen": "agent.cli.debug:listen",
+    "status": "agent.cli.debug:status",
+    "broker-config": "agent.cli.broker_config:broker_config",
+    "service": "agent.cli.service:service",
+    "runs": "agent.cli.runs:runs_group",
+    "ledger": "agent.cli.ledger:ledger",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group whose ``LAZY_COMMANDS`` are imported on first use (``fedbus --help``
+    imports them all, to list them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            module, _, attribute = LAZY_COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fedbus")
 def cli() -> None:
     """fedbus: federated learning over MQTT or NATS."""
@@ -34,36 +72,19 @@ def run(config_path: Path) -> None:
     """Run an agent (trainer or aggregator) until SIGTERM."""
     from agent.config import AgentConfig
     from agent.logs import configure_logging
-    from agent.node import run_node, run_until_signal
+    from agent.node_base import run_until_signal
+    from agent.role import Role
 
     config = AgentConfig.load(config_path)
     configure_logging(level=config.logging.level, fmt=config.logging.format)
+    if config.role is Role.TRAINER:  # a device: the trainer's imports only
+        from agent.node_trainer import run_trainer
+
+        run_until_signal(run_trainer(config))
+        return
+    from agent.node import run_node
+
     run_until_signal(run_node(config))
-
-
-def _register_demo() -> None:
-    from agent.cli.broker_config import broker_config
-    from agent.cli.debug import listen, publish, status
-    from agent.cli.demo import demo
-    from agent.cli.identity import COMMANDS as IDENTITY_COMMANDS
-    from agent.cli.ledger import ledger
-    from agent.cli.plugins import plugin
-    from agent.cli.predict import predict
-    from agent.cli.runs import runs_group
-    from agent.cli.service import service
-
-    cli.add_command(demo)
-    cli.add_command(plugin)
-    cli.add_command(predict)
-    for command in IDENTITY_COMMANDS:
-        cli.add_command(command)
-    cli.add_command(publish)
-    cli.add_command(listen)
-    cli.add_command(status)
-    cli.add_command(broker_config)
-    cli.add_command(service)
-    cli.add_command(runs_group)
-    cli.add_command(ledger)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -75,7 +96,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 def main() -> None:
     """The console-script entry point."""
-    _register_demo()
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:

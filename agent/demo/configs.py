@@ -25,6 +25,7 @@ from agent.config import (
     TlsConfig,
     TrainerConfig,
 )
+from agent.demo.async_mode import mode_fields
 from agent.demo.options import DemoOptions
 from agent.demo.pki import AGGREGATOR_ID, DemoPki, tls_files
 from agent.plugin.api import PluginInfo
@@ -137,6 +138,7 @@ def aggregator_config(options: DemoOptions, url: str, pki: DemoPki | None) -> Ag
             fit_config=dict(options.fit_config),
             strategy=StrategyConfig(name=StrategyName(options.strategy)),
             privacy=privacy_config(options),
+            **mode_fields(options),  # --mode async: [aggregator.async]
         ),
     )
 

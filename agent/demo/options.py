@@ -42,3 +42,9 @@ class DemoOptions:
     plugin_options: Mapping[str, Any] = field(default_factory=dict)
     #: the aggregator's ``fit_config`` (``--fit-config KEY=VALUE``), over the plugin's defaults
     fit_config: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[aggregator] mode`` (``agent.config.TrainingMode``): "sync", "async" or "p2p"
+    mode: str = "sync"
+    #: async: K updates per version (0: ``agent.demo.async_mode``'s default)
+    buffer_size: int = 0
+    #: async: agents training at once (0: every agent)
+    concurrency: int = 0

@@ -37,6 +37,7 @@ from agent.demo.configs import (
 from agent.demo.options import DemoOptions
 from agent.demo.pki import create_pki, enroll_agents, lock_down
 from agent.demo.processes import AgentProcess, start_agent, stop_agents
+from agent.demo.reference import Reference
 from agent.demo.report import write_report
 from agent.errors import BusTimeoutError, FedbusError, RoundError, TransportError
 from agent.lockdown import embedded_broker
@@ -63,24 +64,6 @@ class DemoResult:
     centralized_accuracy: float | None
     wall_seconds: float
     report_files: list[Path]
-
-
-def centralized_accuracy(options: DemoOptions) -> float | None:
-    """The reference: the same model trained on all the training data, one ``fit`` per round
-    with the run's fit config (so the same number of passes as each agent makes), evaluated
-    on the whole test split.
-
-    Only for plugins that take ``num_agents`` (one agent of one holds all the data); None
-    for others, and when the plugin reports no ``accuracy``."""
-    if not describe_plugin(options.plugin).info.takes("num_agents"):
-        return None
-    context = PluginContext("centralized", plugin_options(options, 0, 1, "iid"))
-    plugin = load_plugin(options.plugin, context)
-    weights = plugin.get_weights()
-    for r in range(1, options.rounds + 1):
-        weights = plugin.fit(weights, {**options.fit_config, "round": r}).weights
-    accuracy = plugin.evaluate(weights, {}).metrics.get("accuracy")
-    return None if isinstance(accuracy, str) or accuracy is None else float(accuracy)
 
 
 def export_final_model(options: DemoOptions) -> Path | None:
@@ -219,21 +202,23 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
         write_config(report_dir / "aggregator.toml", aggregator)
         agents: list[AgentProcess] = []
         stack.callback(stop_agents, agents)
+        # Trained beside the federation, at the lowest priority: round 1 starts at once.
+        centralized = stack.enter_context(Reference(options))
         for agent_id, path in configs.items():
             agents.append(start_agent(agent_id, path, report_dir / "logs" / f"{agent_id}.log"))
-        reference = centralized_accuracy(options)
-        if reference is not None:
-            print(
-                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
-                file=out,
-                flush=True,
-            )
         header = Progress.HEADER + ("  epsilon" if options.dp != "off" else "")
         print(header, file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(aggregator, agents, progress))
         if summary is None:
             raise KeyboardInterrupt
+        reference = centralized.result()
+        if reference is not None:
+            print(
+                f"centralized reference (same model, all training data): {100 * reference:.2f}%",
+                file=out,
+                flush=True,
+            )
         exported = export_final_model(options)
         if exported is not None:
             print(f"final model exported: {exported}", file=out, flush=True)

@@ -149,15 +149,29 @@ class FitIns(Body, frozen=True):
     deadline: Annotated[float, msgspec.Meta(gt=0, le=86400)]
     config: Params = {}
     secagg: SecAggSetup | None = None
+    #: async SecAgg+ (FedBuff): train, keep the result and announce ``update_ready`` instead
+    #: of sending it; a later ``fit_ins`` with ``secagg`` masks it in its buffer's round
+    hold: bool = False
 
 
 class ModelUpdate(Body, frozen=True):
-    """agent → aggregator on its update topic: the locally trained weights."""
+    """agent → aggregator on its update topic: the locally trained weights, trained from
+    model ``model_version`` (in async mode an older version than the one in force: its
+    staleness τ is the difference)."""
 
     model_version: Version
     num_examples: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
     tensors: Annotated[list[Tensor], msgspec.Meta(max_length=4096)]
     metrics: Params = {}
+
+
+class UpdateReady(Body, frozen=True):
+    """agent → aggregator on its update topic (async SecAgg+, FedBuff): trained from model
+    ``base_version`` on ``num_examples`` examples, the update held for the secure round of the
+    buffer it fills (the aggregator learns no more than this about it)."""
+
+    base_version: Version
+    num_examples: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
 
 
 class EvaluateIns(Body, frozen=True):
@@ -315,6 +329,7 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.MODEL_PARA: GlobalModel,
     Kind.FIT_INS: FitIns,
     Kind.MODEL_UPDATE: ModelUpdate,
+    Kind.UPDATE_READY: UpdateReady,
     Kind.EVALUATE: EvaluateIns,
     Kind.METRICS: EvaluateRes,
     Kind.FINISH: Finish,

@@ -14,6 +14,8 @@ class Kind(StrEnum):
     MODEL_PARA = "model_para"
     FIT_INS = "fit_ins"
     MODEL_UPDATE = "model_update"
+    # Buffered async SecAgg+ (FedBuff): trained, holding the update for a buffer's round
+    UPDATE_READY = "update_ready"
     EVALUATE = "evaluate"
     METRICS = "metrics"
     FINISH = "finish"

@@ -91,9 +91,10 @@ UPDATE = TopicSpec(
     "update",
     "fl/{federation}/model_para/update/{agent_id}",
     Role.TRAINER,
-    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.MANIFEST}),
+    frozenset({Kind.MODEL_UPDATE, Kind.MASKED_INPUT, Kind.UPDATE_READY, Kind.MANIFEST}),
     False,
-    "One agent's trained update for the current round (masked under SecAgg+).",
+    "One agent's trained update for the current round (masked under SecAgg+; in async "
+    "SecAgg+ first its update_ready).",
 )
 SECAGG_ADVERTISE = TopicSpec(
     "secagg_advertise_keys",

@@ -8,13 +8,19 @@ stage durations and the agents it sees online. The names follow Prometheus' conv
 Each role instance (one per process in production, several in a test or an in-process demo)
 holds its own ``Metrics`` over its own ``CollectorRegistry``, injected into what counts for
 it, so two roles in one process never add their counts together.
+
+``Metrics.off()`` is the same series counting nothing, for a trainer whose ``[metrics] port``
+is unset: prometheus-client is imported only by a ``Metrics`` that counts (``agent.node``),
+so a device that serves no metrics neither loads it nor keeps its series.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Self
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -38,7 +44,23 @@ class Metrics:
         ValueError: ``registry`` already holds fedbus's series (one ``Metrics`` per registry).
     """
 
+    registry: CollectorRegistry | None
+    messages_sent: Counter
+    bytes_sent: Counter
+    messages_received: Counter
+    bytes_received: Counter
+    messages_dropped: Counter
+    messages_shed: Counter
+    publishes_refused: Counter
+    rounds: Counter
+    dropouts: Counter
+    round_seconds: Histogram
+    stage_seconds: Histogram
+    agents: Gauge
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.messages_sent = Counter(
@@ -103,10 +125,40 @@ class Metrics:
             registry=r,
         )
 
+    @classmethod
+    def off(cls) -> Self:
+        """Series that count nothing (``registry`` None, every ``value`` 0.0), without
+        importing prometheus-client."""
+        off = cls.__new__(cls)
+        off.registry = None
+        series: Any = _Off()
+        for name in cls.__annotations__:
+            if name != "registry":
+                setattr(off, name, series)
+        return off
+
     def value(self, name: str, **labels: str) -> float:
         """The current value of sample ``name`` (e.g. ``fedbus_rounds_total``) with
-        ``labels``; 0.0 when it was never observed."""
+        ``labels``; 0.0 when it was never observed (always, for ``Metrics.off()``)."""
+        if self.registry is None:
+            return 0.0
         return self.registry.get_sample_value(name, labels) or 0.0
+
+
+class _Off:
+    """A counter, gauge and histogram at once, that keeps nothing."""
+
+    def labels(self, *values: str, **labels: str) -> Self:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
 
 
 def serve(port: int, host: str = "127.0.0.1", *, registry: CollectorRegistry) -> Callable[[], None]:
@@ -117,6 +169,8 @@ def serve(port: int, host: str = "127.0.0.1", *, registry: CollectorRegistry) ->
     Raises:
         OSError: the address cannot be bound.
     """
+    from prometheus_client import start_http_server
+
     server, thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:

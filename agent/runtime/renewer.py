@@ -20,12 +20,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from prometheus_client import Gauge
 
 from agent.config import AgentConfig
 from agent.errors import IdentityError, TransportError
@@ -37,6 +36,9 @@ from agent.messages.envelope import Message
 from agent.messages.signing import Signer
 from agent.messages.topics import RENEW
 from agent.runtime.outbox import Outbox
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +84,8 @@ class CertificateRenewer:
 
     def __post_init__(self) -> None:
         if self.metrics_registry is not None:
+            from prometheus_client import Gauge  # only where metrics are served (light agent)
+
             self._expiry = Gauge(
                 "fedbus_certificate_expiry_timestamp_seconds",
                 "notAfter of the certificate this agent signs with (Unix seconds).",

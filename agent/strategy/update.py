@@ -12,7 +12,8 @@ is zero on both paths, they are left out of the SecAgg+ vector (``masked_values`
 only float values, so they are never clipped, quantized or masked), and the model in force
 keeps them bit-exact in their own dtype (``agent.strategy.base.moved``). Averaging a counter
 as a float and truncating it back would be meaningless; masking it would clip it to the
-clipping range.
+clipping range. In the clear, after the step, the new model takes the survivors' median of
+them (``agent.strategy.carried``).
 """
 
 from __future__ import annotations

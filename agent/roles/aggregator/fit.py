@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from agent.config import AggregatorConfig, SecureAggregation
+from agent.config import AggregatorConfig, SecureAggregation, TrainingMode
 from agent.errors import ConfigError, SecAggAbortError
 from agent.messages.bodies import (
     AdvertiseKeys,
@@ -53,6 +53,7 @@ from agent.runtime.outbox import Outbox
 from agent.secagg.keys import RoundContext
 from agent.secagg.state import Setup
 from agent.strategy.base import Strategy
+from agent.strategy.carried import CarriedValues
 from agent.strategy.update import AggregatedUpdate
 
 log = structlog.get_logger(__name__)
@@ -98,6 +99,8 @@ class CohortFit:
             PrivacyConfig(), rounds=1, sampling_rate=1.0, expected_cohort=1
         )
         self._population = population
+        #: async SecAgg+ (FedBuff): each agent weighs its held update by s(τ) (fit config)
+        self._async = schedule.mode is TrainingMode.ASYNC
         #: the cohort of the round in progress (or the last one)
         self.cohort: frozenset[str] = frozenset()
         #: members of the last round waited for until a deadline passed without an answer
@@ -187,6 +190,7 @@ class CohortFit:
                 **self._schedule.fit_config,
                 **self._schedule.strategy.fit_config(),
                 **self.privacy.fit_config(),
+                **(self._schedule.async_.fit_config() if self._async else {}),
             },
             **secagg,
         )
@@ -233,7 +237,7 @@ class CohortFit:
             )
         if update is None:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        return await self._step(before, update, len(cohort))
+        return await self._step(before, update, len(cohort), carried=plain.carried)
 
     async def _step(
         self,
@@ -241,10 +245,13 @@ class CohortFit:
         update: AggregatedUpdate,
         cohort_size: int,
         plan: RingPlan | None = None,
+        carried: CarriedValues | None = None,
     ) -> Outcome:
         """The strategy's step from the model in force: the one seam of both paths (after
         DP's noise and charge, ``private_update.release``). The new model passes the guard
-        (``agent.robust.guard``) or is dropped, the strategy's state as before the step."""
+        (``agent.robust.guard``) or is dropped, the strategy's state as before the step.
+        ``carried``: in the clear, the survivors' integer arrays, whose median the new model
+        takes (``agent.strategy.carried``)."""
         update, spent = await asyncio.to_thread(  # the accountant's RDP sums take ~0.1 s
             private_update.release,
             self.privacy,
@@ -256,6 +263,8 @@ class CohortFit:
         weights = await guarded_step(self._strategy, before.weights, update, self._schedule.robust)
         if weights is None:
             return Outcome.failed(RoundFailure.MODEL_REJECTED)
+        if carried is not None:
+            weights = carried.apply(weights, update.survivors)
         return Outcome.of(weights, update, spent)
 
     async def _secure_fit(

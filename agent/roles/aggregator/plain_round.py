@@ -17,6 +17,7 @@ from agent.robust.bounds import Admitted, bound_update
 from agent.robust.settings import RobustConfig
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.records import GlobalState
+from agent.strategy.carried import CarriedValues
 from agent.strategy.fedavg import ClientResult
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,8 @@ class PlainRound:
         self._robust = robust or RobustConfig()
         self._declared = declared
         self.fold = fold
+        #: the valid updates' integer arrays, for the new model's (``strategy.carried``)
+        self.carried = CarriedValues(model.weights)
         self.results: dict[str, ClientResult] = {}
         #: members whose update was refused (they answered: not waited for)
         self.refused: dict[str, str] = {}
@@ -108,6 +111,7 @@ class PlainRound:
     def _admit(self, sender: str, body: ModelUpdate) -> tuple[Weights, int, Admitted]:
         """The bounded update, folded when streaming (its weights then empty)."""
         weights, weight, verdict = self._bounded(sender, body)
+        self.carried.add(sender, weights)
         if self.fold is not None:
             # the norm admit took, unless clipping changed the weights since
             norm = None if verdict.clipped else verdict.float_norm
@@ -143,22 +147,8 @@ class PlainRound:
         self.check_complete()
 
     def _bounded(self, sender: str, body: ModelUpdate) -> tuple[Weights, int, Admitted]:
-        """The update's weights and weight under the bounds (``agent.robust.bounds``).
-
-        Raises:
-            RefusedError: ``shape_mismatch``, ``not_finite`` or a bound's reason.
-        """
-        weights = to_arrays(body.tensors)
-        if not weights_like(self._model.weights, weights):
-            raise RefusedError("shape_mismatch", "not shaped like the model in force")
-        if not all_finite(weights):
-            raise RefusedError("not_finite", "NaN or infinity in the weights")
-        return bound_update(
-            self._model.weights,
-            weights,
-            body.num_examples,
-            declared=self._declared(sender),
-            settings=self._robust,
+        return bounded(
+            self._model.weights, body, declared=self._declared(sender), robust=self._robust
         )
 
     def check_complete(self) -> None:
@@ -183,3 +173,20 @@ class PlainRound:
                 answered = self.results.keys() | self.refused.keys()
                 self.late = frozenset(a for a in self.cohort - answered if self._alive(a))
         return [self.results[a] for a in sorted(self.results)]
+
+
+def bounded(
+    base: Weights, body: ModelUpdate, *, declared: int, robust: RobustConfig
+) -> tuple[Weights, int, Admitted]:
+    """The update's weights and weight under the bounds (``agent.robust.bounds``), against
+    ``base``, the model it was trained from; ``declared``: the sender's num_examples at join.
+
+    Raises:
+        RefusedError: ``shape_mismatch``, ``not_finite`` or a bound's reason.
+    """
+    weights = to_arrays(body.tensors)
+    if not weights_like(base, weights):
+        raise RefusedError("shape_mismatch", "not shaped like the model in force")
+    if not all_finite(weights):
+        raise RefusedError("not_finite", "NaN or infinity in the weights")
+    return bound_update(base, weights, body.num_examples, declared=declared, settings=robust)

@@ -27,6 +27,7 @@ from agent.messages.topics import classify
 from agent.plugin.api import Weights
 from agent.role import Identity, Role
 from agent.roles.aggregator.admission import Admission
+from agent.roles.aggregator.buffered import buffered
 from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
 from agent.roles.aggregator.persistence import RunStore
@@ -183,7 +184,11 @@ class Aggregator:
         bus.on_connect(self._on_connect)
         registry = ListenerRegistry()
         registry.register(Kind.JOIN, self.admission.on_join, rounds=RoundPolicy.ANY)
-        registry.register(Kind.MODEL_UPDATE, self.fit.on_update, rounds=RoundPolicy.CURRENT)
+        self.buffered = buffered(self._parts, self._now)  # None unless mode = "async"
+        if self.buffered is None:
+            registry.register(Kind.MODEL_UPDATE, self.fit.on_update, rounds=RoundPolicy.CURRENT)
+        else:  # FedBuff: updates of older versions, and update_ready
+            self.buffered.register(registry)
         registry.register(Kind.METRICS, self._on_metrics, rounds=RoundPolicy.CURRENT)
         registry.register(Kind.STATUS, self._on_status, rounds=RoundPolicy.ANY)
         for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
@@ -291,7 +296,8 @@ class Aggregator:
     async def _federate(self) -> RunSummary:
         opened = self.opened
         plan = RunPlan(opened.run_id, self.incarnation, opened.resumed)
-        return await run_recorded(self._parts, self._now, self.store, plan, opened.run_dir)
+        loop = None if self.buffered is None else self.buffered.federate
+        return await run_recorded(self._parts, self._now, self.store, plan, opened.run_dir, loop)
 
     def note_revoked(self, agent_id: str) -> None:
         """``agent_id`` is revoked (the registry says so): it leaves at once (``run``)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,25 +106,9 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
             trained nothing returns: ``RunSummary.failure`` says so, the caller decides).
         OSError: the state directory cannot be written.
     """
-    schedule, board, admission = parts.schedule, parts.board, parts.admission
-    records: list[RoundRecord] = []
+    schedule, board = parts.schedule, parts.board
+    records = await begin(parts, now, store, plan)
     stopped: str | None = None
-    wanted = schedule.min_available_clients
-    if plan.resumed is not None:
-        restore(parts, now, plan.resumed)
-        records = list(plan.resumed.records)
-        wanted = len(plan.resumed.checkpoint.admitted)
-    else:
-        await store.commit(checkpoint(parts, now, plan), now.model)
-    # the ledger records the model this incarnation starts from (round 0, or the resumed one)
-    now.model = await recorded(parts.ledger, now.model, round=now.round)
-    board.enter(RoundPhase.WAITING_FOR_AGENTS, f"waiting for {wanted} agents")
-    board.changed()  # announce this incarnation at once: admitted trainers rejoin
-    if plan.resumed is None:
-        await admission.wait(seconds=schedule.join_timeout, at_least=schedule.min_fit_clients)
-    else:
-        await wait_for_rejoins(parts, set(plan.resumed.checkpoint.admitted))
-    await publish_model(parts.outbox, now.model, round=now.round)
     r = now.round
     while schedule.rounds == 0 or r < schedule.rounds:
         r += 1
@@ -166,6 +151,47 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
         await store.save_run(records)
         if parts.observer is not None:
             parts.observer.round_finished(record)
+    return await end(parts, now, records, stopped)
+
+
+async def begin(
+    parts: RoundParts, now: InForce, store: RunStore, plan: RunPlan
+) -> list[RoundRecord]:
+    """The start of a run, whatever its mode: restore a resumed run (or commit round 0),
+    record the starting model in the ledger, wait for the agents (or their rejoins) and
+    publish the model. Returns the records of the rounds already committed.
+
+    Raises:
+        RoundError: fewer than ``min_fit_clients`` agents joined within ``join_timeout``.
+        OSError: the state directory cannot be written.
+    """
+    schedule, board, admission = parts.schedule, parts.board, parts.admission
+    records: list[RoundRecord] = []
+    wanted = schedule.min_available_clients
+    if plan.resumed is not None:
+        restore(parts, now, plan.resumed)
+        records = list(plan.resumed.records)
+        wanted = len(plan.resumed.checkpoint.admitted)
+    else:
+        await store.commit(checkpoint(parts, now, plan), now.model)
+    # the ledger records the model this incarnation starts from (round 0, or the resumed one)
+    now.model = await recorded(parts.ledger, now.model, round=now.round)
+    board.enter(RoundPhase.WAITING_FOR_AGENTS, f"waiting for {wanted} agents")
+    board.changed()  # announce this incarnation at once: admitted trainers rejoin
+    if plan.resumed is None:
+        await admission.wait(seconds=schedule.join_timeout, at_least=schedule.min_fit_clients)
+    else:
+        await wait_for_rejoins(parts, set(plan.resumed.checkpoint.admitted))
+    await publish_model(parts.outbox, now.model, round=now.round)
+    return records
+
+
+async def end(
+    parts: RoundParts, now: InForce, records: list[RoundRecord], stopped: str | None
+) -> RunSummary:
+    """The end of a run, whatever its mode: close admission, send ``finish`` (``stopped``:
+    why it stopped early, None: completed) and return the run's summary."""
+    board, admission = parts.board, parts.admission
     admission.close()  # joins from now on belong to the next run
     state = now.model
     await parts.outbox.try_send(
@@ -185,11 +211,21 @@ async def federate(parts: RoundParts, now: InForce, store: RunStore, plan: RunPl
     return RunSummary(records, state.version, state.sha256, stopped)
 
 
+#: A run's schedule: ``federate`` (synchronous rounds) or another mode's (``buffered``).
+Federate = Callable[[RoundParts, InForce, RunStore, RunPlan], Awaitable[RunSummary]]
+
+
 async def run_recorded(
-    parts: RoundParts, now: InForce, store: RunStore, plan: RunPlan, run_dir: Path
+    parts: RoundParts,
+    now: InForce,
+    store: RunStore,
+    plan: RunPlan,
+    run_dir: Path,
+    loop: Federate | None = None,
 ) -> RunSummary:
-    """``federate``, with the run's ``incarnations/`` entry first and its ``result.json``
-    once it is over (a cancelled run has none: the next aggregator resumes it).
+    """``loop`` (default ``federate``: synchronous rounds), with the run's ``incarnations/`` entry
+    first and its ``result.json`` once it is over (a cancelled run has none: the next
+    aggregator resumes it).
 
     Raises:
         as ``federate``.
@@ -197,7 +233,7 @@ async def run_recorded(
     after = 0 if plan.resumed is None else plan.resumed.checkpoint.round
     await asyncio.to_thread(record_incarnation, run_dir, plan.incarnation, resumed_after=after)
     try:
-        summary = await federate(parts, now, store, plan)
+        summary = await (loop or federate)(parts, now, store, plan)
     except RunFailedError as exc:
         parts.board.enter(RoundPhase.FINISHED, f"failed: {exc}")
         parts.board.changed()

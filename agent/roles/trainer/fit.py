@@ -24,9 +24,11 @@ from agent.messages.bodies import FitIns, MaskedInput, ModelUpdate
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.messages.tensors import to_tensors
+from agent.plugin.api import FitResult
 from agent.plugin.loader import CheckedPlugin
 from agent.privacy.local import clip_result
-from agent.roles.trainer.model import ModelStore
+from agent.roles.trainer.async_fit import HeldUpdate
+from agent.roles.trainer.model import HeldModel, ModelStore
 from agent.roles.trainer.secure_fit import REFUSED, SecureFit
 from agent.roles.trainer.status import Progress, TrainerState
 from agent.runtime.outbox import Outbox
@@ -58,6 +60,8 @@ class FitPath:
         self._id = config.agent_id
         #: the SecAgg+ side of the newest secure round (None: none, or a plain round since)
         self._secure: SecureFit | None = None
+        #: async SecAgg+: the update trained and held for its buffer's secure round
+        self.held = HeldUpdate(outbox=outbox, agent_id=config.agent_id)
         #: awaited after a failed fit (the role sends its status: the aggregator sees this
         #: agent alive, and why it did not answer, so it is sampled again next round)
         self.on_failed: Callable[[], Awaitable[None]] | None = None
@@ -66,7 +70,8 @@ class FitPath:
         """``fit_ins``: start training for ``message.round``; a secure round advertises its
         keys first. A round we must not join is logged as ``fit_refused``."""
         ins, round_ = message.body, message.round
-        if ins.secagg is None and self._config.trainer.require_secure_aggregation:
+        plaintext = ins.secagg is None and not ins.hold  # a held update is masked later
+        if plaintext and self._config.trainer.require_secure_aggregation:
             log.warning("fit_refused", reason="plaintext_round", round=round_)
             return
         self._progress.round = round_
@@ -105,23 +110,20 @@ class FitPath:
         self, round_: int, ins: FitIns, secure: SecureFit | None, deadline: float
     ) -> None:
         with structlog.contextvars.bound_contextvars(round=round_):
-            model = await self._models.wait_for(ins.model_version, ins.model_sha256)
-            if model is None:
-                return
-            self._progress.enter(TrainerState.TRAINING, round_=round_)
-            started = time.perf_counter()
-            config = {**ins.config, "round": round_}
-            try:
-                result = await asyncio.to_thread(self._plugin.fit, model.weights, config)
-            except FedbusError as exc:
-                # The round goes on without us; we stay up and say what happened.
-                log.exception("fit_failed", error=str(exc))
-                self._progress.enter(TrainerState.FIT_FAILED, round_=round_, error=str(exc))
-                if self.on_failed is not None:
-                    await self.on_failed()
-                return
-            seconds = time.perf_counter() - started
-            result = clip_result(result, model.weights, ins.config)  # DP: Δ clipped to C
+            # async SecAgg+: the buffer's round masks the update trained before (async_fit)
+            trained = self.held.take(ins) if secure is not None else None
+            seconds = 0.0
+            if trained is None:
+                started = time.perf_counter()
+                trained = await self._train(round_, ins)
+                if trained is None:
+                    return
+                seconds = time.perf_counter() - started
+                if ins.hold:
+                    self._progress.enter(TrainerState.IDLE)
+                    await self.held.keep(round_, *trained)
+                    return
+            model, result = trained
             if secure is None:
                 update: ModelUpdate | MaskedInput = ModelUpdate(
                     model_version=model.version,
@@ -152,3 +154,22 @@ class FitPath:
                 masked=secure is not None,
                 **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
             )
+
+    async def _train(self, round_: int, ins: FitIns) -> tuple[HeldModel, FitResult] | None:
+        """The plugin's fit on the model ``ins`` names (DP: Δ clipped to C); None when the
+        model did not come or the fit failed (logged, and the role says so)."""
+        model = await self._models.wait_for(ins.model_version, ins.model_sha256)
+        if model is None:
+            return None
+        self._progress.enter(TrainerState.TRAINING, round_=round_)
+        config = {**ins.config, "round": round_}
+        try:
+            result = await asyncio.to_thread(self._plugin.fit, model.weights, config)
+        except FedbusError as exc:
+            # The round goes on without us; we stay up and say what happened.
+            log.exception("fit_failed", error=str(exc))
+            self._progress.enter(TrainerState.FIT_FAILED, round_=round_, error=str(exc))
+            if self.on_failed is not None:
+                await self.on_failed()
+            return None
+        return model, clip_result(result, model.weights, ins.config)

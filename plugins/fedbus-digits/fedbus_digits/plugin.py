@@ -32,8 +32,8 @@ from fedbus_digits.data import (
     DEFAULT_TEST_FRACTION,
     AgentData,
     Partition,
-    agent_data,
 )
+from fedbus_digits.shard_cache import cached_agent_data
 
 #: Local training per round, tuned so that FedAvg over 10 agents with Dirichlet(0.5) label
 #: skew reaches >= 95% test accuracy in 20 rounds (data seeds 0-4; see the README).
@@ -170,15 +170,18 @@ class DigitsPlugin:
     in worker threads.
     """
 
-    def __init__(self, options: DigitsOptions) -> None:
-        """Load this agent's data (about a second the first time: scikit-learn's import).
+    def __init__(self, options: DigitsOptions, *, state_dir: Path | None = None) -> None:
+        """Load this agent's data: from the shard cache in ``state_dir`` when it holds it
+        (``fedbus_digits.shard_cache``), else built (about a second: scikit-learn's import)
+        and cached there.
 
         Raises:
             PluginError: the options cannot give every agent ``min_examples`` examples.
         """
         self.options = options
         try:
-            self.data: AgentData = agent_data(
+            self.data: AgentData = cached_agent_data(
+                state_dir,
                 options.agent_index,
                 options.num_agents,
                 partition=options.partition,
@@ -325,7 +328,7 @@ def create(context: PluginContext) -> DigitsPlugin:
     Raises:
         PluginError: bad options (see ``DigitsOptions.from_mapping``).
     """
-    return DigitsPlugin(DigitsOptions.from_mapping(context.options))
+    return DigitsPlugin(DigitsOptions.from_mapping(context.options), state_dir=context.state_dir)
 
 
 def centralized(options: Mapping[str, Any] | None = None) -> DigitsPlugin:

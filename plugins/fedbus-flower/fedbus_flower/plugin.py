@@ -9,7 +9,14 @@ Options (``[plugin.options]``):
   simulation engine sets, so a client_fn that loads ``context.node_config["partition-id"]``
   runs as written;
 - ``node_config``, ``run_config``: tables merged into the Context's ``node_config`` and
-  ``run_config`` (a Flower app's ``[tool.flwr.app.config]``).
+  ``run_config`` (a Flower app's ``[tool.flwr.app.config]``);
+- ``num_examples`` (default 0): the size of the client's training set, which the agent
+  reports when it joins (``num_examples()``, the bound the aggregator holds its updates to:
+  a fit reporting more is refused as ``weight_above_declared``). A Flower client has no
+  call that says it: in Flower the server learns it only from ``FitRes.num_examples``. So
+  with the option unset (0) the adapter reports what the client's last ``fit`` returned as
+  ``num_examples``, and 0 (unknown: the aggregator bounds nothing) before its first fit.
+  Set it to ``len(trainset)`` of the partition when you know it.
 
 The mapping: ``get_weights`` → ``get_parameters({})``; ``fit(weights, config)`` →
 ``fit(parameters, config)``; ``evaluate`` → ``evaluate``. Each call's config (the fit config
@@ -57,6 +64,7 @@ OPTIONS: Final[Mapping[str, Any]] = {
     "num_agents": 1,
     "node_config": {},
     "run_config": {},
+    "num_examples": 0,
 }
 
 
@@ -112,6 +120,13 @@ class FlowerPlugin:
             run_config=dict(self._run_config),
         )
         self._lock = threading.Lock()
+        self._declared = _index(options, "num_examples", 0)
+        self._fitted = 0  # FitRes.num_examples of the last fit
+
+    def num_examples(self) -> int:
+        """Option ``num_examples`` when set, else the last fit's ``num_examples`` (0 before
+        the first fit: unknown)."""
+        return self._declared or self._fitted
 
     def get_weights(self) -> Weights:
         """The client's ``get_parameters({})``."""
@@ -127,6 +142,7 @@ class FlowerPlugin:
             res = self._client(config).fit(ins)
         self._check(res.status, "fit")
         metrics = values.to_metrics(res.metrics, f"{self.path} fit")
+        self._fitted = int(res.num_examples)
         return FitResult(parameters_to_ndarrays(res.parameters), res.num_examples, metrics)
 
     def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:

@@ -9,7 +9,10 @@ the ordered list).
 Dtypes are kept: a float32 parameter is a float32 array, BatchNorm's ``num_batches_tracked``
 an int64 0-d array. fedbus averages only floating-point arrays and carries integer ones from
 the model in force (``agent.strategy.update``), so a counter is never averaged as a float
-nor masked under SecAgg+. bfloat16, which numpy lacks, travels as float32 and is cast back.
+nor masked under SecAgg+. In the clear the aggregate's counter is the round's survivors'
+median (``agent.strategy.carried``: with 3 batches a round on every agent, 3, 6, 9, ...);
+under SecAgg+, which hides every agent's arrays, it stays the initial model's. bfloat16,
+which numpy lacks, travels as float32 and is cast back.
 
 Copies: ``to_weights`` returns arrays that own their memory (a state_dict's tensors alias
 the live parameters, and training would change arrays already handed out). ``load``

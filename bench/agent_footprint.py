@@ -1,0 +1,326 @@
+"""Benchmark: what one trainer costs its device, measured on real ``fedbus run`` processes.
+
+Prints JSON with:
+
+- ``import``: the trainer's own imports, from a real ``fedbus run`` of a trainer started with
+  ``PYTHONPROFILEIMPORTTIME=1`` (``python -X importtime``): the sum of the top-level imports'
+  cumulative µs, how many modules, and whether the aggregator role, the Prometheus client,
+  scikit-learn or SciPy were among them.
+- ``ready_seconds``: from spawning ``fedbus run --config trainer.toml`` to its ``READY=1``
+  (sd_notify(3), read from a ``$NOTIFY_SOCKET`` datagram socket the benchmark binds, exactly
+  what systemd's ``Type=notify`` waits for: the broker session is up with the trainer's
+  subscriptions acknowledged, the plugin already loaded), for the minimal plugin and for
+  ``digits-mlp``, whose first start (``cold``: empty state dir) builds its shard cache and
+  whose later starts (``warm``, median of ``--starts``) read it; with the process's CPU
+  seconds (user + system) to READY.
+- ``idle``: a trainer with a minimal numpy plugin (three arrays, written by this script as a
+  plugin distribution on ``PYTHONPATH``), admitted by a real aggregator that waits for a
+  second agent (so no round starts), then left alone for ``--idle`` s: its RSS (VmRSS), peak
+  RSS (VmHWM) and PSS (smaps_rollup) at the end, and its CPU use over the window (utime +
+  stime from ``/proc/PID/stat``, as % of one core). The same for ``digits-mlp`` (memory
+  only, its shard read from the cache its starts wrote, connected but not admitted).
+
+Targets (issue 15): idle minimal trainer ≤ 60 MB RSS and ≤ 0.1 % CPU; ``fedbus run`` to READY
+≤ 0.3 s with digits-mlp. On a loaded machine the wall times grow; the CPU seconds less so.
+
+    .venv/bin/python bench/agent_footprint.py [--bus mqtt|nats] [--idle 30] [--starts 3]
+        [--status-every 5] [--without rich]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.brokers import EmbeddedBroker
+from agent.config import AgentConfig, AggregatorConfig, LoggingConfig, PluginConfig
+from agent.role import Role
+
+FEDBUS = str(Path(sys.executable).with_name("fedbus"))
+FEDERATION = "footprint"
+TICKS = os.sysconf("SC_CLK_TCK")
+WATCHED = ("agent.roles.aggregator", "prometheus_client", "sklearn", "scipy")
+
+MINIMAL_PLUGIN = '''"""The smallest useful plugin: numpy only, three float32 arrays."""
+import numpy as np
+from agent.plugin.api import EvaluateResult, FitResult
+
+
+class Minimal:
+    def get_weights(self):
+        return [np.zeros((8, 4), np.float32), np.zeros(4, np.float32), np.zeros(1, np.float32)]
+
+    def num_examples(self):
+        return 10
+
+    def fit(self, weights, config):
+        return FitResult([w + 1 for w in weights], 10, {})
+
+    def evaluate(self, weights, config):
+        return EvaluateResult(0.0, 10, {"accuracy": 1.0})
+
+
+def create(context):
+    return Minimal()
+'''
+
+
+def write_minimal_plugin(root: Path) -> Path:
+    """A distribution ``footprint-minimal`` with entry point ``minimal`` under ``root``
+    (a ``PYTHONPATH`` entry): ``importlib.metadata`` finds its dist-info there."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "footprint_minimal.py").write_text(MINIMAL_PLUGIN, encoding="utf-8")
+    info = root / "footprint_minimal-0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: footprint-minimal\nVersion: 0\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        "[fedbus.plugins]\nminimal = footprint_minimal:create\n", encoding="utf-8"
+    )
+    return root
+
+
+#: digits-mlp's shard: agent 0 of the demo's 10.
+DIGITS_OPTIONS = {"agent_index": 0, "num_agents": 10}
+
+
+def config(role: Role, agent_id: str, url: str, state: Path, plugin: str, **kw: Any) -> AgentConfig:
+    if plugin == "digits-mlp":
+        kw.setdefault("options", DIGITS_OPTIONS)
+    return AgentConfig(
+        role=role,
+        agent_id=agent_id,
+        federation=kw.pop("federation", FEDERATION),
+        bus_url=url,
+        state_dir=state,
+        plugin=PluginConfig(name=plugin, options=kw.pop("options", {})),
+        logging=LoggingConfig(level="info", format="json"),
+        **kw,
+    )
+
+
+class Agent:
+    """``fedbus run`` of one config, with a ``$NOTIFY_SOCKET`` of its own."""
+
+    def __init__(self, path: Path, log: Path, env: dict[str, str]) -> None:
+        self.notify_path = path.with_suffix(".notify")
+        self.notify_path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.notify_path))
+        self.log = log.open("wb")
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [FEDBUS, "run", "--config", str(path)],
+            env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_for(self, word: str, timeout: float = 60.0) -> float:
+        """Seconds from spawn until a notification containing ``word`` arrived."""
+        deadline = time.perf_counter() + timeout
+        while (left := deadline - time.perf_counter()) > 0:
+            self.sock.settimeout(min(left, 0.5))
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"the agent exited; see {self.log.name}") from None
+                continue
+            if word in data:
+                return time.perf_counter() - self.started
+        raise SystemExit(f"no {word!r} from the agent in {timeout} s; see {self.log.name}")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def memory(self) -> dict[str, float]:
+        status = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+        kb = {line.split(":")[0]: int(line.split()[1]) for line in status if line.endswith("kB")}
+        rollup = Path(f"/proc/{self.process.pid}/smaps_rollup").read_text().splitlines()
+        pss = next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        return {
+            "rss_mb": round(kb["VmRSS"] / 1000, 1),
+            "peak_rss_mb": round(kb["VmHWM"] / 1000, 1),
+            "pss_mib": round(pss / 1024, 1),
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.sock.close()
+        self.log.close()
+
+
+def imports(stderr: str) -> dict[str, Any]:
+    """The ``-X importtime`` report: top-level cumulative µs summed, modules, watched ones."""
+    rows = [line.split("|") for line in stderr.splitlines() if line.startswith("import time:")]
+    rows = [r for r in rows if r[1].strip().isdigit()]
+    names = {r[2].strip() for r in rows}
+    top = sum(int(r[1]) for r in rows if not r[2].startswith("  "))
+    return {
+        "seconds": round(top / 1e6, 3),
+        "modules": len(names),
+        **{f"imports_{m}": any(n == m or n.startswith(m + ".") for n in names) for m in WATCHED},
+    }
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    env = dict(os.environ)
+    plugins = write_minimal_plugin(tmp / "plugins")
+    if args.without:  # as on a device where these are not installed
+        (plugins / "sitecustomize.py").write_text(
+            "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in args.without),
+            encoding="utf-8",
+        )
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
+    out: dict[str, Any] = {
+        "bus": args.bus,
+        "idle_window_seconds": args.idle,
+        "aggregator_status_every": args.status_every,
+        "hidden_modules": args.without,
+    }
+    with EmbeddedBroker(args.bus) as broker:
+        agg = config(
+            Role.AGGREGATOR,
+            "aggregator",
+            broker.url,
+            tmp / "aggregator",
+            "minimal",
+            aggregator=AggregatorConfig(
+                rounds=1,
+                min_fit_clients=2,
+                min_available_clients=2,
+                join_timeout=3600.0,
+                status_every=args.status_every,
+            ),
+        )
+        (tmp / "aggregator.toml").write_bytes(agg.to_toml())
+        aggregator = Agent(tmp / "aggregator.toml", tmp / "aggregator.log", env)
+        agents = [aggregator]
+        try:
+            aggregator.wait_for("READY=1")
+            # The trainer's imports, from one real start.
+            t = config(Role.TRAINER, "imports", broker.url, tmp / "imports", "minimal")
+            (tmp / "imports.toml").write_bytes(t.to_toml())
+            profiled = Agent(
+                tmp / "imports.toml", tmp / "imports.log", {**env, "PYTHONPROFILEIMPORTTIME": "1"}
+            )
+            profiled.wait_for("READY=1")
+            profiled.stop()
+            out["import"] = imports((tmp / "imports.log").read_text(errors="replace"))
+            out["idle"] = {"minimal": idle(broker.url, tmp, env, "minimal", args.idle, agents)}
+            out["ready_seconds"] = starts(broker.url, tmp, env, args.starts)
+            # digits-mlp's memory: connected, in a federation with no aggregator (its model
+            # would not fit the minimal aggregator's).
+            out["idle"]["digits-mlp"] = idle(broker.url, tmp, env, "digits-mlp", 0, agents)
+        finally:
+            for a in agents:
+                a.stop()
+    return out
+
+
+def idle(
+    url: str, tmp: Path, env: dict[str, str], plugin: str, seconds: float, agents: list[Agent]
+) -> dict[str, Any]:
+    """A trainer admitted by the aggregator, then ``seconds`` of nothing."""
+    name = f"idle-{plugin}"
+    admitted = plugin == "minimal"
+    fed = FEDERATION if admitted else "starts"
+    # digits-mlp: the state dir its starts left, so its shard comes from the cache.
+    state = tmp / (name if admitted else f"start-{plugin}")
+    t = config(Role.TRAINER, name, url, state, plugin, federation=fed)
+    (tmp / f"{name}.toml").write_bytes(t.to_toml())
+    agent = Agent(tmp / f"{name}.toml", tmp / f"{name}.log", env)
+    agents.append(agent)
+    ready = agent.wait_for("READY=1")
+    if admitted:
+        agent.wait_for("STATUS=idle")  # admitted, holding the initial model
+    time.sleep(2.0)  # let the join's replies settle
+    result: dict[str, Any] = {"ready_seconds": round(ready, 3)}
+    if seconds:
+        cpu0, t0 = agent.cpu_seconds(), time.perf_counter()
+        time.sleep(seconds)
+        cpu, wall = agent.cpu_seconds() - cpu0, time.perf_counter() - t0
+        result["cpu_percent"] = round(100 * cpu / wall, 3)
+        result["cpu_seconds"] = round(cpu, 3)
+    result.update(agent.memory())
+    agent.stop()
+    agents.remove(agent)
+    return result
+
+
+def starts(url: str, tmp: Path, env: dict[str, str], count: int) -> dict[str, Any]:
+    """``fedbus run`` → READY=1 for each plugin: the minimal one, digits-mlp cold and warm."""
+    out: dict[str, Any] = {}
+    for plugin, label, fresh in [
+        ("minimal", "minimal", False),
+        ("digits-mlp", "digits_mlp_cold", True),
+        ("digits-mlp", "digits_mlp_warm", False),
+    ]:
+        walls, cpus = [], []
+        state = tmp / f"start-{plugin}"
+        for i in range(1 if fresh else count):
+            if fresh:
+                shutil.rmtree(state, ignore_errors=True)
+            # Another federation: no aggregator answers, the trainer only connects.
+            t = config(Role.TRAINER, f"start-{i}", url, state, plugin, federation="starts")
+            path = tmp / f"start-{label}-{i}.toml"
+            path.write_bytes(t.to_toml())
+            agent = Agent(path, path.with_suffix(".log"), env)
+            try:
+                walls.append(agent.wait_for("READY=1"))
+                cpus.append(agent.cpu_seconds())
+            finally:
+                agent.stop()
+        out[label] = round(statistics.median(walls), 3)
+        out[f"{label}_cpu"] = round(statistics.median(cpus), 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bus", choices=["mqtt", "nats"], default="mqtt")
+    parser.add_argument("--idle", type=float, default=30.0, help="idle window, s")
+    parser.add_argument("--starts", type=int, default=3, help="warm starts per plugin")
+    parser.add_argument(
+        "--status-every",
+        type=float,
+        default=5.0,
+        help="the aggregator's federation_status re-send interval, s (the default: 5)",
+    )
+    parser.add_argument(
+        "--without",
+        nargs="*",
+        default=[],
+        help="modules the agents must not find, as on a device that lacks them (e.g. rich: "
+        "structlog imports it when installed; fedbus does not depend on it)",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedbus-footprint-") as tmp:
+        results = run(args, Path(tmp))
+    results["load_average_1min"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

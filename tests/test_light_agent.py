@@ -1,0 +1,57 @@
+"""A device imports only what a trainer needs (issue 15): ``fedbus run`` of a trainer loads
+neither the aggregator role nor the Prometheus client (metrics off), nor SciPy / scikit-learn;
+``Metrics.off()`` counts nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.config import AgentConfig, MetricsConfig, PluginConfig
+from agent.node_base import node_metrics
+from agent.role import Role
+from agent.runtime.metrics import Metrics
+
+#: What ``fedbus run`` imports for a trainer (``agent.cli.main.run``), and the plugin loader.
+RUN_PATH = "agent.cli.main, agent.config, agent.logs, agent.node_base, agent.node_trainer"
+FORBIDDEN = ("agent.roles.aggregator", "prometheus_client", "scipy", "sklearn", "dp_accounting")
+
+
+def test_the_trainer_run_path_imports_no_aggregator_nor_prometheus() -> None:
+    code = (
+        f"import sys, {RUN_PATH}\n"
+        f"print([m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}"
+        f" or m.startswith('agent.roles.aggregator')])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["[]"]
+
+
+def test_metrics_off_counts_nothing_and_on_counts() -> None:
+    off = Metrics.off()
+    off.messages_sent.labels(kind="join").inc()
+    off.stage_seconds.labels(stage="fit").observe(1.0)
+    off.agents.labels(state="online").set(3)
+    off.dropouts.inc()
+    assert off.registry is None
+    assert off.value("fedbus_messages_sent_total", kind="join") == 0.0
+    on = Metrics()
+    on.messages_sent.labels(kind="join").inc()
+    assert on.value("fedbus_messages_sent_total", kind="join") == 1.0
+
+
+def test_node_metrics_are_off_without_a_port(tmp_path: Path) -> None:
+    config = AgentConfig(
+        role=Role.TRAINER,
+        agent_id="a",
+        federation="f",
+        bus_url="mqtt://127.0.0.1:1",
+        state_dir=tmp_path,
+        plugin=PluginConfig(name="toy"),
+        metrics=MetricsConfig(port=0),
+    )
+    assert node_metrics(config).registry is None
+    assert node_metrics(config, always=True).registry is not None
