@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 #: Mode for secrets: private keys, credentials.
 PRIVATE = 0o600
@@ -35,11 +36,23 @@ def write_atomic(path: Path, data: bytes | memoryview, *, mode: int = PUBLIC) ->
     Raises:
         OSError: the directory cannot be created or written, or the rename fails.
     """
+    write_atomic_with(path, lambda f: f.write(data), mode=mode)
+
+
+def write_atomic_with(
+    path: Path, write: Callable[[IO[bytes]], object], *, mode: int = PUBLIC
+) -> None:
+    """``write_atomic`` of what ``write`` writes to the open temporary file (binary): for
+    data written in pieces (an ``.npz`` of a model), never held whole in memory.
+
+    Raises:
+        OSError: as ``write_atomic``; and whatever ``write`` raises (the temp file removed).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())

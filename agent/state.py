@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.atomic import write_atomic
+from agent.atomic import write_atomic, write_atomic_with
 from agent.plugin.api import Weights
 
 
 def write_weights(path: Path, weights: Weights) -> None:
     """``write_atomic`` of weights as an ``.npz`` (arrays ``arr_0``, ``arr_1``, ... in order)."""
-    buf = io.BytesIO()
-    np.savez(buf, *weights)
-    write_atomic(path, buf.getbuffer())  # a view: a model is not copied once more
+    # straight into the temp file: a BytesIO would hold the whole model once more (and
+    # twice while it grows)
+    write_atomic_with(path, lambda f: np.savez(f, *weights))
 
 
 def read_weights(path: Path) -> Weights:

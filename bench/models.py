@@ -21,6 +21,8 @@ run, per case:
         [--modes plain secagg+] [--agents 3] [--wide 10] [--rounds 2]
 
 ``--wide N`` adds a plain case with N agents at 10M (the aggregator's RSS whatever the cohort).
+With ``FEDBUS_BENCH_PROFILE=DIR`` each child process writes its cProfile stats to DIR;
+``FEDBUS_BENCH_LOGS=DIR`` keeps the children's logs there.
 """
 
 from __future__ import annotations
@@ -110,9 +112,9 @@ def config_for(args: argparse.Namespace, role: Role, agent_id: str) -> AgentConf
             eval_timeout=120.0,
             secure_aggregation=SecureAggregation.SECAGG_PLUS if secure else SecureAggregation.NONE,
             secagg=SecAggConfig(stage_timeout=600.0),
-            # the plain mean without the round-relative norm bound (the streaming path), and
-            # no model-change guard (the constant toy models jump)
-            robust=RobustConfig(norm_factor=0.0, max_change_factor=0.0),
+            # the default robust bounds (the plain mean streams with the relative norm
+            # bound), but no model-change guard (the constant toy models jump)
+            robust=RobustConfig(max_change_factor=0.0),
         ),
     )
 
@@ -125,24 +127,43 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
 
     first: dict[int, float] = {}  # round → when its first update manifest came
     last: dict[int, float] = {}  # round → when its last update was folded in
-    begin, plain, secure = Reassembly.begin, PlainRound.on_update, SecureRound.on_masked_input
+    begin, plain, secure = Reassembly.begin, PlainRound._keep, SecureRound.on_masked_input
+
+    # round → [(event, seconds after the round's first update manifest)]: where a round's
+    # update transfer time goes (manifest in, last chunk kept, update folded)
+    events: dict[int, list[tuple[str, float]]] = {}
+    add = Reassembly.add
+
+    def note(event: str) -> None:
+        if first:
+            r = max(first)
+            events.setdefault(r, []).append((event, round(time.monotonic() - first[r], 3)))
 
     def on_begin(self: Any, topic: str, envelope: Any, *a: Any, **k: Any) -> Any:
         if "/update/" in topic:
             first.setdefault(envelope.round, time.monotonic())
+            note("manifest")
         return begin(self, topic, envelope, *a, **k)
+
+    def on_add(self: Any, topic: str, *a: Any, **k: Any) -> Any:
+        transfer = add(self, topic, *a, **k)
+        if transfer is not None and not transfer.missing and "/update/" in topic:
+            note("complete")
+        return transfer
 
     def done(inner: Any) -> Any:
         def wrapped(self: Any, *a: Any) -> Any:
             result = inner(self, *a)
             if first:
                 last[max(first)] = time.monotonic()
+                note("folded")
             return result
 
         return wrapped
 
     Reassembly.begin = on_begin  # type: ignore[method-assign]
-    PlainRound.on_update = done(plain)  # type: ignore[method-assign]
+    Reassembly.add = on_add  # type: ignore[method-assign]
+    PlainRound._keep = done(plain)  # type: ignore[method-assign]
     SecureRound.on_masked_input = done(secure)  # type: ignore[method-assign]
     config = config_for(args, Role.AGGREGATOR, "aggregator")
     async with bus_from_url(args.url, bus_settings(config)) as bus:
@@ -165,6 +186,7 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
         "updates": updates,
         "update_seconds": sum(spans),
         "peak_rss": peak_rss(),
+        "timeline": {str(r): e for r, e in events.items()},
     }
 
 
@@ -211,8 +233,49 @@ def wait_for(path: Path) -> None:
 
 def child_main(args: argparse.Namespace) -> None:
     run = {"aggregator": aggregator_child, "trainer": trainer_child, "raw": raw_child}
-    result = asyncio.run(run[args.child](args))
+    profile = os.environ.get("FEDBUS_BENCH_PROFILE")  # a directory: cProfile each child there
+    if profile:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            result = asyncio.run(run[args.child](args))
+        prof.dump_stats(Path(profile) / f"{args.child}-{args.agent_id or 'agg'}.prof")
+    elif os.environ.get("FEDBUS_BENCH_TRACEMALLOC") and args.child == "aggregator":
+        result = traced(lambda: asyncio.run(run[args.child](args)))
+    else:
+        result = asyncio.run(run[args.child](args))
     Path(args.out).write_text(json.dumps(result))
+
+
+def traced(main: Any) -> Any:
+    """Run ``main`` under tracemalloc; write the top allocations at the traced peak to
+    ``$FEDBUS_BENCH_TRACEMALLOC`` (a profiling aid, not part of the JSON)."""
+    import threading
+    import tracemalloc
+
+    tracemalloc.start(8)
+    best: list[Any] = [0, None]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            current, _ = tracemalloc.get_traced_memory()
+            if current > best[0] + 5 * MB:
+                best[:] = [current, tracemalloc.take_snapshot()]
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        return main()
+    finally:
+        stop.set()
+        thread.join()
+        lines = [f"peak traced {best[0] / MB:.1f} MB"]
+        if best[1] is not None:
+            for stat in best[1].statistics("traceback")[:12]:
+                lines.append(f"{stat.size / MB:8.1f} MB")
+                lines += [f"    {frame}" for frame in stat.traceback.format()[-8:]]
+        Path(os.environ["FEDBUS_BENCH_TRACEMALLOC"]).write_text("\n".join(lines))
 
 
 def spawn(args: argparse.Namespace, child: str, out: Path, **extra: Any) -> subprocess.Popen[bytes]:
@@ -275,6 +338,9 @@ def run_case(
         p.send_signal(signal.SIGTERM)
     for p in trainers:
         p.wait(60)
+    if keep := os.environ.get("FEDBUS_BENCH_LOGS"):  # a directory: keep the children's logs
+        for log in tmp.glob("*.log"):
+            (Path(keep) / f"{mode}-{d}-{agents}-{log.name}").write_bytes(log.read_bytes())
     if code != 0:
         return {"failed": f"aggregator exit {code}", "log": str(tmp / "agg.log")}
     result = json.loads((tmp / "agg.json").read_text())
@@ -302,6 +368,7 @@ def run_case(
         "update_throughput": round(throughput),
         "raw_throughput": round(raw),
         "throughput_ratio": round(throughput / raw, 3) if raw else None,
+        "timeline": result["timeline"],
     }
 
 

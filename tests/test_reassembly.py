@@ -25,7 +25,9 @@ from agent.messages.chunks import build, chunking_plan, frame, parse_frame
 from agent.messages.codec import decode_envelope, encode, validate_body
 from agent.messages.envelope import new_envelope
 from agent.messages.tensors import to_arrays, to_tensors
+from agent.robust.settings import OnViolation, RobustConfig
 from agent.roles.aggregator.fold import RunningMean
+from agent.roles.aggregator.robust_fit import robust_update
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.reassembly import Limits, Reassembly, assemble
 from agent.strategy.update import ClientResult, mean_update
@@ -244,3 +246,32 @@ def test_the_running_mean_carries_integer_arrays_and_keeps_every_metric() -> Non
     np.testing.assert_allclose(got.delta[0], want.delta[0])
     assert got.metrics == pytest.approx(want.metrics)
     assert set(got.metrics) == {"train_loss", "train_accuracy"}
+
+
+@pytest.mark.parametrize("on_norm", [OnViolation.CLIP, OnViolation.REJECT])
+def test_the_running_mean_applies_the_relative_norm_bound_as_the_round_close_does(
+    on_norm: OnViolation,
+) -> None:
+    """The default ``norm_factor = 10`` streams: an outlier folded on arrival is clipped to
+    10x the median norm (or taken out) at the close, as ``robust_update`` does with every
+    update in memory; honest updates are not read back."""
+    rng = np.random.default_rng(1)
+    current = [rng.standard_normal(300, np.float32), np.array(3, np.int64)]
+    results = [
+        ClientResult(f"a{i}", [current[0] + scale * np.float32(1), np.array(9)], n, {"x": i})
+        for i, (scale, n) in enumerate([(1.0, 2), (2.0, 3), (3.0, 1), (1e4, 5)])
+    ]
+    robust = RobustConfig(on_norm=on_norm)
+    fold = RunningMean(current, robust=robust)
+    for r in results:
+        fold.add(r.weights, r.num_examples, agent_id=r.agent_id)
+    got, want = fold.result(results), robust_update(current, results, robust)
+    assert got is not None
+    assert want is not None
+    assert got.survivors == want.survivors
+    assert len(got.survivors) == (4 if on_norm is OnViolation.CLIP else 3)
+    assert got.total_weight == want.total_weight
+    assert got.metrics == pytest.approx(want.metrics)
+    # robust_update rounds the clipped weights to float32 (rebuild); the fold does not
+    np.testing.assert_allclose(got.delta[0], want.delta[0], rtol=1e-6)
+    assert not got.delta[1].any()

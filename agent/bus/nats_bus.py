@@ -17,6 +17,11 @@ for MQTT. Differences from MQTT, by necessity:
 - No sessions survive a reconnect or a server restart: what a peer published before we
   resubscribed is lost. The supervisor re-publishes our own last ``replay_window`` seconds of
   publishes after each reconnect (``agent.bus.replay``; off with ``session_expiry = 0``).
+- Several servers (the nodes of a cluster, ``bus_url = "tls://a:4222,tls://b:4222"``): every
+  connection hands nats-py all of them, starting with the one after the server the previous
+  attempt started with (the first one first), in that order (``dont_randomize``); nats-py
+  falls through to the next one when a TCP connect fails. So a reconnect after a node died
+  lands on another node, and clients spread over the list by where it starts.
 - A connect the server's authorization refuses (``Authorization Violation``) raises
   ``ConnectRefusedError`` (``agent.bus.refusal``: not final, nats-server does not say why).
 - A publish the server's authorization refuses (``-ERR 'Permissions Violation for Publish
@@ -30,6 +35,7 @@ import logging
 import math
 import re
 import ssl
+from collections.abc import Sequence
 
 import nats.errors
 import structlog
@@ -178,18 +184,32 @@ class NatsBus(SupervisedBus):
         settings: BusSettings,
         *,
         tls: ssl.SSLContext | None = None,
+        fallbacks: Sequence[tuple[str, int]] = (),
     ) -> None:
         super().__init__(settings)
         self.host = host
         self.port = port
         self._tls = tls
         scheme = "tls" if tls is not None else "nats"
-        netloc = f"[{host}]" if ":" in host else host
-        self.server_url = f"{scheme}://{netloc}:{port}"
+        self.server_urls = [_url(scheme, h, p) for h, p in [(host, port), *fallbacks]]
+        self.server_url = self.server_urls[0]
+        self._start = 0  # where in server_urls the next connection starts
 
     @property
     def where(self) -> str:
-        return self.server_url
+        return ",".join(self.server_urls)
+
+    def recent_publishes(self, topic: str) -> list[bytes]:
+        """Our distinct payloads on ``topic`` within ``replay_window``, oldest first: what a
+        peer whose node died may have missed (``roles.aggregator.rejoin``); none with replay
+        off."""
+        recent = self._replay_log.recent() if self._replay_log is not None else ()
+        return list(dict.fromkeys(sent.payload for sent in recent if sent.topic == topic))
+
+    def _rotation(self) -> list[str]:
+        """The servers for the next connection: from ``_start`` on, wrapping around."""
+        start, self._start = self._start, (self._start + 1) % len(self.server_urls)
+        return self.server_urls[start:] + self.server_urls[:start]
 
     async def _open_session(self, deliver: Deliver) -> Session:
         settings = self.settings
@@ -213,9 +233,11 @@ class NatsBus(SupervisedBus):
             elif not isinstance(exc, OSError | nats.errors.StaleConnectionError):
                 log.warning("bus_transport_error", transport="nats", reason=repr(exc))
 
+        servers = self._rotation()
         try:
             await nc.connect(
-                servers=[self.server_url],
+                servers=servers,
+                dont_randomize=True,
                 name=settings.client_id,
                 # One connection per Client: the supervisor reconnects. With reconnect off,
                 # nats-py still loops over its server pool inside connect(); one retry with no
@@ -234,7 +256,7 @@ class NatsBus(SupervisedBus):
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             await nc.close()
             cause = connect_errors[-1] if connect_errors else exc
-            detail = f"cannot connect to {self.server_url}: {cause!r}"
+            detail = f"cannot connect to {','.join(servers)}: {cause!r}"
             if any(map(_authorization_refused, (*connect_errors, exc))):
                 # revoked, superseded or not enrolled yet: nats-server does not say which
                 raise ConnectRefusedError(str(Refusal.NOT_AUTHORIZED), detail) from exc
@@ -250,6 +272,11 @@ class NatsBus(SupervisedBus):
             flush_timeout=settings.publish_timeout,
             refused=refused,
         )
+
+
+def _url(scheme: str, host: str, port: int) -> str:
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{netloc}:{port}"
 
 
 def _authorization_refused(exc: BaseException) -> bool:

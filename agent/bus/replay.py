@@ -30,6 +30,13 @@ from agent.errors import TransportError
 
 #: Seconds after a reconnect at which the log is re-published.
 REPLAY_DELAYS = (0.0, 2.0, 6.0)
+#: The first bytes of a chunk frame (``agent.messages.chunks.MAGIC``, a layer above; a test
+#: keeps the two equal). Chunk frames are not kept: model-sized messages would hold the
+#: whole byte budget in memory (64 MiB per process, for ``window`` seconds after every
+#: model broadcast or update), and above it they push their own manifest out first, so
+#: their replay could not complete the transfer anyway. A chunked transfer cut by a
+#: reconnect ends at its deadline as a dropout (``runtime.reassembly``).
+CHUNK_MAGIC = b"FBC1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +78,10 @@ class ReplayLog:
         return len(self._sent)
 
     def record(self, topic: str, payload: bytes, *, retain: bool) -> None:
-        """Keep a publish that the broker acknowledged."""
+        """Keep a publish that the broker acknowledged; a chunk frame is not kept (see
+        ``CHUNK_MAGIC``)."""
+        if payload[:4] == CHUNK_MAGIC:
+            return
         if retain and (old := self._retained.pop(topic, None)) is not None:
             self._forget(old)
         key, self._next = self._next, self._next + 1

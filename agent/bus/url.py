@@ -11,6 +11,12 @@ scheme      transport              default port
 
 Credentials never go in the URL (they would end up in logs and process listings); TLS
 client certificates come from :class:`TlsFiles`.
+
+Several servers, comma-separated (``tls://a:4222,tls://b:4222``; spaces around the commas are
+allowed), are the nodes of one NATS cluster: all of one scheme, no duplicates. The NATS
+adapter dials the first, and each reconnect the next one in the list, so an agent whose node
+died reconnects to another (``agent.bus.nats_bus``). MQTT takes one broker: mosquitto has no
+cluster, and independent brokers would split the federation (``ConfigError``).
 """
 
 from __future__ import annotations
@@ -69,8 +75,41 @@ class BrokerAddress:
     tls: bool
 
 
+def parse_broker_urls(url: str) -> list[BrokerAddress]:
+    """Parse and check ``url``: one broker URL or several, comma-separated (the module
+    docstring). Returns them in order (at least one), all of one transport and TLS.
+
+    Raises:
+        ConfigError: a bad entry (naming it and the accepted schemes), an empty entry,
+            mixed schemes, a server listed twice, or several servers for MQTT.
+    """
+    entries = [entry.strip() for entry in url.split(",")]
+    if len(entries) > 1 and not all(entries):
+        raise ConfigError(f"bad broker URL list {redact_url(url)!r}: an empty entry")
+    addresses = [_parse_one(entry) for entry in entries]
+    if len({(a.transport, a.tls) for a in addresses}) > 1:
+        raise ConfigError(
+            f"bad broker URL list {redact_url(url)!r}: every server needs the same scheme"
+        )
+    if len({(a.host, a.port) for a in addresses}) < len(addresses):
+        raise ConfigError(f"bad broker URL list {redact_url(url)!r}: a server is listed twice")
+    if len(addresses) > 1 and addresses[0].transport == "mqtt":
+        raise ConfigError(
+            f"{redact_url(url)!r} names {len(addresses)} MQTT brokers, but an MQTT bus_url "
+            "takes one: mosquitto has no cluster, and independent brokers would split the "
+            "federation (several servers are for a NATS cluster: tls://a:4222,tls://b:4222)"
+        )
+    return addresses
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse and check ``url``; :class:`ConfigError` names the URL and the accepted schemes."""
+    """The first server of ``url`` (:func:`parse_broker_urls` checks them all); every server
+    of a list shares its transport and TLS."""
+    return parse_broker_urls(url)[0]
+
+
+def _parse_one(url: str) -> BrokerAddress:
+    """Parse and check one URL; :class:`ConfigError` names it and the accepted schemes."""
 
     def bad(why: str) -> ConfigError:
         shown = redact_url(url)  # never repeat a password or token the user typed
@@ -103,12 +142,14 @@ def bus_from_url(
     tls: TlsFiles | None = None,
     context: ssl.SSLContext | None = None,
 ) -> Bus:
-    """The ``Bus`` adapter for ``url`` (not yet connected: enter it with ``async with``).
+    """The ``Bus`` adapter for ``url`` (not yet connected: enter it with ``async with``);
+    a NATS ``url`` may list several servers of one cluster.
 
     ``context``: a TLS context built by the caller from ``tls`` (``TlsFiles.ssl_context``),
     which the adapter then connects with every time: reloading a certificate into it (a
     renewal) changes what the next session presents."""
-    address = parse_broker_url(url)
+    addresses = parse_broker_urls(url)
+    address = addresses[0]
     if address.tls:
         context = context or (tls or TlsFiles()).ssl_context()
     elif tls is not None and tls != TlsFiles():
@@ -122,4 +163,5 @@ def bus_from_url(
         return MqttBus(address.host, address.port, settings, tls=context)
     from agent.bus.nats_bus import NatsBus
 
-    return NatsBus(address.host, address.port, settings, tls=context)
+    others = [(a.host, a.port) for a in addresses[1:]]
+    return NatsBus(address.host, address.port, settings, tls=context, fallbacks=others)

@@ -6,6 +6,10 @@ after every enrollment (nats-server lists each agent) and revocation, then reloa
 (``--reload-pid``, or SIGHUP yourself) -- except for nats with ``--auth-callout``: the broker
 then asks the aggregator about every client (``agent.runtime.auth_callout``), so enrollment
 and revocation take effect with no rerun and no reload.
+
+nats also renders a topology (``agent.lockdown.topology``, broker_config/README.md): a cluster
+(``--node`` per node, ``--site`` per edge site it admits) or a site's leaf node (``--leaf SITE``
+with ``--hub`` per core node).
 """
 
 from __future__ import annotations
@@ -84,6 +88,35 @@ _RUN: dict[str, str] = {"mosquitto": "mosquitto -c {config}", "nats": "nats-serv
     "callout (its key: CA_DIR/nats-callout.seed, created if missing); no rerun or reload "
     "per enrollment.",
 )
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    metavar="NAME=HOST[:PORT[:CLUSTER_PORT[:LEAF_PORT]]]",
+    help="nats: a node of a cluster (repeat, 3 or more survive a node's failure): one "
+    "directory per node under --out, routes between them [ports: 4222, 6222, 7422].",
+)
+@click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="NAME",
+    help="nats, with --node: a site whose leaf node the cluster admits (repeat).",
+)
+@click.option(
+    "--leaf",
+    "leaf_site",
+    default=None,
+    metavar="SITE",
+    help="nats: write SITE's leaf node (its agents' server, linked to the hub's --hub URLs).",
+)
+@click.option(
+    "--hub",
+    "hub",
+    multiple=True,
+    metavar="URL",
+    help="nats, with --leaf: a core node's leaf URL, tls://host:7422 (repeat: every node).",
+)
 def broker_config(
     broker: str,
     ca_dir: Path,
@@ -96,6 +129,10 @@ def broker_config(
     mosquitto_user: str | None,
     reload_pid: int | None,
     auth_callout: bool,
+    nodes: tuple[str, ...],
+    sites: tuple[str, ...],
+    leaf_site: str | None,
+    hub: tuple[str, ...],
 ) -> None:
     """Write a locked-down BROKER config: TLS with client certificates of the federation's
     CA, per-agent access rules, an enroll-only identity, and revocation."""
@@ -121,6 +158,32 @@ def broker_config(
         members = members_from_registry(registry, aggregator=aggregator, agents=agents)
     else:
         members = Members(aggregator or DEFAULT_AGGREGATOR, agents)
+    if nodes or sites or leaf_site or hub:
+        from agent.cli.broker_topology import write_topology
+
+        if broker != "nats":
+            raise click.UsageError("--node, --site, --leaf and --hub are for nats only")
+        written = write_topology(
+            ca,
+            out_dir,
+            members,
+            nodes=nodes,
+            sites=sites,
+            leaf_site=leaf_site,
+            hub=hub,
+            port=port or _DEFAULT_PORTS[broker],
+            host=host,
+            server_names=server_names,
+            callout_issuer=issuer,
+        )
+        for files in written:
+            click.echo(f"wrote {files.directory} ({files.url}); run: nats-server -c {files.config}")
+        click.echo(
+            f"  aggregator {members.aggregator}; {len(members.trainers)} trainers; "
+            f"{len(members.revoked_ids)} revoked; bus_url = "
+            + ",".join(files.url for files in written)
+        )
+        return
     files = write_broker_config(
         _KINDS[broker],
         ca,

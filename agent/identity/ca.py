@@ -195,8 +195,9 @@ def _issue(
     hosts: Sequence[str],
 ) -> x509.Certificate:
     now = _utcnow()
+    # A broker also dials brokers (cluster routes, leaf-node remotes: mTLS both ways).
     usage = (
-        [ExtendedKeyUsageOID.SERVER_AUTH]
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         if role is Role.BROKER
         else [ExtendedKeyUsageOID.CLIENT_AUTH]
     )

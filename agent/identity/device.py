@@ -212,26 +212,33 @@ async def enroll(
 
 async def _probe(bus_url: str, *, within: float) -> None:
     """Fail fast with ``broker_unreachable`` when nothing listens at the broker's address
-    (the bus itself would retry with backoff until the timeout)."""
-    from agent.bus.url import parse_broker_url
+    (the bus itself would retry with backoff until the timeout); with several servers (a
+    NATS cluster), when none of them does (``within`` each)."""
+    from agent.bus.url import parse_broker_urls
 
-    address = parse_broker_url(bus_url)
-    try:
-        async with asyncio.timeout(max(0.0, within)):
-            _, writer = await asyncio.open_connection(address.host, address.port)
-    except TimeoutError as exc:
-        raise IdentityError(
-            "broker_unreachable",
-            f"cannot reach the broker at {bus_url}: no TCP connection within {within:.3g} s",
-        ) from exc
-    except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
-        raise IdentityError(
-            "broker_unreachable", f"cannot reach the broker at {bus_url}: {why}"
-        ) from exc
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+    failure = IdentityError("broker_unreachable", f"no broker in {bus_url}")
+    for address in parse_broker_urls(bus_url):
+        where = f"{address.host}:{address.port}"
+        try:
+            async with asyncio.timeout(max(0.0, within)):
+                _, writer = await asyncio.open_connection(address.host, address.port)
+        except TimeoutError:
+            failure = IdentityError(
+                "broker_unreachable",
+                f"cannot reach the broker at {where}: no TCP connection within {within:.3g} s",
+            )
+            continue
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+            failure = IdentityError(
+                "broker_unreachable", f"cannot reach the broker at {where}: {why}"
+            )
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise failure
 
 
 async def _exchange(

@@ -5,6 +5,8 @@ nats-server, generated per federation (``fedbus broker-config``; ARCHITECTURE.md
 - :mod:`~agent.lockdown.members`: who the broker admits (aggregator, trainers, revoked).
 - :mod:`~agent.lockdown.mosquitto`, :mod:`~agent.lockdown.nats`: the two renderers.
 - :mod:`~agent.lockdown.files`: write a broker directory, regenerate it, reload the broker.
+- :mod:`~agent.lockdown.nats_cluster`, :mod:`~agent.lockdown.topology`: a NATS cluster's
+  routes and leaf-node listener, a site's leaf node, and their directories.
 - :mod:`~agent.lockdown.templates`: the documented templates in ``broker_config/``.
 """
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.atomic import write_text
 from agent.brokers import HOST, BrokerKind, EmbeddedBroker
@@ -55,6 +56,12 @@ class BrokerFiles:
     callout_issuer: str | None = None
     #: nats with the callout: the system account's NKey user (``agent.runtime.evict``)
     system_user: str | None = None
+    #: nats: the blocks of a cluster node or leaf node, and the users listed besides the
+    #: identities (``agent.lockdown.nats_cluster``, ``agent.lockdown.topology``)
+    topology: tuple[str, ...] = ()
+    extra_users: tuple[tuple[str, str], ...] = ()
+    #: the CN of the broker's certificate (a site's name for a leaf node)
+    cert_name: str = "broker"
 
     @property
     def config(self) -> Path:
@@ -94,6 +101,9 @@ def write_broker_config(
     crl_valid_days: int = 30,
     callout_issuer: str | None = None,
     system_user: str | None = None,
+    topology: Sequence[str] = (),
+    extra_users: Sequence[tuple[str, str]] = (),
+    cert_name: str = "broker",
 ) -> BrokerFiles:
     """Write everything ``kind``'s broker needs to admit ``members`` of ``ca``'s federation.
 
@@ -112,6 +122,8 @@ def write_broker_config(
             then admits every client but the aggregator (``agent.lockdown.nats``).
         system_user: nats with ``callout_issuer`` only: the user NKey of the system account,
             with which the aggregator closes revoked agents' connections (``runtime.evict``).
+        topology, extra_users, cert_name: nats only: a cluster node's or leaf node's blocks,
+            its site users, and its certificate's CN (``agent.lockdown.topology``).
 
     Raises:
         ConfigError: an unknown kind, a bad port, or a directory the configs cannot name.
@@ -136,6 +148,9 @@ def write_broker_config(
         mosquitto_user,
         callout_issuer,
         system_user,
+        tuple(topology),
+        tuple(extra_users),
+        cert_name,
     )
     write_pem(files.ca_file, ca.cert)
     _ensure_server_certificate(ca, files, _san_hosts(host, server_names))
@@ -162,6 +177,8 @@ def write_broker_config(
             enroll=members.enroll,
             callout_issuer=callout_issuer,
             system_user=system_user,
+            topology=topology,
+            extra_users=extra_users,
         )
     write_text(files.config, text)
     return files
@@ -181,6 +198,9 @@ def regenerate(files: BrokerFiles, ca: CertificateAuthority, members: Members) -
         mosquitto_user=files.mosquitto_user,
         callout_issuer=files.callout_issuer,
         system_user=files.system_user,
+        topology=files.topology,
+        extra_users=files.extra_users,
+        cert_name=files.cert_name,
     )
 
 
@@ -264,14 +284,26 @@ def _ensure_server_certificate(
         names = {_normal(host) for host in hosts}
         if (
             identity.role is Role.BROKER
+            and identity.agent_id == files.cert_name
+            and _dials_brokers(cert)
             and left > RENEW_BEFORE
             and key.public_key() == cert.public_key()
             and names <= _san_of(cert)
         ):
             return
-    key, cert = issue(ca, "broker", role=Role.BROKER, hosts=hosts)
+    key, cert = issue(ca, files.cert_name, role=Role.BROKER, hosts=hosts)
     write_private_key(files.key_file, key)
     write_pem(files.cert_file, cert)
+
+
+def _dials_brokers(cert: x509.Certificate) -> bool:
+    """The certificate may also be a TLS client (routes, leaf remotes): older broker
+    certificates were server-only and are reissued."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage
 
 
 def _normal(host: str) -> str:

@@ -20,6 +20,9 @@ listed, and every other client goes through nats-server's auth callout, served b
 aggregator (``agent.runtime.auth_callout``): enrollment and revocation then take effect at
 the next connection, with no regeneration and no reload.
 
+A cluster node or a site's leaf node is this file plus its ``topology`` blocks (routes, the
+leaf-node listener or remote) and its site users: ``agent.lockdown.nats_cluster``.
+
 Permissions mirror the mosquitto ACL with subjects mapped as the bus maps topics
 (:mod:`agent.bus.topics`: ``/``→``.``, ``+``→``*``, ``#``→``>`` plus the parent subject).
 A refused publish or subscribe is answered with ``-ERR 'Permissions Violation ...'``, which
@@ -53,7 +56,7 @@ _CONF = """\
 # reload nats-server (SIGHUP, or nats-server --signal reload=PID).
 # Run: nats-server -c {directory}/nats-server.conf
 
-# One client listener. No cluster, gateway, leaf or monitoring ports, and no JetStream.
+{listeners}
 host: "{host}"
 port: {port}
 
@@ -78,7 +81,9 @@ ping_interval: "30s"
 ping_max: 4
 
 {authorization}
-"""
+{topology}"""
+
+_SINGLE = "# One client listener. No cluster, gateway, leaf or monitoring ports, and no JetStream."
 
 _STATIC = """\
 # One user per identity; a client may publish and subscribe only where its user allows.
@@ -101,7 +106,7 @@ authorization {{
   ]
   auth_callout {{
     issuer: "{issuer}"
-    auth_users: [ {auth_user} ]
+    auth_users: [ {auth_users} ]
   }}
 }}"""
 
@@ -235,19 +240,29 @@ def render_conf(
     enroll: str = ENROLL_IDENTITY,
     callout_issuer: str | None = None,
     system_user: str | None = None,
+    topology: Sequence[str] = (),
+    extra_users: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole config file's text (``directory`` as in ``layout``, absolute). With
     ``callout_issuer`` (an account public NKey) the agents are not listed: the auth callout
     (``agent.runtime.auth_callout``) admits them; ``system_user`` (a user public NKey) is
-    then the system account's one user (``agent.runtime.evict``)."""
+    then the system account's one user (``agent.runtime.evict``).
+
+    ``topology``: blocks appended for a cluster node or a leaf node (routes, leaf nodes:
+    ``agent.lockdown.nats_cluster``); ``extra_users``: (user name, rendered entry) of users
+    listed besides the identities (a site's leaf connection), under the callout also in
+    ``auth_users``."""
     if callout_issuer is not None:
         auth_users = [json.dumps(subject_name(aggregator, federation, Role.AGGREGATOR))]
+        auth_users += [json.dumps(name) for name, _ in extra_users]
         if system_user is not None:
             auth_users.append(json.dumps(system_user))
         authorization = _CALLOUT.format(
-            users=render_callout_user(federation, aggregator),
+            users="\n".join(
+                [render_callout_user(federation, aggregator)] + [e for _, e in extra_users]
+            ),
             issuer=callout_issuer,
-            auth_user=", ".join(auth_users),
+            auth_users=", ".join(auth_users),
         )
         if system_user is not None:
             authorization += _SYSTEM.format(user=json.dumps(system_user))
@@ -255,7 +270,7 @@ def render_conf(
         users = render_users(
             federation, aggregator=aggregator, agents=agents, revoked=revoked, enroll=enroll
         )
-        authorization = _STATIC.format(users=users)
+        authorization = _STATIC.format(users="\n".join([users] + [e for _, e in extra_users]))
     return _CONF.format(
         host=host,
         port=port,
@@ -266,4 +281,6 @@ def render_conf(
         max_payload=MAX_PAYLOAD,
         max_pending=1 << 30,
         authorization=authorization,
+        listeners="# The client listener." if topology else _SINGLE,
+        topology="".join(f"\n{block}\n" for block in topology),
     )

@@ -34,7 +34,12 @@ def render_templates() -> dict[str, str]:
     conf = mosquitto.render_conf(**listen)
     acl = mosquitto.render_acl("@FEDERATION@", aggregator="@AGGREGATOR@")
     nats_conf = nats.render_conf(
-        "@FEDERATION@", aggregator="@AGGREGATOR@", agents=["@AGENT@"], **listen
+        "@FEDERATION@",
+        aggregator="@AGGREGATOR@",
+        agents=["@AGENT@"],
+        host="@HOST@",
+        port="@PORT@",
+        directory="@DIR@",
     )
     listener = "@HOST@, @PORT@ and @DIR@"
     return {

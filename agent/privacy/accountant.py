@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
-from dp_accounting import rdp
+if TYPE_CHECKING:  # imported when first needed: it loads scipy (~70 MB, seconds), needless
+    import dp_accounting  # when DP is off
 
 from agent.errors import ConfigError
 
@@ -34,8 +35,17 @@ from agent.errors import ConfigError
 ORDERS = (*range(2, 65), 80, 96, 128, 192, 256, 512)
 
 
+def _dp() -> Any:
+    """The ``dp_accounting`` package, imported on first use."""
+    import dp_accounting
+    import dp_accounting.rdp
+
+    return dp_accounting
+
+
 def round_event(noise_multiplier: float, sampling_rate: float) -> dp_accounting.DpEvent:
     """One round's mechanism: Gaussian(z), Poisson-sampled at q when q < 1."""
+    dp_accounting = _dp()
     gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling_rate >= 1:
         return gaussian
@@ -47,7 +57,7 @@ def epsilon_of(rounds: dict[tuple[float, float], int], delta: float) -> float:
     charged at it (0 for none); each distinct mechanism is computed once and self-composed."""
     if not rounds:
         return 0.0
-    accountant = rdp.RdpAccountant(list(ORDERS))
+    accountant = _dp().rdp.RdpAccountant(list(ORDERS))
     for (z, q), count in rounds.items():
         accountant.compose(round_event(z, q), count)
     return float(accountant.get_epsilon(delta))
@@ -60,13 +70,14 @@ def calibrate(*, target_epsilon: float, delta: float, rounds: int, sampling_rate
     Raises:
         ConfigError: no z in [0.01, 10^4] reaches the target.
     """
+    dp_accounting = _dp()
 
-    def event(z: float) -> dp_accounting.DpEvent:
+    def event(z: float) -> Any:
         return dp_accounting.SelfComposedDpEvent(round_event(z, sampling_rate), rounds)
 
     try:
         z = dp_accounting.calibrate_dp_mechanism(
-            lambda: rdp.RdpAccountant(list(ORDERS)),
+            lambda: dp_accounting.rdp.RdpAccountant(list(ORDERS)),
             event,
             target_epsilon,
             delta,

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import SecAggAbortError
+from agent.robust.bounds import sum_squares
 
 OUT_OF_RANGE = "out_of_range"
 
@@ -85,17 +86,22 @@ def check_mean(
     if total_weight < 1:
         raise SecAggAbortError(OUT_OF_RANGE, f"total weight {total_weight}")
     error = survivors * step * max_weight
-    if not bool(np.isfinite(weighted_sum).all()):
+    # max and min reduce without a model-sized temporary, and a NaN or inf propagates to them
+    worst = (
+        max(abs(float(weighted_sum.max())), abs(float(weighted_sum.min())))
+        if weighted_sum.size
+        else 0.0
+    )
+    if not math.isfinite(worst):
         raise SecAggAbortError(OUT_OF_RANGE, "the decoded sum is not finite")
     limit = clipping_range * total_weight + error
-    worst = float(np.abs(weighted_sum).max()) if weighted_sum.size else 0.0
     if worst > limit:
         raise SecAggAbortError(
             OUT_OF_RANGE,
             f"a coordinate of the weighted sum is {worst:.4g}, above c·Σw + error = {limit:.4g}",
         )
     if norm_bound > 0:
-        norm = float(np.linalg.norm(weighted_sum)) / total_weight
+        norm = math.sqrt(sum_squares(weighted_sum)) / total_weight
         allowed = norm_bound + math.sqrt(weighted_sum.size) * error / total_weight
         if norm > allowed:
             raise SecAggAbortError(

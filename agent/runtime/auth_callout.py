@@ -119,7 +119,8 @@ async def serve_callout(
     tls: ssl.SSLContext,
     ready: asyncio.Event | None = None,
 ) -> None:
-    """Answer authorization requests on ``url`` (``tls://host:port``, connecting as the
+    """Answer authorization requests on ``url`` (``tls://host:port``, or every node of a
+    cluster comma-separated; connecting as the
     aggregator, an ``auth_users`` identity) until cancelled; ``ready`` is set once
     subscribed. Each decision runs in a worker thread (the registry is SQLite)."""
 
@@ -131,16 +132,17 @@ async def serve_callout(
         except Exception:  # one request must not stop the service
             log.exception("nats_auth_callout_failed")
 
-    host = url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    servers = [entry.strip() for entry in url.split(",")]  # a cluster: every node
+    host = servers[0].split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
     backoff = Backoff(initial=0.5, maximum=30.0)
     attempt = 0
     while True:  # the broker may start after us: keep trying, never end the aggregator
         attempt += 1
         try:
             connection = await nats.connect(
-                url,
+                servers,
                 tls=tls,
-                tls_hostname=host,
+                tls_hostname=host if len(servers) == 1 else None,
                 name="fedbus-auth-callout",
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,

@@ -44,6 +44,7 @@ from agent.messages.sealing import SEALED_KINDS, open_sealed, seal_info
 from agent.messages.signing import Signed
 from agent.messages.topics import TopicSpec, classify
 from agent.role import Identity, Role
+from agent.runtime.chunk_lane import ChunkLane
 from agent.runtime.credits import ACK_EVERY
 from agent.runtime.dedupe import SeenIds
 from agent.runtime.fairness import FairQueue
@@ -54,6 +55,7 @@ from agent.runtime.handlers import RoundPolicy as RoundPolicy
 from agent.runtime.handlers import Security as Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.reassembly import Limits, Reassembly, Transfer, rebuild
+from agent.runtime.tasks import task_group
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +127,8 @@ class Dispatcher:
         on_chunk: ChunkHook | None = None,
     ) -> None:
         self._on_chunk = on_chunk
+        #: the hand-off to the receive loop's tasks, while ``run`` is active
+        self._lane: ChunkLane | None = None
         self._federation = federation
         self.fairness = fairness
         self._seen_sender = seen or _nobody
@@ -235,23 +239,44 @@ class Dispatcher:
         return await self._handle(listener, message)
 
     async def _chunk(self, raw: BusMessage) -> bool:
-        """Keep one chunk; when its transfer is complete, rebuild the message and handle it."""
+        """Keep one chunk; when its transfer is complete, rebuild the message and handle it
+        (while ``run`` is active: in its ``ChunkLane``, and acknowledgements there too)."""
+        lane = self._lane
         try:
             transfer = await asyncio.to_thread(self.reassembly.add, raw.topic, raw.payload)
             self.metrics.bytes_received.labels("chunk").inc(len(raw.payload))
             if self._on_chunk is not None and transfer is not None:
                 kept = len(transfer.received) - transfer.missing
                 if kept % ACK_EVERY == 0 or not transfer.missing:
-                    await self._on_chunk(transfer, kept)
+                    if lane is not None:
+                        lane.ack(transfer, kept)
+                    else:
+                        await self._on_chunk(transfer, kept)
             if transfer is None or transfer.missing:
                 return True
-            listener, message = await asyncio.to_thread(self._complete, transfer)
         except ProtocolError as exc:
             self._drop(raw, exc.reason, str(exc))
             return False
         except Exception as exc:  # a decoder bug must not end the receive loop either
             log.exception("decode_failed_unexpectedly", topic=raw.topic)
             self._drop(raw, DecodeError.reason, repr(exc))
+            return False
+        if lane is not None:
+            await lane.complete(transfer)
+            return True
+        return await self._finish(transfer)
+
+    async def _finish(self, transfer: Transfer) -> bool:
+        """Rebuild a complete transfer's message and run its handler."""
+        size = transfer.manifest.total_size
+        try:
+            listener, message = await asyncio.to_thread(self._complete, transfer)
+        except ProtocolError as exc:
+            self._drop_at(transfer.topic, size, exc.reason, str(exc))
+            return False
+        except Exception as exc:  # a decoder bug must not end the receive loop either
+            log.exception("decode_failed_unexpectedly", topic=transfer.topic)
+            self._drop_at(transfer.topic, size, DecodeError.reason, repr(exc))
             return False
         self.metrics.messages_received.labels(str(message.kind)).inc()
         return await self._handle(listener, message)
@@ -283,14 +308,11 @@ class Dispatcher:
         self.metrics.messages_dropped.labels(reason).inc()
 
     def _drop(self, raw: BusMessage, reason: str, detail: str) -> None:
-        self._count_drop(raw.topic, reason, detail)
-        log.warning(
-            "message_dropped",
-            reason=reason,
-            topic=raw.topic,
-            size=len(raw.payload),
-            detail=detail[:200],
-        )
+        self._drop_at(raw.topic, len(raw.payload), reason, detail)
+
+    def _drop_at(self, topic: str, size: int, reason: str, detail: str) -> None:
+        self._count_drop(topic, reason, detail)
+        log.warning("message_dropped", reason=reason, topic=topic, size=size, detail=detail[:200])
 
     async def run(self, bus: Bus) -> None:
         """The receive loop: dispatch every message from ``bus`` until it is closed."""
@@ -298,7 +320,13 @@ class Dispatcher:
         if self.fairness is not None:
             messages = self.fairness.through(messages)
         try:
-            async for raw in messages:
-                await self.dispatch(raw)
+            async with task_group() as tg:
+                lane = self._lane = ChunkLane(tg, send_ack=self._on_chunk, finish=self._finish)
+                try:
+                    async for raw in messages:
+                        await self.dispatch(raw)
+                finally:
+                    lane.stop()
         finally:
+            self._lane = None
             self.reassembly.close()

@@ -270,18 +270,22 @@ def _stride(manifest: Manifest) -> int:
 
 def assemble(transfer: Transfer) -> Body:
     """The body a complete transfer carries: every chunk read back in order (and opened,
-    when sealed), the bulk checked against the manifest's SHA-256, the body rebuilt around it
-    (``chunks.join_body``; the caller validates it like any decoded body). Closes the spool.
+    when sealed), the body rebuilt around it (``chunks.join_body``; the caller validates it
+    like any decoded body). Closes the spool.
+
+    The manifest's whole-message SHA-256 is not computed again here: every chunk was kept
+    only once its SHA-256 matched the signed manifest's hash for its index, and the chunk
+    sizes are fixed by the manifest, so the bulk is already pinned byte for byte (a second
+    hash of the whole would be one more pass over the model for nothing).
 
     Raises:
-        ChunkError: the bulk does not match the manifest's SHA-256, or a sealed chunk does
-            not open (``SealError`` is a ``ProtocolError`` too).
+        ChunkError: a chunk short in the spool, or a sealed chunk that does not open
+            (``SealError`` is a ``ProtocolError`` too).
         DecodeError: a header that does not fit the bulk.
     """
     manifest = transfer.manifest
     bulk = bytearray(manifest.total_size)
     view = memoryview(bulk)
-    whole = hashlib.sha256()
     stride, count = _stride(manifest), len(manifest.chunk_hashes)
     try:
         fd = transfer.spool.fileno()
@@ -297,11 +301,8 @@ def assemble(transfer: Transfer) -> Body:
                 view[start : start + size] = open_chunk(
                     manifest.content_key, manifest.transfer, index, count, sealed
                 )
-            whole.update(view[start : start + size])
     finally:
         transfer.close()
-    if whole.hexdigest() != manifest.sha256:
-        raise ChunkMismatchError("the reassembled message does not match its manifest's SHA-256")
     try:
         return join_body(manifest.kind, manifest.header, view)
     except DecodeError:

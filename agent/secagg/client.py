@@ -25,7 +25,7 @@ from agent.errors import SecAggAbortError, ShareError
 from agent.secagg import keys, shamir
 from agent.secagg.graph import neighbours_of
 from agent.secagg.prg import MaskStream
-from agent.secagg.quantize import quantize, weight_word
+from agent.secagg.quantize import quantize_into, weight_word
 from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage, move, sign
 
 RingVector = npt.NDArray[np.unsignedinteger[Any]]
@@ -161,7 +161,7 @@ def collect_masked_input(
         state.held[v] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
     params = setup_.params
     y = np.empty(setup_.length + 1, dtype=params.dtype)
-    y[:-1] = quantize(update, weight=weight, params=params, rng=rng)
+    quantize_into(y[:-1], update, weight=weight, params=params, rng=rng)
     if noise is not None:
         if noise.shape != (setup_.length,):
             raise ValueError(f"noise has shape {noise.shape}, expected ({setup_.length},)")

@@ -26,6 +26,8 @@ from agent.secagg.params import SecAggParams
 
 FloatVector = npt.NDArray[np.floating[Any]]
 RingVector = npt.NDArray[np.unsignedinteger[Any]]
+#: Values (de)quantized per step: bounds the float64 scratch to 2 MiB.
+STEP = 1 << 18
 
 
 def quantize(
@@ -49,21 +51,46 @@ def quantize(
     Raises:
         ValueError: a NaN in ``update`` or a weight < 1.
     """
+    out = np.empty(np.shape(update)[0], params.dtype)
+    return quantize_into(out, update, weight=weight, params=params, rng=rng)
+
+
+def quantize_into(
+    out: RingVector,
+    update: FloatVector,
+    *,
+    weight: int,
+    params: SecAggParams,
+    rng: np.random.Generator | None = None,
+) -> RingVector:
+    """``quantize`` written into ``out`` (shape (d,), ``params.dtype``; a slice of the masked
+    vector), ``STEP`` values at a time: 2 MiB of float64 scratch instead of three float64
+    copies of the update, and the same values (the rounding noise is drawn in the same
+    order). Returns ``out``; raises as ``quantize`` (``out`` then partly written)."""
     if weight < 1:
         raise ValueError(f"weight must be at least 1, got {weight}")
     rng = rng if rng is not None else np.random.default_rng()
     c = params.clipping_range
     scale = min(weight, params.max_weight) / params.max_weight
-    y = np.clip(np.asarray(update, dtype=np.float64), -c, c)
-    if np.isnan(y).any():
-        raise ValueError("cannot quantize NaN")
-    # y ← (y·scale + c) / δ + u, in place; float64 holds 2^b exactly for b ≤ 52.
-    y *= scale / params.step
-    y += c / params.step
-    y += rng.random(y.shape[0])
-    np.floor(y, out=y)
-    np.clip(y, 0, (1 << params.quantization_bits) - 1, out=y)
-    return y.astype(params.dtype)
+    top = (1 << params.quantization_bits) - 1
+    flat = np.asarray(update).reshape(-1)
+    if out.shape != flat.shape:
+        raise ValueError(f"out has shape {out.shape}, the update {flat.shape}")
+    scratch = np.empty(min(STEP, flat.size), np.float64)
+    for start in range(0, flat.size, STEP):
+        end = min(start + STEP, flat.size)
+        y = scratch[: end - start]
+        np.clip(flat[start:end], -c, c, out=y, dtype=np.float64)
+        if np.isnan(y).any():
+            raise ValueError("cannot quantize NaN")
+        # y ← (y·scale + c) / δ + u, in place; float64 holds 2^b exactly for b ≤ 52.
+        y *= scale / params.step
+        y += c / params.step
+        y += rng.random(end - start)
+        np.floor(y, out=y)
+        np.clip(y, 0, top, out=y)
+        out[start:end] = y
+    return out
 
 
 def weight_word(weight: int, params: SecAggParams) -> int:
@@ -82,9 +109,21 @@ def dequantize_sum(total: RingVector, *, survivors: int, params: SecAggParams) -
     Returns:
         shape (d,), float64.
     """
-    out = total.astype(np.float64)
-    out *= params.step
-    out -= survivors * params.clipping_range
+    return dequantize_into(np.empty(total.shape, np.float64), total, survivors, params)
+
+
+def dequantize_into(
+    out: FloatVector, total: RingVector, survivors: int, params: SecAggParams, scale: float = 1.0
+) -> FloatVector:
+    """``dequantize_sum`` times ``scale`` written into ``out`` (shape (d,), float64), ``STEP``
+    words at a time: no temporary beyond ``out`` itself. Returns ``out``."""
+    shift = survivors * params.clipping_range
+    for start in range(0, total.shape[0], STEP):
+        piece = out[start : start + STEP]
+        np.multiply(total[start : start + STEP], params.step, out=piece, dtype=np.float64)
+        piece -= shift
+        if scale != 1.0:
+            piece *= scale
     return out
 
 

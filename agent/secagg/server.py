@@ -29,7 +29,7 @@ from agent.robust.secure import check_ring_sum
 from agent.secagg import keys, shamir
 from agent.secagg.graph import neighbours
 from agent.secagg.prg import MaskStream
-from agent.secagg.quantize import dequantize_sum
+from agent.secagg.quantize import dequantize_into
 from agent.secagg.state import (
     PublicKeys,
     RevealedShares,
@@ -270,11 +270,11 @@ def _unmask(state: ServerState) -> Aggregate:
         bits=params.quantization_bits,
         max_weight=params.max_weight,
     )
-    weighted = dequantize_sum(total[:-1], survivors=len(state.survivors), params=params)
-    weighted *= params.max_weight  # in place: float64 already
-    return Aggregate(
-        weighted.astype(np.float64, copy=False), int(total[-1]), tuple(sorted(state.survivors))
-    )
+    weight = int(total[-1])
+    weighted = np.empty(len(total) - 1, np.float64)
+    dequantize_into(weighted, total[:-1], len(state.survivors), params, float(params.max_weight))
+    del total  # the ring sum goes before anything else model-sized is built
+    return Aggregate(weighted, weight, tuple(sorted(state.survivors)))
 
 
 def _reconstruct(state: ServerState, owners: list[str], pick: Any, what: str) -> dict[str, bytes]:

@@ -56,9 +56,26 @@ def moved(current: Weights, step: Delta) -> Weights:
     """current + step, computed in float64, returned in the dtypes of ``current``; carried
     (non-float) arrays are returned unchanged, bit-exact (``agent.strategy.update``)."""
     return [
-        (np.asarray(x, np.float64) + s).astype(x.dtype) if is_averaged(x) else np.array(x)
-        for x, s in zip(current, step, strict=True)
+        _plus(x, s) if is_averaged(x) else np.array(x) for x, s in zip(current, step, strict=True)
     ]
+
+
+#: Values added per step by ``moved``: its float64 temporary stays at 2 MiB.
+STEP = 1 << 18
+
+
+def _plus(x: npt.NDArray[Any], s: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """(x + s) computed in float64, in x's dtype, ``STEP`` values at a time (no float64 copy
+    of the whole array)."""
+    out = np.empty(x.shape, x.dtype)
+    flat_out, flat_x, flat_s = out.reshape(-1), np.asarray(x).reshape(-1), s.reshape(-1)
+    scratch = np.empty(min(STEP, flat_x.size), np.float64)
+    for start in range(0, flat_x.size, STEP):
+        end = min(start + STEP, flat_x.size)
+        piece = scratch[: end - start]
+        np.add(flat_x[start:end], flat_s[start:end], out=piece, dtype=np.float64)
+        flat_out[start:end] = piece  # cast as astype(x.dtype) does
+    return out
 
 
 def save_arrays(prefix: str, arrays: Sequence[npt.NDArray[Any]] | None) -> StrategyState:

@@ -82,6 +82,29 @@ def masked_values(delta: Delta, like: Sequence[npt.NDArray[Any]]) -> npt.NDArray
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)
 
 
+def masked_delta(
+    trained: Sequence[npt.NDArray[Any]], base: Sequence[npt.NDArray[Any]]
+) -> npt.NDArray[np.float64]:
+    """``masked_values(model_delta(trained, base), base)`` written straight into one float64
+    vector of shape (``averaged_size(base)``,): no per-array float64 deltas on the way.
+
+    Raises:
+        ValueError: as ``model_delta``.
+    """
+    if len(trained) != len(base):
+        raise ValueError(f"{len(trained)} arrays against a model of {len(base)}")
+    out = np.empty(averaged_size(base), np.float64)
+    offset = 0
+    for t, b in zip(trained, base, strict=True):
+        if t.shape != b.shape:
+            raise ValueError(f"shape {t.shape} against {b.shape}")
+        if is_averaged(b):
+            piece = out[offset : offset + b.size]
+            np.subtract(np.ravel(t), np.ravel(b), out=piece, dtype=np.float64)
+            offset += b.size
+    return out
+
+
 def model_delta(trained: Sequence[npt.NDArray[Any]], base: Sequence[npt.NDArray[Any]]) -> Delta:
     """trained - base, array by array, in float64 (shapes of ``base``); zeros for the
     carried (non-float) arrays of ``base``.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -42,6 +42,8 @@ class Admission:
         rejoin_interval: seconds after answering an agent during which its joins are
             duplicates (the device's join loop re-sends after ``trainer.join_retry``).
         incarnation, run_id: said in every ``join_accepted`` (trainers follow a new one).
+        on_rejoin: awaited with the agent id after an admitted agent's join is answered
+            again (``rejoin.InboxReplay``: what its inbox may have missed).
     """
 
     def __init__(
@@ -55,8 +57,10 @@ class Admission:
         rejoin_interval: float = 1.0,
         incarnation: str = "",
         run_id: str = "",
+        on_rejoin: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._on_rejoin = on_rejoin
         self._plugin_name = plugin_name
         self._wanted = wanted
         self._seal_key = seal_key
@@ -190,5 +194,7 @@ class Admission:
         round_, model = self._current()
         await publish_model(self._outbox, model, round=round_, agent_id=body.agent_id)
         log.info("agent_admitted", agent=body.agent_id, rejoin=known, admitted=len(self.agents))
+        if known and self._on_rejoin is not None:
+            await self._on_rejoin(body.agent_id)
         if len(self.agents) >= self._wanted:
             self._enough.set()

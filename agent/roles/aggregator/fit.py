@@ -138,7 +138,7 @@ class CohortFit:
         elif self._plain is None:
             log.warning("update_rejected", agent=sender, reason="no_round_open")
         else:
-            self._plain.on_update(sender, body)
+            await self._plain.receive(sender, body)
 
     async def on_secagg(self, message: Message[Any]) -> None:
         """The listener of the SecAgg+ kinds (advertise_keys, share_keys, masked_input,
@@ -201,9 +201,9 @@ class CohortFit:
         """Updates in the clear: every member (or ``quorum``) or the deadline; the strategy."""
         started = time.monotonic()
         robust = self._schedule.robust
-        # Streaming FedAvg (fold.py) unless DP, a robust rule or the relative bound needs all
-        mean = robust.aggregation is Aggregation.MEAN and robust.norm_factor == 0
-        streaming = mean and not self.privacy.on
+        # Streaming FedAvg (fold.py, with the relative norm bound) unless DP or a robust rule
+        # needs every update
+        streaming = robust.aggregation is Aggregation.MEAN and not self.privacy.on
         self._plain = plain = PlainRound(
             cohort=frozenset(cohort),
             model=before,
@@ -211,18 +211,20 @@ class CohortFit:
             robust=robust,
             declared=self._declared,
             quorum=quorum,
-            fold=RunningMean(before.weights) if streaming else None,
+            fold=RunningMean(before.weights, robust=robust) if streaming else None,
         )
+        fold = plain.fold
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
             results = await plain.wait(self._schedule.round_timeout)
         finally:
             self._plain = None
             self.late = plain.late
+            if fold is not None and not plain.results:
+                fold.close()  # its spool; with results, fold.result() closes it
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)
-        fold = plain.fold
         if fold is not None:  # streaming: the updates are already summed
             update: AggregatedUpdate | None = fold.result(results)
         else:

@@ -7,22 +7,43 @@ order (McMahan et al. 2017, Algorithm 1's weighting). An update is folded whole,
 verified (every chunk checked and the whole hash matched, ``agent.runtime.reassembly``):
 a transfer cut off half way is a dropout, and half an update cannot be taken back out.
 
+The cohort-relative norm bound (``[aggregator.robust] norm_factor``, ARCHITECTURE.md §12)
+needs the round's median norm, known only when the round closes. So each update is folded
+at once anyway, its delta's norm taken in the same pass, and its values written to an
+unlinked spool file (disk, not memory: ``n x model bytes`` of it, gone with the round). At
+the close, only the updates above ``norm_factor`` times the median are read back once and
+corrected in the sum: clipped, Σ += n_k (s - 1) Δ_k with s = bound / ‖Δ_k‖, or dropped,
+Σ -= n_k w_k. The result equals ``robust_fit.robust_update``'s with the mean, up to rounding
+(that path rounds a clipped update to the model's dtype); an honest round (no update above
+the bound) reads nothing back.
+
 Aggregators that need every update at once (median, Krum) keep ``PlainRound``'s results
 instead (``PlainRound(fold=None)``).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import structlog
 
 from agent.errors import RoundError
 from agent.plugin.api import Weights, is_averaged
+from agent.robust.bounds import relative_bound, sum_squares
+from agent.robust.settings import OnViolation, RobustConfig
 from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, weighted_metrics
 
 #: Values folded per step: bounds the float64 temporaries to a few MiB whatever the layer size.
 STEP = 1 << 18
+
+log = structlog.get_logger(__name__)
 
 
 class RunningMean:
@@ -33,38 +54,83 @@ class RunningMean:
 
     Args:
         current: the model in force (the deltas' base), arrays of any dtype.
+        robust: with ``norm_factor`` > 0, the cohort-relative norm bound is applied at
+            ``result`` (see the module docstring; updates are spooled to ``spool_dir``).
+        spool_dir: where the spool goes (None: the system's temporary directory).
     """
 
-    def __init__(self, current: Weights) -> None:
+    def __init__(
+        self,
+        current: Weights,
+        *,
+        robust: RobustConfig | None = None,
+        spool_dir: Path | None = None,
+    ) -> None:
         self._current = current
         self._sum: Delta = [np.zeros(a.shape, np.float64) for a in current]
         self._averaged = [is_averaged(a) for a in current]
         self._scratch = np.empty(STEP, np.float64)
+        self._delta = np.empty(STEP, np.float64)
         self.total = 0
+        factor = 0.0 if robust is None else robust.norm_factor
+        self._factor, self._on_norm = factor, OnViolation.CLIP if robust is None else robust.on_norm
+        self._spool = tempfile.TemporaryFile(dir=spool_dir) if factor > 0 else None  # noqa: SIM115
+        #: agent id → (‖Δ_k‖₂ of the averaged arrays, weight, offset in the spool)
+        self.norms: dict[str, tuple[float, int, int]] = {}
+        self._end = 0
 
-    def add(self, weights: Weights, num_examples: int) -> None:
+    def add(
+        self,
+        weights: Weights,
+        num_examples: int,
+        *,
+        agent_id: str = "",
+        norm: float | None = None,
+    ) -> None:
         """Fold one verified update (shaped like ``current``) with weight ``num_examples``:
-        two passes over it, in float64, with no temporary larger than ``STEP`` values."""
+        one pass over it, in float64, with no temporary larger than ``STEP`` values; with the
+        relative bound on, its values are spooled in that pass and its delta's norm (over
+        the floating-point arrays) is ``norm`` or, None, taken in that pass too."""
         n = float(num_examples)
-        for acc, w, averaged in zip(self._sum, weights, self._averaged, strict=True):
+        spool, squares, offset = self._spool, 0.0, self._end
+        measure = spool is not None and norm is None
+        for acc, w, base, averaged in zip(
+            self._sum, weights, self._current, self._averaged, strict=True
+        ):
             if not averaged:
                 continue
-            flat_acc, flat_w = acc.reshape(-1), w.reshape(-1)
+            flat_acc, flat_w, flat_x = acc.reshape(-1), w.reshape(-1), base.reshape(-1)
             for start in range(0, flat_acc.size, STEP):
                 end = min(start + STEP, flat_acc.size)
                 piece = self._scratch[: end - start]
                 np.multiply(flat_w[start:end], n, out=piece, dtype=np.float64)
                 np.add(flat_acc[start:end], piece, out=flat_acc[start:end])
+                if measure:
+                    delta = self._delta[: end - start]
+                    np.subtract(flat_w[start:end], flat_x[start:end], out=delta, dtype=np.float64)
+                    squares += sum_squares(delta)
+            if spool is not None:
+                self._end += _write(spool.fileno(), np.ascontiguousarray(w), self._end)
+        if spool is not None:
+            taken = math.sqrt(squares) if norm is None else norm
+            self.norms[agent_id] = (taken, num_examples, offset)
         self.total += num_examples
 
-    def result(self, results: Sequence[ClientResult]) -> AggregatedUpdate:
+    def result(self, results: Sequence[ClientResult]) -> AggregatedUpdate | None:
         """The mean delta Σ n_k Δ_k / Σ n_k (in place: the sum is spent), with every fit
-        metric's weighted mean over ``results`` (the survivors, whose weights may be empty).
+        metric's weighted mean over ``results`` (the survivors, whose weights may be empty),
+        after the relative norm bound; None when that bound dropped every update.
 
         Raises:
             RoundError: nothing was added, or Σ num_examples ≤ 0.
         """
-        if not results or self.total <= 0:
+        try:
+            results = self._within_relative_bound(results)
+        finally:
+            self.close()
+        if not results:
+            return None
+        if self.total <= 0:
             raise RoundError("no update with num_examples > 0 to aggregate")
         for acc, base, averaged in zip(self._sum, self._current, self._averaged, strict=True):
             if not averaged:
@@ -74,3 +140,66 @@ class RunningMean:
         metrics = weighted_metrics([(r.metrics, r.num_examples) for r in results])
         survivors = tuple(sorted(r.agent_id for r in results))
         return AggregatedUpdate(self._sum, self.total, survivors, metrics)
+
+    def close(self) -> None:
+        """Close the spool (``result`` does; a round that ends without one must)."""
+        if self._spool is not None:
+            self._spool.close()
+
+    def _within_relative_bound(self, results: Sequence[ClientResult]) -> list[ClientResult]:
+        """``results`` less the updates the relative bound dropped; the clipped ones
+        corrected in the sum (``robust_fit._within_relative_bound``'s rule, streamed)."""
+        if not results:
+            raise RoundError("no update with num_examples > 0 to aggregate")
+        if self._spool is None:
+            return list(results)
+        bound = relative_bound([self.norms[r.agent_id][0] for r in results], self._factor)
+        kept = []
+        for r in results:
+            norm, weight, offset = self.norms[r.agent_id]
+            if bound is None or norm <= bound:
+                kept.append(r)
+                continue
+            if self._on_norm is OnViolation.REJECT:
+                log.warning(
+                    "update_rejected",
+                    agent=r.agent_id,
+                    reason="norm_above_bound",
+                    detail=f"update norm {norm:.4g} > bound {bound:.4g}",
+                )
+                self._correct(offset, -float(weight), 0.0)
+                self.total -= weight
+                continue
+            log.info("update_bounded", agent=r.agent_id, norm=round(norm, 6), clipped=True)
+            self._correct(offset, float(weight) * (bound / norm - 1.0), 1.0)
+            kept.append(r)
+        return kept
+
+    def _correct(self, offset: int, scale: float, base_factor: float) -> None:
+        """Σ += scale · (w_k - base_factor · current), w_k read back from the spool at
+        ``offset``, ``STEP`` values at a time."""
+        assert self._spool is not None
+        fd = self._spool.fileno()
+        for acc, base, averaged in zip(self._sum, self._current, self._averaged, strict=True):
+            if not averaged:
+                continue
+            flat_acc, flat_x = acc.reshape(-1), base.reshape(-1)
+            itemsize = base.dtype.itemsize
+            for start in range(0, flat_acc.size, STEP):
+                end = min(start + STEP, flat_acc.size)
+                raw = os.pread(fd, (end - start) * itemsize, offset + start * itemsize)
+                piece = np.frombuffer(raw, base.dtype).astype(np.float64)
+                if base_factor:
+                    piece -= flat_x[start:end]
+                piece *= scale
+                flat_acc[start:end] += piece
+            offset += flat_acc.size * itemsize
+
+
+def _write(fd: int, array: npt.NDArray[Any], offset: int) -> int:
+    """Write ``array``'s bytes at ``offset``; the bytes written."""
+    view = array.reshape(-1).view(np.uint8).data
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done

@@ -65,13 +65,40 @@ class PlainRound:
         #: members still waited for when the deadline passed (set by ``wait``)
         self.late: frozenset[str] = frozenset()
         self._complete = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._closed = False
 
     def on_update(self, sender: str, body: ModelUpdate) -> None:
         """Keep a valid update (bounded: ``agent.robust.bounds``); log ``update_rejected``
         with the reason otherwise. A member whose update was refused for its content has
         answered: the round does not wait for it."""
+        if not self._accepts(sender, body):
+            return
+        try:
+            admitted = self._admit(sender, body)
+        except RefusedError as exc:
+            self._refuse(sender, exc)
+            return
+        self._keep(sender, body, *admitted)
+
+    async def receive(self, sender: str, body: ModelUpdate) -> None:
+        """``on_update`` with the passes over the update (bounds, fold) in a worker thread,
+        so the event loop keeps receiving meanwhile; one update at a time."""
+        async with self._lock:
+            if not self._accepts(sender, body):
+                return
+            try:
+                admitted = await asyncio.to_thread(self._admit, sender, body)
+            except RefusedError as exc:
+                self._refuse(sender, exc)
+                return
+            self._keep(sender, body, *admitted)
+
+    def _accepts(self, sender: str, body: ModelUpdate) -> bool:
         reason = None
-        if sender not in self.cohort:
+        if self._closed:
+            reason = "round_closed"
+        elif sender not in self.cohort:
             reason = "not_in_cohort"
         elif sender in self.results or sender in self.refused:
             reason = "already_received"
@@ -79,14 +106,27 @@ class PlainRound:
             reason = "wrong_model_version"
         if reason is not None:
             log.warning("update_rejected", agent=sender, reason=reason)
-            return
-        try:
-            weights, weight, verdict = self._bounded(sender, body)
-        except RefusedError as exc:
-            self.refused[sender] = exc.reason
-            log.warning("update_rejected", agent=sender, reason=exc.reason, detail=str(exc))
-            self.check_complete()
-            return
+        return reason is None
+
+    def _admit(self, sender: str, body: ModelUpdate) -> tuple[Weights, int, Admitted]:
+        """The bounded update, folded when streaming (its weights then empty)."""
+        weights, weight, verdict = self._bounded(sender, body)
+        self.carried.add(sender, weights)
+        if self.fold is not None:
+            # the norm admit took, unless clipping changed the weights since
+            norm = None if verdict.clipped else verdict.float_norm
+            self.fold.add(weights, weight, agent_id=sender, norm=norm)
+            weights = []
+        return weights, weight, verdict
+
+    def _refuse(self, sender: str, exc: RefusedError) -> None:
+        self.refused[sender] = exc.reason
+        log.warning("update_rejected", agent=sender, reason=exc.reason, detail=str(exc))
+        self.check_complete()
+
+    def _keep(
+        self, sender: str, body: ModelUpdate, weights: Weights, weight: int, verdict: Admitted
+    ) -> None:
         if verdict.clipped or weight != body.num_examples:
             log.info(
                 "update_bounded",
@@ -96,10 +136,6 @@ class PlainRound:
                 weight=weight,
                 num_examples=body.num_examples,
             )
-        self.carried.add(sender, weights)
-        if self.fold is not None:
-            self.fold.add(weights, weight)
-            weights = []
         self.results[sender] = ClientResult(sender, weights, weight, body.metrics)
         log.info(
             "update_received",
@@ -130,8 +166,12 @@ class PlainRound:
             async with asyncio.timeout(seconds):
                 await self._complete.wait()
         except TimeoutError:
-            answered = self.results.keys() | self.refused.keys()
-            self.late = frozenset(a for a in self.cohort - answered if self._alive(a))
+            pass
+        async with self._lock:  # an update being folded in a thread finishes first
+            self._closed = True
+            if not self._complete.is_set():
+                answered = self.results.keys() | self.refused.keys()
+                self.late = frozenset(a for a in self.cohort - answered if self._alive(a))
         return [self.results[a] for a in sorted(self.results)]
 
 

@@ -93,7 +93,8 @@ def secure_setup(
 
 
 def secure_update(aggregate: Aggregate, current: Weights, layout: SecureLayout) -> AggregatedUpdate:
-    """The unmasked weighted sum as the round's update: mean delta and secure metrics."""
+    """The unmasked weighted sum as the round's update: mean delta and secure metrics.
+    Divides ``aggregate.weighted_sum`` in place (it is the update's delta afterwards)."""
     d = layout.model_size
     noisy = layout.plan.noise_stddev > 0
     metrics = secure_metrics.decode(
@@ -102,8 +103,10 @@ def secure_update(aggregate: Aggregate, current: Weights, layout: SecureLayout) 
         scale=layout.plan.metric_scale or 1.0,
         total_weight=aggregate.total_weight if noisy else None,
     )
+    mean = aggregate.weighted_sum[:d]
+    mean /= aggregate.total_weight  # in place (the aggregate is spent): no second copy
     return AggregatedUpdate(
-        delta=split(aggregate.mean[:d], current),
+        delta=split(mean, current),
         total_weight=aggregate.total_weight,
         survivors=tuple(aggregate.survivors),
         metrics=metrics,

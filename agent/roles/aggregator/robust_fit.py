@@ -18,7 +18,13 @@ import structlog
 from agent.errors import ModelRejectedError, RefusedError
 from agent.plugin.api import Weights
 from agent.robust.aggregate import robust_mean
-from agent.robust.bounds import MIN_FOR_MEDIAN, bounded, l2_norm, rebuild, relative_bound
+from agent.robust.bounds import (
+    MIN_FOR_MEDIAN,
+    bounded,
+    delta_norms,
+    rebuild,
+    relative_bound,
+)
 from agent.robust.guard import check_model
 from agent.robust.secure import check_mean
 from agent.robust.settings import Aggregation, RobustConfig
@@ -80,7 +86,7 @@ def _within_relative_bound(
     dropped (``on_norm``), each logged."""
     if settings.norm_factor <= 0 or len(results) < MIN_FOR_MEDIAN:
         return list(results)
-    norms = [l2_norm(model_delta(r.weights, current)) for r in results]
+    norms = [delta_norms(current, r.weights)[1] for r in results]  # no delta held
     bound = relative_bound(norms, settings.norm_factor)
     if bound is None:
         return list(results)

@@ -33,6 +33,7 @@ from agent.roles.aggregator.fit import CohortFit
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.private_update import privacy_engine
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
+from agent.roles.aggregator.rejoin import InboxReplay
 from agent.roles.aggregator.resume import open_run
 from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import RunPlan, run_recorded
@@ -132,6 +133,7 @@ class Aggregator:
             current=lambda: (self._now.round, self._now.model),
             incarnation=self.incarnation,
             run_id=opened.run_id,
+            on_rejoin=InboxReplay(bus, fed).resend,
         )
         self.board = StatusBoard(
             liveness=self.liveness,

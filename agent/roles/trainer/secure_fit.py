@@ -39,7 +39,7 @@ from agent.secagg import client
 from agent.secagg.keys import RoundContext
 from agent.secagg.params import SecAggParams
 from agent.secagg.state import PublicKeys, Setup
-from agent.strategy.update import masked_values, model_delta
+from agent.strategy.update import masked_delta
 
 log = structlog.get_logger(__name__)
 
@@ -158,7 +158,7 @@ class SecureFit:
             the round was closed: the round goes on without us.
         """
         body = self.announced_body
-        model = masked_values(model_delta(result.weights, base.weights), base.weights)
+        model = masked_delta(result.weights, base.weights)
         if body is not None:  # the announced L2 bound (agent.robust.secure checks the sum)
             model = clip_norm(model, body.norm_bound)
         delta = local.secure_vector(
