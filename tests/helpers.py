@@ -5,6 +5,7 @@ known exactly, config builders, in-memory federation drivers, a recording dispat
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -432,3 +433,15 @@ def peer_config(agent_id: str, url: str, state: Path, peers: list[str], **p2p: A
         aggregator=AggregatorConfig(mode=TrainingMode.P2P),
         p2p=P2PConfig(peers=peers, **p2p),
     )
+
+
+def agent_log_lines(log_dir: Path, agent_id: str) -> list[dict[str, Any]]:
+    """The JSON log lines of demo agent ``agent_id``, from the fleet processes' logs
+    (``log_dir/fleet-N.log``, every line naming its ``agent_id``)."""
+    lines: list[dict[str, Any]] = []
+    for log in sorted(log_dir.glob("fleet-*.log")):
+        for text in log.read_text().splitlines():
+            event = json.loads(text)
+            if event.get("agent_id") == agent_id:
+                lines.append(event)
+    return lines

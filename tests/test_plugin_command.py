@@ -17,6 +17,7 @@ from agent.brokers import EmbeddedBroker
 from agent.errors import PluginError
 from agent.plugin.api import PluginContext
 from agent.plugin.command import CommandPlugin, create
+from tests.helpers import agent_log_lines
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "plugins" / "command-example" / "train.py"
 
@@ -68,8 +69,8 @@ def test_the_example_program_takes_part_in_a_real_federation(
     assert [r["survivors"] for r in rounds] == [["agent-00", "agent-01", "agent-02"]] * 3
     assert metrics["final_accuracy"] > 0.75  # two overlapping Gaussians; chance is 0.5
     assert metrics["centralized_accuracy"] > 0.75
-    log = (report / "logs" / "agent-01.log").read_text()
-    finished = [json.loads(line) for line in log.splitlines() if "command_finished" in line]
+    log = agent_log_lines(report / "logs", "agent-01")
+    finished = [e for e in log if e["event"] == "command_finished"]
     assert {e["verb"] for e in finished} == {"fit", "evaluate"}
     assert all(e["code"] == 0 for e in finished)
 

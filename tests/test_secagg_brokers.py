@@ -28,7 +28,7 @@ from agent.plugin.api import PluginContext
 from agent.plugin.loader import load_plugin
 from agent.role import Role
 from agent.roles.aggregator import Aggregator
-from tests.helpers import fedbus
+from tests.helpers import agent_log_lines, fedbus
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -65,8 +65,8 @@ def test_secure_demo_reaches_the_plain_accuracy(broker: EmbeddedBroker, tmp_path
     closed = [e for e in events if e.get("event") == "secagg_stage_closed"]
     assert len(closed) == 4 * 4
     assert not any(e["timed_out"] for e in closed)
-    agent_log = (tmp_path / "secure" / "logs" / "agent-00.log").read_text()
-    sent = [json.loads(x) for x in agent_log.splitlines() if '"update_sent"' in x]
+    agent_log = agent_log_lines(tmp_path / "secure" / "logs", "agent-00")
+    sent = [e for e in agent_log if e["event"] == "update_sent"]
     assert len(sent) == 4
     assert all(e["masked"] for e in sent)
 
