@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from agent.errors import AgentRevokedError
-from agent.messages.bodies import JoinRejected, RejectCode
+from agent.messages.bodies import JoinAccepted, JoinRejected, RejectCode
 from agent.roles.trainer.follow import Follower
 
 pytestmark = pytest.mark.timeout(10)
@@ -24,6 +24,22 @@ def test_a_new_incarnation_is_followed_and_an_old_one_never_again() -> None:
     assert follow.is_new("bbbb")  # restarted: rejoin
     follow.admitted_by("bbbb")
     assert not follow.is_new("aaaa")  # a stale retained status of the dead process
+
+
+def test_an_earlier_join_accepted_of_the_admission_held_is_stale() -> None:
+    """A copy resent or replayed after the current admission must not take the trainer back
+    to its round (and model); another run's or incarnation's admission is followed."""
+    follow = Follower("a1", signed=False)
+    follow.admitted_by("aaaa", run_id="r1", round=5)
+
+    def accepted(incarnation: str, run_id: str, round_: int) -> JoinAccepted:
+        return JoinAccepted(agent_id="a1", round=round_, incarnation=incarnation, run_id=run_id)
+
+    assert follow.stale(accepted("aaaa", "r1", 3))
+    assert not follow.stale(accepted("aaaa", "r1", 5))
+    assert not follow.stale(accepted("aaaa", "r2", 0))  # the next run
+    assert not follow.stale(accepted("bbbb", "r1", 0))  # a new aggregator
+    assert not follow.stale(accepted("", "", 0))  # one that does not say
 
 
 async def test_only_a_signed_revoked_refusal_stops_the_trainer() -> None:

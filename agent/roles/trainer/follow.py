@@ -3,8 +3,11 @@ which ones it left behind, and whether the aggregator said it is revoked.
 
 A ``federation_status`` from an incarnation that is neither the one that admitted the trainer
 nor one it left behind means the aggregator restarted (crashed, failed over): the trainer
-joins again at once. A signed ``join_rejected`` with ``RejectCode.REVOKED`` stops it with
-``AgentRevokedError`` (exit status 78: a service manager must not restart it).
+joins again at once. A ``join_accepted`` of the admitting incarnation and run with an earlier
+round than the admission held is a stale copy (resent or replayed after the current one): it is
+ignored, or it would take the trainer back to that round and model. A signed
+``join_rejected`` with ``RejectCode.REVOKED`` stops it with ``AgentRevokedError`` (exit
+status 78: a service manager must not restart it).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import structlog
 
 from agent.errors import AgentRevokedError
-from agent.messages.bodies import JoinRejected, RejectCode
+from agent.messages.bodies import JoinAccepted, JoinRejected, RejectCode
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +36,7 @@ class Follower:
         self._signed = signed
         #: the incarnation that admitted us ("" before any, or when it does not say)
         self.incarnation = ""
+        self._admission: tuple[str, int] = ("", 0)  # its run_id and round
         self._left: set[str] = set()
         #: the last incarnation ``is_new`` answered True for: joined at once once; until it
         #: admits us the join loop's backoff re-sends (else every status it publishes while
@@ -40,11 +44,19 @@ class Follower:
         self._announced = ""
         self._revoked = asyncio.Event()
 
-    def admitted_by(self, incarnation: str) -> None:
-        """``join_accepted`` from ``incarnation``."""
+    def admitted_by(self, incarnation: str, *, run_id: str = "", round: int = 0) -> None:
+        """``join_accepted`` from ``incarnation`` (for ``run_id``, at ``round``)."""
         if self.incarnation and incarnation != self.incarnation:
             self._left.add(self.incarnation)
         self.incarnation = incarnation
+        self._admission = (run_id, round)
+
+    def stale(self, body: JoinAccepted) -> bool:
+        """Whether ``body`` answered an earlier join than the admission held: the same
+        (stated) incarnation and run, an earlier round."""
+        run_id, round_ = self._admission
+        same = bool(body.incarnation) and body.incarnation == self.incarnation
+        return same and body.run_id == run_id and body.round < round_
 
     def is_new(self, incarnation: str) -> bool:
         """Whether a ``federation_status`` from ``incarnation`` is a new aggregator's; from

@@ -271,11 +271,15 @@ class Trainer:
             log.info("join_sent", num_examples=body.num_examples)
 
     async def _on_join_accepted(self, message: Message[JoinAccepted]) -> None:
+        body = message.body
+        if self.follow.stale(body):
+            log.info("join_accepted_stale", round=body.round)
+            return
         # A new admission may belong to a new run of the federation: follow its round.
-        self._progress.round = message.body.round
-        seal_key = message.body.seal_key
+        self._progress.round = body.round
+        seal_key = body.seal_key
         self._outbox.seal_to = X25519PublicKey.from_public_bytes(seal_key) if seal_key else None
-        self.follow.admitted_by(message.body.incarnation)
+        self.follow.admitted_by(body.incarnation, run_id=body.run_id, round=body.round)
         if self._outbox.signer is not None and seal_key is None:
             log.error(
                 "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
