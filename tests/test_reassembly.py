@@ -254,7 +254,7 @@ def test_the_running_mean_applies_the_relative_norm_bound_as_the_round_close_doe
 ) -> None:
     """The default ``norm_factor = 10`` streams: an outlier folded on arrival is clipped to
     10x the median norm (or taken out) at the close, as ``robust_update`` does with every
-    update in memory; honest updates are not read back."""
+    update in memory."""
     rng = np.random.default_rng(1)
     current = [rng.standard_normal(300, np.float32), np.array(3, np.int64)]
     results = [
@@ -275,3 +275,23 @@ def test_the_running_mean_applies_the_relative_norm_bound_as_the_round_close_doe
     # robust_update rounds the clipped weights to float32 (rebuild); the fold does not
     np.testing.assert_allclose(got.delta[0], want.delta[0], rtol=1e-6)
     assert not got.delta[1].any()
+
+
+def test_a_huge_outlier_taken_out_at_the_close_leaves_the_honest_mean() -> None:
+    """An update of 3e38 (mallory's ``huge``) folded on arrival and dropped by the relative
+    bound at the close: the mean is the honest updates' (subtracting it back out of the
+    float64 sum lost them to cancellation, and the new model was zero)."""
+    rng = np.random.default_rng(2)
+    current = [rng.standard_normal(300, np.float32)]
+    honest = [
+        ClientResult(f"a{i}", [current[0] + np.float32(0.01 * (i + 1))], 100, {}) for i in range(3)
+    ]
+    huge = ClientResult("mallory", [np.full(300, 3e38, np.float32)], 1, {})
+    fold = RunningMean(current, robust=RobustConfig())
+    for r in [huge, *honest]:
+        fold.add(r.weights, r.num_examples, agent_id=r.agent_id)
+    got, want = fold.result([huge, *honest]), mean_update(current, honest)
+    assert got is not None
+    assert got.survivors == ("a0", "a1", "a2")
+    assert got.total_weight == want.total_weight == 300
+    np.testing.assert_allclose(got.delta[0], want.delta[0], rtol=1e-5)

@@ -28,6 +28,7 @@ from agent.lockdown import (
 )
 from agent.role import Role
 from agent.roles.trainer import Trainer
+from agent.runtime.tasks import task_group
 from tests.helpers import toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -136,3 +137,25 @@ def test_the_watch_stops_at_once_when_final_and_after_the_grace_otherwise() -> N
     stop = RefusalWatch(3600.0).refused(revoked, "b")
     assert stop is not None
     assert stop.exit_code == 78
+
+
+async def test_one_refusal_raised_in_several_tasks_surfaces_as_itself() -> None:
+    """A stopped bus raises its one ``BrokerRefusedError`` in every task waiting on it: the
+    role's task group (``agent.runtime.tasks.task_group``) re-raises it bare, not as an
+    ``ExceptionGroup`` of copies; two different failures stay a group."""
+    stop = BrokerRefusedError(str(Refusal.CERTIFICATE_REVOKED), "certificate revoked")
+
+    async def fail(exc: Exception) -> None:
+        await asyncio.sleep(0)
+        raise exc
+
+    async def group(*failures: Exception) -> None:
+        async with task_group() as tg:
+            for exc in failures:
+                tg.create_task(fail(exc))
+
+    with pytest.raises(BrokerRefusedError) as raised:
+        await group(stop, stop, stop)
+    assert raised.value is stop
+    with pytest.raises(ExceptionGroup):
+        await group(stop, ValueError("another"))

@@ -33,20 +33,22 @@ from agent.messages.ledger_bodies import LedgerRecords as LedgerRecords
 from agent.messages.ledger_bodies import LedgerRequest as LedgerRequest
 from agent.messages.peer_bodies import PeerHello as PeerHello
 from agent.messages.peer_bodies import PeerModel as PeerModel
+from agent.messages.secagg_bodies import MAX_COHORT as MAX_COHORT
+from agent.messages.secagg_bodies import AdvertiseKeys as AdvertiseKeys
+from agent.messages.secagg_bodies import PeerKeys as PeerKeys
+from agent.messages.secagg_bodies import RelayKeys as RelayKeys
+from agent.messages.secagg_bodies import RelayShares as RelayShares
+from agent.messages.secagg_bodies import ShareKeys as ShareKeys
+from agent.messages.secagg_bodies import Unmask as Unmask
+from agent.messages.secagg_bodies import UnmaskRequest as UnmaskRequest
 from agent.messages.tensors import Tensor
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Scalar = bool | int | float | str
 Params = Annotated[dict[str, Scalar], msgspec.Meta(max_length=256)]
-#: A share ciphertext: nonce ‖ ChaCha20-Poly1305(two 64-byte Shamir shares) ‖ tag.
-Ciphertext = Annotated[bytes, msgspec.Meta(min_length=28, max_length=1024)]
-#: One revealed Shamir share (16 field elements, little-endian uint32).
-ShareBytes = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 #: An aggregator incarnation or run id (empty: not said).
 Incarnation = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
-#: The most members a SecAgg+ cohort, and so any relay map, may have.
-MAX_COHORT = 100_000
 
 
 class JoinRequest(Body, frozen=True):
@@ -203,60 +205,12 @@ class Finish(Body, frozen=True):
     model_sha256: Sha256
 
 
-class AdvertiseKeys(Body, frozen=True):
-    """SecAgg+ ``advertise_keys``, agent → aggregator: this round's two X25519 public keys."""
-
-    enc_key: Key32
-    mask_key: Key32
-
-
-class PeerKeys(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """One neighbour's advertised keys, inside ``RelayKeys``."""
-
-    enc_key: Key32
-    mask_key: Key32
-
-
-class RelayKeys(Body, frozen=True):
-    """aggregator → agent inbox: the keys of the agent's neighbours that advertised."""
-
-    keys: Annotated[dict[Name, PeerKeys], msgspec.Meta(max_length=MAX_COHORT)]
-
-
-class ShareKeys(Body, frozen=True):
-    """SecAgg+ ``share_keys``, agent → aggregator: one share ciphertext per neighbour."""
-
-    ciphertexts: Annotated[dict[Name, Ciphertext], msgspec.Meta(max_length=MAX_COHORT)]
-
-
-class RelayShares(Body, frozen=True):
-    """aggregator → agent inbox: the share ciphertexts addressed to the agent, by sender."""
-
-    ciphertexts: Annotated[dict[Name, Ciphertext], msgspec.Meta(max_length=MAX_COHORT)]
-
-
 class MaskedInput(Body, frozen=True):
     """SecAgg+ ``collect_masked_input``, agent → aggregator on its update topic: the masked
     vector (1-D, uint32 or uint64, d + 1 words) trained from ``model_version``."""
 
     model_version: Version
     vector: Tensor
-
-
-class UnmaskRequest(Body, frozen=True):
-    """aggregator → agent inbox: who sent a masked input (``survivors``) and who shared keys
-    but did not (``dropped``)."""
-
-    survivors: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
-    dropped: Annotated[list[Name], msgspec.Meta(max_length=MAX_COHORT)]
-
-
-class Unmask(Body, frozen=True):
-    """SecAgg+ ``unmask``, agent → aggregator: shares of survivors' self-mask seeds and of
-    dropouts' mask keys, keyed by the secret's owner."""
-
-    self_seed: Annotated[dict[Name, ShareBytes], msgspec.Meta(max_length=MAX_COHORT)]
-    mask_key: Annotated[dict[Name, ShareBytes], msgspec.Meta(max_length=MAX_COHORT)]
 
 
 class Liveness(StrEnum):

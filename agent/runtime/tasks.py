@@ -15,16 +15,21 @@ log = structlog.get_logger(__name__)
 async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
     """An ``asyncio.TaskGroup`` that re-raises a lone failure as itself.
 
-    A TaskGroup wraps every failure in an ``ExceptionGroup``; when exactly one task failed
-    (the common case: the role's main coroutine raised ``RoundError``), callers get that
-    exception, so ``except RoundError`` and documented ``Raises:`` sections stay true.
+    A TaskGroup wraps every failure in an ``ExceptionGroup``; when exactly one failure
+    happened (the common case: the role's main coroutine raised ``RoundError``), callers get
+    that exception, so ``except RoundError`` and documented ``Raises:`` sections stay true.
+    One failure seen by several tasks counts once: a bus that stopped
+    (``BrokerRefusedError``) raises its one error object in every task that waits on it
+    (the receive loop, ``wait_connected``), and which of them notice before the group
+    cancels the rest is a matter of scheduling.
     """
     try:
         async with asyncio.TaskGroup() as tg:
             yield tg
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+        distinct = list({id(exc): exc for exc in group.exceptions}.values())
+        if len(distinct) == 1:
+            raise distinct[0] from None
         raise
 
 

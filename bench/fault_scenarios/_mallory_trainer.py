@@ -102,13 +102,20 @@ class MalloryOutbox(Outbox):
         return cls.attacks[(max(round_, 1) - 1) % len(cls.attacks)]
 
     async def send(
-        self, spec: TopicSpec, body: Body, *, round: int, agent_id: str | None = None
+        self,
+        spec: TopicSpec,
+        body: Body,
+        *,
+        round: int,
+        agent_id: str | None = None,
+        peer: str = "+",
     ) -> int:
+        # the signature is ``Outbox.send``'s: ``try_send`` passes every keyword it takes
         attack = self.attack_of(round)
         forged = tamper(body, attack, round)
         if forged is not body:
             log.warning("mallory_sent", attack=str(attack), kind=type(body).__name__, round=round)
-        return await super().send(spec, forged, round=round, agent_id=agent_id)
+        return await super().send(spec, forged, round=round, agent_id=agent_id, peer=peer)
 
 
 def main(argv: list[str]) -> None:

@@ -10,12 +10,14 @@ a transfer cut off half way is a dropout, and half an update cannot be taken bac
 The cohort-relative norm bound (``[aggregator.robust] norm_factor``, ARCHITECTURE.md §12)
 needs the round's median norm, known only when the round closes. So each update is folded
 at once anyway, its delta's norm taken in the same pass, and its values written to an
-unlinked spool file (disk, not memory: ``n x model bytes`` of it, gone with the round). At
-the close, only the updates above ``norm_factor`` times the median are read back once and
-corrected in the sum: clipped, Σ += n_k (s - 1) Δ_k with s = bound / ‖Δ_k‖, or dropped,
-Σ -= n_k w_k. The result equals ``robust_fit.robust_update``'s with the mean, up to rounding
-(that path rounds a clipped update to the model's dtype); an honest round (no update above
-the bound) reads nothing back.
+unlinked spool file (disk, not memory: ``n x model bytes`` of it, gone with the round). When an
+update is above ``norm_factor`` times the median at the close, the sum is rebuilt from the
+spool, Σ = Σ_kept n_k (x + s_k Δ_k) with s_k = min(1, bound / ‖Δ_k‖) (0 for a dropped
+one): subtracting the outlier back out of the running sum instead would lose the others to
+float64 cancellation (one update of 3e38 leaves nothing of the honest ones, and the mean
+becomes -x: a zeroed model). The result equals ``robust_fit.robust_update``'s with the mean,
+up to rounding (that path rounds a clipped update to the model's dtype); an honest round (no
+update above the bound) reads nothing back.
 
 Aggregators that need every update at once (median, Krum) keep ``PlainRound``'s results
 instead (``PlainRound(fold=None)``).
@@ -147,37 +149,61 @@ class RunningMean:
             self._spool.close()
 
     def _within_relative_bound(self, results: Sequence[ClientResult]) -> list[ClientResult]:
-        """``results`` less the updates the relative bound dropped; the clipped ones
-        corrected in the sum (``robust_fit._within_relative_bound``'s rule, streamed)."""
+        """``results`` less the updates the relative bound dropped; with any update above
+        the bound, the sum rebuilt from the spool (``robust_fit._within_relative_bound``'s
+        rule, streamed)."""
         if not results:
             raise RoundError("no update with num_examples > 0 to aggregate")
         if self._spool is None:
             return list(results)
         bound = relative_bound([self.norms[r.agent_id][0] for r in results], self._factor)
-        kept = []
+        kept: list[ClientResult] = []
+        scales: list[float] = []
         for r in results:
-            norm, weight, offset = self.norms[r.agent_id]
+            norm = self.norms[r.agent_id][0]
             if bound is None or norm <= bound:
                 kept.append(r)
-                continue
-            if self._on_norm is OnViolation.REJECT:
+                scales.append(1.0)
+            elif self._on_norm is OnViolation.REJECT:
                 log.warning(
                     "update_rejected",
                     agent=r.agent_id,
                     reason="norm_above_bound",
                     detail=f"update norm {norm:.4g} > bound {bound:.4g}",
                 )
-                self._correct(offset, -float(weight), 0.0)
-                self.total -= weight
-                continue
-            log.info("update_bounded", agent=r.agent_id, norm=round(norm, 6), clipped=True)
-            self._correct(offset, float(weight) * (bound / norm - 1.0), 1.0)
-            kept.append(r)
+            else:
+                log.info("update_bounded", agent=r.agent_id, norm=round(norm, 6), clipped=True)
+                kept.append(r)
+                scales.append(bound / norm)
+        if len(kept) < len(results) or any(s < 1.0 for s in scales):
+            self._rebuild(kept, scales)
         return kept
 
-    def _correct(self, offset: int, scale: float, base_factor: float) -> None:
-        """Σ += scale · (w_k - base_factor · current), w_k read back from the spool at
-        ``offset``, ``STEP`` values at a time."""
+    def _rebuild(self, kept: Sequence[ClientResult], scales: Sequence[float]) -> None:
+        """Σ = Σ_k n_k (x + s_k (w_k - x)) over ``kept`` (``scales``: their s_k), from the
+        spool: Σ n_k s_k Δ_k first, then total · x, so no outlier is ever subtracted back
+        out of a sum it dominates."""
+        for acc in self._sum:
+            acc.fill(0.0)
+        self.total = 0
+        for r, s in zip(kept, scales, strict=True):
+            _, weight, offset = self.norms[r.agent_id]
+            self._add_delta(offset, float(weight) * s)
+            self.total += weight
+        total = float(self.total)
+        for acc, base, averaged in zip(self._sum, self._current, self._averaged, strict=True):
+            if not averaged:
+                continue
+            flat_acc, flat_x = acc.reshape(-1), base.reshape(-1)
+            for start in range(0, flat_acc.size, STEP):
+                end = min(start + STEP, flat_acc.size)
+                piece = self._scratch[: end - start]
+                np.multiply(flat_x[start:end], total, out=piece, dtype=np.float64)
+                np.add(flat_acc[start:end], piece, out=flat_acc[start:end])
+
+    def _add_delta(self, offset: int, scale: float) -> None:
+        """Σ += scale · (w_k - current), w_k read back from the spool at ``offset``, ``STEP``
+        values at a time."""
         assert self._spool is not None
         fd = self._spool.fileno()
         for acc, base, averaged in zip(self._sum, self._current, self._averaged, strict=True):
@@ -189,8 +215,7 @@ class RunningMean:
                 end = min(start + STEP, flat_acc.size)
                 raw = os.pread(fd, (end - start) * itemsize, offset + start * itemsize)
                 piece = np.frombuffer(raw, base.dtype).astype(np.float64)
-                if base_factor:
-                    piece -= flat_x[start:end]
+                piece -= flat_x[start:end]
                 piece *= scale
                 flat_acc[start:end] += piece
             offset += flat_acc.size * itemsize

@@ -7,11 +7,10 @@ aggregator's fit config picks the local training (see ``DEFAULT_FIT_CONFIG``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Final, get_args
+from typing import Any, Final
 
 import numpy as np
 
@@ -25,142 +24,17 @@ from agent.plugin.api import (
     Weights,
     describe_with,
 )
-from agent.plugin.onnx_session import Device
 from fedbus_digits import mlp
 from fedbus_digits.data import (
-    DEFAULT_MIN_EXAMPLES,
-    DEFAULT_TEST_FRACTION,
     AgentData,
     Partition,
 )
+from fedbus_digits.options import NAME, DigitsOptions, float_option, int_option
 from fedbus_digits.shard_cache import cached_agent_data
 
 #: Local training per round, tuned so that FedAvg over 10 agents with Dirichlet(0.5) label
 #: skew reaches >= 95% test accuracy in 20 rounds (data seeds 0-4; see the README).
 DEFAULT_FIT_CONFIG: Final[Mapping[str, Scalar]] = {"epochs": 5, "batch_size": 16, "lr": 0.4}
-
-_NAME: Final = "digits-mlp"
-#: How ``evaluate`` computes the logits: numpy, or the exported ONNX graph in onnxruntime.
-BACKENDS: Final = ("numpy", "onnxruntime")
-
-
-@dataclass(frozen=True, slots=True)
-class DigitsOptions:
-    """The plugin options, as read from the agent's ``[plugin.options]`` TOML table.
-
-    Attributes:
-        agent_index: this agent's 0-based position in the federation, < ``num_agents``.
-        num_agents: agents sharing the data; the same for every agent.
-        partition: ``"iid"`` or ``"dirichlet"`` (label skew).
-        alpha: Dirichlet concentration, > 0; smaller is more skewed.
-        seed: the data seed (split, shards, test slices); the same for every agent.
-        hidden: hidden layer widths; ``(64,)`` gives the 64-64-10 network.
-        test_fraction: share of the data held out for testing, in (0, 1).
-        model_seed: seed of the initial weights; the same for every agent.
-        min_examples: the fewest training examples any agent may get.
-        backend: ``"numpy"`` or ``"onnxruntime"`` (evaluate through the ONNX export, on the
-            GPU when the ``gpu`` extra is installed and one is present; needs ``onnx``).
-        device: onnxruntime's device: ``"auto"`` (GPU if usable, else CPU), ``"cpu"`` or
-            ``"gpu"`` (an error without one).
-    """
-
-    agent_index: int
-    num_agents: int
-    partition: Partition = Partition.DIRICHLET
-    alpha: float = 0.5
-    seed: int = 0
-    hidden: tuple[int, ...] = mlp.DEFAULT_HIDDEN
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    model_seed: int = 0
-    min_examples: int = DEFAULT_MIN_EXAMPLES
-    backend: str = "numpy"
-    device: Device = "auto"
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> DigitsOptions:
-        """Decode and validate a TOML options table.
-
-        Raises:
-            PluginError: a missing, unknown, mistyped or out-of-range option.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise PluginError(f"{_NAME}: unknown option(s) {unknown}; known: {sorted(known)}")
-        for required in ("agent_index", "num_agents"):
-            if required not in options:
-                raise PluginError(f"{_NAME}: option {required!r} is required")
-        num_agents = _int(options, "num_agents", minimum=1)
-        agent_index = _int(options, "agent_index", minimum=0)
-        if agent_index >= num_agents:
-            raise PluginError(
-                f"{_NAME}: option 'agent_index' must be < num_agents = {num_agents}, "
-                f"got {agent_index}"
-            )
-        partition = options.get("partition", Partition.DIRICHLET.value)
-        if not isinstance(partition, str) or partition not in {p.value for p in Partition}:
-            raise PluginError(
-                f"{_NAME}: option 'partition' must be one of "
-                f"{[p.value for p in Partition]}, got {partition!r}"
-            )
-        alpha = _float(options, "alpha", default=0.5)
-        if alpha <= 0:
-            raise PluginError(f"{_NAME}: option 'alpha' must be > 0, got {alpha}")
-        test_fraction = _float(options, "test_fraction", default=DEFAULT_TEST_FRACTION)
-        if not 0 < test_fraction < 1:
-            raise PluginError(
-                f"{_NAME}: option 'test_fraction' must be in (0, 1), got {test_fraction}"
-            )
-        hidden = options.get("hidden", list(mlp.DEFAULT_HIDDEN))
-        if not isinstance(hidden, list | tuple) or not all(_is_int(h) and h >= 1 for h in hidden):
-            raise PluginError(
-                f"{_NAME}: option 'hidden' must be a list of ints >= 1, got {hidden!r}"
-            )
-        backend = options.get("backend", "numpy")
-        if backend not in BACKENDS:
-            raise PluginError(
-                f"{_NAME}: option 'backend' must be one of {BACKENDS}, got {backend!r}"
-            )
-        device = options.get("device", "auto")
-        if device not in get_args(Device):
-            raise PluginError(
-                f"{_NAME}: option 'device' must be one of {get_args(Device)}, got {device!r}"
-            )
-        return cls(
-            backend=backend,
-            device=device,
-            agent_index=agent_index,
-            num_agents=num_agents,
-            partition=Partition(partition),
-            alpha=alpha,
-            seed=_int(options, "seed", default=0, minimum=0),
-            hidden=tuple(hidden),
-            test_fraction=test_fraction,
-            model_seed=_int(options, "model_seed", default=0, minimum=0),
-            min_examples=_int(options, "min_examples", default=DEFAULT_MIN_EXAMPLES, minimum=0),
-        )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int(table: Mapping[str, Any], key: str, *, default: int | None = None, minimum: int) -> int:
-    """``table[key]`` as an int >= ``minimum``; integral floats (``2.0``) are accepted."""
-    value = table.get(key, default)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not _is_int(value) or value < minimum:
-        raise PluginError(f"{_NAME}: {key!r} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _float(table: Mapping[str, Any], key: str, *, default: float) -> float:
-    """``table[key]`` as a finite float (ints are accepted)."""
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PluginError(f"{_NAME}: {key!r} must be a finite number, got {value!r}")
-    return float(value)
 
 
 class DigitsPlugin:
@@ -191,7 +65,7 @@ class DigitsPlugin:
                 min_examples=options.min_examples,
             )
         except ValueError as exc:
-            raise PluginError(f"{_NAME}: {exc}") from exc
+            raise PluginError(f"{NAME}: {exc}") from exc
         self._sizes = mlp.layer_sizes(options.hidden)
         self._initial = mlp.init_params(self._sizes, seed=options.model_seed)
 
@@ -227,19 +101,19 @@ class DigitsPlugin:
         merged = {**DEFAULT_FIT_CONFIG, **config}
         try:
             train_config = mlp.TrainConfig(
-                epochs=_int(merged, "epochs", minimum=1),
-                batch_size=_int(merged, "batch_size", minimum=1),
-                lr=_float(merged, "lr", default=0.0),
-                weight_decay=_float(merged, "weight_decay", default=0.0),
-                proximal_mu=_float(merged, "proximal_mu", default=0.0),
+                epochs=int_option(merged, "epochs", minimum=1),
+                batch_size=int_option(merged, "batch_size", minimum=1),
+                lr=float_option(merged, "lr", default=0.0),
+                weight_decay=float_option(merged, "weight_decay", default=0.0),
+                proximal_mu=float_option(merged, "proximal_mu", default=0.0),
             )
         except ValueError as exc:
-            raise PluginError(f"{_NAME}: bad fit config: {exc}") from exc
+            raise PluginError(f"{NAME}: bad fit config: {exc}") from exc
         entropy = [
             self.options.seed,
             self.options.agent_index,
-            _int(merged, "round", default=0, minimum=0),
-            _int(merged, "seed", default=0, minimum=0),
+            int_option(merged, "round", default=0, minimum=0),
+            int_option(merged, "seed", default=0, minimum=0),
         ]
         train = self.data.train
         new = mlp.train(
@@ -277,13 +151,13 @@ class DigitsPlugin:
         """
         from agent.plugin.onnx_graph import export_dense
 
-        return export_dense(self._decode(weights), path, name=_NAME)
+        return export_dense(self._decode(weights), path, name=NAME)
 
     def _onnx_loss_and_accuracy(self, params: mlp.Params) -> tuple[float, float]:
         from agent.plugin.onnx_graph import dense_bytes
         from agent.plugin.onnx_session import open_model
 
-        model = open_model(dense_bytes(params, name=_NAME), device=self.options.device, name=_NAME)
+        model = open_model(dense_bytes(params, name=NAME), device=self.options.device, name=NAME)
         logits = model.run(self.data.test.x)
         logp = mlp.log_softmax(logits.astype(np.float32))
         y = self.data.test.y
@@ -295,14 +169,14 @@ class DigitsPlugin:
         expected = [w.shape for w in self._initial]
         got = [np.shape(w) for w in weights]
         if got != expected:
-            raise PluginError(f"{_NAME}: expected weights of shapes {expected}, got {got}")
+            raise PluginError(f"{NAME}: expected weights of shapes {expected}, got {got}")
         params: mlp.Params = []
         for w in weights:
             if np.asarray(w).dtype.kind not in "iuf":
-                raise PluginError(f"{_NAME}: weights must be real numbers, got {w.dtype}")
+                raise PluginError(f"{NAME}: weights must be real numbers, got {w.dtype}")
             params.append(np.array(w, dtype=np.float32, copy=True))
         if not all(bool(np.isfinite(p).all()) for p in params):
-            raise PluginError(f"{_NAME}: weights hold NaN or infinity")
+            raise PluginError(f"{NAME}: weights hold NaN or infinity")
         return params
 
 
@@ -362,6 +236,6 @@ def centralized_baseline(
     """
     plugin = centralized(options)
     merged = {**DEFAULT_FIT_CONFIG, **fit_config}
-    epochs = _int(merged, "epochs", minimum=1) * rounds
+    epochs = int_option(merged, "epochs", minimum=1) * rounds
     result = plugin.fit(plugin.get_weights(), {**merged, "epochs": epochs})
     return plugin.evaluate(result.weights, {})

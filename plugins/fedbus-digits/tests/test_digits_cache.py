@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from fedbus_digits import shard_cache
 from fedbus_digits.data import Partition
-from fedbus_digits.plugin import DigitsOptions, DigitsPlugin
+from fedbus_digits.options import DigitsOptions
+from fedbus_digits.plugin import DigitsPlugin
 
 RECIPE = {
     "partition": Partition.DIRICHLET,

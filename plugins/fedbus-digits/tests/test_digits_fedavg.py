@@ -11,12 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
-from fedbus_digits.plugin import (
-    DEFAULT_FIT_CONFIG,
-    DigitsOptions,
-    DigitsPlugin,
-    centralized_baseline,
-)
+from fedbus_digits.options import DigitsOptions
+from fedbus_digits.plugin import DEFAULT_FIT_CONFIG, DigitsPlugin, centralized_baseline
 
 from agent.plugin.api import Scalar, Weights
 
