@@ -179,12 +179,10 @@ async def test_a_chunk_size_the_broker_cannot_carry_is_refused_at_start(
     async with bus_from_url(broker.url, bus_settings(config)) as bus:
         with pytest.raises(ConfigError, match=r"\[transfer\] chunk_size = 20000000"):
             await bus.wait_connected(timeout=10)
-    with pytest.raises(BaseExceptionGroup) as raised:
+    # Every task that waits on the bus sees the same refusal: it surfaces once, bare.
+    with pytest.raises(ConfigError, match=r"\[transfer\] chunk_size = 20000000"):
         async with asyncio.timeout(20):
             await run_node(config)
-    errors, _ = raised.value.split(ConfigError)
-    assert errors is not None
-    assert "[transfer] chunk_size" in str(errors.exceptions[0])
 
 
 def _with_chunk_size(config: AgentConfig, chunk_size: int) -> bytes:

@@ -234,27 +234,31 @@ class NatsBus(SupervisedBus):
                 log.warning("bus_transport_error", transport="nats", reason=repr(exc))
 
         servers = self._rotation()
+        # nats-py bounds the TCP open by connect_timeout but not always the TLS handshake and
+        # the CONNECT/PING exchange after it: one attempt per server (and its one retry), whole.
+        attempt = _seconds(settings.connect_timeout)
         try:
-            await nc.connect(
-                servers=servers,
-                dont_randomize=True,
-                name=settings.client_id,
-                # One connection per Client: the supervisor reconnects. With reconnect off,
-                # nats-py still loops over its server pool inside connect(); one retry with no
-                # wait (max_reconnect_attempts=1) is the smallest bound it offers.
-                allow_reconnect=False,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0,
-                connect_timeout=_seconds(settings.connect_timeout),
-                ping_interval=settings.keepalive,
-                max_outstanding_pings=2,
-                tls=self._tls,
-                error_cb=on_error,
-                disconnected_cb=on_closed,
-                closed_cb=on_closed,
-            )
+            async with asyncio.timeout(attempt * (2 * len(servers) + 1)):
+                await nc.connect(
+                    servers=servers,
+                    dont_randomize=True,
+                    name=settings.client_id,
+                    # One connection per Client: the supervisor reconnects. With reconnect off,
+                    # nats-py still loops over its server pool inside connect(); one retry with no
+                    # wait (max_reconnect_attempts=1) is the smallest bound it offers.
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
+                    connect_timeout=attempt,
+                    ping_interval=settings.keepalive,
+                    max_outstanding_pings=2,
+                    tls=self._tls,
+                    error_cb=on_error,
+                    disconnected_cb=on_closed,
+                    closed_cb=on_closed,
+                )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
-            await nc.close()
+            await _close(nc, attempt)
             cause = connect_errors[-1] if connect_errors else exc
             detail = f"cannot connect to {','.join(servers)}: {cause!r}"
             if any(map(_authorization_refused, (*connect_errors, exc))):
@@ -262,7 +266,7 @@ class NatsBus(SupervisedBus):
                 raise ConnectRefusedError(str(Refusal.NOT_AUTHORIZED), detail) from exc
             raise TransportError(detail) from exc
         except asyncio.CancelledError:
-            await nc.close()
+            await _close(nc, attempt)
             raise
         return NatsSession(
             nc,
@@ -272,6 +276,15 @@ class NatsBus(SupervisedBus):
             flush_timeout=settings.publish_timeout,
             refused=refused,
         )
+
+
+async def _close(nc: NatsClient, seconds: float) -> None:
+    """Close a client whose connect failed, bounded: a half-open TLS session must not hang us."""
+    try:
+        async with asyncio.timeout(seconds):
+            await nc.close()
+    except (TimeoutError, OSError, nats.errors.Error):
+        log.debug("bus_close_abandoned", transport="nats")
 
 
 def _url(scheme: str, host: str, port: int) -> str:
