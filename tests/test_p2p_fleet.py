@@ -5,7 +5,6 @@ async mode refused until it exists, and ``fedbus demo --mode p2p`` over a real b
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -86,13 +85,11 @@ def test_a_duty_cycle_cancels_and_restarts_the_node() -> None:
     assert len(cancelled) >= 2
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec(fleet.ASYNC_MODULE) is not None, reason="the async mode exists"
-)
-def test_demo_mode_async_is_refused_until_it_exists() -> None:
+def test_demo_modes_and_a_fleet_that_does_not_fit() -> None:
     """``run_demo`` checks the mode first (the CLI prints the ConfigError, exit status 2)."""
-    with pytest.raises(ConfigError, match="not available"):
-        fleet.check_mode(DemoOptions(mode="async"))
+    assert fleet.check_mode(DemoOptions(mode="async")) is TrainingMode.ASYNC
+    with pytest.raises(ConfigError, match="> --agents 4"):
+        fleet.check_mode(DemoOptions(agents=4, slow_agents=3, duty_agents=2))
 
 
 @pytest.mark.broker

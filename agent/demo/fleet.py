@@ -9,8 +9,6 @@ same ``[p2p]`` graph, and the demo runs no aggregator (``agent.demo.p2p``).
 
 from __future__ import annotations
 
-import importlib.util
-
 import msgspec
 
 from agent.config import AgentConfig, P2PConfig, SimulateConfig, TrainingMode
@@ -18,7 +16,6 @@ from agent.demo.options import DemoOptions
 from agent.errors import ConfigError
 
 #: The module the async mode's trainer side lives in; ``--mode async`` needs it.
-ASYNC_MODULE = "agent.roles.trainer.async_fit"
 #: The P2P graph's degree in the demo (lowered for small fleets: n·k must be even).
 P2P_DEGREE = 4
 #: Seconds a P2P step waits for a neighbour's model in the demo.
@@ -29,15 +26,9 @@ def check_mode(options: DemoOptions) -> TrainingMode:
     """The demo's ``TrainingMode``.
 
     Raises:
-        ConfigError: ``async`` while this install has no async mode, or a fleet that does
-            not fit in ``--agents``.
+        ConfigError: slow and intermittent agents that do not fit in ``--agents``.
     """
     mode = TrainingMode(options.mode)
-    if mode is TrainingMode.ASYNC and importlib.util.find_spec(ASYNC_MODULE) is None:
-        raise ConfigError(
-            "--mode async: buffered asynchronous aggregation is not available in this "
-            f"install ({ASYNC_MODULE} is missing); use --mode sync or --mode p2p"
-        )
     if options.slow_agents + options.duty_agents > options.agents:
         raise ConfigError(
             f"--slow-agents {options.slow_agents} + --duty-agents {options.duty_agents} "
