@@ -330,11 +330,11 @@ class Aggregator:
         self._evaluation.on_metrics(message.sender, message.body)
 
     async def _ack_chunks(self, transfer: Transfer, kept: int) -> None:
-        """Grant a trainer's chunked upload more window (``runtime.credits``)."""
+        """Tell a trainer's chunked upload its new grant (``runtime.credit_pool``)."""
         where = classify(transfer.topic, self._fed)
         if where is None or where[0].publisher is not Role.TRAINER:
             return
-        ack = ChunkAck(transfer=transfer.manifest.transfer, received=kept)
+        ack = ChunkAck(transfer=transfer.manifest.transfer, received=kept, grant=transfer.grant)
         await self._outbox.try_send(
             topics.INBOX, ack, round=transfer.envelope.round, agent_id=transfer.sender
         )
