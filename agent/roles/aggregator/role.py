@@ -117,7 +117,7 @@ class Aggregator:
         )
         # A fresh sealing key per run: agents seal their updates to it (HPKE).
         seal_key = X25519PrivateKey.generate() if credentials else None
-        self._now = InForce(0, GlobalState.of(0, opened.initial))
+        self._now = InForce(0, GlobalState.taking(0, opened.initial))  # held once, as wire
         #: the run's files; ``store.on_round_persisted`` is the per-round hook (ledger)
         self.store = RunStore(opened.run_dir, incarnation=self.incarnation, mirror=config.state_dir)
         #: agent ids found revoked (by the node's registry watch), handled in ``run``
