@@ -40,6 +40,7 @@ from agent.roles.aggregator.schedule import RunPlan, run_recorded
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
 from agent.runtime.fairness import FairnessLimits, FairQueue
+from agent.runtime.heap import return_large_frees
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -68,13 +69,11 @@ class Aggregator:
         incarnation: this aggregator process's id (default: a fresh random one), said in
             ``federation_status`` and ``join_accepted``; trainers rejoin a new one.
 
-    The run is the newest unfinished one under ``state_dir/runs`` (resumed after its last
-    committed round) or a new one (``agent.roles.aggregator.resume.open_run``).
+    The run: the newest unfinished one under ``state_dir/runs``, resumed, or a new one.
 
     Raises:
         IdentityError: identities on, but the certificate is not an aggregator's.
-        ConfigError: ``continue_from`` names no run with a model, or the run to resume is
-            unreadable.
+        ConfigError: ``continue_from`` names no run with a model, or an unreadable run.
     """
 
     def __init__(
@@ -91,6 +90,7 @@ class Aggregator:
         incarnation: str | None = None,
     ) -> None:
         schedule, fed = config.aggregator, config.federation
+        return_large_frees()  # model-sized buffers leave the RSS when freed (runtime.heap)
         self.incarnation = incarnation or secrets.token_hex(8)
         self.opened = opened = open_run(
             config.state_dir,
