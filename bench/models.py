@@ -240,11 +240,47 @@ def child_main(args: argparse.Namespace) -> None:
         with cProfile.Profile() as prof:
             result = asyncio.run(run[args.child](args))
         prof.dump_stats(Path(profile) / f"{args.child}-{args.agent_id or 'agg'}.prof")
+    elif os.environ.get("FEDBUS_BENCH_RSS") and args.child == "aggregator":
+        result = rss_traced(lambda: asyncio.run(run[args.child](args)))
     elif os.environ.get("FEDBUS_BENCH_TRACEMALLOC") and args.child == "aggregator":
         result = traced(lambda: asyncio.run(run[args.child](args)))
     else:
         result = asyncio.run(run[args.child](args))
     Path(args.out).write_text(json.dumps(result))
+
+
+def rss_traced(main: Any) -> Any:
+    """Run ``main`` sampling VmRSS every 20 ms; at each new peak (5 MB above the last),
+    write every thread's innermost ``agent/`` frames to ``$FEDBUS_BENCH_RSS`` (where the
+    resident set grows; a profiling aid, not part of the JSON)."""
+    import threading
+    import traceback
+
+    lines: list[str] = []
+    best = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE")
+            if rss > best[0] + 5 * MB:
+                best[0] = rss
+                lines.append(f"rss {rss / MB:.0f} MB")
+                for frame in sys._current_frames().values():
+                    ours = [f for f in traceback.extract_stack(frame) if "/agent/" in f.filename]
+                    lines.extend(
+                        f"    {f.filename.split('/agent/')[-1]}:{f.lineno} {f.name}"
+                        for f in ours[-3:]
+                    )
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        return main()
+    finally:
+        stop.set()
+        thread.join()
+        Path(os.environ["FEDBUS_BENCH_RSS"]).write_text("\n".join(lines))
 
 
 def traced(main: Any) -> Any:
