@@ -22,7 +22,13 @@ import pytest
 
 from agent.async_settings import AsyncConfig
 from agent.brokers import EmbeddedBroker
-from agent.config import AgentConfig, SecAggConfig, SecureAggregation, TrainingMode
+from agent.config import (
+    AgentConfig,
+    SecAggConfig,
+    SecureAggregation,
+    TrainingMode,
+    TransferConfig,
+)
 from agent.messages.bodies import MaskedInput, ModelUpdate
 from agent.messages.envelope import Message
 from agent.messages.tensors import to_arrays
@@ -31,7 +37,7 @@ from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator.buffered import Buffered
 from agent.roles.aggregator.fit import CohortFit
 from agent.state import read_weights
-from tests.helpers import ToyPlugin, aggregator_config, federate_over, trainer_config
+from tests.helpers import LOOSE, ToyPlugin, aggregator_config, federate_over, trainer_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -54,6 +60,14 @@ class Counting(ToyPlugin):
         counter = np.array(int(weights[2]) + self.batches, np.int64)
         pair = np.array([self.batches, -self.batches], np.int32)
         return FitResult([*floats, counter, pair], self.n, {"train_loss": self.value})
+
+
+class BigCounting(Counting):
+    """``Counting`` with a 20,000-value float array: its masked input (80 KB of ring words)
+    travels in 64 KiB chunks, the carried arrays in the bulk after the vector."""
+
+    def get_weights(self) -> Weights:
+        return [np.zeros((200, 100), np.float32), *super().get_weights()[1:]]
 
 
 class Seen:
@@ -220,6 +234,32 @@ async def test_a_trainer_may_keep_its_integer_arrays(
     assert len(masked) == 3
     assert all(b.carried == [] for b in masked)
     _check_counters(_round_model(config, 1), 0, [0, 0])
+
+
+async def test_counters_travel_in_chunked_masked_inputs(
+    mosquitto: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SecAgg+ with ``[transfer] chunk_size`` = 64 KiB: each masked input is chunked, its
+    carried arrays reassembled from the bulk with the vector; the counter is the median."""
+    seen = Seen(monkeypatch)
+    url, chunks = mosquitto.url, TransferConfig(chunk_size=64 * 1024, timeout=5.0)
+    plugins = {
+        a: CheckedPlugin("toy", BigCounting(float(i + 1), n))
+        for i, (a, n) in enumerate(BATCHES.items())
+    }
+    config = _config(url, tmp_path, 1, robust=LOOSE, **SECURE)  # 20,000 values move by 2
+    config = msgspec.structs.replace(config, transfer=chunks)
+    summary, _ = await federate_over(
+        url,
+        plugins,
+        config,
+        lambda a: msgspec.structs.replace(trainer_config(a, url, tmp_path), transfer=chunks),
+    )
+    assert [r.survivors for r in summary.rounds] == [sorted(BATCHES)]
+    masked = seen.only_masked()
+    assert all(len(b.vector.data) > chunks.chunk_size for b in masked)
+    assert sorted(int(to_arrays(b.carried)[0]) for b in masked) == [1, 2, 7]
+    _check_counters(_round_model(config, 1), 2, [2, -2])
 
 
 def _bn_plugin(seed: int) -> CheckedPlugin:
