@@ -281,6 +281,7 @@ class Aggregator:
     async def _on_connect(self, reconnect: bool) -> None:
         if reconnect:
             self._reconnected_at = time.monotonic()
+            self.board.reconnected()  # trainers resend what our dead node lost
 
     async def idle(self) -> RunSummary | None:
         """Between runs (``after_run = "serve"``): keep receiving (liveness) and publishing

@@ -53,6 +53,8 @@ class StatusBoard:
         #: for humans: ``waiting for 3 agents``, ``training (5 agents)``, ...
         self.detail = "starting"
         self.last_round: RoundRecord | None = None
+        #: how often the aggregator's bus reconnected (``FederationStatus.reconnects``)
+        self.reconnects = 0
         self._changed = asyncio.Event()
 
     def enter(self, phase: RoundPhase, detail: str) -> None:
@@ -67,6 +69,12 @@ class StatusBoard:
     def changed(self) -> None:
         """Something worth reporting happened: send ``federation_status`` now."""
         self._changed.set()
+
+    def reconnected(self) -> None:
+        """Our bus reconnected: say so at once, so that trainers resend what they published
+        while we had no session (``FederationStatus.reconnects``, ``roles.trainer.resend``)."""
+        self.reconnects += 1
+        self.changed()
 
     @property
     def text(self) -> str:
@@ -91,6 +99,7 @@ class StatusBoard:
             },
             incarnation=self.incarnation,
             run_id=self.run_id,
+            reconnects=self.reconnects,
             last_round=None
             if last is None
             else RoundSummary(

@@ -64,6 +64,7 @@ from agent.roles.trainer.evaluate import evaluate
 from agent.roles.trainer.fit import FitPath
 from agent.roles.trainer.follow import Follower
 from agent.roles.trainer.model import HeldModel, ModelStore
+from agent.roles.trainer.resend import AggregatorReconnects
 from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.credits import Credits
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
@@ -143,6 +144,7 @@ class Trainer:
         self._rejoin = asyncio.Event()
         #: the aggregator incarnation we follow
         self.follow = Follower(self._id, signed=credentials is not None)
+        self._resend = AggregatorReconnects(bus)  # its node died: publish again
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
         registry = ListenerRegistry()
@@ -225,6 +227,7 @@ class Trainer:
                     tg.create_task(self._mark_ready(), name="trainer-ready")
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
+                    tg.create_task(self._resend.run(), name="trainer-resend")
                     tg.create_task(self.follow.stop_when_revoked(), name="trainer-revoked")
                     if self._renewer is not None:
                         tg.create_task(self._renewer.run(), name="trainer-renew")
@@ -299,6 +302,7 @@ class Trainer:
 
     async def _on_federation_status(self, message: Message[FederationStatus]) -> None:
         """A new aggregator incarnation: join it at once (it has a new sealing key)."""
+        self._resend.saw(message.body)
         if not self.follow.is_new(message.body.incarnation):
             return
         if not self._admitted.is_set():
