@@ -37,6 +37,10 @@ from tests.test_nats_cluster import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 
+#: Seconds for a message in flight to cross a leaf link. What crosses a link while it is down
+#: is lost: no client's session broke, so nobody replays (ARCHITECTURE.md §8).
+SETTLE = 0.5
+
 
 @pytest.fixture
 def core(tmp_path: Path) -> Iterator[Cluster]:
@@ -131,9 +135,9 @@ async def test_a_leaf_site_relinks_to_another_core_node_and_keeps_training(
 ) -> None:
     """A site's leaf node lists every core node's leaf port. Once it has linked to one, the
     aggregator and a core trainer connect to the other two; in round 2, while the plugins
-    train, the hub node the leaf was linked to is SIGKILLed. The leaf links to another core
-    node (its agents' own sessions, to the leaf, never break) and the site's two trainers
-    finish round 2 and round 3 with the rest."""
+    train (nothing in flight over the link), the hub node the leaf was linked to is
+    SIGKILLed. The leaf links to another core node (its agents' own sessions, to the leaf,
+    never break) and the site's two trainers finish round 2 and round 3 with the rest."""
     leaf_files = write_leaf(
         core.authority,
         tmp_path / "leaf",
@@ -177,9 +181,11 @@ async def test_a_leaf_site_relinks_to_another_core_node_and_keeps_training(
             await until(logs, lambda ls: any(e["event"] == "round_finished" for e in ls))
             training.clear()  # round 2's fits wait
             await until(logs, stage_closed("share_keys", times=2))
+            await asyncio.sleep(SETTLE)  # the shares' relay has crossed the link
             kill(core.brokers[hub])
             while not any(linked(b) for b in survivor_brokers):
                 await asyncio.sleep(0.02)
+            await asyncio.sleep(SETTLE)  # the new hub has told the leaf our subscriptions
             training.set()
 
         with capture_logs() as logs:

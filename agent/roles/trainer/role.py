@@ -320,7 +320,9 @@ class Trainer:
     # -- evaluating and finishing -------------------------------------------------------
 
     async def _on_evaluate(self, message: Message[EvaluateIns]) -> None:
-        if not self._admitted.is_set():
+        # Rejoining after a reconnect, still a member: its copy is not resent (message id)
+        rejoining = self._progress.state is TrainerState.JOINING and self.follow.incarnation
+        if not (self._admitted.is_set() or rejoining):
             return
         self._progress.round = message.round
         work = partial(
