@@ -58,7 +58,9 @@ NODE = {"trainer": 2, "aggregator": 0}
 
 async def _until(done: Any, *, every: float) -> None:
     """Poll ``done()`` every ``every`` s until it holds (log lines come with no event)."""
-    while not done():
+    while True:
+        if done():
+            return
         await asyncio.sleep(every)
 
 
