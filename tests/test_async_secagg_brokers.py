@@ -1,7 +1,8 @@
 """Async SecAgg+ (FedBuff with each buffer aggregated by a SecAgg+ round) over a real broker:
 a buffer's secure round whose key stages outlast ``round_timeout`` still collects the held
 updates (the regression behind bench/modes.py's 79 %), and a run through a restart of the
-aggregator and then of an agent.
+aggregator and then of an agent; and a restarted agent that must not join the secure round
+of its earlier life.
 
 The fleet, the aggregator runner and the config are those of ``test_async_brokers``.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -21,13 +23,15 @@ from agent.brokers import EmbeddedBroker
 from agent.config import SecAggConfig, SecureAggregation
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
+from agent.roles.trainer.fit import FitPath
 from agent.roles.trainer.secure_fit import SecureFit
-from tests.helpers import toy
+from tests.helpers import toy, trainer_config
 from tests.test_async_brokers import Fleet, Gated, Records, async_config, run_aggregator, until
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 
+@pytest.mark.broker
 async def test_held_updates_are_collected_after_key_stages_slower_than_round_timeout(
     mosquitto: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,6 +73,7 @@ async def test_held_updates_are_collected_after_key_stages_slower_than_round_tim
         assert array == pytest.approx(5.0, abs=1e-3)
 
 
+@pytest.mark.broker
 async def test_async_secagg_survives_a_restart_of_the_aggregator_and_of_an_agent(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -127,3 +132,32 @@ async def test_async_secagg_survives_a_restart_of_the_aggregator_and_of_an_agent
     assert any("a1" in r.survivors for r in summary.rounds if r.round > restarted_at)
     runs = config.state_dir / "runs" / "run-0001"
     assert len(msgspec.json.decode((runs / "metrics.json").read_bytes())) == 6
+
+
+def test_a_restarted_agent_ignores_a_resent_secure_fit_ins_of_its_earlier_life(
+    tmp_path: Path,
+) -> None:
+    """The NATS inbox resend after a rejoin replays the open SecAgg+ round's ``fit_ins``: a
+    fresh life (new keys) that joined it would answer the relayed keys of its earlier life,
+    and every neighbour's shares from it would fail to authenticate: the whole buffer's
+    round lost (``bad_shares``, 0 inputs; seen in bench/modes.py with duty-cycled agents).
+    A secure ``fit_ins`` older than this life's first admission is refused; a plain one is not."""
+    started: list[object] = []
+    path = FitPath(
+        config=trainer_config("a1", "nats://x", tmp_path),
+        plugin=toy(1, 1),
+        outbox=cast(Any, None),
+        models=cast(Any, None),
+        progress=cast(Any, SimpleNamespace(round=0)),
+        work=cast(Any, SimpleNamespace(start=lambda kind, fn: started.append(kind))),
+    )
+    path.admitted_at = 100.0
+
+    def fit_ins(timestamp: float, secagg: object) -> Any:
+        body = SimpleNamespace(secagg=secagg, hold=False, deadline=5.0)
+        return SimpleNamespace(body=body, round=3, envelope=SimpleNamespace(timestamp=timestamp))
+
+    asyncio.run(path.on_fit_ins(fit_ins(99.0, object())))
+    assert started == []
+    asyncio.run(path.on_fit_ins(fit_ins(99.0, None)))  # a plain fit: trained anew, harmless
+    assert len(started) == 1
