@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-import time
 from collections.abc import Callable
 
 import structlog
@@ -280,8 +279,7 @@ class Aggregator:
 
     async def _on_connect(self, reconnect: bool) -> None:
         if reconnect:
-            self._reconnected_at = time.monotonic()
-            self.board.reconnected()  # trainers resend what our dead node lost
+            self._reconnected_at = self.board.reconnected()  # trainers resend what we lost
 
     async def idle(self) -> RunSummary | None:
         """Between runs (``after_run = "serve"``): keep receiving (liveness) and publishing

@@ -5,6 +5,7 @@ the one-line text systemd shows (``STATUS=``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Collection, Mapping
 
 from agent.messages import topics
@@ -70,11 +71,13 @@ class StatusBoard:
         """Something worth reporting happened: send ``federation_status`` now."""
         self._changed.set()
 
-    def reconnected(self) -> None:
+    def reconnected(self) -> float:
         """Our bus reconnected: say so at once, so that trainers resend what they published
-        while we had no session (``FederationStatus.reconnects``, ``roles.trainer.resend``)."""
+        while we had no session (``FederationStatus.reconnects``, ``roles.trainer.resend``).
+        Returns when (``time.monotonic()``)."""
         self.reconnects += 1
         self.changed()
+        return time.monotonic()
 
     @property
     def text(self) -> str:
