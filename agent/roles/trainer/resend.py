@@ -18,11 +18,13 @@ MQTT keeps sessions: its bus has no replay log and nothing is resent.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol, runtime_checkable
 
 import structlog
 
 from agent.bus.base import Bus
+from agent.bus.replay import REPLAY_DELAYS
 from agent.messages.bodies import FederationStatus
 
 log = structlog.get_logger(__name__)
@@ -47,6 +49,13 @@ class AggregatorReconnects:
         self._incarnation: str | None = None
         self._reconnects = 0
         self._due = asyncio.Event()
+        self._own_at = float("-inf")  # our own bus's last reconnect (time.monotonic())
+
+    def reconnected(self) -> None:
+        """Our own bus reconnected: its supervisor replays the same log meanwhile (at
+        ``REPLAY_DELAYS``), so a rise seen within them sends nothing more (a second burst
+        of the same messages only trips the aggregator's per-sender rate limit)."""
+        self._own_at = time.monotonic()
 
     def saw(self, status: FederationStatus) -> None:
         """A ``federation_status``: if its incarnation is the one seen last and its count of
@@ -57,8 +66,10 @@ class AggregatorReconnects:
             return
         if status.reconnects > self._reconnects:
             self._reconnects = status.reconnects
-            log.info("aggregator_reconnected", reconnects=status.reconnects)
-            self._due.set()
+            replaying = time.monotonic() - self._own_at < REPLAY_DELAYS[-1]
+            log.info("aggregator_reconnected", reconnects=status.reconnects, resend=not replaying)
+            if not replaying:
+                self._due.set()
 
     async def run(self) -> None:
         """Resend whenever one is due, until cancelled."""

@@ -243,6 +243,7 @@ class Trainer:
     async def _on_connect(self, reconnect: bool) -> None:
         await self._status.send(Liveness.ONLINE)
         if reconnect:
+            self._resend.reconnected()
             log.info("rejoining_after_reconnect")
             self._rejoin.set()
 
