@@ -15,15 +15,14 @@ median of each over the repeats. Times are polled every 5 ms.
 
     .venv/bin/python bench/cluster_failover.py [--repeats 3]
 
-Measured 2026-12-01 on the shared 2-core machine (load average 14-19 from other work),
-3 repeats each, medians:
+Measured 2026-12-01 on the shared 2-core machine (load average 14-21 from other work),
+3 repeats each, medians (final code):
 
-- victim = trainer (n2): round continued 0.154 s after the kill, round 1 finished 0.257 s;
-  6/6 survivors in 2 runs, but in 1 run of 3 a moved trainer (t5) never sent its masked
-  input and the stage waited its whole deadline (29.9 s, 5/6 survivors).
-- victim = aggregator (n0): the aggregator reconnected 0.100 s after the kill, the round
-  continued 0.197 s, finished 0.385 s (one run 2.34 s: the trainers' second resend, at 2 s,
-  brought what the first missed); 6/6 survivors in every run.
+- victim = trainer (n2): round continued 0.172 s after the kill, round 1 finished 0.499 s;
+  6/6 survivors in every run. (In an earlier series, 1 run of 3 lost a moved trainer, t5,
+  to the masked-input deadline: 29.9 s, 5/6; not reproduced in 8 runs since.)
+- victim = aggregator (n0): the aggregator reconnected 0.186 s after the kill, the round
+  continued 0.241 s, finished 0.465 s; 6/6 survivors in every run.
 - Before the rejoining trainer answered ``evaluate``, round 1 finished 10.4-10.5 s after
   either kill (the evaluation's whole timeout); before the trainers' resend, the
   aggregator's node dying lost round 1 (``tests/test_nats_failover.py``).
