@@ -23,6 +23,9 @@ Prints JSON with:
   by thread name. The same for ``digits-mlp`` (memory only, its shard read from the cache
   its starts wrote, connected but not admitted).
 - ``targets``: each figure over its target (≤ 1 meets it) and the load average when measured.
+- ``reference``: the CPU seconds of ``python -c "import numpy"`` here (minimum of 3), a yardstick
+  for how slow this machine is at the moment, and the READY CPU in units of it: a loaded or
+  slow machine inflates both alike, so ``ready_cpu_in_numpy_imports`` compares across runs.
 
 Targets (issue 15): idle minimal trainer ≤ 60 MB RSS and ≤ 0.1 % CPU; ``fedbus run`` to READY
 ≤ 0.3 s with digits-mlp.
@@ -50,6 +53,7 @@ from typing import Any
 
 from agent.brokers import EmbeddedBroker
 from agent.config import AgentConfig, AggregatorConfig, LoggingConfig, PluginConfig
+from agent.logs import configure_logging
 from agent.role import Role
 
 FEDBUS = str(Path(sys.executable).with_name("fedbus"))
@@ -331,6 +335,16 @@ def starts(url: str, tmp: Path, env: dict[str, str], count: int) -> dict[str, An
     return out
 
 
+def numpy_import_cpu() -> float:
+    """CPU seconds of a fresh interpreter importing numpy: the minimum of 3."""
+    code = "import time, numpy; print(time.process_time())"
+    runs = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+        for _ in range(3)
+    ]
+    return round(min(runs), 3)
+
+
 def targets(results: dict[str, Any]) -> dict[str, float]:
     """Each figure over its issue-15 target: ≤ 1 meets it."""
     idle, warm = results["idle"]["minimal"], results["ready_seconds"]["digits_mlp_warm"]
@@ -361,10 +375,17 @@ def main() -> None:
         "structlog imports it when installed; fedbus does not depend on it)",
     )
     args = parser.parse_args()
+    configure_logging(stream=sys.stderr)  # the broker's lines; stdout is the JSON alone
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedbus-footprint-") as tmp:
         results = run(args, Path(tmp))
     results["targets"] = targets(results)
+    numpy_cpu = numpy_import_cpu()
+    warm = results["ready_seconds"]["digits_mlp_warm"]["cpu_min"]
+    results["reference"] = {
+        "cpu_import_numpy": numpy_cpu,
+        "ready_cpu_in_numpy_imports": round(warm / numpy_cpu, 2),
+    }
     results["load_average"] = {
         "before_1_5_15min": [round(x, 2) for x in load_before],
         "after_1_5_15min": [round(x, 2) for x in os.getloadavg()],
