@@ -182,6 +182,7 @@ class Aggregator:
         self.sign_with = self._parts.sign_with  # a renewed certificate (runtime.own_renewal)
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
+        self.status_changed = self.board.text_changed  # pushes systemd's STATUS= (sdnotify)
         self._reconnected_at = float("-inf")
         bus.on_connect(self._on_connect)
         registry = ListenerRegistry()

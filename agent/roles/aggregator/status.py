@@ -57,10 +57,13 @@ class StatusBoard:
         #: how often the aggregator's bus reconnected (``FederationStatus.reconnects``)
         self.reconnects = 0
         self._changed = asyncio.Event()
+        #: set whenever ``text`` may have changed (systemd's ``STATUS=`` is pushed from it)
+        self.text_changed = asyncio.Event()
 
     def enter(self, phase: RoundPhase, detail: str) -> None:
         """Now in ``phase``; ``detail`` says more, for humans."""
         self.phase, self.detail = phase, detail
+        self.text_changed.set()
 
     def finished_round(self, record: RoundRecord) -> None:
         """A round ended: report it at once."""
@@ -70,6 +73,7 @@ class StatusBoard:
     def changed(self) -> None:
         """Something worth reporting happened: send ``federation_status`` now."""
         self._changed.set()
+        self.text_changed.set()
 
     def reconnected(self) -> float:
         """Our bus reconnected: say so at once, so that trainers resend what they published

@@ -147,6 +147,7 @@ class Trainer:
         self._resend = AggregatorReconnects(bus)  # its node died: publish again
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
+        self.status_changed = self._progress.changed  # pushes systemd's STATUS= (sdnotify)
         registry = ListenerRegistry()
         registry.register(Kind.JOIN_ACCEPTED, self._on_join_accepted, rounds=RoundPolicy.ANY)
         registry.register(Kind.JOIN_REJECTED, self._on_join_rejected, rounds=RoundPolicy.ANY)
