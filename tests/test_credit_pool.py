@@ -22,7 +22,7 @@ from agent.messages.bodies import ChunkAck, ModelUpdate
 from agent.messages.chunks import is_chunk
 from agent.messages.tensors import to_tensors
 from agent.plugin.loader import CheckedPlugin
-from agent.runtime.credit_pool import CreditPool
+from agent.runtime.credit_pool import STALL, CreditPool
 from agent.runtime.credits import Credits
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
@@ -229,3 +229,17 @@ async def test_over_a_real_broker_the_cohort_never_has_more_than_the_budget_in_f
     assert record.survivors == agents
     assert counts["sent"] == 6 * 19
     assert counts["peak"] <= 2
+
+
+def test_credit_held_by_chunks_lost_on_the_way_is_written_off_after_a_stall() -> None:
+    """A's granted chunks never arrive: after ``STALL`` seconds without progress its credit
+    goes to B, and A's late chunks then refund nothing twice."""
+    pool: CreditPool[str] = CreditPool(2 * 10, per_transfer=2)
+    pool.open("A", chunk_size=10, count=5, now=0.0)
+    assert pool.due(now=0.0) == ["A"]
+    pool.open("B", chunk_size=10, count=5, now=1.0)
+    assert pool.due(now=1.0 + STALL / 2) == []
+    assert pool.due(now=1.0 + 2 * STALL) == ["B"]
+    assert pool.in_flight == 20
+    pool.kept("A", 2, now=1.0 + 2 * STALL)  # the lost chunks came late after all
+    assert pool.in_flight == 20

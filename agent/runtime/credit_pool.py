@@ -17,6 +17,11 @@ the cohort outnumbers the budget (the one a grant skipped for want of credit is 
 line at the next). At least one chunk is always grantable when nothing is in flight, so a
 budget below one chunk slows a receiver down but never stalls it.
 
+Chunks lost on the way (a broker node that died, a sender that vanished) would hold their
+credit until their transfer times out and starve everyone else meanwhile; so the credit of a
+transfer that delivered nothing for ``STALL`` seconds is written off (its late chunks, if any
+come, are then beyond the budget once).
+
 A new grant is announced (``due``) when it is ``ack_every`` chunks beyond the last one
 announced, when the sender has used up what it was announced (it is waiting), or when it
 covers the transfer's last chunk: acknowledgements stay about one per ``ack_every`` chunks.
@@ -24,12 +29,16 @@ covers the transfer's last chunk: acknowledgements stay about one per ``ack_ever
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from agent.runtime.credits import ACK_EVERY, WINDOW
 
 K = TypeVar("K")
+
+#: Seconds without a kept chunk after which a transfer's outstanding credit is written off.
+STALL = 10.0
 
 
 @dataclass(slots=True)
@@ -42,6 +51,8 @@ class Grant:
         granted: chunks it may have sent (indexes below this).
         kept: chunks the receiver kept.
         announced: the grant last announced to its sender.
+        written_off: chunks below this count are no longer charged (``STALL``).
+        moved: when it last kept a chunk (or opened), ``time.monotonic()`` seconds.
     """
 
     chunk_size: int
@@ -49,11 +60,13 @@ class Grant:
     granted: int = 0
     kept: int = 0
     announced: int = 0
+    written_off: int = 0
+    moved: float = 0.0
 
     @property
     def outstanding(self) -> int:
-        """Chunks granted and not yet kept."""
-        return max(0, self.granted - self.kept)
+        """Chunks granted and not yet kept (nor written off)."""
+        return max(0, self.granted - max(self.kept, self.written_off))
 
 
 class CreditPool(Generic[K]):
@@ -88,19 +101,19 @@ class CreditPool(Generic[K]):
         """The grant of an open transfer (None: not open)."""
         return self._grants.get(key)
 
-    def open(self, key: K, *, chunk_size: int, count: int) -> None:
+    def open(self, key: K, *, chunk_size: int, count: int, now: float | None = None) -> None:
         """A transfer of ``count`` chunks of ``chunk_size`` bytes opened; it holds nothing
         until ``due`` grants it some."""
         self.close(key)
-        self._grants[key] = Grant(chunk_size, count)
+        self._grants[key] = Grant(chunk_size, count, moved=_now(now))
 
-    def kept(self, key: K, kept: int) -> None:
+    def kept(self, key: K, kept: int, *, now: float | None = None) -> None:
         """Transfer ``key`` has ``kept`` chunks now (its credit for them comes back)."""
         grant = self._grants.get(key)
         if grant is None or kept <= grant.kept:
             return
         before = grant.outstanding
-        grant.kept = kept
+        grant.kept, grant.moved = kept, _now(now)
         self.in_flight -= (before - grant.outstanding) * grant.chunk_size
         self._touched.add(key)
 
@@ -111,9 +124,12 @@ class CreditPool(Generic[K]):
         if grant is not None:
             self.in_flight -= grant.outstanding * grant.chunk_size
 
-    def due(self) -> list[K]:
-        """Hand out the free credit (round robin); the transfers whose new grant should be
-        announced now (see the module docstring), marked announced."""
+    def due(self, *, now: float | None = None) -> list[K]:
+        """Hand out the free credit (round robin; first writing off stalled transfers'); the
+        transfers whose new grant should be announced now (see the module docstring),
+        marked announced."""
+        if self.in_flight >= self.budget:
+            self._write_off(_now(now))
         self._distribute()
         out, still = [], set()
         for key in self._touched:  # only these can have become due
@@ -131,6 +147,12 @@ class CreditPool(Generic[K]):
                 still.add(key)  # more credit, not yet worth a message
         self._touched = still
         return out
+
+    def _write_off(self, now: float) -> None:
+        for g in self._grants.values():
+            if g.outstanding and now - g.moved > STALL:
+                self.in_flight -= g.outstanding * g.chunk_size
+                g.written_off, g.moved = g.granted, now
 
     def _distribute(self) -> None:
         if not self._grants or self.in_flight >= self.budget:
@@ -155,3 +177,7 @@ class CreditPool(Generic[K]):
                 granted = True
                 start = self._turn = i + 1
                 break
+
+
+def _now(now: float | None) -> float:
+    return time.monotonic() if now is None else now
