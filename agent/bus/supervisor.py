@@ -27,6 +27,7 @@ from typing import ClassVar, Self
 
 import structlog
 
+from agent.bus.admission import admitted
 from agent.bus.backoff import Backoff
 from agent.bus.base import BusMessage, BusSettings, ConnectCallback
 from agent.bus.inbox import Inbox
@@ -227,7 +228,7 @@ class SupervisedBus(abc.ABC):
                 self._log.info("bus_reconnecting", attempt=attempt, delay=round(delay, 3))
                 await asyncio.sleep(delay)
             try:
-                async with asyncio.timeout(self.settings.connect_timeout):
+                async with admitted(), asyncio.timeout(self.settings.connect_timeout):
                     session = await self._open_session(self._deliver)
             except (TransportError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
