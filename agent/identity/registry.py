@@ -24,7 +24,7 @@ import datetime as dt
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -138,6 +138,23 @@ class Registry:
             raise ValueError(f"a token's ttl must be positive, not {ttl_seconds}")
         with self._lock:
             return tokens.insert_token(self._db, agent_id, created=to_unix(now), ttl=ttl_seconds)
+
+    def create_tokens(
+        self, agent_ids: Sequence[str], ttl_seconds: float, *, now: dt.datetime | None = None
+    ) -> dict[str, str]:
+        """``create_token`` for each of ``agent_ids``, in one transaction (one fsync, where
+        a fleet of 1,000 took 1,000). Returns agent id → its token.
+
+        Raises:
+            ValueError: ``ttl_seconds`` is not positive.
+        """
+        if not ttl_seconds > 0:
+            raise ValueError(f"a token's ttl must be positive, not {ttl_seconds}")
+        created = to_unix(now)
+        with self.transaction() as db:
+            return {
+                a: tokens.insert_token(db, a, created=created, ttl=ttl_seconds) for a in agent_ids
+            }
 
     def redeem_token(self, token: str, agent_id: str, now: dt.datetime | None = None) -> None:
         """Use ``token`` up for ``agent_id``: atomically, so of two concurrent redemptions
