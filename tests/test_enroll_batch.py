@@ -82,3 +82,15 @@ async def test_the_batcher_answers_each_request_with_its_own_outcome(tmp_path: P
         assert sum(batcher.batches) == 12
         assert len(batcher.batches) < 12  # the requests that queued together shared a batch
         assert len(registry.agents()) == 11
+
+
+def test_fleet_tokens_and_last_seen_are_written_in_one_transaction_each(tmp_path: Path) -> None:
+    authority = ca.init_ca(FED)
+    with Registry.open(tmp_path / "registry.sqlite") as registry:
+        tok = registry.create_tokens(["a", "b"], 60)
+        outcomes = enroll_batch(
+            registry, [_pending(a, t) for a, t in tok.items()], _signer(authority)
+        )
+        assert not any(isinstance(o, Exception) for o in outcomes)
+        registry.touch_many(["a", "b", "not-registered"])
+        assert all(row.last_seen is not None for row in registry.agents())
