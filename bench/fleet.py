@@ -32,6 +32,26 @@ the seconds are upper bounds; 3 rounds each):
   members with a session); round 1 aborted in advertise_keys after 44 s (0 answered).
   Targets not met at 1,000 on this machine; the first limit is the connection storm (TLS
   handshakes of 1,000 sessions into a 2 s TLS timeout, members whose connect never retries).
+
+Measured 2026-12-01 (second stop, h-fleet), load average 14-30 from six other helpers'
+benchmarks and tests (a fleet process got about 0.25 of a core), 3 rounds each:
+
+- N = 100, nats: round 1 at 33.2 s, rounds 6.8 s, RSS 1.51 GiB, 100/100 every round;
+  mqtt: 19.1 s, 8.4 s, 1.07 GiB, 100/100 every round.
+- N = 300, nats (connect gate, batched enrollment, shared decoding; before the 5 s rejoin
+  window): round 1 at 71.3 s, rounds 16.8 s, RSS 2.82 GiB, 0/300 then 300/300, 300/300:
+  round 1 missed its 10 s advertise_keys stage because 300 agents had been admitted 1,153
+  times (each a 400 KB model), and their keys came after the stage closed.
+- N = 1,000, nats, three runs as the fixes landed: enrollment 37-44 s (was 36-89); each
+  run connected 448-946 of 1,000 members within 110-140 s of the fleet's start (the second
+  run all 1,000 soon after), 25-55 connect attempts failing and retrying, where one
+  500-member process logged 963 failed TLS connects before; round 1 at 225-245 s from the
+  start with 498-572 admitted (the join timeout), aborted in advertise_keys: the fleet
+  processes' event loops lagged past 10 s (thousands of publishes not acknowledged within
+  publish_timeout) while they read their members' models.
+- N = 1,000, mqtt: enrollment 47 s (was 76 s); all 1,000 connected (21 retried), where
+  none was admitted in 2 minutes before; joins then not acknowledged within 10 s (QoS 1)
+  and round 1 started with 132 admitted and aborted.
 """
 
 from __future__ import annotations
