@@ -5,12 +5,15 @@ sealed to its recipient), through a killed and a restarted neighbour."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from structlog.testing import capture_logs
 
 from agent.brokers import EmbeddedBroker
@@ -19,11 +22,15 @@ from agent.errors import ConfigError
 from agent.identity import ca
 from agent.lockdown.access import trainer_rules
 from agent.messages import topics
+from agent.messages.peer_bodies import PeerHello, PeerModel, Revocations
+from agent.messages.tensors import to_tensors
 from agent.node import bus_settings
 from agent.plugin.loader import CheckedPlugin
-from agent.role import Role
+from agent.role import Identity, Role
 from agent.roles.peer import Peer
+from agent.roles.peer.book import NeighbourBook
 from agent.roles.peer.mixing import Neighbour, mix
+from agent.roles.peer.revocation import BadRevocationsError, PeerRevocations
 from agent.roles.peer.role import graph_neighbours
 from agent.roles.peer.sketch import distances, sketch
 from tests.helpers import GossipPlugin, identity_files, peer_config
@@ -141,10 +148,12 @@ def test_peers_converge_and_skip_a_killed_neighbour(broker: EmbeddedBroker, tmp_
 
     with capture_logs() as logs:
         asyncio.run(main())
-    # p5 is skipped from its death on; a neighbour delayed by that wait may be skipped
-    # once by its own neighbours and is then back (a cascade of one step)
+    # p5 is skipped from its death on (cancelled, it says it is leaving, so its neighbours
+    # need not even wait once); a neighbour delayed by a wait may be skipped once by its own
+    # neighbours and is then back (a cascade of one step)
     skipped = [(e["neighbour"], e["step"]) for e in logs if e["event"] == "neighbour_skipped"]
-    assert "p5" in {a for a, _ in skipped}
+    left = {e["neighbour"] for e in logs if e["event"] == "neighbour_left"}
+    assert "p5" in left | {a for a, _ in skipped}
     back = {e["neighbour"] for e in logs if e["event"] == "neighbour_back"}
     assert {a for a, step in skipped if a != "p5" and step < 11} <= back
     assert not [e for e in logs if e["event"] == "message_dropped"]
@@ -189,3 +198,79 @@ def test_a_restarted_peer_goes_on_from_its_saved_step(
     assert resumed >= 3
     assert final > resumed
     assert not [e for e in logs if e["event"] == "message_dropped"]
+
+
+async def test_the_book_mixes_a_done_neighbours_final_model_and_never_a_revoked_one() -> None:
+    """A done neighbour is not waited for, but its final model is mixed at every step (a
+    peer still training is pulled to it); a revoked one is neither waited for nor mixed, and
+    its held model is discarded; with both gone the peer is alone."""
+    book = NeighbourBook(["a", "b"])
+    model = PeerModel(version=3, degree=2, num_examples=1, tensors=to_tensors([np.ones(2)]))
+    book.on_model("a", model)
+    book.on_model("b", model)
+    book.on_hello("a", PeerHello(degree=2, version=3, done=True))
+    assert set(await book.collect(0.1, step=4)) == {"a", "b"}
+    assert set(await book.collect(0.1, step=5)) == {"a"}  # b is skipped; a's final stays
+    assert book.revoke("b")
+    assert not book.revoke("stranger")
+    assert not book.on_model("b", msgspec.structs.replace(model, version=9))
+    assert "b" not in book.present()
+    assert set(await book.collect(0.1, step=6)) == {"a"}
+    assert not book.all_done()
+    book.revoke("a")
+    assert book.all_done()
+    assert await book.collect(0.1, step=7) == {}
+
+
+def test_a_peer_takes_only_a_crl_of_its_ca_and_ignores_an_older_one() -> None:
+    """``PeerRevocations``: the CRL must be issued and signed by our CA; its serials are
+    refused and the named agents returned once; an older CRL (a replay) changes nothing."""
+    ours, other = ca.init_ca("fed"), ca.init_ca("fed")
+    key, cert = ca.issue(ours, "p1", role=Role.TRAINER)
+    del key
+    seen = PeerRevocations(ours.cert)
+
+    def body(authority: ca.CertificateAuthority, agents: list[str]) -> Revocations:
+        crl = ca.build_crl(authority, [(cert.serial_number, dt.datetime.now(dt.UTC))])
+        return Revocations(crl=crl.public_bytes(Encoding.DER), agents=agents)
+
+    old = body(ours, [])
+    time.sleep(1.1)  # CRL times have one-second resolution
+    assert seen.update(body(ours, ["p1"])) == {"p1"}
+    identity = Identity("p1", "fed", Role.TRAINER, cert.serial_number)
+    assert seen.refuses(identity)
+    assert not seen.refuses(Identity("p2", "fed", Role.TRAINER, cert.serial_number + 1))
+    assert seen.update(body(ours, ["p1"])) == frozenset()
+    assert seen.update(old) is None
+    assert seen.agents == {"p1"}
+    with pytest.raises(BadRevocationsError):
+        seen.update(body(other, ["p2"]))
+    with pytest.raises(BadRevocationsError):
+        seen.update(Revocations(crl=b"not a crl", agents=["p2"]))
+    assert seen.agents == {"p1"}
+
+
+def test_metropolis_mixing_keeps_the_mean_when_skips_are_mutual() -> None:
+    """One synchronous mix of six peers on a 3-regular graph keeps the mean exactly, with
+    all exchanges and with an edge left out on both sides (its weight stays with each
+    peer: W stays symmetric and doubly stochastic); left out on one side only, the mean
+    moves by exactly w_ij (x_j - x_i) / n."""
+    graph = {
+        a: graph_neighbours(peer_config(a, "memory://", Path("/"), IDS, degree=3)) for a in IDS
+    }
+    x = {a: [np.array([float(i) ** 2])] for i, a in enumerate(IDS)}
+
+    def step(skip: set[tuple[str, str]]) -> dict[str, float]:
+        return {
+            a: float(
+                mix(x[a], 3, {b: Neighbour(x[b], 3) for b in graph[a] if (a, b) not in skip})[0][0]
+            )
+            for a in IDS
+        }
+
+    mean = float(np.mean([v[0][0] for v in x.values()]))
+    assert np.mean(list(step(set()).values())) == pytest.approx(mean)
+    i, j = "p0", sorted(graph["p0"])[0]
+    assert np.mean(list(step({(i, j), (j, i)}).values())) == pytest.approx(mean)
+    moved = np.mean(list(step({(i, j)}).values())) - mean
+    assert moved == pytest.approx(-(x[j][0][0] - x[i][0][0]) / 4 / len(IDS))

@@ -17,9 +17,15 @@ from agent.errors import ConfigError
 
 #: The module the async mode's trainer side lives in; ``--mode async`` needs it.
 #: The P2P graph's degree in the demo (lowered for small fleets: n·k must be even).
-P2P_DEGREE = 4
+P2P_DEGREE = 8
 #: Seconds a P2P step waits for a neighbour's model in the demo.
 P2P_WAIT = 2.0
+#: A P2P local step sized for gossip: one epoch between two exchanges (a sync round's
+#: five-epoch fit drifts each peer to its own shard faster than a sparse graph mixes);
+#: ``--fit-config`` overrides it.
+P2P_FIT_CONFIG = {"epochs": 5}
+#: Gossip steps without a fit after the last training step (the final consensus phase).
+P2P_CONSENSUS_STEPS = 20
 
 
 def check_mode(options: DemoOptions) -> TrainingMode:
@@ -63,8 +69,9 @@ def p2p_config(options: DemoOptions, agent_ids: list[str]) -> P2PConfig:
         degree=degree(len(agent_ids)),
         seed=f"demo-{options.seed}",
         steps=options.rounds,
+        consensus_steps=P2P_CONSENSUS_STEPS,
         wait=P2P_WAIT,
-        fit_config=dict(options.fit_config),
+        fit_config={**P2P_FIT_CONFIG, **options.fit_config},
     )
 
 

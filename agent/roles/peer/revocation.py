@@ -1,0 +1,122 @@
+"""Revocation in a P2P federation: the CA host announces, every peer refuses
+(ARCHITECTURE.md §14).
+
+The broker already shuts a revoked device out (mosquitto's CRL, the NATS callout, eviction:
+``agent.runtime.evict``), but a peer does not rely on the broker alone: a model that was
+queued for it, or one that crosses a broker whose CRL lags, must not be mixed either. The
+aggregator host (which runs only the CA, enrollment, the CRL refresh and the callout in p2p
+mode) publishes ``revocations`` (``announce_revocations``): the CRL built from the registry
+(RFC 5280 §5, DER, signed by the CA) and the agents revoked now, retained on MQTT and re-sent
+every ``every`` s for NATS, at once after a change. Each peer (``PeerRevocations``):
+
+* checks the CRL's issuer and signature against its own CA certificate and ignores a CRL
+  older (``last_update``) than the one it holds (a replay);
+* refuses every message signed by a certificate whose serial the CRL lists (the
+  ``Verifier``'s ``revoked`` check: the message is dropped, reason ``revoked``);
+* stops waiting for, sending to and mixing the named neighbours
+  (``book.NeighbourBook.revoke``: their held model is discarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import structlog
+from cryptography import x509
+
+from agent.errors import ProtocolError
+from agent.identity.ca import CertificateAuthority, build_crl
+from agent.identity.registry import AgentStatus, Registry
+from agent.messages import topics
+from agent.messages.peer_bodies import Revocations
+from agent.role import Identity
+from agent.runtime.outbox import Outbox
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between the CA host's looks at the registry (and between re-sends, for NATS).
+ANNOUNCE_EVERY = 1.0
+#: Re-send an unchanged announcement at least this often (NATS retains nothing).
+RESEND_EVERY = 10.0
+
+
+class BadRevocationsError(ProtocolError):
+    """A ``revocations`` body whose CRL is unreadable or not signed by our CA."""
+
+    reason = "bad_crl"
+
+
+class PeerRevocations:
+    """What one peer knows of revocations (see the module docstring)."""
+
+    def __init__(self, ca_cert: x509.Certificate) -> None:
+        self._ca = ca_cert
+        self._updated: dt.datetime | None = None
+        #: serials listed in the newest CRL held
+        self.serials: frozenset[int] = frozenset()
+        #: agents the newest announcement names as revoked
+        self.agents: frozenset[str] = frozenset()
+
+    def refuses(self, identity: Identity) -> bool:
+        """The ``Verifier``'s ``revoked`` check: True for a certificate the CRL lists."""
+        return identity.serial in self.serials
+
+    def update(self, body: Revocations) -> frozenset[str] | None:
+        """Take ``body``; returns the agents it revokes that were not revoked before, or None
+        for a CRL older than the one held (nothing changes).
+
+        Raises:
+            BadRevocationsError: the CRL is not DER, or not issued and signed by our CA.
+        """
+        try:
+            crl = x509.load_der_x509_crl(body.crl)
+            valid = crl.issuer == self._ca.subject and crl.is_signature_valid(
+                self._ca.public_key()  # type: ignore[arg-type]
+            )
+        except (ValueError, TypeError) as exc:
+            raise BadRevocationsError("the revocations' CRL is not readable") from exc
+        if not valid:
+            raise BadRevocationsError("the revocations' CRL is not signed by our CA")
+        updated = crl.last_update_utc
+        if self._updated is not None and updated < self._updated:
+            return None
+        self._updated = updated
+        self.serials = frozenset(r.serial_number for r in crl)
+        new = frozenset(body.agents) - self.agents
+        self.agents = frozenset(body.agents)
+        return new
+
+
+def revocations_of(ca: CertificateAuthority, registry: Registry) -> Revocations:
+    """The announcement for the registry as it is now (a freshly signed CRL)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    crl = build_crl(ca, registry.revoked_serials())
+    agents = sorted(r.agent_id for r in registry.agents() if r.status is AgentStatus.REVOKED)
+    return Revocations(crl=crl.public_bytes(Encoding.DER), agents=agents)
+
+
+async def announce_revocations(
+    outbox: Outbox,
+    ca: CertificateAuthority,
+    registry: Registry,
+    *,
+    every: float = ANNOUNCE_EVERY,
+    resend: float = RESEND_EVERY,
+) -> None:
+    """The CA host's side: publish ``revocations`` at start, within ``every`` s of a change
+    in the registry's revoked serials, and every ``resend`` s; until cancelled."""
+    loop = asyncio.get_running_loop()
+    held: tuple[object, ...] | None = None
+    sent_at = -resend
+    while True:
+        serials = await asyncio.to_thread(registry.revoked_serials)
+        key = tuple(s for s, _ in serials)
+        if key != held or loop.time() - sent_at >= resend:
+            body = await asyncio.to_thread(revocations_of, ca, registry)
+            if await outbox.try_send(topics.REVOCATIONS, body, round=0):
+                if key != held:
+                    log.info("revocations_announced", revoked=body.agents, serials=len(key))
+                held, sent_at = key, loop.time()
+        await asyncio.sleep(every)
