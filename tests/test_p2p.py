@@ -197,7 +197,10 @@ def test_a_restarted_peer_goes_on_from_its_saved_step(
         resumed, final = asyncio.run(main())
     assert resumed >= 3
     assert final > resumed
-    assert not [e for e in logs if e["event"] == "message_dropped"]
+    # QoS 1 is at least once: the leaving hellos in flight when p0's session is taken over
+    # may come twice, and the receiver's dedupe drops the copy; nothing else is dropped
+    dropped = [e for e in logs if e["event"] == "message_dropped"]
+    assert {e["reason"] for e in dropped} <= {"duplicate"}
 
 
 async def test_the_book_mixes_a_done_neighbours_final_model_and_never_a_revoked_one() -> None:

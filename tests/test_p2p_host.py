@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from agent.brokers import EmbeddedBroker
 from agent.bus.url import bus_from_url
 from agent.config import AgentConfig, AggregatorConfig, PluginConfig, TrainingMode
+from agent.errors import AgentRevokedError
 from agent.identity import pem
 from agent.identity.ca_dir import AGGREGATOR_CERT, AGGREGATOR_KEY, CA_CERT, init_ca_dir
 from agent.identity.certificates import identity_of
@@ -37,6 +38,7 @@ from tests.helpers import GossipPlugin, identity_files, peer_config, toy
 
 IDS = [f"h{i}" for i in range(6)]
 NEW, REVOKED = "h5", "h2"
+OTHERS = [a for a in IDS if a != REVOKED]
 
 
 class PacedGossip(GossipPlugin):
@@ -163,10 +165,10 @@ def test_the_host_enrolls_a_device_into_the_gossip_and_its_peers_refuse_a_revoke
 ) -> None:
     """Five enrolled peers gossip with the host up (no aggregator in the loop); a sixth
     device enrolls over the bus meanwhile, starts, and its neighbours mix its models. Then
-    one peer is revoked in the registry: the host announces the CRL, every neighbour drops
-    it (``neighbour_revoked``), refuses its further models (``message_dropped`` reason
-    ``revoked``: the open test broker still carries them) and never mixes it again, while the
-    other peers keep agreeing."""
+    one peer is revoked in the registry: the host announces the CRL, the revoked peer stops
+    (``AgentRevokedError``), every neighbour drops it (``neighbour_revoked``) and never mixes
+    it again, and what it still signs is refused (``message_dropped`` reason ``revoked``: the
+    open test broker still carries it), while the other peers keep agreeing."""
     fleet = Fleet(mosquitto.url, tmp_path, monkeypatch)
     graph = _graph()
 
@@ -183,8 +185,12 @@ def test_the_host_enrolls_a_device_into_the_gossip_and_its_peers_refuse_a_revoke
             await _until(
                 lambda: all(fleet.peers[a].book.revoked(REVOKED) for a in graph[REVOKED]), 15
             )
+            await _until(fleet.tasks[REVOKED].done, 10)  # told it is revoked, it stops
+            assert isinstance(fleet.tasks[REVOKED].exception(), AgentRevokedError)
+            for agent_id in graph[REVOKED]:  # a revoked device that does not stop: refused
+                await fleet.peers[REVOKED]._hello(agent_id)
             after = fleet.versions()
-            await _until(lambda: all(fleet.peers[a].version >= after[a] + 5 for a in IDS), 20)
+            await _until(lambda: all(fleet.peers[a].version >= after[a] + 5 for a in OTHERS), 20)
         finally:
             await fleet.close()
             host.cancel()
@@ -199,7 +205,7 @@ def test_the_host_enrolls_a_device_into_the_gossip_and_its_peers_refuse_a_revoke
     assert dropped
     assert {e["reason"] for e in dropped} == {"revoked"}
     assert all(e["topic"].endswith(f"/{REVOKED}") for e in dropped)
-    values = [float(np.mean(fleet.peers[a].weights[0])) for a in IDS if a != REVOKED]
+    values = [float(np.mean(fleet.peers[a].weights[0])) for a in OTHERS]
     assert max(values) - min(values) < 0.5
 
 
@@ -230,8 +236,9 @@ def test_the_gossip_goes_on_while_the_host_restarts(
             await _until(
                 lambda: all(fleet.peers[a].book.revoked(REVOKED) for a in graph[REVOKED]), 15
             )
+            await _until(fleet.tasks[REVOKED].done, 10)
             after = fleet.versions()
-            await _until(lambda: all(fleet.peers[a].version >= after[a] + 3 for a in IDS), 20)
+            await _until(lambda: all(fleet.peers[a].version >= after[a] + 3 for a in OTHERS), 20)
         finally:
             await fleet.close()
             host.cancel()
@@ -240,5 +247,5 @@ def test_the_gossip_goes_on_while_the_host_restarts(
     with capture_logs() as logs:
         asyncio.run(main())
     assert not _mixed_after_revocation(logs)
-    values = [float(np.mean(fleet.peers[a].weights[0])) for a in IDS if a != REVOKED]
+    values = [float(np.mean(fleet.peers[a].weights[0])) for a in OTHERS]
     assert max(values) - min(values) < 0.5

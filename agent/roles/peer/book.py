@@ -4,15 +4,19 @@ present, and the bounded wait of one gossip step (ARCHITECTURE.md §14)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import structlog
 
+from agent.config import AgentConfig
+from agent.errors import ConfigError
 from agent.messages.peer_bodies import PeerHello, PeerModel
 from agent.messages.tensors import to_arrays
 from agent.roles.peer.mixing import Neighbour
+from agent.secagg.graph import neighbours
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +33,22 @@ class _Seen:
     revoked: bool = False  # its certificate was revoked: never waited for, sent to or mixed
     skipped: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+
+
+def graph_neighbours(config: AgentConfig) -> frozenset[str]:
+    """This agent's neighbours in the ``[p2p]`` graph.
+
+    Raises:
+        ConfigError: the agent is not in ``peers``, or no ``degree``-regular graph exists.
+    """
+    p2p = config.p2p
+    if config.agent_id not in p2p.peers:
+        raise ConfigError(f"[p2p] peers does not list this agent ({config.agent_id})")
+    seed = hashlib.sha256(p2p.seed.encode()).digest()
+    try:
+        return neighbours(p2p.peers, k=p2p.degree, seed=seed)[config.agent_id]
+    except ValueError as exc:
+        raise ConfigError(f"[p2p] degree = {p2p.degree}: {exc}") from exc
 
 
 class NeighbourBook:

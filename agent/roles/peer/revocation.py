@@ -14,7 +14,8 @@ every ``every`` s for NATS, at once after a change. Each peer (``PeerRevocations
 * refuses every message signed by a certificate whose serial the CRL lists (the
   ``Verifier``'s ``revoked`` check: the message is dropped, reason ``revoked``);
 * stops waiting for, sending to and mixing the named neighbours
-  (``book.NeighbourBook.revoke``: their held model is discarded).
+  (``book.NeighbourBook.revoke``: their held model is discarded);
+* stops itself (``AgentRevokedError``) when it is named.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import datetime as dt
 import structlog
 from cryptography import x509
 
-from agent.errors import ProtocolError
+from agent.errors import AgentRevokedError, ProtocolError
 from agent.identity.ca import CertificateAuthority, build_crl
 from agent.identity.registry import AgentStatus, Registry
 from agent.messages import topics
+from agent.messages.envelope import Message
 from agent.messages.peer_bodies import Revocations
 from agent.role import Identity
+from agent.roles.peer.book import NeighbourBook
 from agent.runtime.outbox import Outbox
 
 log = structlog.get_logger(__name__)
@@ -48,10 +51,14 @@ class BadRevocationsError(ProtocolError):
 
 
 class PeerRevocations:
-    """What one peer knows of revocations (see the module docstring)."""
+    """What one peer knows of revocations (see the module docstring); ``book`` (None in
+    unit tests) is told of each revoked neighbour."""
 
-    def __init__(self, ca_cert: x509.Certificate) -> None:
-        self._ca = ca_cert
+    def __init__(
+        self, ca_cert: x509.Certificate, *, agent_id: str = "", book: NeighbourBook | None = None
+    ) -> None:
+        self._ca, self._id, self._book = ca_cert, agent_id, book
+        self._self_revoked = asyncio.Event()
         self._updated: dt.datetime | None = None
         #: serials listed in the newest CRL held
         self.serials: frozenset[int] = frozenset()
@@ -86,6 +93,30 @@ class PeerRevocations:
         new = frozenset(body.agents) - self.agents
         self.agents = frozenset(body.agents)
         return new
+
+    async def on_message(self, message: Message[Revocations]) -> None:
+        """The ``revocations`` listener: a bad CRL is dropped with its reason; each newly
+        revoked neighbour leaves the book; our own id stops us (``stop_when_revoked``)."""
+        try:
+            new = self.update(message.body)
+        except BadRevocationsError as exc:
+            log.warning("message_dropped", reason=exc.reason, kind=str(message.kind))
+            return
+        for agent_id in sorted(new or ()):
+            if agent_id == self._id:
+                log.error("agent_revoked", consequence="stopping")
+                self._self_revoked.set()
+            elif self._book is not None:
+                self._book.revoke(agent_id)
+
+    async def stop_when_revoked(self) -> None:
+        """Raises ``AgentRevokedError`` once the CA host announced us revoked (the process
+        exits with its status, as a revoked trainer's does)."""
+        await self._self_revoked.wait()
+        raise AgentRevokedError(
+            f"agent {self._id!r} is revoked by the federation's CA: stopping; re-enroll (a new "
+            "token from the operator) to take part again"
+        )
 
 
 def revocations_of(ca: CertificateAuthority, registry: Registry) -> Revocations:

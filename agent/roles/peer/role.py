@@ -22,7 +22,6 @@ Metropolis-Hastings weights (``mixing.mix``), save (``state``), evaluate every
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
 import time
 from typing import Any
@@ -33,20 +32,20 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.base import Bus
 from agent.config import AgentConfig
-from agent.errors import ConfigError, PluginError
+from agent.errors import PluginError
 from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, Liveness
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
-from agent.messages.peer_bodies import PeerHello, PeerModel, Revocations
+from agent.messages.peer_bodies import PeerHello, PeerModel
 from agent.messages.tensors import to_tensors
 from agent.plugin.api import Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.peer import state
-from agent.roles.peer.book import NeighbourBook
+from agent.roles.peer.book import NeighbourBook, graph_neighbours
 from agent.roles.peer.mixing import mix
-from agent.roles.peer.revocation import BadRevocationsError, PeerRevocations
+from agent.roles.peer.revocation import PeerRevocations
 from agent.roles.peer.sketch import sketch
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
@@ -54,28 +53,11 @@ from agent.runtime.outbox import Outbox
 from agent.runtime.reassembly import Limits
 from agent.runtime.renewer import renewer_for
 from agent.runtime.tasks import task_group
-from agent.secagg.graph import neighbours
 
 log = structlog.get_logger(__name__)
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 #: Status messages after a step at most this often (s); the heartbeat sends them anyway.
 STATUS_EVERY = 1.0
-
-
-def graph_neighbours(config: AgentConfig) -> frozenset[str]:
-    """This agent's neighbours in the ``[p2p]`` graph.
-
-    Raises:
-        ConfigError: the agent is not in ``peers``, or no ``degree``-regular graph exists.
-    """
-    p2p = config.p2p
-    if config.agent_id not in p2p.peers:
-        raise ConfigError(f"[p2p] peers does not list this agent ({config.agent_id})")
-    seed = hashlib.sha256(p2p.seed.encode()).digest()
-    try:
-        return neighbours(p2p.peers, k=p2p.degree, seed=seed)[config.agent_id]
-    except ValueError as exc:
-        raise ConfigError(f"[p2p] degree = {p2p.degree}: {exc}") from exc
 
 
 class Peer:
@@ -122,14 +104,19 @@ class Peer:
             for a in self.book.ids
         }
         self._key = state.seal_key(config.state_dir) if credentials else None
-        self.revocations = PeerRevocations(credentials.ca) if credentials else None
+        self.revocations = (
+            PeerRevocations(credentials.ca, agent_id=self._id, book=self.book)
+            if credentials
+            else None
+        )
         self._renewer = (
             renewer_for(config, self._outbox, credentials.ca, tls) if credentials else None
         )
         registry = ListenerRegistry()
         registry.register(Kind.PEER_HELLO, self._on_hello, rounds=RoundPolicy.ANY)
         registry.register(Kind.PEER_MODEL, self._on_model, rounds=RoundPolicy.ANY)
-        registry.register(Kind.REVOCATIONS, self._on_revocations, rounds=RoundPolicy.ANY)
+        if self.revocations is not None:
+            registry.register(Kind.REVOCATIONS, self.revocations.on_message, rounds=RoundPolicy.ANY)
         if self._renewer is not None:
             registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
@@ -176,6 +163,8 @@ class Peer:
                     tg.create_task(self._heartbeat(), name="peer-heartbeat")
                     if self._renewer is not None:
                         tg.create_task(self._renewer.run(), name="peer-renew")
+                    if self.revocations is not None:  # we are revoked: stop
+                        tg.create_task(self.revocations.stop_when_revoked(), name="peer-revoked")
                     await self._bus.wait_connected()
                     self.ready.set()
                     await self._on_connect(False)  # the callback fires on later connects
@@ -303,17 +292,6 @@ class Peer:
             log.warning("peer_model_mismatch", sender=sender)
             return
         self.book.on_model(sender, message.body)
-
-    async def _on_revocations(self, message: Message[Revocations]) -> None:
-        if self.revocations is None:
-            return
-        try:
-            new = self.revocations.update(message.body)
-        except BadRevocationsError as exc:
-            log.warning("message_dropped", reason=exc.reason, kind=str(message.kind))
-            return
-        for agent_id in sorted(new or ()):
-            self.book.revoke(agent_id)
 
     async def _heartbeat(self) -> None:
         while True:
