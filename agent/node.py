@@ -42,7 +42,7 @@ from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
 from agent.roles.aggregator.service import serve as serve_aggregator
-from agent.roles.peer.revocation import announce_revocations
+from agent.roles.peer.announce import announce_revocations
 from agent.runtime.auth_callout import callout_for, serve_callout
 from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService

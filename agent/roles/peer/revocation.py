@@ -5,7 +5,7 @@ The broker already shuts a revoked device out (mosquitto's CRL, the NATS callout
 ``agent.runtime.evict``), but a peer does not rely on the broker alone: a model that was
 queued for it, or one that crosses a broker whose CRL lags, must not be mixed either. The
 aggregator host (which runs only the CA, enrollment, the CRL refresh and the callout in p2p
-mode) publishes ``revocations`` (``announce_revocations``): the CRL built from the registry
+mode) publishes ``revocations`` (``announce.announce_revocations``): the CRL built from the registry
 (RFC 5280 §5, DER, signed by the CA) and the agents revoked now, retained on MQTT and re-sent
 every ``every`` s for NATS, at once after a change. Each peer (``PeerRevocations``):
 
@@ -27,21 +27,12 @@ import structlog
 from cryptography import x509
 
 from agent.errors import AgentRevokedError, ProtocolError
-from agent.identity.ca import CertificateAuthority, build_crl
-from agent.identity.registry import AgentStatus, Registry
-from agent.messages import topics
 from agent.messages.envelope import Message
 from agent.messages.peer_bodies import Revocations
 from agent.role import Identity
 from agent.roles.peer.book import NeighbourBook
-from agent.runtime.outbox import Outbox
 
 log = structlog.get_logger(__name__)
-
-#: Seconds between the CA host's looks at the registry (and between re-sends, for NATS).
-ANNOUNCE_EVERY = 1.0
-#: Re-send an unchanged announcement at least this often (NATS retains nothing).
-RESEND_EVERY = 10.0
 
 
 class BadRevocationsError(ProtocolError):
@@ -117,37 +108,3 @@ class PeerRevocations:
             f"agent {self._id!r} is revoked by the federation's CA: stopping; re-enroll (a new "
             "token from the operator) to take part again"
         )
-
-
-def revocations_of(ca: CertificateAuthority, registry: Registry) -> Revocations:
-    """The announcement for the registry as it is now (a freshly signed CRL)."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    crl = build_crl(ca, registry.revoked_serials())
-    agents = sorted(r.agent_id for r in registry.agents() if r.status is AgentStatus.REVOKED)
-    return Revocations(crl=crl.public_bytes(Encoding.DER), agents=agents)
-
-
-async def announce_revocations(
-    outbox: Outbox,
-    ca: CertificateAuthority,
-    registry: Registry,
-    *,
-    every: float = ANNOUNCE_EVERY,
-    resend: float = RESEND_EVERY,
-) -> None:
-    """The CA host's side: publish ``revocations`` at start, within ``every`` s of a change
-    in the registry's revoked serials, and every ``resend`` s; until cancelled."""
-    loop = asyncio.get_running_loop()
-    held: tuple[object, ...] | None = None
-    sent_at = -resend
-    while True:
-        serials = await asyncio.to_thread(registry.revoked_serials)
-        key = tuple(s for s, _ in serials)
-        if key != held or loop.time() - sent_at >= resend:
-            body = await asyncio.to_thread(revocations_of, ca, registry)
-            if await outbox.try_send(topics.REVOCATIONS, body, round=0):
-                if key != held:
-                    log.info("revocations_announced", revoked=body.agents, serials=len(key))
-                held, sent_at = key, loop.time()
-        await asyncio.sleep(every)
