@@ -280,9 +280,10 @@ class Peer:
         sender = self._neighbour(message)
         if sender is None or not self.book.on_hello(sender, message.body):
             return
-        await self._hello(sender)
-        if self.done:  # a (re)started neighbour holds none of our models: our final one
+        if self.done:  # a (re)started neighbour holds none of our models: our final one,
+            # before the hello that says done (it would stop if we were done and modelless)
             await self._send_models(self.version, self._num_examples, only=sender)
+        await self._hello(sender)
 
     async def _on_model(self, message: Message[PeerModel]) -> None:
         sender = self._neighbour(message)
