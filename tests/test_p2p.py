@@ -277,3 +277,43 @@ def test_metropolis_mixing_keeps_the_mean_when_skips_are_mutual() -> None:
     assert np.mean(list(step({(i, j), (j, i)}).values())) == pytest.approx(mean)
     moved = np.mean(list(step({(i, j)}).values())) - mean
     assert moved == pytest.approx(-(x[j][0][0] - x[i][0][0]) / 4 / len(IDS))
+
+
+def test_a_done_peer_hands_its_final_model_to_a_neighbour_that_starts_late(
+    tmp_path: Path,
+) -> None:
+    """Peer a takes its two steps alone (b silent) and is done; b starts afterwards. a answers
+    b's hello with its final model before saying done, so b does not stop at once (nothing to
+    mix) but takes its three steps, each pulled halfway to a's final model."""
+    from agent.bus.base import BusSettings
+    from agent.bus.memory import MemoryBroker, MemoryBus
+
+    ids = ["a", "b"]
+    configs = {
+        "a": peer_config("a", "memory://", tmp_path, ids, degree=1, steps=2, wait=0.3),
+        "b": peer_config("b", "memory://", tmp_path, ids, degree=1, steps=3, wait=2.0),
+    }
+    broker = MemoryBroker()
+
+    async def main() -> Peer:
+        tasks = []
+        async with (
+            MemoryBus(broker, BusSettings(client_id="a")) as bus_a,
+            MemoryBus(broker, BusSettings(client_id="b")) as bus_b,
+        ):
+            a = Peer(config=configs["a"], bus=bus_a, plugin=CheckedPlugin("g", GossipPlugin(0.0)))
+            tasks.append(asyncio.create_task(a.run()))
+            await _until(lambda: a.done, 10)
+            b = Peer(config=configs["b"], bus=bus_b, plugin=CheckedPlugin("g", GossipPlugin(8.0)))
+            tasks.append(asyncio.create_task(b.run()))
+            try:
+                await _until(lambda: b.done, 10)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return b
+
+    b = asyncio.run(main())
+    assert b.version == 3
+    assert float(np.mean(b.weights[0])) == pytest.approx(1.0)  # 8 → 4 → 2 → 1
