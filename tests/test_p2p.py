@@ -317,3 +317,15 @@ def test_a_done_peer_hands_its_final_model_to_a_neighbour_that_starts_late(
     b = asyncio.run(main())
     assert b.version == 3
     assert float(np.mean(b.weights[0])) == pytest.approx(1.0)  # 8 → 4 → 2 → 1
+
+
+async def test_a_neighbour_that_says_it_is_leaving_is_not_waited_for() -> None:
+    """A clean stop (``leaving``) marks the neighbour absent at once: the next collect does
+    not wait for it (it returns long before its wait); its next message brings it back."""
+    book = NeighbourBook(["a"])
+    book.on_hello("a", PeerHello(degree=1, version=4, leaving=True))
+    assert book.present() == []
+    async with asyncio.timeout(20):  # the wait is 60 s: only a collect that waited trips it
+        assert await book.collect(60.0, step=5) == {}
+    book.on_hello("a", PeerHello(degree=1, version=4, reply=True))
+    assert book.present() == ["a"]
