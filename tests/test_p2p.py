@@ -329,3 +329,18 @@ async def test_a_neighbour_that_says_it_is_leaving_is_not_waited_for() -> None:
         assert await book.collect(60.0, step=5) == {}
     book.on_hello("a", PeerHello(degree=1, version=4, reply=True))
     assert book.present() == ["a"]
+
+
+def test_the_demos_mean_model_averages_floats_and_keeps_the_first_peers_integers() -> None:
+    from agent.demo.p2p_mean import mean_model
+
+    models = [
+        [np.array([1.0, 3.0], np.float32), np.array([5], np.int64)],
+        [np.array([3.0, 5.0], np.float32), np.array([9], np.int64)],
+    ]
+    mean = mean_model(models)
+    assert mean[0].dtype == np.float32
+    assert mean[0].tolist() == [2.0, 4.0]
+    assert mean[1].tolist() == [5]
+    with pytest.raises(ValueError, match="layout"):
+        mean_model([models[0], [np.zeros(3)]])

@@ -74,7 +74,7 @@ class FinalAccuracy:
 def final_accuracy(configs: Mapping[str, Path]) -> FinalAccuracy | None:
     """The accuracy of the peers' mean model and of each peer's model over every peer's test
     slice (see the module docstring); None when no peer saved a model or no plugin reports
-    ``accuracy``."""
+    ``accuracy``, or the saved models differ in layout."""
     loaded = {a: AgentConfig.load(path) for a, path in configs.items()}
     saved = {a: s[0] for a, c in loaded.items() if (s := state.load(c.state_dir)) is not None}
     if not saved:
@@ -86,7 +86,12 @@ def final_accuracy(configs: Mapping[str, Path]) -> FinalAccuracy | None:
             evaluators.append(load_plugin(config.plugin.name, context))
         except PluginError as exc:
             log.warning("final_model_not_evaluated", agent=agent_id, error=str(exc))
-    mean = _accuracy(evaluators, mean_model(list(saved.values())))
+    try:
+        average = mean_model(list(saved.values()))
+    except ValueError as exc:  # a peer saved another plugin's model: measure nothing
+        log.warning("final_model_not_evaluated", error=str(exc))
+        return None
+    mean = _accuracy(evaluators, average)
     if mean is None:
         return None
     peers = {a: _accuracy(evaluators, model) for a, model in saved.items()}
