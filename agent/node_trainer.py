@@ -49,7 +49,7 @@ async def run_trainer(config: AgentConfig) -> None:
         federation=config.federation,
         plugin=plugin.name,
     )
-    plugin = slowed(plugin, config.simulate.slowdown)
+    plugin = slowed(plugin, config.simulate.slowdown, config.simulate.fit_seconds)
     # a duty-cycled agent's roles come and go: each gets its own series (a role registers
     # its gauges once per registry; the served registry shows the first life only)
     cycled = config.simulate.duty_cycle < 1

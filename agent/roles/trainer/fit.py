@@ -10,6 +10,7 @@ Training runs in a worker thread (``asyncio.to_thread``) so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -66,6 +67,11 @@ class FitPath:
         #: awaited after a failed fit (the role sends its status: the aggregator sees this
         #: agent alive, and why it did not answer, so it is sampled again next round)
         self.on_failed: Callable[[], Awaitable[None]] | None = None
+        #: the aggregator's timestamp of this life's first admission (``join_accepted``): a
+        #: SecAgg+ fit_ins sent before it (an inbox resend after a restart) was for an
+        #: earlier life, whose keys the round relays; joining with fresh keys would make
+        #: every neighbour's shares fail to authenticate (``sent_before_admission``)
+        self.admitted_at: float | None = None
 
     async def on_fit_ins(self, message: Message[FitIns]) -> None:
         """``fit_ins``: start training for ``message.round``; a secure round advertises its
@@ -74,6 +80,9 @@ class FitPath:
         plaintext = ins.secagg is None and not ins.hold  # a held update is masked later
         if plaintext and self._config.trainer.require_secure_aggregation:
             log.warning("fit_refused", reason="plaintext_round", round=round_)
+            return
+        if ins.secagg is not None and message.envelope.timestamp < (self.admitted_at or math.inf):
+            log.warning("fit_refused", reason="sent_before_admission", round=round_)
             return
         self._progress.round = round_
         if self._secure is not None:

@@ -285,6 +285,8 @@ class Trainer:
                 "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
             )
         self._models.forget()
+        if self._fits.admitted_at is None:
+            self._fits.admitted_at = message.envelope.timestamp
         self._progress.enter(TrainerState.IDLE)
         self._admitted.set()
         log.info("join_accepted", aggregator=message.sender, round=self._progress.round)
