@@ -33,6 +33,7 @@ from agent.messages.ledger_bodies import LedgerRecords as LedgerRecords
 from agent.messages.ledger_bodies import LedgerRequest as LedgerRequest
 from agent.messages.peer_bodies import PeerHello as PeerHello
 from agent.messages.peer_bodies import PeerModel as PeerModel
+from agent.messages.peer_bodies import Revocations as Revocations
 from agent.messages.secagg_bodies import MAX_COHORT as MAX_COHORT
 from agent.messages.secagg_bodies import AdvertiseKeys as AdvertiseKeys
 from agent.messages.secagg_bodies import PeerKeys as PeerKeys
@@ -289,6 +290,9 @@ class FederationStatus(Body, frozen=True):
     #: this aggregator process (new on every start): agents admitted by another rejoin
     incarnation: Incarnation = ""
     run_id: Incarnation = ""
+    #: how often this incarnation's bus reconnected: a rise tells the trainers that what
+    #: they published meanwhile may be lost (its node died), so they publish it again
+    reconnects: Count = 0
 
 
 BODY_TYPES: dict[Kind, type[Body]] = {
@@ -321,5 +325,6 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.CHUNK_ACK: ChunkAck,
     Kind.PEER_HELLO: PeerHello,
     Kind.PEER_MODEL: PeerModel,
+    Kind.REVOCATIONS: Revocations,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -31,10 +31,12 @@ from agent.privacy.local import clip_result
 from agent.roles.trainer.async_fit import HeldUpdate
 from agent.roles.trainer.carried import beside
 from agent.roles.trainer.model import HeldModel, ModelStore
-from agent.roles.trainer.secure_fit import REFUSED, SecureFit
 from agent.roles.trainer.status import Progress, TrainerState
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import Worker
+
+if TYPE_CHECKING:  # SecAgg+ is imported by the first secure round (a light device, issue 15)
+    from agent.roles.trainer.secure_fit import SecureFit
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +93,8 @@ class FitPath:
         deadline = time.monotonic() + ins.deadline
         secure = None
         if ins.secagg is not None:
+            from agent.roles.trainer.secure_fit import REFUSED, SecureFit
+
             try:
                 secure = SecureFit.announced(
                     ins.secagg,
