@@ -4,10 +4,13 @@ An agent asks with ``join``; it is admitted when it speaks for itself (the body'
 the envelope's sender) and trains this federation's plugin. An admitted agent gets
 ``join_accepted`` (with the run's sealing key when identities are on) and the model in force
 in its inbox; a refused one ``join_rejected`` saying why. Joining again (after a reconnect)
-re-admits, but an admitted agent's repeated joins within ``rejoin_interval`` (1 s) of its
+re-admits, but an admitted agent's repeated joins within ``rejoin_interval`` (5 s) of its
 last answer are not answered again (``join_ignored reason=duplicate``, logged once per agent
-and window): a flood of joins costs one answer and one model. Once the run finished, joins
-are left for the next run's aggregator.
+and window): a flood of joins costs one answer and one model. (With 1 s, a fleet process
+still digesting its members' first answers re-sent their joins (``join_retry``, 2 s) and
+each was admitted again, the model re-sent and the inbox replayed: 1,153 admissions and
+460 MB of models for 300 agents, and round 1 missed its first stage; issue 15.) Once the
+run finished, joins are left for the next run's aggregator.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class Admission:
         wanted: int,
         seal_key: bytes | None,
         current: Callable[[], tuple[int, GlobalState]],
-        rejoin_interval: float = 1.0,
+        rejoin_interval: float = 5.0,
         incarnation: str = "",
         run_id: str = "",
         on_rejoin: Callable[[str], Awaitable[None]] | None = None,
