@@ -16,7 +16,8 @@ run, per case:
   ``raw_throughput``: the same bytes in chunk-size payloads published by ``--agents``
   processes at once through the same bus adapter (same client library) to one subscriber
   that only counts them, measured just before and just after the case in this process;
-  ``throughput_ratio`` = update / the mean of the two (the machine's load drifts);
+  ``throughput_ratio`` = update / the mean of the two (the machine's load drifts), and
+  ``transfer_ratio`` the same up to the last chunk kept (the transfer without the last fold);
 - ``load_average``: the 1-minute load average at the case's start and end.
 
     .venv/bin/python bench/models.py [--sizes 1e6 1e7 5e7] [--buses nats mqtt]
@@ -160,6 +161,7 @@ def run_case(
     throughput = (
         result["update_bytes"] / result["update_seconds"] if result["update_seconds"] else 0.0
     )
+    transfer = result["update_bytes"] / max(result["transfer_seconds"], 1e-9)
     return {
         "d": d,
         "mode": mode,
@@ -176,6 +178,7 @@ def run_case(
         "update_throughput": round(throughput),
         "raw_throughput": [round(raw_before), round(raw_after)],
         "throughput_ratio": round(throughput / raw, 3) if raw else None,
+        "transfer_ratio": round(transfer / raw, 3) if raw and transfer else None,
         "load_average": load,
         "timeline": result["timeline"],
     }

@@ -104,6 +104,7 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
 
     first: dict[int, float] = {}  # round → when its first update manifest came
     last: dict[int, float] = {}  # round → when its last update was folded in
+    kept: dict[int, float] = {}  # round → when the last chunk of its last update was kept
     begin, plain, secure = Reassembly.begin, PlainRound._keep, SecureRound.on_masked_input
 
     # round → [(event, seconds after the round's first update manifest)]: where a round's
@@ -126,6 +127,7 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
         transfer = add(self, topic, *a, **k)
         if transfer is not None and not transfer.missing and "/update/" in topic:
             note("complete")
+            kept[max(first)] = time.monotonic()
         return transfer
 
     def done(inner: Any) -> Any:
@@ -162,6 +164,7 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
         "update_bytes": chunk_bytes,
         "updates": updates,
         "update_seconds": sum(spans),
+        "transfer_seconds": sum(kept[r] - first[r] for r in first if r in kept),
         "peak_rss": peak_rss(),
         "timeline": {str(r): e for r, e in events.items()},
     }
