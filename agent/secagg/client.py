@@ -13,7 +13,7 @@ HKDF output of X25519(s_u^sk, s_v^pk) (+ when u < v, − otherwise, so pairs can
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -221,21 +221,10 @@ def collect_masked_input(
             block += noise[start : start + len(block)].astype(params.dtype)  # two's complement
         elif noise is not None:
             block += noise(len(block)).astype(params.dtype)  # mod 2^m, as the masks
-        _mask(stream, block, masks, start)
+        stream.apply(block, masks, start)
     y[-1] = weight_word(weight, params)
-    _mask(stream, y[-1:], masks, setup_.length)
+    stream.apply(y[-1:], masks, setup_.length)
     return y
-
-
-def _mask(
-    stream: MaskStream, block: RingVector, masks: Sequence[tuple[bytes, int]], offset: int
-) -> None:
-    """block ± PRG(seed) for every (seed, sign), the stream's words from ``offset``."""
-    for seed, direction in masks:
-        if direction > 0:
-            stream.add(block, seed, offset)
-        else:
-            stream.subtract(block, seed, offset)
 
 
 def unmask(

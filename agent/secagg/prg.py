@@ -13,6 +13,7 @@ modulo 2^m, which is exactly the ring's addition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,21 @@ class MaskStream:
     def subtract(self, target: RingVector, seed: bytes, offset: int = 0) -> None:
         """target −= PRG(seed)[offset : offset + len(target)] in Z_2^m, in place."""
         self._apply(target, seed, np.subtract, offset)
+
+    def apply(
+        self, target: RingVector, masks: Sequence[tuple[bytes, int]], offset: int = 0
+    ) -> None:
+        """target += Σ sign · PRG(seed)[offset : offset + len(target)] over ``masks``
+        ((seed, sign) pairs, sign ±1), segment by segment: every mask of a segment is applied
+        while it is in cache, one pass over ``target`` instead of one per seed.
+
+        Raises:
+            ValueError: as ``add``.
+        """
+        for start in range(0, len(target), SEGMENT_WORDS):
+            piece = target[start : start + SEGMENT_WORDS]
+            for seed, sign in masks:
+                self._apply(piece, seed, np.add if sign > 0 else np.subtract, offset + start)
 
     def _apply(self, target: RingVector, seed: bytes, op: Any, offset: int) -> None:
         _check(seed)
