@@ -12,7 +12,9 @@ run, per case:
 - ``aggregator_peak_rss`` / ``agent_peak_rss`` (bytes, VmHWM) and, beside the first, the
   target ``4 x model bytes + 200 MB``;
 - ``update_throughput``: update bytes the aggregator took in (reassembled, verified and
-  folded) per second, from the first manifest of a round to its last update, against
+  folded) per second while some update was in flight (the union of every update's interval
+  from its manifest to its fold: no gap where none was sent, as a trainer that got the model
+  late), against
   ``raw_throughput``: the same bytes in chunk-size payloads published by ``--agents``
   processes at once through the same bus adapter (same client library) to one subscriber
   that only counts them, measured just before and just after the case in this process;

@@ -103,8 +103,8 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
     from agent.runtime.reassembly import Reassembly
 
     first: dict[int, float] = {}  # round → when its first update manifest came
-    last: dict[int, float] = {}  # round → when its last update was folded in
-    kept: dict[int, float] = {}  # round → when the last chunk of its last update was kept
+    # (round, sender) → [manifest in, last chunk kept, folded in], time.monotonic()
+    spans: dict[tuple[int, str], list[float]] = {}
     begin, plain, secure = Reassembly.begin, PlainRound._keep, SecureRound.on_masked_input
 
     # round → [(event, seconds after the round's first update manifest)]: where a round's
@@ -112,30 +112,29 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
     events: dict[int, list[tuple[str, float]]] = {}
     add = Reassembly.add
 
-    def note(event: str) -> None:
+    def note(event: str, sender: str, slot: int) -> None:
         if first:
-            r = max(first)
-            events.setdefault(r, []).append((event, round(time.monotonic() - first[r], 3)))
+            r, now = max(first), time.monotonic()
+            events.setdefault(r, []).append((event, round(now - first[r], 3)))
+            span = spans.setdefault((r, sender), [now, now, now])
+            span[slot:] = [now] * (3 - slot)
 
     def on_begin(self: Any, topic: str, envelope: Any, *a: Any, **k: Any) -> Any:
         if "/update/" in topic:
             first.setdefault(envelope.round, time.monotonic())
-            note("manifest")
+            note("manifest", topic.rsplit("/", 1)[-1], 0)
         return begin(self, topic, envelope, *a, **k)
 
     def on_add(self: Any, topic: str, *a: Any, **k: Any) -> Any:
         transfer = add(self, topic, *a, **k)
         if transfer is not None and not transfer.missing and "/update/" in topic:
-            note("complete")
-            kept[max(first)] = time.monotonic()
+            note("complete", topic.rsplit("/", 1)[-1], 1)
         return transfer
 
     def done(inner: Any) -> Any:
-        def wrapped(self: Any, *a: Any) -> Any:
-            result = inner(self, *a)
-            if first:
-                last[max(first)] = time.monotonic()
-                note("folded")
+        def wrapped(self: Any, sender: str, *a: Any) -> Any:
+            result = inner(self, sender, *a)
+            note("folded", sender, 2)
             return result
 
         return wrapped
@@ -155,7 +154,6 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
         summary = await aggregator.run()
         chunk_bytes = aggregator.metrics.bytes_received.labels("chunk")._value.get()
     rounds = summary.rounds
-    spans = [last[r] - first[r] for r in first if r in last]
     updates = sum(len(r.survivors) for r in rounds)
     return {
         "rounds": len(rounds),
@@ -163,8 +161,8 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_round": sum(r.seconds for r in rounds) / max(1, len(rounds)),
         "update_bytes": chunk_bytes,
         "updates": updates,
-        "update_seconds": sum(spans),
-        "transfer_seconds": sum(kept[r] - first[r] for r in first if r in kept),
+        "update_seconds": busy([(a, c) for a, _, c in spans.values()]),
+        "transfer_seconds": busy([(a, b) for a, b, _ in spans.values()]),
         "peak_rss": peak_rss(),
         "timeline": {str(r): e for r, e in events.items()},
     }
@@ -204,6 +202,18 @@ async def raw_child(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(count):
                 tg.create_task(one())
     return {"published": count * len(payload)}
+
+
+def busy(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of ``intervals`` (their union's length): the time some
+    update was in flight, without the gaps where none was (a trainer still waiting for the
+    model, the round's other stages)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def wait_for(path: Path) -> None:
