@@ -218,12 +218,17 @@ class TrainerConfig(_Config, frozen=True):
         model_wait: seconds to wait for the global model a ``fit_ins`` refers to.
         require_secure_aggregation: refuse rounds that would send the update in the clear.
         heartbeat: seconds between ``status: online`` messages (liveness).
+        reveal_integer_arrays: under SecAgg+, send the trained model's integer arrays (a
+            BatchNorm's ``num_batches_tracked``) beside the masked input, sealed to the
+            aggregator, so they advance (``agent.strategy.carried``); false: send none
+            (they then keep the model in force's values unless other survivors send theirs).
     """
 
     join_retry: Positive = 2.0
     model_wait: Positive = 30.0
     require_secure_aggregation: bool = False
     heartbeat: Positive = 15.0
+    reveal_integer_arrays: bool = True
 
 
 class LoggingConfig(_Config, frozen=True):

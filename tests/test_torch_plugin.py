@@ -4,12 +4,13 @@ and threads, the conformance suite on ``digits-cnn``, and its ONNX export run by
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.errors import PluginError
+from agent.errors import ConfigError, PluginError
 from agent.plugin.api import PluginContext
 from agent.plugin.check import check_factory
 from agent.plugin.check_values import wire
@@ -19,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 from fedbus_torch import StateLayout, TorchTask, torch_plugin  # noqa: E402
 from fedbus_torch.examples import digits_cnn  # noqa: E402
-from fedbus_torch.runtime import resolve_device, thread_count  # noqa: E402
+from fedbus_torch.runtime import cuda_problem, resolve_device, thread_count  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,17 +84,54 @@ def test_bfloat16_travels_as_float32_and_comes_back() -> None:
 
 
 def test_device_and_threads() -> None:
-    """cpu is cpu; auto is cuda only when torch sees one; cuda without one is an error; 0
+    """cpu is cpu; auto is cuda only when torch can compute on one, else the CPU without a
+    warning; cuda without one, or an unknown device, is a ConfigError naming the option; 0
     threads is this machine's share per agent, never below one."""
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(PluginError, match="no CUDA device"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "no NVIDIA driver" warning would fail here
+        auto = resolve_device("auto")
+    assert auto.type == ("cuda" if cuda_problem() is None else "cpu")
+    if cuda_problem() is not None:
+        with pytest.raises(ConfigError, match=r"device = 'cuda', but torch "):
             resolve_device("cuda")
-    with pytest.raises(PluginError, match="device"):
+    with pytest.raises(ConfigError, match=r"\[plugin.options\] device"):
         resolve_device("tpu")
+    with pytest.raises(ConfigError, match="device"):
+        digits_cnn.create(PluginContext("a", {**SMALL, "device": "tpu"}))
     assert thread_count(3, 10) == 3
     assert thread_count(0, 10_000) == 1
+
+
+def test_cuda_without_a_gpu_stops_fedbus_run_with_one_line(tmp_path: Path) -> None:
+    """`fedbus run` of a digits-cnn trainer with device = "cuda" on a machine without a
+    usable GPU: exit status 2 and one error line naming the option and the README, no
+    traceback (the plugin is built before the bus is dialled: no broker needed)."""
+    if cuda_problem() is None:
+        pytest.skip("this machine has a usable CUDA device")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""role = "trainer"
+agent_id = "a1"
+federation = "fed"
+bus_url = "mqtt://127.0.0.1:1"
+state_dir = "{tmp_path / "state"}"
+
+[plugin]
+name = "digits-cnn"
+[plugin.options]
+device = "cuda"
+agent_index = 0
+num_agents = 10
+threads = 1
+"""
+    )
+    run = fedbus("run", "--config", str(config))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    (line,) = [x for x in run.stderr.splitlines() if x.startswith("fedbus: error:")]
+    assert "device = 'cuda'" in line
+    assert "README" in line
 
 
 def test_plugin_sets_its_threads_and_rejects_unknown_options() -> None:

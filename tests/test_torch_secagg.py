@@ -1,7 +1,7 @@
 """Integer arrays (BatchNorm's int64 ``num_batches_tracked``) are carried, not averaged and
 not masked: the seam in ``agent.strategy.update``, then a torch model with BatchNorm through
-SecAgg+ rounds on the in-memory bus, its dtypes and its counters intact; in the clear the new
-model takes the survivors' median counter (``agent.strategy.carried``)."""
+SecAgg+ rounds on the in-memory bus, its dtypes intact; on both paths the new model takes the
+survivors' median counter (``agent.strategy.carried``)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def _bn_task(seed: int) -> TorchTask:
 async def test_batchnorm_model_through_secagg_rounds_keeps_dtypes(tmp_path: Path) -> None:
     """Three torch agents, SecAgg+ on, two rounds: every update travelled masked, the global
     model has the initial dtypes, its float arrays moved, and the int64 counter (which every
-    agent advanced by 3 batches a round) is the model in force's, not a masked float mean."""
+    agent advanced by 3 batches a round, and sent beside its masked input) is the survivors'
+    median, 3 then 6, not a masked float mean nor the initial 0."""
     # Named "toy": the in-memory federation's configs name that plugin.
     plugins = {
         f"a{i}": CheckedPlugin(
@@ -129,11 +130,9 @@ async def test_batchnorm_model_through_secagg_rounds_keeps_dtypes(tmp_path: Path
     final = model.weights
     assert [a.dtype for a in final] == [a.dtype for a in initial]
     assert final[counter].dtype == np.int64
-    assert int(final[counter]) == int(initial[counter]) == 0
+    assert int(initial[counter]) == 0
+    assert int(final[counter]) == 6  # 48 examples / 16 a batch, two rounds
     assert not np.allclose(final[0], initial[0])
-    # The trained counters were 3 (48 examples / 16 a batch): proof the agents did train it.
-    trained = plugins["a0"].fit(final, {"round": 3})
-    assert int(trained.weights[counter]) == 3
 
 
 @pytest.mark.parametrize("norm_factor", [0.0, 10.0])  # streamed (fold.py), and kept whole

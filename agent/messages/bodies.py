@@ -207,10 +207,16 @@ class Finish(Body, frozen=True):
 
 class MaskedInput(Body, frozen=True):
     """SecAgg+ ``collect_masked_input``, agent → aggregator on its update topic: the masked
-    vector (1-D, uint32 or uint64, d + 1 words) trained from ``model_version``."""
+    vector (1-D, uint32 or uint64, d + 1 words) trained from ``model_version``.
+
+    ``carried``: the trained model's integer arrays (a BatchNorm's ``num_batches_tracked``),
+    in model order, beside the masked vector and in the clear to the aggregator (the body is
+    sealed to it); never a float array (``codec.validate_body``); empty when the trainer
+    reveals none (``agent.strategy.carried``)."""
 
     model_version: Version
     vector: Tensor
+    carried: Annotated[list[Tensor], msgspec.Meta(max_length=4096)] = []
 
 
 class Liveness(StrEnum):

@@ -4,8 +4,8 @@ A body of more than ``chunk_size`` bulk bytes travels as a ``Manifest`` (``Kind.
 an ordinary envelope: signed with identities on, HPKE-sealed when the kind it carries is
 sealed) followed by its chunks on the same topic. The *bulk* is the tensors' bytes in order
 (``model_para``, ``model_update``, ``masked_input``: the manifest's ``header`` is the body with
-those bytes left out) or, for any other kind, the whole msgpack body. A chunk is not an
-envelope but a frame::
+those bytes left out; a masked input's are its vector's, then its carried integer arrays')
+or, for any other kind, the whole msgpack body. A chunk is not an envelope but a frame::
 
     MAGIC (4) ‖ transfer id (16) ‖ index (uint32 LE) ‖ data
 
@@ -109,9 +109,12 @@ def split_body(body: Body) -> tuple[bytes, list[memoryview]]:
     if isinstance(body, GlobalModel | ModelUpdate):
         hollow: Body = msgspec.structs.replace(body, tensors=[_hollow(t) for t in body.tensors])
         return _encoder.encode(hollow), [memoryview(t.data) for t in body.tensors]
-    if isinstance(body, MaskedInput):
-        hollow = msgspec.structs.replace(body, vector=_hollow(body.vector))
-        return _encoder.encode(hollow), [memoryview(body.vector.data)]
+    if isinstance(body, MaskedInput):  # the vector's bytes, then the carried arrays'
+        tensors = [body.vector, *body.carried]
+        hollow = msgspec.structs.replace(
+            body, vector=_hollow(body.vector), carried=[_hollow(t) for t in body.carried]
+        )
+        return _encoder.encode(hollow), [memoryview(t.data) for t in tensors]
     return b"", [memoryview(_encoder.encode(body))]
 
 
@@ -120,7 +123,7 @@ def bulk_size(body: Body) -> int:
     if isinstance(body, GlobalModel | ModelUpdate):
         return sum(len(t.data) for t in body.tensors)
     if isinstance(body, MaskedInput):
-        return len(body.vector.data)
+        return len(body.vector.data) + sum(len(t.data) for t in body.carried)
     return len(_encoder.encode(body))
 
 
@@ -142,8 +145,8 @@ def join_body(kind: Kind, header: bytes, bulk: memoryview) -> Body:
         tensors, end = _fill(body.tensors, bulk)
         body = msgspec.structs.replace(body, tensors=tensors)
     elif isinstance(body, MaskedInput):
-        (vector,), end = _fill([body.vector], bulk)
-        body = msgspec.structs.replace(body, vector=vector)
+        (vector, *carried), end = _fill([body.vector, *body.carried], bulk)
+        body = msgspec.structs.replace(body, vector=vector, carried=carried)
     else:
         raise DecodeError(f"a {kind} body has no tensors to carry in chunks")
     if end != len(bulk):

@@ -126,6 +126,9 @@ def validate_body(body: Body) -> Body:
                 f"not {body.vector.dtype} {tuple(body.vector.shape)}"
             )
         to_array(body.vector)
+        for tensor in body.carried:  # integer arrays only: no float value in the clear
+            if to_array(tensor).dtype.kind == "f":
+                raise DecodeError(f"a masked input carries a float array ({tensor.dtype})")
     return body
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import PluginError
+from agent.errors import ConfigError, PluginError
 from agent.plugin.api import (
     ENTRY_POINT_GROUP,
     EvaluateResult,
@@ -113,10 +113,12 @@ def build_plugin(name: str, factory: Factory, context: PluginContext) -> Checked
 
     Raises:
         PluginError: the factory failed, or it returned something that is not a ``Plugin``.
+        ConfigError: the factory refused its options as unworkable here (e.g. a device the
+            machine does not have), raised as the plugin worded it.
     """
     try:
         plugin = factory(context)
-    except PluginError:
+    except (PluginError, ConfigError):
         raise
     except Exception as exc:
         raise PluginError(f"plugin {name!r} failed to load: {exc}") from exc
@@ -131,6 +133,7 @@ def load_plugin(name: str, context: PluginContext) -> CheckedPlugin:
     Raises:
         PluginError: no such plugin (the message lists the installed ones), the factory
             failed, or it returned something that is not a ``Plugin``.
+        ConfigError: the plugin refused its options (``build_plugin``).
     """
     _, factory = find_factory(name)
     return build_plugin(name, factory, context)

@@ -207,6 +207,24 @@ def _semantic(rng: random.Random, seed: Seed, seeds: list[Seed], t: Target) -> t
             topics.UPDATE.format(FED, AGENT),
             MaskedInput(model_version=0, vector=to_tensor(np.full(9, 2**31, np.uint32))),
         ),
+        (  # integer arrays beside it: a float one (refused), a huge or misshapen counter
+            topics.UPDATE.format(FED, AGENT),
+            MaskedInput(
+                model_version=0,
+                vector=to_tensor(np.zeros(9, np.uint32)),
+                carried=[
+                    to_tensor(
+                        rng.choice(
+                            [
+                                np.array([0.5], np.float32),
+                                np.array(2**62, np.int64),
+                                np.zeros((2, 3), np.int8),
+                            ]
+                        )
+                    )
+                ],
+            ),
+        ),
         (
             topics.JOIN.format(FED),
             JoinRequest(

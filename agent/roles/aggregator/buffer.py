@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.errors import RoundError
 from agent.plugin.api import Scalar, Weights, is_averaged
+from agent.strategy.carried import CarriedValues
 from agent.strategy.update import AggregatedUpdate, Delta, weighted_metrics
 
 
@@ -54,7 +55,8 @@ class Buffer:
     Args:
         size: K, the entries that fill it.
         like: the model's arrays (shapes; only floating-point arrays are summed, the
-            integer ones are carried with a zero delta, as ``strategy.update.model_delta``).
+            integer ones are carried with a zero delta, as ``strategy.update.model_delta``,
+            and the version takes the updates' lower median of them, ``carried``).
             None: a SecAgg+ buffer, which holds entries only.
     """
 
@@ -65,6 +67,9 @@ class Buffer:
         self._sum: Delta | None = (
             None if like is None else [np.zeros(a.shape, np.float64) for a in like]
         )
+        #: in the clear, the updates' integer arrays, whose lower median the version takes
+        #: (``strategy.carried``; under SecAgg+ its secure round collects them)
+        self.carried = CarriedValues(like if like is not None else [])
 
     @property
     def full(self) -> bool:
@@ -91,6 +96,7 @@ class Buffer:
         if (self._sum is None) != (weights is None or base is None):
             raise RoundError("a plain buffer folds weights; a SecAgg+ buffer holds none")
         if self._sum is not None and weights is not None and base is not None:
+            self.carried.add(entry.agent_id, weights)  # an agent's newer update replaces
             scale = float(entry.num_examples) * entry.weight
             for acc, w, b, averaged in zip(self._sum, weights, base, self._averaged, strict=True):
                 if averaged:

@@ -325,6 +325,7 @@ class Buffered:
         )
         if weights is None:
             return Outcome.failed(RoundFailure.MODEL_REJECTED)
+        weights = buffer.carried.apply(weights, update.survivors)  # integer arrays: median
         self._now.model = await asyncio.to_thread(GlobalState.of, self._now.round, weights)
         self.history[self._now.model.version] = self._now.model  # the next buffer's base
         return Outcome.of(weights, update, None)

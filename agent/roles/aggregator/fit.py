@@ -40,7 +40,7 @@ from agent.messages.envelope import Message
 from agent.privacy.config import PrivacyConfig
 from agent.privacy.engine import PrivacyEngine, RingPlan
 from agent.robust.settings import Aggregation
-from agent.roles.aggregator import private_update
+from agent.roles.aggregator import private_update, secure_carried
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.outcome import Outcome, RoundFailure
@@ -107,6 +107,8 @@ class CohortFit:
         self.late: frozenset[str] = frozenset()
         self._plain: PlainRound | None = None
         self._secure: SecureRound | None = None
+        #: the open SecAgg+ round's integer arrays, from the masked inputs it counted
+        self._carried = CarriedValues([])
         #: called with (round, stage) as each SecAgg+ stage closes (persisted, for a restart)
         self.on_stage: Callable[[int, str], None] | None = None
 
@@ -156,7 +158,7 @@ class CohortFit:
         elif isinstance(body, ShareKeys):
             secure.on_share_keys(sender, body)
         elif isinstance(body, MaskedInput):
-            secure.on_masked_input(sender, body)
+            secure_carried.receive(secure, self._carried, sender, body)
         elif isinstance(body, Unmask):
             secure.on_unmask(sender, body)
 
@@ -250,8 +252,9 @@ class CohortFit:
         """The strategy's step from the model in force: the one seam of both paths (after
         DP's noise and charge, ``private_update.release``). The new model passes the guard
         (``agent.robust.guard``) or is dropped, the strategy's state as before the step.
-        ``carried``: in the clear, the survivors' integer arrays, whose median the new model
-        takes (``agent.strategy.carried``)."""
+        ``carried``: the survivors' integer arrays (in the clear from their updates, under
+        SecAgg+ from beside their masked inputs), whose median the new model takes
+        (``agent.strategy.carried``)."""
         update, spent = await asyncio.to_thread(  # the accountant's RDP sums take ~0.1 s
             private_update.release,
             self.privacy,
@@ -288,6 +291,7 @@ class CohortFit:
             layout.length,
         )
         params = setup.params
+        self._carried = carried = CarriedValues(before.weights)
         self._secure = secure = SecureRound(
             outbox=self._outbox,
             setup=setup,
@@ -327,4 +331,4 @@ class CohortFit:
             self._secure = None
             self.late = frozenset(secure.late)
         update = private_update.secure_update(aggregate, before.weights, layout)
-        return await self._step(before, update, len(cohort), layout.plan)
+        return await self._step(before, update, len(cohort), layout.plan, carried=carried)

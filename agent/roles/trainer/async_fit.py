@@ -54,7 +54,8 @@ class HeldUpdate:
         """For the secure ``fit_ins`` of our buffer's round: the held update as (base,
         result) where base is named like ``ins``'s model and result's float arrays are
         x_base + s(τ)·(w - x_base), float64 (so the masked delta is s(τ)·(w - x_base));
-        the integer arrays are the base's. None (nothing held, or a config naming no
+        the integer arrays are the trained ones (sent beside the masked input, unweighted:
+        ``agent.roles.trainer.carried``). None (nothing held, or a config naming no
         staleness function: logged) and the update is given up either way."""
         held, self.held = self.held, None
         if held is None:
@@ -68,7 +69,7 @@ class HeldUpdate:
         weights = [
             np.asarray(b, np.float64) + s * (np.asarray(w, np.float64) - np.asarray(b, np.float64))
             if is_averaged(b)
-            else b
+            else w
             for w, b in zip(held.result.weights, held.base.weights, strict=True)
         ]
         base = HeldModel(ins.model_version, ins.model_sha256, held.base.weights)

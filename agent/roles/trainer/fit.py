@@ -28,6 +28,7 @@ from agent.plugin.api import FitResult
 from agent.plugin.loader import CheckedPlugin
 from agent.privacy.local import clip_result
 from agent.roles.trainer.async_fit import HeldUpdate
+from agent.roles.trainer.carried import beside
 from agent.roles.trainer.model import HeldModel, ModelStore
 from agent.roles.trainer.secure_fit import REFUSED, SecureFit
 from agent.roles.trainer.status import Progress, TrainerState
@@ -144,7 +145,8 @@ class FitPath:
                 if masked is None:
                     self._progress.enter(TrainerState.IDLE)
                     return
-                update = masked
+                reveal = self._config.trainer.reveal_integer_arrays
+                update = beside(masked, result.weights, reveal=reveal)
             self._progress.enter(TrainerState.IDLE)
             size = await self._outbox.try_send(
                 topics.UPDATE, update, round=round_, agent_id=self._id

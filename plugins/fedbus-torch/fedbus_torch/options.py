@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.errors import PluginError
+from agent.errors import ConfigError, PluginError
 from fedbus_torch.runtime import DEVICES
 
 #: The common options and their defaults.
@@ -44,6 +44,7 @@ class TorchOptions:
 
         Raises:
             PluginError: an unknown key, a missing required task option, or a bad value.
+            ConfigError: an unknown ``device``.
         """
         known = {**COMMON, **task}
         unknown = sorted(set(given) - set(known))
@@ -55,8 +56,8 @@ class TorchOptions:
             raise PluginError(f"{name}: option(s) {missing} are required")
         device = merged["device"]
         if device not in DEVICES:
-            raise PluginError(
-                f"{name}: option 'device' must be one of {list(DEVICES)}, got {device!r}"
+            raise ConfigError(
+                f"{name}: [plugin.options] device must be one of {list(DEVICES)}, got {device!r}"
             )
         return cls(
             device=device,

@@ -97,7 +97,8 @@ class TorchPlugin:
         """Build the model and load the data.
 
         Raises:
-            PluginError: bad options, a device that is not there, or a factory that failed.
+            ConfigError: option ``device`` names an unknown or unusable device.
+            PluginError: other bad options, or a factory that failed.
         """
         self.task = task
         self.options = TorchOptions.parse(task.name, context.options, task.options)
