@@ -144,7 +144,8 @@ def run_case(
         p.wait(60)
     if keep := os.environ.get("FEDBUS_BENCH_LOGS"):  # a directory: keep the children's logs
         for log in tmp.glob("*.log"):
-            (Path(keep) / f"{mode}-{d}-{agents}-{log.name}").write_bytes(log.read_bytes())
+            name = f"{url.split(':')[0]}-{mode}-{d}-{agents}-{log.name}"
+            (Path(keep) / name).write_bytes(log.read_bytes())
     load.append(round(os.getloadavg()[0], 2))
     statuses = {"agg": code, **{k: v for k, v in early.items() if v is not None}}
     if code != 0:
@@ -171,6 +172,8 @@ def run_case(
         "wall_seconds": round(wall, 2),
         "survivors": result["survivors"],
         "seconds_per_round": round(result["seconds_per_round"], 3),
+        # round 1 also carries the initial model's delivery to every joiner
+        "round_seconds": [round(x, 3) for x in result["round_seconds"]],
         "chunks_per_update": chunking_plan(int(update_bytes_each), args.chunk_size).chunks,
         "update_bytes_per_param": round(update_bytes_each / d, 4),
         "round_bytes_in": int(per_round_bytes),
@@ -229,6 +232,10 @@ def main() -> None:
         if plain.get("seconds_per_round") and secure.get("seconds_per_round"):
             ratio = secure["seconds_per_round"] / plain["seconds_per_round"]
             results[f"{bus}_secagg_to_plain_round_at_10m"] = round(ratio, 3)
+            later = sum(secure["round_seconds"][1:]), sum(plain["round_seconds"][1:])
+            if all(later):  # rounds after the first: the steady state
+                steady = round(later[0] / later[1], 3)
+                results[f"{bus}_secagg_to_plain_later_rounds_at_10m"] = steady
     print(json.dumps(results, indent=2))
     if any("failed" in c for c in results["cases"]):
         sys.exit(1)  # a run that did not do its job never exits 0

@@ -77,7 +77,9 @@ def config_for(args: argparse.Namespace, role: Role, agent_id: str) -> AgentConf
         bus_url=args.url,
         state_dir=Path(args.state) / agent_id,
         plugin=PluginConfig(name="bench"),
-        trainer=TrainerConfig(join_retry=0.5, model_wait=600.0),
+        # the default join retry: a retry while the model is still on its way to the
+        # trainer's inbox makes the aggregator push the whole model again
+        trainer=TrainerConfig(model_wait=600.0),
         transfer=TransferConfig(chunk_size=args.chunk_size, timeout=600.0),
         aggregator=AggregatorConfig(
             rounds=args.rounds,
@@ -159,6 +161,7 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": len(rounds),
         "survivors": [len(r.survivors) for r in rounds],
         "seconds_per_round": sum(r.seconds for r in rounds) / max(1, len(rounds)),
+        "round_seconds": [r.seconds for r in rounds],
         "update_bytes": chunk_bytes,
         "updates": updates,
         "update_seconds": busy([(a, c) for a, _, c in spans.values()]),
