@@ -144,7 +144,7 @@ def run_case(
         p.wait(60)
     if keep := os.environ.get("FEDBUS_BENCH_LOGS"):  # a directory: keep the children's logs
         for log in tmp.glob("*.log"):
-            name = f"{url.split(':')[0]}-{mode}-{d}-{agents}-{log.name}"
+            name = f"{url.split(':', maxsplit=1)[0]}-{mode}-{d}-{agents}-{log.name}"
             (Path(keep) / name).write_bytes(log.read_bytes())
     load.append(round(os.getloadavg()[0], 2))
     statuses = {"agg": code, **{k: v for k, v in early.items() if v is not None}}
