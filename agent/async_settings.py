@@ -43,10 +43,16 @@ class AsyncConfig(
 ):
     """``[aggregator.async]`` (used when ``[aggregator] mode = "async"``).
 
+    The defaults follow FedBuff (Nguyen et al. 2022, §5-6): K = 10 updates per version, the
+    setting the paper's experiments use, many more agents training than K (so that no agent
+    waits for a version: a fleet smaller than ``concurrency`` keeps every agent training),
+    s(τ) = 1/√(1+τ), and the server step of ``[aggregator.strategy]`` (FedAvg: x + Δ).
+
     Attributes:
         concurrency: at most this many agents train at once (FedBuff's concurrency).
         buffer_size: K, the updates aggregated into each new model version (FedBuff's K);
-            under SecAgg+ the size of each buffer's secure round.
+            under SecAgg+ the size of each buffer's secure round, filled by K distinct
+            agents (each holds one update): the fleet needs K agents online.
         staleness: the function s(τ) (``Staleness``).
         exponent: a of ``polynomial``.
         hinge_a, hinge_b: a and b of ``hinge`` (Xie et al. 2019 use a = 10, b = 4).
@@ -54,8 +60,8 @@ class AsyncConfig(
             refused (``too_stale``).
     """
 
-    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 10
-    buffer_size: Annotated[int, msgspec.Meta(ge=1)] = 5
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 100
+    buffer_size: Annotated[int, msgspec.Meta(ge=1)] = 10
     staleness: Staleness = Staleness.POLYNOMIAL
     exponent: NonNegative = 0.5
     hinge_a: NonNegative = 10.0

@@ -47,7 +47,10 @@ def configure_logging(
         raise ConfigError(f"logging format {fmt!r} is not one of auto, json, console")
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+        # plain tracebacks: rich is not imported by fedbus (agent/__init__.py)
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if console
+        else structlog.processors.JSONRenderer()
     )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

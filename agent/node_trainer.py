@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,11 +22,13 @@ from agent.plugin.api import PluginContext
 from agent.plugin.loader import CheckedPlugin, load_plugin
 from agent.plugin.slowed import slowed
 from agent.roles.liveness import status_will
-from agent.roles.peer import Peer
 from agent.roles.trainer import Trainer
 from agent.runtime.duty import duty_cycled
 from agent.runtime.metrics import Metrics
 from agent.runtime.sdnotify import serve_role
+
+if TYPE_CHECKING:
+    from agent.roles.peer import Peer
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +52,7 @@ async def run_trainer(config: AgentConfig) -> None:
         federation=config.federation,
         plugin=plugin.name,
     )
-    plugin = slowed(plugin, config.simulate.slowdown)
+    plugin = slowed(plugin, config.simulate.slowdown, config.simulate.fit_seconds)
     # a duty-cycled agent's roles come and go: each gets its own series (a role registers
     # its gauges once per registry; the served registry shows the first life only)
     cycled = config.simulate.duty_cycle < 1
@@ -67,6 +70,8 @@ async def _serve(
     async with open_bus(config, bus_settings(config, will=status_will(config)), tls) as bus:
         role: Trainer | Peer
         if config.aggregator.mode is TrainingMode.P2P:
+            from agent.roles.peer import Peer  # only a P2P device needs it
+
             role = Peer(config=config, bus=bus, plugin=plugin, metrics=metrics, tls=tls)
         else:
             role = Trainer(config=config, bus=bus, plugin=plugin, metrics=metrics, tls=tls)

@@ -58,6 +58,11 @@ class SimulateConfig(_Table, frozen=True):
     Attributes:
         slowdown: every ``fit`` takes this many times its own duration (it sleeps the
             difference after the plugin returns); 1 is as fast as the machine.
+        fit_seconds: the simulated compute time of one ``fit`` on a normal device, in
+            seconds: a fit that returns sooner sleeps the rest, before ``slowdown`` scales
+            it (a fit takes ``slowdown x max(own duration, fit_seconds)``); 0: off. Lets a
+            benchmark give a small model the fit time of a real device, so that a 5x slower
+            device really paces a synchronous round (``bench/modes.py``).
         duty_cycle: the fraction of each ``period`` the agent is connected; below 1 it
             closes its bus connection (a clean stop: ``offline``) for the rest of the
             period and comes back with its state from ``state_dir``.
@@ -66,6 +71,7 @@ class SimulateConfig(_Table, frozen=True):
     """
 
     slowdown: Annotated[float, msgspec.Meta(ge=1)] = 1.0
+    fit_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     duty_cycle: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
     period: Positive = 20.0
     phase: Annotated[float, msgspec.Meta(ge=0)] = 0.0

@@ -11,17 +11,24 @@ Prints JSON with:
   what systemd's ``Type=notify`` waits for: the broker session is up with the trainer's
   subscriptions acknowledged, the plugin already loaded), for the minimal plugin and for
   ``digits-mlp``, whose first start (``cold``: empty state dir) builds its shard cache and
-  whose later starts (``warm``, median of ``--starts``) read it; with the process's CPU
-  seconds (user + system) to READY.
+  whose later starts (``warm``, ``--starts`` of them) read it: the wall seconds (minimum and
+  median) and the process's CPU seconds (all threads, from ``/proc/PID/task/*/schedstat``,
+  ns) to READY (minimum and median). On a loaded machine the wall time is mostly waiting for
+  a core; the minimum of several starts, and the CPU seconds, are the figures to compare.
 - ``idle``: a trainer with a minimal numpy plugin (three arrays, written by this script as a
   plugin distribution on ``PYTHONPATH``), admitted by a real aggregator that waits for a
   second agent (so no round starts), then left alone for ``--idle`` s: its RSS (VmRSS), peak
-  RSS (VmHWM) and PSS (smaps_rollup) at the end, and its CPU use over the window (utime +
-  stime from ``/proc/PID/stat``, as % of one core). The same for ``digits-mlp`` (memory
-  only, its shard read from the cache its starts wrote, connected but not admitted).
+  RSS (VmHWM) and PSS (smaps_rollup) at the end, its CPU use over the window (schedstat, all
+  threads, as % of one core) and its wake-ups (context switches of all threads) per second,
+  by thread name. The same for ``digits-mlp`` (memory only, its shard read from the cache
+  its starts wrote, connected but not admitted).
+- ``targets``: each figure over its target (≤ 1 meets it) and the load average when measured.
+- ``reference``: the CPU seconds of ``python -c "import numpy"`` here (minimum of 3), a yardstick
+  for how slow this machine is at the moment, and the READY CPU in units of it: a loaded or
+  slow machine inflates both alike, so ``ready_cpu_in_numpy_imports`` compares across runs.
 
 Targets (issue 15): idle minimal trainer ≤ 60 MB RSS and ≤ 0.1 % CPU; ``fedbus run`` to READY
-≤ 0.3 s with digits-mlp. On a loaded machine the wall times grow; the CPU seconds less so.
+≤ 0.3 s with digits-mlp.
 
     .venv/bin/python bench/agent_footprint.py [--bus mqtt|nats] [--idle 30] [--starts 3]
         [--status-every 5] [--without rich]
@@ -33,8 +40,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,54 +48,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from footprint_process import Agent, write_minimal_plugin  # bench/, beside this script
+
 from agent.brokers import EmbeddedBroker
 from agent.config import AgentConfig, AggregatorConfig, LoggingConfig, PluginConfig
+from agent.logs import configure_logging
 from agent.role import Role
 
-FEDBUS = str(Path(sys.executable).with_name("fedbus"))
 FEDERATION = "footprint"
-TICKS = os.sysconf("SC_CLK_TCK")
+#: issue 15's targets
+TARGET_RSS_MB, TARGET_IDLE_CPU_PERCENT, TARGET_READY_SECONDS = 60.0, 0.1, 0.3
 WATCHED = ("agent.roles.aggregator", "prometheus_client", "sklearn", "scipy")
-
-MINIMAL_PLUGIN = '''"""The smallest useful plugin: numpy only, three float32 arrays."""
-import numpy as np
-from agent.plugin.api import EvaluateResult, FitResult
-
-
-class Minimal:
-    def get_weights(self):
-        return [np.zeros((8, 4), np.float32), np.zeros(4, np.float32), np.zeros(1, np.float32)]
-
-    def num_examples(self):
-        return 10
-
-    def fit(self, weights, config):
-        return FitResult([w + 1 for w in weights], 10, {})
-
-    def evaluate(self, weights, config):
-        return EvaluateResult(0.0, 10, {"accuracy": 1.0})
-
-
-def create(context):
-    return Minimal()
-'''
-
-
-def write_minimal_plugin(root: Path) -> Path:
-    """A distribution ``footprint-minimal`` with entry point ``minimal`` under ``root``
-    (a ``PYTHONPATH`` entry): ``importlib.metadata`` finds its dist-info there."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "footprint_minimal.py").write_text(MINIMAL_PLUGIN, encoding="utf-8")
-    info = root / "footprint_minimal-0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: footprint-minimal\nVersion: 0\n", encoding="utf-8"
-    )
-    (info / "entry_points.txt").write_text(
-        "[fedbus.plugins]\nminimal = footprint_minimal:create\n", encoding="utf-8"
-    )
-    return root
-
 
 #: digits-mlp's shard: agent 0 of the demo's 10.
 DIGITS_OPTIONS = {"agent_index": 0, "num_agents": 10}
@@ -109,66 +77,6 @@ def config(role: Role, agent_id: str, url: str, state: Path, plugin: str, **kw: 
         logging=LoggingConfig(level="info", format="json"),
         **kw,
     )
-
-
-class Agent:
-    """``fedbus run`` of one config, with a ``$NOTIFY_SOCKET`` of its own."""
-
-    def __init__(self, path: Path, log: Path, env: dict[str, str]) -> None:
-        self.notify_path = path.with_suffix(".notify")
-        self.notify_path.unlink(missing_ok=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.notify_path))
-        self.log = log.open("wb")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [FEDBUS, "run", "--config", str(path)],
-            env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_for(self, word: str, timeout: float = 60.0) -> float:
-        """Seconds from spawn until a notification containing ``word`` arrived."""
-        deadline = time.perf_counter() + timeout
-        while (left := deadline - time.perf_counter()) > 0:
-            self.sock.settimeout(min(left, 0.5))
-            try:
-                data = self.sock.recv(4096).decode()
-            except TimeoutError:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"the agent exited; see {self.log.name}") from None
-                continue
-            if word in data:
-                return time.perf_counter() - self.started
-        raise SystemExit(f"no {word!r} from the agent in {timeout} s; see {self.log.name}")
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-
-    def memory(self) -> dict[str, float]:
-        status = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
-        kb = {line.split(":")[0]: int(line.split()[1]) for line in status if line.endswith("kB")}
-        rollup = Path(f"/proc/{self.process.pid}/smaps_rollup").read_text().splitlines()
-        pss = next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
-        return {
-            "rss_mb": round(kb["VmRSS"] / 1000, 1),
-            "peak_rss_mb": round(kb["VmHWM"] / 1000, 1),
-            "pss_mib": round(pss / 1024, 1),
-        }
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.sock.close()
-        self.log.close()
 
 
 def imports(stderr: str) -> dict[str, Any]:
@@ -258,11 +166,15 @@ def idle(
     time.sleep(2.0)  # let the join's replies settle
     result: dict[str, Any] = {"ready_seconds": round(ready, 3)}
     if seconds:
-        cpu0, t0 = agent.cpu_seconds(), time.perf_counter()
+        cpu0, woke0, t0 = agent.cpu_seconds(), agent.wakeups(), time.perf_counter()
         time.sleep(seconds)
         cpu, wall = agent.cpu_seconds() - cpu0, time.perf_counter() - t0
-        result["cpu_percent"] = round(100 * cpu / wall, 3)
-        result["cpu_seconds"] = round(cpu, 3)
+        woke = agent.wakeups()
+        result["cpu_percent"] = round(100 * cpu / wall, 4)
+        result["cpu_seconds"] = round(cpu, 4)
+        result["wakeups_per_second"] = {
+            name: round((n - woke0.get(name, 0)) / wall, 2) for name, n in sorted(woke.items())
+        }
     result.update(agent.memory())
     agent.stop()
     agents.remove(agent)
@@ -277,7 +189,8 @@ def starts(url: str, tmp: Path, env: dict[str, str], count: int) -> dict[str, An
         ("digits-mlp", "digits_mlp_cold", True),
         ("digits-mlp", "digits_mlp_warm", False),
     ]:
-        walls, cpus = [], []
+        walls: list[float] = []
+        cpus: list[float] = []
         state = tmp / f"start-{plugin}"
         for i in range(1 if fresh else count):
             if fresh:
@@ -292,16 +205,41 @@ def starts(url: str, tmp: Path, env: dict[str, str], count: int) -> dict[str, An
                 cpus.append(agent.cpu_seconds())
             finally:
                 agent.stop()
-        out[label] = round(statistics.median(walls), 3)
-        out[f"{label}_cpu"] = round(statistics.median(cpus), 3)
+        out[label] = {
+            "wall_min": round(min(walls), 3),
+            "wall_median": round(statistics.median(walls), 3),
+            "cpu_min": round(min(cpus), 3),
+            "cpu_median": round(statistics.median(cpus), 3),
+        }
     return out
+
+
+def numpy_import_cpu() -> float:
+    """CPU seconds of a fresh interpreter importing numpy: the minimum of 3."""
+    code = "import time, numpy; print(time.process_time())"
+    runs = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+        for _ in range(3)
+    ]
+    return round(min(runs), 3)
+
+
+def targets(results: dict[str, Any]) -> dict[str, float]:
+    """Each figure over its issue-15 target: ≤ 1 meets it."""
+    idle, warm = results["idle"]["minimal"], results["ready_seconds"]["digits_mlp_warm"]
+    return {
+        "idle_rss_over_60_mb": round(idle["rss_mb"] / TARGET_RSS_MB, 3),
+        "idle_cpu_over_0_1_percent": round(idle["cpu_percent"] / TARGET_IDLE_CPU_PERCENT, 3),
+        "digits_ready_wall_min_over_0_3_s": round(warm["wall_min"] / TARGET_READY_SECONDS, 3),
+        "digits_ready_cpu_min_over_0_3_s": round(warm["cpu_min"] / TARGET_READY_SECONDS, 3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bus", choices=["mqtt", "nats"], default="mqtt")
     parser.add_argument("--idle", type=float, default=30.0, help="idle window, s")
-    parser.add_argument("--starts", type=int, default=3, help="warm starts per plugin")
+    parser.add_argument("--starts", type=int, default=5, help="warm starts per plugin")
     parser.add_argument(
         "--status-every",
         type=float,
@@ -316,9 +254,22 @@ def main() -> None:
         "structlog imports it when installed; fedbus does not depend on it)",
     )
     args = parser.parse_args()
+    configure_logging(stream=sys.stderr)  # the broker's lines; stdout is the JSON alone
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedbus-footprint-") as tmp:
         results = run(args, Path(tmp))
-    results["load_average_1min"] = round(os.getloadavg()[0], 2)
+    results["targets"] = targets(results)
+    numpy_cpu = numpy_import_cpu()
+    warm = results["ready_seconds"]["digits_mlp_warm"]["cpu_min"]
+    results["reference"] = {
+        "cpu_import_numpy": numpy_cpu,
+        "ready_cpu_in_numpy_imports": round(warm / numpy_cpu, 2),
+    }
+    results["load_average"] = {
+        "before_1_5_15min": [round(x, 2) for x in load_before],
+        "after_1_5_15min": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(results, indent=2))
 
 

@@ -7,7 +7,8 @@ under SecAgg+, on a heterogeneous fleet: accuracy against wall time, one JSON re
 Every run: digits (``digits-mlp``, Dirichlet alpha = 0.5, seed 0), ``--agents`` in-process
 trainers and the aggregator on one in-memory bus (identities off: no signatures or sealing;
 the protocol, the rounds and the SecAgg+ crypto are the real ones). Every fit takes a
-simulated device time of ``BASE_FIT`` s, ``--slowdown`` times that on the ``--slow`` slow
+simulated device time of ``BASE_FIT`` s (``[simulate] fit_seconds``, the seam ``bench/modes.py``
+and ``fedbus demo --fit-seconds`` use), ``--slowdown`` times that on the ``--slow`` slow
 agents. Sync: every round waits for every agent (the slowest paces it). Async: K = agents/2
 updates per version, every agent training (concurrency = agents), s(τ) = 1/√(1+τ). Each run
 lasts ``--seconds``; federated evaluation after every round/version. Reported per mode: the
@@ -22,7 +23,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ from agent.config import (
     TrainerConfig,
     TrainingMode,
 )
-from agent.plugin.api import FitResult, PluginContext, Scalar, Weights
+from agent.plugin.api import PluginContext
 from agent.plugin.loader import CheckedPlugin, find_factory
+from agent.plugin.slowed import slowed
 from agent.role import Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundRecord
@@ -48,23 +50,6 @@ from agent.roles.trainer import Trainer
 #: Simulated seconds of one fit on a normal device.
 BASE_FIT = 0.3
 TARGETS = (0.90, 0.93)
-
-
-class Slowed:
-    """A plugin whose ``fit`` also takes ``delay`` seconds (the device's compute time)."""
-
-    def __init__(self, inner: Any, delay: float) -> None:
-        self._inner = inner
-        self._delay = delay
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
-        started = time.perf_counter()
-        result = self._inner.fit(weights, config)
-        time.sleep(max(0.0, self._delay - (time.perf_counter() - started)))
-        return result  # type: ignore[no-any-return]
 
 
 class Curve:
@@ -81,11 +66,13 @@ class Curve:
         self.points.append((time.perf_counter() - self.start, record.round, record.accuracy))
 
 
-def plugin(index: int, agents: int, delay: float) -> CheckedPlugin:
+def plugin(index: int, agents: int, slowdown: float) -> CheckedPlugin:
+    """Agent ``index``'s digits plugin through the ``[simulate]`` seam (``agent.plugin.slowed``,
+    as every ``fedbus run``): each fit takes ``slowdown x max(its time, BASE_FIT)``."""
     options = {"agent_index": index, "num_agents": agents, "partition": "dirichlet", "alpha": 0.5}
     _, factory = find_factory("digits-mlp")
     raw = factory(PluginContext(f"a{index}", options))
-    return CheckedPlugin("digits-mlp", Slowed(raw, delay))
+    return slowed(CheckedPlugin("digits-mlp", raw), slowdown, BASE_FIT)
 
 
 def schedule(mode: str, agents: int) -> AggregatorConfig:
@@ -123,8 +110,9 @@ async def run(
         bus = MemoryBus(broker, BusSettings(client_id=f"a{i}"))
         await bus.__aenter__()
         buses.append(bus)
-        delay = BASE_FIT * (slowdown if i < slow else 1.0)
-        trainer = Trainer(config=config, bus=bus, plugin=plugin(i, agents, delay))
+        trainer = Trainer(
+            config=config, bus=bus, plugin=plugin(i, agents, slowdown if i < slow else 1.0)
+        )
         tasks.append(asyncio.create_task(trainer.run()))
     config = AgentConfig(
         role=Role.AGGREGATOR,
@@ -140,7 +128,7 @@ async def run(
             config=config,
             bus=bus,
             plugin_name="digits-mlp",
-            initial_weights=plugin(0, agents, 0).get_weights(),
+            initial_weights=plugin(0, agents, 1.0).get_weights(),
             observer=curve,
         )
         curve.start = time.perf_counter()

@@ -2,6 +2,21 @@
 heterogeneous fleet (issue 17): the digits MLP, 20 agent processes of which 5 fit 5x slower
 and 5 are connected half of every ``--duty-period`` seconds, fixed seeds, one run each.
 
+Every fit takes a simulated device compute time of ``--fit-seconds`` (``[simulate]
+fit_seconds``: a fit that returns sooner sleeps the rest; the slow agents' ``slowdown``
+scales it), the same seam in every mode: without it a digits fit lasts milliseconds, 5x
+slower is still quick and the slow agents never pace a synchronous round. Sync runs
+``--rounds`` rounds, each paced by its slowest member (``slowdown x fit_seconds``); async
+(K = half the fleet, every agent training) runs as many versions as the fleet's fast,
+online agents make K fits in that time, were the fits the only cost (``rounds x slowdown x
+fast online agents / K``): about sync's training time. Its ``final_accuracy`` is at the end
+of its own run; ``accuracy_at_sync_end`` is its accuracy at sync's last training second,
+the like-for-like comparison that ``final_minus_sync_points`` uses; ``last5_*`` are the same
+with the mean of the last 5 evaluations instead of the last one (``last5``). Async SecAgg+ is
+compared with sync as well and with ``sync_secagg`` (the same security: each version and each
+round costs a SecAgg+ round, ``*_over_sync_secagg``); it runs at most ``--secagg-versions``
+versions (each one a secure round of K agents, slow on a loaded 2-core machine).
+
 Prints JSON: per mode the accuracy against training time (``curve``: [seconds, accuracy]),
 ``seconds_to_target`` (first time the accuracy reached ``--target``), ``final_accuracy``,
 ``wall_seconds`` (the whole ``fedbus demo``, process starts and enrollment included) and
@@ -14,6 +29,10 @@ test slices. A mode this install lacks (async before its branch is merged) is an
 ``"available": false`` and the reason.
 
     .venv/bin/python bench/modes.py [--agents 20] [--rounds 20] [--p2p-steps 40] [--bus nats]
+        [--fit-seconds 0.5]
+
+Each entry also gives the load average (1 min) before and after its run: the machine is
+shared, and a loaded one stretches every mode's times.
 """
 
 from __future__ import annotations
@@ -21,6 +40,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +56,7 @@ from agent.errors import ConfigError
 MODES = (
     ("sync", "sync", "none"),
     ("async", "async", "none"),
+    ("sync_secagg", "sync", "secagg+"),
     ("async_secagg", "async", "secagg+"),
     ("p2p", "p2p", "none"),
 )
@@ -59,7 +81,15 @@ def curve(result: DemoResult) -> list[tuple[float, float]]:
     return points
 
 
+def last5(points: list[tuple[float, float]]) -> float | None:
+    """The mean of the last 5 evaluations: each evaluates the agents online at that moment
+    (the duty-cycled ones come and go), so one evaluation moves by a point or two."""
+    tail = [acc for _, acc in points[-5:]]
+    return round(sum(tail) / len(tail), 4) if tail else None
+
+
 def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     try:
         result = run_demo(options, out=io.StringIO())
@@ -72,10 +102,13 @@ def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
     return {
         "available": True,
         "aggregator_in_loop": options.mode != "p2p",
+        "rounds": options.rounds,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "wall_seconds": round(time.perf_counter() - started, 2),
         "training_seconds": points[-1][0] if points else None,
         "seconds_to_target": reached,
         "final_accuracy": points[-1][1] if points else None,
+        "final_accuracy_last5_mean": last5(points),
         "centralized_accuracy": result.centralized_accuracy,
         "curve": points,
     }
@@ -91,9 +124,22 @@ def main() -> None:
     parser.add_argument("--duty-period", type=float, default=10.0)
     parser.add_argument("--target", type=float, default=0.93)
     parser.add_argument("--modes", nargs="+", default=[m[0] for m in MODES])
+    parser.add_argument(
+        "--fit-seconds", type=float, default=0.5, help="simulated compute seconds per fit"
+    )
+    parser.add_argument("--secagg-versions", type=int, default=60, help="async SecAgg+ at most")
     args = parser.parse_args()
     quarter = args.agents // 4  # 5 of 20 slow, 5 intermittent
-    fleet = {"slow_agents": quarter, "slowdown": 5.0, "duty_agents": quarter, "duty_cycle": 0.5}
+    fleet = {
+        "slow_agents": quarter,
+        "slowdown": 5.0,
+        "duty_agents": quarter,
+        "duty_cycle": 0.5,
+        "fit_seconds": args.fit_seconds,
+    }
+    # async: K = half the fleet (the demo's default); about sync's training time of versions
+    fast_online = args.agents - quarter - quarter * (1 - fleet["duty_cycle"])
+    versions = math.ceil(args.rounds * fleet["slowdown"] * fast_online / (args.agents // 2))
     results: dict[str, Any] = {
         "agents": args.agents,
         "fleet": {**fleet, "duty_period": args.duty_period},
@@ -107,7 +153,9 @@ def main() -> None:
                 continue
             options = DemoOptions(
                 agents=args.agents,
-                rounds=args.p2p_steps if mode == "p2p" else args.rounds,
+                rounds={"p2p": args.p2p_steps, "async": versions}.get(mode, args.rounds)
+                if name != "async_secagg"
+                else min(versions, args.secagg_versions),
                 bus=args.bus,
                 report_dir=Path(tmp) / name,
                 round_timeout=args.round_timeout,
@@ -122,17 +170,30 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-    sync = results.get("sync", {})
     for name in ("async", "async_secagg", "p2p"):
-        entry = results.get(name, {})
-        if entry.get("available") and sync.get("final_accuracy") is not None:
-            gap = entry["final_accuracy"] - sync["final_accuracy"]
-            entry["final_minus_sync_points"] = round(100 * gap, 2)
-            if entry["seconds_to_target"] and sync.get("seconds_to_target"):
-                entry["time_to_target_over_sync"] = round(
-                    entry["seconds_to_target"] / sync["seconds_to_target"], 3
-                )
+        compare(results.get("sync", {}), results.get(name, {}), "")
+    compare(results.get("sync_secagg", {}), results.get("async_secagg", {}), "_secagg")
     print(json.dumps(results, indent=2))
+
+
+def compare(sync: dict[str, Any], entry: dict[str, Any], suffix: str) -> None:
+    """``entry``'s accuracy at ``sync``'s last training second, its gap to sync's final
+    accuracy (points) and its time to target over sync's (keys end in ``suffix``)."""
+    if not entry.get("available") or sync.get("final_accuracy") is None:
+        return
+    end = sync["training_seconds"]
+    at_end = [(t, acc) for t, acc in entry["curve"] if t <= end] or entry["curve"][:1]
+    entry[f"accuracy_at_sync{suffix}_end"] = at_end[-1][1]
+    entry[f"last5_at_sync{suffix}_end"] = last5(at_end)
+    entry[f"final_minus_sync{suffix}_points"] = round(
+        100 * (at_end[-1][1] - sync["final_accuracy"]), 2
+    )
+    entry[f"last5_minus_sync{suffix}_points"] = round(
+        100 * ((last5(at_end) or 0.0) - sync["final_accuracy_last5_mean"]), 2
+    )
+    if entry["seconds_to_target"] and sync.get("seconds_to_target"):
+        ratio = entry["seconds_to_target"] / sync["seconds_to_target"]
+        entry[f"time_to_target_over_sync{suffix}"] = round(ratio, 3)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A device imports only what a trainer needs (issue 15): ``fedbus run`` of a trainer loads
-neither the aggregator role nor the Prometheus client (metrics off), nor SciPy / scikit-learn;
-``Metrics.off()`` counts nothing."""
+neither the aggregator role nor the Prometheus client (metrics off), nor SciPy / scikit-learn,
+nor what it imports only when used (the P2P role, SecAgg+, structlog's optional rich /
+pygments / greenlet); ``Metrics.off()`` counts nothing."""
 
 from __future__ import annotations
 
@@ -14,20 +15,41 @@ from agent.role import Role
 from agent.runtime.metrics import Metrics
 
 #: What ``fedbus run`` imports for a trainer (``agent.cli.main.run``), and the plugin loader.
-RUN_PATH = "agent.cli.main, agent.config, agent.logs, agent.node_base, agent.node_trainer"
-FORBIDDEN = ("agent.roles.aggregator", "prometheus_client", "scipy", "sklearn", "dp_accounting")
+RUN_PATH = (
+    "agent.cli.main, agent.config, agent.logs, agent.node_base, agent.node_trainer,"
+    " agent.bus.mqtt, agent.bus.nats_bus"
+)
+#: Never on a trainer's run path: packages (and everything under them) ...
+FORBIDDEN = ("prometheus_client", "scipy", "sklearn", "dp_accounting", "rich", "pygments")
+FORBIDDEN += ("greenlet", "attr")
+#: ... and agent modules loaded only by the role or the round that needs them.
+LAZY = ("agent.roles.aggregator", "agent.roles.peer", "agent.roles.trainer.secure_fit")
+LAZY += ("agent.secagg.client",)
 
 
-def test_the_trainer_run_path_imports_no_aggregator_nor_prometheus() -> None:
-    code = (
-        f"import sys, {RUN_PATH}\n"
-        f"print([m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}"
-        f" or m.startswith('agent.roles.aggregator')])"
+def loaded(code: str) -> list[str]:
+    """The modules of ``FORBIDDEN`` and ``LAZY`` that a fresh interpreter running ``code``
+    has imported (``code`` may import more afterwards: the list is taken at its end)."""
+    probe = (
+        f"{code}\nimport sys\n"
+        f"print(*sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}"
+        f" or m.startswith({LAZY!r})))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    assert done.stdout.split() == ["[]"]
+    return done.stdout.split()
+
+
+def test_the_trainer_run_path_imports_only_what_an_idle_trainer_needs() -> None:
+    # (rich, pygments, attrs and greenlet are installed here, with flwr and typer)
+    assert loaded(f"import {RUN_PATH}") == []
+
+
+def test_what_the_run_path_leaves_out_still_imports_when_asked_for() -> None:
+    """structlog's extras are hidden only while structlog imports (agent/__init__.py)."""
+    got = loaded("import agent.node_trainer, rich, agent.roles.trainer.secure_fit")
+    assert {"rich", "agent.roles.trainer.secure_fit", "agent.secagg.client"} <= set(got)
 
 
 def test_metrics_off_counts_nothing_and_on_counts() -> None:

@@ -91,7 +91,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield started
 
 
-def _configs(
+def cluster_configs(
     cluster: Cluster, tmp_path: Path, urls: Mapping[str, str], **schedule: Any
 ) -> tuple[AgentConfig, dict[str, AgentConfig], dict[str, TlsFiles]]:
     pki = tmp_path / "pki"
@@ -114,7 +114,7 @@ def _configs(
     return configs.pop("aggregator"), configs, tls
 
 
-async def _federate(
+async def federate_on_cluster(
     config: AgentConfig,
     trainers: Mapping[str, AgentConfig],
     tls: Mapping[str, TlsFiles],
@@ -157,7 +157,7 @@ async def test_a_secagg_round_survives_the_death_of_a_node(
     again, and the round ends with all six survivors, as does round 2."""
     home = {agent_id: i % 3 for i, agent_id in enumerate(TRAINERS)}
     urls = {"aggregator": cluster.url(0)} | {a: cluster.url(n) for a, n in home.items()}
-    config, trainers, tls = _configs(
+    config, trainers, tls = cluster_configs(
         cluster,
         tmp_path,
         urls,
@@ -199,7 +199,7 @@ async def test_a_secagg_round_survives_the_death_of_a_node(
         async with asyncio.timeout(60):
             killer = asyncio.create_task(kill_mid_round(logs))
             try:
-                summary, _ = await _federate(config, trainers, tls, plugins)
+                summary, _ = await federate_on_cluster(config, trainers, tls, plugins)
             finally:
                 training.set()
                 killer.cancel()
@@ -239,7 +239,7 @@ async def test_agents_at_a_leaf_node_join_a_federation_on_the_hub(
         at_site = ["t3", "t4"]
         urls = {"aggregator": cluster.url(0), "t1": cluster.url(1)}
         urls |= {agent_id: leaf.url for agent_id in at_site}
-        config, trainers, tls = _configs(
+        config, trainers, tls = cluster_configs(
             cluster,
             tmp_path,
             urls,
@@ -250,7 +250,7 @@ async def test_agents_at_a_leaf_node_join_a_federation_on_the_hub(
         plugins = {
             a: CheckedPlugin("toy", ToyPlugin(float(i + 1), 1)) for i, a in enumerate(trainers)
         }
-        summary, _ = await _federate(config, trainers, tls, plugins)
+        summary, _ = await federate_on_cluster(config, trainers, tls, plugins)
     assert [r.survivors for r in summary.rounds] == [["t1", "t3", "t4"]] * 2
     assert summary.rounds[-1].loss == pytest.approx(2.0, abs=1e-3)
 

@@ -296,14 +296,25 @@ def test_a_manager_that_does_not_read_never_blocks_the_sender(short_dir: Path) -
 @dataclass
 class FakeRole:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    status: str = "starting"
+    status_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _status: str = "starting"
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, text: str) -> None:
+        self._status = text
+        self.status_changed.set()
 
 
 async def test_serve_role_sends_ready_after_the_role_is_ready_then_status_changes(
     listener: NotifyListener,
 ) -> None:
     """serve_role sends nothing before role.ready is set, then READY=1 with the status, then
-    each new status once, and the final status when the work returns."""
+    each new status once (pushed: one that lasts a single turn of the loop is seen), and the
+    final status when the work returns."""
     role = FakeRole()
 
     async def work() -> int:
@@ -314,12 +325,12 @@ async def test_serve_role_sends_ready_after_the_role_is_ready_then_status_change
         await listener.wait_for(lambda f: "READY" in f)
         for status in ("idle", "idle", "round 1: training", "idle"):
             role.status = status
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0)
         role.status = "finished"
         return 7
 
     with Notifier(listener.address) as notifier:
-        assert await serve_role(role, work(), notifier=notifier, poll=0.02) == 7
+        assert await serve_role(role, work(), notifier=notifier) == 7
     await listener.wait_for(lambda f: f.get("STATUS") == "finished")
     assert listener.received[0][1] == {"READY": "1", "STATUS": "joining"}
     assert listener.statuses() == ["joining", "idle", "round 1: training", "idle", "finished"]
@@ -397,8 +408,8 @@ async def test_a_trainer_process_under_a_notify_socket(
       message published to the trainer's inbox right after READY is handled
       (STATUS=rejected): its subscriptions were in place;
     - STATUS follows a round: joining → rejected → (idle) → round 1: training → idle
-      (a state shorter than the 0.25 s poll, like idle before fit_ins, may be skipped:
-      STATUS shows the current state, it is not a log);
+      (STATUS is pushed on each change, but a state that ends within one turn of the event
+      loop, like idle before fit_ins, may coalesce into the next: it is not a log);
     - WATCHDOG=1 arrives regularly, about every 0.5 s, from start to stop, never a full
       WATCHDOG_USEC apart;
     - SIGTERM: STOPPING=1 arrives and the process exits 0;

@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.bus.base import BusSettings
+from agent.bus.mqtt_keepalive import tick_per_keepalive
 from agent.bus.refusal import Refusal, TlsAlertWatch
 from agent.bus.session import Deliver, Session, SessionLostError
 from agent.bus.supervisor import SupervisedBus
@@ -157,7 +158,7 @@ class MqttBus(SupervisedBus):
         if settings.session_expiry > 0:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = settings.session_expiry
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=settings.client_id,
@@ -171,6 +172,8 @@ class MqttBus(SupervisedBus):
             max_queued_incoming_messages=settings.queue_size,
             logger=logger,
         )
+        tick_per_keepalive(client, settings.keepalive)  # an idle agent sleeps (issue 15)
+        return client
 
     async def _open_session(self, deliver: Deliver) -> Session:
         alerts = TlsAlertWatch()  # a TLS alert refusing us, which aiomqtt does not report

@@ -44,6 +44,7 @@ from nats.aio.msg import Msg
 
 from agent.bus.base import BusSettings, LastWill
 from agent.bus.refusal import Refusal
+from agent.bus.replay import republish
 from agent.bus.session import Deliver, Session, SessionLostError
 from agent.bus.supervisor import SupervisedBus
 from agent.bus.topics import (
@@ -205,6 +206,16 @@ class NatsBus(SupervisedBus):
         off."""
         recent = self._replay_log.recent() if self._replay_log is not None else ()
         return list(dict.fromkeys(sent.payload for sent in recent if sent.topic == topic))
+
+    async def replay_recent(self) -> bool:
+        """Re-publish our recent publishes now, as after a reconnect (``agent.bus.replay``):
+        a peer lost them though we stayed connected (the aggregator's node died:
+        ``roles.trainer.resend``). False with replay off or no session now."""
+        live, replay_log = self._live, self._replay_log
+        if live is None or replay_log is None:
+            return False
+        await republish(live, replay_log, self._log)
+        return True
 
     def _rotation(self) -> list[str]:
         """The servers for the next connection: from ``_start`` on, wrapping around."""

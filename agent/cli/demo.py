@@ -210,6 +210,14 @@ def installed_plugin(name: str) -> str:
     help="How many times slower a slow agent's fit is.",
 )
 @click.option(
+    "--fit-seconds",
+    default=DEFAULTS.fit_seconds,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Simulated compute seconds of every agent's fit (a fit that ends sooner sleeps the "
+    "rest; --slowdown scales it): a small model given a real device's fit time.",
+)
+@click.option(
     "--duty-agents",
     default=DEFAULTS.duty_agents,
     type=click.IntRange(min=0),
@@ -256,6 +264,7 @@ def demo(
     insecure: bool,
     slow_agents: int,
     slowdown: float,
+    fit_seconds: float,
     duty_agents: int,
     duty_cycle: float,
     duty_period: float,
@@ -303,6 +312,7 @@ def demo(
         concurrency=concurrency,
         slow_agents=slow_agents,
         slowdown=slowdown if slow_agents else 1.0,
+        fit_seconds=fit_seconds,
         duty_agents=duty_agents,
         duty_cycle=duty_cycle if duty_agents else 1.0,
         duty_period=duty_period,

@@ -44,16 +44,18 @@ def degree(agents: int) -> int:
 
 
 def simulate(options: DemoOptions, index: int) -> SimulateConfig:
-    """Agent ``index``'s ``[simulate]``: slow, intermittent or neither."""
+    """Agent ``index``'s ``[simulate]``: slow, intermittent or neither; every agent's fit
+    takes at least ``fit_seconds`` (times its slowdown)."""
+    fit = options.fit_seconds
     if index < options.slow_agents:
-        return SimulateConfig(slowdown=options.slowdown)
+        return SimulateConfig(slowdown=options.slowdown, fit_seconds=fit)
     duty = index - options.slow_agents
     if duty < options.duty_agents and options.duty_cycle < 1:
         phase = options.duty_period * duty / options.duty_agents
         return SimulateConfig(
-            duty_cycle=options.duty_cycle, period=options.duty_period, phase=phase
+            duty_cycle=options.duty_cycle, period=options.duty_period, phase=phase, fit_seconds=fit
         )
-    return SimulateConfig()
+    return SimulateConfig(fit_seconds=fit)
 
 
 def p2p_config(options: DemoOptions, agent_ids: list[str]) -> P2PConfig:
@@ -89,6 +91,8 @@ def describe(options: DemoOptions) -> str:
         parts.append(f"mode {options.mode}")
     if options.slow_agents and options.slowdown > 1:
         parts.append(f"{options.slow_agents} agents {options.slowdown:g}x slower")
+    if options.fit_seconds > 0:
+        parts.append(f"every fit at least {options.fit_seconds:g} s of simulated compute")
     if options.duty_agents and options.duty_cycle < 1:
         parts.append(
             f"{options.duty_agents} agents online {100 * options.duty_cycle:.0f}% of every "

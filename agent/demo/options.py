@@ -51,6 +51,8 @@ class DemoOptions:
     #: the first ``slow_agents`` agents fit ``slowdown`` times slower ([simulate] slowdown)
     slow_agents: int = 0
     slowdown: float = 1.0
+    #: every agent's simulated compute seconds per fit ([simulate] fit_seconds; 0: off)
+    fit_seconds: float = 0.0
     #: the next ``duty_agents`` agents are connected ``duty_cycle`` of every ``duty_period`` s
     duty_agents: int = 0
     duty_cycle: float = 1.0

@@ -289,6 +289,9 @@ class FederationStatus(Body, frozen=True):
     #: this aggregator process (new on every start): agents admitted by another rejoin
     incarnation: Incarnation = ""
     run_id: Incarnation = ""
+    #: how often this incarnation's bus reconnected: a rise tells the trainers that what
+    #: they published meanwhile may be lost (its node died), so they publish it again
+    reconnects: Count = 0
 
 
 BODY_TYPES: dict[Kind, type[Body]] = {

@@ -1,4 +1,5 @@
-"""A plugin made slower on purpose: ``[simulate] slowdown`` (``fedbus demo --slow-agents``)."""
+"""A plugin made slower on purpose: ``[simulate] slowdown`` and ``fit_seconds``
+(``fedbus demo --slow-agents --slowdown --fit-seconds``)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,25 @@ from agent.plugin.loader import CheckedPlugin
 
 
 class SlowedPlugin(CheckedPlugin):
-    """``inner`` whose every ``fit`` takes ``slowdown`` x its own time: it sleeps
-    (slowdown - 1) x the fit's duration after the plugin returns (in the fit's thread)."""
+    """``inner`` whose every ``fit`` takes ``slowdown x max(own duration, fit_seconds)``
+    seconds: it sleeps the difference after the plugin returns (in the fit's thread).
+    ``fit_seconds`` is a simulated device compute time (0: the machine's own)."""
 
-    def __init__(self, inner: CheckedPlugin, slowdown: float) -> None:
+    def __init__(self, inner: CheckedPlugin, slowdown: float, fit_seconds: float = 0.0) -> None:
         super().__init__(inner.name, inner.plugin)
         self.slowdown = slowdown
+        self.fit_seconds = fit_seconds
 
     def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
         started = time.perf_counter()
         result = super().fit(weights, config)
-        time.sleep((self.slowdown - 1) * (time.perf_counter() - started))
+        took = time.perf_counter() - started
+        time.sleep(max(0.0, self.slowdown * max(took, self.fit_seconds) - took))
         return result
 
 
-def slowed(plugin: CheckedPlugin, slowdown: float) -> CheckedPlugin:
-    """``plugin``, slowed down when ``slowdown`` > 1."""
-    return SlowedPlugin(plugin, slowdown) if slowdown > 1 else plugin
+def slowed(plugin: CheckedPlugin, slowdown: float, fit_seconds: float = 0.0) -> CheckedPlugin:
+    """``plugin``, slowed down when ``slowdown`` > 1 or ``fit_seconds`` > 0."""
+    return (
+        SlowedPlugin(plugin, slowdown, fit_seconds) if slowdown > 1 or fit_seconds > 0 else plugin
+    )

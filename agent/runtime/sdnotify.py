@@ -13,7 +13,9 @@ What an agent sends (see :func:`serve_role` and ``agent.node``):
 ==============  ============================================================================
 ``READY=1``     once the role's broker session is up with its subscriptions acknowledged
                 (``Type=notify`` waits for it)
-``STATUS=…``    the role's ``status`` whenever it changes ("idle", "round 3: training", …)
+``STATUS=…``    the role's ``status`` whenever it changes ("idle", "round 3: training", …):
+                pushed by the role (``status_changed``), never polled, so an idle agent's
+                loop sleeps until something happens
 ``WATCHDOG=1``  every half of ``$WATCHDOG_USEC``, from an asyncio task on the agent's event
                 loop (sd_watchdog_enabled(3) recommends half the interval); a blocked loop
                 stops the pings and, with ``WatchdogSec=`` (systemd.service(5)), the
@@ -61,8 +63,6 @@ ENV_WATCHDOG_USEC = "WATCHDOG_USEC"
 ENV_WATCHDOG_PID = "WATCHDOG_PID"
 #: STATUS= is "a single-line status string" (sd_notify(3)); longer ones are cut here.
 MAX_STATUS = 400
-#: How often :func:`serve_role` looks at the role's ``status`` (a string compare).
-STATUS_POLL = 0.25
 
 
 class ServiceRole(Protocol):
@@ -76,6 +76,12 @@ class ServiceRole(Protocol):
     @property
     def status(self) -> str:
         """What the role is doing, for humans."""
+        ...
+
+    @property
+    def status_changed(self) -> asyncio.Event:
+        """Set by the role whenever ``status`` may have changed; :func:`serve_role` clears it
+        (a set without a change costs one string compare)."""
         ...
 
 
@@ -237,27 +243,31 @@ async def serve_role(
     work: Awaitable[T],
     *,
     notifier: Notifier | None = None,
-    poll: float = STATUS_POLL,
 ) -> T:
     """Await ``work`` (the role's ``run()``) while reporting ``role`` to the manager:
-    ``READY=1`` once ``role.ready`` is set, then ``STATUS=`` on every change of
-    ``role.status`` (looked at every ``poll`` s), and the last status when ``work`` returns."""
+    ``READY=1`` once ``role.ready`` is set, then ``STATUS=`` whenever ``role.status_changed``
+    is set and ``role.status`` differs from the last one sent (a state that lasts until the
+    loop's next turn is seen; quicker ones coalesce into the newest), and the last status
+    when ``work`` returns. Nothing wakes up in between: no poll."""
     notifier = notifier if notifier is not None else process_notifier()
     if not notifier.enabled:
         return await work
-    async with _alongside(_report(role, notifier, poll), name="sd-notify-status"):
+    async with _alongside(_report(role, notifier), name="sd-notify-status"):
         result = await work
     notifier.status(role.status)  # how it ended, e.g. "finished after 5 rounds"
     return result
 
 
-async def _report(role: ServiceRole, notifier: Notifier, poll: float) -> None:
+async def _report(role: ServiceRole, notifier: Notifier) -> None:
     await role.ready.wait()
+    changed = role.status_changed
+    changed.clear()
     sent = role.status
     notifier.ready(sent)
     log.info("sd_notify_ready", status=sent)
     while not notifier.is_stopping:
-        await asyncio.sleep(poll)
+        await changed.wait()
+        changed.clear()
         if (now := role.status) != sent and not notifier.is_stopping:
             notifier.status(now)
             sent = now

@@ -86,6 +86,8 @@ class Buffered:
         self._start = self._filled_count = 0
         self._changed = asyncio.Event()
         self._last_version_at = time.perf_counter()
+        #: the newest version is published, ``version`` only evaluates it: fits go out
+        self._settling = False
 
     def register(self, registry: ListenerRegistry) -> None:
         """The async listeners: ``update_ready``, and ``model_update`` of any round (an
@@ -186,10 +188,11 @@ class Buffered:
     async def dispatch(self) -> list[str]:
         """Send the model in force to free live agents, up to ``concurrency`` training;
         returns the agents sent. Fits past their deadline, or of agents gone offline or
-        revoked, are given up first. None while a plain buffer waits for its version (which
-        takes milliseconds): a fit sent the old version would be stale for nothing."""
+        revoked, are given up first. None while a plain buffer waits for its step (which
+        takes milliseconds): a fit sent the old version would be stale for nothing; but not
+        while the version before it is evaluated (a round trip: FedBuff never idles a client)."""
         parts, clock = self._parts, time.monotonic()
-        if self.full and not self.secure:
+        if self.full and not self.secure and not self._settling:
             return []
         alive = set(live(parts))
         for agent_id, slot in list(self.training.items()):
@@ -305,9 +308,12 @@ class Buffered:
                 parts.liveness.missed(agent_id)
         else:
             outcome = await self._step(buffer, before)
-        record = await finish_version(
-            parts, now, r, buffer, before, outcome, started=started, on_model=self._new_model
-        )
+        try:
+            record = await finish_version(
+                parts, now, r, buffer, before, outcome, started=started, on_model=self._new_model
+            )
+        finally:
+            self._settling = False
         self._last_version_at = time.perf_counter()
         return record
 
@@ -315,6 +321,7 @@ class Buffered:
         """``model`` is in force: held for the deltas, sent from now on."""
         self.history[model.version] = model
         self._forget_old()
+        self._settling = True
         self._changed.set()
 
     async def _step(self, buffer: Buffer, before: GlobalState) -> Outcome:

@@ -184,10 +184,13 @@ class CohortFit:
     # -- the two kinds of fit -----------------------------------------------------------
 
     def _fit_ins(self, before: GlobalState, **secagg: Any) -> FitIns:
+        deadline = self._schedule.round_timeout
+        if self._async and secagg:  # held updates: the agent waits out the key stages too
+            deadline += 3 * self._schedule.secagg.stage_timeout
         return FitIns(
             model_version=before.version,
             model_sha256=before.sha256,
-            deadline=self._schedule.round_timeout,
+            deadline=deadline,
             config={
                 **self._schedule.fit_config,
                 **self._schedule.strategy.fit_config(),
@@ -296,7 +299,9 @@ class CohortFit:
             outbox=self._outbox,
             setup=setup,
             stage_timeout=settings.stage_timeout,
-            input_deadline=time.monotonic() + self._schedule.round_timeout,
+            # async: the inputs are the agents' held updates, trained before the round
+            # (a deadline from the round's start would leave no time after slow key stages)
+            input_deadline=None if self._async else time.monotonic() + self._schedule.round_timeout,
             model_version=before.version,
             metrics=self._metrics,
             quorum=quorum,

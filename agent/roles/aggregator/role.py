@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-import time
 from collections.abc import Callable
 
 import structlog
@@ -183,6 +182,7 @@ class Aggregator:
         self.sign_with = self._parts.sign_with  # a renewed certificate (runtime.own_renewal)
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
+        self.status_changed = self.board.text_changed  # pushes systemd's STATUS= (sdnotify)
         self._reconnected_at = float("-inf")
         bus.on_connect(self._on_connect)
         registry = ListenerRegistry()
@@ -280,7 +280,7 @@ class Aggregator:
 
     async def _on_connect(self, reconnect: bool) -> None:
         if reconnect:
-            self._reconnected_at = time.monotonic()
+            self._reconnected_at = self.board.reconnected()  # trainers resend what we lost
 
     async def idle(self) -> RunSummary | None:
         """Between runs (``after_run = "serve"``): keep receiving (liveness) and publishing

@@ -86,7 +86,8 @@ class SecureRound:
         outbox: sends the relays.
         setup: the announced round (cohort, parameters, graph seed, d).
         stage_timeout: seconds each of advertise_keys, share_keys and unmask waits.
-        input_deadline: ``time.monotonic()`` by which masked inputs must have arrived.
+        input_deadline: ``time.monotonic()`` by which masked inputs must have arrived
+            (None: trained before the round, async SecAgg+: ``stage_timeout``).
         model_version: the model the masked inputs must be trained from.
         metrics: observes each stage's duration (``stage_seconds``, by stage).
         quorum: the advertise and collect stages close once this many answered (over-
@@ -100,7 +101,7 @@ class SecureRound:
         outbox: Outbox,
         setup: Setup,
         stage_timeout: float,
-        input_deadline: float,
+        input_deadline: float | None,
         model_version: int,
         metrics: Metrics,
         quorum: int | None = None,
@@ -156,7 +157,10 @@ class SecureRound:
             self._expect(shares)
             await self._relay(shares, lambda cts: RelayShares(ciphertexts=cts))
             self._log_stage()
-            await self._collect(max(0.0, self._input_deadline - time.monotonic()))
+            inputs = self._input_deadline  # None: held inputs, a stage like the others
+            await self._collect(
+                self._stage_timeout if inputs is None else max(0.0, inputs - time.monotonic())
+            )
             survivors, dropped = self._close(Stage.COLLECT_MASKED_INPUT, server.close_collect)
             self._expect(survivors)
             await self._broadcast(UnmaskRequest(survivors=survivors, dropped=dropped))

@@ -5,6 +5,7 @@ the one-line text systemd shows (``STATUS=``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Collection, Mapping
 
 from agent.messages import topics
@@ -53,11 +54,16 @@ class StatusBoard:
         #: for humans: ``waiting for 3 agents``, ``training (5 agents)``, ...
         self.detail = "starting"
         self.last_round: RoundRecord | None = None
+        #: how often the aggregator's bus reconnected (``FederationStatus.reconnects``)
+        self.reconnects = 0
         self._changed = asyncio.Event()
+        #: set whenever ``text`` may have changed (systemd's ``STATUS=`` is pushed from it)
+        self.text_changed = asyncio.Event()
 
     def enter(self, phase: RoundPhase, detail: str) -> None:
         """Now in ``phase``; ``detail`` says more, for humans."""
         self.phase, self.detail = phase, detail
+        self.text_changed.set()
 
     def finished_round(self, record: RoundRecord) -> None:
         """A round ended: report it at once."""
@@ -67,6 +73,15 @@ class StatusBoard:
     def changed(self) -> None:
         """Something worth reporting happened: send ``federation_status`` now."""
         self._changed.set()
+        self.text_changed.set()
+
+    def reconnected(self) -> float:
+        """Our bus reconnected: say so at once, so that trainers resend what they published
+        while we had no session (``FederationStatus.reconnects``, ``roles.trainer.resend``).
+        Returns when (``time.monotonic()``)."""
+        self.reconnects += 1
+        self.changed()
+        return time.monotonic()
 
     @property
     def text(self) -> str:
@@ -91,6 +106,7 @@ class StatusBoard:
             },
             incarnation=self.incarnation,
             run_id=self.run_id,
+            reconnects=self.reconnects,
             last_round=None
             if last is None
             else RoundSummary(

@@ -147,7 +147,18 @@ class Peer:
         self.done = bool(config.p2p.steps) and self.version >= config.p2p.steps
         self.ready = asyncio.Event()
         self._status_at = 0.0
-        self.status = "starting"
+        self.status_changed = asyncio.Event()  # pushes systemd's STATUS= (sdnotify)
+        self._status = "starting"
+
+    @property
+    def status(self) -> str:
+        """What the peer is doing, for humans (``step 3: training``)."""
+        return self._status
+
+    @status.setter
+    def status(self, text: str) -> None:
+        self._status = text
+        self.status_changed.set()
 
     @property
     def seal_key(self) -> bytes | None:

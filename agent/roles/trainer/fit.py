@@ -10,10 +10,11 @@ Training runs in a worker thread (``asyncio.to_thread``) so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -30,10 +31,12 @@ from agent.privacy.local import clip_result
 from agent.roles.trainer.async_fit import HeldUpdate
 from agent.roles.trainer.carried import beside
 from agent.roles.trainer.model import HeldModel, ModelStore
-from agent.roles.trainer.secure_fit import REFUSED, SecureFit
 from agent.roles.trainer.status import Progress, TrainerState
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import Worker
+
+if TYPE_CHECKING:  # SecAgg+ is imported by the first secure round (a light device, issue 15)
+    from agent.roles.trainer.secure_fit import SecureFit
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +69,11 @@ class FitPath:
         #: awaited after a failed fit (the role sends its status: the aggregator sees this
         #: agent alive, and why it did not answer, so it is sampled again next round)
         self.on_failed: Callable[[], Awaitable[None]] | None = None
+        #: the aggregator's timestamp of this life's first admission (``join_accepted``): a
+        #: SecAgg+ fit_ins sent before it (an inbox resend after a restart) was for an
+        #: earlier life, whose keys the round relays; joining with fresh keys would make
+        #: every neighbour's shares fail to authenticate (``sent_before_admission``)
+        self.admitted_at: float | None = None
 
     async def on_fit_ins(self, message: Message[FitIns]) -> None:
         """``fit_ins``: start training for ``message.round``; a secure round advertises its
@@ -75,6 +83,9 @@ class FitPath:
         if plaintext and self._config.trainer.require_secure_aggregation:
             log.warning("fit_refused", reason="plaintext_round", round=round_)
             return
+        if ins.secagg is not None and message.envelope.timestamp < (self.admitted_at or math.inf):
+            log.warning("fit_refused", reason="sent_before_admission", round=round_)
+            return
         self._progress.round = round_
         if self._secure is not None:
             self._secure.close()
@@ -82,6 +93,8 @@ class FitPath:
         deadline = time.monotonic() + ins.deadline
         secure = None
         if ins.secagg is not None:
+            from agent.roles.trainer.secure_fit import REFUSED, SecureFit
+
             try:
                 secure = SecureFit.announced(
                     ins.secagg,

@@ -64,6 +64,7 @@ from agent.roles.trainer.evaluate import evaluate
 from agent.roles.trainer.fit import FitPath
 from agent.roles.trainer.follow import Follower
 from agent.roles.trainer.model import HeldModel, ModelStore
+from agent.roles.trainer.resend import AggregatorReconnects
 from agent.roles.trainer.status import Progress, StatusPublisher, TrainerState
 from agent.runtime.credits import Credits
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
@@ -143,8 +144,10 @@ class Trainer:
         self._rejoin = asyncio.Event()
         #: the aggregator incarnation we follow
         self.follow = Follower(self._id, signed=credentials is not None)
+        self._resend = AggregatorReconnects(bus)  # its node died: publish again
         #: set once the broker session is up with our subscriptions (systemd READY=1)
         self.ready = asyncio.Event()
+        self.status_changed = self._progress.changed  # pushes systemd's STATUS= (sdnotify)
         registry = ListenerRegistry()
         registry.register(Kind.JOIN_ACCEPTED, self._on_join_accepted, rounds=RoundPolicy.ANY)
         registry.register(Kind.JOIN_REJECTED, self._on_join_rejected, rounds=RoundPolicy.ANY)
@@ -225,6 +228,7 @@ class Trainer:
                     tg.create_task(self._mark_ready(), name="trainer-ready")
                     tg.create_task(self._join_loop(), name="trainer-join")
                     tg.create_task(self._status.heartbeat(), name="trainer-heartbeat")
+                    tg.create_task(self._resend.run(), name="trainer-resend")
                     tg.create_task(self.follow.stop_when_revoked(), name="trainer-revoked")
                     if self._renewer is not None:
                         tg.create_task(self._renewer.run(), name="trainer-renew")
@@ -240,6 +244,7 @@ class Trainer:
     async def _on_connect(self, reconnect: bool) -> None:
         await self._status.send(Liveness.ONLINE)
         if reconnect:
+            self._resend.reconnected()
             log.info("rejoining_after_reconnect")
             self._rejoin.set()
 
@@ -285,6 +290,8 @@ class Trainer:
                 "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
             )
         self._models.forget()
+        if self._fits.admitted_at is None:
+            self._fits.admitted_at = message.envelope.timestamp
         self._progress.enter(TrainerState.IDLE)
         self._admitted.set()
         log.info("join_accepted", aggregator=message.sender, round=self._progress.round)
@@ -299,6 +306,7 @@ class Trainer:
 
     async def _on_federation_status(self, message: Message[FederationStatus]) -> None:
         """A new aggregator incarnation: join it at once (it has a new sealing key)."""
+        self._resend.saw(message.body)
         if not self.follow.is_new(message.body.incarnation):
             return
         if not self._admitted.is_set():
@@ -316,7 +324,9 @@ class Trainer:
     # -- evaluating and finishing -------------------------------------------------------
 
     async def _on_evaluate(self, message: Message[EvaluateIns]) -> None:
-        if not self._admitted.is_set():
+        # Rejoining after a reconnect, still a member: its copy is not resent (message id)
+        rejoining = self._progress.state is TrainerState.JOINING and self.follow.incarnation
+        if not (self._admitted.is_set() or rejoining):
             return
         self._progress.round = message.round
         work = partial(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import structlog
@@ -53,16 +53,19 @@ def describe(state: TrainerState, *, round_: int, error: str = "") -> str:
 
 @dataclass(slots=True)
 class Progress:
-    """The trainer's round (the newest it follows) and state, with its prose."""
+    """The trainer's round (the newest it follows) and state, with its prose; ``changed``
+    is set on every :meth:`enter` (the service manager's ``STATUS=`` is pushed from it)."""
 
     round: int = 0
     state: TrainerState = TrainerState.JOINING
     detail: str = str(TrainerState.JOINING)
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     def enter(self, state: TrainerState, *, round_: int | None = None, error: str = "") -> None:
         """Be in ``state`` (for round ``round_``, default the current round)."""
         self.state = state
         self.detail = describe(state, round_=self.round if round_ is None else round_, error=error)
+        self.changed.set()
 
 
 class StatusPublisher:
