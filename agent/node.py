@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from agent.bus.base import Bus
 from agent.config import AgentConfig, TrainingMode
 from agent.errors import PluginError
 from agent.identity.ca import CertificateAuthority, load_ca
@@ -41,10 +42,12 @@ from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RoundObserver, RunSummary
 from agent.roles.aggregator.service import serve as serve_aggregator
+from agent.roles.peer.announce import announce_revocations
 from agent.runtime.auth_callout import callout_for, serve_callout
 from agent.runtime.crl_refresh import crl_refresher_for
 from agent.runtime.enrollment import EnrollmentService
 from agent.runtime.evict import evictor_for, on_revoked
+from agent.runtime.outbox import Outbox
 from agent.runtime.own_renewal import OwnRenewer
 from agent.runtime.renewal import renewal_for
 from agent.runtime.sdnotify import serve_role
@@ -125,8 +128,12 @@ async def run_node(
                 services.append(serve_callout(callout, config.bus_url, tls=tls))
             # a revoked agent's open connection is closed, after the broker's CRL reload
             revoked = on_revoked(evictor_for(config, tls), crl.refresh if crl else None)
+            announcer = _revocation_outbox(config, bus)
             if config.identity.enabled:  # its own certificate, renewed from its own CA
-                services.append(_own_renewer(config, authority, registry, tls, built, enrollment))
+                renewer = _own_renewer(config, authority, registry, tls, built, enrollment)
+                services.append(renewer(announcer))
+            if announcer is not None:  # p2p: the peers drop revoked senders by this CRL
+                services.append(announce_revocations(announcer, authority, registry))
         incarnation = secrets.token_hex(8)
         log.info("aggregator_incarnation", incarnation=incarnation)
 
@@ -168,18 +175,38 @@ def _own_renewer(
     tls: ssl.SSLContext | None,
     built: list[Aggregator],
     enrollment: EnrollmentService,
-) -> Coroutine[Any, Any, None]:
+) -> Callable[[Outbox | None], Coroutine[Any, Any, None]]:
     """The aggregator's own renewal (``runtime.own_renewal``): a new signer goes to the
-    current run's aggregator (``built``) and to the enrollment service."""
+    current run's aggregator (``built``), to the enrollment service and to the outbox given
+    (p2p: the revocation announcer's)."""
 
-    def adopt(signer: Signer) -> None:
-        if built:
-            built[-1].sign_with(signer)
-        enrollment.sign_with(signer)
+    def start(outbox: Outbox | None) -> Coroutine[Any, Any, None]:
+        def adopt(signer: Signer) -> None:
+            if built:
+                built[-1].sign_with(signer)
+            enrollment.sign_with(signer)
+            if outbox is not None:
+                outbox.signer = signer
 
-    own = OwnRenewer(authority, registry, config, adopt, tls)
-    own.renew_before = config.identity.renew_before_days * 86400.0
-    return own.run()
+        own = OwnRenewer(authority, registry, config, adopt, tls)
+        own.renew_before = config.identity.renew_before_days * 86400.0
+        return own.run()
+
+    return start
+
+
+def _revocation_outbox(config: AgentConfig, bus: Bus) -> Outbox | None:
+    """P2P with identities: the outbox the CA host announces ``revocations`` on
+    (``roles.peer.revocation``); None otherwise (an aggregator drops revoked senders itself)."""
+    if not config.identity.enabled or config.aggregator.mode is not TrainingMode.P2P:
+        return None
+    return Outbox(
+        bus,
+        federation=config.federation,
+        sender=config.agent_id,
+        signer=_signer(config),
+        chunk_size=config.transfer.chunk_size,
+    )
 
 
 def _signer(config: AgentConfig) -> Signer | None:
@@ -203,11 +230,16 @@ async def export_final_model(plugin: CheckedPlugin, weights: Weights, config: Ag
         log.info("final_model_exported", path=str(path))
 
 
-def enrolled_check(registry: Registry, *, touch_every: float = 30.0) -> Callable[[Identity], bool]:
+def enrolled_check(
+    registry: Registry, *, touch_every: float = 30.0, flush_every: float = 2.0
+) -> Callable[[Identity], bool]:
     """The aggregator's revocation check: True (refuse) unless ``identity`` presents the
     current certificate of an enrolled, unrevoked agent. Records when an agent was last seen
-    (at most every ``touch_every`` s per agent)."""
+    (at most every ``touch_every`` s per agent), in one transaction per ``flush_every`` s
+    at most: a thousand agents joining at once cost a thousand fsyncs on the event loop."""
     touched: dict[str, float] = {}
+    pending: list[str] = []
+    flushed = [time.monotonic()]
 
     def refuse(identity: Identity) -> bool:
         status = registry.cert_status(identity.agent_id, identity.serial)
@@ -217,7 +249,11 @@ def enrolled_check(registry: Registry, *, touch_every: float = 30.0) -> Callable
         now = time.monotonic()
         if now - touched.get(identity.agent_id, -touch_every) >= touch_every:
             touched[identity.agent_id] = now
-            registry.touch(identity.agent_id)
+            pending.append(identity.agent_id)
+        if pending and now - flushed[0] >= flush_every:
+            flushed[0] = now
+            registry.touch_many(pending)
+            pending.clear()
         return False
 
     return refuse

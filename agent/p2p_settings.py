@@ -33,6 +33,9 @@ class P2PConfig(_Table, frozen=True):
         seed: the graph seed (any string; hashed to 32 bytes), the same on every peer.
         local_steps: plugin ``fit`` calls between two exchanges (each one ``fit_config``).
         steps: gossip steps to run (0: until stopped).
+        consensus_steps: gossip steps without a fit after the last of ``steps`` (the final
+            consensus phase: each contracts the peers' spread from the mean by the mixing
+            matrix's second eigenvalue, so every peer ends near the mean model; 0: none).
         wait: seconds a step waits for a fresh model from each neighbour it believes
             present; one that misses it is skipped, logged, and not waited for again until
             it sends (a vanished neighbour costs one ``wait``, not one per step).
@@ -46,9 +49,15 @@ class P2PConfig(_Table, frozen=True):
     seed: str = "fedbus-p2p"
     local_steps: Annotated[int, msgspec.Meta(ge=1)] = 1
     steps: Annotated[int, msgspec.Meta(ge=0)] = 0
+    consensus_steps: Annotated[int, msgspec.Meta(ge=0)] = 0
     wait: Positive = 10.0
     fit_config: dict[str, bool | int | float | str] = {}
     eval_every: Annotated[int, msgspec.Meta(ge=0)] = 1
+
+    @property
+    def total_steps(self) -> int:
+        """Every step a peer takes: ``steps`` + ``consensus_steps`` (0: until stopped)."""
+        return self.steps + self.consensus_steps if self.steps else 0
 
 
 class SimulateConfig(_Table, frozen=True):

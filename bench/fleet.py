@@ -32,6 +32,38 @@ the seconds are upper bounds; 3 rounds each):
   members with a session); round 1 aborted in advertise_keys after 44 s (0 answered).
   Targets not met at 1,000 on this machine; the first limit is the connection storm (TLS
   handshakes of 1,000 sessions into a 2 s TLS timeout, members whose connect never retries).
+
+Measured 2026-12-01 (second stop, h-fleet), load average 14-30 from six other helpers'
+benchmarks and tests (a fleet process got about 0.25 of a core), 3 rounds each:
+
+- N = 100, nats: round 1 at 33.2 s, rounds 6.8 s, RSS 1.51 GiB, 100/100 every round;
+  mqtt: 19.1 s, 8.4 s, 1.07 GiB, 100/100 every round.
+- N = 300, nats (connect gate, batched enrollment, shared decoding; before the 5 s rejoin
+  window): round 1 at 71.3 s, rounds 16.8 s, RSS 2.82 GiB, 0/300 then 300/300, 300/300:
+  round 1 missed its 10 s advertise_keys stage because 300 agents had been admitted 1,153
+  times (each a 400 KB model), and their keys came after the stage closed.
+- N = 1,000, nats, three runs as the fixes landed: enrollment 37-44 s (was 36-89); each
+  run connected 448-946 of 1,000 members within 110-140 s of the fleet's start (the second
+  run all 1,000 soon after), 25-55 connect attempts failing and retrying, where one
+  500-member process logged 963 failed TLS connects before; round 1 at 225-245 s from the
+  start with 498-572 admitted (the join timeout), aborted in advertise_keys: the fleet
+  processes' event loops lagged past 10 s (thousands of publishes not acknowledged within
+  publish_timeout) while they read their members' models.
+- N = 1,000, mqtt (before the demo's join retry of agents/50 s): enrollment 47 s (was 76 s);
+  all 1,000 connected (21 retried), where none was admitted in 2 minutes before; joins then
+  not acknowledged within 10 s (QoS 1) and round 1 started with 132 admitted and aborted.
+- With every fix (5 s rejoin window, join retry agents/50 s), load average 11-24:
+  N = 300, nats: round 1 at 39.2 s, rounds 21.6 s, RSS 2.90 GiB, 300/300 every round;
+  mqtt: 111.9 s, 32.6 s, 1.86 GiB, 0/300 then 300/300, 300/300 (815 admissions for 300:
+  round 1's advertise_keys came after its 10 s stage).
+  N = 1,000, nats: enrollment 21 s; round 1 at 182.5 s with 975 admitted; rounds 71.4,
+  58.3, 76.3 s (median of 2.. 67.3 s); peak RSS 8.05 GiB (PSS 7.93); 975/975, 1000/1000,
+  1000/1000. Round 2's stages: advertise_keys 5.0 s, share_keys 19.4 s, masked inputs
+  18.4 s, unmask 1.6 s (each mostly collect: the fleet processes' CPU, 2 cores shared).
+  N = 1,000, mqtt: enrollment 47 s; all 1,000 connected (1 retry); round 1 at ~232 s with
+  588 admitted; every round (588, 1000, 1000 members) aborted in advertise_keys with 0
+  answers: 4,965 admissions for 1,000 agents (joins whose QoS 1 PUBACK took over 10 s
+  were sent again, and each answer is a model) kept the fleet processes behind.
 """
 
 from __future__ import annotations
@@ -53,21 +85,25 @@ HIDDEN = 1333  # 64·h + h + 10·h + 10 = 99,985 parameters
 
 
 def tree_memory(root: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes summed over ``root`` and its descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    """(RSS, PSS) in bytes summed over ``root`` and its descendants (Linux /proc: each
+    task's ``children``, not a scan of every process on the machine, which held the GIL of
+    the demo's process, the aggregator's, for a tenth of its time at 1,000 agents)."""
     tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid and p not in tree]
-        tree.update(kids)
-        frontier.extend(kids)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for kid in map(int, kids):
+                if kid not in tree:
+                    tree.add(kid)
+                    frontier.append(kid)
     rss = pss = 0
     for pid in tree:
         try:
@@ -84,7 +120,7 @@ def tree_memory(root: int) -> tuple[int, int]:
 class Peak(threading.Thread):
     """Samples ``tree_memory(os.getpid())`` every ``every`` s; keeps the peaks."""
 
-    def __init__(self, every: float = 1.0) -> None:
+    def __init__(self, every: float = 2.0) -> None:
         super().__init__(daemon=True)
         self.every, self.rss, self.pss = every, 0, 0
         self.done = threading.Event()

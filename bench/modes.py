@@ -88,6 +88,23 @@ def last5(points: list[tuple[float, float]]) -> float | None:
     return round(sum(tail) / len(tail), 4) if tail else None
 
 
+def p2p_extra(result: DemoResult) -> dict[str, Any]:
+    """P2P only: the accuracy of the peers' mean model, of the worst and the average peer's
+    model (all over every test slice: ``agent.demo.p2p_mean``), the worst peer's own-slice
+    evaluation at the end, and the peak of the curve."""
+    assert result.p2p is not None
+    timeline = [s for s in result.p2p.timeline if s.accuracy is not None]
+    last, models = (timeline[-1] if timeline else None), result.p2p.final_models
+    return {
+        "mean_model_accuracy": models and round(models.mean_model, 4),
+        "worst_peer_model_accuracy": models and round(models.worst_peer, 4),
+        "mean_peer_model_accuracy": models
+        and round(sum(models.peers.values()) / len(models.peers), 4),
+        "worst_peer_own_slice_accuracy": None if last is None else last.min_accuracy,
+        "peak_accuracy": max((s.accuracy or 0.0 for s in timeline), default=None),
+    }
+
+
 def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -111,6 +128,7 @@ def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
         "final_accuracy_last5_mean": last5(points),
         "centralized_accuracy": result.centralized_accuracy,
         "curve": points,
+        **(p2p_extra(result) if result.p2p is not None else {}),
     }
 
 

@@ -357,6 +357,7 @@ def test_trainer_rights_follow_the_topic_table() -> None:
         Rule(Access.READ, "fl/{federation}/federation_status"),
         Rule(Access.WRITE, "fl/{federation}/peer/+/{agent_id}"),  # P2P: to any neighbour
         Rule(Access.READ, "fl/{federation}/peer/{agent_id}/+"),  # ... what is for us
+        Rule(Access.READ, "fl/{federation}/revocations"),  # P2P: the CA host's CRL
     }
 
 

@@ -89,7 +89,7 @@ async def test_twenty_devices_enroll_at_once_and_only_bad_tokens_are_refused(
             options={a: {"agent_index": i, "num_agents": 20} for i, a in enumerate(agent_ids)},
         )
         tls = tls_files(pki, ENROLL_ID, broker.url)
-        async with enrollment_service(pki, registry, url=broker.url, federation="demo"):
+        async with enrollment_service(pki, registry, url=broker.url, federation="demo") as service:
             result = await enroll_fleet(
                 devices,
                 federation="demo",
@@ -104,6 +104,7 @@ async def test_twenty_devices_enroll_at_once_and_only_bad_tokens_are_refused(
         "d07": "used_token",
     }
     assert sorted(result.installed) == sorted(set(agent_ids) - {"d03", "d07"})
+    assert sum(service._batcher.batches) == 20  # every request went through a batch
     for agent_id, installed in result.installed.items():
         config = AgentConfig.load(installed.config_path)
         assert (config.agent_id, config.identity.enabled) == (agent_id, True)

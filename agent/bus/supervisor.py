@@ -7,9 +7,8 @@ connection that never reconnects by itself). :class:`SupervisedBus` owns everyth
   that connects, replays every subscription, marks the bus connected, runs the on_connect
   callbacks (concurrently with delivery), waits until the session ends, and reconnects after
   a capped, jittered exponential backoff (reset after every successful connect);
-- ``publish`` waiting for a live session up to ``publish_timeout`` and retrying on the next
-  session when the connection is lost mid-publish (at least once);
-- the bounded inbox: oversized incoming messages and overflow are dropped and logged;
+- ``publish`` waiting up to ``publish_timeout`` for a session, retried on the next if lost
+  mid-publish (at least once); the bounded inbox drops oversized messages and overflow (logged);
 - for an adapter whose broker keeps nothing for us (``replay_window`` > 0: NATS), our
   publishes of the last seconds re-published after each reconnect (``agent.bus.replay``).
 
@@ -27,6 +26,7 @@ from typing import ClassVar, Self
 
 import structlog
 
+from agent.bus.admission import admitted
 from agent.bus.backoff import Backoff
 from agent.bus.base import BusMessage, BusSettings, ConnectCallback
 from agent.bus.inbox import Inbox
@@ -227,7 +227,7 @@ class SupervisedBus(abc.ABC):
                 self._log.info("bus_reconnecting", attempt=attempt, delay=round(delay, 3))
                 await asyncio.sleep(delay)
             try:
-                async with asyncio.timeout(self.settings.connect_timeout):
+                async with admitted(), asyncio.timeout(self.settings.connect_timeout):
                     session = await self._open_session(self._deliver)
             except (TransportError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__

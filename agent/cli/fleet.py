@@ -38,12 +38,12 @@ def fleet() -> None:
 def fleet_tokens(ca_dir: Path, count: int, prefix: str, ttl: float) -> None:
     """Print one `AGENT_ID TOKEN` line per device PREFIX0000 ... (only hashes are stored).
     The output holds secrets: write it to a 0600 file."""
-    from agent.identity.ca_dir import create_token
+    from agent.identity.ca_dir import create_tokens
 
     width = max(4, len(str(count - 1)))
-    for i in range(count):
-        agent_id = f"{prefix}{i:0{width}d}"
-        click.echo(f"{agent_id} {create_token(ca_dir, agent_id, ttl)}")
+    ids = [f"{prefix}{i:0{width}d}" for i in range(count)]
+    for agent_id, token in create_tokens(ca_dir, ids, ttl).items():
+        click.echo(f"{agent_id} {token}")
 
 
 @fleet.command("enroll")

@@ -78,7 +78,9 @@ def trainer_config(options: DemoOptions, index: int, url: str, work: Path) -> Ag
             options=plugin_options(options, index, options.agents, options.partition),
         ),
         trainer=TrainerConfig(
-            join_retry=max(0.5, options.agents / 200),  # a large fleet: fewer joins in flight
+            # a large fleet: fewer joins in flight (each answer is a model; a fleet process
+            # may take seconds to read its members' answers)
+            join_retry=max(0.5, options.agents / 50),
             require_secure_aggregation=(
                 options.secure_aggregation == SecureAggregation.SECAGG_PLUS
             ),

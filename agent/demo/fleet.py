@@ -16,10 +16,13 @@ from agent.demo.options import DemoOptions
 from agent.errors import ConfigError
 
 #: The module the async mode's trainer side lives in; ``--mode async`` needs it.
-#: The P2P graph's degree in the demo (lowered for small fleets: n·k must be even).
-P2P_DEGREE = 4
+#: The P2P graph's degree in the demo (lowered for small fleets: n·k must be even); 8 of 20
+#: mixes much faster than 4 (second eigenvalue 0.70 against 0.90: ARCHITECTURE.md §14).
+P2P_DEGREE = 8
 #: Seconds a P2P step waits for a neighbour's model in the demo.
 P2P_WAIT = 2.0
+#: Gossip steps without a fit after the last training step (the final consensus phase).
+P2P_CONSENSUS_STEPS = 20
 
 
 def check_mode(options: DemoOptions) -> TrainingMode:
@@ -65,6 +68,7 @@ def p2p_config(options: DemoOptions, agent_ids: list[str]) -> P2PConfig:
         degree=degree(len(agent_ids)),
         seed=f"demo-{options.seed}",
         steps=options.rounds,
+        consensus_steps=P2P_CONSENSUS_STEPS,
         wait=P2P_WAIT,
         fit_config=dict(options.fit_config),
     )

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 from agent.atomic import write_atomic
 from agent.bus.base import Bus, BusSettings
 from agent.bus.url import TlsFiles, bus_from_url
+from agent.demo.p2p_mean import FinalAccuracy, final_accuracy
 from agent.errors import ProtocolError, RoundError
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, Liveness
@@ -42,6 +43,8 @@ class Sample:
     online: int
     #: peers that stopped training (their steps taken, or no neighbour left)
     done: int = 0
+    #: the lowest of the peers' own evaluations (the worst peer)
+    min_accuracy: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,9 @@ class P2PResult:
     timeline: list[Sample]
     final_accuracy: float | None
     wall_seconds: float
+    #: the peers' mean model and each peer's model, over every peer's test slice
+    #: (``p2p_mean.final_accuracy``; None: not measured)
+    final_models: FinalAccuracy | None = None
 
 
 def sample(statuses: dict[str, AgentStatus], peers: Sequence[str], seconds: float) -> Sample:
@@ -65,6 +71,7 @@ def sample(statuses: dict[str, AgentStatus], peers: Sequence[str], seconds: floa
         max_distance=max(gaps.values()) if gaps else None,
         online=sum(1 for s in statuses.values() if s.state is Liveness.ONLINE),
         done=sum(1 for a in peers if a in statuses and statuses[a].done),
+        min_accuracy=min(accuracies) if accuracies else None,
     )
 
 
@@ -135,6 +142,7 @@ def write_timeline(report_dir: Path, result: P2PResult) -> Path:
     path = report_dir / "p2p.json"
     data = {
         "final_accuracy": result.final_accuracy,
+        "final_models": None if result.final_models is None else asdict(result.final_models),
         "wall_seconds": round(result.wall_seconds, 3),
         "timeline": [asdict(s) for s in result.timeline],
     }
@@ -144,7 +152,7 @@ def write_timeline(report_dir: Path, result: P2PResult) -> Path:
 
 def run_p2p(
     url: str,
-    peers: Sequence[str],
+    configs: Mapping[str, Path],
     steps: int,
     out: TextIO,
     *,
@@ -156,15 +164,23 @@ def run_p2p(
     on a signal."""
     from agent.node import run_until_signal
 
+    peers = list(configs)
     result = run_until_signal(watch_peers(url, peers, steps, out, federation="demo", tls=tls))
     if result is None:
         raise KeyboardInterrupt
+    result = replace(result, final_models=final_accuracy(configs))
     path = write_timeline(report_dir, result)
-    final = result.final_accuracy
+    models = result.final_models
+    mean, worst = (None, None) if models is None else (models.mean_model, models.worst_peer)
     print(
-        f"final accuracy {'n/a' if final is None else f'{100 * final:.2f}%'} (mean of the "
-        f"peers' own evaluations) after {result.wall_seconds:.1f} s of training; timeline: {path}",
+        f"final accuracy {_pct(result.final_accuracy)} (mean of the peers' own evaluations) "
+        f"after {result.wall_seconds:.1f} s of training; over every test slice: the peers' "
+        f"mean model {_pct(mean)}, the worst peer {_pct(worst)}; timeline: {path}",
         file=out,
         flush=True,
     )
     return result
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"

@@ -166,7 +166,7 @@ async def enroll_agents(
     """
     tls = tls_files(pki, ENROLL_ID, url)
     with Registry.open(pki.registry) as registry:
-        tokens = {a: registry.create_token(a, ttl_seconds=600) for a in options}
+        tokens = registry.create_tokens(list(options), ttl_seconds=600)
         devices = fleet_devices(pki, tokens, url=url, work=work, plugin=plugin, options=options)
         async with enrollment_service(pki, registry, url=url, federation=federation):
             result = await enroll_fleet(

@@ -231,7 +231,7 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
             ramp=options.agents / 100,  # TLS handshakes spread: nats-server allows each 2 s
         )
         if options.mode == TrainingMode.P2P:  # no aggregator: watch the peers' statuses
-            return _p2p(options, url, agent_ids, out, pki, started=started, centralized=centralized)
+            return _p2p(options, url, configs, out, pki, started=started, centralized=centralized)
         print(Progress.HEADER + ("  epsilon" if options.dp != "off" else ""), file=out, flush=True)
         progress = Progress(out, agents, options.kill_agents)
         summary = run_until_signal(_federate(aggregator, agents, progress))
@@ -272,16 +272,18 @@ def _run_demo(options: DemoOptions, out: TextIO) -> DemoResult | None:
 def _p2p(
     options: DemoOptions,
     url: str,
-    agent_ids: list[str],
+    configs: dict[str, Path],
     out: TextIO,
     pki: DemoPki | None,
     *,
     started: float,
     centralized: Reference,
 ) -> DemoResult:
-    """``--mode p2p``: watch the peers to the end; no rounds, ``p2p`` the peers' timeline."""
+    """``--mode p2p``: watch the peers to the end; no rounds, ``p2p`` the peers' timeline
+    and their mean model's accuracy."""
     tls = None if pki is None else tls_files(pki, AGGREGATOR_ID, url)
-    peers = run_p2p(url, agent_ids, options.rounds, out, report_dir=options.report_dir, tls=tls)
+    steps = fleet.p2p_config(options, list(configs)).total_steps
+    peers = run_p2p(url, configs, steps, out, report_dir=options.report_dir, tls=tls)
     wall = time.perf_counter() - started
     reference = centralized.result()
     summary = RunSummary(rounds=[], final_version=options.rounds, final_sha256="")

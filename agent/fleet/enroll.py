@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.bus.admission import ConnectGate, use_gate
 from agent.errors import FedbusError
 from agent.identity.install import DeviceSetup, Installed, enroll_online
 
@@ -86,8 +87,9 @@ async def enroll_fleet(
                 failed[device.agent_id] = exc
                 log.warning("fleet_enroll_failed", agent_id=device.agent_id, error=str(exc))
 
-    async with asyncio.TaskGroup() as tg:
-        for device in devices:
-            tg.create_task(one(device), name=f"enroll-{device.agent_id}")
+    with use_gate(ConnectGate()):  # their connects, a bounded number at a time
+        async with asyncio.TaskGroup() as tg:
+            for device in devices:
+                tg.create_task(one(device), name=f"enroll-{device.agent_id}")
     log.info("fleet_enrolled", enrolled=len(installed), failed=len(failed))
     return FleetEnrollment(installed, failed)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.bus.admission import DEFAULT_CONCURRENT_CONNECTS, ConnectGate, use_gate
 from agent.config import AgentConfig
 from agent.errors import ConfigError, FedbusError
 from agent.node_trainer import run_trainer
@@ -77,6 +78,7 @@ class Fleet:
         ramp: seconds over which the members start, evenly spread (0: all at once), so a
             large fleet does not open every TLS connection in the same instant.
         threads: worker threads of the event loop's default executor.
+        connects: broker connects in flight at once in this process (``ConnectGate``).
         failed: agent id → why that member stopped (filled while ``run`` runs; read it
             after ``run`` returned or was cancelled).
     """
@@ -84,6 +86,7 @@ class Fleet:
     configs: Sequence[AgentConfig]
     ramp: float = 0.0
     threads: int = 16
+    connects: int = DEFAULT_CONCURRENT_CONNECTS
     failed: dict[str, str] = field(default_factory=dict)
 
     async def run(self) -> None:
@@ -96,9 +99,12 @@ class Fleet:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(self.threads, thread_name_prefix="fleet")
         )
-        async with asyncio.TaskGroup() as tg:
-            for i, config in enumerate(self.configs):
-                tg.create_task(self._member(config, delay=i * step), name=config.agent_id)
+        # The members' connects go through one gate (agent.bus.admission): a bounded number
+        # of TLS handshakes at a time, each within the broker's handshake timeout.
+        with use_gate(ConnectGate(self.connects)):
+            async with asyncio.TaskGroup() as tg:
+                for i, config in enumerate(self.configs):
+                    tg.create_task(self._member(config, delay=i * step), name=config.agent_id)
 
     async def _member(self, config: AgentConfig, *, delay: float) -> None:
         structlog.contextvars.bind_contextvars(agent_id=config.agent_id)  # this task's own

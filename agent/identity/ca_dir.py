@@ -10,6 +10,7 @@ host (ARCHITECTURE.md §6). What ``fedbus ca|token|revoke`` do, as library funct
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,15 +93,27 @@ def create_token(ca_dir: Path, agent_id: str, ttl_seconds: float) -> str:
         IdentityError: reason ``bad_name`` (not 1-64 of [A-Za-z0-9_-]), ``role_conflict``
             (the id is the aggregator's or the enroll identity's) or ``unreadable``.
     """
-    if not certificates.NAME_RE.match(agent_id):
-        raise IdentityError("bad_name", f"agent id {agent_id!r} must be 1-64 of [A-Za-z0-9_-]")
+    return create_tokens(ca_dir, [agent_id], ttl_seconds)[agent_id]
+
+
+def create_tokens(ca_dir: Path, agent_ids: Sequence[str], ttl_seconds: float) -> dict[str, str]:
+    """``create_token`` for each of ``agent_ids`` (a fleet), in one registry transaction;
+    none is created when one id is refused.
+
+    Raises:
+        IdentityError: as ``create_token``, for the first id refused.
+    """
+    for agent_id in agent_ids:
+        if not certificates.NAME_RE.match(agent_id):
+            raise IdentityError("bad_name", f"agent id {agent_id!r} must be 1-64 of [A-Za-z0-9_-]")
     with Registry.open(registry_path(ca_dir)) as registry:
-        row = registry.agent(agent_id)
-        if row is not None and row.role is not Role.TRAINER:
-            raise IdentityError(
-                "role_conflict", f"{agent_id!r} is the {row.role} identity, not a device's id"
-            )
-        return registry.create_token(agent_id, ttl_seconds)
+        for agent_id in agent_ids:
+            row = registry.agent(agent_id)
+            if row is not None and row.role is not Role.TRAINER:
+                raise IdentityError(
+                    "role_conflict", f"{agent_id!r} is the {row.role} identity, not a device's id"
+                )
+        return registry.create_tokens(agent_ids, ttl_seconds)
 
 
 def sign_offline(

@@ -11,6 +11,7 @@ revoked.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -89,7 +90,7 @@ class Verifier:
         if identity.agent_id != sender:
             raise SignerMismatchError(f"signed by {identity.agent_id!r}, sent as {sender!r}")
         try:
-            public.verify(signed.signature, signed.envelope, ec.ECDSA(hashes.SHA256()))
+            _VERIFIED.verify(public, signed)
         except InvalidSignature as exc:
             raise BadSignatureError("the signature does not verify") from exc
         except Exception as exc:
@@ -125,3 +126,36 @@ class Verifier:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return identity, public
+
+
+class _Verified:
+    """Signatures verified lately in this process, by (certificate, signature), with the
+    envelope each covers: the members of a fleet process (``agent.fleet``) receive the same
+    broadcasts, and ECDSA verification was a fifth of a fleet process's event loop at 1,000
+    agents (issue 15). A hit needs the very envelope bytes that verified (compared in full),
+    so a signature taken to another envelope is verified, and refused, as always."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._seen: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, public: ec.EllipticCurvePublicKey, signed: Signed) -> None:
+        """Raises InvalidSignature (or what ``public.verify`` raises) unless it verifies."""
+        key = (signed.cert, signed.signature)
+        with self._lock:
+            if self._seen.get(key) == signed.envelope:
+                self._seen.move_to_end(key)
+                return
+        public.verify(signed.signature, signed.envelope, ec.ECDSA(hashes.SHA256()))
+        if len(signed.envelope) > MEMO_MAX_BYTES:  # a model: its bytes would stay alive
+            return
+        with self._lock:
+            self._seen[key] = signed.envelope
+            if len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+
+
+#: Envelopes larger than this are verified every time, never remembered.
+MEMO_MAX_BYTES = 1 << 20
+_VERIFIED = _Verified(64)

@@ -44,7 +44,13 @@ from agent.lockdown.access import (
     enroll_rules,
     trainer_rules,
 )
-from agent.lockdown.layout import CA_FILE, CERT_FILE, KEY_FILE, MAX_PAYLOAD
+from agent.lockdown.layout import (
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    MAX_PAYLOAD,
+    TLS_HANDSHAKE_TIMEOUT,
+)
 from agent.role import Role
 
 #: Where nats-server sends its authorization requests (auth callout).
@@ -67,7 +73,7 @@ tls {{
   key_file: "{directory}/{key}"
   ca_file: "{directory}/{ca}"
   verify_and_map: true
-  timeout: 2
+  timeout: {tls_timeout}
 }}
 
 # Largest message payload in bytes (the default is 1 MiB), above fedbus's max_payload; nats-server
@@ -280,6 +286,7 @@ def render_conf(
         key=KEY_FILE,
         max_payload=MAX_PAYLOAD,
         max_pending=1 << 30,
+        tls_timeout=TLS_HANDSHAKE_TIMEOUT,
         authorization=authorization,
         listeners="# The client listener." if topology else _SINGLE,
         topology="".join(f"\n{block}\n" for block in topology),

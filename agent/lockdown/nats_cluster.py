@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from agent.errors import ConfigError
 from agent.identity.certificates import NAME_RE
 from agent.lockdown.access import ENROLL_IDENTITY, enroll_rules, trainer_rules
-from agent.lockdown.layout import CA_FILE, CERT_FILE, KEY_FILE
+from agent.lockdown.layout import CA_FILE, CERT_FILE, KEY_FILE, TLS_HANDSHAKE_TIMEOUT
 from agent.lockdown.nats import subject_name, subjects
 from agent.role import Role
 
@@ -164,7 +164,7 @@ def _tls(directory: str, *, verify_and_map: bool) -> list[str]:
     ]
     if verify_and_map:
         lines.append("    verify_and_map: true")
-    return [*lines, "    timeout: 2", "  }"]
+    return [*lines, f"    timeout: {TLS_HANDSHAKE_TIMEOUT}", "  }"]
 
 
 def render_routes(

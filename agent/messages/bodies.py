@@ -33,6 +33,7 @@ from agent.messages.ledger_bodies import LedgerRecords as LedgerRecords
 from agent.messages.ledger_bodies import LedgerRequest as LedgerRequest
 from agent.messages.peer_bodies import PeerHello as PeerHello
 from agent.messages.peer_bodies import PeerModel as PeerModel
+from agent.messages.peer_bodies import Revocations as Revocations
 from agent.messages.secagg_bodies import MAX_COHORT as MAX_COHORT
 from agent.messages.secagg_bodies import AdvertiseKeys as AdvertiseKeys
 from agent.messages.secagg_bodies import PeerKeys as PeerKeys
@@ -324,5 +325,6 @@ BODY_TYPES: dict[Kind, type[Body]] = {
     Kind.CHUNK_ACK: ChunkAck,
     Kind.PEER_HELLO: PeerHello,
     Kind.PEER_MODEL: PeerModel,
+    Kind.REVOCATIONS: Revocations,
 }
 KIND_OF: dict[type[Body], Kind] = {t: k for k, t in BODY_TYPES.items()}

@@ -48,6 +48,8 @@ class Kind(StrEnum):
     # Serverless P2P averaging (``agent.messages.peer_bodies``): peer → one neighbour
     PEER_HELLO = "peer_hello"
     PEER_MODEL = "peer_model"
+    # aggregator host → every peer: the federation's CRL (the peers drop revoked senders)
+    REVOCATIONS = "revocations"
 
 
 #: Kinds exempt from the timestamp window and the duplicate check: idempotent state

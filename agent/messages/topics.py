@@ -214,6 +214,16 @@ PEER = TopicSpec(
     "{agent_id}, the sender).",
 )
 
+REVOCATIONS = TopicSpec(
+    "revocations",
+    "fl/{federation}/revocations",
+    Role.AGGREGATOR,
+    frozenset({Kind.REVOCATIONS}),
+    True,
+    "P2P: the federation's CRL and revoked agents, from the CA host; peers drop revoked "
+    "senders; retained on MQTT, re-sent periodically for NATS.",
+)
+
 SECAGG_TOPICS: tuple[TopicSpec, ...] = (SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK)
 TOPICS: tuple[TopicSpec, ...] = (
     JOIN,
@@ -234,6 +244,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     STATUS,
     FEDERATION_STATUS,
     PEER,
+    REVOCATIONS,
 )
 
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.bus.base import Bus, BusMessage
 from agent.errors import DuplicateMessageError, IdentityError, ProtocolError, TransportError
+from agent.identity.batch import EnrollBatcher, Pending, enroll_batch
 from agent.identity.ca import CertificateAuthority, sign_csr
 from agent.identity.ca_dir import write_crl
 from agent.identity.certificates import NAME_RE, fingerprint, identity_of
@@ -42,6 +43,8 @@ from agent.runtime.renewal import RenewalService
 log = structlog.get_logger(__name__)
 
 _PEM = serialization.Encoding.PEM
+#: Requests answered at once (each waits for its batch, then publishes its reply).
+MAX_IN_FLIGHT = 512
 #: Hook awaited after each successful enrollment: the new identity, the serials superseded.
 EnrolledHook = Callable[[Identity, list[int]], Awaitable[None]]
 
@@ -109,6 +112,9 @@ class EnrollmentService:
         )
         #: Set once the request filter is subscribed on a live broker session.
         self.ready = asyncio.Event()
+        self._batcher = EnrollBatcher(registry, self._sign)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     def sign_with(self, signer: Signer) -> None:
         """Sign replies (and renewal replies) with ``signer`` from now on (a renewed
@@ -127,15 +133,38 @@ class EnrollmentService:
         await self._bus.wait_connected()
         self.ready.set()
         log.info("enrollment_service_started", federation=self._federation)
-        async for raw in self._bus.messages():
-            if renewal is not None and renewal.serves(raw.topic):
-                await renewal.dispatcher.dispatch(raw)
-            else:
-                await self._dispatcher.dispatch(raw)
+        # Requests are answered concurrently (at most MAX_IN_FLIGHT), so the ones that
+        # arrive together are redeemed, signed and recorded in one batch (identity.batch).
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
+                batching = tg.create_task(self._batcher.run(), name="enrollment-batcher")
+                async for raw in self._bus.messages():
+                    if renewal is not None and renewal.serves(raw.topic):
+                        await renewal.dispatcher.dispatch(raw)
+                    else:
+                        await self._dispatcher.dispatch(raw)
+                batching.cancel()  # the bus closed: requests still waiting for a batch end
+        finally:
+            self._tasks = None
 
     async def _on_request(self, message: Message[Any]) -> None:
         """The ``Kind.ENROLL`` listener: the Dispatcher checked that the envelope's sender is
-        the topic's agent id."""
+        the topic's agent id. Answered in a task of ``run`` (once ``MAX_IN_FLIGHT`` are, the
+        receive loop waits for a free place)."""
+        if self._tasks is None:  # not under run(): answer here
+            await self._serve_one(message)
+            return
+        await self._in_flight.acquire()
+        self._tasks.create_task(self._serve(message), name=f"enroll-{message.sender}")
+
+    async def _serve(self, message: Message[Any]) -> None:
+        try:
+            await self._serve_one(message)
+        finally:
+            self._in_flight.release()
+
+    async def _serve_one(self, message: Message[Any]) -> None:
         agent_id = message.sender
         try:
             reply = await self._answer(message.body, agent_id)
@@ -187,7 +216,7 @@ class EnrollmentService:
                 "--ca-fingerprint (the token was not used)",
             )
         try:
-            cert, superseded = await asyncio.to_thread(self._enroll, request)
+            cert, superseded = await self._batcher.enroll(_pending(request))
         except IdentityError as exc:
             return self._refuse(agent_id, exc.reason, _explain(exc), request.token)
         if superseded and self._ca_dir is not None:
@@ -212,22 +241,26 @@ class EnrollmentService:
         )
 
     def _enroll(self, request: EnrollRequest) -> tuple[x509.Certificate, list[int]]:
-        """Check the CSR, redeem the token, sign and record (in a worker thread: SQLite may
-        wait for another writer). Returns the certificate and the serials it superseded."""
-        try:
-            csr = x509.load_pem_x509_csr(request.csr)
-        except Exception as exc:
-            raise IdentityError("bad_csr", "the CSR is not a PEM PKCS#10 request") from exc
-        row = self._registry.agent(request.agent_id)
-        if row is not None and row.role is not Role.TRAINER:
-            raise IdentityError("role_conflict", f"{request.agent_id!r} is not a trainer's id")
-        # The token first: nothing is signed for a request whose token is not redeemed now
-        # (a refused CSR after this costs the token, never a certificate without one).
-        self._registry.redeem_token(request.token, request.agent_id)
-        cert = sign_csr(
-            self._ca, csr, agent_id=request.agent_id, role=Role.TRAINER, valid_days=self._valid_days
+        """One request alone, as a batch of one (``identity.batch.enroll_batch``): the
+        checks, the token redeemed, then signed and recorded. Returns the certificate and
+        the serials it superseded.
+
+        Raises:
+            IdentityError: the request was refused.
+        """
+        (outcome,) = enroll_batch(self._registry, [_pending(request)], self._sign)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _sign(self, request: Pending) -> x509.Certificate:
+        return sign_csr(
+            self._ca,
+            request.csr,
+            agent_id=request.agent_id,
+            role=Role.TRAINER,
+            valid_days=self._valid_days,
         )
-        return cert, self._registry.record_enrollment(identity_of(cert), cert)
 
     def _refuse(
         self, agent_id: str, reason: str, detail: str, token: str | None = None
@@ -258,6 +291,19 @@ _EXPLANATIONS = {
     "used_token": "the enrollment token was already used; ask the operator for a new one",
     "wrong_agent": "the enrollment token was issued for another agent id",
 }
+
+
+def _pending(request: EnrollRequest) -> Pending:
+    """``request`` with its CSR parsed.
+
+    Raises:
+        IdentityError: reason ``bad_csr``: not a PEM PKCS#10 request.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(request.csr)
+    except Exception as exc:
+        raise IdentityError("bad_csr", "the CSR is not a PEM PKCS#10 request") from exc
+    return Pending(request.agent_id, request.token, csr)
 
 
 def _explain(exc: IdentityError) -> str:

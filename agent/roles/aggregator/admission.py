@@ -5,10 +5,14 @@ the envelope's sender) and trains this federation's plugin. An admitted agent ge
 ``join_accepted`` (with the run's sealing key when identities are on) and the model in force
 in its inbox; a refused one ``join_rejected`` saying why. Joining again (after a reconnect)
 re-admits, but an admitted agent's repeated joins while its answer is still going out (a
-chunked model takes seconds) or within ``rejoin_interval`` (1 s) after it went are not
+chunked model takes seconds) or within ``rejoin_interval`` (5 s) after it went are not
 answered again (``join_ignored reason=duplicate``, logged once per agent and window): a
-flood of joins costs one answer and one model. Once the run finished, joins
-are left for the next run's aggregator.
+flood of joins costs one answer and one model. (With 1 s, a fleet process still digesting
+its members' first answers re-sent their joins (``join_retry``, 2 s) and each was admitted
+again, the model re-sent and the inbox replayed: 1,153 admissions and 460 MB of models for
+300 agents, and round 1 missed its first stage; issue 15. A 10M-parameter trainer retrying
+during its 40 MB model push got the model 4 or 5 times over on mosquitto; issue 16.) Once
+the run finished, joins are left for the next run's aggregator.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class Admission:
         wanted: int,
         seal_key: bytes | None,
         current: Callable[[], tuple[int, GlobalState]],
-        rejoin_interval: float = 1.0,
+        rejoin_interval: float = 5.0,
         incarnation: str = "",
         run_id: str = "",
         on_rejoin: Callable[[str], Awaitable[None]] | None = None,

@@ -4,15 +4,19 @@ present, and the bounded wait of one gossip step (ARCHITECTURE.md §14)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import structlog
 
+from agent.config import AgentConfig
+from agent.errors import ConfigError
 from agent.messages.peer_bodies import PeerHello, PeerModel
 from agent.messages.tensors import to_arrays
 from agent.roles.peer.mixing import Neighbour
+from agent.secagg.graph import neighbours
 
 log = structlog.get_logger(__name__)
 
@@ -26,8 +30,25 @@ class _Seen:
     fresh: bool = False  # a model arrived since the last mix
     present: bool = True  # waited for; False once it missed a wait, until it sends again
     done: bool = False  # took all its steps: never waited for again
+    revoked: bool = False  # its certificate was revoked: never waited for, sent to or mixed
     skipped: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+
+
+def graph_neighbours(config: AgentConfig) -> frozenset[str]:
+    """This agent's neighbours in the ``[p2p]`` graph.
+
+    Raises:
+        ConfigError: the agent is not in ``peers``, or no ``degree``-regular graph exists.
+    """
+    p2p = config.p2p
+    if config.agent_id not in p2p.peers:
+        raise ConfigError(f"[p2p] peers does not list this agent ({config.agent_id})")
+    seed = hashlib.sha256(p2p.seed.encode()).digest()
+    try:
+        return neighbours(p2p.peers, k=p2p.degree, seed=seed)[config.agent_id]
+    except ValueError as exc:
+        raise ConfigError(f"[p2p] degree = {p2p.degree}: {exc}") from exc
 
 
 class NeighbourBook:
@@ -35,7 +56,9 @@ class NeighbourBook:
 
     A neighbour starts *present*: a step waits for its model. One that misses a step's wait
     is skipped (logged ``neighbour_skipped``) and marked absent, so the following steps do
-    not wait for it; any message from it makes it present again (``neighbour_back``).
+    not wait for it; one that says it is leaving (a clean stop) is marked absent at once
+    (``neighbour_left``); any other message from it makes it present again
+    (``neighbour_back``).
     """
 
     def __init__(self, neighbours: Iterable[str]) -> None:
@@ -72,12 +95,28 @@ class NeighbourBook:
         return silent
 
     def all_done(self) -> bool:
-        """Every neighbour took all its steps (nothing is left to average with)."""
-        return all(s.done for s in self._seen.values())
+        """Nothing is left to average with: every neighbour was revoked, or took all its
+        steps and left no model (a done neighbour's final model is still mixed)."""
+        return all(s.revoked or (s.done and s.model is None) for s in self._seen.values())
 
     def present(self) -> list[str]:
         """The neighbours a step waits for."""
-        return [a for a, s in self._seen.items() if s.present and not s.done]
+        return [a for a, s in self._seen.items() if s.present and not s.done and not s.revoked]
+
+    def revoked(self, agent_id: str) -> bool:
+        """Whether the CA host announced the neighbour revoked."""
+        return self._seen[agent_id].revoked
+
+    def revoke(self, agent_id: str) -> bool:
+        """Never wait for, send to or mix ``agent_id`` again; its held model is discarded.
+        Returns False for an agent that is not a neighbour."""
+        seen = self._seen.get(agent_id)
+        if seen is None:
+            return False
+        seen.revoked, seen.model, seen.fresh = True, None, False
+        self._arrived.set()  # a step waiting for it stops waiting
+        log.warning("neighbour_revoked", neighbour=agent_id)
+        return True
 
     def on_hello(self, sender: str, body: PeerHello) -> bool:
         """Keep ``sender``'s key. Returns True when it wants our hello (it asked, or its key
@@ -85,14 +124,20 @@ class NeighbourBook:
         seen = self._seen[sender]
         new = body.reply or not seen.hello or seen.key != body.seal_key
         seen.key, seen.hello, seen.done = body.seal_key, True, body.done
-        self._back(sender, seen)
+        if body.leaving:  # a clean stop: skip it now rather than after a wait
+            seen.present = False
+            log.info("neighbour_left", neighbour=sender, version=body.version)
+        else:
+            self._back(sender, seen)
         self._arrived.set()
-        return new
+        return new and not body.leaving
 
     def on_model(self, sender: str, body: PeerModel) -> bool:
         """Keep ``sender``'s model unless an older version than the one held (a restarted
         neighbour counts again from its saved version). Returns whether it was kept."""
         seen = self._seen[sender]
+        if seen.revoked:
+            return False
         self._back(sender, seen)
         if body.version < seen.version:
             return False
@@ -111,7 +156,8 @@ class NeighbourBook:
 
     async def collect(self, wait: float, *, step: int) -> dict[str, Neighbour]:
         """Wait up to ``wait`` s for a fresh model from every present neighbour; return the
-        fresh ones (and mark them used). The present ones still missing are skipped."""
+        fresh ones (and mark them used) and the final model of every done one. The present
+        ones still missing are skipped; a revoked one is never returned."""
         deadline = asyncio.get_running_loop().time() + wait
         while missing := [a for a in self.present() if not self._seen[a].fresh]:
             self._arrived.clear()
@@ -130,7 +176,9 @@ class NeighbourBook:
                 continue
         fresh: dict[str, Neighbour] = {}
         for agent_id, seen in self._seen.items():
-            if seen.fresh and seen.model is not None:
+            # a done neighbour's final model is mixed at every step: a peer still training
+            # keeps being pulled to it instead of drifting to its own data alone
+            if (seen.fresh or seen.done) and seen.model is not None and not seen.revoked:
                 fresh[agent_id] = seen.model
                 seen.fresh = False
         return fresh

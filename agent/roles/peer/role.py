@@ -8,6 +8,8 @@ kind          does
 ============  ==========================================================================
 peer_hello    keeps the neighbour's sealing key; answers with ours when it is new
 peer_model    keeps the neighbour's newest model for the next mix (sealed to our key)
+revocations   the CA host's CRL: refuse its serials, drop the named neighbours (on
+              ``fl/{federation}/revocations``; ``revocation``)
 renew_reply   the CA's answer to our certificate renewal (identities on)
 ============  ==========================================================================
 
@@ -20,7 +22,6 @@ Metropolis-Hastings weights (``mixing.mix``), save (``state``), evaluate every
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
 import time
 from typing import Any
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent.bus.base import Bus
 from agent.config import AgentConfig
-from agent.errors import ConfigError, PluginError
+from agent.errors import PluginError
 from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, Liveness
@@ -42,8 +43,9 @@ from agent.messages.tensors import to_tensors
 from agent.plugin.api import Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.peer import state
-from agent.roles.peer.book import NeighbourBook
+from agent.roles.peer.book import NeighbourBook, graph_neighbours
 from agent.roles.peer.mixing import mix
+from agent.roles.peer.revocation import PeerRevocations
 from agent.roles.peer.sketch import sketch
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
@@ -51,28 +53,11 @@ from agent.runtime.outbox import Outbox
 from agent.runtime.reassembly import Limits
 from agent.runtime.renewer import renewer_for
 from agent.runtime.tasks import task_group
-from agent.secagg.graph import neighbours
 
 log = structlog.get_logger(__name__)
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 #: Status messages after a step at most this often (s); the heartbeat sends them anyway.
 STATUS_EVERY = 1.0
-
-
-def graph_neighbours(config: AgentConfig) -> frozenset[str]:
-    """This agent's neighbours in the ``[p2p]`` graph.
-
-    Raises:
-        ConfigError: the agent is not in ``peers``, or no ``degree``-regular graph exists.
-    """
-    p2p = config.p2p
-    if config.agent_id not in p2p.peers:
-        raise ConfigError(f"[p2p] peers does not list this agent ({config.agent_id})")
-    seed = hashlib.sha256(p2p.seed.encode()).digest()
-    try:
-        return neighbours(p2p.peers, k=p2p.degree, seed=seed)[config.agent_id]
-    except ValueError as exc:
-        raise ConfigError(f"[p2p] degree = {p2p.degree}: {exc}") from exc
 
 
 class Peer:
@@ -119,12 +104,19 @@ class Peer:
             for a in self.book.ids
         }
         self._key = state.seal_key(config.state_dir) if credentials else None
+        self.revocations = (
+            PeerRevocations(credentials.ca, agent_id=self._id, book=self.book)
+            if credentials
+            else None
+        )
         self._renewer = (
             renewer_for(config, self._outbox, credentials.ca, tls) if credentials else None
         )
         registry = ListenerRegistry()
         registry.register(Kind.PEER_HELLO, self._on_hello, rounds=RoundPolicy.ANY)
         registry.register(Kind.PEER_MODEL, self._on_model, rounds=RoundPolicy.ANY)
+        if self.revocations is not None:
+            registry.register(Kind.REVOCATIONS, self.revocations.on_message, rounds=RoundPolicy.ANY)
         if self._renewer is not None:
             registry.register(Kind.RENEW_REPLY, self._renewer.on_reply, rounds=RoundPolicy.ANY)
         self.dispatcher = Dispatcher(
@@ -132,8 +124,10 @@ class Peer:
             registry=registry,
             current_round=lambda: self.version,
             max_payload=config.max_payload,
-            security=Security(credentials.verifier(), unseal_key=self._key)
-            if credentials
+            security=Security(
+                credentials.verifier(revoked=self.revocations.refuses), unseal_key=self._key
+            )
+            if credentials and self.revocations
             else None,
             metrics=self.metrics,
             transfer=Limits.of(config.transfer),
@@ -144,7 +138,8 @@ class Peer:
         self.version = saved[1] if saved else 0
         self.accuracy: float | None = None
         #: all ``[p2p] steps`` taken (said in our hellos)
-        self.done = bool(config.p2p.steps) and self.version >= config.p2p.steps
+        self.done = bool(config.p2p.steps) and self.version >= config.p2p.total_steps
+        self._num_examples = 0
         self.ready = asyncio.Event()
         self._status_at = 0.0
         self.status_changed = asyncio.Event()  # pushes systemd's STATUS= (sdnotify)
@@ -170,6 +165,7 @@ class Peer:
         await self._bus.subscribe(topics.PEER.format(self._fed, "+", peer=self._id))
         if self._config.identity.enabled:
             await self._bus.subscribe(topics.INBOX.format(self._fed, self._id))  # renewal
+            await self._bus.subscribe(topics.REVOCATIONS.format(self._fed))
         self._bus.on_connect(self._on_connect)
         with structlog.contextvars.bound_contextvars(agent_id=self._id, federation=self._fed):
             try:
@@ -178,11 +174,14 @@ class Peer:
                     tg.create_task(self._heartbeat(), name="peer-heartbeat")
                     if self._renewer is not None:
                         tg.create_task(self._renewer.run(), name="peer-renew")
+                    if self.revocations is not None:  # we are revoked: stop
+                        tg.create_task(self.revocations.stop_when_revoked(), name="peer-revoked")
                     await self._bus.wait_connected()
                     self.ready.set()
                     await self._on_connect(False)  # the callback fires on later connects
                     await self.steps()
             finally:
+                await self._leave()
                 await self._say(Liveness.OFFLINE, bounded=True)
 
     async def steps(self) -> None:
@@ -191,20 +190,19 @@ class Peer:
         # a fresh peer waits for its neighbours' keys; a restarted one (a duty cycle) goes on
         if self.version == 0 and (silent := await self.book.greeted(p2p.wait)):
             log.warning("neighbours_silent", neighbours=silent, waited=p2p.wait)
-        while not p2p.steps or self.version < p2p.steps:
+        while not p2p.steps or self.version < p2p.total_steps:
             if self.book.all_done():  # training alone would only drift to our own data
                 log.info("p2p_neighbours_done", version=self.version)
                 break
             step = self.version + 1
-            self.status = f"step {step}: training"
-            for _ in range(p2p.local_steps):
-                result = await asyncio.to_thread(self._plugin.fit, self.weights, p2p.fit_config)
-                self.weights = result.weights
-            num_examples = result.num_examples
+            if not p2p.steps or step <= p2p.steps:  # past them: the final consensus phase
+                self.status = f"step {step}: training"
+                await self._fit(p2p.local_steps, p2p.fit_config)
             self.status = f"step {step}: averaging"
-            await self._send_models(step, num_examples)
+            await self._send_models(step, self._num_examples)
             fresh = await self.book.collect(p2p.wait, step=step)
             self.weights = mix(self.weights, self._degree, fresh)
+            log.debug("p2p_mixed", step=step, mixed=sorted(fresh))  # no await since collect
             self.version = step
             await asyncio.to_thread(state.save, self._config.state_dir, self.weights, step)
             if p2p.eval_every and step % p2p.eval_every == 0:
@@ -219,6 +217,11 @@ class Peer:
         await self._say(Liveness.ONLINE)
         log.info("p2p_finished", version=self.version, accuracy=self.accuracy)
 
+    async def _fit(self, local_steps: int, fit_config: dict[str, bool | int | float | str]) -> None:
+        for _ in range(local_steps):
+            result = await asyncio.to_thread(self._plugin.fit, self.weights, fit_config)
+            self.weights, self._num_examples = result.weights, result.num_examples
+
     async def _evaluate(self) -> None:
         try:
             result = await asyncio.to_thread(self._plugin.evaluate, self.weights, {})
@@ -228,7 +231,9 @@ class Peer:
         value = result.metrics.get("accuracy")
         self.accuracy = float(value) if isinstance(value, int | float) else None
 
-    async def _send_models(self, version: int, num_examples: int) -> None:
+    async def _send_models(
+        self, version: int, num_examples: int, *, only: str | None = None
+    ) -> None:
         body = PeerModel(
             version=version,
             degree=self._degree,
@@ -236,6 +241,8 @@ class Peer:
             tensors=to_tensors(self.weights),
         )
         for agent_id, box in self._to.items():
+            if self.book.revoked(agent_id) or only not in (None, agent_id):
+                continue
             key = self.book.key(agent_id)
             if self._key is not None and key is None:
                 await self._hello(agent_id)  # it cannot get a model it cannot open
@@ -244,13 +251,24 @@ class Peer:
             box.seal_to = None if key is None else X25519PublicKey.from_public_bytes(key)
             await box.try_send(topics.PEER, body, round=version, agent_id=self._id, peer=agent_id)
 
-    async def _hello(self, agent_id: str, *, reply: bool = False) -> None:
+    async def _leave(self) -> None:
+        """A clean stop: tell every neighbour not to wait for us (bounded: the bus may be
+        gone already)."""
+        try:
+            async with asyncio.timeout(2.0):
+                for agent_id in self.book.ids:
+                    await self._hello(agent_id, leaving=True)
+        except TimeoutError:
+            log.warning("leaving_not_said")
+
+    async def _hello(self, agent_id: str, *, reply: bool = False, leaving: bool = False) -> None:
         body = PeerHello(
             seal_key=self.seal_key,
             degree=self._degree,
             version=self.version,
             reply=reply,
             done=self.done,
+            leaving=leaving,
         )
         await self._outbox.try_send(
             topics.PEER, body, round=self.version, agent_id=self._id, peer=agent_id
@@ -271,8 +289,12 @@ class Peer:
 
     async def _on_hello(self, message: Message[PeerHello]) -> None:
         sender = self._neighbour(message)
-        if sender is not None and self.book.on_hello(sender, message.body):
-            await self._hello(sender)
+        if sender is None or not self.book.on_hello(sender, message.body):
+            return
+        if self.done:  # a (re)started neighbour holds none of our models: our final one,
+            # before the hello that says done (it would stop if we were done and modelless)
+            await self._send_models(self.version, self._num_examples, only=sender)
+        await self._hello(sender)
 
     async def _on_model(self, message: Message[PeerModel]) -> None:
         sender = self._neighbour(message)
