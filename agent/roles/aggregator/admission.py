@@ -4,13 +4,15 @@ An agent asks with ``join``; it is admitted when it speaks for itself (the body'
 the envelope's sender) and trains this federation's plugin. An admitted agent gets
 ``join_accepted`` (with the run's sealing key when identities are on) and the model in force
 in its inbox; a refused one ``join_rejected`` saying why. Joining again (after a reconnect)
-re-admits, but an admitted agent's repeated joins within ``rejoin_interval`` (5 s) of its
-last answer are not answered again (``join_ignored reason=duplicate``, logged once per agent
-and window): a flood of joins costs one answer and one model. (With 1 s, a fleet process
-still digesting its members' first answers re-sent their joins (``join_retry``, 2 s) and
-each was admitted again, the model re-sent and the inbox replayed: 1,153 admissions and
-460 MB of models for 300 agents, and round 1 missed its first stage; issue 15.) Once the
-run finished, joins are left for the next run's aggregator.
+re-admits, but an admitted agent's repeated joins while its answer is still going out (a
+chunked model takes seconds) or within ``rejoin_interval`` (5 s) after it went are not
+answered again (``join_ignored reason=duplicate``, logged once per agent and window): a
+flood of joins costs one answer and one model. (With 1 s, a fleet process still digesting
+its members' first answers re-sent their joins (``join_retry``, 2 s) and each was admitted
+again, the model re-sent and the inbox replayed: 1,153 admissions and 460 MB of models for
+300 agents, and round 1 missed its first stage; issue 15. A 10M-parameter trainer retrying
+during its 40 MB model push got the model 4 or 5 times over on mosquitto; issue 16.) Once
+the run finished, joins are left for the next run's aggregator.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Admission:
         self._closed = False
         self._rejoin_interval = rejoin_interval
         self._answered: dict[str, float] = {}  # agent id -> time.monotonic() of its answer
+        self._answering: set[str] = set()  # agents whose answer is going out now
         #: joins not answered because they repeated an answered one, by agent id
         self.duplicates: dict[str, int] = {}
 
@@ -142,7 +145,9 @@ class Admission:
         """True (and counted) when ``agent_id`` was answered less than ``rejoin_interval``
         ago."""
         answered = self._answered.get(agent_id)
-        if answered is None or time.monotonic() - answered >= self._rejoin_interval:
+        if agent_id in self._answering:
+            pass  # its answer (join_accepted and the model) is still going out
+        elif answered is None or time.monotonic() - answered >= self._rejoin_interval:
             return False
         count = self.duplicates[agent_id] = self.duplicates.get(agent_id, 0) + 1
         if count == 1 or count % 100 == 0:
@@ -163,7 +168,7 @@ class Admission:
         if body.agent_id in self.revoked:
             await self.revoke(body.agent_id)  # tell it again: it should have stopped
             return
-        round_, model = self._current()
+        round_, _ = self._current()
         if body.plugin != self._plugin_name:
             reason = f"this federation trains plugin {self._plugin_name!r}, not {body.plugin!r}"
             await self._outbox.try_send(
@@ -181,23 +186,32 @@ class Admission:
             return
         self._answered[body.agent_id] = time.monotonic()
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
+        self._answering.add(body.agent_id)
+        try:
+            await self._answer(body.agent_id, round_)
+        finally:
+            self._answering.discard(body.agent_id)
+            self._answered[body.agent_id] = time.monotonic()  # the window runs from its end
+        log.info("agent_admitted", agent=body.agent_id, rejoin=known, admitted=len(self.agents))
+        if known and self._on_rejoin is not None:
+            await self._on_rejoin(body.agent_id)
+        if len(self.agents) >= self._wanted:
+            self._enough.set()
+
+    async def _answer(self, agent_id: str, round_: int) -> None:
+        """``join_accepted``, then the model in force, to ``agent_id``'s inbox."""
         await self._outbox.try_send(
             topics.INBOX,
             JoinAccepted(
-                agent_id=body.agent_id,
+                agent_id=agent_id,
                 round=round_,
                 seal_key=self._seal_key,
                 incarnation=self.incarnation,
                 run_id=self.run_id,
             ),
             round=round_,
-            agent_id=body.agent_id,
+            agent_id=agent_id,
         )
         # The model in force now: a round may have ended while join_accepted went out.
         round_, model = self._current()
-        await publish_model(self._outbox, model, round=round_, agent_id=body.agent_id)
-        log.info("agent_admitted", agent=body.agent_id, rejoin=known, admitted=len(self.agents))
-        if known and self._on_rejoin is not None:
-            await self._on_rejoin(body.agent_id)
-        if len(self.agents) >= self._wanted:
-            self._enough.set()
+        await publish_model(self._outbox, model, round=round_, agent_id=agent_id)
