@@ -187,7 +187,26 @@ def one(bus: str, agents: int, rounds: int, report: Path) -> dict[str, Any]:
         "every_agent_survived": all(len(r.survivors) == agents for r in records),
         "final_accuracy": result.summary.final_accuracy,
         "wall_seconds": round(result.wall_seconds, 1),
+        **admissions(report / "logs" / "aggregator.log"),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
+
+
+def admissions(log: Path) -> dict[str, int]:
+    """From the aggregator's JSON log: ``join_accepted`` answers (``agent_admitted`` lines),
+    how many carried a model, and joins left unanswered as duplicates."""
+    answers = models = ignored = 0
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "agent_admitted":
+            answers += 1
+            models += bool(event.get("model_sent", True))  # before the field: always
+        elif event.get("event") == "join_ignored" and event.get("reason") == "duplicate":
+            ignored += 1
+    return {"admissions": answers, "models_sent_on_join": models, "joins_ignored_logged": ignored}
 
 
 def main() -> None:
