@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import pytest
 
 from agent.brokers import EmbeddedBroker
 from agent.bus.base import BusSettings
 from agent.bus.url import bus_from_url
-from agent.messages.bodies import JoinAccepted
+from agent.messages.bodies import JoinAccepted, JoinRequest
+from agent.messages.codec import decode, encode
 from agent.roles.aggregator import Aggregator
+from agent.roles.aggregator.admission import Admission
+from agent.roles.aggregator.records import GlobalState
 from agent.roles.trainer import Trainer
 from agent.roles.trainer.attempt import JoinAttempts, keeps
 from agent.roles.trainer.model import HeldModel
+from agent.runtime.outbox import Outbox
 from tests.helpers import aggregator_config, toy, trainer_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,3 +96,47 @@ def test_a_held_model_is_kept_only_if_it_is_the_one_in_force() -> None:
     assert not keeps(held, _accepted("x", version=4))
     assert not keeps(None, _accepted("x"))
     assert not keeps(held, JoinAccepted(agent_id="a1", round=3))  # an older aggregator
+
+
+class Sent:
+    """An outbox that records the kinds it sends."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    async def try_send(self, spec: Any, body: Any, **_: Any) -> int:
+        self.kinds.append(type(body).__name__)
+        return 1
+
+
+async def test_a_rejoin_holding_the_model_in_force_is_not_sent_it_but_is_replayed() -> None:
+    state = GlobalState.of(2, [np.zeros(3, dtype=np.float32)])
+    outbox, replayed = Sent(), []
+
+    async def replay(agent_id: str) -> None:
+        replayed.append(agent_id)
+
+    admission = Admission(
+        outbox=cast(Outbox, outbox),
+        plugin_name="toy",
+        wanted=1,
+        seal_key=None,
+        current=lambda: (2, state),
+        rejoin_interval=0.0,
+        on_rejoin=replay,
+    )
+
+    async def join(attempt: str, **held: Any) -> list[str]:
+        outbox.kinds.clear()
+        body = JoinRequest(agent_id="a1", plugin="toy", num_examples=1, attempt=attempt, **held)
+        await admission.on_join(decode(encode(body, federation="fed", round=0, sender="a1")))
+        return outbox.kinds
+
+    assert await join("x") == ["JoinAccepted", "GlobalModel"]
+    assert await join("x") == ["JoinAccepted"]  # a retry
+    assert replayed == []
+    holds = {"held_version": 2, "held_sha256": state.sha256}
+    assert await join("y", **holds) == ["JoinAccepted"]  # a reconnect, model held
+    assert replayed == ["a1"]
+    assert await join("z") == ["JoinAccepted", "GlobalModel"]  # a reconnect, no model
+    assert (admission.answers, admission.models_sent) == (4, 2)
