@@ -25,7 +25,7 @@ whether an aggregator process was in the training loop. Training time starts at 
 first step any peer reported (p2p); the accuracy is the federated evaluation of the global
 model (sync, async) or the mean of the peers' own evaluations of their models (p2p), both
 over the agents'
-test slices. A mode this install lacks (async before its branch is merged) is an entry with
+test slices. A mode whose run is refused with a ``ConfigError`` is an entry with
 ``"available": false`` and the reason.
 
     .venv/bin/python bench/modes.py [--agents 20] [--rounds 20] [--p2p-steps 40] [--bus nats]

@@ -449,3 +449,28 @@ def test_metrics_body_accepts_scalars_only() -> None:
         decode(payload)
     ok = EvaluateRes(model_version=1, loss=0.5, num_examples=3, metrics={"accuracy": 0.9})
     assert decode(encode(ok, federation="f", round=1, sender="a")).body == ok
+
+
+def test_as_tensor_is_to_tensor_without_the_copy() -> None:
+    """``as_tensor`` encodes exactly as ``to_tensor``; a C-contiguous little-endian array's
+    bytes are shared (read-only), anything else is copied."""
+    from agent.messages.tensors import as_tensor
+
+    arrays = [
+        np.zeros(0, np.float32),
+        np.array(3.0),
+        np.ones((2, 3), np.float16),
+        np.array([True, False]),
+        np.arange(6, dtype=">i4"),
+        np.arange(12.0).reshape(3, 4)[:, ::2],
+    ]
+    for a in arrays:
+        t = as_tensor(a)
+        assert msgspec.msgpack.encode(t) == msgspec.msgpack.encode(to_tensor(a))
+        assert np.array_equal(to_array(t), a)
+    shared = np.arange(4, dtype=np.uint32)
+    view = as_tensor(shared).data
+    assert isinstance(view, memoryview)
+    assert view.readonly
+    shared[0] = 7
+    assert to_array(as_tensor(shared))[0] == 7

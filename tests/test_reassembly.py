@@ -28,8 +28,9 @@ from agent.messages.tensors import to_arrays, to_tensors
 from agent.robust.settings import OnViolation, RobustConfig
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.robust_fit import robust_update
+from agent.runtime.assembly import assemble
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
-from agent.runtime.reassembly import Limits, Reassembly, assemble
+from agent.runtime.reassembly import Limits, Reassembly
 from agent.strategy.update import ClientResult, mean_update
 from tests.helpers import Recorder
 

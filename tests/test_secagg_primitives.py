@@ -346,3 +346,42 @@ def test_graph_depends_on_the_seed_only() -> None:
     seed = os.urandom(32)
     assert neighbours(cohort, k=6, seed=seed) == neighbours(cohort[::-1], k=6, seed=seed)
     assert neighbours(cohort, k=6, seed=seed) != neighbours(cohort, k=6, seed=os.urandom(32))
+
+
+def test_prg_masks_a_slice_as_the_whole_stream_would() -> None:
+    """``offset`` seeks the keystream: slices at any (also unaligned) offset, masked one by
+    one, give the vector masked at once."""
+    for dtype in (np.uint32, np.uint64):
+        seed = os.urandom(32)
+        whole = np.arange(1001, dtype=dtype)
+        MaskStream(1001, np.dtype(dtype)).add(whole, seed)
+        pieces = np.arange(1001, dtype=dtype)
+        stream = MaskStream(1001, np.dtype(dtype))
+        for lo, hi in ((0, 3), (3, 500), (500, 1000), (1000, 1001)):
+            stream.add(pieces[lo:hi], seed, lo)
+        assert np.array_equal(whole, pieces)
+    with pytest.raises(ValueError, match="stream of 10"):
+        MaskStream(10, np.dtype(np.uint32)).add(np.zeros(4, np.uint32), os.urandom(32), 8)
+
+
+def test_the_trainers_delta_source_reads_the_clipped_delta_block_by_block() -> None:
+    """``DeltaSource`` gives, block by block, what the whole-vector path built: the averaged
+    arrays' delta (carried int arrays left out) scaled to the bound, then the metric words."""
+    from agent.privacy.clipping import clip
+    from agent.robust.bounds import clip_norm
+    from agent.roles.trainer.masked_update import DeltaSource, clip_scale
+    from agent.strategy.update import masked_delta
+
+    rng = np.random.default_rng(3)
+    base = [rng.normal(size=(7, 5)).astype(np.float32), np.arange(3), rng.normal(size=11)]
+    trained = [b + rng.normal(size=b.shape).astype(b.dtype) for b in base]
+    tail = np.array([0.25, 1.0])
+    source = DeltaSource(trained, base, tail=tail)
+    source.scale = clip_scale(source.norm(), norm_bound=2.0, clip_norm=1.5)
+    expected = clip([clip_norm(masked_delta(trained, base), 2.0)], 1.5)[0][0]
+    out = np.empty(source.length)
+    for start in range(0, source.length, 4):
+        source.read(start, out[start : start + 4])
+    assert source.length == 35 + 11 + 2
+    assert np.allclose(out[:-2], expected)
+    assert np.array_equal(out[-2:], tail)

@@ -46,8 +46,11 @@ class Manifest(Body, frozen=True):
 
 class ChunkAck(Body, frozen=True):
     """aggregator → a sender's inbox: of the chunked transfer ``transfer`` it has kept
-    ``received`` chunks. The sender keeps at most a window of chunks beyond that in flight
-    (``agent.runtime.credits``), so a cohort cannot overrun the aggregator's connection."""
+    ``received`` chunks, and the sender may send the chunks with an index below ``grant``
+    (granted from one budget shared by every sender, ``agent.runtime.credit_pool``; None: a
+    window of chunks beyond ``received``, ``agent.runtime.credits``), so a cohort cannot
+    overrun the aggregator's connection or memory."""
 
     transfer: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
     received: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS)]
+    grant: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS)] | None = None

@@ -241,8 +241,10 @@ def _slices(buffers: Sequence[memoryview], size: int) -> Iterator[bytes]:
 def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, Iterable[bytes]]:
     """The manifest and the chunk frames of ``body``. With ``sealed`` the chunks are
     encrypted under a fresh content key, which the manifest carries (so the manifest must
-    then be sealed), and the frames are built here; in the clear they are cut again from the
-    body as they are iterated (hashed once here), so a sender holds one chunk, not a copy.
+    then be sealed). The frames are cut again from the body as they are iterated (hashed
+    once here; sealed, encrypted twice: ChaCha20-Poly1305 under one key and nonce is
+    deterministic), so a sender holds one chunk, not a copy of the body; the body must not
+    change until they are sent.
 
     Raises:
         ValueError: more than ``MAX_CHUNKS`` chunks (see ``chunking_plan``).
@@ -253,14 +255,11 @@ def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, Itera
     transfer = os.urandom(16)
     key = ChaCha20Poly1305.generate_key() if sealed else None
     whole = hashlib.sha256()
-    frames: list[bytes] = []
     hashes = []
     for index, piece in enumerate(_slices(buffers, chunk_size)):
         whole.update(piece)
         data = piece if key is None else seal_chunk(key, transfer, index, plan.chunks, piece)
         hashes.append(hashlib.sha256(data).digest())
-        if key is not None:
-            frames.append(frame(transfer, index, data))
     manifest = Manifest(
         transfer=transfer,
         kind=KIND_OF[type(body)],
@@ -271,7 +270,11 @@ def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, Itera
         chunk_hashes=hashes,
         content_key=key,
     )
-    if key is not None:
-        return manifest, frames
+    if key is not None:  # sealed again as sent: the same nonce and key give the same bytes
+        sealed_frames = (
+            frame(transfer, i, seal_chunk(key, transfer, i, plan.chunks, p))
+            for i, p in enumerate(_slices(buffers, chunk_size))
+        )
+        return manifest, sealed_frames
     cut = (frame(transfer, i, p) for i, p in enumerate(_slices(buffers, chunk_size)))
     return manifest, cut

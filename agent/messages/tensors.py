@@ -47,6 +47,21 @@ def to_tensor(array: npt.NDArray[Any]) -> Tensor:
     return Tensor(dtype=le.dtype.str, shape=list(le.shape), data=le.tobytes(order="C"))
 
 
+def as_tensor(array: npt.NDArray[Any]) -> Tensor:
+    """``to_tensor`` without the copy when ``array`` is C-contiguous and little-endian:
+    ``data`` is then a read-only memoryview of the array's bytes (the array must not change
+    until the Tensor has been sent). Anything else is copied as by ``to_tensor``.
+
+    Raises:
+        ValueError: as ``to_tensor``.
+    """
+    le = array.dtype.newbyteorder("<")
+    if array.dtype != le or not array.flags.c_contiguous or le.str not in ALLOWED_DTYPES:
+        return to_tensor(array)
+    view: Any = memoryview(array.reshape(-1).data).cast("B").toreadonly()
+    return Tensor(dtype=le.str, shape=list(array.shape), data=view)
+
+
 def to_array(tensor: Tensor) -> npt.NDArray[Any]:
     """Decode a ``Tensor`` into a read-only array (zero-copy view of ``tensor.data``).
 

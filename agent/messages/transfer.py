@@ -24,6 +24,11 @@ class TransferConfig(
         budget: bytes all unfinished incoming transfers together may announce; they are
             spooled to disk, so this bounds disk, not memory.
         timeout: seconds from a manifest to its last chunk; then the transfer is dropped.
+        in_flight: bytes of chunks all senders together may have on their way to the
+            aggregator (granted by its ``chunk_ack``s and not yet spooled,
+            ``agent.runtime.credit_pool``): its queue memory whatever the cohort size. At
+            least one chunk is always granted, so a value below ``chunk_size`` only slows
+            uploads down.
         spool_dir: where the spool files go (default: the system's temporary directory).
     """
 
@@ -31,4 +36,5 @@ class TransferConfig(
     max_message: Annotated[int, msgspec.Meta(ge=1)] = 4 << 30
     budget: Annotated[int, msgspec.Meta(ge=1)] = 8 << 30
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    in_flight: Annotated[int, msgspec.Meta(ge=1)] = 16 << 20
     spool_dir: Path | None = None

@@ -44,8 +44,8 @@ from agent.messages.sealing import SEALED_KINDS, open_sealed, seal_info
 from agent.messages.signing import Signed
 from agent.messages.topics import TopicSpec, classify
 from agent.role import Identity, Role
+from agent.runtime.assembly import rebuild
 from agent.runtime.chunk_lane import ChunkLane
-from agent.runtime.credits import ACK_EVERY
 from agent.runtime.dedupe import SeenIds
 from agent.runtime.fairness import FairQueue
 from agent.runtime.handlers import Handler as Handler
@@ -54,13 +54,14 @@ from agent.runtime.handlers import ListenerRegistry as ListenerRegistry
 from agent.runtime.handlers import RoundPolicy as RoundPolicy
 from agent.runtime.handlers import Security as Security
 from agent.runtime.metrics import Metrics
-from agent.runtime.reassembly import Limits, Reassembly, Transfer, rebuild
+from agent.runtime.reassembly import Limits, Reassembly, Transfer
 from agent.runtime.tasks import task_group
 
 log = structlog.get_logger(__name__)
 
-#: Awaited when a transfer kept chunks (its new count is a multiple of ``ACK_EVERY``, or it
-#: completed): the aggregator acknowledges them to the sender (``runtime.credits``).
+#: Awaited with (transfer, chunks kept) when a transfer's sender must be told a new grant
+#: (``Transfer.grant``, from the shared in-flight budget, ``runtime.credit_pool``): the
+#: aggregator acknowledges to the sender (``runtime.credits``).
 ChunkHook = Callable[[Transfer, int], Awaitable[None]]
 #: Awaited for each dropped message: the raw message, the drop reason and its detail.
 DropHook = Callable[[BusMessage, str, str], Awaitable[None]]
@@ -107,7 +108,9 @@ class Dispatcher:
         seen: called with the sender of every message whose signature verified (identities
             on), e.g. ``LivenessTracker.touch``.
         transfer: the reassembly bounds for chunked messages (default: ``Limits()``).
-        on_chunk: awaited as chunks are kept (see ``ChunkHook``); None: no acknowledgements.
+        on_chunk: awaited as grants change (see ``ChunkHook``); given, the senders' chunks in
+            flight are granted from ``transfer.in_flight`` bytes shared by all of them
+            (``runtime.credit_pool``); None: no acknowledgements, no flow control.
     """
 
     def __init__(
@@ -132,7 +135,9 @@ class Dispatcher:
         self._federation = federation
         self.fairness = fairness
         self._seen_sender = seen or _nobody
-        self.reassembly = Reassembly(transfer, on_drop=self._count_drop)
+        self.reassembly = Reassembly(
+            transfer, on_drop=self._count_drop, flow_control=on_chunk is not None
+        )
         self._on_drop = on_drop
         self.metrics = Metrics() if metrics is None else metrics
         self.security = security
@@ -206,6 +211,7 @@ class Dispatcher:
         """Check ``raw`` and run its handler. Returns True when a handler ran cleanly (for a
         manifest or a chunk: when it was kept)."""
         self.reassembly.expire()
+        await self._grant()  # the credit an expired transfer held goes to the others
         if chunks.is_chunk(raw.payload):
             return await self._chunk(raw)
         try:
@@ -233,6 +239,7 @@ class Dispatcher:
                 self._drop(raw, exc.reason, str(exc))
                 return False
             self.metrics.bytes_received.labels(str(Kind.MANIFEST)).inc(len(raw.payload))
+            await self._grant()
             return True
         self.metrics.messages_received.labels(str(message.kind)).inc()
         self.metrics.bytes_received.labels(str(message.kind)).inc(len(raw.payload))
@@ -245,13 +252,7 @@ class Dispatcher:
         try:
             transfer = await asyncio.to_thread(self.reassembly.add, raw.topic, raw.payload)
             self.metrics.bytes_received.labels("chunk").inc(len(raw.payload))
-            if self._on_chunk is not None and transfer is not None:
-                kept = len(transfer.received) - transfer.missing
-                if kept % ACK_EVERY == 0 or not transfer.missing:
-                    if lane is not None:
-                        lane.ack(transfer, kept)
-                    else:
-                        await self._on_chunk(transfer, kept)
+            await self._grant()
             if transfer is None or transfer.missing:
                 return True
         except ProtocolError as exc:
@@ -265,6 +266,18 @@ class Dispatcher:
             await lane.complete(transfer)
             return True
         return await self._finish(transfer)
+
+    async def _grant(self) -> None:
+        """Tell each sender whose grant grew (``Reassembly.due``), from the lane while
+        ``run`` is active."""
+        if self._on_chunk is None:
+            return
+        for transfer in self.reassembly.due():
+            kept = len(transfer.received) - transfer.missing
+            if self._lane is not None:
+                self._lane.ack(transfer, kept)
+            else:
+                await self._on_chunk(transfer, kept)
 
     async def _finish(self, transfer: Transfer) -> bool:
         """Rebuild a complete transfer's message and run its handler."""

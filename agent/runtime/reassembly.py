@@ -15,6 +15,10 @@ counts only on the topic its manifest came on: on a per-agent topic, only its ag
 - **Bounded**: a manifest announcing more than ``max_message`` bytes, or more than the
   ``budget`` left by the transfers already open, is refused (``over_budget``); each topic
   has at most one open transfer (a newer manifest supersedes the older one, ``superseded``).
+- **Flow-controlled** (with a ``CreditPool``, the aggregator's): the chunks its senders may
+  have in flight are granted from one shared budget (``in_flight``,
+  ``agent.runtime.credit_pool``); ``due`` names the transfers whose new grant their sender
+  must be told (``Transfer.grant``).
 - **Timed**: a transfer not complete ``timeout`` seconds after its manifest is dropped
   (``transfer_timeout``) at the next ``expire``: a missing chunk never makes anyone wait
   longer than that, and the round's own deadline counts the sender as a dropout.
@@ -28,28 +32,27 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
-import msgspec
 import structlog
 
 from agent.errors import (
-    ChunkError,
     ChunkMismatchError,
-    DecodeError,
     OverBudgetError,
     SupersededError,
     TransferTimeoutError,
     UnknownTransferError,
 )
-from agent.messages.bodies import Body, Manifest
-from agent.messages.chunks import join_body, open_chunk, parse_frame
-from agent.messages.codec import validate_body
-from agent.messages.envelope import Envelope, Message
+from agent.messages.bodies import Manifest
+from agent.messages.chunks import parse_frame
+from agent.messages.envelope import Envelope
 from agent.messages.transfer import TransferConfig
 from agent.role import Identity
+from agent.runtime.assembly import Transfer, stride
+from agent.runtime.credit_pool import CreditPool
+
+__all__ = ["DONE_MEMORY", "DropNote", "Limits", "Reassembly", "Transfer"]
 
 log = structlog.get_logger(__name__)
 
@@ -68,54 +71,40 @@ class Limits:
         budget: bytes all open transfers together may announce.
         timeout: seconds from a manifest to its last chunk.
         spool_dir: where the spool files go (None: the system's temporary directory).
+        in_flight: bytes of chunks granted to all senders together and not yet kept (with
+            flow control on, ``agent.runtime.credit_pool``).
     """
 
     max_message: int = 4 << 30
     budget: int = 8 << 30
     timeout: float = 300.0
     spool_dir: Path | None = None
+    in_flight: int = 16 << 20
 
     @classmethod
     def of(cls, config: TransferConfig) -> Limits:
         """The limits a ``[transfer]`` table sets."""
-        return cls(config.max_message, config.budget, config.timeout, config.spool_dir)
-
-
-@dataclass(eq=False, slots=True)
-class Transfer:
-    """One open transfer: its manifest (and the checked envelope it came in), its spool."""
-
-    topic: str
-    manifest: Manifest
-    envelope: Envelope
-    identity: Identity | None
-    deadline: float
-    spool: IO[bytes]
-    received: bytearray = field(init=False)
-    missing: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.received = bytearray(len(self.manifest.chunk_hashes))
-        self.missing = len(self.received)
-
-    @property
-    def key(self) -> tuple[str, bytes]:
-        return self.topic, self.manifest.transfer
-
-    @property
-    def sender(self) -> str:
-        return self.envelope.sender
-
-    def close(self) -> None:
-        self.spool.close()
+        return cls(
+            config.max_message, config.budget, config.timeout, config.spool_dir, config.in_flight
+        )
 
 
 class Reassembly:
     """The open transfers of one receiver (see the module docstring)."""
 
-    def __init__(self, limits: Limits | None = None, *, on_drop: DropNote | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        on_drop: DropNote | None = None,
+        flow_control: bool = False,
+    ) -> None:
         self.limits = Limits() if limits is None else limits
         self._on_drop = on_drop
+        #: with ``flow_control``: the shared grant of chunks in flight (see the module doc)
+        self.credit: CreditPool[tuple[str, bytes]] | None = (
+            CreditPool(self.limits.in_flight) if flow_control else None
+        )
         self._open: dict[tuple[str, bytes], Transfer] = {}
         self._by_topic: dict[str, Transfer] = {}
         #: recently completed transfers, whose late duplicate chunks are ignored quietly
@@ -178,6 +167,8 @@ class Reassembly:
         )
         self._open[transfer.key] = transfer
         self._by_topic[topic] = transfer
+        if self.credit is not None:
+            self.credit.open(transfer.key, chunk_size=stride(manifest), count=count)
         log.debug(
             "transfer_started",
             topic=topic,
@@ -212,7 +203,7 @@ class Reassembly:
         if transfer.received[index]:
             return None  # a duplicate of a chunk already kept
         want = (
-            _stride(manifest)
+            stride(manifest)
             - manifest.chunk_size
             + min(manifest.chunk_size, manifest.total_size - index * manifest.chunk_size)
         )
@@ -220,14 +211,29 @@ class Reassembly:
             raise ChunkMismatchError(f"chunk {index} holds {len(data)} bytes, not {want}")
         if hashlib.sha256(data).digest() != manifest.chunk_hashes[index]:
             raise ChunkMismatchError(f"chunk {index} does not match its manifest hash")
-        os.pwrite(transfer.spool.fileno(), data, index * _stride(manifest))
+        os.pwrite(transfer.spool.fileno(), data, index * stride(manifest))
         transfer.received[index] = 1
         transfer.missing -= 1
+        if self.credit is not None:
+            self.credit.kept(transfer.key, len(transfer.received) - transfer.missing)
         if transfer.missing:
             return transfer
         self._forget(transfer)
         self._done.append(transfer.key)
         return transfer
+
+    def due(self) -> list[Transfer]:
+        """With flow control: the open transfers whose sender must be told a new grant
+        (``Transfer.grant`` set to it; ``CreditPool.due``); empty without."""
+        if self.credit is None:
+            return []
+        out = []
+        for key in self.credit.due():
+            transfer, grant = self._open.get(key), self.credit.get(key)
+            if transfer is not None and grant is not None:
+                transfer.grant = grant.announced
+                out.append(transfer)
+        return out
 
     def expire(self, now: float | None = None) -> None:
         """Drop every transfer past its deadline (``transfer_timeout``)."""
@@ -258,64 +264,8 @@ class Reassembly:
             self._on_drop(transfer.topic, reason, detail)
 
     def _forget(self, transfer: Transfer) -> None:
+        if self.credit is not None:
+            self.credit.close(transfer.key)
         self._open.pop(transfer.key, None)
         if self._by_topic.get(transfer.topic) is transfer:
             del self._by_topic[transfer.topic]
-
-
-def _stride(manifest: Manifest) -> int:
-    """Spool bytes per chunk slot: a sealed chunk carries its 16-byte tag."""
-    return manifest.chunk_size + (16 if manifest.content_key is not None else 0)
-
-
-def assemble(transfer: Transfer) -> Body:
-    """The body a complete transfer carries: every chunk read back in order (and opened,
-    when sealed), the body rebuilt around it (``chunks.join_body``; the caller validates it
-    like any decoded body). Closes the spool.
-
-    The manifest's whole-message SHA-256 is not computed again here: every chunk was kept
-    only once its SHA-256 matched the signed manifest's hash for its index, and the chunk
-    sizes are fixed by the manifest, so the bulk is already pinned byte for byte (a second
-    hash of the whole would be one more pass over the model for nothing).
-
-    Raises:
-        ChunkError: a chunk short in the spool, or a sealed chunk that does not open
-            (``SealError`` is a ``ProtocolError`` too).
-        DecodeError: a header that does not fit the bulk.
-    """
-    manifest = transfer.manifest
-    bulk = bytearray(manifest.total_size)
-    view = memoryview(bulk)
-    stride, count = _stride(manifest), len(manifest.chunk_hashes)
-    try:
-        fd = transfer.spool.fileno()
-        for index in range(count):
-            start = index * manifest.chunk_size
-            size = min(manifest.chunk_size, manifest.total_size - start)
-            if manifest.content_key is None:
-                got = os.preadv(fd, [view[start : start + size]], index * stride)
-                if got != size:
-                    raise ChunkError(f"chunk {index} is short in the spool")
-            else:
-                sealed = os.pread(fd, size + 16, index * stride)
-                view[start : start + size] = open_chunk(
-                    manifest.content_key, manifest.transfer, index, count, sealed
-                )
-    finally:
-        transfer.close()
-    try:
-        return join_body(manifest.kind, manifest.header, view)
-    except DecodeError:
-        raise
-    except Exception as exc:  # a header that decodes to something join_body cannot fill
-        raise DecodeError(f"bad chunked {manifest.kind} body: {exc!r}") from exc
-
-
-def rebuild(transfer: Transfer) -> Message[Any]:
-    """The message a complete transfer carries: its body assembled and validated like any
-    decoded body (``codec.validate_body``), under the manifest's envelope with the carried
-    kind. Raises what ``assemble`` and ``validate_body`` raise (``ProtocolError``s)."""
-    body = validate_body(assemble(transfer))
-    kind = transfer.manifest.kind
-    envelope = msgspec.structs.replace(transfer.envelope, kind=kind, body=b"", sealed=False)
-    return Message(envelope, body, transfer.topic, transfer.identity)

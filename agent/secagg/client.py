@@ -13,9 +13,9 @@ HKDF output of X25519(s_u^sk, s_v^pk) (+ when u < v, − otherwise, so pairs can
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent.errors import SecAggAbortError, ShareError
 from agent.secagg import keys, shamir
 from agent.secagg.graph import neighbours_of
-from agent.secagg.prg import MaskStream
-from agent.secagg.quantize import quantize_into, weight_word
+from agent.secagg.prg import SEGMENT_WORDS, MaskStream
+from agent.secagg.quantize import Quantizer, weight_word
 from agent.secagg.state import PublicKeys, RevealedShares, Setup, Stage, move, sign
 
 RingVector = npt.NDArray[np.unsignedinteger[Any]]
@@ -122,34 +122,74 @@ def share_keys(state: ClientState, peer_keys: Mapping[str, PublicKeys]) -> dict[
     return out
 
 
+class UpdateSource(Protocol):
+    """A client's update read block by block, never held whole (``collect_masked_input``):
+    ``length`` values; ``read(start, out)`` writes values ``start … start + len(out) − 1``
+    into ``out`` (float64)."""
+
+    @property
+    def length(self) -> int: ...
+
+    def read(self, start: int, out: npt.NDArray[np.float64]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySource:
+    """An ``UpdateSource`` over a flat array (shape (d,), any float dtype)."""
+
+    values: npt.NDArray[np.floating[Any]]
+
+    @property
+    def length(self) -> int:
+        return int(self.values.shape[0])
+
+    def read(self, start: int, out: npt.NDArray[np.float64]) -> None:
+        np.copyto(out, self.values[start : start + out.shape[0]])
+
+
+#: A source of distributed DP's integer noise: the next ``n`` words of the share, int64.
+NoiseSource = Callable[[int], npt.NDArray[np.int64]]
+
+
 def collect_masked_input(
     state: ClientState,
     ciphertexts: Mapping[str, bytes],
     *,
-    update: npt.NDArray[np.floating[Any]],
+    update: npt.NDArray[np.floating[Any]] | UpdateSource,
     weight: int,
     rng: np.random.Generator | None = None,
-    noise: npt.NDArray[np.int64] | None = None,
+    noise: npt.NDArray[np.int64] | NoiseSource | None = None,
 ) -> RingVector:
     """Stage ``collect_masked_input``: decrypt the shares others sent us, then mask.
 
+    The vector is built ``SEGMENT_WORDS`` values at a time: a block of the update is read,
+    quantized, noised and masked by every seed before the next (``MaskStream`` seeks), so
+    besides the result this holds O(block) scratch, not float64 copies of the update.
+
     Args:
         ciphertexts: sender id → ciphertext addressed to us (senders form N(u) ∩ U2).
-        update: shape (d,), float: this client's model delta.
+        update: shape (d,), float: this client's model delta; or an ``UpdateSource`` of d
+            values (the trainer's reads trained − base from the model arrays).
         weight: num_examples (capped at ``max_weight``).
         noise: shape (d,), int64: distributed DP's integer noise share, added to the
-            quantized update in the ring before masking (``agent.privacy``); none by default.
+            quantized update in the ring before masking (``agent.privacy``); or a
+            ``NoiseSource`` drawing it block by block; none by default.
 
     Returns:
         y_u, shape (d + 1,), the ring dtype: quantized update ‖ weight, masked.
 
     Raises:
         ShareError: a ciphertext from a non-peer, or one that does not authenticate.
+        ValueError: an update or noise of the wrong length, a NaN in the update.
     """
     move(state, Stage.COLLECT_MASKED_INPUT)
     setup_ = state.setup
-    if update.shape != (setup_.length,):
-        raise ValueError(f"update has shape {update.shape}, expected ({setup_.length},)")
+    source = ArraySource(update) if isinstance(update, np.ndarray) else update
+    if (isinstance(update, np.ndarray) and update.ndim != 1) or source.length != setup_.length:
+        shape = update.shape if isinstance(update, np.ndarray) else (source.length,)
+        raise ValueError(f"update has shape {shape}, expected ({setup_.length},)")
+    if isinstance(noise, np.ndarray) and noise.shape != (setup_.length,):
+        raise ValueError(f"noise has shape {noise.shape}, expected ({setup_.length},)")
     context = setup_.context
     for v, blob in ciphertexts.items():
         if v not in state.share_keys:
@@ -160,25 +200,30 @@ def collect_masked_input(
             raise ShareError(f"shares from {v} have the wrong length")
         state.held[v] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
     params = setup_.params
-    y = np.empty(setup_.length + 1, dtype=params.dtype)
-    quantize_into(y[:-1], update, weight=weight, params=params, rng=rng)
-    if noise is not None:
-        if noise.shape != (setup_.length,):
-            raise ValueError(f"noise has shape {noise.shape}, expected ({setup_.length},)")
-        y[:-1] += noise.astype(params.dtype)  # two's complement: mod 2^m, as the masks
-    y[-1] = weight_word(weight, params)
-    stream = MaskStream(len(y), params.dtype)
-    stream.add(y, state.self_seed)
+    masks = [(state.self_seed, 1)]
     for v in sorted(state.held):
         seed = keys.agree(
             state.mask_key,
             state.peers[v].mask,
             info=context.info(keys.MASK_PURPOSE, state.agent_id, v),
         )
-        if sign(state.agent_id, v) > 0:
-            stream.add(y, seed)
-        else:
-            stream.subtract(y, seed)
+        masks.append((seed, sign(state.agent_id, v)))
+    y = np.empty(setup_.length + 1, dtype=params.dtype)
+    stream = MaskStream(len(y), params.dtype)
+    quantizer = Quantizer(params, weight=weight, rng=rng)
+    values = np.empty(min(SEGMENT_WORDS, setup_.length), np.float64)
+    for start in range(0, setup_.length, SEGMENT_WORDS):
+        block = y[start : min(start + SEGMENT_WORDS, setup_.length)]
+        scratch = values[: block.shape[0]]
+        source.read(start, scratch)
+        quantizer.into(block, scratch)
+        if isinstance(noise, np.ndarray):
+            block += noise[start : start + len(block)].astype(params.dtype)  # two's complement
+        elif noise is not None:
+            block += noise(len(block)).astype(params.dtype)  # mod 2^m, as the masks
+        stream.apply(block, masks, start)
+    y[-1] = weight_word(weight, params)
+    stream.apply(y[-1:], masks, setup_.length)
     return y
 
 

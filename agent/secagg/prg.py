@@ -13,6 +13,7 @@ modulo 2^m, which is exactly the ring's addition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,10 @@ class MaskStream:
     """Expands seeds to masks of one length and word size, reusing its buffers.
 
     ``add`` and ``subtract`` work segment by segment (``SEGMENT_WORDS``), so they need
-    O(segment) memory whatever the length; ``expand`` builds the whole mask.
+    O(segment) memory whatever the length; ``expand`` builds the whole mask. With ``offset``
+    they mask a slice: ``target`` takes words ``offset … offset + len(target) − 1`` of the
+    stream (AES-CTR seeks to any word: counter block ⌊o·itemsize/16⌋, less the bytes before
+    it), so a vector masked slice by slice equals the vector masked at once.
     Not thread-safe: give each thread its own.
     """
 
@@ -43,11 +47,10 @@ class MaskStream:
         self.length = length
         self.dtype = np.dtype(dtype)
         words = min(length, SEGMENT_WORDS)
-        nbytes = words * self.dtype.itemsize
+        nbytes = words * self.dtype.itemsize + 16  # + the bytes before an unaligned offset
         self._zeros = bytes(nbytes)
         # update_into needs len(out) ≥ len(data) + block size − 1.
         self._out = bytearray(nbytes + 15)
-        self._words = np.frombuffer(self._out, dtype=self.dtype, count=words)
 
     def expand(self, seed: bytes) -> RingVector:
         """PRG(seed): a fresh array of shape (length,), ``dtype``.
@@ -62,24 +65,48 @@ class MaskStream:
         encryptor.update_into(bytes(nbytes), out)
         return np.frombuffer(out, dtype=self.dtype, count=self.length)
 
-    def add(self, target: RingVector, seed: bytes) -> None:
-        """target += PRG(seed) in Z_2^m, in place."""
-        self._apply(target, seed, np.add)
+    def add(self, target: RingVector, seed: bytes, offset: int = 0) -> None:
+        """target += PRG(seed)[offset : offset + len(target)] in Z_2^m, in place.
 
-    def subtract(self, target: RingVector, seed: bytes) -> None:
-        """target −= PRG(seed) in Z_2^m, in place."""
-        self._apply(target, seed, np.subtract)
+        Raises:
+            ValueError: a seed that is not 32 bytes, or a slice beyond ``length``.
+        """
+        self._apply(target, seed, np.add, offset)
 
-    def _apply(self, target: RingVector, seed: bytes, op: Any) -> None:
+    def subtract(self, target: RingVector, seed: bytes, offset: int = 0) -> None:
+        """target −= PRG(seed)[offset : offset + len(target)] in Z_2^m, in place."""
+        self._apply(target, seed, np.subtract, offset)
+
+    def apply(
+        self, target: RingVector, masks: Sequence[tuple[bytes, int]], offset: int = 0
+    ) -> None:
+        """target += Σ sign · PRG(seed)[offset : offset + len(target)] over ``masks``
+        ((seed, sign) pairs, sign ±1), segment by segment: every mask of a segment is applied
+        while it is in cache, one pass over ``target`` instead of one per seed.
+
+        Raises:
+            ValueError: as ``add``.
+        """
+        for start in range(0, len(target), SEGMENT_WORDS):
+            piece = target[start : start + SEGMENT_WORDS]
+            for seed, sign in masks:
+                self._apply(piece, seed, np.add if sign > 0 else np.subtract, offset + start)
+
+    def _apply(self, target: RingVector, seed: bytes, op: Any, offset: int) -> None:
         _check(seed)
+        count = len(target)
+        if offset < 0 or offset + count > self.length:
+            raise ValueError(f"words {offset}…{offset + count} of a stream of {self.length}")
         itemsize = self.dtype.itemsize
-        for start in range(0, self.length, SEGMENT_WORDS):
-            words = min(SEGMENT_WORDS, self.length - start)
-            counter = (start * itemsize // 16).to_bytes(16, "big")
-            encryptor = Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor()
-            encryptor.update_into(self._zeros[: words * itemsize], self._out)
+        for start in range(0, count, SEGMENT_WORDS):
+            words = min(SEGMENT_WORDS, count - start)
+            block, skip = divmod((offset + start) * itemsize, 16)
+            counter = modes.CTR(block.to_bytes(16, "big"))
+            encryptor = Cipher(algorithms.AES(seed), counter).encryptor()
+            encryptor.update_into(self._zeros[: skip + words * itemsize], self._out)
+            stream = np.frombuffer(self._out, dtype=self.dtype, count=words, offset=skip)
             piece = target[start : start + words]
-            op(piece, self._words[:words], out=piece)
+            op(piece, stream, out=piece)
 
 
 def _check(seed: bytes) -> None:

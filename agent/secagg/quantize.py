@@ -67,12 +67,7 @@ def quantize_into(
     vector), ``STEP`` values at a time: 2 MiB of float64 scratch instead of three float64
     copies of the update, and the same values (the rounding noise is drawn in the same
     order). Returns ``out``; raises as ``quantize`` (``out`` then partly written)."""
-    if weight < 1:
-        raise ValueError(f"weight must be at least 1, got {weight}")
-    rng = rng if rng is not None else np.random.default_rng()
-    c = params.clipping_range
-    scale = min(weight, params.max_weight) / params.max_weight
-    top = (1 << params.quantization_bits) - 1
+    quantizer = Quantizer(params, weight=weight, rng=rng)
     flat = np.asarray(update).reshape(-1)
     if out.shape != flat.shape:
         raise ValueError(f"out has shape {out.shape}, the update {flat.shape}")
@@ -80,17 +75,56 @@ def quantize_into(
     for start in range(0, flat.size, STEP):
         end = min(start + STEP, flat.size)
         y = scratch[: end - start]
-        np.clip(flat[start:end], -c, c, out=y, dtype=np.float64)
+        np.copyto(y, flat[start:end])
+        quantizer.into(out[start:end], y)
+    return out
+
+
+class Quantizer:
+    """``quantize`` block by block: ``into(out, values)`` maps the next block of an update
+    (float64, overwritten) onto the ring. Blocks taken in order draw the rounding noise in
+    the order one ``quantize`` of the whole update would (``Generator.random`` is a stream).
+
+    Raises (constructor):
+        ValueError: a weight < 1.
+    """
+
+    def __init__(
+        self, params: SecAggParams, *, weight: int, rng: np.random.Generator | None = None
+    ) -> None:
+        if weight < 1:
+            raise ValueError(f"weight must be at least 1, got {weight}")
+        self._rng = rng if rng is not None else np.random.default_rng()
+        self._c = params.clipping_range
+        scale = min(weight, params.max_weight) / params.max_weight
+        self._factor = scale / params.step
+        self._shift = self._c / params.step
+        self._top = (1 << params.quantization_bits) - 1
+        self._noise = np.empty(0, np.float64)
+
+    def into(self, out: RingVector, values: FloatVector) -> None:
+        """out ← q(values), shape (n,) each; ``values`` (float64) is used as scratch.
+
+        Raises:
+            ValueError: a NaN in ``values``.
+        """
+        n = values.shape[0]
+        if self._noise.shape[0] < n:
+            self._noise = np.empty(n, np.float64)
+        y = values
+        c = self._c
+        np.clip(y, -c, c, out=y)
         if np.isnan(y).any():
             raise ValueError("cannot quantize NaN")
         # y ← (y·scale + c) / δ + u, in place; float64 holds 2^b exactly for b ≤ 52.
-        y *= scale / params.step
-        y += c / params.step
-        y += rng.random(end - start)
+        y *= self._factor
+        y += self._shift
+        u = self._noise[:n]
+        self._rng.random(n, out=u)
+        y += u
         np.floor(y, out=y)
-        np.clip(y, 0, top, out=y)
-        out[start:end] = y
-    return out
+        np.clip(y, 0, self._top, out=y)
+        out[:] = y
 
 
 def weight_word(weight: int, params: SecAggParams) -> int:

@@ -244,9 +244,8 @@ def _unmask(state: ServerState) -> Aggregate:
     if total is None:  # close_collect aborts first; kept for a state built by hand
         raise SecAggAbortError("too_few_survivors", "no masked input")
     state.masked_sum = None  # unmasked in place (the round ends here), masks by segment
-    stream = MaskStream(len(total), params.dtype)
-    for seed in seeds.values():
-        stream.subtract(total, seed)
+    # every mask to take out, then one pass over the sum (MaskStream.apply)
+    masks = [(seed, -1) for seed in seeds.values()]
     context = setup_.context
     for v, raw in mask_keys.items():
         private = keys.private_from_bytes(raw)
@@ -259,10 +258,8 @@ def _unmask(state: ServerState) -> Aggregate:
                 private, state.keys[u].mask, info=context.info(keys.MASK_PURPOSE, u, v)
             )
             # u applied sign(u, v)·PRG(s_uv); take it back out.
-            if sign(u, v) > 0:
-                stream.subtract(total, seed)
-            else:
-                stream.add(total, seed)
+            masks.append((seed, -sign(u, v)))
+    MaskStream(len(total), params.dtype).apply(total, masks)
     # What honest, clipped, quantized, weight-capped inputs can add up to (agent.robust.secure).
     check_ring_sum(
         total,

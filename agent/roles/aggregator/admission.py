@@ -12,10 +12,15 @@ answered last, re-sent because the answer or the broker's acknowledgement was la
 and is on its way (a reconnect would have drawn a new attempt). This is what keeps a fleet
 cheap to admit: at 1,000 agents on mosquitto, joins whose QoS 1 acknowledgement took over
 10 s were re-sent, and each re-admission cost a 400 KB model (4,965 admissions; issue 15).
-An admitted agent's repeated joins within ``rejoin_interval`` (5 s) of its last answer are
-not answered at all (``join_ignored reason=duplicate``, logged once per agent and window).
-Once the run finished, joins are left for the next run's aggregator. ``answers`` and
-``models_sent`` count what this run sent (logged with every ``agent_admitted``).
+An admitted agent's repeated joins while its answer is still going out (a chunked model
+takes seconds) or within ``rejoin_interval`` (5 s) after it went are not answered at all
+(``join_ignored reason=duplicate``, logged once per agent and window). (With 1 s and no
+attempts, a fleet process still digesting its members' first answers re-sent their joins
+and each was admitted again: 1,153 admissions for 300 agents; issue 15. A 10M-parameter
+trainer retrying during its 40 MB model push got the model 4 or 5 times over on mosquitto;
+issue 16.) Once the run finished, joins are left for the next run's aggregator.
+``answers`` and ``models_sent`` count what this run sent (logged with every
+``agent_admitted``).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class Admission:
         self._closed = False
         self._rejoin_interval = rejoin_interval
         self._answered: dict[str, float] = {}  # agent id -> time.monotonic() of its answer
+        self._answering: set[str] = set()  # agents whose answer is going out now
         #: joins not answered because they repeated an answered one, by agent id
         self.duplicates: dict[str, int] = {}
         self._attempts: dict[str, str] = {}  # agent id -> the JoinRequest.attempt answered
@@ -150,7 +156,9 @@ class Admission:
         """True (and counted) when ``agent_id`` was answered less than ``rejoin_interval``
         ago."""
         answered = self._answered.get(agent_id)
-        if answered is None or time.monotonic() - answered >= self._rejoin_interval:
+        if agent_id in self._answering:
+            pass  # its answer (join_accepted and the model) is still going out
+        elif answered is None or time.monotonic() - answered >= self._rejoin_interval:
             return False
         count = self.duplicates[agent_id] = self.duplicates.get(agent_id, 0) + 1
         if count == 1 or count % 100 == 0:
@@ -194,27 +202,12 @@ class Admission:
         self._attempts[body.agent_id] = body.attempt
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
         held = (body.held_version, body.held_sha256) == (model.version, model.sha256)
-        await self._outbox.try_send(
-            topics.INBOX,
-            JoinAccepted(
-                agent_id=body.agent_id,
-                round=round_,
-                seal_key=self._seal_key,
-                incarnation=self.incarnation,
-                run_id=self.run_id,
-                attempt=body.attempt,
-                version=model.version,
-                sha256=model.sha256,
-            ),
-            round=round_,
-            agent_id=body.agent_id,
-        )
-        self.answers += 1
-        if not (retry or held):
-            # The model in force now: a round may have ended while join_accepted went out.
-            round_, model = self._current()
-            await publish_model(self._outbox, model, round=round_, agent_id=body.agent_id)
-            self.models_sent += 1
+        self._answering.add(body.agent_id)
+        try:
+            await self._answer(body, round_, model, with_model=not (retry or held))
+        finally:
+            self._answering.discard(body.agent_id)
+            self._answered[body.agent_id] = time.monotonic()  # the window runs from its end
         log.info(
             "agent_admitted",
             agent=body.agent_id,
@@ -229,3 +222,31 @@ class Admission:
             await self._on_rejoin(body.agent_id)
         if len(self.agents) >= self._wanted:
             self._enough.set()
+
+    async def _answer(
+        self, join: JoinRequest, round_: int, model: GlobalState, *, with_model: bool
+    ) -> None:
+        """``join_accepted`` naming ``model``, then (``with_model``) the model in force, to
+        the joining agent's inbox."""
+        agent_id = join.agent_id
+        await self._outbox.try_send(
+            topics.INBOX,
+            JoinAccepted(
+                agent_id=agent_id,
+                round=round_,
+                seal_key=self._seal_key,
+                incarnation=self.incarnation,
+                run_id=self.run_id,
+                attempt=join.attempt,
+                version=model.version,
+                sha256=model.sha256,
+            ),
+            round=round_,
+            agent_id=agent_id,
+        )
+        self.answers += 1
+        if with_model:
+            # The model in force now: a round may have ended while join_accepted went out.
+            round_, model = self._current()
+            await publish_model(self._outbox, model, round=round_, agent_id=agent_id)
+            self.models_sent += 1

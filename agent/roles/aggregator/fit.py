@@ -222,11 +222,15 @@ class CohortFit:
         try:
             await send_each(self._outbox, cohort, self._fit_ins(before), round=r)
             results = await plain.wait(self._schedule.round_timeout)
+        except BaseException:  # cancelled or failed: the spool goes now, not at GC
+            if fold is not None:
+                fold.close()
+            raise
         finally:
             self._plain = None
             self.late = plain.late
-            if fold is not None and not plain.results:
-                fold.close()  # its spool; with results, fold.result() closes it
+        if fold is not None and not results:
+            fold.close()  # its spool; with results, fold.result() closes it
         self._metrics.stage_seconds.labels("fit").observe(time.monotonic() - started)
         if not results:
             return Outcome.failed(RoundFailure.NO_UPDATE)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from agent.messages.tensors import Tensor, digest, to_arrays, to_tensors
+from agent.messages.tensors import Tensor, digest, to_arrays, to_tensor, to_tensors
 from agent.plugin.api import Weights
 
 
@@ -129,4 +129,16 @@ class GlobalState:
         """The state of ``weights``; its ``weights`` are read-only views of the wire form,
         so a model is held once, not twice."""
         tensors = to_tensors(weights)
+        return cls(version, to_arrays(tensors), tensors, digest(tensors))
+
+    @classmethod
+    def taking(cls, version: int, weights: Weights) -> GlobalState:
+        """``of``, emptying the list ``weights`` as it goes: each array is let go once its
+        wire copy is made, so while a model-sized list is converted it is held once (plus
+        one array), not twice. The caller must hold no other reference to the arrays for
+        that to save memory; ``weights`` is ``[]`` afterwards."""
+        tensors = []
+        weights.reverse()  # pop() from the end, in the model's order
+        while weights:
+            tensors.append(to_tensor(weights.pop()))
         return cls(version, to_arrays(tensors), tensors, digest(tensors))

@@ -106,6 +106,8 @@ class OpenedRun:
     run_id: str
     run_dir: Path
     resumed: Resumed | None
+    #: the caller's arrays in a list of the run's own, which the aggregator empties as it
+    #: builds round 0's wire form (``GlobalState.taking``): the run holds the model once
     initial: Weights
 
 
@@ -127,7 +129,7 @@ def open_run(state_dir: Path, *, rounds: int, continue_from: str, initial: Weigh
     if resumed is None and source:
         initial = read_weights(runs.runs_dir(state_dir) / source / "global_model.npz")
         log.info("run_continues", run_id=run_id, continued_from=source)
-    return OpenedRun(run_id, run_dir, resumed, initial)
+    return OpenedRun(run_id, run_dir, resumed, list(initial))  # its own list: see ``initial``
 
 
 def _continued_from(run_dir: Path) -> str:

@@ -39,6 +39,7 @@ from agent.roles.aggregator.schedule import RunPlan, run_recorded
 from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
 from agent.runtime.fairness import FairnessLimits, FairQueue
+from agent.runtime.heap import return_large_frees
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
@@ -67,13 +68,11 @@ class Aggregator:
         incarnation: this aggregator process's id (default: a fresh random one), said in
             ``federation_status`` and ``join_accepted``; trainers rejoin a new one.
 
-    The run is the newest unfinished one under ``state_dir/runs`` (resumed after its last
-    committed round) or a new one (``agent.roles.aggregator.resume.open_run``).
+    The run: the newest unfinished one under ``state_dir/runs``, resumed, or a new one.
 
     Raises:
         IdentityError: identities on, but the certificate is not an aggregator's.
-        ConfigError: ``continue_from`` names no run with a model, or the run to resume is
-            unreadable.
+        ConfigError: ``continue_from`` names no run with a model, or an unreadable run.
     """
 
     def __init__(
@@ -90,6 +89,7 @@ class Aggregator:
         incarnation: str | None = None,
     ) -> None:
         schedule, fed = config.aggregator, config.federation
+        return_large_frees()  # model-sized buffers leave the RSS when freed (runtime.heap)
         self.incarnation = incarnation or secrets.token_hex(8)
         self.opened = opened = open_run(
             config.state_dir,
@@ -116,7 +116,7 @@ class Aggregator:
         )
         # A fresh sealing key per run: agents seal their updates to it (HPKE).
         seal_key = X25519PrivateKey.generate() if credentials else None
-        self._now = InForce(0, GlobalState.of(0, opened.initial))
+        self._now = InForce(0, GlobalState.taking(0, opened.initial))  # held once, as wire
         #: the run's files; ``store.on_round_persisted`` is the per-round hook (ledger)
         self.store = RunStore(opened.run_dir, incarnation=self.incarnation, mirror=config.state_dir)
         #: agent ids found revoked (by the node's registry watch), handled in ``run``
@@ -330,11 +330,11 @@ class Aggregator:
         self._evaluation.on_metrics(message.sender, message.body)
 
     async def _ack_chunks(self, transfer: Transfer, kept: int) -> None:
-        """Grant a trainer's chunked upload more window (``runtime.credits``)."""
+        """Tell a trainer's chunked upload its new grant (``runtime.credit_pool``)."""
         where = classify(transfer.topic, self._fed)
         if where is None or where[0].publisher is not Role.TRAINER:
             return
-        ack = ChunkAck(transfer=transfer.manifest.transfer, received=kept)
+        ack = ChunkAck(transfer=transfer.manifest.transfer, received=kept, grant=transfer.grant)
         await self._outbox.try_send(
             topics.INBOX, ack, round=transfer.envelope.round, agent_id=transfer.sender
         )

@@ -139,7 +139,8 @@ async def run_round(parts: RoundParts, now: InForce, r: int) -> RoundRecord:
     parts.admission.record_round(cohort, dropouts)
     await _missed(parts, parts.fit.late, epoch)
     if outcome.weights is not None:
-        now.model = await asyncio.to_thread(GlobalState.of, r, outcome.weights)
+        # the new arrays are let go layer by layer as their wire copy is made
+        now.model = await asyncio.to_thread(GlobalState.taking, r, outcome.weights)
     now.model = await recorded(
         parts.ledger, now.model, round=r, cohort=cohort, survivors=outcome.survivors
     )

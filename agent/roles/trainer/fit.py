@@ -24,7 +24,7 @@ from agent.messages import topics
 from agent.messages.bodies import FitIns, MaskedInput, ModelUpdate
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
-from agent.messages.tensors import to_tensors
+from agent.messages.tensors import as_tensor
 from agent.plugin.api import FitResult
 from agent.plugin.loader import CheckedPlugin
 from agent.privacy.local import clip_result
@@ -145,7 +145,9 @@ class FitPath:
                 update: ModelUpdate | MaskedInput = ModelUpdate(
                     model_version=model.version,
                     num_examples=max(1, result.num_examples),
-                    tensors=to_tensors(result.weights),
+                    # the plugin's arrays travel as they are (no copy): nothing changes
+                    # them until this send returns (one fit at a time)
+                    tensors=[as_tensor(w) for w in result.weights],
                     metrics=result.metrics,
                 )
             else:

@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 import structlog
 
 from agent.errors import ConfigError, CryptoError, SecAggAbortError
@@ -29,17 +30,16 @@ from agent.messages.bodies import (
     UnmaskRequest,
 )
 from agent.messages.envelope import Message
-from agent.messages.tensors import to_tensor
+from agent.messages.tensors import as_tensor
 from agent.plugin.api import FitResult, Scalar
-from agent.privacy import local
-from agent.robust.bounds import clip_norm
+from agent.privacy import local, noise, secure_metrics
+from agent.roles.trainer.masked_update import DeltaSource, clip_scale
 from agent.roles.trainer.model import HeldModel
 from agent.runtime.outbox import Outbox
 from agent.secagg import client
 from agent.secagg.keys import RoundContext
 from agent.secagg.params import SecAggParams
 from agent.secagg.state import PublicKeys, Setup
-from agent.strategy.update import masked_delta
 
 log = structlog.get_logger(__name__)
 
@@ -158,18 +158,20 @@ class SecureFit:
             the round was closed: the round goes on without us.
         """
         body = self.announced_body
-        model = masked_delta(result.weights, base.weights)
-        if body is not None:  # the announced L2 bound (agent.robust.secure checks the sum)
-            model = clip_norm(model, body.norm_bound)
-        delta = local.secure_vector(
-            model,
-            result.metrics,
-            clip_norm=local.clip_norm_of(config or {}),
-            slots=body.metrics if body is not None else [],
-            metric_scale=body.metric_scale if body is not None else 0.0,
-        )
-        share = local.noise_share(len(delta), body.noise_stddev if body is not None else 0.0)
-        unlisted = sorted(set(result.metrics) - {m.name for m in (body.metrics if body else [])})
+        slots = body.metrics if body is not None else []
+        tail = None
+        if body is not None and slots:
+            tail = secure_metrics.encode(result.metrics, slots, scale=body.metric_scale)
+        source = DeltaSource(result.weights, base.weights, tail=tail)
+        norm_bound = body.norm_bound if body is not None else 0.0
+        dp_clip = local.clip_norm_of(config or {})
+        if norm_bound > 0 or dp_clip is not None:
+            # one pass over the arrays, off the loop, while the key stages go on
+            norm = await asyncio.to_thread(source.norm)
+            # the announced L2 bound (agent.robust.secure checks the sum), then DP's C
+            source.scale = clip_scale(norm, norm_bound=norm_bound, clip_norm=dp_clip)
+        stddev = body.noise_stddev if body is not None else 0.0
+        unlisted = sorted(set(result.metrics) - {m.name for m in slots})
         if unlisted:  # the aggregator cannot learn them without seeing ours alone
             log.info("metrics_not_aggregated", names=unlisted, reason="not_announced")
         try:
@@ -186,14 +188,15 @@ class SecureFit:
                 client.collect_masked_input,
                 self.state,
                 self._ciphertexts,
-                update=delta,
+                update=source,
                 weight=max(1, result.num_examples),
-                noise=share,
+                noise=_noise_source(stddev),
             )
         except REFUSED as exc:
             log.warning("secagg_abandoned", reason="bad_shares", error=str(exc))
             return None
-        return MaskedInput(model_version=base.version, vector=to_tensor(vector))
+        # the ring vector's own bytes travel (no copy): nothing writes to it after this
+        return MaskedInput(model_version=base.version, vector=as_tensor(vector))
 
     async def _share_keys(self, relay: RelayKeys) -> None:
         """Stage share_keys: encrypted shares for the neighbours that advertised."""
@@ -243,3 +246,11 @@ class SecureFit:
 
     async def _send(self, spec: topics.TopicSpec, body: AdvertiseKeys | ShareKeys | Unmask) -> None:
         await self._outbox.try_send(spec, body, round=self.round, agent_id=self._id)
+
+
+def _noise_source(stddev: float) -> client.NoiseSource | None:
+    """Distributed DP's discrete Gaussian share, drawn block by block (None: no noise)."""
+    if stddev <= 0:
+        return None
+    rng = np.random.default_rng()
+    return lambda n: noise.discrete_gaussian(n, stddev, rng)
