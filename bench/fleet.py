@@ -69,8 +69,10 @@ benchmarks and tests (a fleet process got about 0.25 of a core), 3 rounds each:
   6.8 (1 min; 7.3 over 5 min): N = 300, mqtt: round 1 at 19.1 s (was 111.9 s), rounds
   7.06, 7.01, 6.06 s (median of 2.. 6.5 s; was 32.6), peak RSS 1.71 GiB, 300/300 every
   round (was 0/300 then 300/300), 300 admissions and 300 models sent on join (was 815
-  admissions, each with a model). The lower load flatters the seconds; the counts do not
-  depend on it.
+  admissions, each with a model, at load 11-24). The same run of main just before the merge
+  (fc8454c, with h-speed's in-flight answer check), load 5.2: round 1 at 24.2 s, rounds
+  8.98, 7.19, 6.92 s, 300/300 every round, 326 admissions and 326 models. So at low load
+  the retries were few; the re-admissions grow with the load (the late answers) and N.
 """
 
 from __future__ import annotations
