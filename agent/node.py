@@ -136,6 +136,10 @@ async def run_node(
                 services.append(announce_revocations(announcer, authority, registry))
         incarnation = secrets.token_hex(8)
         log.info("aggregator_incarnation", incarnation=incarnation)
+        # one for every run, flushed before the registry closes (last_seen batched: issue 15)
+        seen = enrolled_check(registry) if registry else None
+        if seen is not None:
+            stack.callback(seen.flush)
 
         def build() -> Aggregator:
             built[:] = [
@@ -145,7 +149,7 @@ async def run_node(
                     plugin_name=plugin.name,
                     initial_weights=weights,
                     observer=observer,
-                    revoked=enrolled_check(registry) if registry else None,
+                    revoked=seen,
                     metrics=metrics,
                     incarnation=incarnation,
                 )
@@ -230,30 +234,38 @@ async def export_final_model(plugin: CheckedPlugin, weights: Weights, config: Ag
         log.info("final_model_exported", path=str(path))
 
 
-def enrolled_check(
-    registry: Registry, *, touch_every: float = 30.0, flush_every: float = 2.0
-) -> Callable[[Identity], bool]:
-    """The aggregator's revocation check: True (refuse) unless ``identity`` presents the
-    current certificate of an enrolled, unrevoked agent. Records when an agent was last seen
-    (at most every ``touch_every`` s per agent), in one transaction per ``flush_every`` s
-    at most: a thousand agents joining at once cost a thousand fsyncs on the event loop."""
-    touched: dict[str, float] = {}
-    pending: list[str] = []
-    flushed = [time.monotonic()]
+class enrolled_check:  # noqa: N801 - called like the function it was
+    """The aggregator's revocation check: ``check(identity)`` is True (refuse) unless
+    ``identity`` presents the current certificate of an enrolled, unrevoked agent. Records
+    when an agent was last seen (at most every ``touch_every`` s per agent), in one
+    transaction per ``flush_every`` s at most: a thousand agents joining at once cost a
+    thousand fsyncs on the event loop. ``flush()`` writes what is pending (``run_node``
+    calls it when the aggregator stops, or the last batch would be lost)."""
 
-    def refuse(identity: Identity) -> bool:
-        status = registry.cert_status(identity.agent_id, identity.serial)
+    def __init__(
+        self, registry: Registry, *, touch_every: float = 30.0, flush_every: float = 2.0
+    ) -> None:
+        self._registry, self._touch_every, self._flush_every = registry, touch_every, flush_every
+        self._touched: dict[str, float] = {}
+        self._pending: list[str] = []
+        self._flushed = time.monotonic()
+
+    def __call__(self, identity: Identity) -> bool:
+        status = self._registry.cert_status(identity.agent_id, identity.serial)
         if status is not CertStatus.CURRENT:
             log.warning("sender_not_trusted", agent=identity.agent_id, status=str(status))
             return True
         now = time.monotonic()
-        if now - touched.get(identity.agent_id, -touch_every) >= touch_every:
-            touched[identity.agent_id] = now
-            pending.append(identity.agent_id)
-        if pending and now - flushed[0] >= flush_every:
-            flushed[0] = now
-            registry.touch_many(pending)
-            pending.clear()
+        if now - self._touched.get(identity.agent_id, -self._touch_every) >= self._touch_every:
+            self._touched[identity.agent_id] = now
+            self._pending.append(identity.agent_id)
+        if now - self._flushed >= self._flush_every:
+            self.flush()
         return False
 
-    return refuse
+    def flush(self) -> None:
+        """Record the pending agents' ``last_seen`` now (one transaction; none if none)."""
+        self._flushed = time.monotonic()
+        if self._pending:
+            self._registry.touch_many(self._pending)
+            self._pending.clear()

@@ -64,6 +64,15 @@ benchmarks and tests (a fleet process got about 0.25 of a core), 3 rounds each:
   588 admitted; every round (588, 1000, 1000 members) aborted in advertise_keys with 0
   answers: 4,965 admissions for 1,000 agents (joins whose QoS 1 PUBACK took over 10 s
   were sent again, and each answer is a model) kept the fleet processes behind.
+- With cheap repeated joins (h-rejoin: a retry of the join attempt answered last gets
+  join_accepted alone, a rejoin holding the model in force is not sent it), load average
+  6.8 (1 min; 7.3 over 5 min): N = 300, mqtt: round 1 at 19.1 s (was 111.9 s), rounds
+  7.06, 7.01, 6.06 s (median of 2.. 6.5 s; was 32.6), peak RSS 1.71 GiB, 300/300 every
+  round (was 0/300 then 300/300), 300 admissions and 300 models sent on join (was 815
+  admissions, each with a model, at load 11-24). The same run of main just before the merge
+  (fc8454c, with h-speed's in-flight answer check), load 5.2: round 1 at 24.2 s, rounds
+  8.98, 7.19, 6.92 s, 300/300 every round, 326 admissions and 326 models. So at low load
+  the retries were few; the re-admissions grow with the load (the late answers) and N.
 """
 
 from __future__ import annotations
@@ -187,7 +196,26 @@ def one(bus: str, agents: int, rounds: int, report: Path) -> dict[str, Any]:
         "every_agent_survived": all(len(r.survivors) == agents for r in records),
         "final_accuracy": result.summary.final_accuracy,
         "wall_seconds": round(result.wall_seconds, 1),
+        **admissions(report / "logs" / "aggregator.log"),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
+
+
+def admissions(log: Path) -> dict[str, int]:
+    """From the aggregator's JSON log: ``join_accepted`` answers (``agent_admitted`` lines),
+    how many carried a model, and joins left unanswered as duplicates."""
+    answers = models = ignored = 0
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "agent_admitted":
+            answers += 1
+            models += bool(event.get("model_sent", True))  # before the field: always
+        elif event.get("event") == "join_ignored" and event.get("reason") == "duplicate":
+            ignored += 1
+    return {"admissions": answers, "models_sent_on_join": models, "joins_ignored_logged": ignored}
 
 
 def main() -> None:

@@ -94,3 +94,22 @@ def test_fleet_tokens_and_last_seen_are_written_in_one_transaction_each(tmp_path
         assert not any(isinstance(o, Exception) for o in outcomes)
         registry.touch_many(["a", "b", "not-registered"])
         assert all(row.last_seen is not None for row in registry.agents())
+
+
+def test_the_last_seen_batch_pending_at_shutdown_is_flushed(tmp_path: Path) -> None:
+    """``enrolled_check`` batches ``last_seen`` (one transaction per 2 s); what is pending when
+    the aggregator stops is written by ``flush`` (``run_node`` calls it on exit)."""
+    from agent.node import enrolled_check
+    from agent.role import Identity
+
+    authority = ca.init_ca(FED)
+    with Registry.open(tmp_path / "registry.sqlite") as registry:
+        tok = registry.create_tokens(["a"], 60)
+        enroll_batch(registry, [_pending(a, t) for a, t in tok.items()], _signer(authority))
+        row = registry.agent("a")
+        assert row is not None
+        check = enrolled_check(registry, flush_every=3600.0)
+        assert not check(Identity("a", FED, Role.TRAINER, row.serial))
+        assert [r.last_seen for r in registry.agents()] == [None]  # pending
+        check.flush()
+        assert [r.last_seen is not None for r in registry.agents()] == [True]

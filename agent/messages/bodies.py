@@ -59,6 +59,12 @@ class JoinRequest(Body, frozen=True):
     plugin: Name
     num_examples: Count
     capabilities: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
+    #: this join's attempt: drawn anew for each join (a new process, a reconnect, a new run
+    #: or aggregator), kept by its retries, so a retry is answered without the model again
+    attempt: Incarnation = ""
+    #: the global model the agent holds (version and digest; None: none)
+    held_version: Version | None = None
+    held_sha256: Sha256 | None = None
 
 
 class JoinAccepted(Body, frozen=True):
@@ -74,6 +80,11 @@ class JoinAccepted(Body, frozen=True):
     #: the aggregator process that admitted the agent (``FederationStatus.incarnation``)
     incarnation: Incarnation = ""
     run_id: Incarnation = ""
+    #: the ``JoinRequest.attempt`` answered
+    attempt: Incarnation = ""
+    #: the model in force when answered: an agent holding it keeps it (and no copy follows)
+    version: Version | None = None
+    sha256: Sha256 | None = None
 
 
 class RejectCode(StrEnum):

@@ -2,17 +2,25 @@
 
 An agent asks with ``join``; it is admitted when it speaks for itself (the body's agent id is
 the envelope's sender) and trains this federation's plugin. An admitted agent gets
-``join_accepted`` (with the run's sealing key when identities are on) and the model in force
-in its inbox; a refused one ``join_rejected`` saying why. Joining again (after a reconnect)
-re-admits, but an admitted agent's repeated joins while its answer is still going out (a
-chunked model takes seconds) or within ``rejoin_interval`` (5 s) after it went are not
-answered again (``join_ignored reason=duplicate``, logged once per agent and window): a
-flood of joins costs one answer and one model. (With 1 s, a fleet process still digesting
-its members' first answers re-sent their joins (``join_retry``, 2 s) and each was admitted
-again, the model re-sent and the inbox replayed: 1,153 admissions and 460 MB of models for
-300 agents, and round 1 missed its first stage; issue 15. A 10M-parameter trainer retrying
-during its 40 MB model push got the model 4 or 5 times over on mosquitto; issue 16.) Once
-the run finished, joins are left for the next run's aggregator.
+``join_accepted`` (with the run's sealing key when identities are on, the join's ``attempt``
+and the version and digest of the model in force) and that model in its inbox, unless its
+join says it holds it already; a refused one ``join_rejected`` saying why. Joining again
+(after a reconnect: a new ``attempt``) re-admits, the model re-sent only if the agent lacks
+it, and what its inbox may have missed sent again (``on_rejoin``). A *retry* (the attempt
+answered last, re-sent because the answer or the broker's acknowledgement was late) gets
+``join_accepted`` alone: the first answer, model included, was acknowledged by the broker
+and is on its way (a reconnect would have drawn a new attempt). This is what keeps a fleet
+cheap to admit: at 1,000 agents on mosquitto, joins whose QoS 1 acknowledgement took over
+10 s were re-sent, and each re-admission cost a 400 KB model (4,965 admissions; issue 15).
+An admitted agent's repeated joins while its answer is still going out (a chunked model
+takes seconds) or within ``rejoin_interval`` (5 s) after it went are not answered at all
+(``join_ignored reason=duplicate``, logged once per agent and window). (With 1 s and no
+attempts, a fleet process still digesting its members' first answers re-sent their joins
+and each was admitted again: 1,153 admissions for 300 agents; issue 15. A 10M-parameter
+trainer retrying during its 40 MB model push got the model 4 or 5 times over on mosquitto;
+issue 16.) Once the run finished, joins are left for the next run's aggregator.
+``answers`` and ``models_sent`` count what this run sent (logged with every
+``agent_admitted``).
 """
 
 from __future__ import annotations
@@ -82,6 +90,9 @@ class Admission:
         self._answering: set[str] = set()  # agents whose answer is going out now
         #: joins not answered because they repeated an answered one, by agent id
         self.duplicates: dict[str, int] = {}
+        self._attempts: dict[str, str] = {}  # agent id -> the JoinRequest.attempt answered
+        #: join_accepted sent, and models sent with them, in this run
+        self.answers = self.models_sent = 0
 
     def close(self) -> None:
         """The run is over: joins from now on belong to the next run's aggregator."""
@@ -168,7 +179,7 @@ class Admission:
         if body.agent_id in self.revoked:
             await self.revoke(body.agent_id)  # tell it again: it should have stopped
             return
-        round_, _ = self._current()
+        round_, model = self._current()
         if body.plugin != self._plugin_name:
             reason = f"this federation trains plugin {self._plugin_name!r}, not {body.plugin!r}"
             await self._outbox.try_send(
@@ -184,22 +195,40 @@ class Admission:
         known = body.agent_id in self.agents
         if known and self._duplicate(body.agent_id):
             return
+        # A retry of the join answered last (the same attempt, no reconnect between): that
+        # answer, model included, is on its way or held (the broker acknowledged it).
+        retry = known and bool(body.attempt) and self._attempts.get(body.agent_id) == body.attempt
         self._answered[body.agent_id] = time.monotonic()
+        self._attempts[body.agent_id] = body.attempt
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
+        held = (body.held_version, body.held_sha256) == (model.version, model.sha256)
         self._answering.add(body.agent_id)
         try:
-            await self._answer(body.agent_id, round_)
+            await self._answer(body, round_, model, with_model=not (retry or held))
         finally:
             self._answering.discard(body.agent_id)
             self._answered[body.agent_id] = time.monotonic()  # the window runs from its end
-        log.info("agent_admitted", agent=body.agent_id, rejoin=known, admitted=len(self.agents))
-        if known and self._on_rejoin is not None:
+        log.info(
+            "agent_admitted",
+            agent=body.agent_id,
+            rejoin=known,
+            retry=retry,
+            model_sent=not (retry or held),
+            admitted=len(self.agents),
+            answers=self.answers,
+            models_sent=self.models_sent,
+        )
+        if known and not retry and self._on_rejoin is not None:
             await self._on_rejoin(body.agent_id)
         if len(self.agents) >= self._wanted:
             self._enough.set()
 
-    async def _answer(self, agent_id: str, round_: int) -> None:
-        """``join_accepted``, then the model in force, to ``agent_id``'s inbox."""
+    async def _answer(
+        self, join: JoinRequest, round_: int, model: GlobalState, *, with_model: bool
+    ) -> None:
+        """``join_accepted`` naming ``model``, then (``with_model``) the model in force, to
+        the joining agent's inbox."""
+        agent_id = join.agent_id
         await self._outbox.try_send(
             topics.INBOX,
             JoinAccepted(
@@ -208,10 +237,16 @@ class Admission:
                 seal_key=self._seal_key,
                 incarnation=self.incarnation,
                 run_id=self.run_id,
+                attempt=join.attempt,
+                version=model.version,
+                sha256=model.sha256,
             ),
             round=round_,
             agent_id=agent_id,
         )
-        # The model in force now: a round may have ended while join_accepted went out.
-        round_, model = self._current()
-        await publish_model(self._outbox, model, round=round_, agent_id=agent_id)
+        self.answers += 1
+        if with_model:
+            # The model in force now: a round may have ended while join_accepted went out.
+            round_, model = self._current()
+            await publish_model(self._outbox, model, round=round_, agent_id=agent_id)
+            self.models_sent += 1

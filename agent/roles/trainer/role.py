@@ -53,12 +53,12 @@ from agent.messages.bodies import (
     GlobalModel,
     JoinAccepted,
     JoinRejected,
-    JoinRequest,
     Liveness,
 )
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.plugin.loader import CheckedPlugin
+from agent.roles.trainer.attempt import JoinAttempts, keeps
 from agent.roles.trainer.catchup import LedgerCatchUp
 from agent.roles.trainer.evaluate import evaluate
 from agent.roles.trainer.fit import FitPath
@@ -142,6 +142,7 @@ class Trainer:
         self._fits.on_failed = partial(self._status.send, Liveness.ONLINE)
         self._admitted = asyncio.Event()
         self._rejoin = asyncio.Event()
+        self._attempts = JoinAttempts()  # which join an answer answers
         #: the aggregator incarnation we follow
         self.follow = Follower(self._id, signed=credentials is not None)
         self._resend = AggregatorReconnects(bus)  # its node died: publish again
@@ -246,6 +247,7 @@ class Trainer:
         if reconnect:
             self._resend.reconnected()
             log.info("rejoining_after_reconnect")
+            self._attempts.renew()  # its answer may be lost: not a retry
             self._rejoin.set()
 
     async def _join_loop(self) -> None:
@@ -262,16 +264,12 @@ class Trainer:
             await self._rejoin.wait()
             self._rejoin.clear()
             self._admitted.clear()
+            self._attempts.renew()
             if self._progress.state is not TrainerState.FINISHED:
                 self._progress.enter(TrainerState.JOINING)
 
     async def _send_join(self) -> None:
-        body = JoinRequest(
-            agent_id=self._id,
-            plugin=self._plugin.name,
-            num_examples=self._plugin.num_examples(),
-            capabilities=["fedavg"],
-        )
+        body = self._attempts.request(self._id, self._plugin, held=self.model)
         if await self._outbox.try_send(topics.JOIN, body, round=self._progress.round) is not None:
             log.info("join_sent", num_examples=body.num_examples)
 
@@ -280,6 +278,8 @@ class Trainer:
         if self.follow.stale(body):
             log.info("join_accepted_stale", round=body.round)
             return
+        if self._attempts.answered_again(body, admitted=self._admitted.is_set()):
+            return  # the answer to a retry of the join that admitted us: nothing new
         # A new admission may belong to a new run of the federation: follow its round.
         self._progress.round = body.round
         seal_key = body.seal_key
@@ -289,7 +289,8 @@ class Trainer:
             log.error(
                 "no_sealing_key", aggregator=message.sender, consequence="updates will not be sent"
             )
-        self._models.forget()
+        if not keeps(self.model, body):
+            self._models.forget()  # not the model in force (maybe another run's)
         if self._fits.admitted_at is None:
             self._fits.admitted_at = message.envelope.timestamp
         self._progress.enter(TrainerState.IDLE)
@@ -341,11 +342,8 @@ class Trainer:
         self._work.start(Kind.EVALUATE, work)
 
     async def _on_finish(self, message: Message[Finish]) -> None:
-        log.info(
-            "federation_finished",
-            reason=message.body.reason,
-            final_version=message.body.final_version,
-        )
+        body = message.body
+        log.info("federation_finished", reason=body.reason, final_version=body.final_version)
         self._progress.enter(TrainerState.FINISHED)
         # Stay up, idle; join again (with backoff) so the next run's aggregator finds us.
         self._rejoin.set()
