@@ -128,8 +128,9 @@ def test_demo_p2p_with_a_slow_and_an_intermittent_agent(
     last = timeline["timeline"][-1]
     assert last["min_version"] == 12 or last["done"] == 4
     assert timeline["final_accuracy"] > 0.7
-    # the intermittent agent went offline after all four were first online, and came back
-    samples = timeline["timeline"]
-    full = next(i for i, s in enumerate(samples) if s["online"] == 4)
-    assert any(s["online"] < 4 for s in samples[full:])
+    # the intermittent agent went offline while every peer was still training: the count
+    # of peers online fell below one seen earlier (peers only come online while starting,
+    # and a loaded machine may sample after the intermittent one first left)
+    online = [s["online"] for s in timeline["timeline"] if s["done"] == 0]
+    assert any(later < max(online[:i]) for i, later in enumerate(online) if i)
     assert not (report / "aggregator").exists()  # no aggregator ran
