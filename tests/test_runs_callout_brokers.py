@@ -85,7 +85,7 @@ async def test_an_agent_enrolled_between_runs_joins_the_next_run_on_nats_with_no
         url = broker.url
         base = aggregator_config(url, tmp_path, agents=2, rounds=1, round_timeout=3.0)
         # The trainers may connect before the callout service subscribes: nats-server then
-        # holds their CONNECT for its auth timeout (the TLS timeout + 1 s: 11 s) before it
+        # holds their CONNECT for its auth timeout (the TLS timeout + 1 s) before it
         # refuses them and they retry, so run 1 waits for joins longer than that.
         schedule = msgspec.structs.replace(
             base.aggregator, status_every=0.3, after_run=AfterRun.SERVE, join_timeout=30.0
