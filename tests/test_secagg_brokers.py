@@ -163,6 +163,12 @@ async def test_agents_killed_mid_round_are_recovered(
     }
     # round 1: lost after sharing keys
     assert ("collect_masked_input", ("agent-1", "agent-4")) in closed
-    # MQTT: their last wills said offline; NATS (no will): they let round 1's collect deadline
-    # pass and showed no life since. Either way round 2's cohort leaves them out.
-    assert second.cohort == first.survivors
+    # MQTT: their last wills said offline, so round 2's cohort leaves them out. NATS (no
+    # will): they let round 1's collect deadline pass and showed no life since, which leaves
+    # them out too, unless one of their last messages reached the aggregator after that
+    # deadline on a loaded machine (seen once in a full suite run): then it is sampled and
+    # is round 2's dropout, never a survivor (checked above).
+    if broker.kind == "mqtt":
+        assert second.cohort == first.survivors
+    else:
+        assert set(first.survivors) <= set(second.cohort) <= set(first.cohort)
