@@ -59,6 +59,7 @@ from tests.test_nats_cluster import (  # noqa: E402
     cluster_configs,
     federate_on_cluster,
     running_cluster,
+    spread_urls,
 )
 
 #: which node is killed for each victim
@@ -80,13 +81,11 @@ def _first(logs: list[dict[str, Any]], test: Any, since: int) -> bool:
 async def one(victim: str, where: Path) -> dict[str, Any]:
     """One federation of two rounds with ``NODE[victim]`` killed in round 1."""
     members = Members("aggregator", tuple(TRAINERS))
-    home = {agent_id: i % 3 for i, agent_id in enumerate(TRAINERS)}
     with running_cluster(ca.init_ca("fed"), members, where / "core") as cluster:
-        urls = {"aggregator": cluster.url(0)} | {a: cluster.url(n) for a, n in home.items()}
         config, trainers, tls = cluster_configs(
             cluster,
             where,
-            urls,
+            spread_urls(cluster),
             rounds=2,
             round_timeout=30.0,
             min_fit_clients=len(TRAINERS),

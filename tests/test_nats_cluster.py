@@ -91,6 +91,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield started
 
 
+#: Each trainer's home node: the six spread over the three nodes, two on each.
+HOME = {agent_id: i % 3 for i, agent_id in enumerate(TRAINERS)}
+
+
+def spread_urls(cluster: Cluster) -> dict[str, str]:
+    """The aggregator on node 0, each trainer on its ``HOME`` node."""
+    return {"aggregator": cluster.url(0)} | {a: cluster.url(n) for a, n in HOME.items()}
+
+
 def cluster_configs(
     cluster: Cluster, tmp_path: Path, urls: Mapping[str, str], **schedule: Any
 ) -> tuple[AgentConfig, dict[str, AgentConfig], dict[str, TlsFiles]]:
@@ -155,12 +164,11 @@ async def test_a_secagg_round_survives_the_death_of_a_node(
     are relayed and while the plugins train, n2 is SIGKILLed. Its two trainers reconnect to
     another node (their bus_url lists all three) and rejoin, the aggregator sends their inbox
     again, and the round ends with all six survivors, as does round 2."""
-    home = {agent_id: i % 3 for i, agent_id in enumerate(TRAINERS)}
-    urls = {"aggregator": cluster.url(0)} | {a: cluster.url(n) for a, n in home.items()}
+    home = HOME
     config, trainers, tls = cluster_configs(
         cluster,
         tmp_path,
-        urls,
+        spread_urls(cluster),
         rounds=2,
         round_timeout=20.0,
         min_fit_clients=len(TRAINERS),

@@ -26,6 +26,7 @@ from agent.lockdown.topology import write_leaf
 from agent.plugin.loader import CheckedPlugin
 from tests.helpers import ToyPlugin
 from tests.test_nats_cluster import (
+    HOME,
     SITE,
     TRAINERS,
     WAIT,
@@ -33,6 +34,7 @@ from tests.test_nats_cluster import (
     cluster_configs,
     federate_on_cluster,
     running_cluster,
+    spread_urls,
 )
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
@@ -80,12 +82,11 @@ async def test_a_secagg_round_survives_the_death_of_the_aggregators_node(
     reconnect the aggregator says so (``federation_status.reconnects``), those trainers
     publish their recent messages again, the copies it had are dropped by message id, and
     both rounds end with all six survivors and the exact mean (no input counted twice)."""
-    home = {agent_id: i % 3 for i, agent_id in enumerate(TRAINERS)}
-    urls = {"aggregator": core.url(0)} | {a: core.url(n) for a, n in home.items()}
+    home = HOME
     config, trainers, tls = cluster_configs(
         core,
         tmp_path,
-        urls,
+        spread_urls(core),
         rounds=2,
         round_timeout=20.0,
         min_fit_clients=len(TRAINERS),
