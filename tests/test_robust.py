@@ -3,6 +3,7 @@ rules, what the unmasked SecAgg+ sum may be, the model guard, and the evaluation
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -14,6 +15,8 @@ from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
 from agent.config import AgentConfig, AggregatorConfig, SecureAggregation
 from agent.errors import ConfigError, ModelRejectedError, RefusedError, SecAggAbortError
+from agent.plugin.api import EvaluateResult, Scalar, Weights
+from agent.plugin.loader import CheckedPlugin
 from agent.robust.aggregate import multi_krum, robust_mean, trimmed_mean
 from agent.robust.bounds import admit, clip_norm, l2_norm, relative_bound
 from agent.robust.evaluation import check_result
@@ -31,7 +34,14 @@ from agent.secagg.simulation import Observer, SecAggRound, announce
 from agent.secagg.state import Stage
 from agent.strategy.fedavg import FedAvgM
 from agent.strategy.update import AggregatedUpdate, ClientResult
-from tests.helpers import aggregator_config, federate, federate_in_memory, toy, trainer_config
+from tests.helpers import (
+    ToyPlugin,
+    aggregator_config,
+    federate,
+    federate_in_memory,
+    toy,
+    trainer_config,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -195,6 +205,32 @@ def test_evaluation_results_out_of_range_are_refused(
         )
     assert caught.value.reason == reason
     assert check_result(loss=0.1, num_examples=50, metrics={}, declared=100, max_weight=10) == 10
+
+
+class _OutOfRange(ToyPlugin):
+    """Trains like the toy plugin; its evaluation says accuracy 1.5."""
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
+        return EvaluateResult(0.1, self.n, {"accuracy": 1.5})
+
+
+async def test_an_out_of_range_evaluation_is_an_answer_not_a_missed_deadline(
+    tmp_path: Path,
+) -> None:
+    """An evaluator whose result is refused has still answered: the evaluation does not wait
+    out ``eval_timeout`` for it, and it is not taken for late, so the next round samples it
+    (before, it was skipped as offline and round 2 ran without it)."""
+    plugins = {"a1": toy(1.0, 10), "a2": CheckedPlugin("toy", _OutOfRange(2.0, 10))}
+    with capture_logs() as logs:
+        summary, _ = await federate(tmp_path, plugins, rounds=2, round_timeout=20.0)
+    assert [r.cohort for r in summary.rounds] == [["a1", "a2"], ["a1", "a2"]]
+    refused = [e for e in logs if e["event"] == "metrics_rejected"]
+    assert {e["agent"] for e in refused} == {"a2"}
+    assert {e["reason"] for e in refused} == {"accuracy_out_of_range"}
+    events = {e["event"] for e in logs}
+    assert "evaluation_incomplete" not in events
+    assert "offline_agents_skipped" not in events
+    assert [r.eval_examples for r in summary.rounds] == [10, 10]  # a1's alone
 
 
 async def test_a_huge_update_in_a_federation_is_refused(tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ class FederatedEvaluation:
         self._results: dict[str, EvaluateRes] = {}
         #: each kept result's weight: min(num_examples, max_weight)
         self._weights: dict[str, int] = {}
+        #: evaluators whose result was out of range: they answered (not late), nothing kept
+        self._refused: set[str] = set()
         self._complete = asyncio.Event()
         #: evaluators of the last run still waited for when ``timeout`` passed
         self.late: frozenset[str] = frozenset()
@@ -68,7 +70,7 @@ class FederatedEvaluation:
         """Evaluate ``state`` on ``evaluators``: (loss, accuracy, examples); Nones when no
         result with examples came back before the timeout."""
         self._version, self._evaluators = state.version, evaluators
-        self._results, self._weights = {}, {}
+        self._results, self._weights, self._refused = {}, {}, set()
         self.metrics = {}
         self._complete.clear()
         self.late = frozenset()
@@ -85,7 +87,7 @@ class FederatedEvaluation:
                 await self._complete.wait()
         except TimeoutError:
             log.warning("evaluation_incomplete", answered=len(self._results))
-            self.late = self._evaluators - self._results.keys()
+            self.late = self._evaluators - self._results.keys() - self._refused
         self._metrics.stage_seconds.labels("evaluate").observe(time.monotonic() - started)
         results = [(x, self._weights[a]) for a, x in self._results.items() if x.num_examples > 0]
         if not results:
@@ -106,12 +108,17 @@ class FederatedEvaluation:
         """An evaluator went offline: the evaluation stops waiting for it."""
         if agent_id in self._evaluators:
             self._evaluators = self._evaluators - {agent_id}
-            if self._evaluators <= self._results.keys():
-                self._complete.set()
+            self._check_complete()
+
+    def _check_complete(self) -> None:
+        if self._evaluators <= self._results.keys() | self._refused:
+            self._complete.set()
 
     def on_metrics(self, sender: str, body: EvaluateRes) -> None:
         """A result: kept if it is for the model under evaluation, from an agent asked, and
-        in range (``agent.robust.evaluation``); ``metrics_rejected`` with the reason if not."""
+        in range (``agent.robust.evaluation``); ``metrics_rejected`` with the reason if not. An
+        asked evaluator whose result is out of range has still answered: the evaluation does
+        not wait for it, and it is not counted late (``late``: a missed deadline)."""
         if body.model_version != self._version:
             log.warning(
                 "metrics_rejected",
@@ -120,7 +127,7 @@ class FederatedEvaluation:
                 model_version=body.model_version,
             )
             return
-        if sender not in self._evaluators or sender in self._results:
+        if sender not in self._evaluators or sender in self._results.keys() | self._refused:
             reason = "not_asked" if sender not in self._evaluators else "already_received"
             log.warning("metrics_rejected", agent=sender, reason=reason)
             return
@@ -134,8 +141,9 @@ class FederatedEvaluation:
             )
         except RefusedError as exc:
             log.warning("metrics_rejected", agent=sender, reason=exc.reason, detail=str(exc))
+            self._refused.add(sender)
+            self._check_complete()
             return
         self._weights[sender] = weight
         self._results[sender] = body
-        if self._evaluators <= self._results.keys():
-            self._complete.set()
+        self._check_complete()
