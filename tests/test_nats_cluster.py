@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -290,10 +291,35 @@ def test_a_trainer_certificate_opens_no_route_and_an_unlisted_site_no_leaf(
         conf.write_text(f'host: "{HOST}"\nport: {port}\n{block}\n', encoding="utf-8")
         with EmbeddedBroker("nats", port=port, config_file=conf) as rogue:
             deadline = time.monotonic() + WAIT
-            while "Authorization Violation" not in rogue.log_tail(50):
+            while not (seen := _refused_links(rogue.log_tail(10_000))):
                 assert time.monotonic() < deadline, rogue.log_tail(50)
                 time.sleep(0.05)
-            assert "connection created" not in rogue.log_tail(50).split("Violation")[-1]
+            created, refused = seen
+            assert created == refused, rogue.log_tail(50)
+
+
+def _refused_links(log: str) -> tuple[set[str], set[str]] | None:
+    """From a dialling server's log: the route/leaf connections it created and those the
+    node refused ('Authorization Violation', then closed), once at least one was refused and
+    every one created so far is closed; None before. The dialler retries (and opens several
+    route connections at once), so a new connection may be created after the first refusal."""
+    created: set[str] = set()
+    closed: set[str] = set()
+    refused: set[str] = set()
+    for line in log.splitlines():
+        match = re.search(r" - ([rl]id:\d+) - ", line)
+        if match is None:
+            continue
+        link = match.group(1)
+        if "connection created" in line:
+            created.add(link)
+        elif "connection closed" in line:
+            closed.add(link)
+        elif "Authorization Violation" in line:
+            refused.add(link)
+    if not refused or not created <= closed:
+        return None
+    return created, refused
 
 
 async def test_the_auth_callout_admits_agents_on_every_node(tmp_path: Path) -> None:
