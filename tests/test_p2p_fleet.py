@@ -128,9 +128,8 @@ def test_demo_p2p_with_a_slow_and_an_intermittent_agent(
     last = timeline["timeline"][-1]
     assert last["min_version"] == 12 or last["done"] == 4
     assert timeline["final_accuracy"] > 0.7
-    # the intermittent agent went offline while every peer was still training: the count
-    # of peers online fell below one seen earlier (peers only come online while starting,
-    # and a loaded machine may sample after the intermittent one first left)
-    online = [s["online"] for s in timeline["timeline"] if s["done"] == 0]
-    assert any(later < max(online[:i]) for i, later in enumerate(online) if i)
+    # the intermittent agent (the second: the first is the slow one) went offline while it
+    # was still training, as every status the watcher heard tells (its once-a-second
+    # samples can miss a spell on a loaded machine)
+    assert timeline["offline_spells"].get("agent-01", 0) >= 1, timeline["offline_spells"]
     assert not (report / "aggregator").exists()  # no aggregator ran

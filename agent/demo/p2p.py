@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -55,6 +55,10 @@ class P2PResult:
     #: the peers' mean model and each peer's model, over every peer's test slice
     #: (``p2p_mean.final_accuracy``; None: not measured)
     final_models: FinalAccuracy | None = None
+    #: per peer, how often it went offline while still training (a status ``offline`` that
+    #: followed ``online`` and did not say ``done``): counted from every status heard, not
+    #: from the once-a-second samples, which can miss a short spell
+    offline_spells: dict[str, int] = field(default_factory=dict)
 
 
 def sample(statuses: dict[str, AgentStatus], peers: Sequence[str], seconds: float) -> Sample:
@@ -82,7 +86,7 @@ def line(s: Sample) -> str:
     return f"{s.seconds:7.1f}  {steps:<15}  {acc:>8}  {gap}  {s.online:6d}"
 
 
-async def _read(bus: Bus, statuses: dict[str, AgentStatus]) -> None:
+async def _read(bus: Bus, statuses: dict[str, AgentStatus], offline_spells: dict[str, int]) -> None:
     async for raw in bus.messages():
         try:
             message = decode(raw.payload)
@@ -90,7 +94,11 @@ async def _read(bus: Bus, statuses: dict[str, AgentStatus]) -> None:
             continue
         if isinstance(message.body, AgentStatus):
             sender = message.envelope.sender
-            statuses[sender] = merge(statuses.get(sender), message.body)
+            old = statuses.get(sender)
+            new = statuses[sender] = merge(old, message.body)
+            left = old is not None and old.state is Liveness.ONLINE
+            if left and new.state is Liveness.OFFLINE and not new.done:
+                offline_spells[sender] = offline_spells.get(sender, 0) + 1
 
 
 async def watch_peers(
@@ -110,12 +118,13 @@ async def watch_peers(
         RoundError: no peer's version moved for ``STALL`` s.
     """
     statuses: dict[str, AgentStatus] = {}
+    offline_spells: dict[str, int] = {}
     timeline: list[Sample] = []
     started = time.monotonic()
     settings = BusSettings(client_id=f"{federation}-demo-p2p-watch")
     async with bus_from_url(url, settings, tls=tls) as bus, task_group() as tg:
         await bus.subscribe(topics.STATUS.filter(federation))
-        reader = tg.create_task(_read(bus, statuses), name="demo-p2p-status")
+        reader = tg.create_task(_read(bus, statuses, offline_spells), name="demo-p2p-status")
         print(HEADER, file=out, flush=True)
         moved, last = started, -1.0
         try:
@@ -134,7 +143,8 @@ async def watch_peers(
         finally:
             reader.cancel()
     final = timeline[-1].accuracy if timeline else None
-    return P2PResult(timeline, final, time.monotonic() - started)
+    wall = time.monotonic() - started
+    return P2PResult(timeline, final, wall, offline_spells=dict(offline_spells))
 
 
 def write_timeline(report_dir: Path, result: P2PResult) -> Path:
@@ -144,6 +154,7 @@ def write_timeline(report_dir: Path, result: P2PResult) -> Path:
         "final_accuracy": result.final_accuracy,
         "final_models": None if result.final_models is None else asdict(result.final_models),
         "wall_seconds": round(result.wall_seconds, 3),
+        "offline_spells": result.offline_spells,
         "timeline": [asdict(s) for s in result.timeline],
     }
     write_atomic(path, json.dumps(data, indent=2).encode())
