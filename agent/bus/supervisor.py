@@ -52,6 +52,8 @@ from agent.errors import (
 )
 
 log = structlog.get_logger(__name__)
+#: Seconds ``__aexit__`` waits for the cancelled supervisor before cancelling it again.
+CANCEL_AGAIN = 1.0
 
 
 class SupervisedBus(abc.ABC):
@@ -111,8 +113,12 @@ class SupervisedBus(abc.ABC):
         if task is None:
             return
         self._closing = True
-        task.cancel()
-        await asyncio.wait({task})  # never raises the task's CancelledError into us
+        # nats-py swallows a CancelledError that lands in some of its awaits (its close()
+        # among them), and the supervisor would then go on reconnecting: cancel again until
+        # it ends (it also stops by itself at its next turn once ``_closing`` is set).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_AGAIN)  # never raises into us
         self._inbox.close()
         if not task.cancelled() and task.exception() is not None:
             self._log.error("bus_supervisor_crashed", exc_info=task.exception())
@@ -221,7 +227,7 @@ class SupervisedBus(abc.ABC):
     async def _supervise(self) -> None:
         attempt = 0  # reconnect attempts since the last successful connect
         reconnect = False
-        while True:
+        while not self._closing:  # a swallowed cancellation must not keep us reconnecting
             if attempt:
                 delay = self._backoff.delay(attempt)
                 self._log.info("bus_reconnecting", attempt=attempt, delay=round(delay, 3))
