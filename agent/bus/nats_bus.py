@@ -131,7 +131,7 @@ class NatsSession:
         except TransportError as exc:
             log.warning("bus_will_not_sent", transport="nats", reason=str(exc))
         finally:
-            await self._nc.close()
+            await close_client(self._nc)
 
     async def _flush(self) -> None:
         try:
@@ -289,11 +289,22 @@ class NatsBus(SupervisedBus):
         )
 
 
+async def close_client(nc: NatsClient) -> None:
+    """``nc.close()``, then re-raise a cancellation it swallowed: nats-py catches the
+    CancelledError that lands while it waits for its own tasks, and the cancelled caller would
+    go on (the bus supervisor went on reconnecting, and closing the bus hung)."""
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    await nc.close()
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
+
+
 async def _close(nc: NatsClient, seconds: float) -> None:
     """Close a client whose connect failed, bounded: a half-open TLS session must not hang us."""
     try:
         async with asyncio.timeout(seconds):
-            await nc.close()
+            await close_client(nc)
     except (TimeoutError, OSError, nats.errors.Error):
         log.debug("bus_close_abandoned", transport="nats")
 

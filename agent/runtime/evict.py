@@ -40,6 +40,7 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.bus.nats_bus import close_client
 from agent.bus.url import parse_broker_url
 from agent.config import AgentConfig
 from agent.lockdown.nats import subject_name
@@ -121,7 +122,7 @@ class NatsEvictor:
                 try:
                     kicked = await _kick(nc, subjects)
                 finally:
-                    await nc.close()
+                    await close_client(nc)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             log.warning("eviction_failed", agents=sorted(agent_ids), detail=repr(exc)[:200])
             return None
