@@ -44,6 +44,8 @@ from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from agent.mapped import release
+
 #: A scalar that travels in configs and metrics.
 Scalar = bool | int | float | str
 #: Model parameters: an ordered list of arrays.
@@ -180,4 +182,10 @@ def is_averaged(array: npt.NDArray[Any]) -> bool:
 
 def all_finite(arrays: Weights) -> bool:
     """True when no array holds NaN or infinity."""
-    return all(bool(np.isfinite(a).all()) for a in arrays if a.dtype.kind in "fc")
+    return all(_finite(a) for a in arrays if a.dtype.kind in "fc")
+
+
+def _finite(array: npt.NDArray[Any]) -> bool:
+    finite = bool(np.isfinite(array).all())
+    release(array)  # a mapped update's pages, once checked (agent.mapped)
+    return finite

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import RefusedError
+from agent.mapped import release
 from agent.robust.settings import OnViolation, RobustConfig
 
 #: A model delta: float64 arrays shaped like the model's, in its order.
@@ -91,6 +92,7 @@ def delta_norms(
                 piece = scratch[: end - start]
                 np.subtract(flat_t[start:end], flat_b[start:end], out=piece, dtype=np.float64)
                 part += sum_squares(piece)
+            release(t)  # a mapped update's pages, once measured (agent.mapped)
             every += part
             if b.dtype.kind == "f":
                 floats += part

@@ -10,11 +10,18 @@ from typing import IO, Any
 import msgspec
 
 from agent.errors import ChunkError, DecodeError
+from agent.mapped import file_size, map_file
 from agent.messages.bodies import Body, Manifest
 from agent.messages.chunks import join_body, open_chunk
 from agent.messages.codec import validate_body
 from agent.messages.envelope import Envelope, Message
+from agent.messages.kinds import Kind
 from agent.role import Identity
+
+#: Kinds rebuilt as views of their spool file (``agent.mapped``), not read into memory: the
+#: aggregator passes over a plain update and folds it (``roles.aggregator.fold``), holding
+#: about one array of it at a time.
+MAPPED = frozenset({Kind.MODEL_UPDATE})
 
 
 @dataclass(eq=False, slots=True)
@@ -56,7 +63,9 @@ def stride(manifest: Manifest) -> int:
 def assemble(transfer: Transfer) -> Body:
     """The body a complete transfer carries: every chunk read back in order (and opened,
     when sealed), the body rebuilt around it (``chunks.join_body``; the caller validates it
-    like any decoded body). Closes the spool.
+    like any decoded body). Closes the spool. A body of a ``MAPPED`` kind is a view of its
+    spool file instead (``agent.mapped``): sealed chunks are opened into the file in place,
+    and its tensors are read-only views of the mapping.
 
     The manifest's whole-message SHA-256 is not computed again here: every chunk was kept
     only once its SHA-256 matched the signed manifest's hash for its index, and the chunk
@@ -69,6 +78,12 @@ def assemble(transfer: Transfer) -> Body:
         DecodeError: a header that does not fit the bulk.
     """
     manifest = transfer.manifest
+    if manifest.kind in MAPPED and manifest.total_size > 0:
+        try:
+            view = _mapped(transfer)
+        finally:
+            transfer.close()
+        return _joined(manifest, view)
     bulk = bytearray(manifest.total_size)
     view = memoryview(bulk)
     step, count = stride(manifest), len(manifest.chunk_hashes)
@@ -88,6 +103,32 @@ def assemble(transfer: Transfer) -> Body:
                 )
     finally:
         transfer.close()
+    return _joined(manifest, view)
+
+
+def _mapped(transfer: Transfer) -> memoryview:
+    """The bulk of a complete transfer as a read-only mapping of its spool; a sealed
+    spool's chunks are first opened in place, in index order: plaintext ``i`` goes to
+    ``i * chunk_size``, below ciphertext ``i + 1`` (at ``(i + 1) * (chunk_size + 16)``), so
+    no chunk is overwritten before it is read."""
+    manifest = transfer.manifest
+    fd, count = transfer.spool.fileno(), len(manifest.chunk_hashes)
+    if manifest.content_key is not None:
+        step = stride(manifest)
+        for index in range(count):
+            start = index * manifest.chunk_size
+            size = min(manifest.chunk_size, manifest.total_size - start)
+            sealed = os.pread(fd, size + 16, index * step)
+            plain = open_chunk(manifest.content_key, manifest.transfer, index, count, sealed)
+            if os.pwrite(fd, plain, start) != len(plain):
+                raise ChunkError(f"chunk {index} could not be opened into the spool")
+        os.ftruncate(fd, manifest.total_size)
+    if file_size(fd) < manifest.total_size:  # a read past the file's end would be a SIGBUS
+        raise ChunkError("a chunk is short in the spool")
+    return map_file(fd, manifest.total_size)
+
+
+def _joined(manifest: Manifest, view: memoryview) -> Body:
     try:
         return join_body(manifest.kind, manifest.header, view)
     except DecodeError:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from agent.errors import RoundError
+from agent.mapped import release
 from agent.plugin.api import Scalar, Weights, is_averaged
 from agent.strategy.carried import CarriedValues
 from agent.strategy.update import AggregatedUpdate, Delta, weighted_metrics
@@ -101,6 +102,7 @@ class Buffer:
             for acc, w, b, averaged in zip(self._sum, weights, base, self._averaged, strict=True):
                 if averaged:
                     np.add(acc, scale * (w.astype(np.float64) - b.astype(np.float64)), out=acc)
+                release(w)  # a mapped update's pages (agent.mapped)
         self.entries.append(entry)
 
     def result(self) -> AggregatedUpdate:

@@ -37,6 +37,7 @@ import numpy.typing as npt
 import structlog
 
 from agent.errors import RoundError
+from agent.mapped import release
 from agent.plugin.api import Weights, is_averaged
 from agent.robust.bounds import relative_bound, sum_squares
 from agent.robust.settings import OnViolation, RobustConfig
@@ -113,6 +114,7 @@ class RunningMean:
                     squares += sum_squares(delta)
             if spool is not None:
                 self._end += _write(spool.fileno(), np.ascontiguousarray(w), self._end)
+            release(w)  # a mapped update's pages, once folded (agent.mapped)
         if spool is not None:
             taken = math.sqrt(squares) if norm is None else norm
             self.norms[agent_id] = (taken, num_examples, offset)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from agent.errors import RefusedError
+from agent.mapped import detach
 from agent.messages.bodies import ModelUpdate
 from agent.messages.tensors import to_arrays
 from agent.plugin.api import Weights, all_finite, weights_like
@@ -117,6 +118,8 @@ class PlainRound:
             norm = None if verdict.clipped else verdict.float_norm
             self.fold.add(weights, weight, agent_id=sender, norm=norm)
             weights = []
+        else:  # kept until the round closes: in memory, not a mapping of its spool
+            weights = detach(weights)
         return weights, weight, verdict
 
     def _refuse(self, sender: str, exc: RefusedError) -> None:
