@@ -52,12 +52,23 @@ class ServerOptimizer:
         return self.step(current, mean_update(current, results))
 
 
-def moved(current: Weights, step: Delta) -> Weights:
+def moved(current: Weights, step: Delta, *, spend: bool = False) -> Weights:
     """current + step, computed in float64, returned in the dtypes of ``current``; carried
-    (non-float) arrays are returned unchanged, bit-exact (``agent.strategy.update``)."""
-    return [
-        _plus(x, s) if is_averaged(x) else np.array(x) for x, s in zip(current, step, strict=True)
-    ]
+    (non-float) arrays are returned unchanged, bit-exact (``agent.strategy.update``). With
+    ``spend``, each array of ``step`` is replaced in the list by an empty one once added, so
+    its memory goes while the next is added (``AggregatedUpdate.spendable``).
+
+    Raises:
+        ValueError: ``step`` has not one array per array of ``current``.
+    """
+    if len(step) != len(current):
+        raise ValueError(f"a step of {len(step)} arrays for a model of {len(current)}")
+    out = []
+    for i, x in enumerate(current):
+        out.append(_plus(x, step[i]) if is_averaged(x) else np.array(x))
+        if spend:
+            step[i] = np.empty(0, np.float64)
+    return out
 
 
 #: Values added per step by ``moved``: its float64 temporary stays at 2 MiB.

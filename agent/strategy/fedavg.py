@@ -44,7 +44,7 @@ class FedAvg(ServerOptimizer):
     def step(self, current: Weights, update: AggregatedUpdate) -> Weights:
         """Arrays shaped and typed like ``current`` (float64 arithmetic)."""
         if self.server_lr == 1.0:  # plain FedAvg: no scaled copy of a model-sized delta
-            return moved(current, update.delta)
+            return moved(current, update.delta, spend=update.spendable)
         return moved(current, [self.server_lr * d for d in update.delta])
 
     def state(self) -> StrategyState:

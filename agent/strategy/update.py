@@ -57,12 +57,17 @@ class AggregatedUpdate:
         metrics: num_examples-weighted means of the survivors' fit metrics, each over the
             survivors that reported it as a finite number (under SecAgg+: the secure
             metrics, learnt only as the cohort's sums, ``agent.privacy.secure_metrics``).
+        spendable: the step may let each array of ``delta`` go once it is added to the
+            model (``strategy.base.moved``: ``delta`` is then a list of empty arrays), so a
+            model-sized float64 delta is not held beside the whole new model; set by whoever
+            built ``delta`` for that step alone (``roles.aggregator.fold``).
     """
 
     delta: Delta
     total_weight: int
     survivors: tuple[str, ...]
     metrics: dict[str, float] = field(default_factory=dict)
+    spendable: bool = False
 
     @property
     def train_loss(self) -> float:

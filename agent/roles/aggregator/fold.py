@@ -143,7 +143,8 @@ class RunningMean:
             np.subtract(acc, base, out=acc, dtype=np.float64)
         metrics = weighted_metrics([(r.metrics, r.num_examples) for r in results])
         survivors = tuple(sorted(r.agent_id for r in results))
-        return AggregatedUpdate(self._sum, self.total, survivors, metrics)
+        # the sum is this step's alone: FedAvg's step lets each array go once added
+        return AggregatedUpdate(self._sum, self.total, survivors, metrics, spendable=True)
 
     def close(self) -> None:
         """Close the spool (``result`` does; a round that ends without one must)."""
