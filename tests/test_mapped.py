@@ -1,6 +1,7 @@
 """Chunked updates rebuilt as views of their spool (``agent.mapped``): the values are the
 sent ones, ``release`` never changes a value (mapped or in memory), and the streaming fold
-over mapped updates is bit for bit the fold over the same updates in memory."""
+over mapped updates is bit for bit the fold over the same updates in memory; FedAvg's step
+from a spendable delta is the step from a kept one."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from agent.robust.settings import RobustConfig
 from agent.roles.aggregator.fold import RunningMean
 from agent.runtime.assembly import assemble
 from agent.runtime.reassembly import Reassembly
-from agent.strategy.update import ClientResult
+from agent.strategy.fedavg import FedAvg
+from agent.strategy.update import AggregatedUpdate, ClientResult
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -96,3 +98,18 @@ def test_the_fold_of_mapped_updates_is_the_fold_in_memory_bit_for_bit() -> None:
     for a, b in zip(*means, strict=True):
         assert a.dtype == b.dtype == np.float64
         assert np.array_equal(a, b)
+
+
+def test_a_spendable_delta_goes_array_by_array_and_the_step_is_the_same() -> None:
+    """FedAvg's step from a spendable update (the fold's) equals the step from the same
+    delta kept, bit for bit, and leaves the spent delta's arrays empty."""
+    current = [np.ones((3, 4), np.float32), np.array(7, np.int64), np.zeros(5, np.float32)]
+    rng = np.random.default_rng(4)
+    delta = [rng.standard_normal(a.shape) if a.dtype.kind == "f" else np.zeros(()) for a in current]
+    kept = FedAvg().step(current, AggregatedUpdate([d.copy() for d in delta], 3, ("a",)))
+    spendable = AggregatedUpdate(delta, 3, ("a",), spendable=True)
+    spent = FedAvg().step(current, spendable)
+    for a, b in zip(kept, spent, strict=True):
+        assert a.dtype == b.dtype
+        assert np.array_equal(a, b)
+    assert all(d.size == 0 for d in spendable.delta)
