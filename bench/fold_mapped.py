@@ -59,7 +59,8 @@ def once(d: int, chunk_size: int, *, mapped: bool) -> dict[str, float]:
     for frame in frames:
         transfer = reassembly.add(topic, frame) or transfer
     del body, frames
-    assert transfer is not None and not transfer.missing
+    assert transfer is not None
+    assert not transfer.missing
     fold = RunningMean(base, robust=RobustConfig())
     for acc in fold._sum:  # the sum's pages in, as after the first update of a round
         acc.fill(0.0)
