@@ -5,7 +5,10 @@ The aggregator then holds O(model size) whatever the cohort size: the sum Σ n_k
 survivors' weights. The result is ``strategy.update.mean_update``'s, accumulated in another
 order (McMahan et al. 2017, Algorithm 1's weighting). An update is folded whole, once it is
 verified (every chunk checked and the whole hash matched, ``agent.runtime.reassembly``):
-a transfer cut off half way is a dropout, and half an update cannot be taken back out.
+a transfer cut off half way is a dropout, and half an update cannot be taken back out. A
+chunked update is read through a mapping of its spool (``agent.mapped``): ``add`` lets each
+array's pages go once folded, so the update is never resident whole. ``result``'s delta is
+spendable: FedAvg's step lets each of its arrays go once added to the new model.
 
 The cohort-relative norm bound (``[aggregator.robust] norm_factor``, ARCHITECTURE.md §12)
 needs the round's median norm, known only when the round closes. So each update is folded
