@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 PAGE = mmap.PAGESIZE
+#: Linux only (``madvise(2)``'s MADV_DONTNEED keeps a shared file mapping's data there, and
+#: ``mmap`` has ``MAP_SHARED``); elsewhere a bulk is read into memory as before.
+AVAILABLE = sys.platform.startswith("linux") and hasattr(mmap, "MADV_DONTNEED")
 
 
 class SpoolMap(mmap.mmap):

@@ -10,7 +10,7 @@ from typing import IO, Any
 import msgspec
 
 from agent.errors import ChunkError, DecodeError
-from agent.mapped import file_size, map_file
+from agent.mapped import AVAILABLE, file_size, map_file
 from agent.messages.bodies import Body, Manifest
 from agent.messages.chunks import join_body, open_chunk
 from agent.messages.codec import validate_body
@@ -78,7 +78,7 @@ def assemble(transfer: Transfer) -> Body:
         DecodeError: a header that does not fit the bulk.
     """
     manifest = transfer.manifest
-    if manifest.kind in MAPPED and manifest.total_size > 0:
+    if AVAILABLE and manifest.kind in MAPPED and manifest.total_size > 0:
         try:
             view = _mapped(transfer)
         finally:
