@@ -29,7 +29,9 @@ moment (with 5 duty-cycled agents, 17 or 18 of 20 slices of about 18 examples), 
 and async version's model is also scored afterwards over every agent's test slice
 (``agent.demo.model_eval``, as p2p's mean model is): ``curve_all_slices``,
 ``seconds_to_target_all_slices``, ``final_accuracy_all_slices`` (p2p: its mean model's) and the
-``all_slices_*`` comparisons with sync, every mode on the same data. A mode whose run is
+``all_slices_*`` comparisons with sync, every mode on the same data (an async version with a
+full buffer waiting behind it is not evaluated: ``evaluated_versions``; ``staleness_mean_max``
+is the largest of the versions' mean τ). A mode whose run is
 refused with a ``ConfigError`` is an entry with ``"available": false`` and the reason.
 
     .venv/bin/python bench/modes.py [--agents 20] [--rounds 20] [--p2p-steps 40] [--bus nats]
@@ -153,6 +155,12 @@ def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
         "final_accuracy_all_slices_last5_mean": last5(slices),
         "seconds_to_target_all_slices": next((t for t, a in slices if a >= target), None),
         "centralized_accuracy": result.centralized_accuracy,
+        # async: the versions' mean staleness τ (a queue of full buffers grows it)
+        "staleness_mean_max": max(
+            (float(r.metrics.get("staleness_mean", 0.0)) for r in result.summary.rounds),
+            default=None,
+        ),
+        "evaluated_versions": sum(r.accuracy is not None for r in result.summary.rounds),
         "curve": points,
         "curve_all_slices": slices,
         **extra,
