@@ -24,9 +24,15 @@ whether an aggregator process was in the training loop. Training time starts at 
 (sync/async: the rounds' own ``seconds``, summed) or one status interval (1 s) before the
 first step any peer reported (p2p); the accuracy is the federated evaluation of the global
 model (sync, async) or the mean of the peers' own evaluations of their models (p2p), both
-over the agents'
-test slices. A mode whose run is refused with a ``ConfigError`` is an entry with
-``"available": false`` and the reason.
+over the agents' test slices. The federated evaluation asks only the agents online at that
+moment (with 5 duty-cycled agents, 17 or 18 of 20 slices of about 18 examples), so each sync
+and async version's model is also scored afterwards over every agent's test slice
+(``agent.demo.model_eval``, as p2p's mean model is): ``curve_all_slices``,
+``seconds_to_target_all_slices``, ``final_accuracy_all_slices`` (p2p: its mean model's) and the
+``all_slices_*`` comparisons with sync, every mode on the same data (an async version with a
+full buffer waiting behind it is not evaluated: ``evaluated_versions``; ``staleness_mean_max``
+is the largest of the versions' mean τ). A mode whose run is
+refused with a ``ConfigError`` is an entry with ``"available": false`` and the reason.
 
     .venv/bin/python bench/modes.py [--agents 20] [--rounds 20] [--p2p-steps 40] [--bus nats]
         [--fit-seconds 0.5]
@@ -48,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.demo.model_eval import SliceEvaluator, versions_accuracy
 from agent.demo.options import DemoOptions
 from agent.demo.runner import DemoResult, run_demo
 from agent.errors import ConfigError
@@ -78,6 +85,21 @@ def curve(result: DemoResult) -> list[tuple[float, float]]:
         clock += record.seconds
         if record.accuracy is not None:
             points.append((round(clock, 2), round(record.accuracy, 4)))
+    return points
+
+
+def slices_curve(result: DemoResult, options: DemoOptions) -> list[tuple[float, float]]:
+    """sync/async: [training seconds, accuracy of that round's model over every agent's test
+    slice] (``agent.demo.model_eval``), the same data for every round and every mode; the
+    clock as ``curve``'s. ``[]`` for p2p (no global model: ``p2p_extra``)."""
+    if result.p2p is not None:
+        return []
+    scores = versions_accuracy(options.report_dir / "aggregator", SliceEvaluator.of_demo(options))
+    points, clock = [], 0.0
+    for record in result.summary.rounds:
+        clock += record.seconds
+        if record.round in scores:
+            points.append((round(clock, 2), round(scores[record.round], 4)))
     return points
 
 
@@ -114,8 +136,11 @@ def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
         return {"available": False, "reason": str(exc)}
     if result is None:
         sys.exit("interrupted")
-    points = curve(result)
+    points, slices = curve(result), slices_curve(result, options)
     reached = next((t for t, acc in points if acc >= target), None)
+    extra = p2p_extra(result) if result.p2p is not None else {}
+    # every mode's final model over every agent's test slice (p2p: the peers' mean model)
+    final_slices = slices[-1][1] if slices else extra.get("mean_model_accuracy")
     return {
         "available": True,
         "aggregator_in_loop": options.mode != "p2p",
@@ -126,9 +151,19 @@ def one(name: str, options: DemoOptions, target: float) -> dict[str, Any]:
         "seconds_to_target": reached,
         "final_accuracy": points[-1][1] if points else None,
         "final_accuracy_last5_mean": last5(points),
+        "final_accuracy_all_slices": final_slices,
+        "final_accuracy_all_slices_last5_mean": last5(slices),
+        "seconds_to_target_all_slices": next((t for t, a in slices if a >= target), None),
         "centralized_accuracy": result.centralized_accuracy,
+        # async: the versions' mean staleness τ (a queue of full buffers grows it)
+        "staleness_mean_max": max(
+            (float(r.metrics.get("staleness_mean", 0.0)) for r in result.summary.rounds),
+            default=None,
+        ),
+        "evaluated_versions": sum(r.accuracy is not None for r in result.summary.rounds),
         "curve": points,
-        **(p2p_extra(result) if result.p2p is not None else {}),
+        "curve_all_slices": slices,
+        **extra,
     }
 
 
@@ -184,7 +219,7 @@ def main() -> None:
             )
             results[name] = one(name, options, args.target)
             print(
-                json.dumps({name: {k: v for k, v in results[name].items() if k != "curve"}}),
+                json.dumps({name: {k: v for k, v in results[name].items() if "curve" not in k}}),
                 file=sys.stderr,
                 flush=True,
             )
@@ -212,6 +247,17 @@ def compare(sync: dict[str, Any], entry: dict[str, Any], suffix: str) -> None:
     if entry["seconds_to_target"] and sync.get("seconds_to_target"):
         ratio = entry["seconds_to_target"] / sync["seconds_to_target"]
         entry[f"time_to_target_over_sync{suffix}"] = round(ratio, 3)
+    # the same on every agent's test slice (one data set for both modes)
+    if entry.get("final_accuracy_all_slices") is not None and sync.get("curve_all_slices"):
+        gap = entry["final_accuracy_all_slices"] - sync["final_accuracy_all_slices"]
+        entry[f"all_slices_final_minus_sync{suffix}_points"] = round(100 * gap, 2)
+        ours = [(t, acc) for t, acc in entry["curve_all_slices"] if t <= end]
+        if ours:
+            at_sync_end = ours[-1][1] - sync["final_accuracy_all_slices"]
+            entry[f"all_slices_at_sync{suffix}_end_minus_sync_points"] = round(100 * at_sync_end, 2)
+    if entry.get("seconds_to_target_all_slices") and sync.get("seconds_to_target_all_slices"):
+        ratio = entry["seconds_to_target_all_slices"] / sync["seconds_to_target_all_slices"]
+        entry[f"all_slices_time_to_target_over_sync{suffix}"] = round(ratio, 3)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from agent.brokers import EmbeddedBroker
 from agent.bus.url import bus_from_url
 from agent.config import AgentConfig, SecAggConfig, SecureAggregation, TrainingMode
 from agent.node import bus_settings
-from agent.plugin.api import FitResult, Scalar, Weights
+from agent.plugin.api import EvaluateResult, FitResult, Scalar, Weights
 from agent.plugin.loader import CheckedPlugin
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.buffer import Buffer
@@ -315,3 +316,39 @@ async def test_under_secagg_each_agent_weighs_its_own_stale_update(
     expected = 2.0 + 6.0 / (4 * np.sqrt(2.0))
     for array in aggregator.global_state.weights:
         np.testing.assert_allclose(array, expected, atol=1e-3)
+
+
+class SlowEvaluation(ToyPlugin):
+    """``ToyPlugin`` whose fits take 0.1 s and add 0.1 to every weight (so the model only
+    grows and its accuracy stays in [0, 1]), and whose evaluations take 1 s."""
+
+    def fit(self, weights: Weights, config: Mapping[str, Scalar]) -> FitResult:
+        time.sleep(0.1)
+        return FitResult([w + np.float32(0.1) for w in weights], self.n, {})
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Scalar]) -> EvaluateResult:
+        time.sleep(1.0)
+        return super().evaluate(weights, config)
+
+
+async def test_a_version_whose_successor_is_full_is_not_evaluated(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """With ``eval_every = 1``, buffers (K = 1) fill faster than an evaluation ends: a
+    version with a full buffer already waiting is published but not evaluated, so the
+    version loop never falls behind the buffers (which grew τ without bound); the last
+    version is always evaluated."""
+    plugins = {a: CheckedPlugin("toy", SlowEvaluation(1.0, 1)) for a in ("a", "b")}
+    settings = AsyncConfig(concurrency=2, buffer_size=1)
+    config = async_config(broker.url, tmp_path, agents=2, rounds=10, async_=settings)
+    config = msgspec.structs.replace(
+        config, aggregator=msgspec.structs.replace(config.aggregator, eval_every=1)
+    )
+    started: asyncio.Queue[Aggregator] = asyncio.Queue()
+    async with Fleet(broker.url, tmp_path, plugins):
+        summary = await run_aggregator(config, started)
+    evaluated = [r.round for r in summary.rounds if r.eval_examples > 0]
+    assert [r.round for r in summary.rounds] == list(range(1, 11))
+    assert evaluated[-1] == 10
+    assert len(evaluated) < 10  # some were superseded before their evaluation
+    assert summary.failure is None

@@ -22,9 +22,10 @@ import numpy as np
 import structlog
 
 from agent.config import AgentConfig
+from agent.demo.model_eval import SliceEvaluator
 from agent.errors import PluginError
 from agent.plugin.api import PluginContext, Weights, is_averaged
-from agent.plugin.loader import CheckedPlugin, load_plugin
+from agent.plugin.loader import load_plugin
 from agent.roles.peer import state
 
 log = structlog.get_logger(__name__)
@@ -91,23 +92,9 @@ def final_accuracy(configs: Mapping[str, Path]) -> FinalAccuracy | None:
     except ValueError as exc:  # a peer saved another plugin's model: measure nothing
         log.warning("final_model_not_evaluated", error=str(exc))
         return None
-    mean = _accuracy(evaluators, average)
+    slices = SliceEvaluator(evaluators)
+    mean = slices.accuracy(average)
     if mean is None:
         return None
-    peers = {a: _accuracy(evaluators, model) for a, model in saved.items()}
+    peers = {a: slices.accuracy(model) for a, model in saved.items()}
     return FinalAccuracy(mean, {a: acc for a, acc in peers.items() if acc is not None})
-
-
-def _accuracy(evaluators: list[CheckedPlugin], weights: Weights) -> float | None:
-    correct = total = 0.0
-    for plugin in evaluators:
-        try:
-            result = plugin.evaluate(weights, {})
-        except PluginError as exc:
-            log.warning("final_model_not_evaluated", error=str(exc))
-            continue
-        accuracy = result.metrics.get("accuracy")
-        if isinstance(accuracy, int | float):
-            correct += float(accuracy) * result.num_examples
-            total += result.num_examples
-    return correct / total if total else None

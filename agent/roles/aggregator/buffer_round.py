@@ -52,14 +52,20 @@ async def finish_version(
     buffer: Buffer,
     before: GlobalState,
     outcome: Outcome,
-    *,
     started: float,
     on_model: Callable[[GlobalState], None],
+    superseded: bool = False,
 ) -> RoundRecord:
     """Record, publish and evaluate version ``r`` made from ``buffer`` (``outcome``: the
     strategy's step, or the failure; ``now.model`` may already be the new model).
     ``on_model`` is called with a new model once it is published; ``started`` is the
-    ``time.perf_counter()`` the version's wall time counts from.
+    ``time.perf_counter()`` the version's wall time counts from. ``superseded``: a full
+    buffer already waits for the next version, so this one is not evaluated (unless it is
+    the run's last). The dispatcher sends the newest version made, so each buffer queued
+    behind an evaluation adds one to the staleness τ of every fit sent meanwhile; when an
+    evaluation lasted longer than a buffer takes to fill (K = 5, or a loaded machine), the
+    queue grew without bound, τ with it up to ``max_staleness``, and the model diverged
+    (digits: to 10%). Skipping a superseded version's evaluation drains the queue.
 
     Raises:
         OSError: the ledger record cannot be written.
@@ -87,7 +93,7 @@ async def finish_version(
     loss = accuracy = None
     eval_examples, eval_metrics = 0, {}
     every = parts.schedule.eval_every
-    if (every and r % every == 0) or r == parts.schedule.rounds:
+    if (every and r % every == 0 and not superseded) or r == parts.schedule.rounds:
         parts.board.enter(RoundPhase.EVALUATING, "evaluating")
         evaluators = frozenset(a for a in parts.admission.agents if parts.liveness.alive(a))
         loss, accuracy, eval_examples = await parts.evaluation.run(r, now.model, evaluators)

@@ -86,8 +86,7 @@ class Buffered:
         self._start = self._filled_count = 0
         self._changed = asyncio.Event()
         self._last_version_at = time.perf_counter()
-        #: the newest version is published, ``version`` only evaluates it: fits go out
-        self._settling = False
+        self._settling = False  #: the newest version is out, being evaluated: fits go out
 
     def register(self, registry: ListenerRegistry) -> None:
         """The async listeners: ``update_ready``, and ``model_update`` of any round (an
@@ -291,7 +290,7 @@ class Buffered:
 
     async def version(self, r: int) -> RoundRecord:
         """Make version ``r`` from the oldest full buffer (a new one took the next updates
-        as soon as it filled), publish it and evaluate it every ``eval_every``; the record."""
+        as soon as it filled), publish it and evaluate it (``finish_version``); the record."""
         parts, now = self._parts, self._now
         started = self._last_version_at
         buffer = self.full.pop(0)
@@ -308,9 +307,10 @@ class Buffered:
                 parts.liveness.missed(agent_id)
         else:
             outcome = await self._step(buffer, before)
+        waits = bool(self.full)  # a full buffer: this version is not evaluated
         try:
             record = await finish_version(
-                parts, now, r, buffer, before, outcome, started=started, on_model=self._new_model
+                parts, now, r, buffer, before, outcome, started, self._new_model, waits
             )
         finally:
             self._settling = False
