@@ -16,8 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from agent.brokers import EmbeddedBroker
+
+# Tests assert behaviour, never wall time: hypothesis's per-example deadline (200 ms) is a
+# timing assertion, which a loaded machine fails (test_strategy's did once). No deadline here;
+# pytest-timeout still bounds every test.
+settings.register_profile("fedbus", deadline=None)
+settings.load_profile("fedbus")
 
 #: The fixtures that start a real broker.
 BROKER_FIXTURES = frozenset({"mosquitto", "nats_server", "broker"})
