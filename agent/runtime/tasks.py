@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 
@@ -93,3 +94,15 @@ class Worker:
         except Exception:
             # A bug in one piece of work must not end the role: log it, with its traceback.
             log.error("work_failed", task=name, exc_info=True)
+
+
+async def finish_in_thread(fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` in a worker thread and wait for it even if we are cancelled meanwhile (the
+    cancellation is raised once it is done): a write a stop interrupts would otherwise go on in
+    its thread, and a restarted process could read the state from before it."""
+    done = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait({done})
+        raise

@@ -52,7 +52,7 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.reassembly import Limits
 from agent.runtime.renewer import renewer_for
-from agent.runtime.tasks import task_group
+from agent.runtime.tasks import finish_in_thread, task_group
 
 log = structlog.get_logger(__name__)
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -204,7 +204,8 @@ class Peer:
             self.weights = mix(self.weights, self._degree, fresh)
             log.debug("p2p_mixed", step=step, mixed=sorted(fresh))  # no await since collect
             self.version = step
-            await asyncio.to_thread(state.save, self._config.state_dir, self.weights, step)
+            # a stop waits for the save: a restarted peer goes on from this step
+            await finish_in_thread(state.save, self._config.state_dir, self.weights, step)
             if p2p.eval_every and step % p2p.eval_every == 0:
                 await self._evaluate()
             log.info("p2p_step", step=step, mixed=sorted(fresh), accuracy=self.accuracy)
