@@ -155,10 +155,10 @@ class Admission:
     def _duplicate(self, agent_id: str, *, window: bool = True) -> bool:
         """True (and counted) when an answer to ``agent_id`` is still going out or (with
         ``window``) it was answered less than ``rejoin_interval`` ago."""
-        answered, now = self._answered.get(agent_id), time.monotonic
+        answered = self._answered.get(agent_id)
         if agent_id in self._answering:
             pass  # its answer (join_accepted and the model) is still going out
-        elif not window or answered is None or now() - answered >= self._rejoin_interval:
+        elif not window or answered is None or time.monotonic() - answered >= self._rejoin_interval:
             return False
         count = self.duplicates[agent_id] = self.duplicates.get(agent_id, 0) + 1
         if count == 1 or count % 100 == 0:
@@ -193,14 +193,15 @@ class Admission:
             log.warning("join_refused", agent=body.agent_id, reason="plugin_mismatch")
             return
         known = body.agent_id in self.agents
-        # A new attempt (the agent reconnected or restarted) is answered at once; only the
-        # retries of the attempt answered last wait out the rejoin window.
-        fresh = known and bool(body.attempt) and self._attempts.get(body.agent_id) != body.attempt
+        # A retry of the join answered last (the same attempt, no reconnect between): that
+        # answer, model included, is on its way or held (the broker acknowledged it). A new
+        # attempt (the agent reconnected or restarted) is answered at once; only retries
+        # wait out the rejoin window.
+        attempted = known and bool(body.attempt)
+        same = self._attempts.get(body.agent_id) == body.attempt
+        fresh, retry = attempted and not same, attempted and same
         if known and self._duplicate(body.agent_id, window=not fresh):
             return
-        # A retry of the join answered last (the same attempt, no reconnect between): that
-        # answer, model included, is on its way or held (the broker acknowledged it).
-        retry = known and bool(body.attempt) and self._attempts.get(body.agent_id) == body.attempt
         self._answered[body.agent_id] = time.monotonic()
         self._attempts[body.agent_id] = body.attempt
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
