@@ -181,6 +181,15 @@ def main() -> None:
         "--fit-seconds", type=float, default=0.5, help="simulated compute seconds per fit"
     )
     parser.add_argument("--secagg-versions", type=int, default=60, help="async SecAgg+ at most")
+    parser.add_argument(
+        "--participation",
+        default=DemoOptions.participation,
+        choices=["interval", "none"],
+        help="async: FedAU's participation weights or plain FedBuff",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the demo's seed (data split, test slices, sampling)"
+    )
     args = parser.parse_args()
     quarter = args.agents // 4  # 5 of 20 slow, 5 intermittent
     fleet = {
@@ -198,7 +207,8 @@ def main() -> None:
         "fleet": {**fleet, "duty_period": args.duty_period},
         "bus": args.bus,
         "target": args.target,
-        "seed": 0,
+        "seed": args.seed,
+        "participation": args.participation,
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name, mode, secure in MODES:
@@ -215,6 +225,8 @@ def main() -> None:
                 secure_aggregation=secure,
                 mode=mode,
                 duty_period=args.duty_period,
+                seed=args.seed,
+                participation=args.participation,
                 **fleet,
             )
             results[name] = one(name, options, args.target)
