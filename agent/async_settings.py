@@ -73,7 +73,9 @@ class AsyncConfig(
         participation: ``Participation``: ``interval`` weighs each plain update by its
             agent's mean participation interval (FedAU), so a slow or intermittent agent's
             data counts as much as a fast one's; ignored under SecAgg+ (each agent weighs
-            its own masked update and knows only its staleness).
+            its own masked update and knows only its staleness). Off (``none``, FedBuff as
+            published) by default: on ``bench/modes.py``'s fleet it did not make async
+            reliably faster to 93% (ARCHITECTURE.md §4), and on milder splits it was slower.
         participation_cap: FedAU's cutoff of one participation interval, in versions.
     """
 
@@ -84,7 +86,7 @@ class AsyncConfig(
     hinge_a: NonNegative = 10.0
     hinge_b: Annotated[int, msgspec.Meta(ge=0)] = 4
     max_staleness: Annotated[int, msgspec.Meta(ge=0)] = 20
-    participation: Participation = Participation.INTERVAL
+    participation: Participation = Participation.NONE
     participation_cap: Annotated[float, msgspec.Meta(gt=0)] = 20.0
 
     def weight(self, tau: int) -> float:

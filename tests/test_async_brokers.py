@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from agent.async_settings import AsyncConfig, Staleness
+from agent.async_settings import AsyncConfig, Participation, Staleness
 from agent.brokers import EmbeddedBroker
 from agent.bus.url import bus_from_url
 from agent.config import AgentConfig, SecAggConfig, SecureAggregation, TrainingMode
@@ -366,7 +366,12 @@ async def test_a_rare_agent_counts_by_its_participation_interval(
         "fast": CheckedPlugin("toy", Gated(1.0, 1, fast)),
         "slow": CheckedPlugin("toy", Gated(10.0, 1, slow)),
     }
-    settings = AsyncConfig(concurrency=2, buffer_size=2, staleness=Staleness.CONSTANT)
+    settings = AsyncConfig(
+        concurrency=2,
+        buffer_size=2,
+        staleness=Staleness.CONSTANT,
+        participation=Participation.INTERVAL,
+    )
     config = async_config(broker.url, tmp_path, agents=2, rounds=3, async_=settings)
     started: asyncio.Queue[Aggregator] = asyncio.Queue()
     try:

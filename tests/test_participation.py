@@ -44,8 +44,10 @@ def test_none_and_secagg_weigh_every_update_alike() -> None:
     weights = ParticipationWeights(Participation.NONE, buffer_size=2, cap=20.0)
     weights.sent(["a", "b"])
     assert [weights.weigh("a"), weights.weigh("a"), weights.weigh("b")] == [1.0] * 3
-    assert weights_for(AsyncConfig(), secure=True).rule is Participation.NONE
-    assert weights_for(AsyncConfig(), secure=False).rule is Participation.INTERVAL
+    fedau = AsyncConfig(participation=Participation.INTERVAL)
+    assert weights_for(fedau, secure=True).rule is Participation.NONE
+    assert weights_for(fedau, secure=False).rule is Participation.INTERVAL
+    assert weights_for(AsyncConfig(), secure=False).rule is Participation.NONE
 
 
 def test_the_buffer_mean_is_self_normalised() -> None:
@@ -62,10 +64,12 @@ def test_the_buffer_mean_is_self_normalised() -> None:
 
 
 def test_the_setting_parses_and_the_demo_passes_it() -> None:
-    assert AsyncConfig().participation is Participation.INTERVAL
-    parsed = msgspec.convert({"participation": "none", "participation_cap": 5.0}, AsyncConfig)
-    assert (parsed.participation, parsed.participation_cap) == (Participation.NONE, 5.0)
+    assert AsyncConfig().participation is Participation.NONE  # FedBuff as published
+    parsed = msgspec.convert({"participation": "interval", "participation_cap": 5.0}, AsyncConfig)
+    assert (parsed.participation, parsed.participation_cap) == (Participation.INTERVAL, 5.0)
     with pytest.raises(msgspec.ValidationError, match="participation"):
         msgspec.convert({"participation": "often"}, AsyncConfig)
-    options = DemoOptions(mode="async", agents=4, secure_aggregation="none", participation="none")
-    assert mode_fields(options)["async_"].participation is Participation.NONE
+    options = DemoOptions(
+        mode="async", agents=4, secure_aggregation="none", participation="interval"
+    )
+    assert mode_fields(options)["async_"].participation is Participation.INTERVAL

@@ -49,7 +49,7 @@ class DemoOptions:
     #: async: agents training at once (0: every agent)
     concurrency: int = 0
     #: async: ``agent.async_settings.Participation`` ("interval": FedAU's weights; "none")
-    participation: str = "interval"
+    participation: str = "none"
     #: the first ``slow_agents`` agents fit ``slowdown`` times slower ([simulate] slowdown)
     slow_agents: int = 0
     slowdown: float = 1.0
