@@ -19,7 +19,9 @@ the run's start: an agent that joins late is not taken for a rare one); later on
 previous accepted update, so an agent that was offline counts its absence. The buffer's
 mean is self-normalised (``buffer.Buffer``: Σ n·s(τ)·ω·Δ / Σ n·ω, the Hájek form of FedAU's
 estimator): the server step keeps its size, only the agents' shares move. O(agents)
-floats of state, kept in memory (a restarted aggregator estimates afresh).
+floats of state, kept in memory (a restarted aggregator estimates afresh). Off by
+default (``AsyncConfig.participation``): measured on ``bench/modes.py``'s fleet it did not
+make async reliably faster (ARCHITECTURE.md §4).
 """
 
 from __future__ import annotations
