@@ -30,6 +30,7 @@ from agent.messages.kinds import Kind
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.buffer import Buffer, Entry
 from agent.roles.aggregator.buffer_round import finish_version, fit_ins
+from agent.roles.aggregator.fill_watch import FillWatch
 from agent.roles.aggregator.outcome import Outcome, RoundFailure
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.plain_round import bounded
@@ -37,7 +38,6 @@ from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundRecord
 from agent.roles.aggregator.robust_fit import guarded_step
 from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import (
-    RunFailedError,
     RunPlan,
     begin,
     checkpoint,
@@ -230,14 +230,10 @@ class Buffered:
                 pass
 
     async def _filled(self) -> None:
-        """Until a buffer is full (``RunFailedError`` when nothing fills it for
-        ``join_timeout``: no agent training and none to send)."""
-        last_progress = time.monotonic()
+        """Until a buffer is full (``RunFailedError`` when it stops filling: ``FillWatch``)."""
+        watch = FillWatch(self._parts.schedule.join_timeout, self._parts.schedule.round_timeout)
         while not self.full:
-            if self.training or self.buffer.entries:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > self._parts.schedule.join_timeout:
-                raise RunFailedError("no agent trained for join_timeout: the fleet vanished")
+            watch.check(training=len(self.training), buffered=len(self.buffer.entries))
             await asyncio.sleep(POLL / 2)
 
     # -- the version loop ---------------------------------------------------------------
