@@ -36,6 +36,7 @@ from agent.ledger.record import (
 )
 from agent.ledger.store import LedgerStore, ledger_dir
 from agent.messages.signing import Signer
+from agent.runtime.tasks import finish_in_thread
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +168,7 @@ class RoundLedger:
             attempt=self._attempts.get(round, 0) + 1,
         )
         raw = await asyncio.to_thread(sign_entry, self.signer, entry)
-        await asyncio.to_thread(self._store.write, entry.index, raw)
+        await finish_in_thread(self._store.write, entry.index, raw)  # a stop waits for it
         self._tail = [*self._tail[-(TAIL - 1) :], raw]
         self._next += 1
         self._attempts[round] = entry.attempt
