@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from agent.messages.bodies import Liveness
 from agent.roles.aggregator.holders import Holders
 from agent.roles.aggregator.records import AgentRecord
+from agent.roles.liveness import Seen
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -18,8 +20,12 @@ def test_offline_rejoined_and_released_holders_are_lost() -> None:
     now = {**first, "c": AgentRecord(10, 5.0)}  # c was admitted again: a new life
     holders.release(["d"])  # d's round ended
     cohort = ["a", "b", "c", "d"]
-    assert holders.lost(cohort, alive={"a", "c", "d"}, admitted=now) == ["b", "c", "d"]
-    assert holders.lost(["a"], alive={"a"}, admitted=now) == []
+    statuses = {
+        "a": Seen(Liveness.ONLINE, "", 0.0),  # its heartbeat may be late: it still counts
+        "b": Seen(Liveness.OFFLINE, "", 0.0),
+    }
+    assert holders.lost(cohort, statuses=statuses, admitted=now) == ["b", "c", "d"]
+    assert holders.lost(["a"], statuses=statuses, admitted=now) == []
     assert "a" in holders
     assert "d" not in holders
     assert sorted(holders) == ["a", "b", "c"]

@@ -292,8 +292,8 @@ class Buffered:
         before, now.round = now.model, r
         cohort = list(buffer.agents)
         if self.secure:
-            admitted = parts.admission.agents
-            absent = self.holding.lost(cohort, alive=set(live(parts)), admitted=admitted)
+            statuses, admitted = parts.liveness.agents, parts.admission.agents
+            absent = self.holding.lost(cohort, statuses=statuses, admitted=admitted)
             buffer.restale(before.version, self.settings.weight)
             parts.board.enter(RoundPhase.TRAINING, f"SecAgg+ round of {len(cohort)} agents")
             try:

@@ -10,9 +10,11 @@ cost the round a stage timeout for each).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
+from agent.messages.bodies import Liveness
 from agent.roles.aggregator.records import AgentRecord
+from agent.roles.liveness import Seen
 
 
 class Holders:
@@ -36,13 +38,20 @@ class Holders:
             self._admitted.pop(agent_id, None)
 
     def lost(
-        self, cohort: Iterable[str], *, alive: Collection[str], admitted: Mapping[str, AgentRecord]
+        self,
+        cohort: Iterable[str],
+        *,
+        statuses: Mapping[str, Seen],
+        admitted: Mapping[str, AgentRecord],
     ) -> list[str]:
-        """The members of ``cohort`` that lost their update, sorted: not ``alive``, not
-        holding, or admitted again since they announced it (``admitted``: the admissions
-        now, by agent id)."""
+        """The members of ``cohort`` that lost their update, sorted: their last status said
+        ``offline`` (``statuses``: the liveness tracker's; a heartbeat merely late does not
+        count), they hold nothing, or they were admitted again since they announced it
+        (``admitted``: the admissions now, by agent id)."""
         return sorted(
             a
             for a in cohort
-            if a not in alive or a not in self._admitted or admitted.get(a) is not self._admitted[a]
+            if (a in statuses and statuses[a].state is Liveness.OFFLINE)
+            or a not in self._admitted
+            or admitted.get(a) is not self._admitted[a]
         )
