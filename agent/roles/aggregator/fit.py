@@ -48,6 +48,7 @@ from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
+from agent.runtime.assembly import ChunkSink, Transfer
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.secagg.keys import RoundContext
@@ -140,7 +141,11 @@ class CohortFit:
         elif self._plain is None:
             log.warning("update_rejected", agent=sender, reason="no_round_open")
         else:
-            await self._plain.receive(sender, body)
+            await self._plain.receive(sender, body, message.envelope.message_id)
+
+    def stream_update(self, transfer: Transfer) -> ChunkSink | None:
+        """The ``model_update`` stream hook: the open plain round's (``PlainRound.stream``)."""
+        return None if self._plain is None else self._plain.stream(transfer)
 
     async def on_secagg(self, message: Message[Any]) -> None:
         """The listener of the SecAgg+ kinds (advertise_keys, share_keys, masked_input,

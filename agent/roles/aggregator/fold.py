@@ -31,7 +31,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,17 @@ class RunningMean:
         #: agent id → (‖Δ_k‖₂ of the averaged arrays, weight, offset in the spool)
         self.norms: dict[str, tuple[float, int, int]] = {}
         self._end = 0
+        #: held while the sum or the spool changes (chunk folds run in ``_worker``'s thread)
+        self.lock = threading.Lock()
+        #: no chunk is folded once set (``result``, ``close``)
+        self.sealed = False
+        #: chunk streams that folded something and were not committed (``fold_stream``)
+        self._pending: set[object] = set()
+        #: a stream folded values that must not count (refused, cut off): rebuild at result
+        self._dirty = False
+        self._worker: ThreadPoolExecutor | None = None
+        self._on_close: list[Callable[[], None]] = []
+        self._absolute = 0.0 if robust is None else robust.max_update_norm
 
     def add(
         self,
@@ -97,6 +110,10 @@ class RunningMean:
         one pass over it, in float64, with no temporary larger than ``STEP`` values; with the
         relative bound on, its values are spooled in that pass and its delta's norm (over
         the floating-point arrays) is ``norm`` or, None, taken in that pass too."""
+        with self.lock:
+            self._add(weights, num_examples, agent_id, norm)
+
+    def _add(self, weights: Weights, num_examples: int, agent_id: str, norm: float | None) -> None:
         n = float(num_examples)
         spool, squares, offset = self._spool, 0.0, self._end
         measure = spool is not None and norm is None
@@ -132,6 +149,8 @@ class RunningMean:
             RoundError: nothing was added, or Σ num_examples ≤ 0.
         """
         try:
+            with self.lock:  # no chunk folds from here on
+                self.sealed = True
             results = self._within_relative_bound(results)
         finally:
             self.close()
@@ -150,9 +169,88 @@ class RunningMean:
         return AggregatedUpdate(self._sum, self.total, survivors, metrics, spendable=True)
 
     def close(self) -> None:
-        """Close the spool (``result`` does; a round that ends without one must)."""
-        if self._spool is not None:
-            self._spool.close()
+        """Close the spool and stop folding chunks (``result`` does; a round that ends
+        without one must)."""
+        with self.lock:
+            self.sealed = True
+            for done in self._on_close:
+                done()
+            self._on_close.clear()
+            if self._spool is not None:
+                self._spool.close()
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=False)  # what is queued returns at once: sealed
+
+    # -- folding chunk by chunk (``fold_stream``) ---------------------------------------
+
+    @property
+    def streams(self) -> bool:
+        """Whether updates may be folded chunk by chunk as they arrive: the relative bound's
+        spool is there to rebuild the sum without one that is refused or cut off, and no
+        absolute bound needs the whole update's norm before it is folded."""
+        return self._spool is not None and self._absolute <= 0 and not self.sealed
+
+    def reserve(self, nbytes: int, on_close: Callable[[], None]) -> int:
+        """Room for one streamed update's averaged values in the spool: its offset;
+        ``on_close`` is called when this sum closes (under ``lock``)."""
+        with self.lock:
+            offset, self._end = self._end, self._end + nbytes
+            self._on_close.append(on_close)
+        return offset
+
+    def submit(self, fn: Callable[[], None]) -> Future[None] | None:
+        """Run ``fn`` in the one thread that folds chunks, after those submitted before;
+        None once closed (nothing runs)."""
+        with self.lock:
+            if self.sealed:
+                return None
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold")
+            return self._worker.submit(fn)
+
+    def fold_failed(self) -> None:
+        """A stream could not fold a chunk (the caller holds ``lock``): rebuild at result."""
+        self._dirty = True
+
+    def fold_piece(
+        self, stream: object, array: int, start: int, values: npt.NDArray[Any], n: float, at: int
+    ) -> float | None:
+        """Σ[array][start : start + len(values)] += n · values (float64), the values spooled
+        at ``at``: one chunk's share of one averaged array of ``stream``'s update; the caller
+        holds ``lock`` and checked ``sealed``. Its Σ (values - current)² , or None (nothing
+        folded, the sum marked for rebuilding) when a value or its delta is not finite."""
+        assert self._spool is not None
+        flat_acc = self._sum[array].reshape(-1)
+        flat_x = self._current[array].reshape(-1)
+        squares = 0.0
+        with np.errstate(all="ignore"):
+            for lo in range(0, values.size, STEP):
+                hi = min(lo + STEP, values.size)
+                delta = self._delta[: hi - lo]
+                np.subtract(
+                    values[lo:hi], flat_x[start + lo : start + hi], out=delta, dtype=np.float64
+                )
+                squares += sum_squares(delta)
+        if not math.isfinite(squares):
+            self._dirty = True
+            return None
+        for lo in range(0, values.size, STEP):
+            hi = min(lo + STEP, values.size)
+            piece = self._scratch[: hi - lo]
+            np.multiply(values[lo:hi], n, out=piece, dtype=np.float64)
+            np.add(flat_acc[start + lo : start + hi], piece, out=flat_acc[start + lo : start + hi])
+        self._pending.add(stream)
+        _write(self._spool.fileno(), values, at)
+        return squares
+
+    def commit(self, stream: object, agent_id: str, norm: float, weight: int, offset: int) -> None:
+        """``stream``'s update, every chunk folded, counts: weight ``weight``, its delta's
+        norm ``norm`` and its values at ``offset`` in the spool."""
+        with self.lock:
+            self._pending.discard(stream)
+            self.norms[agent_id] = (norm, weight, offset)
+            self.total += weight
 
     def _within_relative_bound(self, results: Sequence[ClientResult]) -> list[ClientResult]:
         """``results`` less the updates the relative bound dropped; with any update above
@@ -162,6 +260,13 @@ class RunningMean:
             raise RoundError("no update with num_examples > 0 to aggregate")
         if self._spool is None:
             return list(results)
+        # folded values that must not count: a streamed update refused or cut off half
+        # way, or an update folded whole and then taken out (its agent revoked)
+        stale = (
+            self._dirty
+            or bool(self._pending)
+            or bool(self.norms.keys() - {r.agent_id for r in results})
+        )
         bound = relative_bound([self.norms[r.agent_id][0] for r in results], self._factor)
         kept: list[ClientResult] = []
         scales: list[float] = []
@@ -181,7 +286,7 @@ class RunningMean:
                 log.info("update_bounded", agent=r.agent_id, norm=round(norm, 6), clipped=True)
                 kept.append(r)
                 scales.append(bound / norm)
-        if len(kept) < len(results) or any(s < 1.0 for s in scales):
+        if stale or len(kept) < len(results) or any(s < 1.0 for s in scales):
             self._rebuild(kept, scales)
         return kept
 
