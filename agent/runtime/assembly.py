@@ -24,21 +24,29 @@ from agent.role import Identity
 MAPPED = frozenset({Kind.MODEL_UPDATE})
 
 
-def opened_on_arrival(manifest: Manifest) -> bool:
-    """Whether a transfer's sealed chunks are opened as they are kept, their plaintext
-    spooled at ``index * chunk_size`` (``Reassembly.add``): a ``MAPPED`` kind's, so its
-    spool is the bulk itself once complete and a ``ChunkSink`` can read each chunk's values
-    as soon as it is kept."""
+def is_mapped(manifest: Manifest) -> bool:
+    """Whether the transfer of ``manifest`` is rebuilt as a mapping of its spool (a
+    ``MAPPED`` kind, where ``agent.mapped`` is available): the transfers a ``ChunkSink``
+    may take."""
     return AVAILABLE and manifest.kind in MAPPED and manifest.total_size > 0
 
 
 class ChunkSink(Protocol):
-    """Told of each chunk of one transfer as it is kept (``Transfer.sink``), in the
-    receiving thread: it must return at once (e.g. queue the work), and must not raise."""
+    """Takes one transfer's chunks as they are kept (``Transfer.sink``; only where
+    ``is_mapped``) and spools them itself: each chunk's plaintext (opened, when sealed) at
+    ``index * chunk_size`` of the transfer's spool, by ``flush``."""
 
-    def kept(self, transfer: Transfer, index: int) -> None:
-        """Chunk ``index`` is in the spool: its plaintext at ``index * chunk_size`` when
-        ``opened_on_arrival``."""
+    def kept(self, transfer: Transfer, index: int, data: memoryview) -> None:
+        """Chunk ``index`` (``data``: as it came, checked against the manifest) is in; called
+        in the receiving thread, which it may hold up (backpressure), but must not raise."""
+
+    def flush(self, transfer: Transfer) -> None:
+        """Block until every chunk is in the spool (``transfer`` is complete).
+
+        Raises:
+            ProtocolError: a chunk that could not be spooled (``SealError``: it did not
+                open; ``ChunkError``: it was not written).
+        """
 
 
 @dataclass(eq=False, slots=True)
@@ -55,7 +63,8 @@ class Transfer:
     missing: int = field(init=False)
     #: chunks its sender was last told it may send (with flow control: ``Reassembly.due``)
     grant: int = 0
-    #: told of each kept chunk (set by the receiver's ``StreamHook``; None: nobody)
+    #: takes its chunks and spools them (set by the receiver's ``StreamHook``; None:
+    #: ``Reassembly`` spools them)
     sink: ChunkSink | None = None
 
     def __post_init__(self) -> None:
@@ -75,9 +84,7 @@ class Transfer:
 
 
 def stride(manifest: Manifest) -> int:
-    """Bytes of one full chunk's data on the wire: a sealed chunk carries its 16-byte tag.
-    Also its slot in the spool, unless it is opened on arrival (``opened_on_arrival``: its
-    plaintext goes to ``index * chunk_size``)."""
+    """Spool bytes per chunk slot: a sealed chunk carries its 16-byte tag."""
     return manifest.chunk_size + (16 if manifest.content_key is not None else 0)
 
 
@@ -85,8 +92,9 @@ def assemble(transfer: Transfer) -> Body:
     """The body a complete transfer carries: every chunk read back in order (and opened,
     when sealed), the body rebuilt around it (``chunks.join_body``; the caller validates it
     like any decoded body). Closes the spool. A body of a ``MAPPED`` kind is a view of its
-    spool file instead (``agent.mapped``): its sealed chunks were opened as they were kept
-    (``opened_on_arrival``), and its tensors are read-only views of the mapping.
+    spool file instead (``agent.mapped``): sealed chunks are opened into the file in place
+    (or were opened by its ``sink`` as they came), and its tensors are read-only views of
+    the mapping.
 
     The manifest's whole-message SHA-256 is not computed again here: every chunk was kept
     only once its SHA-256 matched the signed manifest's hash for its index, and the chunk
@@ -99,8 +107,10 @@ def assemble(transfer: Transfer) -> Body:
         DecodeError: a header that does not fit the bulk.
     """
     manifest = transfer.manifest
-    if opened_on_arrival(manifest):
+    if is_mapped(manifest):
         try:
+            if transfer.sink is not None:
+                transfer.sink.flush(transfer)
             view = _mapped(transfer)
         finally:
             transfer.close()
@@ -128,10 +138,22 @@ def assemble(transfer: Transfer) -> Body:
 
 
 def _mapped(transfer: Transfer) -> memoryview:
-    """The bulk of a complete transfer as a read-only mapping of its spool (its chunks'
-    plaintext, ``opened_on_arrival``)."""
+    """The bulk of a complete transfer as a read-only mapping of its spool; a sealed
+    spool's chunks are first opened in place, in index order: plaintext ``i`` goes to
+    ``i * chunk_size``, below ciphertext ``i + 1`` (at ``(i + 1) * (chunk_size + 16)``), so
+    no chunk is overwritten before it is read."""
     manifest = transfer.manifest
-    fd = transfer.spool.fileno()
+    fd, count = transfer.spool.fileno(), len(manifest.chunk_hashes)
+    if manifest.content_key is not None and transfer.sink is None:
+        step = stride(manifest)
+        for index in range(count):
+            start = index * manifest.chunk_size
+            size = min(manifest.chunk_size, manifest.total_size - start)
+            sealed = os.pread(fd, size + 16, index * step)
+            plain = open_chunk(manifest.content_key, manifest.transfer, index, count, sealed)
+            if os.pwrite(fd, plain, start) != len(plain):
+                raise ChunkError(f"chunk {index} could not be opened into the spool")
+        os.ftruncate(fd, manifest.total_size)
     if file_size(fd) < manifest.total_size:  # a read past the file's end would be a SIGBUS
         raise ChunkError("a chunk is short in the spool")
     return map_file(fd, manifest.total_size)

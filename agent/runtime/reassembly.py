@@ -10,11 +10,10 @@ counts only on the topic its manifest came on: on a per-agent topic, only its ag
   Chunks may come in any order; a repeat of a kept chunk is ignored.
 - **Kept chunks go to disk, not memory**: each transfer spools into an unlinked temporary
   file (``tempfile.TemporaryFile``, mode 0600, gone with the process), written at the chunk's
-  offset. Ciphertext stays ciphertext until ``assemble``, except for the kinds rebuilt as a
-  mapping of their spool (``assembly.opened_on_arrival``): their chunks are opened as they are
-  kept. So a receiver's memory does not grow with the number of senders transferring at
-  once; only the message being assembled is held. A transfer's ``sink`` (set by the
-  listener's stream hook) is told of each kept chunk (streaming aggregation).
+  offset. Ciphertext stays ciphertext until ``assemble``. So a receiver's memory does not grow
+  with the number of senders transferring at once; only the message being assembled is held.
+  A transfer with a ``sink`` (``assembly.ChunkSink``, set by its listener's stream hook:
+  streaming aggregation) hands each checked chunk to it instead, which spools it.
 - **Bounded**: a manifest announcing more than ``max_message`` bytes, or more than the
   ``budget`` left by the transfers already open, is refused (``over_budget``); each topic
   has at most one open transfer (a newer manifest supersedes the older one, ``superseded``).
@@ -43,17 +42,16 @@ import structlog
 from agent.errors import (
     ChunkMismatchError,
     OverBudgetError,
-    SealError,
     SupersededError,
     TransferTimeoutError,
     UnknownTransferError,
 )
 from agent.messages.bodies import Manifest
-from agent.messages.chunks import open_chunk, parse_frame
+from agent.messages.chunks import parse_frame
 from agent.messages.envelope import Envelope
 from agent.messages.transfer import TransferConfig
 from agent.role import Identity
-from agent.runtime.assembly import Transfer, opened_on_arrival, stride
+from agent.runtime.assembly import Transfer, stride
 from agent.runtime.credit_pool import CreditPool
 
 __all__ = ["DONE_MEMORY", "DropNote", "Limits", "Reassembly", "Transfer"]
@@ -215,40 +213,19 @@ class Reassembly:
             raise ChunkMismatchError(f"chunk {index} holds {len(data)} bytes, not {want}")
         if hashlib.sha256(data).digest() != manifest.chunk_hashes[index]:
             raise ChunkMismatchError(f"chunk {index} does not match its manifest hash")
-        self._spool(transfer, index, data)
+        if transfer.sink is not None:  # streaming aggregation: it spools the chunk
+            transfer.sink.kept(transfer, index, data)
+        else:
+            os.pwrite(transfer.spool.fileno(), data, index * stride(manifest))
         transfer.received[index] = 1
         transfer.missing -= 1
         if self.credit is not None:
             self.credit.kept(transfer.key, len(transfer.received) - transfer.missing)
-        if transfer.sink is not None:
-            transfer.sink.kept(transfer, index)
         if transfer.missing:
             return transfer
         self._forget(transfer)
         self._done.append(transfer.key)
         return transfer
-
-    def _spool(self, transfer: Transfer, index: int, data: memoryview) -> None:
-        """Write a checked chunk to its slot; opened first when ``opened_on_arrival``.
-
-        Raises:
-            SealError: a sealed chunk that does not open (its transfer is dropped).
-        """
-        manifest = transfer.manifest
-        if not opened_on_arrival(manifest):
-            os.pwrite(transfer.spool.fileno(), data, index * stride(manifest))
-            return
-        if manifest.content_key is not None:
-            count = len(manifest.chunk_hashes)
-            try:
-                plain = open_chunk(
-                    manifest.content_key, manifest.transfer, index, count, bytes(data)
-                )
-            except SealError as exc:
-                self._drop(transfer, exc.reason, f"chunk {index} does not open")
-                raise
-            data = memoryview(plain)
-        os.pwrite(transfer.spool.fileno(), data, index * manifest.chunk_size)
 
     def due(self) -> list[Transfer]:
         """With flow control: the open transfers whose sender must be told a new grant

@@ -3,12 +3,11 @@
 The aggregator then holds O(model size) whatever the cohort size: the sum Σ n_k (w_k - x)
 (float64, shaped like the model), the total weight and each survivor's metrics, never the
 survivors' weights. The result is ``strategy.update.mean_update``'s, accumulated in another
-order (McMahan et al. 2017, Algorithm 1's weighting). An update is folded whole, once it is
-verified (every chunk checked and the whole hash matched, ``agent.runtime.reassembly``):
-a transfer cut off half way is a dropout, and half an update cannot be taken back out. A
-chunked update is read through a mapping of its spool (``agent.mapped``): ``add`` lets each
-array's pages go once folded, so the update is never resident whole. ``result``'s delta is
-spendable: FedAvg's step lets each of its arrays go once added to the new model.
+order (McMahan et al. 2017, Algorithm 1's weighting). A chunked update is folded chunk by
+chunk as it arrives (``fold_stream``: ``fold_piece``, in one thread) where it can be, else
+whole once complete (``add``, through a mapping of its spool, ``agent.mapped``, each
+array's pages let go once folded). ``result``'s delta is spendable: FedAvg's step lets
+each of its arrays go once added to the new model.
 
 The cohort-relative norm bound (``[aggregator.robust] norm_factor``, ARCHITECTURE.md §12)
 needs the round's median norm, known only when the round closes. So each update is folded
@@ -50,6 +49,8 @@ from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, weighte
 
 #: Values folded per step: bounds the float64 temporaries to a few MiB whatever the layer size.
 STEP = 1 << 18
+#: Chunks queued for the folding thread at most (``submit``), each held in memory till then.
+QUEUED = 16
 
 log = structlog.get_logger(__name__)
 
@@ -93,8 +94,10 @@ class RunningMean:
         #: chunk streams that folded something and were not committed (``fold_stream``)
         self._pending: set[object] = set()
         #: a stream folded values that must not count (refused, cut off): rebuild at result
-        self._dirty = False
+        #: (set holding ``lock``)
+        self.dirty = False
         self._worker: ThreadPoolExecutor | None = None
+        self._queued = threading.BoundedSemaphore(QUEUED)
         self._on_close: list[Callable[[], None]] = []
         self._absolute = 0.0 if robust is None else robust.max_update_norm
 
@@ -200,18 +203,24 @@ class RunningMean:
         return offset
 
     def submit(self, fn: Callable[[], None]) -> Future[None] | None:
-        """Run ``fn`` in the one thread that folds chunks, after those submitted before;
-        None once closed (nothing runs)."""
+        """Run ``fn`` holding ``lock`` in the one thread that folds chunks, after those
+        submitted before; waits while ``QUEUED`` are queued (the receive loop's
+        backpressure: a queued chunk is held in memory). None once closed (nothing runs)."""
+        self._queued.acquire()
         with self.lock:
             if self.sealed:
+                self._queued.release()
                 return None
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold")
-            return self._worker.submit(fn)
+            return self._worker.submit(self._locked, fn)
 
-    def fold_failed(self) -> None:
-        """A stream could not fold a chunk (the caller holds ``lock``): rebuild at result."""
-        self._dirty = True
+    def _locked(self, fn: Callable[[], None]) -> None:
+        try:
+            with self.lock:
+                fn()
+        finally:
+            self._queued.release()
 
     def fold_piece(
         self, stream: object, array: int, start: int, values: npt.NDArray[Any], n: float, at: int
@@ -233,7 +242,7 @@ class RunningMean:
                 )
                 squares += sum_squares(delta)
         if not math.isfinite(squares):
-            self._dirty = True
+            self.dirty = True
             return None
         for lo in range(0, values.size, STEP):
             hi = min(lo + STEP, values.size)
@@ -263,7 +272,7 @@ class RunningMean:
         # folded values that must not count: a streamed update refused or cut off half
         # way, or an update folded whole and then taken out (its agent revoked)
         stale = (
-            self._dirty
+            self.dirty
             or bool(self._pending)
             or bool(self.norms.keys() - {r.agent_id for r in results})
         )

@@ -4,14 +4,16 @@
 A chunked ``model_update`` is checked chunk by chunk against its signed manifest
 (``agent.runtime.reassembly``), which also carries the body without its tensors' bytes (the
 header: shapes, dtypes, num_examples, model version). So once the manifest is in, the
-aggregator knows where every array lies in the bulk and the update's weight. Each chunk
-kept (and opened, when sealed: ``assembly.opened_on_arrival``) is read back from the
-transfer's spool, in the sum's one folding thread (``RunningMean.submit``), and each
-averaged array's share of it is checked (every value and its delta finite), measured (its
-Σ Δ² towards the delta's norm) and folded (Σ += n · w, float64) and copied to the sum's
-spool (``RunningMean.fold_piece``). The receive loop only checks and spools; the fold
-overlaps with the transfer of the chunks still on their way, and the updates of several
-senders are folded as their chunks interleave.
+aggregator knows where every array lies in the bulk and the update's weight. The receive
+loop only checks each chunk's hash and hands it to the transfer's sink, a ``FoldStream``;
+in the sum's one folding thread (``RunningMean.submit``, at most ``fold.QUEUED`` chunks
+queued, then the receive loop waits) each chunk is opened (when sealed), spooled as
+plaintext at its place in the bulk (so the complete update is mapped as before,
+``agent.mapped``), and each averaged array's share of it is checked (every value and its
+delta finite), measured (its Σ Δ² towards the delta's norm), folded (Σ += n · w, float64)
+and copied to the sum's spool (``RunningMean.fold_piece``). So the fold overlaps with the
+transfer of the chunks still on their way, the updates of several senders are folded as
+their chunks interleave, and only the last chunk's fold is left once the update is in.
 
 What needs the whole update comes when it is complete (``PlainRound.receive``): the
 finite verdict and the delta's norm, for the cohort-relative bound at the round's close.
@@ -28,10 +30,11 @@ those float64 additions are exact (values within ~2^29 of one another in magnitu
 sum is bit-identical; otherwise it may differ in the last bit of float64. The norm's Σ Δ²
 is summed per chunk share instead of per 2^18 values, so it may differ in its last bits.
 
-Used only when the layout allows it: every averaged array shaped and typed like the model
-in force's, starting at a multiple of its item size, with a chunk size that is a multiple
-of 8 (no value split between two chunks); and without an absolute norm bound (which must
-know the whole update's norm before folding). Otherwise the update is folded whole once
+Used only where a plain update is mapped (Linux) and its layout allows it: every
+averaged array shaped and typed like the model in force's, starting at a multiple of its
+item size, with a chunk size that is a multiple of 8 (no value split between two chunks);
+and without an absolute norm bound (which must know the whole update's norm before
+folding). Otherwise the update is folded whole once
 complete, as before.
 """
 
@@ -47,10 +50,12 @@ import msgspec
 import numpy as np
 import structlog
 
+from agent.errors import ChunkError, ProtocolError
 from agent.messages.bodies import ModelUpdate
+from agent.messages.chunks import open_chunk
 from agent.plugin.api import Weights, is_averaged
 from agent.roles.aggregator.fold import RunningMean
-from agent.runtime.assembly import Transfer, opened_on_arrival
+from agent.runtime.assembly import Transfer, is_mapped
 
 log = structlog.get_logger(__name__)
 
@@ -102,8 +107,8 @@ def layout(model: Weights, update: ModelUpdate, chunk_size: int) -> list[Share] 
 
 
 class FoldStream:
-    """One update's chunks folded as they are kept (a ``ChunkSink``; see the module
-    docstring). Built by ``open_stream``.
+    """One update's chunks spooled and folded as they are kept (a ``ChunkSink``; see the
+    module docstring). Built by ``open_stream``.
 
     Attributes:
         agent_id: the sender.
@@ -120,19 +125,43 @@ class FoldStream:
         self.message_id = transfer.envelope.message_id
         self._mean = mean
         self._shares = shares
+        self._key, self._transfer = manifest.content_key, manifest.transfer
         self._chunk, self._total = manifest.chunk_size, manifest.total_size
         self._count = len(manifest.chunk_hashes)
         self._fd: int | None = os.dup(transfer.spool.fileno())  # the spool outlives the transfer
         self._offset = mean.reserve(sum(s.nbytes for s in shares), self._close_fd)
         self._squares = 0.0
-        self._folded = 0
-        self._refused = False
+        self._spooled = self._folded = 0
+        #: why a chunk was not spooled (it did not open, a disk error), raised by ``flush``
+        self._error: ProtocolError | None = None
+        self._refused = False  # a value not finite, or a chunk not spooled
         self._last: Future[None] | None = None
 
-    def kept(self, transfer: Transfer, index: int) -> None:
-        """Queue chunk ``index`` for the folding thread (``ChunkSink``)."""
+    @property
+    def folded(self) -> int:
+        """Chunks folded so far."""
+        return self._folded
+
+    def kept(self, transfer: Transfer, index: int, data: memoryview) -> None:
+        """Queue chunk ``index`` for the folding thread (``ChunkSink``); waits while
+        ``RunningMean.QUEUED`` chunks are queued already."""
         del transfer
-        self._last = self._mean.submit(lambda: self._fold(index)) or self._last
+        self._last = self._mean.submit(lambda: self._take(index, data)) or self._last
+
+    def flush(self, transfer: Transfer) -> None:
+        """Block until every queued chunk is spooled (``ChunkSink``).
+
+        Raises:
+            SealError: a chunk did not open.
+            ChunkError: a chunk was not spooled (a disk error, or the round closed).
+        """
+        del transfer
+        if self._last is not None:
+            self._last.result()
+        if self._error is not None:
+            raise self._error
+        if self._spooled != self._count:
+            raise ChunkError(f"{self._count - self._spooled} chunks were not spooled")
 
     async def finish(self) -> float | None:
         """Once every queued chunk is folded: ‖Δ_k‖₂ over the averaged arrays, or None when
@@ -146,31 +175,42 @@ class FoldStream:
         self._mean.commit(self, self.agent_id, norm, self.weight, self._offset)
         return norm
 
-    def _fold(self, index: int) -> None:
-        mean = self._mean
-        with mean.lock:
-            if mean.sealed or self._refused or self._fd is None:
-                return
-            try:
-                self._fold_chunk(index, self._fd)
-            except Exception:  # a disk error: the update is refused, the sum rebuilt
-                log.exception("chunk_fold_failed", agent=self.agent_id, chunk=index)
-                self._refused = True
-                mean.fold_failed()
+    def _take(self, index: int, data: memoryview) -> None:
+        """In the folding thread, holding the sum's lock: open, spool and fold one chunk."""
+        if self._mean.sealed or self._fd is None:
+            return
+        try:
+            plain = data
+            if self._key is not None:
+                opened = open_chunk(self._key, self._transfer, index, self._count, bytes(data))
+                plain = memoryview(opened)
+            if os.pwrite(self._fd, plain, index * self._chunk) != len(plain):
+                raise ChunkError(f"chunk {index} could not be spooled")
+        except ProtocolError as exc:
+            self._error, self._refused = exc, True
+            self._mean.dirty = True
+            return
+        except OSError as exc:
+            log.warning("chunk_spool_failed", agent=self.agent_id, chunk=index, error=repr(exc))
+            self._error, self._refused = ChunkError(f"chunk {index}: {exc}"), True
+            self._mean.dirty = True
+            return
+        self._spooled += 1
+        if not self._refused:
+            self._fold(index, plain)
+        if self._spooled == self._count:
+            self._close_fd()
 
-    def _fold_chunk(self, index: int, fd: int) -> None:
+    def _fold(self, index: int, plain: memoryview) -> None:
         start = index * self._chunk
-        end = min(start + self._chunk, self._total)
-        raw = os.pread(fd, end - start, start)
-        if len(raw) != end - start:
-            raise OSError(f"chunk {index} is short in the spool")
+        end = start + len(plain)
         n = float(self.weight)
         for share in self._shares:
             lo, hi = max(start, share.start), min(end, share.start + share.nbytes)
             if lo >= hi:
                 continue
             size = share.dtype.itemsize
-            values = np.frombuffer(raw, share.dtype, count=(hi - lo) // size, offset=lo - start)
+            values = np.frombuffer(plain, share.dtype, count=(hi - lo) // size, offset=lo - start)
             at = self._offset + share.spool + (lo - share.start)
             squares = self._mean.fold_piece(
                 self, share.array, (lo - share.start) // size, values, n, at
@@ -180,8 +220,6 @@ class FoldStream:
                 return
             self._squares += squares
         self._folded += 1
-        if self._folded == self._count:
-            self._close_fd()
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -194,7 +232,7 @@ def open_stream(
 ) -> FoldStream | None:
     """A ``FoldStream`` for ``transfer`` (a ``model_update`` announcing ``update``, weight
     ``weight``) into ``mean``, or None when it is folded whole at completion instead."""
-    if not mean.streams or not opened_on_arrival(transfer.manifest):
+    if not mean.streams or not is_mapped(transfer.manifest):
         return None
     shares = layout(model, update, transfer.manifest.chunk_size)
     if shares is None:
