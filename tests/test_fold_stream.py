@@ -11,10 +11,14 @@ import random
 import numpy as np
 import numpy.typing as npt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from agent.bus.base import BusMessage
+from agent.errors import UnexpectedKindError
 from agent.messages import Kind
 from agent.messages.bodies import ModelUpdate
 from agent.messages.chunks import build
+from agent.messages.codec import encode
 from agent.messages.envelope import new_envelope
 from agent.messages.tensors import to_tensors
 from agent.plugin.api import Weights
@@ -24,6 +28,7 @@ from agent.roles.aggregator.fold_stream import FoldStream, layout
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
 from agent.runtime.assembly import Transfer, is_mapped, rebuild
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.reassembly import Reassembly
 from agent.strategy.update import ClientResult, mean_update
 
@@ -200,3 +205,64 @@ def test_a_value_split_between_chunks_is_folded_whole_instead() -> None:
     shares = layout(even, body(even, 1), CHUNK)
     assert shares is not None
     assert [(s.start, s.nbytes) for s in shares] == [(0, 8), (8, 40)]
+
+
+async def test_the_dispatcher_hands_an_updates_chunks_to_its_streams_sink() -> None:
+    """Through ``Dispatcher.dispatch``: the sealed manifest opens a transfer whose chunks go to
+    the plain round's sink (``ListenerRegistry.stream``), and the completed update reaches
+    the round already folded; a stream hook that raises leaves the update to the whole fold."""
+
+    class Anyone:
+        def verify(self, signed, **kw):  # type: ignore[no-untyped-def]
+            return None
+
+    base = GlobalState.of(3, model())
+    streamed = plain_round(base)
+    sinks: list[object] = []
+
+    async def on_update(message) -> None:  # type: ignore[no-untyped-def]
+        await streamed.receive(message.sender, message.body, message.envelope.message_id)
+
+    def hook(transfer: Transfer):  # type: ignore[no-untyped-def]
+        if transfer.sender == "a2":
+            raise RuntimeError("a bug in the hook")
+        sinks.append(sink := streamed.stream(transfer))
+        return sink
+
+    key = X25519PrivateKey.generate()
+    registry = ListenerRegistry()
+    registry.register(Kind.MODEL_UPDATE, on_update, rounds=RoundPolicy.CURRENT)
+    registry.stream(Kind.MODEL_UPDATE, hook)
+    dispatcher = Dispatcher(
+        federation="fed",
+        registry=registry,
+        current_round=lambda: 1,
+        max_payload=1 << 20,
+        security=Security(Anyone(), unseal_key=key),  # type: ignore[arg-type]
+    )
+    updates = {s: body(trained(i + 1), 10) for i, s in enumerate(SENDERS)}
+    for sender, update in updates.items():
+        manifest, frames = build(update, CHUNK, sealed=True)
+        topic = f"fl/fed/model_para/update/{sender}"
+        sealed = encode(
+            manifest, federation="fed", round=1, sender=sender, seal_to=key.public_key()
+        )
+        assert await dispatcher.dispatch(BusMessage(topic, sealed))
+        for f in reversed(list(frames)):
+            await dispatcher.dispatch(BusMessage(topic, f))
+    dispatcher.reassembly.close()
+    assert len(sinks) == 2
+    assert all(isinstance(s, FoldStream) and s.folded == 4 for s in sinks)
+    results = await streamed.wait(0.1)
+    assert [r.agent_id for r in results] == list(SENDERS)
+    assert streamed.fold is not None
+    got = streamed.fold.result(results)
+    assert got is not None
+    expected = await whole_mean(base, updates)
+    for a, b in zip(got.delta, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_stream_hook_needs_a_listener() -> None:
+    with pytest.raises(UnexpectedKindError):
+        ListenerRegistry().stream(Kind.MODEL_UPDATE, lambda _: None)
