@@ -6,18 +6,20 @@ or cut off is rebuilt out of the sum; an update folded and then taken out does n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.bus.base import BusMessage
-from agent.errors import UnexpectedKindError
+from agent.errors import SealError, UnexpectedKindError
 from agent.messages import Kind
 from agent.messages.bodies import ModelUpdate
-from agent.messages.chunks import build
+from agent.messages.chunks import build, frame, parse_frame
 from agent.messages.codec import encode
 from agent.messages.envelope import new_envelope
 from agent.messages.tensors import to_tensors
@@ -266,3 +268,29 @@ async def test_the_dispatcher_hands_an_updates_chunks_to_its_streams_sink() -> N
 def test_a_stream_hook_needs_a_listener() -> None:
     with pytest.raises(UnexpectedKindError):
         ListenerRegistry().stream(Kind.MODEL_UPDATE, lambda _: None)
+
+
+async def test_a_chunk_that_does_not_open_drops_the_streamed_update() -> None:
+    """Two sealed chunks swapped under a manifest forged to match their hashes: the sink
+    cannot open them, the completed transfer does not rebuild (``SealError``, a dropped
+    message as without a sink), and nothing of it counts."""
+    base = GlobalState.of(3, model())
+    streamed, reassembly = plain_round(base), Reassembly()
+    manifest, frames = build(body(trained(1), 10), CHUNK, sealed=True)
+    frames = list(frames)
+    first, second = (parse_frame(f)[2] for f in frames[:2])
+    hashes = [hashlib.sha256(second).digest(), hashlib.sha256(first).digest()]
+    swapped = msgspec.structs.replace(manifest, chunk_hashes=[*hashes, *manifest.chunk_hashes[2:]])
+    envelope = new_envelope(kind=Kind.MANIFEST, federation="fed", round=1, sender="a1", body=b"")
+    transfer = reassembly.begin("fl/fed/model_para/update/a1", envelope, swapped)
+    transfer.sink = streamed.stream(transfer)
+    assert transfer.sink is not None
+    reassembly.add(transfer.topic, frame(manifest.transfer, 0, bytes(second)))
+    reassembly.add(transfer.topic, frame(manifest.transfer, 1, bytes(first)))
+    done = [reassembly.add(transfer.topic, f) for f in frames[2:]][-1]
+    assert done is not None
+    with pytest.raises(SealError):
+        rebuild(done)
+    assert streamed.fold is not None
+    assert streamed.fold.dirty
+    streamed.fold.close()

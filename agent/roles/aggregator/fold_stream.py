@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ import structlog
 
 from agent.errors import ChunkError, ProtocolError
 from agent.messages.bodies import ModelUpdate
-from agent.messages.chunks import open_chunk
+from agent.messages.chunks import open_chunk_into
 from agent.plugin.api import Weights, is_averaged
 from agent.roles.aggregator.fold import RunningMean
 from agent.runtime.assembly import Transfer, is_mapped
@@ -60,6 +61,16 @@ from agent.runtime.assembly import Transfer, is_mapped
 log = structlog.get_logger(__name__)
 
 _header = msgspec.msgpack.Decoder(ModelUpdate)
+#: the folding threads' plaintext buffers (one chunk each, reused: no allocation per chunk)
+_buffers = threading.local()
+
+
+def _scratch(size: int) -> bytearray:
+    """This thread's buffer of at least ``size`` bytes."""
+    buffer: bytearray | None = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _buffers.buffer = bytearray(size)
+    return buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +193,9 @@ class FoldStream:
         try:
             plain = data
             if self._key is not None:
-                opened = open_chunk(self._key, self._transfer, index, self._count, bytes(data))
-                plain = memoryview(opened)
+                plain = open_chunk_into(
+                    self._key, self._transfer, index, self._count, data, _scratch(len(data))
+                )
             if os.pwrite(self._fd, plain, index * self._chunk) != len(plain):
                 raise ChunkError(f"chunk {index} could not be spooled")
         except ProtocolError as exc:
