@@ -49,8 +49,6 @@ from agent.strategy.update import AggregatedUpdate, ClientResult, Delta, weighte
 
 #: Values folded per step: bounds the float64 temporaries to a few MiB whatever the layer size.
 STEP = 1 << 18
-#: Chunks queued for the folding thread at most (``submit``), each held in memory till then.
-QUEUED = 16
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +95,6 @@ class RunningMean:
         #: (set holding ``lock``)
         self.dirty = False
         self._worker: ThreadPoolExecutor | None = None
-        self._queued = threading.BoundedSemaphore(QUEUED)
         self._on_close: list[Callable[[], None]] = []
         self._absolute = 0.0 if robust is None else robust.max_update_norm
 
@@ -204,23 +201,17 @@ class RunningMean:
 
     def submit(self, fn: Callable[[], None]) -> Future[None] | None:
         """Run ``fn`` holding ``lock`` in the one thread that folds chunks, after those
-        submitted before; waits while ``QUEUED`` are queued (the receive loop's
-        backpressure: a queued chunk is held in memory). None once closed (nothing runs)."""
-        self._queued.acquire()
+        submitted before; None once closed (nothing runs)."""
         with self.lock:
             if self.sealed:
-                self._queued.release()
                 return None
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold")
             return self._worker.submit(self._locked, fn)
 
     def _locked(self, fn: Callable[[], None]) -> None:
-        try:
-            with self.lock:
-                fn()
-        finally:
-            self._queued.release()
+        with self.lock:
+            fn()
 
     def fold_piece(
         self, stream: object, array: int, start: int, values: npt.NDArray[Any], n: float, at: int
