@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from agent.async_settings import AsyncConfig, Staleness
 from agent.brokers import EmbeddedBroker
@@ -167,9 +168,10 @@ async def test_async_secagg_holds_no_update_and_a_vanished_ready_agent_drops_out
     broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """K = 4 under SecAgg+: "gone" trains first, announces update_ready and vanishes; the
-    buffer fills with "a", "b" and "c" and its secure round counts "gone" as a dropout. The
-    buffer only ever held announcements (no weights), and the new model is the mean of
-    the survivors' deltas, learnt from their masked sum."""
+    buffer fills with "a", "b" and "c" and its secure round counts "gone" as a dropout
+    without waiting a stage timeout for it (it was known offline when the round opened:
+    ``holders.Holders.lost``). The buffer only ever held announcements (no weights), and
+    the new model is the mean of the survivors' deltas, learnt from their masked sum."""
     added: list[tuple[Any, Any]] = []
     real_add = Buffer.add
 
@@ -203,10 +205,16 @@ async def test_async_secagg_holds_no_update_and_a_vanished_ready_agent_drops_out
             assert isinstance(buffered, Buffered)
             await until(lambda: buffered.buffer.holds("gone"))
             await fleet.stop("gone")
-            gate.release(3)
-            summary = await task
+            await until(lambda: not aggregator.liveness.alive("gone"))
+            with capture_logs() as logs:
+                gate.release(3)
+                summary = await task
     finally:
         gate.release(4)
+    stages = [e for e in logs if e["event"] == "secagg_stage_closed"]
+    assert len(stages) == 4
+    assert not any(e["timed_out"] for e in stages), stages
+    assert stages[0]["dropouts"] == ["gone"]
     (record,) = summary.rounds
     assert record.cohort == ["a", "b", "c", "gone"]
     assert record.survivors == ["a", "b", "c"]

@@ -4,6 +4,7 @@ fit config carries to an agent, and ``fedbus demo --mode async``'s settings."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from agent.config import AgentConfig
 from agent.demo.async_mode import mode_fields
 from agent.demo.options import DemoOptions
 from agent.errors import ConfigError
+from tests.helpers import fedbus
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -71,3 +73,16 @@ def test_demo_mode_async_sets_the_async_table() -> None:
     assert secure["async_"].buffer_size == 4
     with pytest.raises(ValueError, match="buffer-size"):
         mode_fields(DemoOptions(mode="async", agents=3, buffer_size=5))
+    with pytest.raises(ValueError, match="at least 4 agents"):
+        mode_fields(DemoOptions(mode="async", agents=3))  # SecAgg+'s smallest buffer
+
+
+def test_a_demo_buffer_that_could_never_fill_is_a_usage_error(tmp_path: Path) -> None:
+    """``fedbus demo --mode async --agents 3`` (SecAgg+ by default) exits 2 with the fix
+    before it starts anything: no header, no traceback."""
+    run = fedbus("demo", "--mode", "async", "--agents", "3", "--report-dir", str(tmp_path / "r"))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--secure-aggregation none" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "fedbus demo:" not in run.stdout
+    assert not (tmp_path / "r").exists()

@@ -232,6 +232,25 @@ def test_demo_with_its_own_embedded_broker_writes_a_report(bus: str, tmp_path: P
     assert leftovers.stdout.strip() == "", leftovers.stdout
 
 
+def test_a_second_demo_in_the_same_report_dir_trains(tmp_path: Path) -> None:
+    """Each demo is a new federation with a new CA: a second run in the same report dir,
+    sync then async, trains as the first did (the last run's aggregator state, its ledger
+    signed under the old CA, made every agent refuse every model) and leaves one run."""
+    report = tmp_path / "report"
+    for mode in ("sync", "async"):
+        run = fedbus(
+            "demo",
+            *("--bus", "nats", "--agents", "4", "--rounds", "2", "--mode", mode),
+            *("--report-dir", str(report)),
+            tmpdir=tmp_path / "tmp",
+        )
+        assert run.returncode == 0, mode + run.stdout + run.stderr
+        rounds = json.loads((report / "metrics.json").read_text())["rounds"]
+        assert [r["round"] for r in rounds] == [1, 2], mode
+        assert all(r["survivors"] for r in rounds), rounds
+    assert [p.name for p in (report / "aggregator" / "runs").iterdir()] == ["run-0001"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_stops_the_demo_and_everything_it_started(sig: int, tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) or SIGTERM in the middle of a demo run stops it with exit code 130 and

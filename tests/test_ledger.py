@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.config import AggregatorConfig
-from agent.errors import LedgerChainError, LedgerRecordError
+from agent.errors import ConfigError, LedgerChainError, LedgerRecordError
 from agent.identity import ca
 from agent.identity.local import Credentials
 from agent.ledger.book import RoundLedger
@@ -116,6 +116,20 @@ async def test_another_ca_or_a_trainer_signature_is_refused(tmp_path: Path) -> N
         round=0, cohort=[], survivors=[], model_version=0, model_sha256="0" * 64, dropouts=[]
     )
     assert verify_ledger(other, authority.cert).reason == "ledger_bad_record"
+
+
+async def test_an_aggregator_refuses_a_ledger_another_ca_signed(tmp_path: Path) -> None:
+    """Reopened under a new CA (a state_dir left by another federation), the ledger is a
+    ConfigError naming the directory, not a run whose every model the agents refuse (a
+    second ``fedbus demo`` in the same report dir did that); under its own CA it opens."""
+    authority, _ = await _ledger(tmp_path, 2)
+    ours = _signer(authority, tmp_path / "ours")
+    assert RoundLedger(tmp_path, ours.signer, AggregatorConfig(), ca=authority.cert)
+    other = _signer(ca.init_ca("fed"), tmp_path / "new")
+    with pytest.raises(ConfigError, match="does not verify against this aggregator's CA") as err:
+        RoundLedger(tmp_path, other.signer, AggregatorConfig(), ca=other.ca)
+    assert str(ledger_dir(tmp_path)) in str(err.value)
+    assert RoundLedger(tmp_path / "fresh", other.signer, AggregatorConfig(), ca=other.ca)
 
 
 async def test_a_round_rerun_after_a_crash_supersedes_its_first_record(tmp_path: Path) -> None:

@@ -273,6 +273,7 @@ def demo(
     training a plugin's model (by default an MLP on scikit-learn's digits); prints progress
     and writes a report."""
     from agent.cli.plugins import parse_fit_config, parse_options
+    from agent.demo.async_mode import mode_fields
     from agent.demo.runner import run_demo
 
     if secure_aggregation == "secagg+" and agents < 3:
@@ -317,5 +318,9 @@ def demo(
         duty_cycle=duty_cycle if duty_agents else 1.0,
         duty_period=duty_period,
     )
+    try:
+        mode_fields(options)  # an async buffer that could never fill: refused before a start
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--buffer-size") from exc
     if run_demo(options) is None:
         sys.exit(130)  # interrupted (Ctrl-C / SIGTERM); everything started was stopped

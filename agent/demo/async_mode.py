@@ -30,7 +30,16 @@ def mode_fields(options: DemoOptions) -> dict[str, Any]:
     secure = options.secure_aggregation == SecureAggregation.SECAGG_PLUS
     floor = SECURE_MIN_BUFFER if secure else 1
     size = options.buffer_size or max(floor, options.agents // 2)
+    if size > options.agents and not options.buffer_size:
+        raise ValueError(
+            f"async SecAgg+ needs a buffer of at least {floor} agents (a secure round that "
+            f"survives a dropout), and there are {options.agents}: use --agents {floor} or "
+            "more, or --secure-aggregation none"
+        )
     if size > options.agents:
-        raise ValueError(f"--buffer-size {size} > --agents {options.agents}")
+        raise ValueError(
+            f"--buffer-size {size} is more than the {options.agents} agents: no buffer "
+            "could ever fill; use more --agents or a smaller --buffer-size"
+        )
     settings = AsyncConfig(concurrency=options.concurrency or options.agents, buffer_size=size)
     return {"mode": mode, "async_": settings}

@@ -143,9 +143,13 @@ WORK_DIR = "agents"
 
 def _work_dir(report_dir: Path, stack: ExitStack) -> Path:
     """``REPORT/agents``, 0700, emptied first (a SIGKILLed demo leaves its agents' private
-    keys there; this run removes them) and removed when the demo ends."""
+    keys there; this run removes them) and removed when the demo ends; the last run's
+    ``REPORT/aggregator`` state is removed too."""
     work = report_dir / WORK_DIR
     shutil.rmtree(work, ignore_errors=True)
+    # Every run is a new federation (a new CA): the last run's aggregator state, its
+    # ledger signed under the old CA, would make every agent refuse every model.
+    shutil.rmtree(report_dir / "aggregator", ignore_errors=True)
     stack.callback(shutil.rmtree, work, ignore_errors=True)
     return private_dir(work)
 

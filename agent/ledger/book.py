@@ -20,9 +20,11 @@ from pathlib import Path
 
 import msgspec
 import structlog
+from cryptography import x509
 
 from agent.config import AggregatorConfig
-from agent.ledger.chain import sign_entry
+from agent.errors import ConfigError, LedgerRecordError
+from agent.ledger.chain import check_record, sign_entry
 from agent.ledger.record import (
     GENESIS,
     VERSION,
@@ -34,6 +36,7 @@ from agent.ledger.record import (
 )
 from agent.ledger.store import LedgerStore, ledger_dir
 from agent.messages.signing import Signer
+from agent.runtime.tasks import finish_in_thread
 
 log = structlog.get_logger(__name__)
 
@@ -57,9 +60,13 @@ class RoundLedger:
         signer: the aggregator's key and certificate.
         config: the ``[aggregator]`` table (strategy, SecAgg+ and config digest).
         run_id: the run's id (default: a new random one, 32 hex digits).
+        ca: the federation's CA: the newest records (the tail every model message carries)
+            must verify against it, or no agent would take a model (None: not checked).
 
     Raises:
         OSError, LedgerRecordError: an existing ledger that cannot be read.
+        ConfigError: its newest records do not verify against ``ca`` (a state_dir left by
+            another federation or CA).
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class RoundLedger:
         signer: Signer,
         config: AggregatorConfig,
         run_id: str | None = None,
+        *,
+        ca: x509.Certificate | None = None,
     ) -> None:
         self._store = LedgerStore(ledger_dir(state_dir))
         #: signs the records from now on (a renewed certificate replaces it)
@@ -78,12 +87,28 @@ class RoundLedger:
         self._config_sha256 = config_digest(config)
         files = self._store.files()
         self._tail: list[bytes] = [self._store.read(p) for _, p in files[-TAIL:]]
+        if ca is not None:
+            self._check_tail(ca)
         last = decode_entry(decode_record(self._tail[-1]).entry) if self._tail else None
         self._next = 0 if last is None else last.index + 1
         self._prev = GENESIS if last is None else record_hash(decode_record(self._tail[-1]).entry)
         self.run_id = run_id or uuid.uuid4().hex
         #: records of this run so far, by round (a resumed run's earlier attempts)
         self._attempts = self._count_attempts(files) if run_id else {}
+
+    def _check_tail(self, ca: x509.Certificate) -> None:
+        """Every record of the tail verifies against ``ca`` (``ConfigError`` if not)."""
+        for raw in self._tail:
+            try:
+                check_record(raw, ca)
+            except LedgerRecordError as exc:
+                where = self._store.directory
+                raise ConfigError(
+                    f"the ledger in {where} does not verify against this aggregator's CA "
+                    f"({exc}): the state_dir holds another federation's (or CA's) records, "
+                    "and every agent would refuse this aggregator's models; give the "
+                    f"aggregator a new state_dir, or move {where.parent} away"
+                ) from exc
 
     def _count_attempts(self, files: list[tuple[int, Path]]) -> dict[int, int]:
         """How many records each round of this run has, read from the newest back while
@@ -143,7 +168,7 @@ class RoundLedger:
             attempt=self._attempts.get(round, 0) + 1,
         )
         raw = await asyncio.to_thread(sign_entry, self.signer, entry)
-        await asyncio.to_thread(self._store.write, entry.index, raw)
+        await finish_in_thread(self._store.write, entry.index, raw)  # a stop waits for it
         self._tail = [*self._tail[-(TAIL - 1) :], raw]
         self._next += 1
         self._attempts[round] = entry.attempt

@@ -30,6 +30,8 @@ from agent.messages.kinds import Kind
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.buffer import Buffer, Entry
 from agent.roles.aggregator.buffer_round import finish_version, fit_ins
+from agent.roles.aggregator.fill_watch import FillWatch
+from agent.roles.aggregator.holders import Holders
 from agent.roles.aggregator.outcome import Outcome, RoundFailure
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.plain_round import bounded
@@ -37,7 +39,6 @@ from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundRecord
 from agent.roles.aggregator.robust_fit import guarded_step
 from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import (
-    RunFailedError,
     RunPlan,
     begin,
     checkpoint,
@@ -75,7 +76,7 @@ class Buffered:
         #: agents training now, by agent id
         self.training: dict[str, Slot] = {}
         #: SecAgg+: agents holding an update for a buffer whose secure round has not ended
-        self.holding: set[str] = set()
+        self.holding = Holders()
         #: the recent model versions (a plain update's delta is against its base)
         self.history: dict[int, GlobalState] = {}
         self.buffer = self._fresh()
@@ -155,6 +156,7 @@ class Buffered:
     async def on_ready(self, message: Message[UpdateReady]) -> None:
         """SecAgg+: ``sender`` holds an update from ``base_version``; it joins the buffer."""
         sender, body = message.sender, message.body
+        slot = self.training.get(sender)
         try:
             tau = self._admit(sender, body.base_version, plain=False)
         except RefusedError as exc:
@@ -162,7 +164,7 @@ class Buffered:
             return
         n = min(body.num_examples, self._parts.schedule.secagg.max_weight)
         self.buffer.add(Entry(sender, body.base_version, tau, self.settings.weight(tau), n, {}))
-        self.holding.add(sender)
+        self.holding.add(sender, slot.admitted if slot is not None else None)
         self._received(self.buffer.entries[-1])
 
     def _received(self, entry: Entry) -> None:
@@ -204,7 +206,7 @@ class Buffered:
                 reason = "late" if expired else "rejoined" if rejoined else "gone"
                 log.info("fit_given_up", agent=agent_id, reason=reason)
         room = self.settings.concurrency - len(self.training)
-        busy = self.training.keys() | self.holding  # a plain update's agent is free again
+        busy = self.training.keys() | set(self.holding)  # a plain update's agent is free again
         free = sorted(a for a in alive if a not in busy)
         chosen = sorted(parts.rng.sample(free, min(room, len(free)))) if room > 0 else []
         if chosen:
@@ -230,14 +232,10 @@ class Buffered:
                 pass
 
     async def _filled(self) -> None:
-        """Until a buffer is full (``RunFailedError`` when nothing fills it for
-        ``join_timeout``: no agent training and none to send)."""
-        last_progress = time.monotonic()
+        """Until a buffer is full (``RunFailedError`` when it stops filling: ``FillWatch``)."""
+        watch = FillWatch(self._parts.schedule.join_timeout, self._parts.schedule.round_timeout)
         while not self.full:
-            if self.training or self.buffer.entries:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > self._parts.schedule.join_timeout:
-                raise RunFailedError("no agent trained for join_timeout: the fleet vanished")
+            watch.check(training=len(self.training), buffered=len(self.buffer.entries))
             await asyncio.sleep(POLL / 2)
 
     # -- the version loop ---------------------------------------------------------------
@@ -297,12 +295,14 @@ class Buffered:
         before, now.round = now.model, r
         cohort = list(buffer.agents)
         if self.secure:
+            admitted = parts.admission.agents
+            absent = self.holding.lost(cohort, alive=set(live(parts)), admitted=admitted)
             buffer.restale(before.version, self.settings.weight)
             parts.board.enter(RoundPhase.TRAINING, f"SecAgg+ round of {len(cohort)} agents")
             try:
-                outcome = await parts.fit.run(r, cohort, before)
+                outcome = await parts.fit.run(r, cohort, before, absent=absent)
             finally:
-                self.holding -= set(cohort)
+                self.holding.release(buffer.agents)
             for agent_id in parts.fit.late:
                 parts.liveness.missed(agent_id)
         else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from typing import Any
 
@@ -28,14 +28,7 @@ import structlog
 
 from agent.config import AggregatorConfig, SecureAggregation, TrainingMode
 from agent.errors import ConfigError, SecAggAbortError
-from agent.messages.bodies import (
-    AdvertiseKeys,
-    FitIns,
-    MaskedInput,
-    ModelUpdate,
-    ShareKeys,
-    Unmask,
-)
+from agent.messages.bodies import AdvertiseKeys, FitIns, MaskedInput, ModelUpdate, ShareKeys, Unmask
 from agent.messages.envelope import Message
 from agent.privacy.config import PrivacyConfig
 from agent.privacy.engine import PrivacyEngine, RingPlan
@@ -104,6 +97,7 @@ class CohortFit:
         self._async = schedule.mode is TrainingMode.ASYNC
         #: the cohort of the round in progress (or the last one)
         self.cohort: frozenset[str] = frozenset()
+        self._absent: frozenset[str] = frozenset()  #: ``run``'s ``absent``
         #: members of the last round waited for until a deadline passed without an answer
         self.late: frozenset[str] = frozenset()
         self._plain: PlainRound | None = None
@@ -114,11 +108,19 @@ class CohortFit:
         self.on_stage: Callable[[int, str], None] | None = None
 
     async def run(
-        self, r: int, cohort: Sequence[str], before: GlobalState, *, quorum: int | None = None
+        self,
+        r: int,
+        cohort: Sequence[str],
+        before: GlobalState,
+        *,
+        quorum: int | None = None,
+        absent: Collection[str] = (),
     ) -> Outcome:
         """Ask ``cohort`` to train from ``before`` in round ``r``; the outcome once every
-        member (or ``quorum``: over-selection) delivered, or ``round_timeout`` passed."""
-        self.cohort = frozenset(cohort)
+        member (or ``quorum``: over-selection) delivered, or ``round_timeout`` passed.
+        SecAgg+: no stage waits for the members in ``absent`` (known to have lost their
+        held update: ``holders.Holders.lost``); they are dropouts unless they answer."""
+        self.cohort, self._absent = frozenset(cohort), frozenset(absent)
         self.late = frozenset()
         if not cohort:
             return Outcome.failed(RoundFailure.NO_COHORT)
@@ -316,6 +318,8 @@ class CohortFit:
             quorum=quorum,
             on_stage=None if self.on_stage is None else partial(self.on_stage, r),
         )
+        for agent_id in self._absent:
+            secure.on_offline(agent_id)
         body = msgspec.structs.replace(
             setup_body(setup, stage_timeout=settings.stage_timeout, layout=layout),
             norm_bound=self._schedule.robust.max_update_norm,

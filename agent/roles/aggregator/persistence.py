@@ -22,7 +22,6 @@ run's, for tools that read the state dir.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ import numpy.typing as npt
 
 from agent.atomic import write_json
 from agent.roles.aggregator.records import GlobalState, RoundRecord
+from agent.runtime.tasks import finish_in_thread
 from agent.state import read_arrays, write_arrays, write_weights
 
 #: Awaited after each committed round with the run directory and the record (the round
@@ -119,7 +119,7 @@ class RunStore:
         """Commit round ``checkpoint.round``: model, record, strategy state, checkpoint in a
         partial directory, then the rename (``rounds/NNNN`` appears whole), then the model in
         force, then the ``on_round_persisted`` hooks."""
-        await asyncio.to_thread(self._commit, checkpoint, state, record, strategy)
+        await finish_in_thread(self._commit, checkpoint, state, record, strategy)  # a stop waits
         if record is not None:
             for hook in self.on_round_persisted:
                 await hook(self.run_dir, record)
@@ -164,7 +164,7 @@ class RunStore:
         data = [x.to_dict() for x in records]
         for where in (self.run_dir, self._mirror):
             if where is not None:
-                await asyncio.to_thread(write_json, where / "metrics.json", data)
+                await finish_in_thread(write_json, where / "metrics.json", data)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -174,7 +174,13 @@ class Aggregator:
             observer=observer,
             connected=bus.wait_connected,
             reconnected_at=lambda: self._reconnected_at,
-            ledger=RoundLedger(config.state_dir, credentials.signer, schedule, run_id=opened.run_id)
+            ledger=RoundLedger(
+                config.state_dir,
+                credentials.signer,
+                schedule,
+                run_id=opened.run_id,
+                ca=credentials.ca,
+            )
             if credentials
             else None,
         )

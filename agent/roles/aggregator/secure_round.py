@@ -111,6 +111,8 @@ class SecureRound:
         self._quorum = quorum
         #: members waited for until a stage deadline passed without their answer
         self.late: set[str] = set()
+        #: members that went offline in this round: no later stage waits for them
+        self._offline: set[str] = set()
         self._on_stage = on_stage
         self._metrics = metrics
         self._round = setup.context.round
@@ -211,7 +213,9 @@ class SecureRound:
         )
 
     def on_offline(self, agent_id: str) -> None:
-        """An agent said it went offline: stop waiting for its answer in this stage."""
+        """An agent said it went offline: stop waiting for it in this stage and the rest
+        (its SecAgg+ state went with its connected life, even if it answered so far)."""
+        self._offline.add(agent_id)
         if agent_id in self._waiting:
             self._expected = self._expected - {agent_id}
             self._waiting.discard(agent_id)
@@ -243,7 +247,7 @@ class SecureRound:
             self._everyone.set()
 
     def _expect(self, who: Iterable[str]) -> None:
-        self._expected = frozenset(who)
+        self._expected = frozenset(who) - self._offline
         self._answered = set()
         self._waiting = set(self._expected)
         self._everyone.clear()

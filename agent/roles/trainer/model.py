@@ -17,6 +17,7 @@ from agent.messages.envelope import Message
 from agent.messages.tensors import digest, to_arrays
 from agent.plugin.api import Weights
 from agent.roles.trainer.status import Progress
+from agent.runtime.tasks import finish_in_thread
 from agent.state import write_weights
 
 log = structlog.get_logger(__name__)
@@ -102,9 +103,9 @@ class ModelStore:
         log.info("model_accepted", version=body.version, sha256=body.sha256[:12])
         async with self._arrived:
             self._arrived.notify_all()
-        await asyncio.to_thread(write_weights, self._path, weights)
+        await finish_in_thread(write_weights, self._path, weights)  # a stop waits for both
         if self._ledger is not None and record is not None:
-            await asyncio.to_thread(self._ledger.advance, record)
+            await finish_in_thread(self._ledger.advance, record)
 
     async def wait_for(self, version: int, sha256: str) -> HeldModel | None:
         """The model ``version`` with ``sha256``, waiting up to ``wait`` s; None if it did not
