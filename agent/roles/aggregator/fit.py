@@ -37,11 +37,10 @@ from agent.roles.aggregator import private_update, secure_carried
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.outcome import Outcome, RoundFailure
-from agent.roles.aggregator.plain_round import PlainRound
+from agent.roles.aggregator.plain_round import FoldStream, PlainRound, Transfer
 from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
-from agent.runtime.assembly import ChunkSink, Transfer
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.secagg.keys import RoundContext
@@ -145,7 +144,7 @@ class CohortFit:
         else:
             await self._plain.receive(sender, body, message.envelope.message_id)
 
-    def stream_update(self, transfer: Transfer) -> ChunkSink | None:
+    def stream_update(self, transfer: Transfer) -> FoldStream | None:
         """The ``model_update`` stream hook: the open plain round's (``PlainRound.stream``)."""
         return None if self._plain is None else self._plain.stream(transfer)
 
@@ -213,8 +212,7 @@ class CohortFit:
         """Updates in the clear: every member (or ``quorum``) or the deadline; the strategy."""
         started = time.monotonic()
         robust = self._schedule.robust
-        # Streaming FedAvg (fold.py, with the relative norm bound) unless DP or a robust rule
-        # needs every update
+        # Streaming FedAvg (fold.py, fold_stream.py) unless DP or a robust rule needs it all
         streaming = robust.aggregation is Aggregation.MEAN and not self.privacy.on
         self._plain = plain = PlainRound(
             cohort=frozenset(cohort),

@@ -23,6 +23,8 @@ from agent.runtime.assembly import Transfer
 from agent.strategy.carried import CarriedValues
 from agent.strategy.fedavg import ClientResult
 
+__all__ = ["FoldStream", "PlainRound", "Transfer", "bounded"]  # the stream hook's types too
+
 log = structlog.get_logger(__name__)
 
 
