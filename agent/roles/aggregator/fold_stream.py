@@ -71,8 +71,8 @@ QUEUED = 16
 
 class _Pool:
     """One sum's ``QUEUED`` chunk buffers. A chunk is copied out of its bus payload into one,
-    so the payload is freed at once by the receiving thread, as without streaming (holding
-    payloads for the folding thread left the aggregator's heap ~200 MB larger at 50M)."""
+    so the payload is freed at once by the receiving thread, as without streaming, and the
+    queued chunks are at most ``QUEUED`` buffers whatever their payloads hold."""
 
     def __init__(self) -> None:
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
