@@ -153,8 +153,9 @@ class RunningMean:
                 self.sealed = True
             results = self._within_relative_bound(results)
         finally:
-            self.close()
+            self._shut()
         if not results:
+            self._sum, self._current = [], []
             return None
         if self.total <= 0:
             raise RoundError("no update with num_examples > 0 to aggregate")
@@ -165,12 +166,19 @@ class RunningMean:
             np.subtract(acc, base, out=acc, dtype=np.float64)
         metrics = weighted_metrics([(r.metrics, r.num_examples) for r in results])
         survivors = tuple(sorted(r.agent_id for r in results))
-        # the sum is this step's alone: FedAvg's step lets each array go once added
+        # the sum is this step's alone: FedAvg's step lets each array go once added; the
+        # model in force is not held from here (a stream may outlive the round: 200 MB more
+        # at 50M plain into the next round, measured)
+        self._current = []
         return AggregatedUpdate(self._sum, self.total, survivors, metrics, spendable=True)
 
     def close(self) -> None:
-        """Close the spool and stop folding chunks (``result`` does; a round that ends
-        without one must)."""
+        """Close the spool, stop folding chunks and let go of the sum and the model (``result``
+        does all but the sum; a round that ends without one must)."""
+        self._shut()
+        self._sum, self._current = [], []
+
+    def _shut(self) -> None:
         with self.lock:
             self.sealed = True
             for done in self._on_close:
