@@ -38,6 +38,18 @@ class Staleness(StrEnum):
     HINGE = "hinge"
 
 
+class Participation(StrEnum):
+    """How an async update's weight accounts for how often its agent contributes.
+
+    ``interval``: ω = the agent's mean participation interval in versions (FedAU, Wang &
+    Ji, ICLR 2024; ``agent.roles.aggregator.participation``).
+    ``none``: ω = 1 (FedBuff as published: an agent counts as often as it arrives).
+    """
+
+    INTERVAL = "interval"
+    NONE = "none"
+
+
 class AsyncConfig(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
@@ -58,6 +70,13 @@ class AsyncConfig(
         hinge_a, hinge_b: a and b of ``hinge`` (Xie et al. 2019 use a = 10, b = 4).
         max_staleness: an update trained from a model more than this many versions old is
             refused (``too_stale``).
+        participation: ``Participation``: ``interval`` weighs each plain update by its
+            agent's mean participation interval (FedAU), so a slow or intermittent agent's
+            data counts as much as a fast one's; ignored under SecAgg+ (each agent weighs
+            its own masked update and knows only its staleness). Off (``none``, FedBuff as
+            published) by default: on ``bench/modes.py``'s fleet it did not make async
+            reliably faster to 93% (ARCHITECTURE.md §4), and on milder splits it was slower.
+        participation_cap: FedAU's cutoff of one participation interval, in versions.
     """
 
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 100
@@ -67,6 +86,8 @@ class AsyncConfig(
     hinge_a: NonNegative = 10.0
     hinge_b: Annotated[int, msgspec.Meta(ge=0)] = 4
     max_staleness: Annotated[int, msgspec.Meta(ge=0)] = 20
+    participation: Participation = Participation.NONE
+    participation_cap: Annotated[float, msgspec.Meta(gt=0)] = 20.0
 
     def weight(self, tau: int) -> float:
         """s(τ) in (0, 1] for an update τ ≥ 0 versions old (``Staleness``).

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from agent.async_settings import AsyncConfig, Staleness
+from agent.async_settings import AsyncConfig, Participation, Staleness
 from agent.brokers import EmbeddedBroker
 from agent.bus.url import bus_from_url
 from agent.config import AgentConfig, SecAggConfig, SecureAggregation, TrainingMode
@@ -360,3 +360,51 @@ async def test_a_version_whose_successor_is_full_is_not_evaluated(
     assert evaluated[-1] == 10
     assert len(evaluated) < 10  # some were superseded before their evaluation
     assert summary.failure is None
+
+
+async def test_a_rare_agent_counts_by_its_participation_interval(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """FedAU's weights (``participation = "interval"``, K = 2): "fast" fills versions 1 and
+    2 alone (intervals of 1/2 version each) while "slow" trains from version 0; version 3 is
+    slow's update (interval 2.5) and fast's next (interval 1, mean 0.6), so slow counts
+    2.5 / 0.6 times fast's, not equally as in plain FedBuff."""
+    fast, slow = threading.Semaphore(4), threading.Semaphore(0)
+    plugins = {
+        "fast": CheckedPlugin("toy", Gated(1.0, 1, fast)),
+        "slow": CheckedPlugin("toy", Gated(10.0, 1, slow)),
+    }
+    settings = AsyncConfig(
+        concurrency=2,
+        buffer_size=2,
+        staleness=Staleness.CONSTANT,
+        participation=Participation.INTERVAL,
+    )
+    config = async_config(broker.url, tmp_path, agents=2, rounds=3, async_=settings)
+    started: asyncio.Queue[Aggregator] = asyncio.Queue()
+    try:
+        async with Fleet(broker.url, tmp_path, plugins):
+            task = asyncio.create_task(run_aggregator(config, started))
+            aggregator = await started.get()
+            buffered = aggregator.buffered
+            assert isinstance(buffered, Buffered)
+            await until(lambda: aggregator.global_state.version == 2)
+            slow.release()  # trained from version 0: the first of version 3's buffer
+            await until(lambda: buffered.buffer.holds("slow"))
+            fast.release()
+            summary = await task
+    finally:
+        fast.release(4)
+        slow.release(4)
+    assert [r.survivors for r in summary.rounds] == [["fast"], ["fast"], ["fast", "slow"]]
+    last = summary.rounds[-1]
+    assert last.metrics["participation_weight_mean"] == pytest.approx(1.55)
+    # fast may have been sent version 1 or 2 (a fit goes out while an update is folded):
+    # slow's τ is 2, so fast's base b is 4 - 2 · the mean τ; fast's delta is 1 - x_b
+    b = round(4 - 2 * last.metrics["staleness_mean"])
+    x = {v: float(buffered.history[v].weights[0].flat[0]) for v in (b, 2)}
+    plain = x[2] + (10.0 + (1 - x[b])) / 2  # every update alike (participation = "none")
+    expected = x[2] + (2.5 * 10.0 + 0.6 * (1 - x[b])) / (2.5 + 0.6)
+    assert abs(expected - plain) > 2
+    for array in aggregator.global_state.weights:
+        np.testing.assert_allclose(array, expected, rtol=1e-6)

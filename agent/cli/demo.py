@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from agent.async_settings import Participation
 from agent.config import StrategyName, TrainingMode
 from agent.demo.options import DemoOptions
 from agent.privacy.config import PrivacyMode
@@ -191,6 +192,14 @@ def installed_plugin(name: str) -> str:
     help="With --mode async: agents training at once (0: all).",
 )
 @click.option(
+    "--participation",
+    type=click.Choice([str(p) for p in Participation]),
+    default=DEFAULTS.participation,
+    show_default=True,
+    help="With --mode async: interval weighs each update by how rarely its agent "
+    "contributes (FedAU), so slow and intermittent agents count fully; none: plain FedBuff.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="No identities: no CA, enrollment, TLS, broker ACLs, signatures or sealing. "
@@ -261,6 +270,7 @@ def demo(
     mode: str,
     buffer_size: int,
     concurrency: int,
+    participation: str,
     insecure: bool,
     slow_agents: int,
     slowdown: float,
@@ -311,6 +321,7 @@ def demo(
         mode=mode,
         buffer_size=buffer_size,
         concurrency=concurrency,
+        participation=participation,
         slow_agents=slow_agents,
         slowdown=slowdown if slow_agents else 1.0,
         fit_seconds=fit_seconds,

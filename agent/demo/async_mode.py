@@ -3,14 +3,16 @@ aggregation (FedBuff, ``agent.roles.aggregator.buffered``) in the generated conf
 
 ``--buffer-size`` K (default: half the agents, at least 4 under SecAgg+, whose rounds need
 a cohort that survives a dropout) and ``--concurrency`` (default: every agent) say how it
-runs; ``--rounds`` counts model versions (each made of K updates).
+runs, ``--participation`` how an update's weight counts its agent's rarity
+(``agent.roles.aggregator.participation``); ``--rounds`` counts model versions (each made
+of K updates).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent.async_settings import AsyncConfig
+from agent.async_settings import AsyncConfig, Participation
 from agent.config import SecureAggregation, TrainingMode
 from agent.demo.options import DemoOptions
 
@@ -41,5 +43,9 @@ def mode_fields(options: DemoOptions) -> dict[str, Any]:
             f"--buffer-size {size} is more than the {options.agents} agents: no buffer "
             "could ever fill; use more --agents or a smaller --buffer-size"
         )
-    settings = AsyncConfig(concurrency=options.concurrency or options.agents, buffer_size=size)
+    settings = AsyncConfig(
+        concurrency=options.concurrency or options.agents,
+        buffer_size=size,
+        participation=Participation(options.participation),
+    )
     return {"mode": mode, "async_": settings}

@@ -48,6 +48,8 @@ class DemoOptions:
     buffer_size: int = 0
     #: async: agents training at once (0: every agent)
     concurrency: int = 0
+    #: async: ``agent.async_settings.Participation`` ("interval": FedAU's weights; "none")
+    participation: str = "none"
     #: the first ``slow_agents`` agents fit ``slowdown`` times slower ([simulate] slowdown)
     slow_agents: int = 0
     slowdown: float = 1.0

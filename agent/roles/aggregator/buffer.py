@@ -9,7 +9,9 @@ In the clear each update is folded on arrival into one float64 running sum (O(mo
 where x_{b_k} is the model version b_k the update was trained from and τ_k the versions
 published since. An update from the model in force has s(0) = 1 and this is FedAvg's mean;
 staler ones move the model less (FedBuff §3: Δ̄ ← Δ̄ + s(τ)Δ, then Δ̄/K, here with
-FedAvg's num_examples weighting). Under SecAgg+ the buffer holds only what each agent
+FedAvg's num_examples weighting). With participation weights ω_k (``participation``: how rarely
+the agent contributes, FedAU) it is Σ_k n_k · s(τ_k) · ω_k · (w_k - x_{b_k}) / Σ_k n_k · ω_k,
+the same mean when every ω_k is equal. Under SecAgg+ the buffer holds only what each agent
 announced (``update_ready``: its base version and num_examples), never an update: the agents
 weigh and mask their own in the buffer's secure round.
 """
@@ -40,6 +42,7 @@ class Entry:
         weight: s(τ).
         num_examples: n, as bounded (``agent.robust.bounds``).
         metrics: its fit metrics (empty under SecAgg+: the agent keeps them).
+        participation: ω, its agent's participation weight (``participation``; 1.0: none).
     """
 
     agent_id: str
@@ -48,6 +51,7 @@ class Entry:
     weight: float
     num_examples: int
     metrics: dict[str, Scalar]
+    participation: float = 1.0
 
 
 class Buffer:
@@ -89,7 +93,7 @@ class Buffer:
     def add(
         self, entry: Entry, weights: Weights | None = None, base: Weights | None = None
     ) -> None:
-        """Add ``entry``; in the clear fold n·s(τ)·(``weights`` - ``base``) into the sum.
+        """Add ``entry``; in the clear fold n·s(τ)·ω·(``weights`` - ``base``) into the sum.
 
         Raises:
             RoundError: a plain buffer without weights and base, or a SecAgg+ one with them.
@@ -98,7 +102,7 @@ class Buffer:
             raise RoundError("a plain buffer folds weights; a SecAgg+ buffer holds none")
         if self._sum is not None and weights is not None and base is not None:
             self.carried.add(entry.agent_id, weights)  # an agent's newer update replaces
-            scale = float(entry.num_examples) * entry.weight
+            scale = float(entry.num_examples) * entry.weight * entry.participation
             for acc, w, b, averaged in zip(self._sum, weights, base, self._averaged, strict=True):
                 if averaged:
                     np.add(acc, scale * (w.astype(np.float64) - b.astype(np.float64)), out=acc)
@@ -106,17 +110,18 @@ class Buffer:
         self.entries.append(entry)
 
     def result(self) -> AggregatedUpdate:
-        """Δ = Σ n·s(τ)·(w - x_b) / Σ n (the sum is spent), with the fit metrics'
+        """Δ = Σ n·s(τ)·ω·(w - x_b) / Σ n·ω (the sum is spent), with the fit metrics'
         num_examples-weighted means.
 
         Raises:
             RoundError: a SecAgg+ buffer, or nothing was added.
         """
         total = sum(e.num_examples for e in self.entries)
+        weighed = sum(e.num_examples * e.participation for e in self.entries)
         if self._sum is None or total <= 0:
             raise RoundError("no plain update to aggregate")
         for acc in self._sum:
-            np.divide(acc, total, out=acc)
+            np.divide(acc, weighed, out=acc)
         metrics = weighted_metrics([(e.metrics, e.num_examples) for e in self.entries])
         return AggregatedUpdate(self._sum, total, self.agents, metrics)
 
@@ -129,7 +134,7 @@ class Buffer:
         ]
 
     def staleness_metrics(self) -> dict[str, float]:
-        """The buffer's staleness for the record: mean and max τ, mean s(τ)."""
+        """The buffer's staleness for the record: mean and max τ, mean s(τ), mean ω."""
         if not self.entries:
             return {}
         taus = [e.staleness for e in self.entries]
@@ -137,4 +142,5 @@ class Buffer:
             "staleness_mean": float(np.mean(taus)),
             "staleness_max": float(max(taus)),
             "staleness_weight_mean": float(np.mean([e.weight for e in self.entries])),
+            "participation_weight_mean": float(np.mean([e.participation for e in self.entries])),
         }

@@ -1,10 +1,9 @@
 """Buffered asynchronous aggregation over the bus (FedBuff: Nguyen et al., "Federated
 Learning with Buffered Asynchronous Aggregation", AISTATS 2022, Algorithm 1;
-ARCHITECTURE.md §4 "Asynchronous mode").
-
-``[aggregator] mode = "async"``: at most ``concurrency`` agents train at once, each sent the
-newest version when free (``dispatch``); every ``buffer_size`` updates (``buffer.Buffer``,
-staleness-weighted) make one new version through the strategy seam
+ARCHITECTURE.md §4 "Asynchronous mode"). ``[aggregator] mode = "async"``: at most
+``concurrency`` agents train at once, each sent the newest version when free (``dispatch``);
+every ``buffer_size`` updates (``buffer.Buffer``, weighted by staleness and, in the clear,
+participation: ``participation``) make one new version through the strategy seam
 (``robust_fit.guarded_step``), recorded as a round and broadcast (``buffer_round``).
 Under SecAgg+ each full buffer is one SecAgg+ round (``CohortFit.run``) among the agents
 that announced ``update_ready``; each weighs and masks its own update
@@ -33,6 +32,7 @@ from agent.roles.aggregator.buffer_round import finish_version, fit_ins
 from agent.roles.aggregator.fill_watch import FillWatch
 from agent.roles.aggregator.holders import Holders
 from agent.roles.aggregator.outcome import Outcome, RoundFailure
+from agent.roles.aggregator.participation import weights_for
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.plain_round import bounded
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundRecord, RunSummary
@@ -79,7 +79,7 @@ class Buffered:
         self.holding = Holders()
         #: the recent model versions (a plain update's delta is against its base)
         self.history: dict[int, GlobalState] = {}
-        self.buffer = self._fresh()
+        self.buffer, self.participation = self._fresh(), weights_for(self.settings, self.secure)
         #: full buffers, oldest first, each the next version to make
         self.full: list[Buffer] = []
         #: the round this incarnation started after, and the buffers filled since: the open
@@ -137,19 +137,14 @@ class Buffered:
         except RefusedError as exc:
             log.warning("update_rejected", agent=sender, reason=exc.reason, detail=str(exc))
             return
-        s = self.settings.weight(tau)
-        entry = Entry(sender, body.model_version, tau, s, n, dict(body.metrics))
+        s, omega = self.settings.weight(tau), self.participation.weigh(sender)
+        entry = Entry(sender, body.model_version, tau, s, n, dict(body.metrics), omega)
         await asyncio.to_thread(self.buffer.add, entry, weights, base.weights)
         self._received(entry)
 
     def _base(self, version: int) -> GlobalState:
-        """The model version ``version``.
-
-        Raises:
-            RefusedError: ``unknown_base_version``, no longer held.
-        """
-        base = self.history.get(version)
-        if base is None:
+        """The model version ``version`` (``RefusedError`` ``unknown_base_version``: gone)."""
+        if (base := self.history.get(version)) is None:
             raise RefusedError("unknown_base_version", "the version is no longer held")
         return base
 
@@ -175,6 +170,7 @@ class Buffered:
             base_version=entry.base_version,
             staleness=entry.staleness,
             weight=round(entry.weight, 6),
+            participation=round(entry.participation, 4),
             buffered=len(self.buffer.entries),
             buffer_size=self.buffer.size,
         )
@@ -216,6 +212,7 @@ class Buffered:
                 admitted = parts.admission.agents.get(agent_id)
                 self.training[agent_id] = Slot(version, deadline, admitted)
             self.history.setdefault(version, self._now.model)
+            self.participation.sent(chosen)
             ins = fit_ins(parts.schedule, self._now.model, hold=self.secure)
             await send_each(parts.outbox, chosen, ins, round=self._now.round)
             log.info("fits_dispatched", agents=chosen, model_version=version)
