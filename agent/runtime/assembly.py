@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import msgspec
 
@@ -24,6 +24,31 @@ from agent.role import Identity
 MAPPED = frozenset({Kind.MODEL_UPDATE})
 
 
+def is_mapped(manifest: Manifest) -> bool:
+    """Whether the transfer of ``manifest`` is rebuilt as a mapping of its spool (a
+    ``MAPPED`` kind, where ``agent.mapped`` is available): the transfers a ``ChunkSink``
+    may take."""
+    return AVAILABLE and manifest.kind in MAPPED and manifest.total_size > 0
+
+
+class ChunkSink(Protocol):
+    """Takes one transfer's chunks as they are kept (``Transfer.sink``; only where
+    ``is_mapped``) and spools them itself: each chunk's plaintext (opened, when sealed) at
+    ``index * chunk_size`` of the transfer's spool, by ``flush``."""
+
+    def kept(self, transfer: Transfer, index: int, data: memoryview) -> None:
+        """Chunk ``index`` (``data``: as it came, checked against the manifest) is in; called
+        in the receiving thread, which it may hold up (backpressure), but must not raise."""
+
+    def flush(self, transfer: Transfer) -> None:
+        """Block until every chunk is in the spool (``transfer`` is complete).
+
+        Raises:
+            ProtocolError: a chunk that could not be spooled (``SealError``: it did not
+                open; ``ChunkError``: it was not written).
+        """
+
+
 @dataclass(eq=False, slots=True)
 class Transfer:
     """One open transfer: its manifest (and the checked envelope it came in), its spool."""
@@ -38,6 +63,9 @@ class Transfer:
     missing: int = field(init=False)
     #: chunks its sender was last told it may send (with flow control: ``Reassembly.due``)
     grant: int = 0
+    #: takes its chunks and spools them (set by the receiver's ``StreamHook``; None:
+    #: ``Reassembly`` spools them)
+    sink: ChunkSink | None = None
 
     def __post_init__(self) -> None:
         self.received = bytearray(len(self.manifest.chunk_hashes))
@@ -64,8 +92,9 @@ def assemble(transfer: Transfer) -> Body:
     """The body a complete transfer carries: every chunk read back in order (and opened,
     when sealed), the body rebuilt around it (``chunks.join_body``; the caller validates it
     like any decoded body). Closes the spool. A body of a ``MAPPED`` kind is a view of its
-    spool file instead (``agent.mapped``): sealed chunks are opened into the file in place,
-    and its tensors are read-only views of the mapping.
+    spool file instead (``agent.mapped``): sealed chunks are opened into the file in place
+    (or were opened by its ``sink`` as they came), and its tensors are read-only views of
+    the mapping.
 
     The manifest's whole-message SHA-256 is not computed again here: every chunk was kept
     only once its SHA-256 matched the signed manifest's hash for its index, and the chunk
@@ -78,8 +107,10 @@ def assemble(transfer: Transfer) -> Body:
         DecodeError: a header that does not fit the bulk.
     """
     manifest = transfer.manifest
-    if AVAILABLE and manifest.kind in MAPPED and manifest.total_size > 0:
+    if is_mapped(manifest):
         try:
+            if transfer.sink is not None:
+                transfer.sink.flush(transfer)
             view = _mapped(transfer)
         finally:
             transfer.close()
@@ -113,7 +144,7 @@ def _mapped(transfer: Transfer) -> memoryview:
     no chunk is overwritten before it is read."""
     manifest = transfer.manifest
     fd, count = transfer.spool.fileno(), len(manifest.chunk_hashes)
-    if manifest.content_key is not None:
+    if manifest.content_key is not None and transfer.sink is None:
         step = stride(manifest)
         for index in range(count):
             start = index * manifest.chunk_size

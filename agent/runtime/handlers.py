@@ -4,19 +4,27 @@ identities are on (``Security``). Re-exported by ``agent.runtime.listeners``."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import UnexpectedKindError
 from agent.identity.verifier import Verifier
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
+from agent.runtime.assembly import ChunkSink, Transfer
+
+log = structlog.get_logger(__name__)
 
 Handler = Callable[[Message[Any]], Awaitable[None]]
+#: Called with a chunked transfer its manifest just opened (every check passed): the sink
+#: its chunks go to as they are kept (streaming aggregation), or None.
+StreamHook = Callable[[Transfer], ChunkSink | None]
 
 
 class RoundPolicy(StrEnum):
@@ -32,6 +40,18 @@ class Listener:
     kind: Kind
     handler: Handler
     rounds: RoundPolicy
+    stream: StreamHook | None = None
+
+    def sink(self, transfer: Transfer) -> ChunkSink | None:
+        """What ``stream`` returns for ``transfer``; None without a hook, or when it raised
+        (logged: the message is then handled whole once complete)."""
+        if self.stream is None:
+            return None
+        try:
+            return self.stream(transfer)
+        except Exception:
+            log.exception("stream_hook_failed", topic=transfer.topic)
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +84,15 @@ class ListenerRegistry:
         if kind in self._listeners:
             raise ValueError(f"a listener for {kind!s} is already registered")
         self._listeners[kind] = Listener(kind, handler, rounds)
+
+    def stream(self, kind: Kind, hook: StreamHook) -> None:
+        """Give ``kind``'s listener (registered already) the hook that may take a chunked
+        message's chunks as they arrive (``StreamHook``).
+
+        Raises:
+            UnexpectedKindError: nothing is registered for ``kind``.
+        """
+        self._listeners[kind] = dataclasses.replace(self.get(kind), stream=hook)
 
     def get(self, kind: Kind) -> Listener:
         """The listener for ``kind``.

@@ -234,10 +234,13 @@ class Dispatcher:
             return False
         if isinstance(message.body, Manifest):
             try:
-                self.reassembly.begin(raw.topic, message.envelope, message.body, message.identity)
+                transfer = self.reassembly.begin(
+                    raw.topic, message.envelope, message.body, message.identity
+                )
             except ProtocolError as exc:
                 self._drop(raw, exc.reason, str(exc))
                 return False
+            transfer.sink = listener.sink(transfer)  # its chunks taken as they arrive
             self.metrics.bytes_received.labels(str(Kind.MANIFEST)).inc(len(raw.payload))
             await self._grant()
             return True

@@ -12,6 +12,8 @@ counts only on the topic its manifest came on: on a per-agent topic, only its ag
   file (``tempfile.TemporaryFile``, mode 0600, gone with the process), written at the chunk's
   offset. Ciphertext stays ciphertext until ``assemble``. So a receiver's memory does not grow
   with the number of senders transferring at once; only the message being assembled is held.
+  A transfer with a ``sink`` (``assembly.ChunkSink``, set by its listener's stream hook:
+  streaming aggregation) hands each checked chunk to it instead, which spools it.
 - **Bounded**: a manifest announcing more than ``max_message`` bytes, or more than the
   ``budget`` left by the transfers already open, is refused (``over_budget``); each topic
   has at most one open transfer (a newer manifest supersedes the older one, ``superseded``).
@@ -211,7 +213,10 @@ class Reassembly:
             raise ChunkMismatchError(f"chunk {index} holds {len(data)} bytes, not {want}")
         if hashlib.sha256(data).digest() != manifest.chunk_hashes[index]:
             raise ChunkMismatchError(f"chunk {index} does not match its manifest hash")
-        os.pwrite(transfer.spool.fileno(), data, index * stride(manifest))
+        if transfer.sink is not None:  # streaming aggregation: it spools the chunk
+            transfer.sink.kept(transfer, index, data)
+        else:
+            os.pwrite(transfer.spool.fileno(), data, index * stride(manifest))
         transfer.received[index] = 1
         transfer.missing -= 1
         if self.credit is not None:

@@ -37,7 +37,7 @@ from agent.roles.aggregator import private_update, secure_carried
 from agent.roles.aggregator.broadcast import send_each
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.outcome import Outcome, RoundFailure
-from agent.roles.aggregator.plain_round import PlainRound
+from agent.roles.aggregator.plain_round import FoldStream, PlainRound, Transfer
 from agent.roles.aggregator.records import GlobalState
 from agent.roles.aggregator.robust_fit import check_secure, guarded_step, robust_update
 from agent.roles.aggregator.secure_round import SecureRound, setup_body
@@ -142,7 +142,11 @@ class CohortFit:
         elif self._plain is None:
             log.warning("update_rejected", agent=sender, reason="no_round_open")
         else:
-            await self._plain.receive(sender, body)
+            await self._plain.receive(sender, body, message.envelope.message_id)
+
+    def stream_update(self, transfer: Transfer) -> FoldStream | None:
+        """The ``model_update`` stream hook: the open plain round's (``PlainRound.stream``)."""
+        return None if self._plain is None else self._plain.stream(transfer)
 
     async def on_secagg(self, message: Message[Any]) -> None:
         """The listener of the SecAgg+ kinds (advertise_keys, share_keys, masked_input,
@@ -208,8 +212,7 @@ class CohortFit:
         """Updates in the clear: every member (or ``quorum``) or the deadline; the strategy."""
         started = time.monotonic()
         robust = self._schedule.robust
-        # Streaming FedAvg (fold.py, with the relative norm bound) unless DP or a robust rule
-        # needs every update
+        # Streaming FedAvg (fold.py, fold_stream.py) unless DP or a robust rule needs it all
         streaming = robust.aggregation is Aggregation.MEAN and not self.privacy.on
         self._plain = plain = PlainRound(
             cohort=frozenset(cohort),

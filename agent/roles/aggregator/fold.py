@@ -3,12 +3,11 @@
 The aggregator then holds O(model size) whatever the cohort size: the sum Σ n_k (w_k - x)
 (float64, shaped like the model), the total weight and each survivor's metrics, never the
 survivors' weights. The result is ``strategy.update.mean_update``'s, accumulated in another
-order (McMahan et al. 2017, Algorithm 1's weighting). An update is folded whole, once it is
-verified (every chunk checked and the whole hash matched, ``agent.runtime.reassembly``):
-a transfer cut off half way is a dropout, and half an update cannot be taken back out. A
-chunked update is read through a mapping of its spool (``agent.mapped``): ``add`` lets each
-array's pages go once folded, so the update is never resident whole. ``result``'s delta is
-spendable: FedAvg's step lets each of its arrays go once added to the new model.
+order (McMahan et al. 2017, Algorithm 1's weighting). A chunked update is folded chunk by
+chunk as it arrives (``fold_stream``: ``fold_piece``, in one thread) where it can be, else
+whole once complete (``add``, through a mapping of its spool, ``agent.mapped``, each
+array's pages let go once folded). ``result``'s delta is spendable: FedAvg's step lets
+each of its arrays go once added to the new model.
 
 The cohort-relative norm bound (``[aggregator.robust] norm_factor``, ARCHITECTURE.md §12)
 needs the round's median norm, known only when the round closes. So each update is folded
@@ -31,7 +30,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,18 @@ class RunningMean:
         #: agent id → (‖Δ_k‖₂ of the averaged arrays, weight, offset in the spool)
         self.norms: dict[str, tuple[float, int, int]] = {}
         self._end = 0
+        #: held while the sum or the spool changes (chunk folds run in ``_worker``'s thread)
+        self.lock = threading.Lock()
+        #: no chunk is folded once set (``result``, ``close``)
+        self.sealed = False
+        #: chunk streams that folded something and were not committed (``fold_stream``)
+        self._pending: set[object] = set()
+        #: a stream folded values that must not count (refused, cut off): rebuild at result
+        #: (set holding ``lock``)
+        self.dirty = False
+        self._worker: ThreadPoolExecutor | None = None
+        self._on_close: list[Callable[[], None]] = []
+        self._absolute = 0.0 if robust is None else robust.max_update_norm
 
     def add(
         self,
@@ -97,6 +110,10 @@ class RunningMean:
         one pass over it, in float64, with no temporary larger than ``STEP`` values; with the
         relative bound on, its values are spooled in that pass and its delta's norm (over
         the floating-point arrays) is ``norm`` or, None, taken in that pass too."""
+        with self.lock:
+            self._add(weights, num_examples, agent_id, norm)
+
+    def _add(self, weights: Weights, num_examples: int, agent_id: str, norm: float | None) -> None:
         n = float(num_examples)
         spool, squares, offset = self._spool, 0.0, self._end
         measure = spool is not None and norm is None
@@ -132,10 +149,13 @@ class RunningMean:
             RoundError: nothing was added, or Σ num_examples ≤ 0.
         """
         try:
+            with self.lock:  # no chunk folds from here on
+                self.sealed = True
             results = self._within_relative_bound(results)
         finally:
-            self.close()
+            self._shut()
         if not results:
+            self._sum, self._current = [], []
             return None
         if self.total <= 0:
             raise RoundError("no update with num_examples > 0 to aggregate")
@@ -146,13 +166,99 @@ class RunningMean:
             np.subtract(acc, base, out=acc, dtype=np.float64)
         metrics = weighted_metrics([(r.metrics, r.num_examples) for r in results])
         survivors = tuple(sorted(r.agent_id for r in results))
-        # the sum is this step's alone: FedAvg's step lets each array go once added
+        # the sum is this step's alone: FedAvg's step lets each array go once added; the
+        # model in force is not held from here (a stream may outlive the round: 200 MB more
+        # at 50M plain into the next round, measured)
+        self._current = []
         return AggregatedUpdate(self._sum, self.total, survivors, metrics, spendable=True)
 
     def close(self) -> None:
-        """Close the spool (``result`` does; a round that ends without one must)."""
-        if self._spool is not None:
-            self._spool.close()
+        """Close the spool, stop folding chunks and let go of the sum and the model (``result``
+        does all but the sum; a round that ends without one must)."""
+        self._shut()
+        self._sum, self._current = [], []
+
+    def _shut(self) -> None:
+        with self.lock:
+            self.sealed = True
+            for done in self._on_close:
+                done()
+            self._on_close.clear()
+            if self._spool is not None:
+                self._spool.close()
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=False)  # what is queued returns at once: sealed
+
+    # -- folding chunk by chunk (``fold_stream``) ---------------------------------------
+
+    @property
+    def streams(self) -> bool:
+        """Whether updates may be folded chunk by chunk as they arrive: the relative bound's
+        spool is there to rebuild the sum without one that is refused or cut off, and no
+        absolute bound needs the whole update's norm before it is folded."""
+        return self._spool is not None and self._absolute <= 0 and not self.sealed
+
+    def reserve(self, nbytes: int, on_close: Callable[[], None]) -> int:
+        """Room for one streamed update's averaged values in the spool: its offset;
+        ``on_close`` is called when this sum closes (under ``lock``)."""
+        with self.lock:
+            offset, self._end = self._end, self._end + nbytes
+            self._on_close.append(on_close)
+        return offset
+
+    def submit(self, fn: Callable[[], None]) -> Future[None] | None:
+        """Run ``fn`` holding ``lock`` in the one thread that folds chunks, after those
+        submitted before; None once closed (nothing runs)."""
+        with self.lock:
+            if self.sealed:
+                return None
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold")
+            return self._worker.submit(self._locked, fn)
+
+    def _locked(self, fn: Callable[[], None]) -> None:
+        with self.lock:
+            fn()
+
+    def fold_piece(
+        self, stream: object, array: int, start: int, values: npt.NDArray[Any], n: float, at: int
+    ) -> float | None:
+        """Σ[array][start : start + len(values)] += n · values (float64), the values spooled
+        at ``at``: one chunk's share of one averaged array of ``stream``'s update; the caller
+        holds ``lock`` and checked ``sealed``. Its Σ (values - current)² , or None (nothing
+        folded, the sum marked for rebuilding) when a value or its delta is not finite."""
+        assert self._spool is not None
+        flat_acc = self._sum[array].reshape(-1)
+        flat_x = self._current[array].reshape(-1)
+        squares = 0.0
+        with np.errstate(all="ignore"):
+            for lo in range(0, values.size, STEP):
+                hi = min(lo + STEP, values.size)
+                delta = self._delta[: hi - lo]
+                np.subtract(
+                    values[lo:hi], flat_x[start + lo : start + hi], out=delta, dtype=np.float64
+                )
+                squares += sum_squares(delta)
+        if not math.isfinite(squares):
+            self.dirty = True
+            return None
+        for lo in range(0, values.size, STEP):
+            hi = min(lo + STEP, values.size)
+            piece = self._scratch[: hi - lo]
+            np.multiply(values[lo:hi], n, out=piece, dtype=np.float64)
+            np.add(flat_acc[start + lo : start + hi], piece, out=flat_acc[start + lo : start + hi])
+        self._pending.add(stream)
+        _write(self._spool.fileno(), values, at)
+        return squares
+
+    def commit(self, stream: object, agent_id: str, norm: float, weight: int, offset: int) -> None:
+        """``stream``'s update, every chunk folded, counts: weight ``weight``, its delta's
+        norm ``norm`` and its values at ``offset`` in the spool."""
+        with self.lock:
+            self._pending.discard(stream)
+            self.norms[agent_id] = (norm, weight, offset)
+            self.total += weight
 
     def _within_relative_bound(self, results: Sequence[ClientResult]) -> list[ClientResult]:
         """``results`` less the updates the relative bound dropped; with any update above
@@ -162,6 +268,13 @@ class RunningMean:
             raise RoundError("no update with num_examples > 0 to aggregate")
         if self._spool is None:
             return list(results)
+        # folded values that must not count: a streamed update refused or cut off half
+        # way, or an update folded whole and then taken out (its agent revoked)
+        stale = (
+            self.dirty
+            or bool(self._pending)
+            or bool(self.norms.keys() - {r.agent_id for r in results})
+        )
         bound = relative_bound([self.norms[r.agent_id][0] for r in results], self._factor)
         kept: list[ClientResult] = []
         scales: list[float] = []
@@ -181,7 +294,7 @@ class RunningMean:
                 log.info("update_bounded", agent=r.agent_id, norm=round(norm, 6), clipped=True)
                 kept.append(r)
                 scales.append(bound / norm)
-        if len(kept) < len(results) or any(s < 1.0 for s in scales):
+        if stale or len(kept) < len(results) or any(s < 1.0 for s in scales):
             self._rebuild(kept, scales)
         return kept
 

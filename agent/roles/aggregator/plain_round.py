@@ -17,9 +17,13 @@ from agent.plugin.api import Weights, all_finite, weights_like
 from agent.robust.bounds import Admitted, bound_update
 from agent.robust.settings import RobustConfig
 from agent.roles.aggregator.fold import RunningMean
+from agent.roles.aggregator.fold_stream import FoldStream, header, open_stream
 from agent.roles.aggregator.records import GlobalState
+from agent.runtime.assembly import Transfer
 from agent.strategy.carried import CarriedValues
 from agent.strategy.fedavg import ClientResult
+
+__all__ = ["FoldStream", "PlainRound", "Transfer", "bounded"]  # the stream hook's types too
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +72,8 @@ class PlainRound:
         self._complete = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closed = False
+        #: sender → its update being folded chunk by chunk (``fold_stream``)
+        self._streams: dict[str, FoldStream] = {}
 
     def on_update(self, sender: str, body: ModelUpdate) -> None:
         """Keep a valid update (bounded: ``agent.robust.bounds``); log ``update_rejected``
@@ -82,18 +88,59 @@ class PlainRound:
             return
         self._keep(sender, body, *admitted)
 
-    async def receive(self, sender: str, body: ModelUpdate) -> None:
+    async def receive(self, sender: str, body: ModelUpdate, message_id: bytes = b"") -> None:
         """``on_update`` with the passes over the update (bounds, fold) in a worker thread,
-        so the event loop keeps receiving meanwhile; one update at a time."""
+        so the event loop keeps receiving meanwhile; one update at a time. An update whose
+        chunks were folded as they came (``stream``; ``message_id``: its manifest's) is
+        only finished here."""
         async with self._lock:
             if not self._accepts(sender, body):
                 return
+            stream = self._streams.pop(sender, None)
             try:
-                admitted = await asyncio.to_thread(self._admit, sender, body)
+                if stream is not None and stream.message_id == message_id:
+                    admitted = await self._finish(sender, body, stream)
+                else:
+                    admitted = await asyncio.to_thread(self._admit, sender, body)
             except RefusedError as exc:
                 self._refuse(sender, exc)
                 return
             self._keep(sender, body, *admitted)
+
+    def stream(self, transfer: Transfer) -> FoldStream | None:
+        """The sink that folds a chunked update's chunks as they arrive (``fold_stream``),
+        for a member's update of the model in force while folding; None: it is checked and
+        folded whole once complete (or refused then)."""
+        fold, sender = self.fold, transfer.sender
+        if fold is None or self._closed or sender not in self.cohort or sender in self._streams:
+            return None
+        update = header(transfer)
+        if (
+            update is None
+            or sender in self.results
+            or sender in self.refused
+            or update.model_version != self._model.version
+            or 0 < self._declared(sender) < update.num_examples
+        ):
+            return None
+        weight = max(1, min(update.num_examples, self._robust.max_weight))
+        stream = open_stream(fold, transfer, self._model.weights, update, weight)
+        if stream is not None:
+            self._streams[sender] = stream
+        return stream
+
+    async def _finish(
+        self, sender: str, body: ModelUpdate, stream: FoldStream
+    ) -> tuple[Weights, int, Admitted]:
+        """A streamed update, complete: its verdict once its last chunk is folded."""
+        weights = to_arrays(body.tensors)
+        if not weights_like(self._model.weights, weights):
+            raise RefusedError("shape_mismatch", "not shaped like the model in force")
+        norm = await stream.finish()
+        if norm is None:
+            raise RefusedError("not_finite", "NaN or infinity in the update or its delta")
+        self.carried.add(sender, weights)
+        return [], stream.weight, Admitted([], stream.weight, norm, float_norm=norm)
 
     def _accepts(self, sender: str, body: ModelUpdate) -> bool:
         reason = None

@@ -114,8 +114,7 @@ class Aggregator:
             metrics=self.metrics,
             chunk_size=config.transfer.chunk_size,
         )
-        # A fresh sealing key per run: agents seal their updates to it (HPKE).
-        seal_key = X25519PrivateKey.generate() if credentials else None
+        seal_key = X25519PrivateKey.generate() if credentials else None  # fresh per run (HPKE)
         self._now = InForce(0, GlobalState.taking(0, opened.initial))  # held once, as wire
         #: the run's files; ``store.on_round_persisted`` is the per-round hook (ledger)
         self.store = RunStore(opened.run_dir, incarnation=self.incarnation, mirror=config.state_dir)
@@ -196,6 +195,7 @@ class Aggregator:
         self.buffered = buffered(self._parts, self._now)  # None unless mode = "async"
         if self.buffered is None:
             registry.register(Kind.MODEL_UPDATE, self.fit.on_update, rounds=RoundPolicy.CURRENT)
+            registry.stream(Kind.MODEL_UPDATE, self.fit.stream_update)  # folded as it comes
         else:  # FedBuff: updates of older versions, and update_ready
             self.buffered.register(registry)
         registry.register(Kind.METRICS, self._on_metrics, rounds=RoundPolicy.CURRENT)
