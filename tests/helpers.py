@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.bus.base import BusSettings
 from agent.bus.memory import MemoryBroker, MemoryBus
@@ -36,7 +37,7 @@ from agent.role import Identity, Role
 from agent.roles.aggregator import Aggregator
 from agent.roles.aggregator.records import RunSummary
 from agent.roles.trainer import Trainer
-from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
+from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
 from agent.runtime.metrics import Metrics
 
 
@@ -445,3 +446,23 @@ def agent_log_lines(log_dir: Path, agent_id: str) -> list[dict[str, Any]]:
             if event.get("agent_id") == agent_id:
                 lines.append(event)
     return lines
+
+
+class _AnySigner:
+    """A verifier that takes every signature (the dispatcher's sealing and chunking alone
+    under test)."""
+
+    def verify(self, signed: Any, **kw: Any) -> None:
+        return None
+
+
+def unsealing_dispatcher(registry: ListenerRegistry, key: X25519PrivateKey) -> Dispatcher:
+    """A dispatcher of federation "fed" in round 1 (1 MiB payloads) that opens what is
+    sealed to ``key`` and takes any signature."""
+    return Dispatcher(
+        federation="fed",
+        registry=registry,
+        current_round=lambda: 1,
+        max_payload=1 << 20,
+        security=Security(_AnySigner(), unseal_key=key),  # type: ignore[arg-type]
+    )

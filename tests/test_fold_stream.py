@@ -30,9 +30,10 @@ from agent.roles.aggregator.fold_stream import FoldStream, layout
 from agent.roles.aggregator.plain_round import PlainRound
 from agent.roles.aggregator.records import GlobalState
 from agent.runtime.assembly import Transfer, is_mapped, rebuild
-from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
+from agent.runtime.listeners import ListenerRegistry, RoundPolicy
 from agent.runtime.reassembly import Reassembly
 from agent.strategy.update import ClientResult, mean_update
+from tests.helpers import unsealing_dispatcher
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -214,10 +215,6 @@ async def test_the_dispatcher_hands_an_updates_chunks_to_its_streams_sink() -> N
     the plain round's sink (``ListenerRegistry.stream``), and the completed update reaches
     the round already folded; a stream hook that raises leaves the update to the whole fold."""
 
-    class Anyone:
-        def verify(self, signed, **kw):  # type: ignore[no-untyped-def]
-            return None
-
     base = GlobalState.of(3, model())
     streamed = plain_round(base)
     sinks: list[object] = []
@@ -235,13 +232,7 @@ async def test_the_dispatcher_hands_an_updates_chunks_to_its_streams_sink() -> N
     registry = ListenerRegistry()
     registry.register(Kind.MODEL_UPDATE, on_update, rounds=RoundPolicy.CURRENT)
     registry.stream(Kind.MODEL_UPDATE, hook)
-    dispatcher = Dispatcher(
-        federation="fed",
-        registry=registry,
-        current_round=lambda: 1,
-        max_payload=1 << 20,
-        security=Security(Anyone(), unseal_key=key),  # type: ignore[arg-type]
-    )
+    dispatcher = unsealing_dispatcher(registry, key)
     updates = {s: body(trained(i + 1), 10) for i, s in enumerate(SENDERS)}
     for sender, update in updates.items():
         manifest, frames = build(update, CHUNK, sealed=True)

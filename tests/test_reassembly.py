@@ -29,10 +29,10 @@ from agent.robust.settings import OnViolation, RobustConfig
 from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.robust_fit import robust_update
 from agent.runtime.assembly import assemble
-from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
+from agent.runtime.listeners import ListenerRegistry, RoundPolicy
 from agent.runtime.reassembly import Limits, Reassembly
 from agent.strategy.update import ClientResult, mean_update
-from tests.helpers import Recorder
+from tests.helpers import Recorder, unsealing_dispatcher
 
 
 def built(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, list[bytes]]:
@@ -178,17 +178,7 @@ async def test_the_dispatcher_rebuilds_a_sealed_signed_message_from_its_chunks()
     rec = Recorder()
     registry.register(Kind.MODEL_UPDATE, rec, rounds=RoundPolicy.CURRENT)
 
-    class Anyone:
-        def verify(self, signed, **kw):  # type: ignore[no-untyped-def]
-            return None
-
-    dispatcher = Dispatcher(
-        federation="fed",
-        registry=registry,
-        current_round=lambda: 1,
-        max_payload=1 << 20,
-        security=Security(Anyone(), unseal_key=key),  # type: ignore[arg-type]
-    )
+    dispatcher = unsealing_dispatcher(registry, key)
     body = update()
     manifest, frames = built(body, CHUNK, sealed=True)
     sealed = encode(manifest, federation="fed", round=1, sender="a1", seal_to=key.public_key())
