@@ -37,6 +37,8 @@ Targets (issue 15): idle minimal trainer ≤ 60 MB RSS and ≤ 0.1 % CPU; ``fedb
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import json
 import os
 import shutil
@@ -92,9 +94,23 @@ def imports(stderr: str) -> dict[str, Any]:
     }
 
 
+def byte_compile(*roots: Path) -> list[str]:
+    """Byte-compile fedbus, digits-mlp and the minimal plugin, as ``pip install`` does for a
+    wheel: this editable install under ``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile
+    fedbus's 110 modules from source at every start (about 0.1 s of CPU). The directories."""
+    digits = importlib.util.find_spec("fedbus_digits")
+    if digits is None or digits.origin is None:
+        raise SystemExit("digits-mlp (plugins/fedbus-digits) is not installed")
+    dirs = [Path(__file__).resolve().parents[1] / "agent", Path(digits.origin).parent, *roots]
+    for path in dirs:
+        compileall.compile_dir(path, quiet=1)
+    return [str(d) for d in dirs]
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     env = dict(os.environ)
     plugins = write_minimal_plugin(tmp / "plugins")
+    byte_compile(plugins)
     if args.without:  # as on a device where these are not installed
         (plugins / "sitecustomize.py").write_text(
             "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in args.without),
@@ -106,6 +122,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "idle_window_seconds": args.idle,
         "aggregator_status_every": args.status_every,
         "hidden_modules": args.without,
+        "bytecode": "compiled before the starts (as pip install does)",
     }
     with EmbeddedBroker(args.bus) as broker:
         agg = config(
