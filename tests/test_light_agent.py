@@ -1,7 +1,8 @@
 """A device imports only what a trainer needs (issue 15): ``fedbus run`` of a trainer loads
 neither the aggregator role nor the Prometheus client (metrics off), nor SciPy / scikit-learn,
-nor what it imports only when used (the P2P role, SecAgg+, structlog's optional rich /
-pygments / greenlet); ``Metrics.off()`` counts nothing."""
+nor what it imports only when used (the P2P role, SecAgg+, X.509 and the certificate code
+without identities, structlog's optional rich / pygments / greenlet); ``Metrics.off()``
+counts nothing; numpy's BLAS threads are quieted before numpy loads."""
 
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ RUN_PATH = (
 #: Never on a trainer's run path: packages (and everything under them) ...
 FORBIDDEN = ("prometheus_client", "scipy", "sklearn", "dp_accounting", "rich", "pygments")
 FORBIDDEN += ("greenlet", "attr")
-#: ... and agent modules loaded only by the role or the round that needs them.
+#: ... and agent modules loaded only by the role or the round that needs them (X.509 and
+#: the certificate code only with identities on: ``agent.roles.trainer.identified``).
 LAZY = ("agent.roles.aggregator", "agent.roles.peer", "agent.roles.trainer.secure_fit")
-LAZY += ("agent.secagg.client",)
+LAZY += ("agent.secagg.client", "cryptography.x509", "agent.identity.local")
+LAZY += ("agent.identity.verifier", "agent.identity.certificates", "agent.ledger.head")
+LAZY += ("agent.runtime.renewer",)
 
 
 def loaded(code: str) -> list[str]:

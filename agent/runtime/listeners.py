@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -34,7 +34,6 @@ from agent.errors import (
     WrongFederationError,
     WrongTopicError,
 )
-from agent.identity.verifier import Verifier
 from agent.messages import chunks
 from agent.messages.bodies import Manifest
 from agent.messages.codec import decode_body, decode_envelope
@@ -56,6 +55,9 @@ from agent.runtime.handlers import Security as Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.reassembly import Limits, Reassembly, Transfer
 from agent.runtime.tasks import task_group
+
+if TYPE_CHECKING:  # X.509 only with identities on (issue 15)
+    from agent.identity.verifier import Verifier
 
 log = structlog.get_logger(__name__)
 
