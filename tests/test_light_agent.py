@@ -30,7 +30,7 @@ FORBIDDEN += ("greenlet", "attr")
 LAZY = ("agent.roles.aggregator", "agent.roles.peer", "agent.roles.trainer.secure_fit")
 LAZY += ("agent.secagg.client", "cryptography.x509", "agent.identity.local")
 LAZY += ("agent.identity.verifier", "agent.identity.certificates", "agent.ledger.head")
-LAZY += ("agent.runtime.renewer",)
+LAZY += ("agent.runtime.renewer", "agent.strategy.base", "agent.strategy.update")
 
 
 def loaded(code: str) -> list[str]:
