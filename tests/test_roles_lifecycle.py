@@ -60,6 +60,42 @@ async def test_trainer_rejoins_after_its_connection_drops(tmp_path: Path) -> Non
         receiver.cancel()
 
 
+async def test_a_trainer_joins_once_its_bus_is_up_not_while_it_is_down(tmp_path: Path) -> None:
+    """A trainer that starts while its broker is down sends no join until its bus connects
+    (each join sent meanwhile only waited out publish_timeout, and the join backoff grew: a
+    fleet member queued for its connect joined up to 30 s after it), then joins at once."""
+    broker = MemoryBroker()
+    broker.stop()
+    fast = {"backoff_initial": 0.05, "backoff_max": 0.1, "publish_timeout": 0.1}
+    config = aggregator_config("mem://", tmp_path, agents=1, rounds=1)
+    with capture_logs() as logs:
+        async with (
+            MemoryBus(broker, BusSettings(client_id="a1", **fast)) as b1,  # type: ignore[arg-type]
+            MemoryBus(broker, BusSettings(client_id="aggregator", **fast)) as b2,  # type: ignore[arg-type]
+            asyncio.TaskGroup() as tg,
+        ):
+            trainer = Trainer(
+                config=trainer_config("a1", "mem://", tmp_path), bus=b1, plugin=toy(1, 1)
+            )
+            aggregator = Aggregator(
+                config=config, bus=b2, plugin_name="toy", initial_weights=toy(0, 1).get_weights()
+            )
+            task = tg.create_task(trainer.run())
+            await asyncio.sleep(0.6)  # several publish timeouts and join retries while down
+            assert not [e for e in logs if e["event"] == "join_sent"]
+            broker.start()
+            await b2.subscribe("fl/fed/join")
+            receiver = tg.create_task(aggregator.dispatcher.run(b2))
+            await wait_until(lambda: trainer.admitted)
+            task.cancel()
+            receiver.cancel()
+    unsent_joins = [
+        e for e in logs if e["event"] == "message_not_sent" and e.get("kind") == "JoinRequest"
+    ]
+    assert unsent_joins == []
+    assert [e["event"] for e in logs].count("join_sent") >= 1
+
+
 @pytest.mark.broker
 async def test_a_late_joiner_gets_the_model_in_its_inbox_and_trains(
     nats_server: EmbeddedBroker, tmp_path: Path

@@ -245,6 +245,10 @@ class Trainer:
         while True:
             delays = Backoff(initial=retry, maximum=max(retry, 30.0)).delays()
             while not self._admitted.is_set():
+                # A join is sent once the bus is up: one sent while it is down only waits out
+                # publish_timeout, and the backoff grew meanwhile (a fleet member queued 60 s
+                # for its connect then waited up to 30 s more before it joined).
+                await self._bus.wait_connected()
                 await self._send_join()
                 try:
                     async with asyncio.timeout(next(delays)):
