@@ -26,7 +26,7 @@ from agent.runtime.credit_pool import STALL, CreditPool
 from agent.runtime.credits import Credits
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
-from agent.runtime.reassembly import Limits, Reassembly, Transfer
+from agent.runtime.reassembly import Limits, Pending, Reassembly, Transfer
 from tests.helpers import (
     LOOSE,
     Recorder,
@@ -193,11 +193,11 @@ async def test_over_a_real_broker_the_cohort_never_has_more_than_the_budget_in_f
     trainers published and the aggregator had not kept were never more than 2."""
     chunks = TransferConfig(chunk_size=CHUNK, timeout=30.0, in_flight=2 * CHUNK)
     counts = {"sent": 0, "kept": 0, "peak": 0}
-    add = Reassembly.add
+    settle = Reassembly.settle
 
-    def counted(self: Reassembly, topic: str, *a: Any, **k: Any) -> Transfer | None:
-        transfer = add(self, topic, *a, **k)
-        if transfer is not None and "/update/" in topic:
+    def counted(self: Reassembly, pending: Pending, *, kept: bool) -> Transfer | None:
+        transfer = settle(self, pending, kept=kept)
+        if transfer is not None and "/update/" in transfer.topic:
             counts["kept"] += 1
         return transfer
 
@@ -206,7 +206,7 @@ async def test_over_a_real_broker_the_cohort_never_has_more_than_the_budget_in_f
         counts["peak"] = max(counts["peak"], counts["sent"] - counts["kept"])
         return [(topic, payload, 0.0)]
 
-    monkeypatch.setattr(Reassembly, "add", counted)
+    monkeypatch.setattr(Reassembly, "settle", counted)
     agents = [f"a{i}" for i in range(6)]
     plugins = {
         a: CheckedPlugin("toy", SizedToy(i + 1, 1, [(600, 500), (7,)]))
