@@ -95,6 +95,24 @@ def test_a_transfer_that_ends_gives_its_credit_to_the_others() -> None:
     assert pool.in_flight == 20
 
 
+def test_by_default_one_sender_may_fill_the_budget_and_several_share_it() -> None:
+    """Without a per-transfer cap, a sender alone is granted the whole budget (32 chunks,
+    well beyond the 8 a fixed window allowed); three senders share it round robin."""
+    pool: CreditPool[str] = CreditPool(32 * 10)
+    pool.open("A", chunk_size=10, count=100)
+    assert pool.due() == ["A"]
+    alone = pool.get("A")
+    assert alone is not None
+    assert alone.granted == 32
+    for key in "BC":
+        pool.open(key, chunk_size=10, count=100)
+    pool.kept("A", 32)  # A's window comes back: the three now share the budget
+    pool.due()
+    granted = [g.outstanding for g in map(pool.get, "ABC") if g is not None]
+    assert sum(granted) == 32
+    assert max(granted) - min(granted) <= 1
+
+
 def test_a_budget_below_one_chunk_still_lets_every_transfer_progress() -> None:
     """A 1-byte budget grants one chunk at a time, never none."""
     pool: CreditPool[str] = CreditPool(1)

@@ -114,7 +114,7 @@ class Limits:
     budget: int = 8 << 30
     timeout: float = 300.0
     spool_dir: Path | None = None
-    in_flight: int = 16 << 20
+    in_flight: int = 32 << 20
 
     @classmethod
     def of(cls, config: TransferConfig) -> Limits:
