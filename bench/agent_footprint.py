@@ -23,12 +23,33 @@ Prints JSON with:
   by thread name. The same for ``digits-mlp`` (memory only, its shard read from the cache
   its starts wrote, connected but not admitted).
 - ``targets``: each figure over its target (≤ 1 meets it) and the load average when measured.
-- ``reference``: the CPU seconds of ``python -c "import numpy"`` here (minimum of 3), a yardstick
-  for how slow this machine is at the moment, and the READY CPU in units of it: a loaded or
-  slow machine inflates both alike, so ``ready_cpu_in_numpy_imports`` compares across runs.
+- ``reference``: the CPU seconds of ``python -c "import numpy"`` here (minimum of 3 before the
+  run and 3 after, with ``fedbus``'s BLAS setting, ``agent.runtime.blas``), a yardstick for how
+  slow this machine is at the moment, and the READY CPU in units of it: a loaded or slow
+  machine inflates both alike, so ``ready_cpu_in_numpy_imports`` compares across runs.
+- ``bytecode``: fedbus and the plugins are byte-compiled before the starts, as ``pip install``
+  does for a wheel (``byte_compile``).
 
 Targets (issue 15): idle minimal trainer ≤ 60 MB RSS and ≤ 0.1 % CPU; ``fedbus run`` to READY
 ≤ 0.3 s with digits-mlp.
+
+Measured 2026-12-02 (NATS, ``--idle 20 --starts 3``, this shared 2-core machine at load average
+3-12; digits-mlp warm, CPU seconds to READY, minimum / median of 3):
+
+- before (``d43b233``), as this benchmark then ran (sources compiled at every start, this
+  environment setting ``PYTHONDONTWRITEBYTECODE=1``): 0.694 / 0.776 (wall 0.738 min), 548
+  modules; byte-compiled: 0.385 / 0.431 and 0.395 / 0.400;
+- after (lazy X.509, body decoders and strategies; OpenBLAS workers quieted): 0.340 / 0.403,
+  0.373 / 0.379, 0.490 / 0.490, 0.381 / 0.400 (wall min 0.53 to 1.75), 524 modules; with
+  the yardstick as now defined: 0.300 / 0.310 and 0.321 / 0.323 (wall min 0.83 and 0.76,
+  load 7-10), numpy 0.097 and 0.088 s, so ``ready_cpu_in_numpy_imports`` 3.09 and 3.65 (with
+  OpenBLAS's default poll the yardstick was 0.12-0.22 s: 2.09-3.23, before and after alike);
+- the same starts interleaved (one broker, before's and after's processes alternating,
+  digits-mlp warm, CPU min / median): byte-compiled 0.382 / 0.435 → 0.288 / 0.330 (6 each,
+  load 3) and 0.365 / 0.410 → 0.307 / 0.338 (10 each, load 12; with OpenBLAS's default poll
+  0.336 / 0.385); sources compiled at every start 0.418 / 0.496 → 0.348 / 0.399 (8 each);
+- idle minimal trainer: 54.3-54.4 MB RSS (55.5-55.7 before), 0.017-0.020 % CPU, 0.4 wake-ups
+  per second; digits-mlp idle 57.9-58.0 MB (59.1-59.2).
 
     .venv/bin/python bench/agent_footprint.py [--bus mqtt|nats] [--idle 30] [--starts 3]
         [--status-every 5] [--without rich]
@@ -37,6 +58,8 @@ Targets (issue 15): idle minimal trainer ≤ 60 MB RSS and ≤ 0.1 % CPU; ``fedb
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import json
 import os
 import shutil
@@ -54,6 +77,7 @@ from agent.brokers import EmbeddedBroker
 from agent.config import AgentConfig, AggregatorConfig, LoggingConfig, PluginConfig
 from agent.logs import configure_logging
 from agent.role import Role
+from agent.runtime.blas import quiet_blas_threads
 
 FEDERATION = "footprint"
 #: issue 15's targets
@@ -92,9 +116,23 @@ def imports(stderr: str) -> dict[str, Any]:
     }
 
 
+def byte_compile(*roots: Path) -> list[str]:
+    """Byte-compile fedbus, digits-mlp and the minimal plugin, as ``pip install`` does for a
+    wheel: this editable install under ``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile
+    fedbus's 110 modules from source at every start (about 0.1 s of CPU). The directories."""
+    digits = importlib.util.find_spec("fedbus_digits")
+    if digits is None or digits.origin is None:
+        raise SystemExit("digits-mlp (plugins/fedbus-digits) is not installed")
+    dirs = [Path(__file__).resolve().parents[1] / "agent", Path(digits.origin).parent, *roots]
+    for path in dirs:
+        compileall.compile_dir(path, quiet=1)
+    return [str(d) for d in dirs]
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     env = dict(os.environ)
     plugins = write_minimal_plugin(tmp / "plugins")
+    byte_compile(plugins)
     if args.without:  # as on a device where these are not installed
         (plugins / "sitecustomize.py").write_text(
             "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in args.without),
@@ -106,6 +144,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "idle_window_seconds": args.idle,
         "aggregator_status_every": args.status_every,
         "hidden_modules": args.without,
+        "bytecode": "compiled before the starts (as pip install does)",
     }
     with EmbeddedBroker(args.bus) as broker:
         agg = config(
@@ -214,14 +253,21 @@ def starts(url: str, tmp: Path, env: dict[str, str], count: int) -> dict[str, An
     return out
 
 
-def numpy_import_cpu() -> float:
-    """CPU seconds of a fresh interpreter importing numpy: the minimum of 3."""
+def numpy_import_cpu(count: int = 3) -> list[float]:
+    """CPU seconds of ``count`` fresh interpreters importing numpy, with the BLAS setting a
+    ``fedbus`` process has (``agent.runtime.blas``: without it OpenBLAS's idle workers poll
+    for a fixed wall time, so the figure swung with the load by up to 0.1 s)."""
     code = "import time, numpy; print(time.process_time())"
-    runs = [
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
-        for _ in range(3)
+    env = dict(os.environ)
+    quiet_blas_threads(env)
+    return [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, check=True, env=env
+            ).stdout
+        )
+        for _ in range(count)
     ]
-    return round(min(runs), 3)
 
 
 def targets(results: dict[str, Any]) -> dict[str, float]:
@@ -256,10 +302,11 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(stream=sys.stderr)  # the broker's lines; stdout is the JSON alone
     load_before = os.getloadavg()
+    numpy_runs = numpy_import_cpu()
     with tempfile.TemporaryDirectory(prefix="fedbus-footprint-") as tmp:
         results = run(args, Path(tmp))
     results["targets"] = targets(results)
-    numpy_cpu = numpy_import_cpu()
+    numpy_cpu = round(min(numpy_runs + numpy_import_cpu()), 3)  # 3 before the run, 3 after
     warm = results["ready_seconds"]["digits_mlp_warm"]["cpu_min"]
     results["reference"] = {
         "cpu_import_numpy": numpy_cpu,

@@ -1,10 +1,12 @@
 """A device imports only what a trainer needs (issue 15): ``fedbus run`` of a trainer loads
 neither the aggregator role nor the Prometheus client (metrics off), nor SciPy / scikit-learn,
-nor what it imports only when used (the P2P role, SecAgg+, structlog's optional rich /
-pygments / greenlet); ``Metrics.off()`` counts nothing."""
+nor what it imports only when used (the P2P role, SecAgg+, X.509 and the certificate code
+without identities, structlog's optional rich / pygments / greenlet); ``Metrics.off()``
+counts nothing; numpy's BLAS threads are quieted before numpy loads."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from agent.config import AgentConfig, MetricsConfig, PluginConfig
 from agent.node_base import node_metrics
 from agent.role import Role
+from agent.runtime.blas import THREAD_TIMEOUT, VARIABLE, quiet_blas_threads
 from agent.runtime.metrics import Metrics
 
 #: What ``fedbus run`` imports for a trainer (``agent.cli.main.run``), and the plugin loader.
@@ -22,9 +25,12 @@ RUN_PATH = (
 #: Never on a trainer's run path: packages (and everything under them) ...
 FORBIDDEN = ("prometheus_client", "scipy", "sklearn", "dp_accounting", "rich", "pygments")
 FORBIDDEN += ("greenlet", "attr")
-#: ... and agent modules loaded only by the role or the round that needs them.
+#: ... and agent modules loaded only by the role or the round that needs them (X.509 and
+#: the certificate code only with identities on: ``agent.roles.trainer.identified``).
 LAZY = ("agent.roles.aggregator", "agent.roles.peer", "agent.roles.trainer.secure_fit")
-LAZY += ("agent.secagg.client",)
+LAZY += ("agent.secagg.client", "cryptography.x509", "agent.identity.local")
+LAZY += ("agent.identity.verifier", "agent.identity.certificates", "agent.ledger.head")
+LAZY += ("agent.runtime.renewer", "agent.strategy.base", "agent.strategy.update")
 
 
 def loaded(code: str) -> list[str]:
@@ -77,3 +83,31 @@ def test_node_metrics_are_off_without_a_port(tmp_path: Path) -> None:
     )
     assert node_metrics(config).registry is None
     assert node_metrics(config, always=True).registry is not None
+
+
+def test_blas_threads_are_quieted_unless_the_user_chose() -> None:
+    env: dict[str, str] = {}
+    assert quiet_blas_threads(env)
+    assert env == {VARIABLE: THREAD_TIMEOUT}
+    mine = {VARIABLE: "28"}
+    assert not quiet_blas_threads(mine)
+    assert mine == {VARIABLE: "28"}
+    threads = {"OPENBLAS_NUM_THREADS": "4"}
+    assert not quiet_blas_threads(threads)
+    assert VARIABLE not in threads
+
+
+def test_the_entry_point_quiets_blas_before_numpy_is_imported() -> None:
+    """OpenBLAS reads the variable when numpy loads it: ``fedbus`` sets it first."""
+    probe = (
+        "import os, sys\n"
+        "sys.argv = ['fedbus', '--version']\n"
+        "import agent.cli.main\n"
+        "numpy_before = 'numpy' in sys.modules\n"
+        "try:\n    agent.cli.main.main()\nexcept SystemExit:\n    pass\n"
+        f"print(numpy_before, os.environ.get({VARIABLE!r}))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
+    args = [sys.executable, "-c", probe]
+    done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60, env=env)
+    assert done.stdout.split()[-2:] == ["False", THREAD_TIMEOUT]

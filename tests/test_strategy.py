@@ -19,16 +19,13 @@ from agent.roles.aggregator.cohort import cohort_size, sample_cohort
 from agent.roles.aggregator.persistence import Checkpoint, RunStore
 from agent.roles.aggregator.records import GlobalState
 from agent.state import read_weights
-from agent.strategy import (
+from agent.strategy.adaptive import FedAdagrad, FedAdam, FedYogi
+from agent.strategy.base import Strategy
+from agent.strategy.factory import build_strategy
+from agent.strategy.fedavg import FedAvg, FedAvgM
+from agent.strategy.update import (
     AggregatedUpdate,
     ClientResult,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedYogi,
-    Strategy,
-    build_strategy,
     mean_update,
     model_delta,
     weighted_mean,

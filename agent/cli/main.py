@@ -15,6 +15,7 @@ import click
 from agent import __version__
 from agent.errors import FedbusError
 from agent.redact import redact
+from agent.runtime.blas import quiet_blas_threads
 
 #: Every command but ``run``, as ``module:attribute``, imported only when it is asked for:
 #: ``fedbus run`` on a device loads none of them (the demo alone would load the aggregator).
@@ -97,6 +98,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 def main() -> None:
     """The console-script entry point."""
+    quiet_blas_threads()  # before anything imports numpy (agent.runtime.blas)
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -7,13 +7,16 @@ A private key is PKCS#8, unencrypted, mode 0600 from the moment it exists; publi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.atomic import PRIVATE, write_atomic
 from agent.errors import IdentityError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 #: Every fedbus key: ECDSA over P-256.
 PrivateKey = ec.EllipticCurvePrivateKey
@@ -47,6 +50,8 @@ def load_private_key(path: Path) -> PrivateKey:
 
 def load_certificate(path: Path) -> x509.Certificate:
     """Raises ``IdentityError`` (reason ``unreadable``)."""
+    from cryptography import x509  # at use: a trainer without identities never loads X.509
+
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError) as exc:

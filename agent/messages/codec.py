@@ -7,6 +7,7 @@ anything from the payload (msgpack only; no pickle anywhere).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -32,7 +33,14 @@ from agent.messages.tensors import to_array
 
 _encoder = msgspec.msgpack.Encoder()
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
-_body_decoders = {kind: msgspec.msgpack.Decoder(t) for kind, t in BODY_TYPES.items()}
+
+
+@functools.cache
+def _body_decoder(kind: Kind) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of ``kind``'s body, built when first needed: building one evaluates its
+    struct's annotations, about 5 ms at every start for all kinds, of which a trainer
+    decodes a few (issue 15)."""
+    return msgspec.msgpack.Decoder(BODY_TYPES[kind])
 
 
 def encode(
@@ -110,7 +118,7 @@ def decode_body(kind: Kind, data: bytes) -> Body:
     if cached and (body := _RECENT.get(key)) is not None:
         return body
     try:
-        body = validate_body(_body_decoders[kind].decode(data))
+        body = validate_body(_body_decoder(kind).decode(data))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"bad {kind} body: {exc}") from exc
     if cached:

@@ -13,12 +13,14 @@ timestamp, role, revocation) before any handler runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+if TYPE_CHECKING:
+    from cryptography import x509  # X.509 only with identities on (issue 15)
 
 MAGIC = "fedbus-signed/1"
 

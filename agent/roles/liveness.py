@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from agent.bus.base import LastWill
 from agent.config import AgentConfig
-from agent.identity.local import Credentials
 from agent.messages import topics
 from agent.messages.bodies import AgentStatus, AgentSummary, Liveness
 from agent.messages.codec import encode
@@ -32,11 +31,13 @@ from agent.messages.codec import encode
 
 def status_will(config: AgentConfig) -> Callable[[], LastWill]:
     """The agent's last will, built (and signed, with identities on) for each connection."""
-    credentials = (
-        Credentials.load(config.identity, agent_id=config.agent_id, federation=config.federation)
-        if config.identity.enabled
-        else None
-    )
+    credentials = None
+    if config.identity.enabled:  # X.509 only with identities on (issue 15)
+        from agent.identity.local import Credentials
+
+        credentials = Credentials.load(
+            config.identity, agent_id=config.agent_id, federation=config.federation
+        )
     topic = topics.STATUS.format(config.federation, config.agent_id)
 
     def will() -> LastWill:

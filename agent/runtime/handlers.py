@@ -9,19 +9,21 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import UnexpectedKindError
-from agent.identity.verifier import Verifier
 from agent.messages.envelope import Envelope, Message
 from agent.messages.kinds import TIMELESS_KINDS, Kind
 from agent.messages.signing import Signed
 from agent.messages.topics import TopicSpec
 from agent.role import Identity, Role
 from agent.runtime.assembly import ChunkSink, Transfer
+
+if TYPE_CHECKING:  # X.509 only with identities on (issue 15)
+    from agent.identity.verifier import Verifier
 
 log = structlog.get_logger(__name__)
 

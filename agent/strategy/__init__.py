@@ -1,37 +1,6 @@
-"""Server-side strategies behind one ``Strategy`` protocol, fed one ``AggregatedUpdate`` per
-round by both fit paths (plain and SecAgg+)."""
+"""Server-side strategies behind one ``Strategy`` protocol (``agent.strategy.base``), fed one
+``AggregatedUpdate`` (``agent.strategy.update``) per round by both fit paths (plain and
+SecAgg+); ``agent.strategy.factory.build_strategy`` makes the configured one.
 
-from agent.strategy.adaptive import Adaptive, FedAdagrad, FedAdam, FedYogi, SecondMoment
-from agent.strategy.base import ServerOptimizer, Strategy, StrategyState
-from agent.strategy.factory import build_strategy
-from agent.strategy.fedavg import FedAvg, FedAvgM
-from agent.strategy.update import (
-    AggregatedUpdate,
-    ClientResult,
-    Delta,
-    mean_update,
-    model_delta,
-    split,
-    weighted_mean,
-)
-
-__all__ = [
-    "Adaptive",
-    "AggregatedUpdate",
-    "ClientResult",
-    "Delta",
-    "FedAdagrad",
-    "FedAdam",
-    "FedAvg",
-    "FedAvgM",
-    "FedYogi",
-    "SecondMoment",
-    "ServerOptimizer",
-    "Strategy",
-    "StrategyState",
-    "build_strategy",
-    "mean_update",
-    "model_delta",
-    "split",
-    "weighted_mean",
-]
+The package re-exports nothing, so a trainer, which needs only ``agent.strategy.carried``,
+does not import every strategy (issue 15)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import structlog
 
@@ -35,7 +34,7 @@ from agent.roles.aggregator.outcome import Outcome, RoundFailure
 from agent.roles.aggregator.participation import weights_for
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.plain_round import bounded
-from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundRecord, RunSummary
+from agent.roles.aggregator.records import GlobalState, RoundRecord, RunSummary
 from agent.roles.aggregator.robust_fit import guarded_step
 from agent.roles.aggregator.round import InForce, RoundParts
 from agent.roles.aggregator.schedule import (
@@ -46,6 +45,7 @@ from agent.roles.aggregator.schedule import (
     live,
     wait_for_cohort,
 )
+from agent.roles.aggregator.training import OpenFits
 from agent.runtime.handlers import ListenerRegistry, RoundPolicy
 from agent.runtime.tasks import task_group
 
@@ -53,16 +53,6 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between the dispatcher's looks at free agents and expired fits.
 POLL = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """One agent training: the version it was sent, when its fit expires (monotonic), and
-    its admission (a newer one: it restarted and lost the fit)."""
-
-    base_version: int
-    deadline: float
-    admitted: AgentRecord | None
 
 
 class Buffered:
@@ -73,8 +63,8 @@ class Buffered:
         self._parts, self._now = parts, now
         self.settings: AsyncConfig = parts.schedule.async_
         self.secure = parts.schedule.secure_aggregation is SecureAggregation.SECAGG_PLUS
-        #: agents training now, by agent id
-        self.training: dict[str, Slot] = {}
+        #: agents training now (``training.OpenFits``)
+        self.training = OpenFits()
         #: SecAgg+: agents holding an update for a buffer whose secure round has not ended
         self.holding = Holders()
         #: the recent model versions (a plain update's delta is against its base)
@@ -102,7 +92,7 @@ class Buffered:
     # -- listeners ----------------------------------------------------------------------
 
     def _admit(self, sender: str, base_version: int, *, plain: bool) -> int:
-        """The staleness τ of ``sender``'s update from ``base_version``; frees its slot.
+        """The staleness τ of ``sender``'s update from ``base_version``; closes its fit.
 
         Raises:
             RefusedError: the reason it is not counted.
@@ -110,12 +100,7 @@ class Buffered:
         if plain == self.secure:
             reason = "plaintext_in_secure_round" if plain else "not_secure"
             raise RefusedError(reason, "the update does not match secure_aggregation")
-        slot = self.training.get(sender)
-        if slot is None:
-            raise RefusedError("not_training", "no fit of this aggregator is open for it")
-        if base_version != slot.base_version:
-            raise RefusedError("wrong_model_version", f"sent version {slot.base_version}")
-        del self.training[sender]
+        self.training.close(sender, base_version)
         self._changed.set()
         tau = self._start + self._filled_count - base_version
         if tau > self.settings.max_staleness:
@@ -191,26 +176,17 @@ class Buffered:
         parts, clock = self._parts, time.monotonic()
         if self.full and not self.secure and not self._settling:
             return []
-        alive = set(live(parts))
-        for agent_id, slot in list(self.training.items()):
-            expired = clock >= slot.deadline
-            rejoined = parts.admission.agents.get(agent_id) is not slot.admitted
-            if expired or rejoined or agent_id not in alive:
-                del self.training[agent_id]
-                if expired:
-                    parts.liveness.missed(agent_id)
-                reason = "late" if expired else "rejoined" if rejoined else "gone"
-                log.info("fit_given_up", agent=agent_id, reason=reason)
+        alive, admitted = set(live(parts)), parts.admission.agents
+        for agent_id in self.training.give_up(now=clock, alive=alive, admitted=admitted):
+            parts.liveness.missed(agent_id)
         room = self.settings.concurrency - len(self.training)
-        busy = self.training.keys() | set(self.holding)  # a plain update's agent is free again
+        busy = set(self.training) | set(self.holding)  # a plain update's agent is free again
         free = sorted(a for a in alive if a not in busy)
         chosen = sorted(parts.rng.sample(free, min(room, len(free)))) if room > 0 else []
         if chosen:
             version = self._now.model.version
             deadline = clock + parts.schedule.round_timeout
-            for agent_id in chosen:
-                admitted = parts.admission.agents.get(agent_id)
-                self.training[agent_id] = Slot(version, deadline, admitted)
+            self.training.start(chosen, version=version, deadline=deadline, admitted=admitted)
             self.history.setdefault(version, self._now.model)
             self.participation.sent(chosen)
             ins = fit_ins(parts.schedule, self._now.model, hold=self.secure)
@@ -337,7 +313,7 @@ class Buffered:
     def _forget_old(self) -> None:
         """Keep the versions an update may still be trained from (``max_staleness``)."""
         keep = self._now.model.version - self.settings.max_staleness
-        needed = {s.base_version for s in self.training.values()}
+        needed = self.training.versions()
         for v in [v for v in self.history if v < keep and v not in needed]:
             del self.history[v]
 

@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.errors import LedgerBehindError, LedgerError
-from agent.ledger.head import LedgerHead
 from agent.messages.bodies import GlobalModel
 from agent.messages.envelope import Message
 from agent.messages.tensors import digest, to_arrays
@@ -19,6 +19,9 @@ from agent.plugin.api import Weights
 from agent.roles.trainer.status import Progress
 from agent.runtime.tasks import finish_in_thread
 from agent.state import write_weights
+
+if TYPE_CHECKING:  # the ledger (and X.509) only with identities on (issue 15)
+    from agent.ledger.head import LedgerHead
 
 log = structlog.get_logger(__name__)
 

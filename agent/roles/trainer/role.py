@@ -43,8 +43,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from agent.bus.backoff import Backoff
 from agent.bus.base import Bus
 from agent.config import AgentConfig
-from agent.identity.local import Credentials
-from agent.ledger.head import HEAD_FILE, LedgerHead
 from agent.messages import topics
 from agent.messages.bodies import (
     EvaluateIns,
@@ -58,6 +56,7 @@ from agent.messages.bodies import (
 from agent.messages.envelope import Message
 from agent.messages.kinds import Kind
 from agent.plugin.loader import CheckedPlugin
+from agent.roles.trainer import identified
 from agent.roles.trainer.attempt import JoinAttempts, keeps
 from agent.roles.trainer.catchup import LedgerCatchUp
 from agent.roles.trainer.evaluate import evaluate
@@ -71,7 +70,6 @@ from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, S
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.reassembly import Limits
-from agent.runtime.renewer import renewer_for
 from agent.runtime.tasks import Worker, task_group
 
 log = structlog.get_logger(__name__)
@@ -94,11 +92,7 @@ class Trainer:
         self._plugin = plugin
         self._fed = config.federation
         self._id = config.agent_id
-        credentials = (
-            Credentials.load(config.identity, agent_id=self._id, federation=self._fed)
-            if config.identity.enabled
-            else None
-        )
+        credentials = identified.credentials(config)  # None with identities off
         self._outbox = Outbox(
             bus,
             federation=self._fed,
@@ -114,15 +108,11 @@ class Trainer:
             progress=self._progress,
             wait=config.trainer.model_wait,
             path=config.state_dir / "global_model.npz",
-            ledger=LedgerHead(config.state_dir / HEAD_FILE, credentials.ca)
-            if credentials
-            else None,
+            ledger=identified.ledger_head(config, credentials),
         )
         self._work = Worker("trainer")
         #: renews the certificate before it expires (identities on; reloads ``tls`` too)
-        self._renewer = (
-            renewer_for(config, self._outbox, credentials.ca, tls) if credentials else None
-        )
+        self._renewer = identified.renewer(config, self._outbox, credentials, tls)
         self._fits = FitPath(
             config=config,
             plugin=plugin,
