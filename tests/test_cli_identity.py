@@ -90,6 +90,14 @@ def test_ca_init_creates_the_ca_identities_and_registry_and_refuses_to_overwrite
     assert (path / "ca.pem").read_bytes() == before
 
 
+def test_ca_fingerprint_prints_the_pin_ca_init_printed(ca_dir: Path, tmp_path: Path) -> None:
+    """An operator who did not keep `ca init`'s output gets the fingerprint back (from ca.pem
+    alone); without a CA there it is one error line."""
+    assert ok("ca", "fingerprint", "--dir", ca_dir).strip() == load_ca(ca_dir).fingerprint
+    line = one_error_line(fedbus("ca", "fingerprint", "--dir", tmp_path / "none"))
+    assert "ca.pem" in line
+
+
 def test_token_create_prints_only_a_token_that_the_registry_redeems(ca_dir: Path) -> None:
     """`token create` prints one line, the token, which redeems once for its agent id;
     --ttl takes s/m/h/d suffixes and refuses nonsense; a bad agent id, and the aggregator's

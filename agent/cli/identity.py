@@ -115,6 +115,18 @@ def ca_init(federation: str, ca_dir: Path, aggregator_id: str, valid_days: int) 
     )
 
 
+@ca_group.command("fingerprint")
+@ca_dir_option
+def ca_fingerprint(ca_dir: Path) -> None:
+    """Print the CA fingerprint (SHA-256 of ca.pem's DER) that devices pin with
+    --ca-fingerprint; reads only the certificate, never the key."""
+    from agent.identity.ca_dir import CA_CERT
+    from agent.identity.certificates import fingerprint
+    from agent.identity.pem import load_certificate
+
+    click.echo(fingerprint(load_certificate(ca_dir / CA_CERT)))
+
+
 @ca_group.command("sign")
 @click.argument(
     "csr_path", metavar="CSR.pem", type=click.Path(exists=True, dir_okay=False, path_type=Path)

@@ -14,7 +14,11 @@ cheap to admit: at 1,000 agents on mosquitto, joins whose QoS 1 acknowledgement 
 10 s were re-sent, and each re-admission cost a 400 KB model (4,965 admissions; issue 15).
 An admitted agent's repeated joins while its answer is still going out (a chunked model
 takes seconds) or within ``rejoin_interval`` (5 s) after it went are not answered at all
-(``join_ignored reason=duplicate``, logged once per agent and window). (With 1 s and no
+(``join_ignored reason=duplicate``, logged once per agent and window), nor are joins of an
+earlier attempt than the one answered (by the agent's envelope timestamp) within that window:
+a NATS bus re-publishes an agent's recent joins after a reconnect, when the agent has already
+joined afresh (20 devices of a fleet started before their broker's auth callout was served:
+each admitted 3 times, a model each time). (With 1 s and no
 attempts, a fleet process still digesting its members' first answers re-sent their joins
 and each was admitted again: 1,153 admissions for 300 agents; issue 15. A 10M-parameter
 trainer retrying during its 40 MB model push got the model 4 or 5 times over on mosquitto;
@@ -91,6 +95,8 @@ class Admission:
         #: joins not answered because they repeated an answered one, by agent id
         self.duplicates: dict[str, int] = {}
         self._attempts: dict[str, str] = {}  # agent id -> the JoinRequest.attempt answered
+        #: agent id -> the envelope timestamp of the newest join answered (its clock)
+        self._stamps: dict[str, float] = {}
         #: join_accepted sent, and models sent with them, in this run
         self.answers = self.models_sent = 0
 
@@ -200,10 +206,16 @@ class Admission:
         attempted = known and bool(body.attempt)
         same = self._attempts.get(body.agent_id) == body.attempt
         fresh, retry = attempted and not same, attempted and same
-        if known and self._duplicate(body.agent_id, window=not fresh):
+        # An attempt built before the one answered last is a replay of an earlier one (a NATS
+        # bus re-publishes its recent messages after a reconnect, old joins included, while
+        # the agent joins afresh): within the window it is a duplicate too.
+        stamp = message.envelope.timestamp
+        older = stamp < self._stamps.get(body.agent_id, float("-inf"))
+        if known and self._duplicate(body.agent_id, window=not fresh or older):
             return
         self._answered[body.agent_id] = time.monotonic()
         self._attempts[body.agent_id] = body.attempt
+        self._stamps[body.agent_id] = max(stamp, self._stamps.get(body.agent_id, stamp))
         self.agents[body.agent_id] = AgentRecord(body.num_examples, time.time())
         held = (body.held_version, body.held_sha256) == (model.version, model.sha256)
         self._answering.add(body.agent_id)
