@@ -18,11 +18,8 @@ from agent.errors import IdentityError
 from agent.identity.local import Credentials
 from agent.ledger.book import RoundLedger
 from agent.messages import topics
-from agent.messages.bodies import AgentStatus, ChunkAck, EvaluateRes, Liveness, RoundPhase
-from agent.messages.envelope import Message
-from agent.messages.kinds import Kind
+from agent.messages.bodies import RoundPhase
 from agent.messages.signing import Signer
-from agent.messages.topics import classify
 from agent.plugin.api import Weights
 from agent.role import Identity, Role
 from agent.roles.aggregator.admission import Admission
@@ -31,6 +28,7 @@ from agent.roles.aggregator.evaluation import FederatedEvaluation
 from agent.roles.aggregator.fit import CohortFit
 from agent.roles.aggregator.persistence import RunStore
 from agent.roles.aggregator.private_update import privacy_engine
+from agent.roles.aggregator.receive import AggregatorListeners
 from agent.roles.aggregator.records import AgentRecord, GlobalState, RoundObserver, RunSummary
 from agent.roles.aggregator.rejoin import InboxReplay
 from agent.roles.aggregator.resume import open_run
@@ -40,10 +38,10 @@ from agent.roles.aggregator.status import StatusBoard
 from agent.roles.liveness import LivenessTracker
 from agent.runtime.fairness import FairnessLimits, FairQueue
 from agent.runtime.heap import return_large_frees
-from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy, Security
+from agent.runtime.listeners import Dispatcher, Security
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
-from agent.runtime.reassembly import Limits, Transfer
+from agent.runtime.reassembly import Limits
 from agent.runtime.tasks import task_group
 from agent.strategy.base import Strategy
 from agent.strategy.factory import build_strategy
@@ -190,22 +188,11 @@ class Aggregator:
         self.status_changed = self.board.text_changed  # pushes systemd's STATUS= (sdnotify)
         self._reconnected_at = float("-inf")
         bus.on_connect(self._on_connect)
-        registry = ListenerRegistry()
-        registry.register(Kind.JOIN, self.admission.on_join, rounds=RoundPolicy.ANY)
         self.buffered = buffered(self._parts, self._now)  # None unless mode = "async"
-        if self.buffered is None:
-            registry.register(Kind.MODEL_UPDATE, self.fit.on_update, rounds=RoundPolicy.CURRENT)
-            registry.stream(Kind.MODEL_UPDATE, self.fit.stream_update)  # folded as it comes
-        else:  # FedBuff: updates of older versions, and update_ready
-            self.buffered.register(registry)
-        registry.register(Kind.METRICS, self._on_metrics, rounds=RoundPolicy.CURRENT)
-        registry.register(Kind.STATUS, self._on_status, rounds=RoundPolicy.ANY)
-        for kind in (Kind.ADVERTISE_KEYS, Kind.SHARE_KEYS, Kind.MASKED_INPUT, Kind.UNMASK):
-            registry.register(kind, self.fit.on_secagg, rounds=RoundPolicy.CURRENT)
-        self._parts.serve_ledger(registry)  # trainers that missed records fetch them
+        listeners = AggregatorListeners(self._parts, federation=fed, buffered=self.buffered)
         self.dispatcher = Dispatcher(
             federation=fed,
-            registry=registry,
+            registry=listeners.registry(),
             current_round=lambda: self._now.round,
             max_payload=config.max_payload,
             security=(
@@ -221,7 +208,7 @@ class Aggregator:
             ),
             seen=self.liveness.touch,
             transfer=Limits.of(config.transfer),
-            on_chunk=self._ack_chunks,
+            on_chunk=listeners.on_chunk,
         )
 
     @property
@@ -269,15 +256,7 @@ class Aggregator:
             await self._bus.subscribe(spec.filter(self._fed))
         with structlog.contextvars.bound_contextvars(federation=self._fed, role="aggregator"):
             async with task_group() as tg:
-                tasks = [
-                    tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive"),
-                    tg.create_task(self._mark_ready(), name="aggregator-ready"),
-                    tg.create_task(
-                        self.board.report(self._outbox, every=self._schedule.status_every),
-                        name="aggregator-status",
-                    ),
-                    tg.create_task(self._handle_revocations(), name="aggregator-revocations"),
-                ]
+                tasks = self._serve(tg)
                 try:
                     return await self._federate()
                 finally:
@@ -295,14 +274,19 @@ class Aggregator:
         self.board.changed()
         with structlog.contextvars.bound_contextvars(federation=self._fed, role="aggregator"):
             async with task_group() as tg:
-                tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive")
-                tg.create_task(self._mark_ready(), name="aggregator-ready")
-                tg.create_task(
-                    self.board.report(self._outbox, every=self._schedule.status_every),
-                    name="aggregator-status",
-                )
-                tg.create_task(self._handle_revocations(), name="aggregator-revocations")
+                self._serve(tg)
         return None
+
+    def _serve(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """The tasks of a running aggregator, in run and idle alike: the receive pipeline,
+        systemd readiness, ``federation_status`` and revocations."""
+        every = self._schedule.status_every
+        return [
+            tg.create_task(self.dispatcher.run(self._bus), name="aggregator-receive"),
+            tg.create_task(self._mark_ready(), name="aggregator-ready"),
+            tg.create_task(self.board.report(self._outbox, every=every), name="aggregator-status"),
+            tg.create_task(self._handle_revocations(), name="aggregator-revocations"),
+        ]
 
     async def _federate(self) -> RunSummary:
         opened = self.opened
@@ -326,31 +310,3 @@ class Aggregator:
     async def _mark_ready(self) -> None:
         await self._bus.wait_connected()
         self.ready.set()
-
-    # -- listeners that span parts (the others are the parts' own) ----------------------
-
-    async def _on_metrics(self, message: Message[EvaluateRes]) -> None:
-        if message.sender not in self.admission.agents:
-            log.warning("metrics_rejected", agent=message.sender, reason="not_admitted")
-            return
-        self._evaluation.on_metrics(message.sender, message.body)
-
-    async def _ack_chunks(self, transfer: Transfer, kept: int) -> None:
-        """Tell a trainer's chunked upload its new grant (``runtime.credit_pool``)."""
-        where = classify(transfer.topic, self._fed)
-        if where is None or where[0].publisher is not Role.TRAINER:
-            return
-        ack = ChunkAck(transfer=transfer.manifest.transfer, received=kept, grant=transfer.grant)
-        await self._outbox.try_send(
-            topics.INBOX, ack, round=transfer.envelope.round, agent_id=transfer.sender
-        )
-
-    async def _on_status(self, message: Message[AgentStatus]) -> None:
-        sender, body = message.sender, message.body
-        if not self.liveness.update(sender, body):
-            return
-        log.info("agent_status", agent=sender, state=str(body.state), detail=body.detail)
-        if body.state is Liveness.OFFLINE:
-            self.fit.on_offline(sender)
-            self._evaluation.forget(sender)
-        self.board.changed()

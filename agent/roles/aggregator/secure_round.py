@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -44,6 +43,7 @@ from agent.messages.bodies import (
 )
 from agent.messages.tensors import to_array
 from agent.roles.aggregator.private_update import SecureLayout
+from agent.roles.aggregator.stage_log import StageLog
 from agent.runtime.metrics import Metrics
 from agent.runtime.outbox import Outbox
 from agent.runtime.tasks import task_group
@@ -301,9 +301,7 @@ class SecureRound:
             for agent_id, value in per_agent.items():
                 tg.create_task(one(agent_id, build(value)))
         if self._stage is not None:
-            self._stage.relay_seconds = time.monotonic() - started
-            self._stage.relayed = sum(1 for size in sizes if size is not None)
-            self._stage.relay_bytes = sum(size for size in sizes if size is not None)
+            self._stage.relayed_by(sizes, time.monotonic() - started)
 
     async def _broadcast(self, body: Body) -> None:
         """Send one body the whole cohort reads (``unmask_request``: the same for every
@@ -311,54 +309,11 @@ class SecureRound:
         started = time.monotonic()
         size = await self._outbox.try_send(topics.SECAGG_UNMASK_REQUEST, body, round=self._round)
         if self._stage is not None:
-            self._stage.relay_seconds = time.monotonic() - started
-            self._stage.relayed = 0 if size is None else 1
-            self._stage.relay_bytes = size or 0
+            self._stage.relayed_by([size], time.monotonic() - started)
 
     def _log_stage(self) -> None:
         record, self._stage = self._stage, None
         now = time.monotonic()
         self._stage_started = now
-        if record is None:
-            return
-        lost = self.state.dropouts.get(record.stage, frozenset())
-        log.info(
-            "secagg_stage_closed",
-            stage=str(record.stage),
-            seconds=round(now - record.started, 6),
-            collect_seconds=round(record.collect_seconds, 6),
-            close_seconds=round(record.close_seconds, 6),
-            relay_seconds=round(record.relay_seconds, 6),
-            expected=record.expected,
-            answered=record.answered,
-            relayed=record.relayed,
-            relay_bytes=record.relay_bytes,
-            timed_out=record.timed_out,
-            dropout_count=len(lost),
-            dropouts=sorted(lost),
-        )
-
-
-@dataclass(slots=True)
-class StageLog:
-    """What one stage's ``secagg_stage_closed`` line reports (seconds: ``time.monotonic``).
-
-    Attributes:
-        stage: the stage.  started: when its collecting began.
-        expected: the members whose message it waited for.  answered: those whose came.
-        collect_seconds: waiting for the messages; close_seconds: the server's ``close_*``
-            (``finish`` for unmask: reconstruction and mask removal); relay_seconds: sending
-            the next stage's relays, ``relayed`` messages of ``relay_bytes`` in all.
-        timed_out: the deadline passed before every expected member answered.
-    """
-
-    stage: Stage
-    started: float
-    expected: int
-    answered: int = 0
-    collect_seconds: float = 0.0
-    close_seconds: float = 0.0
-    relay_seconds: float = 0.0
-    relayed: int = 0
-    relay_bytes: int = 0
-    timed_out: bool = False
+        if record is not None:
+            record.report(now, self.state.dropouts.get(record.stage, frozenset()))
