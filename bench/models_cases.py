@@ -113,7 +113,7 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
     # round → [(event, seconds after the round's first update manifest)]: where a round's
     # update transfer time goes (manifest in, last chunk kept, update folded)
     events: dict[int, list[tuple[str, float]]] = {}
-    add = Reassembly.add
+    settle = Reassembly.settle
 
     def note(event: str, sender: str, slot: int) -> None:
         if first:
@@ -128,10 +128,10 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
             note("manifest", topic.rsplit("/", 1)[-1], 0)
         return begin(self, topic, envelope, *a, **k)
 
-    def on_add(self: Any, topic: str, *a: Any, **k: Any) -> Any:
-        transfer = add(self, topic, *a, **k)
-        if transfer is not None and not transfer.missing and "/update/" in topic:
-            note("complete", topic.rsplit("/", 1)[-1], 1)
+    def on_settle(self: Any, pending: Any, **k: Any) -> Any:
+        transfer = settle(self, pending, **k)
+        if transfer is not None and not transfer.missing and "/update/" in transfer.topic:
+            note("complete", transfer.topic.rsplit("/", 1)[-1], 1)
         return transfer
 
     def done(inner: Any) -> Any:
@@ -143,7 +143,7 @@ async def aggregator_child(args: argparse.Namespace) -> dict[str, Any]:
         return wrapped
 
     Reassembly.begin = on_begin  # type: ignore[method-assign]
-    Reassembly.add = on_add  # type: ignore[method-assign]
+    Reassembly.settle = on_settle  # type: ignore[method-assign]
     PlainRound._keep = done(plain)  # type: ignore[method-assign]
     SecureRound.on_masked_input = done(secure)  # type: ignore[method-assign]
     config = config_for(args, Role.AGGREGATOR, "aggregator")

@@ -26,7 +26,7 @@ from agent.runtime.credit_pool import STALL, CreditPool
 from agent.runtime.credits import Credits
 from agent.runtime.listeners import Dispatcher, ListenerRegistry, RoundPolicy
 from agent.runtime.outbox import Outbox
-from agent.runtime.reassembly import Limits, Reassembly, Transfer
+from agent.runtime.reassembly import Limits, Pending, Reassembly, Transfer
 from tests.helpers import (
     LOOSE,
     Recorder,
@@ -93,6 +93,24 @@ def test_a_transfer_that_ends_gives_its_credit_to_the_others() -> None:
     assert pool.due() == ["B"]
     assert grant_b.granted == 2
     assert pool.in_flight == 20
+
+
+def test_by_default_one_sender_may_fill_the_budget_and_several_share_it() -> None:
+    """Without a per-transfer cap, a sender alone is granted the whole budget (32 chunks,
+    well beyond the 8 a fixed window allowed); three senders share it round robin."""
+    pool: CreditPool[str] = CreditPool(32 * 10)
+    pool.open("A", chunk_size=10, count=100)
+    assert pool.due() == ["A"]
+    alone = pool.get("A")
+    assert alone is not None
+    assert alone.granted == 32
+    for key in "BC":
+        pool.open(key, chunk_size=10, count=100)
+    pool.kept("A", 32)  # A's window comes back: the three now share the budget
+    pool.due()
+    granted = [g.outstanding for g in map(pool.get, "ABC") if g is not None]
+    assert sum(granted) == 32
+    assert max(granted) - min(granted) <= 1
 
 
 def test_a_budget_below_one_chunk_still_lets_every_transfer_progress() -> None:
@@ -193,11 +211,11 @@ async def test_over_a_real_broker_the_cohort_never_has_more_than_the_budget_in_f
     trainers published and the aggregator had not kept were never more than 2."""
     chunks = TransferConfig(chunk_size=CHUNK, timeout=30.0, in_flight=2 * CHUNK)
     counts = {"sent": 0, "kept": 0, "peak": 0}
-    add = Reassembly.add
+    settle = Reassembly.settle
 
-    def counted(self: Reassembly, topic: str, *a: Any, **k: Any) -> Transfer | None:
-        transfer = add(self, topic, *a, **k)
-        if transfer is not None and "/update/" in topic:
+    def counted(self: Reassembly, pending: Pending, *, kept: bool) -> Transfer | None:
+        transfer = settle(self, pending, kept=kept)
+        if transfer is not None and "/update/" in transfer.topic:
             counts["kept"] += 1
         return transfer
 
@@ -206,7 +224,7 @@ async def test_over_a_real_broker_the_cohort_never_has_more_than_the_budget_in_f
         counts["peak"] = max(counts["peak"], counts["sent"] - counts["kept"])
         return [(topic, payload, 0.0)]
 
-    monkeypatch.setattr(Reassembly, "add", counted)
+    monkeypatch.setattr(Reassembly, "settle", counted)
     agents = [f"a{i}" for i in range(6)]
     plugins = {
         a: CheckedPlugin("toy", SizedToy(i + 1, 1, [(600, 500), (7,)]))

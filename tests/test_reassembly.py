@@ -30,7 +30,7 @@ from agent.roles.aggregator.fold import RunningMean
 from agent.roles.aggregator.robust_fit import robust_update
 from agent.runtime.assembly import assemble
 from agent.runtime.listeners import ListenerRegistry, RoundPolicy
-from agent.runtime.reassembly import Limits, Reassembly
+from agent.runtime.reassembly import Limits, Reassembly, keep
 from agent.strategy.update import ClientResult, mean_update
 from tests.helpers import Recorder, unsealing_dispatcher
 
@@ -76,6 +76,35 @@ def test_chunks_in_any_order_and_repeated_rebuild_the_body(sealed: bool) -> None
     assert isinstance(rebuilt, ModelUpdate)
     for a, b in zip(to_arrays(rebuilt.tensors), to_arrays(body.tensors), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_a_chunk_being_kept_elsewhere_is_a_duplicate_until_settled() -> None:
+    """The receive loop checks a chunk (``check``), another thread keeps it (``keep``) and
+    the loop settles it: meanwhile a repeat of it is a duplicate (never folded twice); a
+    chunk whose hash failed may come again; a transfer dropped meanwhile settles to None."""
+    manifest, frames = built(update(), CHUNK, sealed=False)
+    reassembly = Reassembly()
+    reassembly.begin(TOPIC, envelope_of(manifest), manifest)
+    first = reassembly.check(TOPIC, frames[0])
+    assert first is not None
+    assert reassembly.check(TOPIC, frames[0]) is None  # in flight: a duplicate
+    keep(first)
+    transfer = reassembly.settle(first, kept=True)
+    assert transfer is not None
+    assert transfer.missing == len(frames) - 1
+    transfer_id, index, data = parse_frame(frames[1])
+    flipped = bytearray(data)
+    flipped[3] ^= 0x80
+    bad = reassembly.check(TOPIC, frame(transfer_id, index, bytes(flipped)))
+    assert bad is not None
+    with pytest.raises(ChunkMismatchError):
+        keep(bad)
+    assert reassembly.settle(bad, kept=False) is None
+    late = reassembly.check(TOPIC, frames[1])  # the genuine chunk is not a duplicate
+    assert late is not None
+    keep(late)
+    reassembly.close()  # dropped before it settled (the receiver stopped)
+    assert reassembly.settle(late, kept=True) is None
 
 
 def test_a_tampered_or_misplaced_chunk_is_refused_and_the_genuine_one_still_counts() -> None:

@@ -22,12 +22,14 @@ last-segment flag against truncation and reordering.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import numpy as np
@@ -236,6 +238,24 @@ def open_chunk_into(
     return memoryview(out)[:size]
 
 
+def _write_all(fd: int, data: bytes, offset: int) -> int:
+    """Write ``data`` at ``offset``; its length."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, memoryview(data)[done:], offset + done)
+    return done
+
+
+def _spooled(spool: IO[bytes], offsets: Sequence[int]) -> Iterator[bytes]:
+    """The frames written to ``spool`` (frame ``i`` from ``offsets[i]`` to ``offsets[i+1]``),
+    read back one at a time; the spool is closed once they are all read (or given up)."""
+    try:
+        for start, end in itertools.pairwise(offsets):
+            yield os.pread(spool.fileno(), end - start, start)
+    finally:
+        spool.close()
+
+
 def _slices(buffers: Sequence[memoryview], size: int) -> Iterator[bytes]:
     """The concatenation of ``buffers`` in pieces of ``size`` bytes (the last: the rest)."""
     pending: list[memoryview] = []
@@ -257,10 +277,12 @@ def _slices(buffers: Sequence[memoryview], size: int) -> Iterator[bytes]:
 def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, Iterable[bytes]]:
     """The manifest and the chunk frames of ``body``. With ``sealed`` the chunks are
     encrypted under a fresh content key, which the manifest carries (so the manifest must
-    then be sealed). The frames are cut again from the body as they are iterated (hashed
-    once here; sealed, encrypted twice: ChaCha20-Poly1305 under one key and nonce is
-    deterministic), so a sender holds one chunk, not a copy of the body; the body must not
-    change until they are sent.
+    then be sealed). In the clear, the frames are cut again from the body as they are
+    iterated (hashed once here), so a sender holds one chunk, not a copy of the body; the
+    body must not change until they are sent. Sealed, each frame is encrypted once, here,
+    and written to an unlinked spool file (disk, not memory) that the frames are read back
+    from as they are iterated: encrypting every chunk again as it was sent cost the sender
+    a second ChaCha20 pass on its event loop (0.7 ms per MB, measured).
 
     Raises:
         ValueError: more than ``MAX_CHUNKS`` chunks (see ``chunking_plan``).
@@ -272,10 +294,16 @@ def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, Itera
     key = ChaCha20Poly1305.generate_key() if sealed else None
     whole = hashlib.sha256()
     hashes = []
+    spool = None if key is None else tempfile.TemporaryFile()  # noqa: SIM115 - the frames close it
+    offsets = [0]
     for index, piece in enumerate(_slices(buffers, chunk_size)):
         whole.update(piece)
         data = piece if key is None else seal_chunk(key, transfer, index, plan.chunks, piece)
         hashes.append(hashlib.sha256(data).digest())
+        if spool is not None:
+            offsets.append(
+                offsets[-1] + _write_all(spool.fileno(), frame(transfer, index, data), offsets[-1])
+            )
     manifest = Manifest(
         transfer=transfer,
         kind=KIND_OF[type(body)],
@@ -286,11 +314,7 @@ def build(body: Body, chunk_size: int, *, sealed: bool) -> tuple[Manifest, Itera
         chunk_hashes=hashes,
         content_key=key,
     )
-    if key is not None:  # sealed again as sent: the same nonce and key give the same bytes
-        sealed_frames = (
-            frame(transfer, i, seal_chunk(key, transfer, i, plan.chunks, p))
-            for i, p in enumerate(_slices(buffers, chunk_size))
-        )
-        return manifest, sealed_frames
+    if spool is not None:
+        return manifest, _spooled(spool, offsets)
     cut = (frame(transfer, i, p) for i, p in enumerate(_slices(buffers, chunk_size)))
     return manifest, cut

@@ -36,5 +36,5 @@ class TransferConfig(
     max_message: Annotated[int, msgspec.Meta(ge=1)] = 4 << 30
     budget: Annotated[int, msgspec.Meta(ge=1)] = 8 << 30
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
-    in_flight: Annotated[int, msgspec.Meta(ge=1)] = 16 << 20
+    in_flight: Annotated[int, msgspec.Meta(ge=1)] = 32 << 20
     spool_dir: Path | None = None

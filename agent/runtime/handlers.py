@@ -1,6 +1,7 @@
 """What a role registers with its ``Dispatcher`` (``agent.runtime.listeners``): one handler
 per kind, the rounds it accepts (``RoundPolicy``), and what the receive loop enforces when
-identities are on (``Security``). Re-exported by ``agent.runtime.listeners``."""
+identities are on (``Security``, ``verify_sender``). Re-exported by
+``agent.runtime.listeners``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import UnexpectedKindError
-from agent.messages.envelope import Message
-from agent.messages.kinds import Kind
+from agent.messages.envelope import Envelope, Message
+from agent.messages.kinds import TIMELESS_KINDS, Kind
+from agent.messages.signing import Signed
+from agent.messages.topics import TopicSpec
+from agent.role import Identity, Role
 from agent.runtime.assembly import ChunkSink, Transfer
 
 if TYPE_CHECKING:  # X.509 only with identities on (issue 15)
@@ -110,3 +114,19 @@ class ListenerRegistry:
     @property
     def kinds(self) -> frozenset[Kind]:
         return frozenset(self._listeners)
+
+
+def verify_sender(
+    verifier: Verifier, signed: Signed | None, envelope: Envelope, spec: TopicSpec | None
+) -> Identity:
+    """Check ``envelope``'s signature for the topic it came on: its publisher's role (a
+    trainer for agent topics and unknown ones), the timestamp window unless the kind is
+    timeless. Raises the ``ProtocolError`` of ``Verifier.verify``."""
+    aggregator = spec is not None and spec.publisher is Role.AGGREGATOR
+    return verifier.verify(
+        signed,
+        sender=envelope.sender,
+        timestamp=envelope.timestamp,
+        publisher=Role.AGGREGATOR if aggregator else Role.TRAINER,
+        timeless=envelope.kind in TIMELESS_KINDS,
+    )

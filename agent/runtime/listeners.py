@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -37,14 +37,13 @@ from agent.errors import (
 from agent.messages import chunks
 from agent.messages.bodies import Manifest
 from agent.messages.codec import decode_body, decode_envelope
-from agent.messages.envelope import Envelope, Message
+from agent.messages.envelope import Message
 from agent.messages.kinds import TIMELESS_KINDS, Kind
 from agent.messages.sealing import SEALED_KINDS, open_sealed, seal_info
-from agent.messages.signing import Signed
-from agent.messages.topics import TopicSpec, classify
-from agent.role import Identity, Role
+from agent.messages.topics import classify
+from agent.role import Role
 from agent.runtime.assembly import rebuild
-from agent.runtime.chunk_lane import ChunkLane
+from agent.runtime.chunk_lane import ChunkLane, Keeping
 from agent.runtime.dedupe import SeenIds
 from agent.runtime.fairness import FairQueue
 from agent.runtime.handlers import Handler as Handler
@@ -52,12 +51,10 @@ from agent.runtime.handlers import Listener as Listener
 from agent.runtime.handlers import ListenerRegistry as ListenerRegistry
 from agent.runtime.handlers import RoundPolicy as RoundPolicy
 from agent.runtime.handlers import Security as Security
+from agent.runtime.handlers import verify_sender as verify_sender
 from agent.runtime.metrics import Metrics
 from agent.runtime.reassembly import Limits, Reassembly, Transfer
 from agent.runtime.tasks import task_group
-
-if TYPE_CHECKING:  # X.509 only with identities on (issue 15)
-    from agent.identity.verifier import Verifier
 
 log = structlog.get_logger(__name__)
 
@@ -69,26 +66,6 @@ ChunkHook = Callable[[Transfer, int], Awaitable[None]]
 DropHook = Callable[[BusMessage, str, str], Awaitable[None]]
 #: Payloads at least this large are checked and decoded in a worker thread.
 OFFLOAD_BYTES = 64 * 1024
-
-
-def verify_sender(
-    verifier: Verifier, signed: Signed | None, envelope: Envelope, spec: TopicSpec | None
-) -> Identity:
-    """Check ``envelope``'s signature for the topic it came on: its publisher's role (a
-    trainer for agent topics and unknown ones), the timestamp window unless the kind is
-    timeless. Raises the ``ProtocolError`` of ``Verifier.verify``."""
-    aggregator = spec is not None and spec.publisher is Role.AGGREGATOR
-    return verifier.verify(
-        signed,
-        sender=envelope.sender,
-        timestamp=envelope.timestamp,
-        publisher=Role.AGGREGATOR if aggregator else Role.TRAINER,
-        timeless=envelope.kind in TIMELESS_KINDS,
-    )
-
-
-def _nobody(sender: str) -> None:
-    del sender
 
 
 class Dispatcher:
@@ -136,7 +113,7 @@ class Dispatcher:
         self._lane: ChunkLane | None = None
         self._federation = federation
         self.fairness = fairness
-        self._seen_sender = seen or _nobody
+        self._seen_sender = seen or (lambda _: None)
         self.reassembly = Reassembly(
             transfer, on_drop=self._count_drop, flow_control=on_chunk is not None
         )
@@ -251,15 +228,17 @@ class Dispatcher:
         return await self._handle(listener, message)
 
     async def _chunk(self, raw: BusMessage) -> bool:
-        """Keep one chunk; when its transfer is complete, rebuild the message and handle it
-        (while ``run`` is active: in its ``ChunkLane``, and acknowledgements there too)."""
+        """Keep one chunk: while ``run`` is active, checked here, then hashed and kept by the
+        lane's thread and settled there (``Keeping``); otherwise all in a worker thread, and a
+        complete transfer rebuilt and handled at once."""
         lane = self._lane
         try:
-            transfer = await asyncio.to_thread(self.reassembly.add, raw.topic, raw.payload)
-            self.metrics.bytes_received.labels("chunk").inc(len(raw.payload))
-            await self._grant()
-            if transfer is None or transfer.missing:
+            if lane is not None:
+                pending = self.reassembly.check(raw.topic, raw.payload)
+                if pending is not None:
+                    await lane.keep(pending)
                 return True
+            transfer = await asyncio.to_thread(self.reassembly.add, raw.topic, raw.payload)
         except ProtocolError as exc:
             self._drop(raw, exc.reason, str(exc))
             return False
@@ -267,8 +246,20 @@ class Dispatcher:
             log.exception("decode_failed_unexpectedly", topic=raw.topic)
             self._drop(raw, DecodeError.reason, repr(exc))
             return False
-        if lane is not None:
-            await lane.complete(transfer)
+        return transfer is None or await self._kept(transfer, len(raw.payload))
+
+    def _keeping(self) -> Keeping:
+        return Keeping(self.reassembly, kept=self._kept, drop=self._drop_at)
+
+    async def _kept(self, transfer: Transfer, size: int) -> bool:
+        """A chunk of ``size`` bytes kept: grants, and a complete transfer rebuilt and handled
+        (queued in the lane while ``run`` is active)."""
+        self.metrics.bytes_received.labels("chunk").inc(size)
+        await self._grant()
+        if transfer.missing:
+            return True
+        if self._lane is not None:
+            await self._lane.complete(transfer)
             return True
         return await self._finish(transfer)
 
@@ -339,7 +330,9 @@ class Dispatcher:
             messages = self.fairness.through(messages)
         try:
             async with task_group() as tg:
-                lane = self._lane = ChunkLane(tg, send_ack=self._on_chunk, finish=self._finish)
+                lane = self._lane = ChunkLane(
+                    tg, send_ack=self._on_chunk, finish=self._finish, keeping=self._keeping()
+                )
                 try:
                     async for raw in messages:
                         await self.dispatch(raw)

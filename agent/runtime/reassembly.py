@@ -54,7 +54,7 @@ from agent.role import Identity
 from agent.runtime.assembly import Transfer, stride
 from agent.runtime.credit_pool import CreditPool
 
-__all__ = ["DONE_MEMORY", "DropNote", "Limits", "Reassembly", "Transfer"]
+__all__ = ["DONE_MEMORY", "DropNote", "Limits", "Pending", "Reassembly", "Transfer", "keep"]
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +62,39 @@ log = structlog.get_logger(__name__)
 DONE_MEMORY = 256
 #: Called for each transfer dropped without a message in hand: (topic, reason, detail).
 DropNote = Callable[[str, str, str], None]
+#: ``Transfer.received`` of a chunk checked and not yet settled (0: missing, 1: kept).
+IN_FLIGHT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One chunk that passed ``Reassembly.check``: chunk ``index`` of ``transfer``, ``data``
+    as it came (a view of its frame of ``size`` bytes)."""
+
+    transfer: Transfer
+    index: int
+    data: memoryview
+    size: int
+
+
+def keep(pending: Pending) -> None:
+    """Check a chunk's data against its manifest hash and keep it: to its transfer's sink,
+    or written to its spool. Touches no ``Reassembly`` state, so it may run in another
+    thread than the receiver's (``agent.runtime.chunk_lane``); ``Reassembly.settle`` then
+    records the outcome.
+
+    Raises:
+        ChunkMismatchError: the data does not match its hash.
+        OSError, ValueError: the spool could not be written (closed: the transfer dropped).
+    """
+    transfer, index, data = pending.transfer, pending.index, pending.data
+    manifest = transfer.manifest
+    if hashlib.sha256(data).digest() != manifest.chunk_hashes[index]:
+        raise ChunkMismatchError(f"chunk {index} does not match its manifest hash")
+    if transfer.sink is not None:  # streaming aggregation: it spools the chunk
+        transfer.sink.kept(transfer, index, data)
+    else:
+        os.pwrite(transfer.spool.fileno(), data, index * stride(manifest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +114,7 @@ class Limits:
     budget: int = 8 << 30
     timeout: float = 300.0
     spool_dir: Path | None = None
-    in_flight: int = 16 << 20
+    in_flight: int = 32 << 20
 
     @classmethod
     def of(cls, config: TransferConfig) -> Limits:
@@ -184,13 +217,29 @@ class Reassembly:
     def add(self, topic: str, payload: bytes, *, now: float | None = None) -> Transfer | None:
         """Keep one chunk frame that came on ``topic``; its transfer, or None when the chunk
         was a duplicate. Once ``transfer.missing`` is 0 the transfer is complete and no longer
-        open: the caller ``assemble``s (which closes it) or ``close``s it.
+        open: the caller ``assemble``s (which closes it) or ``close``s it. (``check``, then
+        ``keep``, then ``settle``, in one go.)
 
         Raises:
             DecodeError: not a chunk frame.
             UnknownTransferError: no transfer with its id is open on ``topic``.
             ChunkMismatchError: an index out of range or data not matching its hash.
         """
+        pending = self.check(topic, payload, now=now)
+        if pending is None:
+            return None
+        try:
+            keep(pending)
+        except BaseException:
+            self.settle(pending, kept=False)
+            raise
+        return self.settle(pending, kept=True)
+
+    def check(self, topic: str, payload: bytes, *, now: float | None = None) -> Pending | None:
+        """The cheap checks of one chunk frame (its transfer open on ``topic``, its index in
+        range, its size); None for a duplicate. The chunk is then in flight: a repeat of it
+        is a duplicate until ``settle`` says whether it was kept. Raises what ``add`` raises
+        but ``ChunkMismatchError`` for a hash (that is ``keep``'s)."""
         now = time.monotonic() if now is None else now
         transfer_id, index, data = parse_frame(payload)
         transfer = self._open.get((topic, transfer_id))
@@ -203,7 +252,7 @@ class Reassembly:
         if index >= len(manifest.chunk_hashes):
             raise ChunkMismatchError(f"chunk {index} of {len(manifest.chunk_hashes)}")
         if transfer.received[index]:
-            return None  # a duplicate of a chunk already kept
+            return None  # a duplicate of a chunk already kept (or being kept)
         want = (
             stride(manifest)
             - manifest.chunk_size
@@ -211,12 +260,23 @@ class Reassembly:
         )
         if len(data) != want:
             raise ChunkMismatchError(f"chunk {index} holds {len(data)} bytes, not {want}")
-        if hashlib.sha256(data).digest() != manifest.chunk_hashes[index]:
-            raise ChunkMismatchError(f"chunk {index} does not match its manifest hash")
-        if transfer.sink is not None:  # streaming aggregation: it spools the chunk
-            transfer.sink.kept(transfer, index, data)
-        else:
-            os.pwrite(transfer.spool.fileno(), data, index * stride(manifest))
+        transfer.received[index] = IN_FLIGHT
+        return Pending(transfer, index, data, len(payload))
+
+    def is_open(self, transfer: Transfer) -> bool:
+        """Whether ``transfer`` is still open (not complete, dropped or closed)."""
+        return self._open.get(transfer.key) is transfer
+
+    def settle(self, pending: Pending, *, kept: bool) -> Transfer | None:
+        """Record whether ``keep`` kept ``pending``'s chunk (False: it may come again); its
+        transfer (complete once ``missing`` is 0, as ``add``'s), or None when the transfer
+        was dropped meanwhile (expired, superseded, closed)."""
+        transfer, index = pending.transfer, pending.index
+        if not self.is_open(transfer):
+            return None
+        if not kept:
+            transfer.received[index] = 0
+            return None
         transfer.received[index] = 1
         transfer.missing -= 1
         if self.credit is not None:

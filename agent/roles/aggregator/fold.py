@@ -92,9 +92,9 @@ class RunningMean:
         #: chunk streams that folded something and were not committed (``fold_stream``)
         self._pending: set[object] = set()
         #: a stream folded values that must not count (refused, cut off): rebuild at result
-        #: (set holding ``lock``)
         self.dirty = False
         self._worker: ThreadPoolExecutor | None = None
+        self._submitting = threading.Lock()  # held while ``_worker`` changes or is used
         self._on_close: list[Callable[[], None]] = []
         self._absolute = 0.0 if robust is None else robust.max_update_norm
 
@@ -186,7 +186,8 @@ class RunningMean:
             self._on_close.clear()
             if self._spool is not None:
                 self._spool.close()
-            worker, self._worker = self._worker, None
+            with self._submitting:
+                worker, self._worker = self._worker, None
         if worker is not None:
             worker.shutdown(wait=False)  # what is queued returns at once: sealed
 
@@ -209,8 +210,8 @@ class RunningMean:
 
     def submit(self, fn: Callable[[], None]) -> Future[None] | None:
         """Run ``fn`` holding ``lock`` in the one thread that folds chunks, after those
-        submitted before; None once closed (nothing runs)."""
-        with self.lock:
+        submitted before; None once closed (nothing runs). Never waits for a fold."""
+        with self._submitting:
             if self.sealed:
                 return None
             if self._worker is None:

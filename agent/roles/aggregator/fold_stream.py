@@ -7,7 +7,7 @@ A chunked ``model_update`` is checked chunk by chunk against its signed manifest
 aggregator knows where every array lies in the bulk and the update's weight. The receive
 loop only checks each chunk's hash and hands it to the transfer's sink, a ``FoldStream``;
 in the sum's one folding thread (``RunningMean.submit``; at most ``QUEUED`` chunks queued,
-each copied into a reused buffer, then the receive loop waits) each chunk is opened (when
+each in its bus payload, then the receiving thread waits) each chunk is opened (when
 sealed), spooled as plaintext at its place in the bulk (so the complete update is mapped
 as before, ``agent.mapped``), and each averaged array's share of it is checked (every
 value and its delta finite), measured (its Σ Δ² towards the delta's norm), folded (Σ +=
@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import queue
 import threading
 import weakref
 from concurrent.futures import Future
@@ -64,46 +63,24 @@ from agent.runtime.assembly import Transfer, is_mapped
 log = structlog.get_logger(__name__)
 
 _header = msgspec.msgpack.Decoder(ModelUpdate)
-#: Chunks queued for a sum's folding thread at most, each copied into one of as many
-#: reused buffers (``_Pool``): the receive loop waits for a free one (backpressure).
+#: Chunks queued for a sum's folding thread at most: the receiving thread waits for a free
+#: slot (backpressure). A queued chunk holds its bus payload (no copy: the payload is freed
+#: once its chunk is folded), so the queue holds at most ``QUEUED`` chunks' bytes.
 QUEUED = 16
 
-
-class _Pool:
-    """One sum's ``QUEUED`` chunk buffers. A chunk is copied out of its bus payload into one,
-    so the payload is freed at once by the receiving thread, as without streaming, and the
-    queued chunks are at most ``QUEUED`` buffers whatever their payloads hold."""
-
-    def __init__(self) -> None:
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._made = 0
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bytearray:
-        """A free buffer of at least ``size`` bytes; waits while all ``QUEUED`` are taken."""
-        try:
-            buffer = self._free.get_nowait()
-        except queue.Empty:
-            with self._lock:
-                fresh = self._made < QUEUED
-                self._made += fresh
-            buffer = bytearray(size) if fresh else self._free.get()
-        return buffer if len(buffer) >= size else bytearray(size)
-
-    def give(self, buffer: bytearray) -> None:
-        self._free.put(buffer)
+_slots: weakref.WeakKeyDictionary[RunningMean, threading.BoundedSemaphore] = (
+    weakref.WeakKeyDictionary()
+)
+_slots_lock = threading.Lock()
 
 
-_pools: weakref.WeakKeyDictionary[RunningMean, _Pool] = weakref.WeakKeyDictionary()
-_pools_lock = threading.Lock()
-
-
-def _pool(mean: RunningMean) -> _Pool:
-    with _pools_lock:
-        pool = _pools.get(mean)
-        if pool is None:
-            pool = _pools[mean] = _Pool()
-        return pool
+def _slots_of(mean: RunningMean) -> threading.BoundedSemaphore:
+    """``mean``'s ``QUEUED`` queue slots, shared by its streams."""
+    with _slots_lock:
+        slots = _slots.get(mean)
+        if slots is None:
+            slots = _slots[mean] = threading.BoundedSemaphore(QUEUED)
+        return slots
 
 
 #: the folding threads' plaintext buffers (one chunk each, reused: no allocation per chunk)
@@ -180,7 +157,7 @@ class FoldStream:
         self.weight = weight
         self.message_id = transfer.envelope.message_id
         self._mean = mean
-        self._pool = _pool(mean)
+        self._slots = _slots_of(mean)
         self._shares = shares
         self._key, self._transfer = manifest.content_key, manifest.transfer
         self._chunk, self._total = manifest.chunk_size, manifest.total_size
@@ -200,16 +177,13 @@ class FoldStream:
         return self._folded
 
     def kept(self, transfer: Transfer, index: int, data: memoryview) -> None:
-        """Queue a copy of chunk ``index`` for the folding thread (``ChunkSink``); waits
-        while ``QUEUED`` chunks are queued already."""
+        """Queue chunk ``index`` for the folding thread (``ChunkSink``); waits while
+        ``QUEUED`` chunks are queued already."""
         del transfer
-        buffer = self._pool.take(len(data))
-        size = len(data)
-        buffer[:size] = data
-        copy = memoryview(buffer)[:size]
-        future = self._mean.submit(lambda: self._take(index, copy, buffer))
+        self._slots.acquire()
+        future = self._mean.submit(lambda: self._take(index, data))
         if future is None:  # closed: nothing will run
-            self._pool.give(buffer)
+            self._slots.release()
         self._last = future or self._last
 
     def flush(self, transfer: Transfer) -> None:
@@ -239,13 +213,13 @@ class FoldStream:
         self._mean.commit(self, self.agent_id, norm, self.weight, self._offset)
         return norm
 
-    def _take(self, index: int, data: memoryview, buffer: bytearray) -> None:
+    def _take(self, index: int, data: memoryview) -> None:
         """In the folding thread, holding the sum's lock: open, spool and fold one chunk
-        (``data``, a view of ``buffer``, given back to the pool after)."""
+        (its queue slot freed after)."""
         try:
             self._take_one(index, data)
         finally:
-            self._pool.give(buffer)
+            self._slots.release()
 
     def _take_one(self, index: int, data: memoryview) -> None:
         if self._mean.sealed or self._fd is None:
