@@ -73,6 +73,30 @@ benchmarks and tests (a fleet process got about 0.25 of a core), 3 rounds each:
   (fc8454c, with h-speed's in-flight answer check), load 5.2: round 1 at 24.2 s, rounds
   8.98, 7.19, 6.92 s, 300/300 every round, 326 admissions and 326 models. So at low load
   the retries were few; the re-admissions grow with the load (the late answers) and N.
+
+Measured 2026-12-02, N = 1,000 on NATS only (``--one nats 1000``), load average 7-14 (two
+helpers' tests and benchmarks beside the first six runs), in order:
+
+- stop 22's code: round 1 at 171.0 / 150.9 / 164.9 s; rounds 58.5, 55.2, 55.8 / 31.3, 43.5,
+  47.4 / 38.4, 39.3, 47.4, 40.2 s; peak RSS 7.07 / 7.18 / 7.30 GiB; every agent in every
+  round except round 1 of the first and third (928 and 953 admitted by the join timeout,
+  all of them survived); 1,030 / 1,016 / 1,503 admissions. The first two ran under py-spy.
+- TLS handshake timeout 10 s (262 failed connects with 2 s, 8 with 10 s): round 1 at
+  147.7 / 126.2 s; rounds 60.1, 35.1, 32.7, 38.3 / 32.0, 33.2, 51.7 s; 8.27 / 7.06 GiB; every
+  agent in every round. Once more with MALLOC_ARENA_MAX=2 (an experiment): 8.50 GiB, and
+  round 1 aborted (0 of 933 advertised keys within the stage: the fleet's loops still busy
+  with late joins).
+- with a replayed earlier join no longer re-admitting and trainers joining once their bus
+  is up: round 1 at 132.5 s, rounds 28.5, 27.2, 25.5, 30.0 s (median of 2.. 27.2), peak RSS
+  8.38 GiB, every agent in every round, 1,001 admissions (the first run with one per agent).
+- two more runs of the same code with the fleet processes' mmap threshold fixed at 128 KiB
+  (not kept: 6.58 GiB, then 9.04): round 1 at 155.6 / 165.1 s, rounds 38.2-39.5 / 30.6-54.4 s.
+
+So at 1,000 agents every agent now survives every round (when round 1 starts with all of
+them), peak memory lies between 6.6 and 9.0 GiB from run to run (target 8 GB, not reliably
+met), round 1 starts at 126-171 s (target 120) and rounds take 25-60 s (target 10): a round
+costs about 42 CPU-seconds (16 in each 500-member fleet process, 7 in the aggregator, the
+rest nats-server), where 10 s on 2 cores allows 20.
 """
 
 from __future__ import annotations
