@@ -58,6 +58,11 @@ the raw baseline itself swung 55-507 MB/s within a case, so every run is listed)
   masking, 0.33 s of CPU per agent at 10M) and after (unmask, ``finish``); its fold after
   the last chunk is 31-147 ms.
   The aggregator's RSS stayed 239-286 MB (target 360) with the 32 MiB window.
+- the final tree (aca5350, after every merge), one run at load 2-5: 10M NATS thr 0.685
+  (173), n = 10 1.041 (177), s/p 1.135; MQTT thr 0.43 (156; raw 360-366), n = 10 0.981
+  (179), s/p 1.265; aggregator RSS 247-266 MB (n = 10: 253, 264; target 360). 50M plain:
+  NATS 8.23 s a round, thr 0.56 (162), aggregator 736 MB; MQTT 7.37 s, thr 0.525 (193),
+  735 MB (target 1000).
 """
 
 from __future__ import annotations
